@@ -1,0 +1,56 @@
+# kubectl-cedana: every entry point a developer or CI needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LAB_KUBECONFIG := /var/lib/kubectl-cedana-lab/admin.kubeconfig
+PYTEST_WORKERS ?= 2
+
+.PHONY: help install venv deps lab-up lab-down lab-status lab-env test test-unit test-e2e demo lint clean
+
+help:
+	@echo "make demo        lab up (if no cluster given), counter pod, checkpoint -> restore"
+	@echo "make test        unit + end-to-end tests (brings the lab up)"
+	@echo "make lab-up | lab-down | lab-status | lab-env"
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+deps:
+	hack/install-deps.sh
+
+install: deps venv
+
+lab-up: venv
+	hack/lab-up.sh
+
+lab-down:
+	hack/lab-down.sh
+
+lab-status:
+	@hack/lab-status.sh
+
+lab-env:
+	@echo "export KUBECONFIG=$(LAB_KUBECONFIG)"
+
+test-unit: venv
+	$(PY) -m pytest tests/unit -q
+
+test-e2e: venv lab-up
+	$(PY) -m pytest tests/e2e -q -m e2e -n $(PYTEST_WORKERS) --dist loadfile
+
+test: test-unit test-e2e
+
+demo: venv
+	hack/demo.sh
+
+lint: venv
+	$(PY) -m ruff check kubectl_cedana sidecar tests hack || true
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The helper image for the lab, built without any registry: a Debian minbase root made by
+# debootstrap (same suite as this machine) with python3, runc, CRIU >= 4.1, iptables and
+# util-linux, plus our package and its pure-Python/manylinux dependencies installed from PyPI
+# into /opt/cedana/lib. Loaded into containerd as docker.io/cedana/helper:VERSION.
+# deploy/Dockerfile is the same recipe for people who build images with their own tools.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+repo=$(cd "$here/.." && pwd)
+version=$(python3 -c "import re,sys;print(re.search(r'__version__ = \"(.+)\"', open('$repo/kubectl_cedana/version.py').read()).group(1))")
+image="docker.io/cedana/helper:$version"
+suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+debian_major=$(cut -d. -f1 /etc/debian_version)
+
+base_pkgs="python3,iptables,runc,util-linux,procps,ca-certificates"
+if [ "$debian_major" -ge 13 ]; then
+  base_pkgs="$base_pkgs,criu"
+else  # the shared libraries of the CRIU built by build-criu.sh
+  base_pkgs="$base_pkgs,libprotobuf-c1,libnl-3-200,libnet1,libgnutls30,libbsd0,libnftables1,libuuid1,libmd0"
+fi
+base_key=$(echo "$suite $base_pkgs" | sha256sum | cut -c1-12)
+base="$CEDANA_CACHE/helper-base-$suite-$base_key"
+if [ ! -d "$base/rootfs" ]; then
+  log "debootstrap $suite minbase for the helper image"
+  rm -rf "$base.tmp" && mkdir -p "$base.tmp"
+  debootstrap --variant=minbase --include="$base_pkgs" "$suite" "$base.tmp/rootfs" \
+    http://deb.debian.org/debian >"$base.tmp/debootstrap.log" 2>&1 \
+    || { tail -20 "$base.tmp/debootstrap.log"; die "debootstrap failed"; }
+  rm -rf "$base.tmp/rootfs/var/cache/apt/archives/"*.deb "$base.tmp/rootfs/var/lib/apt/lists/"*
+  rm -rf "$base" && mv "$base.tmp" "$base"
+fi
+
+# What goes into the image besides the base: our sources and dependency pins.
+src_key=$( (cd "$repo" && cat setup.cfg pyproject.toml && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
+tar_out="$CEDANA_CACHE/images/helper-$version-$base_key-$src_key.tar"
+mkdir -p "$CEDANA_CACHE/images"
+if [ ! -f "$tar_out" ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  log "assembling helper image $image"
+  cp -a "$base/rootfs" "$work/rootfs"
+  root="$work/rootfs"
+  if [ "$debian_major" -lt 13 ]; then
+    install -m 0755 "$CEDANA_CACHE/criu-$CRIU_VERSION/criu" "$root/usr/sbin/criu"
+  fi
+  pyver=$(chroot "$root" python3 -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  python3 -m pip wheel -q --no-deps -w "$work/wheels" "$repo" >/dev/null
+  python3 -m pip install -q --no-compile --no-warn-conflicts --target "$root/opt/cedana/lib" \
+    --python-version "$pyver" --only-binary=:all: --platform manylinux2014_x86_64 \
+    --implementation cp "$work/wheels/"*.whl 2>"$work/pip.log" || { cat "$work/pip.log"; die "pip install failed"; }
+  cat >"$root/usr/local/bin/cedana-helper" <<'PY'
+#!/usr/bin/python3
+import sys
+sys.path.insert(0, "/opt/cedana/lib")
+from sidecar.cli import main
+sys.exit(main())
+PY
+  chmod 0755 "$root/usr/local/bin/cedana-helper"
+  python3 "$here/build_image.py" --tree "$root" --name "$image" --out "$tar_out.tmp" \
+    --entrypoint '["/usr/local/bin/cedana-helper"]' --cmd '["serve"]' >/dev/null
+  rm -f "$CEDANA_CACHE/images/helper-$version-"*.tar
+  mv "$tar_out.tmp" "$tar_out"
+fi
+ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tar_out" >/dev/null
+log "image $image loaded into containerd"

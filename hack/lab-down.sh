@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Stop exactly what lab-up started (by recorded PID), then remove the lab's containers, mounts,
+# network namespaces, bridge and iptables rules, so that lab-up works again afterwards.
+# Images in containerd and the build caches are kept (they make the next lab-up fast).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+stop_pid() {  # stop_pid NAME
+  local f="$PIDS/$1.pid" pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    log "stopped $1 (pid $pid)"
+  fi
+  rm -f "$f"
+}
+
+# Extra daemons started by tests or later lab stages record their PIDs in the same place.
+for f in "$PIDS"/extra-*.pid; do [ -f "$f" ] && stop_pid "$(basename "$f" .pid)"; done
+stop_pid kubelet
+
+# The lab's containers: kill their tasks so their shims exit, then delete them.
+if pid_alive containerd; then
+  for ns in k8s.io; do
+    for c in $(ctr --address "$CONTAINERD_SOCK" -n "$ns" containers ls -q 2>/dev/null); do
+      ctr --address "$CONTAINERD_SOCK" -n "$ns" tasks kill -s KILL "$c" >/dev/null 2>&1
+    done
+    sleep 1
+    for c in $(ctr --address "$CONTAINERD_SOCK" -n "$ns" containers ls -q 2>/dev/null); do
+      ctr --address "$CONTAINERD_SOCK" -n "$ns" tasks delete -f "$c" >/dev/null 2>&1
+      ctr --address "$CONTAINERD_SOCK" -n "$ns" containers delete "$c" >/dev/null 2>&1
+    done
+  done
+fi
+for d in containerd kube-scheduler kube-controller-manager kube-apiserver etcd registry; do
+  stop_pid "$d"
+done
+
+# Mounts the kubelet and containerd left (pod volumes, sandbox shm, task rootfs), deepest first.
+for prefix in /var/lib/kubelet /run/containerd /var/lib/containerd/io.containerd.grpc.v1.cri; do
+  findmnt -rn -o TARGET 2>/dev/null | grep "^$prefix/" | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null && log "unmounted $m"
+  done
+done
+# Network namespaces the CNI set up for our pods, and the bridge.
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-'); do
+  ip netns delete "$ns" 2>/dev/null && log "deleted netns $ns"
+done
+ip link show "$LAB_BRIDGE" >/dev/null 2>&1 && ip link delete "$LAB_BRIDGE" && log "deleted bridge $LAB_BRIDGE"
+for rule in "-i $LAB_BRIDGE ! -o $LAB_BRIDGE -j DROP" "-o $LAB_BRIDGE ! -i $LAB_BRIDGE -j DROP"; do
+  # shellcheck disable=SC2086
+  while iptables -C FORWARD $rule 2>/dev/null; do iptables -D FORWARD $rule; done
+done
+rm -rf /var/lib/cni/networks/cedana-lab "$CNI_CONF"
+# Cluster state goes; certificates, images and caches stay.
+rm -rf "$LAB_DIR/etcd" /var/lib/kubelet/pods /var/lib/kubelet/cpu_manager_state /var/lib/kubelet/memory_manager_state
+[ -f "$PKI/registry.password" ] && python3 "$here/docker_config.py" remove "$REGISTRY_ADDR"
+log "lab is down"

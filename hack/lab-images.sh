@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build the lab's images without any registry and load them into containerd (namespace k8s.io):
+# the sandbox (pause) image and the workload image (static busybox + the test programs in
+# hack/images/). Kubelet uses them with imagePullPolicy IfNotPresent/Never.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+out="$CEDANA_CACHE/images"
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+import() {  # import TAR NAME
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$1" >/dev/null
+  log "image $2 loaded into containerd"
+}
+
+# pause: the static binary built from the Kubernetes tree (hack/build-kubernetes.sh)
+mkdir -p "$work/pause"
+install -m 0755 "$KUBE_BIN/pause" "$work/pause/pause"
+python3 "$here/build_image.py" --tree "$work/pause" --name "$PAUSE_IMAGE" --out "$out/pause.tar" \
+  --entrypoint '["/pause"]' >/dev/null
+import "$out/pause.tar" "$PAUSE_IMAGE"
+
+# workload: busybox with its applets, and the test programs
+w="$work/workload"
+mkdir -p "$w/bin" "$w/usr/local/bin" "$w/tmp" "$w/etc" "$w/data" "$w/root"
+chmod 1777 "$w/tmp"
+install -m 0755 /bin/busybox "$w/bin/busybox"
+for applet in $(/bin/busybox --list); do
+  [ -e "$w/bin/$applet" ] || ln -s busybox "$w/bin/$applet"
+done
+for prog in counter memhog survivor iouring; do
+  gcc -static -O2 -o "$w/usr/local/bin/$prog" "$here/images/$prog.c"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$w/etc/passwd"
+printf 'root:x:0:\nnobody:x:65534:\n' >"$w/etc/group"
+# files of the image that the rootfs tests modify and delete
+printf 'original content of the image\n' >"$w/data/original.txt"
+printf 'this file is deleted by the rootfs test\n' >"$w/data/doomed.txt"
+python3 "$here/build_image.py" --tree "$w" --name "$WORKLOAD_IMAGE" --out "$out/workload.tar" \
+  --cmd '["/bin/sh"]' >/dev/null
+import "$out/workload.tar" "$WORKLOAD_IMAGE"

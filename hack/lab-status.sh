@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Print each lab daemon with its PID, state and log file, and the node's readiness.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+rc=0
+printf '%-26s %-8s %-8s %s\n' DAEMON PID STATE LOG
+for f in "$PIDS"/*.pid; do
+  [ -f "$f" ] || continue
+  name=$(basename "$f" .pid); pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then state=running; else state=dead; rc=1; fi
+  printf '%-26s %-8s %-8s %s\n' "$name" "$pid" "$state" "$LOGS/$name.log"
+done
+[ -f "$PIDS/kube-apiserver.pid" ] || { echo "lab is not running (make lab-up)"; exit 1; }
+echo
+kctl get nodes -o wide 2>&1 || rc=1
+echo
+echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+exit $rc

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Bring up the single-node Kubernetes lab on this machine: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, containerd (CRI) + runc + CRIU, a kubelet, CNI bridge
+# networking and a TLS registry with htpasswd auth. Idempotent: on a running lab it only checks.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+lab_healthy() {
+  for d in etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet registry; do
+    pid_alive "$d" || return 1
+  done
+  [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+
+if [ -f "$KUBECONFIG_ADMIN" ] && lab_healthy; then
+  log "lab already running; node $NODE_NAME Ready"
+  exit 0
+fi
+
+"$here/install-deps.sh"
+mkdir -p "$LAB_DIR" "$LOGS" "$PIDS" "$LAB_RUN"
+chmod 700 "$LAB_DIR"
+"$here/lab-pki.sh"
+export PATH="$KUBE_BIN:$PATH"
+
+# --- network: the pod bridge (also the node's address), no route out of the machine ----------
+if ! ip link show "$LAB_BRIDGE" >/dev/null 2>&1; then
+  ip link add "$LAB_BRIDGE" type bridge
+  ip addr add "$LAB_NODE_IP/16" dev "$LAB_BRIDGE"
+fi
+ip link set "$LAB_BRIDGE" up
+# Pods may talk to each other and to the node, never be forwarded anywhere else.
+for rule in "-i $LAB_BRIDGE ! -o $LAB_BRIDGE -j DROP" "-o $LAB_BRIDGE ! -i $LAB_BRIDGE -j DROP"; do
+  # shellcheck disable=SC2086
+  iptables -C FORWARD $rule 2>/dev/null || iptables -I FORWARD $rule
+done
+sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
+mkdir -p /etc/cni/net.d
+cat >"$CNI_CONF" <<CNI
+{
+  "cniVersion": "0.4.0",
+  "name": "cedana-lab",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$LAB_BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$LAB_POD_SUBNET", "rangeStart": "$LAB_POD_RANGE_START",
+                     "rangeEnd": "$LAB_POD_RANGE_END", "gateway": "$LAB_NODE_IP"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+CNI
+
+# --- registry: distribution on 127.0.0.1:5000, TLS + htpasswd -----------------------------
+reg_pass=$(cat "$PKI/registry.password")
+htpasswd -Bbc "$LAB_DIR/registry.htpasswd" "$REGISTRY_USER" "$reg_pass" 2>/dev/null
+mkdir -p "$LAB_DIR/registry"
+cat >"$LAB_DIR/registry.yml" <<REG
+version: 0.1
+log: {level: info, formatter: text}
+storage:
+  filesystem: {rootdirectory: $LAB_DIR/registry}
+  delete: {enabled: true}
+http:
+  addr: $REGISTRY_ADDR
+  tls: {certificate: $PKI/registry.crt, key: $PKI/registry.key}
+auth:
+  htpasswd: {realm: cedana-lab, path: $LAB_DIR/registry.htpasswd}
+REG
+start_daemon registry docker-registry serve "$LAB_DIR/registry.yml"
+# The node's registry credentials: docker config (what node tools and the helper read) and
+# the registry CA where docker, podman, skopeo and buildah look for it.
+for d in "/etc/docker/certs.d/$REGISTRY_ADDR" "/etc/containers/certs.d/$REGISTRY_ADDR"; do
+  mkdir -p "$d" && cp "$PKI/ca.crt" "$d/ca.crt"
+done
+python3 "$here/docker_config.py" add "$REGISTRY_ADDR" "$REGISTRY_USER" "$reg_pass"
+
+# --- etcd, kube-apiserver ----------------------------------------------------------------
+start_daemon etcd etcd --name cedana-lab --data-dir "$LAB_DIR/etcd" \
+  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster cedana-lab=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381
+wait_for 60 etcd curl -sf http://127.0.0.1:2379/health
+
+start_daemon kube-apiserver kube-apiserver \
+  --bind-address=127.0.0.1 --secure-port=6443 --insecure-port=0 --advertise-address="$LAB_NODE_IP" \
+  --etcd-servers=http://127.0.0.1:2379 \
+  --client-ca-file="$PKI/ca.crt" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+  --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP \
+  --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-cluster-ip-range="$LAB_SERVICE_CIDR" --authorization-mode=Node,RBAC \
+  --allow-privileged=true --enable-admission-plugins=NodeRestriction --v=1
+wait_for 120 kube-apiserver curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+  https://127.0.0.1:6443/readyz
+
+# --- containerd with the CRI plugin ------------------------------------------------------
+cat >"$LAB_DIR/containerd.toml" <<CTD
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  # these VMs lack CAP_SYS_RESOURCE: runc may not lower oom_score_adj
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry.configs."$REGISTRY_ADDR".tls]
+    ca_file = "$PKI/ca.crt"
+  [plugins."io.containerd.grpc.v1.cri".registry.configs."$REGISTRY_ADDR".auth]
+    username = "$REGISTRY_USER"
+    password = "$reg_pass"
+CTD
+chmod 600 "$LAB_DIR/containerd.toml"
+start_daemon containerd containerd --config "$LAB_DIR/containerd.toml"
+wait_for 60 containerd ctr --address "$CONTAINERD_SOCK" version
+
+"$here/lab-images.sh"
+
+# --- controller-manager, scheduler, kubelet ------------------------------------------------
+start_daemon kube-controller-manager kube-controller-manager \
+  --kubeconfig="$LAB_DIR/controller-manager.kubeconfig" \
+  --authentication-kubeconfig="$LAB_DIR/controller-manager.kubeconfig" \
+  --authorization-kubeconfig="$LAB_DIR/controller-manager.kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port=10257 --port=0 --leader-elect=false \
+  --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+  --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+  --use-service-account-credentials=true --controllers='*,bootstrapsigner,tokencleaner' \
+  --service-cluster-ip-range="$LAB_SERVICE_CIDR" --v=1
+start_daemon kube-scheduler kube-scheduler --kubeconfig="$LAB_DIR/scheduler.kubeconfig" \
+  --authentication-kubeconfig="$LAB_DIR/scheduler.kubeconfig" \
+  --authorization-kubeconfig="$LAB_DIR/scheduler.kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port=10259 --port=0 --leader-elect=false --v=1
+
+mkdir -p /var/lib/kubelet
+start_daemon kubelet kubelet --kubeconfig="$LAB_DIR/kubelet.kubeconfig" \
+  --hostname-override="$NODE_NAME" --node-ip="$LAB_NODE_IP" --address="$LAB_NODE_IP" \
+  --container-runtime=remote --container-runtime-endpoint="unix://$CONTAINERD_SOCK" \
+  --runtime-request-timeout=10m --cgroup-driver=cgroupfs --fail-swap-on=false \
+  --pod-infra-container-image="$PAUSE_IMAGE" --root-dir=/var/lib/kubelet \
+  --client-ca-file="$PKI/ca.crt" --anonymous-auth=false --authorization-mode=Webhook \
+  --authentication-token-webhook=true \
+  --tls-cert-file="$PKI/kubelet-serving.crt" --tls-private-key-file="$PKI/kubelet-serving.key" \
+  --read-only-port=0 --healthz-bind-address=127.0.0.1 --healthz-port=10248 \
+  --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
+  --eviction-hard='memory.available<100Mi,nodefs.available<1%,imagefs.available<1%' \
+  --serialize-image-pulls=false --max-pods=60 --v=1
+
+# The API server reaches the kubelet (logs, exec, port-forward) as user kube-apiserver.
+kctl apply -f - >/dev/null <<'RBAC'
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: cedana-lab:kube-apiserver-kubelet-api-admin
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:kubelet-api-admin}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-apiserver}
+RBAC
+
+node_ready() {
+  [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+wait_for 180 "node $NODE_NAME Ready" node_ready
+wait_for 60 "default service account" kctl -n default get serviceaccount default
+log "lab is up: export KUBECONFIG=$KUBECONFIG_ADMIN"

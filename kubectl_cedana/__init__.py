@@ -1,0 +1,5 @@
+"""kubectl cedana: checkpoint and restore Kubernetes containers with CRIU."""
+
+from kubectl_cedana.version import __version__ as version
+
+__all__ = ["version"]

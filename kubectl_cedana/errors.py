@@ -1,0 +1,142 @@
+"""The plugin's errors: each carries a message for a person and a stable exit status.
+
+The CLI turns any of these into one line on stderr (`error: ...`) and exits with `exit_code`.
+Nothing here imports the Kubernetes client.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # anything without a more specific status, including API permission errors
+    USAGE = 2  # the command line is wrong or incomplete
+    NOT_FOUND = 3  # a pod, container, checkpoint or helper does not exist
+    CONFLICT = 4  # the object exists but is in the wrong state (not running, busy, ...)
+    REMOTE = 5  # the node helper failed or could not be reached
+    TIMEOUT = 124  # same value as timeout(1)
+    INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+class CedanaError(Exception):
+    """An error with a message meant for the person at the terminal."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details: dict[str, Any] = dict(details or {})
+
+    def one_line(self) -> str:
+        text = self.message
+        if self.hint:
+            text = f"{text} ({self.hint})"
+        return " ".join(text.split())
+
+
+class UsageError(CedanaError):
+    exit_code = ExitCode.USAGE
+
+
+class NotFoundError(CedanaError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class ConflictError(CedanaError):
+    exit_code = ExitCode.CONFLICT
+
+
+class RemoteError(CedanaError):
+    """The node helper (or the path to it) failed."""
+
+    exit_code = ExitCode.REMOTE
+
+
+class OperationTimeout(CedanaError):
+    exit_code = ExitCode.TIMEOUT
+
+
+class Interrupted(CedanaError):
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str = "interrupted", **kw: Any) -> None:
+        super().__init__(message, **kw)
+
+
+class ConfigError(CedanaError):
+    """The kubeconfig cannot be used (missing file, unknown context, bad credentials)."""
+
+
+class ApiError(CedanaError):
+    """The Kubernetes API server refused a request; carries its Status object."""
+
+    def __init__(self, message: str, *, status: int, reason: str = "",
+                 api_status: dict[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+        self.reason = reason
+        self.api_status: dict[str, Any] = dict(api_status or {})
+
+
+class ApiNotFound(ApiError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class ApiConflict(ApiError):
+    exit_code = ExitCode.CONFLICT
+
+
+class PermissionDenied(ApiError):
+    """403 from the API server; `permission` names what the user lacks."""
+
+    def __init__(self, message: str, *, permission: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.permission = permission
+
+
+class HelperNotInstalled(NotFoundError):
+    pass
+
+
+class HelperError(RemoteError):
+    """An error body relayed from the node helper: {"code": ..., "message": ...}."""
+
+    # how each documented helper code maps onto the plugin's exit statuses
+    CODE_EXIT: ClassVar[dict[str, ExitCode]] = {
+        "invalid_request": ExitCode.USAGE,
+        "path_outside_checkpoint_dir": ExitCode.USAGE,
+        "container_ambiguous": ExitCode.USAGE,
+        "container_not_found": ExitCode.NOT_FOUND,
+        "checkpoint_not_found": ExitCode.NOT_FOUND,
+        "operation_in_progress": ExitCode.CONFLICT,
+        "already_restored": ExitCode.CONFLICT,
+        "container_not_running": ExitCode.CONFLICT,
+        "target_not_sleeping": ExitCode.CONFLICT,
+        "target_incompatible": ExitCode.CONFLICT,
+        "checkpoint_exists": ExitCode.CONFLICT,
+    }  # anything else (dump_failed, restore_failed, checkpoint_corrupted, ...): REMOTE
+
+    def __init__(self, message: str, *, code: str, node: str = "", http_status: int = 0,
+                 body: dict[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.code = code
+        self.node = node
+        self.http_status = http_status
+        self.body: dict[str, Any] = dict(body or {})
+        self.exit_code = self.CODE_EXIT.get(code, ExitCode.REMOTE)
+
+    def one_line(self) -> str:
+        return f"{super().one_line()} [{self.code}]"
+
+
+def exit_code_of(exc: BaseException) -> ExitCode:
+    if isinstance(exc, CedanaError):
+        return ExitCode(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    return ExitCode.ERROR

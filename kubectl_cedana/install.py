@@ -1,0 +1,314 @@
+"""Installing and removing the node helper: exactly the objects of deploy/base.
+
+The YAML lives once, in deploy/base/ (what `kubectl apply -k deploy/` uses). The package
+reaches it as `kubectl_cedana/manifests`, a symlink to ../deploy/base in a source checkout;
+a wheel built with `manifests/*.yaml` as package data carries real copies (setuptools follows
+the link). The order of objects is the `resources` list of kustomization.yaml.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from kubectl_cedana.errors import (
+    ApiError,
+    ApiNotFound,
+    CedanaError,
+    OperationTimeout,
+    UsageError,
+)
+from kubectl_cedana.helper import HELPER_NAME, HELPER_NAMESPACE, HELPER_SELECTOR
+from kubectl_cedana.kube import KubeClient
+
+PART_OF_SELECTOR = "app.kubernetes.io/part-of=kubectl-cedana"
+FIELD_MANAGER = "kubectl-cedana"
+POLL_SECONDS = 1.0
+ProgressFn = Callable[[str], None]
+
+#: (apiVersion, kind) -> (API prefix, plural, namespaced). Every kind in deploy/base must be
+#: here (a unit test checks), since uninstall looks for leftovers kind by kind.
+KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("v1", "Namespace"): ("/api/v1", "namespaces", False),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps", True),
+    ("v1", "Service"): ("/api/v1", "services", True),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"):
+        ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"):
+        ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    ("rbac.authorization.k8s.io/v1", "Role"):
+        ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"):
+        ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    ("apps/v1", "DaemonSet"): ("/apis/apps/v1", "daemonsets", True),
+}
+_HOPELESS = {"ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff", "CrashLoopBackOff",
+             "CreateContainerConfigError"}
+
+
+def _manifest_dir() -> Any:
+    from importlib import resources
+
+    return resources.files("kubectl_cedana").joinpath("manifests")
+
+
+def load_manifests() -> list[dict[str, Any]]:
+    """The helper's objects, in kustomization order, as plain dicts."""
+    import yaml
+
+    base = _manifest_dir()
+    kustomization_file = base.joinpath("kustomization.yaml")
+    if not kustomization_file.is_file():
+        raise CedanaError("the helper manifests are missing from this installation of "
+                          "kubectl-cedana (kubectl_cedana/manifests/kustomization.yaml)")
+    kustomization = yaml.safe_load(kustomization_file.read_text(encoding="utf-8")) or {}
+    objects: list[dict[str, Any]] = []
+    for name in kustomization.get("resources") or []:
+        text = base.joinpath(name).read_text(encoding="utf-8")
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def helper_daemonsets(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if o.get("kind") == "DaemonSet"
+            and o["metadata"].get("name") == HELPER_NAME]
+
+
+def default_image(objects: list[dict[str, Any]] | None = None) -> str:
+    for daemonset in helper_daemonsets(objects or load_manifests()):
+        return str(daemonset["spec"]["template"]["spec"]["containers"][0]["image"])
+    raise CedanaError("no cedana-helper DaemonSet in the manifests")
+
+
+def render_manifests(image: str | None = None) -> list[dict[str, Any]]:
+    """The objects install applies: deploy/base, with the helper image replaced if asked."""
+    objects = copy.deepcopy(load_manifests())
+    if image is not None:
+        if not image.strip():
+            raise UsageError("--image must not be empty")
+        for daemonset in helper_daemonsets(objects):
+            for container in daemonset["spec"]["template"]["spec"]["containers"]:
+                container["image"] = image
+    return objects
+
+
+def kind_info(obj: dict[str, Any]) -> tuple[str, str, bool]:
+    key = (str(obj.get("apiVersion")), str(obj.get("kind")))
+    if key not in KINDS:
+        raise CedanaError(f"kubectl-cedana does not know how to apply {key[1]} ({key[0]})")
+    return KINDS[key]
+
+
+def collection_path(obj: dict[str, Any]) -> str:
+    prefix, plural, namespaced = kind_info(obj)
+    if namespaced:
+        namespace = obj["metadata"].get("namespace") or "default"
+        return f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}"
+    return f"{prefix}/{plural}"
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    return f"{collection_path(obj)}/{quote(str(obj['metadata']['name']), safe='')}"
+
+
+def display_name(obj: dict[str, Any]) -> str:
+    """kubectl's way of naming an object: `daemonset.apps/cedana-helper`."""
+    api_version = str(obj.get("apiVersion"))
+    group = api_version.split("/")[0] if "/" in api_version else ""
+    kind = str(obj.get("kind")).lower()
+    return f"{kind}{'.' + group if group else ''}/{obj['metadata']['name']}"
+
+
+def _get_or_none(kube: KubeClient, path: str) -> dict[str, Any] | None:
+    try:
+        return dict(kube.request("GET", path))
+    except ApiNotFound:
+        return None
+
+
+def _wait_namespace_gone(kube: KubeClient, path: str, timeout: float,
+                         progress: ProgressFn) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = _get_or_none(kube, path)
+        if current is None or not current["metadata"].get("deletionTimestamp"):
+            return
+        progress(f"waiting for the old namespace {current['metadata']['name']} to be deleted")
+        if time.monotonic() >= deadline:
+            raise OperationTimeout(f"namespace {current['metadata']['name']} is still being "
+                                   "deleted", hint="retry when it is gone")
+        time.sleep(POLL_SECONDS)
+
+
+def apply_object(kube: KubeClient, obj: dict[str, Any], *, server_dry_run: bool = False
+                 ) -> str:
+    """Create or update one object idempotently; returns created|configured|unchanged.
+
+    Server-side apply (one PATCH that creates or updates, owned by field manager
+    `kubectl-cedana`); API servers without it (415) get create-or-merge-patch instead.
+    """
+    path = object_path(obj)
+    before = _get_or_none(kube, path)
+    query: dict[str, Any] = {"fieldManager": FIELD_MANAGER, "force": "true"}
+    if server_dry_run:
+        query["dryRun"] = "All"
+    try:
+        after = kube.request("PATCH", path, query=query, body=obj,
+                             content_type="application/apply-patch+yaml")
+    except ApiError as exc:
+        if exc.status != 415:
+            raise
+        fallback_query = {k: v for k, v in query.items() if k != "force"}
+        if before is None:
+            after = kube.request("POST", collection_path(obj), query=fallback_query, body=obj)
+        else:
+            after = kube.request("PATCH", path, query=fallback_query, body=obj,
+                                 content_type="application/merge-patch+json")
+    if before is None:
+        return "created"
+    old = before["metadata"].get("resourceVersion")
+    new = ((after or {}).get("metadata") or {}).get("resourceVersion")
+    return "unchanged" if old == new else "configured"
+
+
+def apply_manifests(kube: KubeClient, objects: list[dict[str, Any]], *,
+                    server_dry_run: bool = False, timeout: float = 120.0,
+                    progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    progress = progress or (lambda _text: None)
+    results = []
+    imagined: set[str] = set()  # namespaces a server dry run "created" but did not persist
+    for obj in objects:
+        if obj.get("kind") == "Namespace":
+            if not server_dry_run:
+                _wait_namespace_gone(kube, object_path(obj), timeout, progress)
+            elif _get_or_none(kube, object_path(obj)) is None:
+                imagined.add(str(obj["metadata"]["name"]))
+        progress(f"applying {display_name(obj)}")
+        note = ""
+        if obj["metadata"].get("namespace") in imagined:
+            # the API server cannot validate it without its namespace (kubectl fails here)
+            action, note = "created", "not validated: its namespace does not exist yet"
+        else:
+            action = apply_object(kube, obj, server_dry_run=server_dry_run)
+        results.append({"kind": obj["kind"], "name": obj["metadata"]["name"],
+                        "namespace": obj["metadata"].get("namespace", ""),
+                        "object": display_name(obj), "action": action, "note": note})
+    return results
+
+
+def daemonset_progress(daemonset: dict[str, Any]) -> tuple[bool, int, int]:
+    """(rolled out and every desired pod ready, ready count, desired count)."""
+    status = daemonset.get("status") or {}
+    desired = int(status.get("desiredNumberScheduled") or 0)
+    ready = int(status.get("numberReady") or 0)
+    updated = int(status.get("updatedNumberScheduled") or 0)
+    observed = int(status.get("observedGeneration") or 0) >= \
+        int(daemonset["metadata"].get("generation") or 0)
+    return observed and ready == desired and updated == desired, ready, desired
+
+
+def _stuck_helper_pod(kube: KubeClient, namespace: str, image: str) -> str:
+    """Why a helper pod running `image` will not become ready without help, or ''."""
+    for pod in kube.list_pods(namespace, label_selector=HELPER_SELECTOR):
+        images = [c.get("image") for c in (pod.get("spec") or {}).get("containers") or []]
+        if image not in images:
+            continue  # an old pod the rollout will replace
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _HOPELESS:
+                return (f"helper pod {pod['metadata']['name']} on node "
+                        f"{pod['spec'].get('nodeName')}: {waiting['reason']}"
+                        f"{': ' + waiting['message'] if waiting.get('message') else ''}")
+    return ""
+
+
+def wait_daemonset_ready(kube: KubeClient, namespace: str, name: str, timeout: float,
+                         progress: ProgressFn | None = None) -> dict[str, int]:
+    progress = progress or (lambda _text: None)
+    path = f"/apis/apps/v1/namespaces/{quote(namespace, safe='')}/daemonsets/{quote(name)}"
+    deadline = time.monotonic() + timeout
+    while True:
+        daemonset = dict(kube.request("GET", path))
+        done, ready, desired = daemonset_progress(daemonset)
+        if done:
+            return {"ready": ready, "desired": desired}
+        progress(f"waiting for daemonset {name}: {ready}/{desired} ready")
+        image = daemonset["spec"]["template"]["spec"]["containers"][0].get("image", "")
+        stuck = _stuck_helper_pod(kube, namespace, image)
+        if stuck:
+            raise CedanaError(f"the helper cannot start: {stuck}",
+                              hint=f"kubectl -n {namespace} describe pods -l {HELPER_SELECTOR}")
+        if time.monotonic() >= deadline:
+            raise OperationTimeout(f"daemonset {namespace}/{name} not ready after "
+                                   f"{timeout:.0f}s ({ready}/{desired} pods ready)",
+                                   hint=f"kubectl -n {namespace} get pods -l "
+                                        f"{HELPER_SELECTOR}")
+        time.sleep(POLL_SECONDS)
+
+
+# -- uninstall --------------------------------------------------------------------------------
+def installed_objects(kube: KubeClient) -> list[dict[str, Any]]:
+    """Every object labelled part-of=kubectl-cedana, of the kinds the manifests use."""
+    found: list[dict[str, Any]] = []
+    for (api_version, kind), (prefix, plural, _namespaced) in KINDS.items():
+        listing = kube.request("GET", f"{prefix}/{plural}",
+                               query={"labelSelector": PART_OF_SELECTOR}) or {}
+        for item in listing.get("items") or []:
+            item["apiVersion"], item["kind"] = api_version, kind  # lists omit them per item
+            found.append(item)
+    return found
+
+
+def _deletion_order(obj: dict[str, Any]) -> int:
+    order = ["DaemonSet", "Service", "ConfigMap", "RoleBinding", "Role", "ClusterRoleBinding",
+             "ClusterRole", "ServiceAccount", "Namespace"]
+    kind = str(obj.get("kind"))
+    return order.index(kind) if kind in order else 0
+
+
+def uninstall(kube: KubeClient, *, dry_run: bool = False, wait: bool = True,
+              timeout: float = 120.0, progress: ProgressFn | None = None
+              ) -> list[dict[str, Any]]:
+    progress = progress or (lambda _text: None)
+    objects = sorted(installed_objects(kube), key=_deletion_order)
+    results = []
+    for obj in objects:
+        meta = obj["metadata"]
+        entry = {"kind": obj["kind"], "name": meta["name"],
+                 "namespace": meta.get("namespace", ""), "object": display_name(obj),
+                 "action": "deleted", "note": ""}
+        if not dry_run:
+            progress(f"deleting {display_name(obj)}")
+            # Foreground for the DaemonSet: it is gone only once its pods are
+            query = {"propagationPolicy": "Foreground"} if obj["kind"] == "DaemonSet" else None
+            try:
+                kube.request("DELETE", object_path(obj), query=query)
+            except ApiNotFound:
+                pass
+        results.append(entry)
+    if wait and not dry_run and objects:
+        _wait_gone(kube, objects, timeout, progress)
+    return results
+
+
+def _wait_gone(kube: KubeClient, objects: list[dict[str, Any]], timeout: float,
+               progress: ProgressFn) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(objects)
+    while True:
+        pending = [o for o in pending if _get_or_none(kube, object_path(o)) is not None]
+        pods = kube.list_pods(None, label_selector=PART_OF_SELECTOR)
+        if not pending and not pods:
+            return
+        left = [display_name(o) for o in pending] + [f"pod/{p['metadata']['name']}" for p in pods]
+        progress(f"waiting for {len(left)} object(s) to go: {', '.join(left[:3])}")
+        if time.monotonic() >= deadline:
+            raise OperationTimeout(f"still present after {timeout:.0f}s: {', '.join(left)}")
+        time.sleep(POLL_SECONDS)
+
+
+__all__ = ["HELPER_NAMESPACE", "apply_manifests", "default_image", "load_manifests",
+           "render_manifests", "uninstall", "wait_daemonset_ready"]

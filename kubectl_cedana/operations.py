@@ -1,0 +1,506 @@
+"""What the commands do, as plain functions over a KubeClient: no click, no rendering.
+
+Each function returns plain dicts (the documented `-o json` shapes, minus kind/apiVersion)
+and raises errors from kubectl_cedana.errors.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from kubectl_cedana.errors import (
+    ApiConflict,
+    ApiNotFound,
+    CedanaError,
+    ConflictError,
+    Interrupted,
+    NotFoundError,
+    OperationTimeout,
+    UsageError,
+)
+from kubectl_cedana.helper import (
+    HelperClient,
+    HelperPod,
+    find_helper_pod,
+    parallel_map,
+    require_helpers,
+)
+from kubectl_cedana.kube import KubeClient, pod_path
+from kubectl_cedana.pods import (
+    ANNOTATION_SESSION,
+    ContainerRef,
+    build_placeholder_pod,
+    checkpoint_metadata_patch,
+    placeholder_running,
+    running_container,
+    select_container,
+)
+
+if TYPE_CHECKING:  # Self is Python 3.11+; annotations are never evaluated
+    from typing import Self
+
+ProgressFn = Callable[[str], None]
+POLL_SECONDS = 0.5
+
+
+def _no_progress(_text: str) -> None:
+    return None
+
+
+# -- containers -------------------------------------------------------------------------------
+def resolve_running_container(kube: KubeClient, namespace: str, pod: str,
+                              container: str | None) -> tuple[ContainerRef, dict[str, Any]]:
+    """The pod's container (by -c or the only one), its node and runtime ID; must be running."""
+    obj = kube.get_pod(namespace, pod)
+    name = select_container(obj, container)
+    return running_container(obj, name), obj
+
+
+def container_entry(entry: dict[str, Any], node: str) -> dict[str, Any]:
+    """A helper's /list entry in the plugin's documented shape."""
+    return {
+        "namespace": entry.get("namespace", ""),
+        "pod": entry.get("sandbox_name", ""),
+        "container": entry.get("container_name", ""),
+        "node": node,
+        "status": entry.get("status", ""),
+        "container_id": entry.get("container_id", ""),
+        "pid": entry.get("pid"),
+        "image": entry.get("image", ""),
+        "sandbox_id": entry.get("sandbox_id", ""),
+        "runtime": entry.get("runtime", ""),
+    }
+
+
+def list_containers(kube: KubeClient, namespace: str | None
+                    ) -> tuple[list[dict[str, Any]], list[CedanaError]]:
+    """Containers the helpers see, in `namespace` or (None) every namespace.
+
+    Returns what could be gathered plus the errors of helpers that failed.
+    """
+    helpers = require_helpers(kube)
+    calls: list[tuple[HelperPod, str]] = []
+    if namespace:
+        calls = [(h, namespace) for h in helpers]
+    else:
+        by_node: dict[str, set[str]] = {}
+        for pod in kube.list_pods(None):
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node:
+                by_node.setdefault(node, set()).add(pod["metadata"]["namespace"])
+        calls = [(h, ns) for h in helpers for ns in sorted(by_node.get(h.node, ()))]
+
+    def ask(call: tuple[HelperPod, str]) -> list[dict[str, Any]]:
+        helper, ns = call
+        return [container_entry(e, helper.node)
+                for e in HelperClient(kube, helper).list_containers(ns)]
+
+    rows: list[dict[str, Any]] = []
+    errors: list[CedanaError] = []
+    for _call, found, error in parallel_map(ask, calls):
+        if error is not None:
+            errors.append(error)
+        rows.extend(found or [])
+    rows.sort(key=lambda r: (r["namespace"], r["pod"], r["container"]))
+    return rows, errors
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def checkpoint_container(kube: KubeClient, namespace: str, pod: str, container: str | None,
+                         *, leave_running: bool, path: str = "") -> dict[str, Any]:
+    ref, _obj = resolve_running_container(kube, namespace, pod, container)
+    helper = HelperClient(kube, find_helper_pod(kube, ref.node))
+    answer = helper.checkpoint(namespace=ref.namespace, pod=ref.pod, container=ref.container,
+                               path=path, leave_running=leave_running)
+    return {
+        "checkpoint_id": answer.get("checkpoint_id", ""),
+        "checkpoint_path": answer.get("checkpoint_path", ""),
+        "size_bytes": answer.get("size_bytes"),
+        "duration_ms": answer.get("duration_ms"),
+        "leave_running": leave_running,
+        "source": ref.to_dict(),
+        "options": answer.get("options"),
+    }
+
+
+def checkpoint_entry(entry: dict[str, Any], node: str) -> dict[str, Any]:
+    """A catalogue entry in the documented shape; further helper fields follow unchanged."""
+    shaped: dict[str, Any] = {
+        "id": entry.get("id", ""),
+        "namespace": entry.get("namespace", ""),
+        "pod": entry.get("pod", ""),
+        "container": entry.get("container", ""),
+        "node": entry.get("node") or node,
+        "path": entry.get("path", ""),
+        "size_bytes": entry.get("size_bytes"),
+        "created": entry.get("created", ""),
+    }
+    for key, value in entry.items():
+        shaped.setdefault(key, value)
+    return shaped
+
+
+def list_checkpoints(kube: KubeClient, namespace: str | None
+                     ) -> tuple[list[dict[str, Any]], list[CedanaError]]:
+    """Every node's catalogue, filtered to `namespace` unless None."""
+    helpers = require_helpers(kube)
+
+    def ask(helper: HelperPod) -> list[dict[str, Any]]:
+        return [checkpoint_entry(e, helper.node) for e in HelperClient(kube, helper).checkpoints()]
+
+    rows: list[dict[str, Any]] = []
+    errors: list[CedanaError] = []
+    for _helper, found, error in parallel_map(ask, helpers):
+        if error is not None:
+            errors.append(error)
+        rows.extend(e for e in found or [] if namespace is None or e["namespace"] == namespace)
+    rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]))
+    return rows, errors
+
+
+def find_checkpoint(kube: KubeClient, wanted: str) -> tuple[HelperClient, dict[str, Any]]:
+    """The node holding a checkpoint, by full ID, unique ID prefix (4+ chars) or path."""
+    helpers = require_helpers(kube)
+    by_node = {h.node: h for h in helpers}
+    entries, errors = list_checkpoints(kube, None)
+    exact = [e for e in entries if e["id"] == wanted or (wanted.startswith("/")
+                                                        and e["path"] == wanted)]
+    if not exact and len(wanted) >= 4:
+        exact = [e for e in entries if str(e["id"]).startswith(wanted)]
+    if not exact and not wanted.startswith("/"):  # a path relative to the checkpoint dir
+        exact = [e for e in entries if str(e["path"]).endswith("/" + wanted.strip("/"))]
+    if len(exact) > 1:
+        raise UsageError(f'checkpoint ID "{wanted}" is ambiguous',
+                         hint="matches " + ", ".join(sorted(str(e["id"]) for e in exact)))
+    if not exact:
+        unreachable = "; ".join(e.one_line() for e in errors)
+        raise NotFoundError(f'checkpoint "{wanted}" not found on any node',
+                            hint=f"not asked: {unreachable}" if unreachable else
+                            "see: kubectl cedana checkpoints ls -A")
+    entry = exact[0]
+    helper = by_node.get(entry["node"])
+    if helper is None:
+        raise NotFoundError(f"checkpoint {entry['id']} is on node {entry['node']}, "
+                            "which has no cedana helper")
+    return HelperClient(kube, helper), entry
+
+
+def inspect_checkpoint(kube: KubeClient, wanted: str) -> dict[str, Any]:
+    helper, entry = find_checkpoint(kube, wanted)
+    return checkpoint_entry(helper.get_checkpoint(entry["id"]), helper.node)
+
+
+def delete_checkpoint(kube: KubeClient, wanted: str) -> dict[str, Any]:
+    helper, entry = find_checkpoint(kube, wanted)
+    helper.delete_checkpoint(entry["id"])
+    return {"id": entry["id"], "node": helper.node, "deleted": True}
+
+
+# -- restore ----------------------------------------------------------------------------------
+def restore_into(kube: KubeClient, wanted: str, namespace: str, pod: str,
+                 container: str | None) -> dict[str, Any]:
+    """Restore a checkpoint into an existing (sleeping) pod's container."""
+    target, _obj = resolve_running_container(kube, namespace, pod, container)
+    if wanted.startswith("/"):
+        helper = HelperClient(kube, find_helper_pod(kube, target.node))
+        answer = helper.restore(namespace=target.namespace, pod=target.pod,
+                                container=target.container, checkpoint_path=wanted)
+        checkpoint_id = str(answer.get("checkpoint_id") or "")
+    else:
+        helper, entry = find_checkpoint(kube, wanted)
+        checkpoint_id = entry["id"]
+        if helper.node != target.node:
+            raise ConflictError(
+                f"checkpoint {checkpoint_id} is stored on node {helper.node} but pod "
+                f'"{pod}" runs on node {target.node}',
+                hint="checkpoints stay on the node that took them; use --new-pod, which pins "
+                     "the new pod to that node")
+        answer = helper.restore(namespace=target.namespace, pod=target.pod,
+                                container=target.container, checkpoint_id=checkpoint_id)
+    return {
+        "checkpoint_id": checkpoint_id or answer.get("checkpoint_id", ""),
+        "target": target.to_dict(),
+        "pid": answer.get("pid"),
+        "pid_in_container": answer.get("pid_in_container"),
+        "duration_ms": answer.get("duration_ms"),
+        "placeholder_created": False,
+    }
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM behaves like Ctrl-C (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Cleanup must finish even if the user presses Ctrl-C again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class PlaceholderSession:
+    """Creates a placeholder pod and deletes it again unless `keep()` was called.
+
+    Failure, Ctrl-C or SIGTERM inside the `with` block remove the pod (only if it carries
+    this session's annotation, so a pod of the same name made by someone else is never
+    touched); an interruption then surfaces as Interrupted (exit 130).
+    """
+
+    def __init__(self, kube: KubeClient, pod: dict[str, Any]) -> None:
+        self.kube = kube
+        self.pod = pod
+        self.namespace = str(pod["metadata"]["namespace"])
+        self.name = str(pod["metadata"]["name"])
+        self.session = str(pod["metadata"]["annotations"].get(ANNOTATION_SESSION) or "")
+        self.state = "absent"  # absent -> creating -> created
+        self.kept = False
+        self._signals = _sigterm_as_interrupt()
+
+    def __enter__(self) -> Self:
+        self._signals.__enter__()
+        return self
+
+    def create(self) -> dict[str, Any]:
+        self.state = "creating"
+        try:
+            created = self.kube.create_pod(self.namespace, self.pod)
+        except ApiConflict as exc:
+            self.state = "absent"
+            raise ConflictError(f'pod "{self.name}" already exists in namespace '
+                                f'"{self.namespace}"', hint="choose another name") from exc
+        except CedanaError:
+            self.state = "absent"
+            raise
+        self.state = "created"
+        return created
+
+    def keep(self) -> None:
+        self.kept = True
+
+    def _remove(self) -> str:
+        """Delete the placeholder; '' on success, else why not."""
+        try:
+            if self.state == "creating":  # the create may or may not have reached the server
+                current = self.kube.request("GET", pod_path(self.namespace, self.name))
+                annotations = (current.get("metadata") or {}).get("annotations") or {}
+                if annotations.get(ANNOTATION_SESSION) != self.session:
+                    return ""
+            self.kube.delete_pod(self.namespace, self.name, grace_period_seconds=0)
+            return ""
+        except ApiNotFound:
+            return ""
+        except CedanaError as exc:
+            return exc.one_line()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if self.kept or self.state == "absent" or exc_type is None:
+            self._signals.__exit__(None, None, None)
+            return
+        try:
+            with _signals_ignored():
+                problem = self._remove()
+        finally:
+            self._signals.__exit__(None, None, None)  # only now: no gap without a handler
+        done = (f"could not delete placeholder pod {self.namespace}/{self.name}: {problem}"
+                if problem else f"deleted placeholder pod {self.namespace}/{self.name}")
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted; {done}") from None
+        if isinstance(exc, CedanaError):
+            exc.message = f"{exc.message}; {done}"
+
+
+def wait_pod_running(kube: KubeClient, namespace: str, name: str, container: str,
+                     timeout: float, progress: ProgressFn = _no_progress) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    detail = "Pending"
+    while True:
+        try:
+            pod = kube.get_pod(namespace, name)
+        except ApiNotFound:
+            raise NotFoundError(f'pod "{name}" disappeared while waiting for it to run') \
+                from None
+        running, detail = placeholder_running(pod, container)
+        if running:
+            return pod
+        progress(f"waiting for pod {name} to run: {detail}")
+        if time.monotonic() >= deadline:
+            raise OperationTimeout(f'pod "{name}" did not start within {timeout:.0f}s '
+                                   f"(last state: {detail})", hint="raise --timeout")
+        time.sleep(POLL_SECONDS)
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def restore_new_pod(kube: KubeClient, wanted: str, new_pod: str, *, node: str | None,
+                    namespace: str | None, timeout: float,
+                    progress: ProgressFn = _no_progress) -> dict[str, Any]:
+    """Create a placeholder from the checkpoint's source pod, wait for it, restore into it."""
+    helper, entry = find_checkpoint(kube, wanted)
+    checkpoint_id = str(entry["id"])
+    if node and node != helper.node:
+        raise ConflictError(f"checkpoint {checkpoint_id} is stored on node {helper.node}, "
+                            f"not on {node}",
+                            hint="checkpoints stay on the node that took them; omit --node")
+    source_ns, source_pod, container = entry["namespace"], entry["pod"], entry["container"]
+    if not (source_ns and source_pod and container):
+        raise CedanaError(f"checkpoint {checkpoint_id} does not record its source pod",
+                          hint="create a sleeping pod yourself and use --into")
+    try:
+        source = kube.get_pod(source_ns, source_pod)
+    except ApiNotFound:
+        raise NotFoundError(
+            f"the checkpoint's source pod {source_ns}/{source_pod} no longer exists and its "
+            "spec is needed to build the new pod",
+            hint="create a sleeping pod yourself and use --into") from None
+    placeholder = build_placeholder_pod(source, container, new_pod, node=helper.node,
+                                        checkpoint_id=checkpoint_id,
+                                        namespace=namespace or source_ns,
+                                        session=new_session_id())
+    target_ns = placeholder["metadata"]["namespace"]
+    started = time.monotonic()
+    with PlaceholderSession(kube, placeholder) as session:
+        progress(f"creating pod {new_pod}")
+        session.create()
+        wait_pod_running(kube, target_ns, new_pod, container, timeout, progress)
+        progress(f"restoring checkpoint {checkpoint_id} into pod {new_pod}")
+        answer = helper.restore(namespace=target_ns, pod=new_pod, container=container,
+                                checkpoint_id=checkpoint_id)
+        session.keep()
+    return {
+        "checkpoint_id": checkpoint_id,
+        "target": ContainerRef(namespace=target_ns, pod=new_pod, container=container,
+                               node=helper.node, image=str(
+                                   placeholder["spec"]["containers"][0].get("image") or "")
+                               ).to_dict(),
+        "source": {"namespace": source_ns, "pod": source_pod, "container": container,
+                   "node": helper.node},
+        "pid": answer.get("pid"),
+        "pid_in_container": answer.get("pid_in_container"),
+        "duration_ms": answer.get("duration_ms"),
+        "total_ms": round((time.monotonic() - started) * 1000),
+        "placeholder_created": True,
+    }
+
+
+def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | None, *,
+                to_node: str | None, delete_source: bool, new_pod: str | None,
+                timeout: float, progress: ProgressFn = _no_progress) -> dict[str, Any]:
+    """Checkpoint a pod's container and restore it into a new pod, measuring the pause.
+
+    The new pod is created and running before the checkpoint, so the pause (checkpoint
+    request sent -> restore answered) covers only the dump and the restore.
+    """
+    source_ref, source = resolve_running_container(kube, namespace, pod, container)
+    if to_node and to_node != source_ref.node:
+        raise UsageError(
+            f"migrating to another node ({source_ref.node} -> {to_node}) is not available yet: "
+            "checkpoints stay on the disk of the node that took them",
+            hint=f"omit --to-node or use --to-node {source_ref.node}")
+    helper = HelperClient(kube, find_helper_pod(kube, source_ref.node))
+    helper.health()  # fail before changing anything when the helper is unreachable
+    target_name = new_pod or _migrated_name(pod)
+    placeholder = build_placeholder_pod(source, source_ref.container, target_name,
+                                        node=source_ref.node, session=new_session_id())
+    warnings: list[str] = []
+    checkpoint_id = ""
+    try:
+        with PlaceholderSession(kube, placeholder) as session:
+            progress(f"creating pod {target_name}")
+            session.create()
+            wait_pod_running(kube, namespace, target_name, source_ref.container, timeout,
+                             progress)
+            progress(f"checkpointing {pod}/{source_ref.container}")
+            paused_at = time.monotonic()
+            dump = helper.checkpoint(namespace=namespace, pod=pod,
+                                     container=source_ref.container,
+                                     leave_running=not delete_source)
+            checkpoint_id = str(dump.get("checkpoint_id") or "")
+            progress(f"restoring into {target_name}")
+            answer = helper.restore(namespace=namespace, pod=target_name,
+                                    container=source_ref.container, checkpoint_id=checkpoint_id)
+            pause_ms = round((time.monotonic() - paused_at) * 1000)
+            session.keep()
+    except CedanaError as exc:
+        if checkpoint_id:  # failed or interrupted after the dump: say what is left
+            exc.hint = (f"checkpoint {checkpoint_id} is kept on node {helper.node}"
+                        + ("; the source container was stopped by the checkpoint"
+                           if delete_source else ""))
+        raise
+    try:
+        kube.patch_merge(pod_path(namespace, target_name), checkpoint_metadata_patch(checkpoint_id))
+    except CedanaError as exc:
+        warnings.append(f"could not label pod {target_name} with its checkpoint: {exc.one_line()}")
+    if delete_source:
+        if (source.get("metadata") or {}).get("ownerReferences"):
+            owner = source["metadata"]["ownerReferences"][0]
+            warnings.append(f"pod {pod} is managed by {owner.get('kind')} {owner.get('name')}, "
+                            "which will create a fresh replacement")
+        kube.delete_pod(namespace, pod)
+    return {
+        "checkpoint_id": checkpoint_id,
+        "source": source_ref.to_dict(),
+        "target": {"namespace": namespace, "pod": target_name, "container":
+                   source_ref.container, "node": source_ref.node},
+        "pause_ms": pause_ms,
+        "checkpoint_ms": dump.get("duration_ms"),
+        "restore_ms": answer.get("duration_ms"),
+        "pid": answer.get("pid"),
+        "pid_in_container": answer.get("pid_in_container"),
+        "source_deleted": delete_source,
+        "warnings": warnings,
+    }
+
+
+def _migrated_name(pod: str) -> str:
+    suffix = "-migrated"
+    return pod[:253 - len(suffix)] + suffix
+
+
+# -- versions ---------------------------------------------------------------------------------
+def helper_versions(kube: KubeClient) -> tuple[list[dict[str, Any]], list[CedanaError]]:
+    helpers = require_helpers(kube)
+
+    def ask(helper: HelperPod) -> dict[str, Any]:
+        return HelperClient(kube, helper).version()
+
+    rows: list[dict[str, Any]] = []
+    errors: list[CedanaError] = []
+    for helper, found, error in parallel_map(ask, helpers):
+        info = found or {}
+        rows.append({"node": helper.node, "pod": helper.name, "ready": helper.ready,
+                     "helper": info.get("helper", ""), "runc": info.get("runc", ""),
+                     "criu": info.get("criu", ""),
+                     "error": error.one_line() if error else ""})
+        if error is not None:
+            errors.append(error)
+    return rows, errors
+

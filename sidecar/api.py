@@ -1,0 +1,195 @@
+"""The helper's REST API. Routes parse a request, call a plain function, render its answer.
+
+Handlers that block (filesystem walks, runc, CRIU) are plain `def`, so FastAPI runs them in its
+thread pool and operations on different containers proceed in parallel.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sidecar import store, version, versions
+from sidecar.catalogue import Catalogue
+from sidecar.checkpoint import CheckpointResult, checkpoint_container
+from sidecar.config import HelperConfig
+from sidecar.discovery import list_containers, validate_root
+from sidecar.errors import (
+    HelperError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotImplementedYet,
+)
+from sidecar.locks import ContainerLocks
+from sidecar.middleware import BodyLimitMiddleware, RequestLogMiddleware, request_state
+from sidecar.restore import RestoreResult, restore_into
+from sidecar.schemas import CheckpointRequest, ListRequest, RestoreRequest
+
+log = logging.getLogger(__name__)
+
+CheckpointFn = Callable[..., CheckpointResult]
+RestoreFn = Callable[..., RestoreResult]
+
+ROOTFS_NOT_IMPLEMENTED = "rootfs checkpoint/restore is not implemented yet"
+
+
+def _error_response(request: Request, error: HelperError) -> JSONResponse:
+    request_state(request.scope)["error_code"] = error.code
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """One readable sentence naming the offending fields, and the fields as dotted paths."""
+    parts = []
+    fields = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path"):
+            loc = loc[1:]
+        if err.get("type") == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "invalid JSON")
+            parts.append(f"request body is not valid JSON ({detail} at position "
+                         f"{loc[0] if loc else '?'})")
+            continue
+        field = ".".join(loc)
+        if not field:
+            parts.append("request body must be a JSON object sent with "
+                         "Content-Type: application/json")
+            continue
+        fields.append(field)
+        msg = str(err.get("msg", "is invalid"))
+        if err.get("type") == "missing":
+            msg = "field required"
+        parts.append(f"{field}: {msg}")
+    return "; ".join(parts[:5]) or "invalid request", fields
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HelperError)
+    async def helper_error(request: Request, exc: HelperError) -> JSONResponse:
+        return _error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, fields = describe_validation_errors(list(exc.errors()))
+        extra = {"fields": fields} if fields else {}
+        return _error_response(request, InvalidRequest(message, **extra))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error: HelperError
+        if exc.status_code == 404:
+            error = NotFound(f"no route {request.method} {request.url.path}; see docs/api.md")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}"
+                + (f" (allowed: {exc.headers['Allow']})" if exc.headers and
+                   "Allow" in exc.headers else ""))
+            error.headers = dict(exc.headers or {})
+        elif exc.status_code == 400:
+            error = InvalidRequest(f"bad request: {exc.detail}")
+        else:
+            error = HelperError(str(exc.detail))
+            error.status = exc.status_code
+            error.code = f"http_{exc.status_code}"
+        return _error_response(request, error)
+
+
+def _root(config: HelperConfig, requested: str | None) -> Path:
+    return validate_root(requested or config.runtime_root)
+
+
+def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
+               checkpoint_fn: CheckpointFn = checkpoint_container,
+               restore_fn: RestoreFn = restore_into) -> FastAPI:
+    """The helper's ASGI application for one configuration."""
+    locks = locks if locks is not None else ContainerLocks()
+    store.make_private_dirs(config.checkpoint_dir, Path("/"))
+    store.cleanup_temporaries(config.checkpoint_dir)
+    catalogue = Catalogue(config.checkpoint_dir)
+
+    app = FastAPI(title="cedana-helper", version=version, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    _install_error_handlers(app)
+    # the last added is the outermost: log every request, including those refused for size
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(RequestLogMiddleware)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/version")
+    def get_version() -> dict[str, str]:
+        return {**versions.tool_versions(config), "node": config.node_name}
+
+    @app.get("/list/{namespace}")
+    def list_namespace(namespace: str, root: Annotated[str | None, Query()] = None,
+                       body: Annotated[ListRequest | None, Body()] = None,
+                       ) -> list[dict[str, Any]]:
+        requested = root or (body.root if body is not None else None)
+        return [c.to_dict() for c in list_containers(_root(config, requested), namespace)]
+
+    @app.post("/checkpoint")
+    def post_checkpoint(request: Request, body: CheckpointRequest) -> dict[str, Any]:
+        data = body.checkpoint_data
+        result = checkpoint_fn(
+            config, _root(config, data.root), data.namespace, data.sandbox_name,
+            data.container_name, data.checkpoint_path or None, body.leave_running, locks=locks,
+        )
+        request_state(request.scope).update(checkpoint_id=result.checkpoint_id,
+                                            container_id=result.container.container_id)
+        return result.to_dict()
+
+    @app.post("/restore")
+    def post_restore(request: Request, body: RestoreRequest) -> dict[str, Any]:
+        data = body.checkpoint_data
+        request_state(request.scope)["checkpoint_id"] = data.checkpoint_id or ""
+        result = restore_fn(
+            config, _root(config, data.root), data.namespace, data.sandbox_name,
+            data.container_name, data.checkpoint_path or None, data.checkpoint_id or None,
+            locks=locks,
+        )
+        request_state(request.scope).update(checkpoint_id=result.checkpoint_id,
+                                            container_id=result.container.container_id)
+        return result.to_dict()
+
+    @app.post("/checkpoint/rootfs")
+    @app.post("/checkpoint/rootfs/crio")
+    @app.post("/restore/rootfs")
+    async def rootfs_not_implemented() -> None:
+        raise NotImplementedYet(ROOTFS_NOT_IMPLEMENTED)
+
+    @app.get("/checkpoints")
+    def get_checkpoints() -> dict[str, Any]:
+        return {"checkpoints": catalogue.list()}
+
+    @app.get("/checkpoints/{checkpoint_id}")
+    def get_checkpoint(request: Request, checkpoint_id: str) -> dict[str, Any]:
+        request_state(request.scope)["checkpoint_id"] = checkpoint_id
+        entry = catalogue.get(checkpoint_id)
+        path = Path(entry["path"])
+        entry["present"] = path.is_dir()
+        if entry["present"]:
+            try:
+                entry["manifest"] = store.load_manifest(path).to_dict()
+            except HelperError as exc:
+                entry["manifest_error"] = exc.message
+        return entry
+
+    @app.delete("/checkpoints/{checkpoint_id}")
+    def delete_checkpoint(request: Request, checkpoint_id: str) -> dict[str, Any]:
+        request_state(request.scope)["checkpoint_id"] = checkpoint_id
+        entry = catalogue.delete(checkpoint_id)
+        return {"deleted": True, "checkpoint_id": checkpoint_id, "path": entry.get("path"),
+                "removed_files": not os.path.exists(entry.get("path", ""))}
+
+    return app

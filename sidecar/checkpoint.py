@@ -1,0 +1,216 @@
+"""Checkpoint one Kubernetes container: find it, check it can be dumped, dump it with runc and
+CRIU into the on-disk format of store.py, and record it in the catalogue."""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sidecar import criu, proctree, runc, store, versions
+from sidecar.catalogue import Catalogue
+from sidecar.config import HelperConfig
+from sidecar.discovery import RUNNING, RuncContainer, find_container
+from sidecar.errors import (
+    CheckpointExists,
+    ContainerNotRunning,
+    DumpFailed,
+    IoUringUnsupported,
+)
+from sidecar.locks import ContainerLocks
+from sidecar.paths import confine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCKS = ContainerLocks()
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    checkpoint_id: str
+    checkpoint_path: Path
+    size_bytes: int
+    duration_ms: int
+    options: dict[str, Any]
+    container: RuncContainer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint_id": self.checkpoint_id,
+            "checkpoint_path": str(self.checkpoint_path),
+            "size_bytes": self.size_bytes,
+            "duration_ms": self.duration_ms,
+            "options": self.options,
+            "container_id": self.container.container_id,
+        }
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def destination(config: HelperConfig, checkpoint_path: str | None, checkpoint_id: str) -> Path:
+    """Where the checkpoint will live: the confined request, or <checkpoint-dir>/<id>."""
+    if checkpoint_path:
+        final = confine(config.checkpoint_dir, checkpoint_path)
+    else:
+        final = config.checkpoint_dir / checkpoint_id
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise CheckpointExists(
+            f"{final} already exists and is not an empty directory; choose a new "
+            "checkpoint_path", checkpoint_path=str(final),
+        )
+    return final
+
+
+def choose_options(config: HelperConfig, container: RuncContainer,
+                   tree: list[proctree.TreeProcess], leave_running: bool) -> runc.DumpOptions:
+    tcp = proctree.has_connected_tcp(tree)
+    if criu.RUNC_CONFIG_ANNOTATION in container.annotations:
+        # runc hands CRIU the container's own config file instead of ours
+        in_config: set[str] = set()
+    else:
+        try:
+            in_config = criu.ensure_runc_config(config.criu_runc_config)
+        except OSError as exc:
+            # e.g. a read-only /etc in the helper image: dump without link-remap
+            log.warning("cannot write %s (%s); dumping without link-remap",
+                        config.criu_runc_config, exc)
+            in_config = set()
+    return runc.DumpOptions(
+        leave_running=leave_running,
+        tcp_established=tcp,
+        ext_unix_sk=True,
+        file_locks=True,
+        link_remap="link-remap" in in_config,
+        skip_in_flight=tcp and "skip-in-flight" in in_config,
+    )
+
+
+def config_dump(container: RuncContainer, checkpoint_id: str, checkpointed: str) -> dict[str, Any]:
+    """config.dump in the shape checkpointctl and CRI-O read."""
+    image_ref = container.annotations.get("io.kubernetes.cri-o.Image", "")
+    return {
+        "id": container.container_id,
+        "name": container.container_name,
+        "rootfsImage": container.image,
+        "rootfsImageName": container.image,
+        "rootfsImageRef": image_ref,
+        "runtime": "runc",
+        "createdTime": container.created,
+        "checkpointedTime": checkpointed,
+        "cedanaCheckpointId": checkpoint_id,
+    }
+
+
+def _collect_outputs(temp_dir: Path, work_dir: Path, images_dir: Path) -> None:
+    dump_log = work_dir / runc.DUMP_LOG
+    if dump_log.exists():
+        shutil.move(str(dump_log), temp_dir / "dump.log")
+    # CRIU writes its stats into the work dir when it has one, else into the images dir
+    for candidate in (work_dir / "stats-dump", images_dir / "stats-dump"):
+        if candidate.exists():
+            shutil.copyfile(candidate, temp_dir / "stats-dump")
+            break
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+                         container: str, checkpoint_path: str | None, leave_running: bool,
+                         *, locks: ContainerLocks = DEFAULT_LOCKS) -> CheckpointResult:
+    started = time.monotonic()
+    target = find_container(root, namespace, sandbox, container)
+    if target.status != RUNNING:
+        raise ContainerNotRunning(
+            f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
+            f"{target.status}; only a running container can be checkpointed",
+            container_id=target.container_id,
+        )
+    checkpoint_id = str(uuid.uuid4())
+    final_dir = destination(config, checkpoint_path, checkpoint_id)
+    with locks.hold(target.container_id, "checkpoint"):
+        tree = proctree.process_tree(target.pid)
+        if not tree:
+            raise ContainerNotRunning(
+                f"the init process {target.pid} of container {target.container_id} has exited",
+                container_id=target.container_id,
+            )
+        uring = proctree.find_io_uring(tree)
+        if uring is not None:
+            raise IoUringUnsupported(
+                f"process {uring.pid} ({uring.name}) in container {namespace}/{sandbox}/"
+                f"{container} holds an io_uring instance, which CRIU cannot checkpoint; "
+                "checkpoint before the program sets up io_uring",
+                pid=uring.pid, process_name=uring.name,
+            )
+        options = choose_options(config, target, tree, leave_running)
+        store.make_private_dirs(final_dir.parent, Path("/"))
+        temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
+        temp_dir.mkdir(mode=store.DIR_MODE)
+        try:
+            manifest = _dump(config, root, target, temp_dir, final_dir, checkpoint_id, options)
+        except BaseException:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+    duration_ms = int((time.monotonic() - started) * 1000)
+    size = store.directory_size(final_dir)
+    Catalogue(config.checkpoint_dir).add({
+        "id": checkpoint_id,
+        "path": str(final_dir),
+        "namespace": namespace,
+        "pod": sandbox,
+        "container": container,
+        "container_id": target.container_id,
+        "image": target.image,
+        "node": config.node_name,
+        "size_bytes": size,
+        "created": manifest.created,
+        "leave_running": leave_running,
+        "status": "complete",
+        "options": options.to_dict(),
+        "restores": [],
+    })
+    log.info("checkpointed %s/%s/%s into %s", namespace, sandbox, container, final_dir,
+             extra={"checkpoint_id": checkpoint_id})
+    return CheckpointResult(checkpoint_id, final_dir, size, duration_ms, options.to_dict(), target)
+
+
+def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
+          final_dir: Path, checkpoint_id: str,
+          options: runc.DumpOptions) -> store.CheckpointManifest:
+    images_dir = temp_dir / store.IMAGES_DIR
+    work_dir = temp_dir / "work"
+    images_dir.mkdir(mode=store.DIR_MODE)
+    work_dir.mkdir(mode=store.DIR_MODE)
+    # read the spec before the dump: without leave_running the container is gone afterwards
+    spec_source = Path(target.bundle) / "config.json"
+    try:
+        shutil.copyfile(spec_source, temp_dir / "spec.dump")
+    except OSError as exc:
+        raise DumpFailed(f"cannot read the container's spec {spec_source}: {exc}") from exc
+    runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
+                    images_dir, work_dir, options, timeout=config.dump_timeout_s)
+    checkpointed = utc_now()
+    _collect_outputs(temp_dir, work_dir, images_dir)
+    store.write_json(temp_dir / "config.dump", config_dump(target, checkpoint_id, checkpointed))
+    manifest = store.CheckpointManifest(
+        checkpoint_id=checkpoint_id,
+        created=checkpointed,
+        source={
+            "namespace": target.namespace,
+            "pod": target.sandbox_name,
+            "container": target.container_name,
+            "container_id": target.container_id,
+            "sandbox_id": target.sandbox_id,
+            "node": config.node_name,
+            "image": target.image,
+            "runtime": target.runtime,
+        },
+        tools=versions.tool_versions(config),
+        criu_options=options.to_dict(),
+    )
+    return store.finalize(temp_dir, final_dir, manifest)

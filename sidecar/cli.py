@@ -1,0 +1,59 @@
+"""`cedana-helper`: the node helper's command line (serve, version)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sidecar import logs, version
+from sidecar.config import DEFAULT_CRIU_RUNC_CONFIG, DEFAULT_RUNTIME_ROOT, HelperConfig
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@click.group()
+def main() -> None:
+    """The cedana node helper: checkpoint and restore this node's containers with runc/CRIU."""
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=1324, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--checkpoint-dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Directory that holds every checkpoint; requested paths must lie inside.")
+@click.option("--runtime-root", default=str(DEFAULT_RUNTIME_ROOT), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="runc root used when a request names none.")
+@click.option("--runc", "runc_path", default="runc", show_default=True, help="runc binary.")
+@click.option("--criu", "criu_path", default="criu", show_default=True, help="criu binary.")
+@click.option("--criu-runc-config", default=str(DEFAULT_CRIU_RUNC_CONFIG), show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="CRIU config file runc passes to CRIU (link-remap is set there).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(LOG_LEVELS, case_sensitive=False))
+def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
+          criu_path: str, criu_runc_config: Path, log_level: str) -> None:
+    """Serve the REST API."""
+    import uvicorn
+
+    from sidecar.api import create_app
+
+    logs.configure(log_level)
+    config = HelperConfig(
+        checkpoint_dir=checkpoint_dir, runtime_root=runtime_root, runc_path=runc_path,
+        criu_path=criu_path, criu_runc_config=criu_runc_config,
+    )
+    app = create_app(config)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
+                log_level=log_level.lower())
+
+
+@main.command("version")
+def show_version() -> None:
+    """Print the helper's version."""
+    click.echo(version)
+
+
+if __name__ == "__main__":
+    main()

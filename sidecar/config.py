@@ -1,0 +1,38 @@
+"""The helper's settings, fixed at start-up and passed down explicitly."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_RUNTIME_ROOT = Path("/run/containerd/runc/k8s.io")
+DEFAULT_CRIU_RUNC_CONFIG = Path("/etc/criu/runc.conf")
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def default_node_name() -> str:
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class HelperConfig:
+    """Where checkpoints live, where containers are found and which binaries run them."""
+
+    checkpoint_dir: Path
+    runtime_root: Path = DEFAULT_RUNTIME_ROOT
+    runc_path: str = "runc"
+    criu_path: str = "criu"
+    nsenter_path: str = "nsenter"
+    unshare_path: str = "unshare"
+    # runc 1.1 passes this file to CRIU unless the container's `org.criu.config` annotation
+    # names another; options runc has no flag for (link-remap, skip-in-flight) go here.
+    criu_runc_config: Path = DEFAULT_CRIU_RUNC_CONFIG
+    node_name: str = field(default_factory=default_node_name)
+    dump_timeout_s: float = 600.0
+    restore_timeout_s: float = 600.0
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        # the confinement checks compare real paths, so keep the real one
+        object.__setattr__(self, "checkpoint_dir", Path(os.path.realpath(self.checkpoint_dir)))

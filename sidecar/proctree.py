@@ -1,0 +1,126 @@
+"""Facts about a container's process tree read from /proc: io_uring use, TCP connections,
+and pid translation between namespaces."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+IO_URING_LINK = "anon_inode:[io_uring]"
+# /proc/net/tcp `st` values of sockets CRIU dumps without --tcp-established: LISTEN and CLOSE
+TCP_UNCONNECTED_STATES = {"0A", "07"}
+
+
+@dataclass(frozen=True)
+class TreeProcess:
+    pid: int
+    name: str
+
+
+def process_tree(pid: int) -> list[TreeProcess]:
+    """The process and all its descendants (by parent pid), the root first."""
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    tree = []
+    for proc in members:
+        try:
+            tree.append(TreeProcess(proc.pid, proc.name()))
+        except psutil.Error:
+            continue  # exited while we looked
+    return tree
+
+
+def fd_links(pid: int, proc: Path = Path("/proc")) -> dict[int, str]:
+    links = {}
+    fd_dir = proc / str(pid) / "fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return {}
+    for name in names:
+        try:
+            links[int(name)] = os.readlink(fd_dir / name)
+        except (OSError, ValueError):
+            continue
+    return links
+
+
+def find_io_uring(tree: list[TreeProcess], proc: Path = Path("/proc")) -> TreeProcess | None:
+    for member in tree:
+        if IO_URING_LINK in fd_links(member.pid, proc).values():
+            return member
+    return None
+
+
+def _socket_inodes(pid: int, proc: Path) -> set[str]:
+    inodes = set()
+    for link in fd_links(pid, proc).values():
+        if link.startswith("socket:[") and link.endswith("]"):
+            inodes.add(link[len("socket:["):-1])
+    return inodes
+
+
+def _connected_tcp_inodes(pid: int, proc: Path) -> set[str]:
+    """Inodes of connected TCP sockets in the network namespace `pid` lives in."""
+    connected = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc / str(pid) / "net" / name).read_text(encoding="ascii").splitlines()
+        except OSError:
+            continue
+        for line in lines[1:]:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] not in TCP_UNCONNECTED_STATES:
+                connected.add(fields[9])
+    return connected
+
+
+def has_connected_tcp(tree: list[TreeProcess], proc: Path = Path("/proc")) -> bool:
+    """Whether any process of the tree holds a TCP socket that is neither listening nor closed.
+
+    Reads /proc/PID/net/tcp{,6}, which show the process's own network namespace (psutil's
+    connection API reads the caller's namespace instead).
+    """
+    for member in tree:
+        mine = _socket_inodes(member.pid, proc)
+        if mine and mine & _connected_tcp_inodes(member.pid, proc):
+            return True
+    return False
+
+
+def nspid(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """The NSpid line of /proc/PID/status: the pid in each namespace, outermost first."""
+    try:
+        text = (proc / str(pid) / "status").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def host_pid_for(namespace_owner: int, vpid: int) -> int | None:
+    """The pid (in our namespace) of the descendant of `namespace_owner` whose pid in
+    namespace_owner's PID namespace is `vpid`."""
+    owner_levels = nspid(namespace_owner)
+    if not owner_levels:
+        return None
+    level = len(owner_levels) - 1
+    for member in process_tree(namespace_owner):
+        levels = nspid(member.pid)
+        if len(levels) > level and levels[level] == vpid:
+            return member.pid
+    return None
+
+
+def start_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None

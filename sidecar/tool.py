@@ -1,0 +1,77 @@
+"""Running external binaries: argument lists only, bounded time, output captured."""
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 40
+# after a timeout the tool gets this long to clean up (CRIU thaws what it froze) before SIGKILL
+TERMINATE_GRACE_S = 15.0
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    args: list[str]
+    returncode: int | None  # None: it did not finish in time, or could not be started
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    start_error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        name = Path(self.args[0]).name if self.args else "?"
+        if self.start_error:
+            return f"{name} could not be started: {self.start_error}"
+        if self.timed_out:
+            return f"{name} did not finish in time and was stopped"
+        detail = last_lines(self.stderr, 5) or last_lines(self.stdout, 5)
+        text = f"{name} exited with status {self.returncode}"
+        return f"{text}: {detail}" if detail else text
+
+
+def run(args: Sequence[str], *, timeout: float, pass_fds: Sequence[int] = (),
+        cwd: str | Path | None = None) -> ToolResult:
+    """Run `args` (never through a shell) and return what happened; never raises for failure."""
+    argv = [str(a) for a in args]
+    log.debug("running %s", argv)
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, errors="replace", pass_fds=tuple(pass_fds), cwd=cwd,
+        )
+    except OSError as exc:
+        return ToolResult(argv, None, "", "", start_error=str(exc))
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            stdout, stderr = proc.communicate(timeout=TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        return ToolResult(argv, None, stdout, stderr, timed_out=True)
+    return ToolResult(argv, proc.returncode, stdout, stderr)
+
+
+def last_lines(text: str, count: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
+
+
+def log_tail(path: Path, count: int = LOG_TAIL_LINES) -> str:
+    """The last `count` lines of a tool's log file ("" if there is none)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "\n".join(line.rstrip("\n") for line in deque(f, maxlen=count))
+    except OSError:
+        return ""

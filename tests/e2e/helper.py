@@ -1,0 +1,96 @@
+"""Run the node helper as a root process on the lab's node, as its privileged pod would."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.e2e.lab import LAB_DIR, REPO, RUNC_ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class HelperProcess:
+    url: str
+    checkpoint_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=kw.pop("timeout", 120), **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=kw.pop("timeout", 300), **kw)
+
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return requests.delete(self.url + path, timeout=kw.pop("timeout", 60), **kw)
+
+    def checkpoint(self, namespace: str, pod: str, container: str = "main", *,
+                   path: str = "", leave_running: bool = True, **extra: Any) -> requests.Response:
+        data = {"container_name": container, "sandbox_name": pod, "namespace": namespace,
+                "checkpoint_path": path, "root": RUNC_ROOT}
+        return self.post("/checkpoint", {"checkpoint_data": data, "leave_running": leave_running,
+                                         **extra})
+
+    def restore(self, namespace: str, pod: str, container: str = "main", *,
+                path: str = "", checkpoint_id: str = "") -> requests.Response:
+        data: dict[str, str] = {"container_name": container, "sandbox_name": pod,
+                                "namespace": namespace, "root": RUNC_ROOT}
+        if path:
+            data["checkpoint_path"] = path
+        if checkpoint_id:
+            data["checkpoint_id"] = checkpoint_id
+        return self.post("/restore", {"checkpoint_data": data})
+
+    def alive(self) -> bool:
+        try:
+            return self.get("/healthz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_helper(name: str, checkpoint_dir: Path | None = None) -> HelperProcess:
+    port = _free_port()
+    cdir = checkpoint_dir or LAB_DIR / "test-helpers" / name / "checkpoints"
+    cdir.mkdir(parents=True, exist_ok=True)
+    log_path = LAB_DIR / "logs" / f"test-helper-{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
+           str(port), "--checkpoint-dir", str(cdir), "--runtime-root", RUNC_ROOT]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "NODE_NAME": "cedana-lab-node1"},
+                                start_new_session=True)
+    helper = HelperProcess(f"http://127.0.0.1:{port}", cdir, proc, log_path)
+    end = time.monotonic() + 30
+    while not helper.alive():
+        if proc.poll() is not None or time.monotonic() > end:
+            raise AssertionError(f"helper did not start: {helper.log_text()[-3000:]}")
+        time.sleep(0.2)
+    return helper
+
+
+def stop_helper(helper: HelperProcess) -> None:
+    if helper.proc.poll() is None:
+        os.killpg(helper.proc.pid, signal.SIGTERM)
+        try:
+            helper.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(helper.proc.pid, signal.SIGKILL)
+            helper.proc.wait(10)

@@ -1,0 +1,169 @@
+"""Handles on the real lab cluster for end-to-end tests: kubectl, the API, pods, images."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/lib/kubectl-cedana-lab"))
+KUBECONFIG = LAB_DIR / "admin.kubeconfig"
+PKI = LAB_DIR / "pki"
+REGISTRY = "127.0.0.1:5000"
+REGISTRY_USER = "cedana"
+WORKLOAD_IMAGE = "docker.io/cedana-lab/workload:1"
+NODE_NAME = "cedana-lab-node1"
+RUNC_ROOT = "/run/containerd/runc/k8s.io"
+CONTAINERD_SOCK = "/run/containerd/containerd.sock"
+
+
+def run(args: list[str], *, check: bool = True, timeout: float = 120,
+        input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input,
+                          env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({proc.returncode}): {' '.join(args)}\n"
+                             f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}")
+    return proc
+
+
+def ensure_lab_up() -> None:
+    """Bring the lab up unless it runs; a file lock keeps parallel test workers from racing."""
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    with open("/run/lock/kubectl-cedana-lab.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run([str(REPO / "hack" / "lab-up.sh")], timeout=1800)
+
+
+@dataclass
+class Lab:
+    kubeconfig: str = str(KUBECONFIG)
+    registry: str = REGISTRY
+    registry_user: str = REGISTRY_USER
+    node_name: str = NODE_NAME
+    workload_image: str = WORKLOAD_IMAGE
+    runc_root: str = RUNC_ROOT
+    _core: Any = field(default=None, repr=False)
+
+    @property
+    def registry_password(self) -> str:
+        return (PKI / "registry.password").read_text().strip()
+
+    @property
+    def ca_cert(self) -> str:
+        return str(PKI / "ca.crt")
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": self.kubeconfig}
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run(["kubectl", "--kubeconfig", self.kubeconfig, *args], check=check,
+                   timeout=timeout, input=input)
+
+    @property
+    def core(self) -> Any:
+        if self._core is None:
+            from kubernetes import client, config
+            api_client = config.new_client_from_config(config_file=self.kubeconfig)
+            self._core = client.CoreV1Api(api_client)
+        return self._core
+
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]]) -> None:
+        items = manifest if isinstance(manifest, list) else [manifest]
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                          "items": items}))
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any]:
+        out = self.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout
+        return json.loads(out)
+
+    def wait_pod_running(self, namespace: str, name: str, timeout: float = 120) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        pod: dict[str, Any] = {}
+        while time.monotonic() < end:
+            proc = self.kubectl("-n", namespace, "get", "pod", name, "-o", "json", check=False)
+            if proc.returncode == 0:
+                pod = json.loads(proc.stdout)
+                statuses = pod.get("status", {}).get("containerStatuses") or []
+                if pod["status"].get("phase") == "Running" and statuses and all(
+                        "running" in s.get("state", {}) for s in statuses):
+                    return pod
+                if pod["status"].get("phase") in ("Failed", "Succeeded"):
+                    break
+            time.sleep(0.5)
+        raise AssertionError(f"pod {namespace}/{name} not Running after {timeout}s: "
+                             f"{json.dumps(pod.get('status', {}))[:1500]}")
+
+    def logs(self, namespace: str, name: str, container: str | None = None) -> str:
+        kwargs = {"container": container} if container else {}
+        return str(self.core.read_namespaced_pod_log(name, namespace, **kwargs))
+
+    def wait_log(self, namespace: str, name: str, pattern: str, timeout: float = 60,
+                 container: str | None = None) -> re.Match[str]:
+        end = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < end:
+            try:
+                text = self.logs(namespace, name, container)
+            except Exception:  # noqa: BLE001 - the pod may not have logs yet
+                text = ""
+            matches = list(re.finditer(pattern, text))
+            if matches:
+                return matches[-1]
+            time.sleep(0.5)
+        raise AssertionError(f"{pattern!r} not in logs of {namespace}/{name}: {text[-1500:]}")
+
+    def container_id(self, namespace: str, pod: str, container: str | None = None) -> str:
+        statuses = self.pod(namespace, pod)["status"]["containerStatuses"]
+        for s in statuses:
+            if container is None or s["name"] == container:
+                return str(s["containerID"]).split("://", 1)[1]
+        raise AssertionError(f"no container {container} in {namespace}/{pod}")
+
+
+def pod_manifest(name: str, command: list[str], *, image: str = WORKLOAD_IMAGE,
+                 containers: list[dict[str, Any]] | None = None,
+                 pull_policy: str = "IfNotPresent", **spec: Any) -> dict[str, Any]:
+    """A pod whose container(s) run `command` in the workload image."""
+    if containers is None:
+        containers = [{"name": "main", "image": image, "command": command,
+                       "imagePullPolicy": pull_policy}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": containers, "terminationGracePeriodSeconds": 1,
+                     "automountServiceAccountToken": False, **spec}}
+
+
+def counter_pod(name: str, interval_ms: int = 500) -> dict[str, Any]:
+    return pod_manifest(name, ["/usr/local/bin/counter", "/tmp/counter", str(interval_ms)])
+
+
+def sleeper_pod(name: str, image: str = WORKLOAD_IMAGE) -> dict[str, Any]:
+    return pod_manifest(name, ["/bin/sh", "-c", "while true; do sleep 3600; done"], image=image)
+
+
+def create_namespace(lab: Lab, prefix: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]", "-", prefix.lower())[:30].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:6]}"
+    lab.kubectl("create", "namespace", name)
+    end = time.monotonic() + 60
+    while lab.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode:
+        if time.monotonic() > end:
+            raise AssertionError(f"no default service account in {name}")
+        time.sleep(0.3)
+    return name
+
+
+def fresh_namespace(lab: Lab, prefix: str) -> Iterator[str]:
+    name = create_namespace(lab, prefix)
+    try:
+        yield name
+    finally:
+        lab.kubectl("delete", "namespace", name, "--wait=false", check=False)

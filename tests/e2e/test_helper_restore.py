@@ -1,0 +1,175 @@
+"""Checkpoint real pods with the node helper and restore them into sleeping pods."""
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any
+
+from tests.e2e.helper import HelperProcess
+from tests.e2e.lab import Lab, counter_pod, pod_manifest, sleeper_pod
+
+
+def _counts(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"count=(\d+)", text)]
+
+
+def _start_counter(lab: Lab, ns: str, name: str = "counter", **kw: Any) -> int:
+    manifest = counter_pod(name, interval_ms=200)
+    manifest["spec"].update(kw)
+    lab.apply(manifest)
+    lab.wait_pod_running(ns, name)
+    return int(lab.wait_log(ns, name, r"count=(\d\d)").group(1))
+
+
+def _assert_running_no_restart(lab: Lab, ns: str, name: str) -> None:
+    pod = lab.wait_pod_running(ns, name)
+    for status in pod["status"]["containerStatuses"]:
+        assert status["restartCount"] == 0, status
+
+
+def test_counter_resumes_in_sleeping_pod(lab: Lab, namespace: str, helper: HelperProcess) -> None:
+    _start_counter(lab, namespace)
+    lab.apply(sleeper_pod("target"))
+    lab.wait_pod_running(namespace, "target")
+
+    before = max(_counts(lab.logs(namespace, "counter")))
+    resp = helper.checkpoint(namespace, "counter", path=f"{namespace}-counter", leave_running=True)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert re.fullmatch(r"[0-9a-f-]{36}", body["checkpoint_id"])
+    ckpt_dir = body["checkpoint_path"]
+    assert ckpt_dir.startswith(str(helper.checkpoint_dir))
+
+    restored = helper.restore(namespace, "target", path=ckpt_dir)
+    assert restored.status_code == 200, restored.text
+
+    # the restored counter continues from its checkpointed value, in the target's logs
+    lab.wait_log(namespace, "target", r"count=\d+")
+    first_restored = _counts(lab.logs(namespace, "target"))[0]
+    assert first_restored >= before, (first_restored, before)
+    lab.wait_log(namespace, "target", rf"count={first_restored + 5}\b")
+    # the source kept running (leave_running=true) and both pods stay Running
+    last_source = max(_counts(lab.logs(namespace, "counter")))
+    lab.wait_log(namespace, "counter", rf"count={last_source + 3}\b")
+    time.sleep(2)
+    _assert_running_no_restart(lab, namespace, "counter")
+    _assert_running_no_restart(lab, namespace, "target")
+    # the restored program's state is visible inside the target container too
+    inside = lab.kubectl("-n", namespace, "exec", "target", "--", "cat", "/tmp/counter").stdout
+    assert int(inside.strip()) >= first_restored
+
+    # a second restore into the same target is refused
+    again = helper.restore(namespace, "target", path=ckpt_dir)
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == "already_restored"
+
+
+def test_leave_running_false_stops_source(lab: Lab, namespace: str, helper: HelperProcess) -> None:
+    _start_counter(lab, namespace, restartPolicy="Never")
+    resp = helper.checkpoint(namespace, "counter", leave_running=False)
+    assert resp.status_code == 200, resp.text
+    end = time.monotonic() + 60
+    state: dict[str, Any] = {}
+    while time.monotonic() < end:
+        state = lab.pod(namespace, "counter")["status"]["containerStatuses"][0]["state"]
+        if "terminated" in state:
+            break
+        time.sleep(0.5)
+    assert "terminated" in state, state
+    # and the checkpoint restores into a sleeping pod
+    lab.apply(sleeper_pod("target"))
+    lab.wait_pod_running(namespace, "target")
+    restored = helper.restore(namespace, "target", checkpoint_id=resp.json()["checkpoint_id"])
+    assert restored.status_code == 200, restored.text
+    lab.wait_log(namespace, "target", r"count=\d+")
+
+
+def test_same_checkpoint_into_two_pods(lab: Lab, namespace: str, helper: HelperProcess) -> None:
+    _start_counter(lab, namespace)
+    for name in ("target-a", "target-b"):
+        lab.apply(sleeper_pod(name))
+    before = max(_counts(lab.logs(namespace, "counter")))
+    resp = helper.checkpoint(namespace, "counter", leave_running=True)
+    assert resp.status_code == 200, resp.text
+    cid = resp.json()["checkpoint_id"]
+    for name in ("target-a", "target-b"):
+        lab.wait_pod_running(namespace, name)
+        restored = helper.restore(namespace, name, checkpoint_id=cid)
+        assert restored.status_code == 200, restored.text
+    for name in ("target-a", "target-b"):
+        lab.wait_log(namespace, name, r"count=\d+")
+        first = _counts(lab.logs(namespace, name))[0]
+        assert first >= before
+        lab.wait_log(namespace, name, rf"count={first + 3}\b")
+        _assert_running_no_restart(lab, namespace, name)
+
+
+def _survivor_state(ip: str) -> dict[str, int]:
+    with socket.create_connection((ip, 8080), timeout=10) as conn:
+        text = conn.recv(200).decode()
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", text)}
+
+
+def test_files_sockets_children_survive(lab: Lab, namespace: str, helper: HelperProcess) -> None:
+    lab.apply(pod_manifest("survivor", ["/usr/local/bin/survivor", "8080"]))
+    src = lab.wait_pod_running(namespace, "survivor")
+    lab.wait_log(namespace, "survivor", r"survivor tick=3 ")
+    lab.apply(sleeper_pod("target"))
+    target = lab.wait_pod_running(namespace, "target")
+    before = _survivor_state(src["status"]["podIP"])
+    assert before["tick"] >= 3
+
+    resp = helper.checkpoint(namespace, "survivor", leave_running=True)
+    assert resp.status_code == 200, resp.text
+    restored = helper.restore(namespace, "target", checkpoint_id=resp.json()["checkpoint_id"])
+    assert restored.status_code == 200, restored.text
+
+    line = lab.wait_log(namespace, "target", r"survivor tick=(\d+) pong=(\d+) file_bytes=(\d+) "
+                                             r"child=\d+ child_alive=(\d)")
+    tick, pong, file_bytes, child_alive = (int(x) for x in line.groups())
+    assert tick >= before["tick"]
+    assert pong >= before["pong"]          # the socket pair to the child still answers
+    assert child_alive == 1                # the child process came back with it
+    assert file_bytes >= before["file_bytes"]
+    # the listening socket accepts in the target pod's network namespace, with the state
+    # carried over, and the open file keeps growing through the restored descriptor
+    after = _survivor_state(target["status"]["podIP"])
+    assert after["tick"] >= tick and after["pong"] >= pong
+    time.sleep(2.5)
+    later = _survivor_state(target["status"]["podIP"])
+    assert later["file_bytes"] > after["file_bytes"]
+    assert later["pong"] > after["pong"]
+    size = lab.kubectl("-n", namespace, "exec", "target", "--", "wc", "-c",
+                       "/tmp/survivor.log").stdout.split()[0]
+    assert int(size) >= later["file_bytes"]
+
+
+def test_second_container_of_two(lab: Lab, namespace: str, helper: HelperProcess) -> None:
+    image = lab.workload_image
+    manifest = pod_manifest("pair", [], containers=[
+        {"name": "first", "image": image, "imagePullPolicy": "IfNotPresent",
+         "command": ["/usr/local/bin/counter", "/tmp/first", "200", "1000000"]},
+        {"name": "second", "image": image, "imagePullPolicy": "IfNotPresent",
+         "command": ["/usr/local/bin/counter", "/tmp/second", "200"]},
+    ])
+    lab.apply(manifest)
+    lab.wait_pod_running(namespace, "pair")
+    lab.wait_log(namespace, "pair", r"count=\d\d", container="second")
+    first_id = lab.container_id(namespace, "pair", "first")
+    lab.apply(sleeper_pod("target"))
+    lab.wait_pod_running(namespace, "target")
+
+    resp = helper.checkpoint(namespace, "pair", container="second", leave_running=False)
+    assert resp.status_code == 200, resp.text
+    assert helper.restore(namespace, "target", checkpoint_id=resp.json()["checkpoint_id"]
+                          ).status_code == 200
+    first_restored = _counts(lab.wait_log(namespace, "target", r"count=\d+").string)[0]
+    assert first_restored < 1000000      # it is the second container's counter
+    # the first container is untouched: same container, still counting
+    pod = lab.pod(namespace, "pair")
+    first = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "first")
+    assert first["restartCount"] == 0 and "running" in first["state"]
+    assert lab.container_id(namespace, "pair", "first") == first_id
+    last = max(_counts(lab.logs(namespace, "pair", container="first")))
+    lab.wait_log(namespace, "pair", rf"count={last + 3}\b", container="first")

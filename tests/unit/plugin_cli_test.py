@@ -1,0 +1,163 @@
+"""Command-line parsing, usage text, and how errors become one line and an exit status."""
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+import yaml
+from click.testing import Result
+
+from kubectl_cedana import errors
+from kubectl_cedana.cli import main, report_error
+from kubectl_cedana.errors import ExitCode
+from kubectl_cedana.version import __version__
+from tests.unit.plugin_fakeapi import runner
+
+COMMANDS = ["checkpoint", "checkpoints", "doctor", "install", "list", "migrate", "restore",
+            "rootfs", "uninstall", "version"]
+
+
+def invoke(*args: str) -> Result:
+    return runner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_usage_is_shown_as_kubectl_cedana() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: kubectl cedana [OPTIONS] COMMAND [ARGS]...")
+    listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == COMMANDS
+    for flag in ("--kubeconfig", "--context", "-n, --namespace", "--request-timeout",
+                 "-o, --output [table|wide|json|yaml]", "--debug"):
+        assert flag in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("argv", [[], ["rootfs"], ["checkpoints", "--help"]])
+def test_bare_group_shows_help_on_stdout(argv: list[str]) -> None:
+    result = invoke(*argv)
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: kubectl cedana")
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("argv,usage", [
+    (["checkpoint", "-h"], "Usage: kubectl cedana checkpoint [OPTIONS] POD"),
+    (["restore", "--help"], "Usage: kubectl cedana restore [OPTIONS] CHECKPOINT"),
+    (["migrate", "--help"], "Usage: kubectl cedana migrate [OPTIONS] POD"),
+    (["checkpoints", "rm", "--help"],
+     "Usage: kubectl cedana checkpoints rm [OPTIONS] CHECKPOINTS..."),
+    (["rootfs", "--help"], "Usage: kubectl cedana rootfs [OPTIONS] COMMAND [ARGS]..."),
+])
+def test_subcommand_usage(argv: list[str], usage: str) -> None:
+    result = invoke(*argv)
+    assert result.exit_code == 0
+    assert result.stdout.startswith(usage)
+    assert "--namespace" in result.stdout  # global flags are accepted after the command too
+
+
+def test_list_and_checkpoints_take_all_namespaces() -> None:
+    assert "-A, --all-namespaces" in invoke("list", "--help").stdout
+    assert "-A, --all-namespaces" in invoke("checkpoints", "ls", "--help").stdout
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["list", "--bogus"], "(see 'kubectl cedana list --help')"),
+    (["list", "--bogus"], "--bogus"),
+    (["checkpoint"], "Missing argument 'POD'"),
+    (["-o", "xml", "list"], "Invalid value for '-o' / '--output'"),
+    (["restore", "abc"], "give exactly one of --into POD or --new-pod NAME"),
+    (["restore", "abc", "--into", "a", "--new-pod", "b"], "give exactly one of --into"),
+    (["restore", "abc", "--new-pod", "b", "-c", "x"], "-c/--container goes with --into"),
+    (["restore", "abc", "--into", "a", "--node", "n"], "--node goes with --new-pod"),
+    (["list", "--request-timeout", "soon"], "invalid duration 'soon'"),
+    (["restore", "abc", "--new-pod", "b", "--timeout", "1x"], "invalid duration '1x'"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv: list[str], fragment: str) -> None:
+    result = invoke(*argv)
+    assert result.exit_code == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert fragment in lines[0]
+
+
+def test_version_client_needs_no_cluster(tmp_path: object) -> None:
+    table = invoke("--kubeconfig", "/nonexistent", "version", "--client")
+    assert table.exit_code == 0
+    assert table.stdout == f"Client Version: kubectl-cedana {__version__}\n"
+    doc = json.loads(invoke("version", "--client", "-o", "json").stdout)
+    assert doc["apiVersion"] == "kubectl-cedana/v1" and doc["kind"] == "Version"
+    assert doc["client"]["version"] == __version__
+    assert yaml.safe_load(invoke("-o", "yaml", "version", "--client").stdout) == doc
+
+
+@pytest.mark.parametrize("sub", ["checkpoint", "restore"])
+def test_rootfs_says_not_yet_available(sub: str) -> None:
+    result = invoke("rootfs", sub, "--image-ref", "r/x:1", "pod")
+    assert result.exit_code == 1
+    assert result.stderr == f"error: rootfs {sub} is not yet available\n"
+
+
+@pytest.mark.parametrize("exc,code", [
+    (errors.CedanaError("x"), 1), (errors.UsageError("x"), 2), (errors.NotFoundError("x"), 3),
+    (errors.ConflictError("x"), 4), (errors.RemoteError("x"), 5),
+    (errors.OperationTimeout("x"), 124), (errors.Interrupted(), 130),
+    (errors.HelperNotInstalled("x"), 3),
+    (errors.PermissionDenied("x", permission="get pods", status=403), 1),
+    (errors.ApiNotFound("x", status=404), 3), (errors.ApiConflict("x", status=409), 4),
+    (errors.HelperError("x", code="checkpoint_not_found"), 3),
+    (errors.HelperError("x", code="already_restored"), 4),
+    (errors.HelperError("x", code="checkpoint_corrupted"), 5),
+    (errors.HelperError("x", code="some_future_code"), 5),
+    (KeyboardInterrupt(), 130), (click.exceptions.Abort(), 130),
+    (RuntimeError("boom"), 1),
+])
+def test_every_exception_maps_to_an_exit_status(exc: BaseException, code: int,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_error(exc, debug=False) == code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")
+    assert "Traceback" not in captured.err
+
+
+def test_exit_code_enum_values() -> None:
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 124, 130]
+
+
+def test_unexpected_exception_is_one_line_without_debug_and_traced_with(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubectl_cedana import install
+
+    def broken(image: object = None) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(install, "render_manifests", broken)
+    quiet = invoke("install", "--dry-run")
+    assert quiet.exit_code == 1
+    assert quiet.stderr == ("error: ZeroDivisionError: division by zero "
+                            "(run with --debug for details)\n")
+    loud = invoke("install", "--dry-run", "--debug")
+    assert loud.exit_code == 1
+    assert "Traceback (most recent call last)" in loud.stderr
+    assert loud.stderr.rstrip().splitlines()[-1] == "error: ZeroDivisionError: division by zero"
+
+
+def test_debug_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubectl_cedana import install
+
+    def broken(image: object = None) -> None:
+        raise ValueError("bad")
+
+    monkeypatch.setattr(install, "render_manifests", broken)
+    monkeypatch.setenv("KUBECTL_CEDANA_DEBUG", "1")
+    assert "Traceback" in invoke("install", "--dry-run").stderr
+
+
+def test_hint_and_message_are_joined_on_one_line() -> None:
+    error = errors.CedanaError("first\nsecond", hint="do\nthis")
+    assert error.one_line() == "first second (do this)"

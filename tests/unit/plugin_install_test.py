@@ -1,0 +1,287 @@
+"""install / uninstall apply exactly deploy/base, idempotently."""
+# ruff: noqa: F811  (pytest fixtures imported below are parameters of the tests)
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubectl_cedana import install
+from kubectl_cedana.errors import CedanaError, OperationTimeout
+from kubectl_cedana.kube import KubeClient
+from kubectl_cedana.settings import Settings
+from kubectl_cedana.version import __version__
+from tests.unit.plugin_fakeapi import (  # noqa: F401  (fixtures: api, cluster, kubeconfig)
+    HELPER_NS,
+    FakeCluster,
+    api,
+    cluster,
+    helper_pod,
+    kubeconfig,
+    run_cli,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "deploy" / "base"
+IMAGE = f"docker.io/cedana/helper:{__version__}"
+LABELS = {"app.kubernetes.io/name": "cedana-helper", "app.kubernetes.io/part-of": "kubectl-cedana"}
+
+
+def base_objects() -> list[dict[str, Any]]:
+    """deploy/base read straight from the checkout, in kustomization order."""
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    objects = []
+    for name in kustomization["resources"]:
+        objects += [d for d in yaml.safe_load_all((BASE / name).read_text()) if d]
+    return objects
+
+
+def daemonset(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "DaemonSet")
+
+
+# -- the manifests themselves -----------------------------------------------------------------
+def test_kustomizations_are_plain_resource_lists() -> None:
+    top = yaml.safe_load((REPO / "deploy" / "kustomization.yaml").read_text())
+    assert top == {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                   "resources": ["base"]}
+    base = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert set(base) == {"apiVersion", "kind", "resources"}  # no transformers to miss
+
+
+def test_package_manifests_are_deploy_base() -> None:
+    packaged = REPO / "kubectl_cedana" / "manifests"
+    assert packaged.resolve() == BASE.resolve()
+    assert install.load_manifests() == base_objects()
+
+
+def test_objects_kinds_and_labels() -> None:
+    objects = base_objects()
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("Namespace", "cedana-system"), ("ServiceAccount", "cedana-helper"),
+        ("ClusterRole", "cedana-helper"), ("ClusterRoleBinding", "cedana-helper"),
+        ("DaemonSet", "cedana-helper")]
+    for obj in objects:
+        assert (obj["apiVersion"], obj["kind"]) in install.KINDS
+        assert obj["metadata"]["labels"].items() >= LABELS.items(), obj["kind"]
+    template = daemonset(objects)["spec"]["template"]
+    assert template["metadata"]["labels"] == LABELS
+    namespace = objects[0]["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert namespace[f"pod-security.kubernetes.io/{mode}"] == "privileged"
+
+
+def test_rbac_of_the_helper() -> None:
+    role = next(o for o in base_objects() if o["kind"] == "ClusterRole")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    assert {("", "pods", "get"), ("", "pods", "list"), ("", "events", "create"),
+            ("authentication.k8s.io", "tokenreviews", "create"),
+            ("authorization.k8s.io", "subjectaccessreviews", "create")} <= granted
+    binding = next(o for o in base_objects() if o["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cedana-helper",
+                                    "namespace": "cedana-system"}]
+
+
+def test_daemonset_spec() -> None:
+    ds = daemonset(base_objects())
+    pod = ds["spec"]["template"]["spec"]
+    assert ds["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "cedana-helper"}
+    assert (pod["hostPID"], pod["hostNetwork"], pod["dnsPolicy"]) == \
+        (True, True, "ClusterFirstWithHostNet")
+    assert pod["serviceAccountName"] == "cedana-helper"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    (container,) = pod["containers"]
+    assert container["image"] == IMAGE
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["securityContext"] == {"privileged": True}
+    assert container["command"] == [
+        "cedana-helper", "serve", "--host", "$(POD_IP)", "--port", "1324", "--checkpoint-dir",
+        "/var/lib/cedana/checkpoints", "--runtime-root", "/run/containerd/runc/k8s.io"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 1324}
+    assert set(container["resources"]) == {"requests"}
+    volumes = {v["name"]: v["hostPath"] for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert set(volumes) == set(mounts)
+    for name, host in volumes.items():
+        assert mounts[name]["mountPath"] == host["path"], name  # same path inside and out
+    by_path = {m["mountPath"]: (m, volumes[m["name"]]) for m in mounts.values()}
+    expected = {
+        "/run/containerd": ("HostToContainer", None, False),
+        "/var/lib/kubelet": ("HostToContainer", None, False),
+        "/var/lib/containerd": (None, None, False),
+        "/sys/fs/cgroup": (None, None, False),
+        "/var/lib/cedana/checkpoints": (None, "DirectoryOrCreate", False),
+        "/root/.docker": (None, "DirectoryOrCreate", True),
+        "/etc/containerd": (None, None, True),
+        "/run/netns": ("HostToContainer", "DirectoryOrCreate", False),
+    }
+    assert set(by_path) == set(expected)
+    for path, (propagation, kind, read_only) in expected.items():
+        mount, host = by_path[path]
+        assert mount.get("mountPropagation") == propagation, path
+        assert host.get("type") == kind, path
+        assert bool(mount.get("readOnly")) == read_only, path
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (offline use)")
+def test_kubectl_kustomize_gives_the_same_objects_as_install(tmp_path: Path) -> None:
+    """`kubectl apply -k deploy/` and `kubectl cedana install` apply the same objects."""
+    rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "deploy")], check=True,
+                              capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, KUBECONFIG=str(tmp_path / "none"))).stdout
+    assert [d for d in yaml.safe_load_all(rendered) if d] == install.render_manifests()
+
+
+def test_image_tag_is_the_plugin_version() -> None:
+    assert install.default_image() == IMAGE
+
+
+# -- install --dry-run ------------------------------------------------------------------------
+def test_dry_run_yaml_is_deploy_base() -> None:
+    result = run_cli(None, "install", "--dry-run", "-o", "yaml")
+    assert result.exit_code == 0, result.stderr
+    assert [d for d in yaml.safe_load_all(result.stdout) if d] == base_objects()
+    assert result.stderr == ""
+
+
+def test_dry_run_with_image_replaces_only_the_image() -> None:
+    result = run_cli(None, "-o", "yaml", "install", "--image", "registry.local/helper:dev",
+                     "--dry-run=client")
+    assert result.exit_code == 0, result.stderr
+    printed = [d for d in yaml.safe_load_all(result.stdout) if d]
+    expected = base_objects()
+    daemonset(expected)["spec"]["template"]["spec"]["containers"][0]["image"] = \
+        "registry.local/helper:dev"
+    assert printed == expected
+
+
+def test_dry_run_json_is_a_list_and_table_names_objects() -> None:
+    doc = json.loads(run_cli(None, "install", "--dry-run", "-o", "json").stdout)
+    assert doc["kind"] == "List" and doc["items"] == base_objects()
+    table = run_cli(None, "install", "--dry-run").stdout.splitlines()
+    assert table == ["namespace/cedana-system created (dry run)",
+                     "serviceaccount/cedana-helper created (dry run)",
+                     "clusterrole.rbac.authorization.k8s.io/cedana-helper created (dry run)",
+                     ("clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created "
+                      "(dry run)"),
+                     "daemonset.apps/cedana-helper created (dry run)"]
+
+
+def test_empty_image_is_refused() -> None:
+    result = run_cli(None, "install", "--image", " ", "--dry-run")
+    assert result.exit_code == 2
+    assert result.stderr == "error: --image must not be empty\n"
+
+
+# -- install / uninstall against the fake API server ------------------------------------------
+def stored(cluster: FakeCluster) -> list[dict[str, Any]]:
+    out = []
+    for obj in cluster.objects.values():
+        clean = json.loads(json.dumps(obj))
+        clean.pop("status", None)
+        for key in ("resourceVersion", "generation"):
+            clean["metadata"].pop(key, None)
+        out.append(clean)
+    return out
+
+
+def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster,
+                                                            kubeconfig: Path) -> None:
+    first = run_cli(kubeconfig, "install")
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        "namespace/cedana-system created", "serviceaccount/cedana-helper created",
+        "clusterrole.rbac.authorization.k8s.io/cedana-helper created",
+        "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created",
+        "daemonset.apps/cedana-helper created", "helper ready on 1/1 nodes"]
+    assert sorted(map(json.dumps, stored(cluster))) == sorted(map(json.dumps, base_objects()))
+    applies = [r for r in cluster.requests if r.method == "PATCH"]
+    assert all(r.query["fieldManager"] == ["kubectl-cedana"] and r.query["force"] == ["true"]
+               and r.headers["content-type"] == "application/apply-patch+yaml" for r in applies)
+    second = run_cli(kubeconfig, "install", "-o", "json")
+    doc = json.loads(second.stdout)
+    assert doc["kind"] == "Install" and doc["image"] == IMAGE
+    assert [o["action"] for o in doc["objects"]] == ["unchanged"] * 5
+    assert doc["ready"] == {"ready": 1, "desired": 1}
+    third = run_cli(kubeconfig, "install", "--image", "other/helper:2", "--no-wait")
+    assert third.stdout.splitlines()[-1] == "daemonset.apps/cedana-helper configured"
+    ds = cluster.objects["/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper"]
+    assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "other/helper:2"
+
+
+def test_server_dry_run_persists_nothing(cluster: FakeCluster, kubeconfig: Path) -> None:
+    result = run_cli(kubeconfig, "install", "--dry-run=server")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "namespace/cedana-system created (server dry run)"
+    assert lines[1] == ("serviceaccount/cedana-helper created (server dry run; not validated: "
+                        "its namespace does not exist yet)")
+    assert cluster.objects == {}
+    assert all(r.query.get("dryRun") == ["All"] for r in cluster.requests if r.method == "PATCH")
+
+
+def test_uninstall_removes_everything_by_label(cluster: FakeCluster, kubeconfig: Path) -> None:
+    assert run_cli(kubeconfig, "install").exit_code == 0
+    dry = run_cli(kubeconfig, "uninstall", "--dry-run")
+    assert dry.exit_code == 0 and len(cluster.objects) == 5
+    result = run_cli(kubeconfig, "uninstall")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "daemonset.apps/cedana-helper deleted",
+        "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper deleted",
+        "clusterrole.rbac.authorization.k8s.io/cedana-helper deleted",
+        "serviceaccount/cedana-helper deleted", "namespace/cedana-system deleted"]
+    assert cluster.objects == {}
+    assert not [k for k in cluster.pods if k[0] == HELPER_NS]
+    selectors = {r.query.get("labelSelector", [""])[0] for r in cluster.requests
+                 if r.method == "GET" and "labelSelector" in r.query}
+    assert "app.kubernetes.io/part-of=kubectl-cedana" in selectors
+    again = run_cli(kubeconfig, "uninstall")
+    assert again.exit_code == 0
+    assert again.stdout.startswith("nothing to uninstall")
+
+
+def _client(kubeconfig: Path) -> KubeClient:
+    return KubeClient(Settings(kubeconfig=str(kubeconfig)))
+
+
+def test_wait_fails_fast_when_the_helper_image_cannot_be_pulled(cluster: FakeCluster,
+                                                                kubeconfig: Path) -> None:
+    assert run_cli(kubeconfig, "install", "--no-wait").exit_code == 0
+    path = "/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper"
+    cluster.objects[path]["status"]["numberReady"] = 0
+    stuck = helper_pod("node1", ready=False)
+    stuck["spec"]["containers"][0]["image"] = IMAGE
+    stuck["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": "ImagePullBackOff", "message": "no registry"}}
+    cluster.add_pod(stuck)
+    with pytest.raises(CedanaError, match="ImagePullBackOff: no registry"):
+        install.wait_daemonset_ready(_client(kubeconfig), "cedana-system", "cedana-helper", 30)
+
+
+def test_wait_times_out(cluster: FakeCluster, kubeconfig: Path) -> None:
+    assert run_cli(kubeconfig, "install", "--no-wait").exit_code == 0
+    path = "/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper"
+    cluster.objects[path]["status"]["numberReady"] = 0
+    with pytest.raises(OperationTimeout, match="0/1 pods ready"):
+        install.wait_daemonset_ready(_client(kubeconfig), "cedana-system", "cedana-helper", 0.5)
+
+
+def test_daemonset_progress() -> None:
+    ds = {"metadata": {"generation": 2},
+          "status": {"desiredNumberScheduled": 2, "numberReady": 2, "updatedNumberScheduled": 2,
+                     "observedGeneration": 1}}
+    assert install.daemonset_progress(ds) == (False, 2, 2)  # the controller has not seen it
+    ds["status"]["observedGeneration"] = 2
+    assert install.daemonset_progress(ds) == (True, 2, 2)
+    ds["status"]["updatedNumberScheduled"] = 1
+    assert install.daemonset_progress(ds)[0] is False

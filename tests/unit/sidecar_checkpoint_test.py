@@ -1,0 +1,138 @@
+"""checkpoint_container against a recorded runc root, a live process tree and a fake runc."""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar import store
+from sidecar.catalogue import Catalogue
+from sidecar.checkpoint import checkpoint_container
+from sidecar.config import HelperConfig
+from sidecar.errors import (
+    CheckpointExists,
+    ContainerNotRunning,
+    DumpFailed,
+    IoUringUnsupported,
+)
+from tests.unit.sidecar_proctree_test import IO_URING_HOLDER
+from tests.unit.sidecar_support import (
+    COUNTER,
+    bundle_of,
+    install_runc_root,
+    make_config,
+    pod_process,
+    process,
+    stop,
+)
+
+POD = "counter-5f7c9d8b4-x2kqp"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[HelperConfig, Path]]:
+    proc = pod_process()
+    root = install_runc_root("containerd", tmp_path, {COUNTER: proc.pid})
+    yield make_config(tmp_path), root
+    stop(proc)
+
+
+def test_checkpoint_writes_the_documented_layout(env: tuple[HelperConfig, Path]) -> None:
+    config, root = env
+    result = checkpoint_container(config, root, "default", POD, "counter", "runs/first", True)
+    final = config.checkpoint_dir / "runs" / "first"
+    assert result.checkpoint_path == final
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()) == [
+        "checkpoint/descriptors.json", "checkpoint/inventory.img", "checkpoint/pages-1.img",
+        "config.dump", "dump.log", "manifest.json", "spec.dump", "stats-dump",
+    ]
+    assert (final / "spec.dump").read_bytes() == \
+        (bundle_of(root, COUNTER) / "config.json").read_bytes()
+    config_dump = json.loads((final / "config.dump").read_text())
+    assert config_dump["id"] == COUNTER
+    assert config_dump["name"] == "counter"
+    assert config_dump["rootfsImageName"] == "docker.io/library/busybox:1.36"
+    assert config_dump["runtime"] == "runc"
+    assert config_dump["createdTime"] == "2024-05-02T09:12:44.118522743Z"
+    manifest = store.verify(final)
+    assert manifest.checkpoint_id == result.checkpoint_id
+    assert manifest.source["container_id"] == COUNTER
+    assert manifest.source["pod"] == POD and manifest.source["node"] == "node-1"
+    assert manifest.tools == {"helper": "0.1.0", "runc": "1.1.5+fake", "criu": "4.1.1"}
+    assert manifest.criu_options["link_remap"] is True
+    assert manifest.criu_options["tcp_established"] is False
+    assert result.options == manifest.criu_options
+    assert result.size_bytes == store.directory_size(final)
+    assert not list(final.parent.glob(".tmp-*")) and not (final / "work").exists()
+    runc_args = json.loads((Path(config.runc_path).parent / "runc-args.json").read_text())
+    assert runc_args[:4] == ["--root", str(root), "--criu", config.criu_path]
+    assert "--leave-running" in runc_args and runc_args[-1] == COUNTER
+    assert "--tcp-established" not in runc_args
+    entry = Catalogue(config.checkpoint_dir).get(result.checkpoint_id)
+    assert entry["path"] == str(final) and entry["leave_running"] is True
+    assert entry["status"] == "complete" and entry["container"] == "counter"
+    assert config.criu_runc_config.read_text().splitlines()[1:] == ["link-remap",
+                                                                   "skip-in-flight"]
+
+
+def test_empty_path_goes_below_the_checkpoint_dir_by_id(env: tuple[HelperConfig, Path]) -> None:
+    config, root = env
+    result = checkpoint_container(config, root, "default", POD, "counter", None, False)
+    assert result.checkpoint_path == config.checkpoint_dir / result.checkpoint_id
+    runc_args = json.loads((Path(config.runc_path).parent / "runc-args.json").read_text())
+    assert "--leave-running" not in runc_args
+
+
+def test_failed_dump_leaves_nothing_and_carries_the_log_tail(
+        env: tuple[HelperConfig, Path]) -> None:
+    config, root = env
+    (Path(config.runc_path).parent / "runc-fail").touch()
+    with pytest.raises(DumpFailed) as err:
+        checkpoint_container(config, root, "default", POD, "counter", "failed", True)
+    tail = err.value.extra["log_tail"].splitlines()
+    assert len(tail) == 40
+    assert "consider using --tcp-established" in tail[-1]
+    assert "criu failed" in err.value.extra["stderr_tail"]
+    assert err.value.status == 500
+    assert list(config.checkpoint_dir.iterdir()) == [] or \
+        all(p.name.startswith(".catalogue") for p in config.checkpoint_dir.iterdir())
+    assert Catalogue(config.checkpoint_dir).list() == []
+
+
+def test_existing_destination_is_refused(env: tuple[HelperConfig, Path]) -> None:
+    config, root = env
+    taken = config.checkpoint_dir / "taken"
+    taken.mkdir(parents=True)
+    (taken / "something").write_text("x")
+    with pytest.raises(CheckpointExists):
+        checkpoint_container(config, root, "default", POD, "counter", "taken", True)
+    (config.checkpoint_dir / "empty").mkdir()
+    result = checkpoint_container(config, root, "default", POD, "counter", "empty", True)
+    assert (result.checkpoint_path / "manifest.json").is_file()
+
+
+def test_stopped_container_is_not_checkpointed(tmp_path: Path) -> None:
+    root = install_runc_root("containerd", tmp_path, {})
+    with pytest.raises(ContainerNotRunning) as err:
+        checkpoint_container(make_config(tmp_path), root, "default", POD, "counter", None, True)
+    assert err.value.status == 409
+
+
+def test_io_uring_is_refused_naming_the_process(tmp_path: Path) -> None:
+    script = tmp_path / "uring.py"
+    script.write_text(IO_URING_HOLDER)
+    with process(sys.executable, str(script)) as holder:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        if not line.startswith("ready"):
+            pytest.skip(f"io_uring not available here: {line.strip()}")
+        root = install_runc_root("containerd", tmp_path, {COUNTER: holder.pid})
+        config = make_config(tmp_path)
+        with pytest.raises(IoUringUnsupported) as err:
+            checkpoint_container(config, root, "default", POD, "counter", None, True)
+    assert err.value.status == 422
+    assert f"process {holder.pid} (python" in err.value.message
+    assert not (Path(config.runc_path).parent / "runc-args.json").exists()

@@ -1,0 +1,40 @@
+"""The cedana-helper command line and its JSON log lines."""
+from __future__ import annotations
+
+import json
+import logging
+
+from click.testing import CliRunner
+
+from sidecar.cli import main
+from sidecar.logs import JsonFormatter
+
+
+def test_version_command() -> None:
+    result = CliRunner().invoke(main, ["version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == "0.1.0"
+
+
+def test_serve_requires_a_checkpoint_dir() -> None:
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 2
+    assert "--checkpoint-dir" in result.output
+
+
+def test_serve_defaults_in_help() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "1324" in result.output and "/run/containerd/runc/k8s.io" in result.output
+
+
+def test_json_log_line_carries_extra_fields() -> None:
+    record = logging.makeLogRecord({
+        "name": "sidecar.access", "levelname": "INFO", "msg": "POST /checkpoint %s",
+        "args": (200,), "method": "POST", "status": 200, "checkpoint_id": "abc",
+        "color_message": "ignored",
+    })
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "POST /checkpoint 200"
+    assert (line["method"], line["status"], line["checkpoint_id"]) == ("POST", 200, "abc")
+    assert line["level"] == "info" and "color_message" not in line

@@ -1,0 +1,143 @@
+"""The on-disk checkpoint format: manifest, verification, permissions, the catalogue."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sidecar import store
+from sidecar.catalogue import Catalogue, RestoredRegistry
+from sidecar.errors import CheckpointCorrupted, CheckpointNotFound
+
+
+def make_checkpoint(tmp_path: Path, name: str = "ckpt") -> Path:
+    final = tmp_path / name
+    temp = tmp_path / f".tmp-{name}"
+    (temp / "checkpoint").mkdir(parents=True)
+    (temp / "checkpoint" / "pages-1.img").write_bytes(os.urandom(2 * 1024 * 1024 + 17))
+    (temp / "checkpoint" / "descriptors.json").write_text('["/dev/null"]')
+    (temp / "spec.dump").write_text('{"ociVersion": "1.0.2-dev"}')
+    (temp / "config.dump").write_text('{"id": "x"}')
+    (temp / "dump.log").write_text("done\n")
+    manifest = store.CheckpointManifest(
+        checkpoint_id="11111111-2222-3333-4444-555555555555", created="2024-05-02T09:00:00Z",
+        source={"namespace": "default"}, tools={"helper": "0.1.0"},
+        criu_options={"tcp_established": False},
+    )
+    store.finalize(temp, final, manifest)
+    return final
+
+
+def test_finalize_renames_into_place_with_manifest(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    assert not (tmp_path / ".tmp-ckpt").exists()
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["format"] == store.MANIFEST_FORMAT
+    assert set(manifest["files"]) == {
+        "checkpoint/pages-1.img", "checkpoint/descriptors.json", "spec.dump", "config.dump",
+        "dump.log",
+    }
+    pages = manifest["files"]["checkpoint/pages-1.img"]
+    assert pages["size"] == 2 * 1024 * 1024 + 17
+    assert store.verify(final).checkpoint_id == "11111111-2222-3333-4444-555555555555"
+
+
+def test_files_and_dirs_are_private(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    for path in [final, *final.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_flipped_byte_is_named(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    pages = final / "checkpoint" / "pages-1.img"
+    data = bytearray(pages.read_bytes())
+    data[1024 * 1024 + 3] ^= 0x01
+    pages.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorrupted) as err:
+        store.verify(final)
+    assert err.value.status == 422
+    assert err.value.extra["file"] == "checkpoint/pages-1.img"
+    assert "checkpoint/pages-1.img" in err.value.message
+
+
+def test_missing_or_truncated_file(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    (final / "dump.log").unlink()
+    with pytest.raises(CheckpointCorrupted, match="dump.log is missing"):
+        store.verify(final)
+    final2 = make_checkpoint(tmp_path, "ckpt2")
+    (final2 / "spec.dump").write_text("{}")
+    with pytest.raises(CheckpointCorrupted, match="spec.dump has 2 bytes"):
+        store.verify(final2)
+
+
+def test_missing_manifest_is_corrupted(tmp_path: Path) -> None:
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(CheckpointCorrupted) as err:
+        store.verify(tmp_path / "bare")
+    assert err.value.extra["file"] == "manifest.json"
+
+
+def test_manifest_cannot_point_outside(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    manifest = json.loads((final / "manifest.json").read_text())
+    manifest["files"]["../outside"] = {"sha256": "0" * 64, "size": 0}
+    (final / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointCorrupted, match="outside"):
+        store.verify(final)
+
+
+def test_cleanup_temporaries(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    (tmp_path / ".tmp-abandoned" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "team" / ".tmp-nested").mkdir(parents=True)
+    removed = store.cleanup_temporaries(tmp_path)
+    assert {p.name for p in removed} == {".tmp-abandoned", ".tmp-nested"}
+    assert not (tmp_path / ".tmp-abandoned").exists()
+    assert store.verify(final)
+
+
+def entry(checkpoint_id: str, path: Path) -> dict[str, object]:
+    return {"id": checkpoint_id, "path": str(path), "namespace": "default", "pod": "p",
+            "container": "c", "node": "n", "size_bytes": 1, "created": "2024-05-02T09:00:00Z",
+            "leave_running": True, "status": "complete", "restores": []}
+
+
+def test_catalogue_survives_reopen_and_deletes_directory(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    Catalogue(tmp_path).add(entry("id-1", final))
+    Catalogue(tmp_path).record_restore("id-1", {"container_id": "t", "pid": 5})
+    reopened = Catalogue(tmp_path)  # as after a helper restart
+    assert [e["id"] for e in reopened.list()] == ["id-1"]
+    assert reopened.get("id-1")["restores"] == [{"container_id": "t", "pid": 5}]
+    assert stat.S_IMODE((tmp_path / ".catalogue.json").stat().st_mode) == 0o600
+    reopened.delete("id-1")
+    assert not final.exists()
+    with pytest.raises(CheckpointNotFound):
+        Catalogue(tmp_path).get("id-1")
+    with pytest.raises(CheckpointNotFound):
+        Catalogue(tmp_path).delete("id-1")
+
+
+def test_catalogue_never_deletes_outside_its_directory(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    Catalogue(base).add(entry("id-2", outside))
+    Catalogue(base).delete("id-2")
+    assert outside.is_dir()
+
+
+def test_restored_registry_liveness(tmp_path: Path) -> None:
+    registry = RestoredRegistry(tmp_path)
+    registry.record("target-1", {"pid": os.getpid(), "pid_start_time": None})
+    assert registry.live_restore("target-1") is not None
+    registry.record("target-2", {"pid": 999_999_999})
+    assert RestoredRegistry(tmp_path).live_restore("target-2") is None
+    assert RestoredRegistry(tmp_path).live_restore("unknown") is None

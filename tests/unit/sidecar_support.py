@@ -1,0 +1,220 @@
+"""Shared pieces of the helper's unit tests: recorded runc roots, live processes, fake tools."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from sidecar.config import HelperConfig
+
+FIXTURES = Path(__file__).parent / "fixtures" / "runc"
+RUNC_ROOTS = {
+    "containerd": "host/run/containerd/runc/k8s.io",
+    "k3s": "host/run/containerd/runc/k8s.io",
+    "crio": "host/run/runc",
+}
+DEAD_PID = 999_999_999  # above any pid_max
+
+
+def cid(ch: str) -> str:
+    return ch * 64
+
+
+COUNTER = cid("b")
+COUNTER_LEFTOVER = cid("c")
+FIRST = cid("e")
+SECOND = cid("f")
+HELPER = cid("2")
+CRIO_NGINX = cid("6")
+POD_FIRST_UID = "8c2d5a77-1f3b-4c71-b3e0-0d9f2c4a6b12"
+
+
+def proc_start_ticks(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2:].split()[19])
+
+
+def install_runc_root(kind: str, dest: Path, live: dict[str, int] | None = None) -> Path:
+    """Copy a recorded layout under dest; containers in `live` get that pid, others a dead one.
+
+    Returns the runc root (below a `host/` prefix, as a helper pod mounting the host sees it).
+    """
+    live = live or {}
+    shutil.copytree(FIXTURES / kind, dest / kind)
+    root = dest / kind / RUNC_ROOTS[kind]
+    for state_file in root.glob("*/state.json"):
+        state = json.loads(state_file.read_text())
+        pid = live.get(state["id"])
+        state["init_process_pid"] = pid or DEAD_PID
+        state["init_process_start"] = proc_start_ticks(pid) if pid else 1
+        state_file.write_text(json.dumps(state))
+    return root
+
+
+def bundle_of(root: Path, container_id: str) -> Path:
+    state = json.loads((root / container_id / "state.json").read_text())
+    label = next(x for x in state["config"]["labels"] if x.startswith("bundle="))
+    bundle = label.split("=", 1)[1]
+    host = root
+    while host.name != "host":
+        host = host.parent
+    return Path(str(host) + bundle)
+
+
+@contextmanager
+def process(*args: str, ready: str | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Run a helper process for the length of a test; optionally wait for a line on stdout."""
+    proc = subprocess.Popen(list(args), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+    try:
+        if ready is not None:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert ready in line, f"process did not get ready: {line!r}"
+        yield proc
+    finally:
+        stop(proc)
+
+
+def sleeper() -> subprocess.Popen[str]:
+    return subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+
+
+def write_script(path: Path, body: str) -> Path:
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return path
+
+
+FAKE_RUNC = """
+    import json, os, sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    args = sys.argv[1:]
+    if args == ["--version"]:
+        print("runc version 1.1.5+fake\\ncommit: test\\nspec: 1.0.2-dev")
+        sys.exit(0)
+    (here / "runc-args.json").write_text(json.dumps(args))
+    value = lambda flag: args[args.index(flag) + 1]
+    images, work = Path(value("--image-path")), Path(value("--work-path"))
+    if (here / "runc-slow").exists():
+        import time
+        time.sleep(float((here / "runc-slow").read_text()))
+    if (here / "runc-fail").exists():
+        (work / "dump.log").write_text(
+            "".join(f"({i:08d}) line {i}\\n" for i in range(100))
+            + "Error (criu/sk-inet.c:188): inet: Connected TCP socket, consider using "
+              "--tcp-established option.\\n")
+        print("criu failed: type NOTIFY errno 0", file=sys.stderr)
+        sys.exit(1)
+    (images / "inventory.img").write_bytes(b"\\x54\\x3a\\x5f\\x58" + os.urandom(60))
+    (images / "pages-1.img").write_bytes(os.urandom(3 * 4096))
+    (images / "descriptors.json").write_text(
+        json.dumps(["/dev/null", "pipe:[4242001]", "pipe:[4242002]"]))
+    (work / "dump.log").write_text("(00.000100) Dumping finished successfully\\n")
+    (work / "stats-dump").write_bytes(b"\\x01\\x02stats")
+"""
+
+FAKE_CRIU = """
+    import json, os, sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    args = sys.argv[1:]
+    if args in (["--version"], ["-V"]):
+        print("Version: 4.1.1")
+        sys.exit(0)
+    value = lambda flag: args[args.index(flag) + 1]
+    work = Path(value("--work-dir"))
+    inherited = [a for i, a in enumerate(args) if i and args[i - 1] == "--inherit-fd"]
+    fds_open = {}
+    for item in inherited:
+        fd = int(item[item.index("[") + 1:item.index("]")])
+        try:
+            os.fstat(fd)
+            fds_open[item] = True
+        except OSError:
+            fds_open[item] = False
+    report = {
+        "args": args,
+        "fds_open": fds_open,
+        "cgroup": Path("/proc/self/cgroup").read_text(),
+        "pid_ns": os.readlink("/proc/self/ns/pid"),
+        "mnt_ns": os.readlink("/proc/self/ns/mnt"),
+        "proc_1_cmdline": Path("/proc/1/cmdline").read_bytes().decode(errors="replace"),
+    }
+    (here / "criu-report.json").write_text(json.dumps(report))
+    (work / "restore.log").write_text(
+        "".join(f"({i:08d}) restore line {i}\\n" for i in range(60)))
+    if (here / "criu-fail").exists():
+        (work / "restore.log").open("a").write("Error (criu/mount.c:1234): No mapping for /x\\n")
+        sys.exit(1)
+    Path(value("--pidfile")).write_text(os.environ["FAKE_CRIU_RESTORED_VPID"] + "\\n")
+"""
+
+
+def fake_tools(directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return (write_script(directory / "runc", FAKE_RUNC),
+            write_script(directory / "criu", FAKE_CRIU))
+
+
+def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def descendants_of(pid: int) -> Iterable[int]:
+    import psutil
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def make_config(tmp_path: Path) -> HelperConfig:
+    runc_path, criu_path = fake_tools(tmp_path / "tools")
+    return HelperConfig(
+        checkpoint_dir=tmp_path / "checkpoints",
+        runtime_root=tmp_path / "no-default-root",
+        runc_path=str(runc_path),
+        criu_path=str(criu_path),
+        criu_runc_config=tmp_path / "etc" / "criu" / "runc.conf",
+        node_name="node-1",
+    )
+
+
+def pod_process() -> subprocess.Popen[str]:
+    """A stand-in for a container's init: a shell with one child, stdout on a pipe."""
+    proc = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, text=True)
+    import psutil
+    wait_for(lambda: len(psutil.Process(proc.pid).children()) == 1)
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Kill a process started by a test and everything it started."""
+    import psutil
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.kill()
+    proc.wait()
