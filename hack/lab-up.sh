@@ -124,6 +124,9 @@ state = "/run/containerd"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "/etc/cni/net.d"
+  # an explicit https endpoint: containerd would otherwise use plain HTTP for a loopback host
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$REGISTRY_ADDR"]
+    endpoint = ["https://$REGISTRY_ADDR"]
   [plugins."io.containerd.grpc.v1.cri".registry.configs."$REGISTRY_ADDR".tls]
     ca_file = "$PKI/ca.crt"
   [plugins."io.containerd.grpc.v1.cri".registry.configs."$REGISTRY_ADDR".auth]

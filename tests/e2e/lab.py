@@ -76,9 +76,9 @@ class Lab:
             self._core = client.CoreV1Api(api_client)
         return self._core
 
-    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]]) -> None:
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]], namespace: str) -> None:
         items = manifest if isinstance(manifest, list) else [manifest]
-        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+        self.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                           "items": items}))
 
     def pod(self, namespace: str, name: str) -> dict[str, Any]:

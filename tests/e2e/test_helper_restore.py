@@ -17,7 +17,7 @@ def _counts(text: str) -> list[int]:
 def _start_counter(lab: Lab, ns: str, name: str = "counter", **kw: Any) -> int:
     manifest = counter_pod(name, interval_ms=200)
     manifest["spec"].update(kw)
-    lab.apply(manifest)
+    lab.apply(manifest, namespace)
     lab.wait_pod_running(ns, name)
     return int(lab.wait_log(ns, name, r"count=(\d\d)").group(1))
 
@@ -30,7 +30,7 @@ def _assert_running_no_restart(lab: Lab, ns: str, name: str) -> None:
 
 def test_counter_resumes_in_sleeping_pod(lab: Lab, namespace: str, helper: HelperProcess) -> None:
     _start_counter(lab, namespace)
-    lab.apply(sleeper_pod("target"))
+    lab.apply(sleeper_pod("target"), namespace)
     lab.wait_pod_running(namespace, "target")
 
     before = max(_counts(lab.logs(namespace, "counter")))
@@ -78,7 +78,7 @@ def test_leave_running_false_stops_source(lab: Lab, namespace: str, helper: Help
         time.sleep(0.5)
     assert "terminated" in state, state
     # and the checkpoint restores into a sleeping pod
-    lab.apply(sleeper_pod("target"))
+    lab.apply(sleeper_pod("target"), namespace)
     lab.wait_pod_running(namespace, "target")
     restored = helper.restore(namespace, "target", checkpoint_id=resp.json()["checkpoint_id"])
     assert restored.status_code == 200, restored.text
@@ -88,7 +88,7 @@ def test_leave_running_false_stops_source(lab: Lab, namespace: str, helper: Help
 def test_same_checkpoint_into_two_pods(lab: Lab, namespace: str, helper: HelperProcess) -> None:
     _start_counter(lab, namespace)
     for name in ("target-a", "target-b"):
-        lab.apply(sleeper_pod(name))
+        lab.apply(sleeper_pod(name), namespace)
     before = max(_counts(lab.logs(namespace, "counter")))
     resp = helper.checkpoint(namespace, "counter", leave_running=True)
     assert resp.status_code == 200, resp.text
@@ -112,10 +112,10 @@ def _survivor_state(ip: str) -> dict[str, int]:
 
 
 def test_files_sockets_children_survive(lab: Lab, namespace: str, helper: HelperProcess) -> None:
-    lab.apply(pod_manifest("survivor", ["/usr/local/bin/survivor", "8080"]))
+    lab.apply(pod_manifest("survivor", ["/usr/local/bin/survivor", "8080"]), namespace)
     src = lab.wait_pod_running(namespace, "survivor")
     lab.wait_log(namespace, "survivor", r"survivor tick=3 ")
-    lab.apply(sleeper_pod("target"))
+    lab.apply(sleeper_pod("target"), namespace)
     target = lab.wait_pod_running(namespace, "target")
     before = _survivor_state(src["status"]["podIP"])
     assert before["tick"] >= 3
@@ -153,11 +153,11 @@ def test_second_container_of_two(lab: Lab, namespace: str, helper: HelperProcess
         {"name": "second", "image": image, "imagePullPolicy": "IfNotPresent",
          "command": ["/usr/local/bin/counter", "/tmp/second", "200"]},
     ])
-    lab.apply(manifest)
+    lab.apply(manifest, namespace)
     lab.wait_pod_running(namespace, "pair")
     lab.wait_log(namespace, "pair", r"count=\d\d", container="second")
     first_id = lab.container_id(namespace, "pair", "first")
-    lab.apply(sleeper_pod("target"))
+    lab.apply(sleeper_pod("target"), namespace)
     lab.wait_pod_running(namespace, "target")
 
     resp = helper.checkpoint(namespace, "pair", container="second", leave_running=False)

@@ -17,7 +17,7 @@ CACHE_IMAGES = Path("/var/cache/kubectl-cedana/images")
 
 
 def test_pod_runs_and_logs_come_through_the_api(lab: Lab, namespace: str) -> None:
-    lab.apply(counter_pod("counter"))
+    lab.apply(counter_pod("counter"), namespace)
     pod = lab.wait_pod_running(namespace, "counter")
     assert pod["spec"]["nodeName"] == lab.node_name
     match = lab.wait_log(namespace, "counter", r"count=(\d+)")
@@ -27,7 +27,7 @@ def test_pod_runs_and_logs_come_through_the_api(lab: Lab, namespace: str) -> Non
 
 
 def test_kubectl_exec_returns_command_output(lab: Lab, namespace: str) -> None:
-    lab.apply(counter_pod("counter"))
+    lab.apply(counter_pod("counter"), namespace)
     lab.wait_pod_running(namespace, "counter")
     token = uuid.uuid4().hex
     out = lab.kubectl("-n", namespace, "exec", "counter", "--", "/bin/echo", token).stdout
@@ -71,7 +71,7 @@ def test_pushed_image_runs_and_wrong_credentials_are_refused(lab: Lab, namespace
 
     # kubelet pulls it through containerd with the node's credentials
     lab.apply(pod_manifest("pulled", ["/bin/sh", "-c", "echo pulled-$((6*7)); sleep 3600"],
-                           image=ref, pull_policy="Always"))
+                           image=ref, pull_policy="Always"), namespace)
     pod = lab.wait_pod_running(namespace, "pulled", timeout=180)
     assert pod["status"]["containerStatuses"][0]["image"].endswith(f"{repo}:{tag}")
     lab.wait_log(namespace, "pulled", r"pulled-42")
@@ -87,7 +87,7 @@ def test_criu_check_passes() -> None:
 
 
 def test_raw_runc_checkpoint_leaves_pod_running(lab: Lab, namespace: str) -> None:
-    lab.apply(counter_pod("counter", interval_ms=200))
+    lab.apply(counter_pod("counter", interval_ms=200), namespace)
     lab.wait_pod_running(namespace, "counter")
     lab.wait_log(namespace, "counter", r"count=5")
     cid = lab.container_id(namespace, "counter")
