@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sidecar import criu, proctree, runc, store, versions
+from sidecar import criu, proctree, rootfs_diff, runc, store, versions
 from sidecar.catalogue import Catalogue
 from sidecar.config import HelperConfig
 from sidecar.discovery import RUNNING, RuncContainer, find_container
@@ -192,9 +192,14 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
         shutil.copyfile(spec_source, temp_dir / "spec.dump")
     except OSError as exc:
         raise DumpFailed(f"cannot read the container's spec {spec_source}: {exc}") from exc
+    # found while the process lives: without leave_running it is gone after the dump
+    upper = rootfs_diff.upper_dir(target.pid)
     runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
                     images_dir, work_dir, options, timeout=config.dump_timeout_s)
     checkpointed = utc_now()
+    # the container's changed files go with its memory, so open files exist on restore
+    if upper is not None and upper.is_dir():
+        rootfs_diff.write_diff(upper, temp_dir)
     _collect_outputs(temp_dir, work_dir, images_dir)
     store.write_json(temp_dir / "config.dump", config_dump(target, checkpoint_id, checkpointed))
     manifest = store.CheckpointManifest(

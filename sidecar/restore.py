@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar import cgroups, criu, proctree, store, tool
+from sidecar import cgroups, criu, proctree, rootfs_diff, store, tool
 from sidecar.catalogue import Catalogue, RestoredRegistry
 from sidecar.checkpoint import DEFAULT_LOCKS, utc_now
 from sidecar.config import HelperConfig
@@ -295,6 +295,8 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
         raise ContainerNotRunning(
             f"the target's process {target.pid} is gone: {exc}",
             container_id=target.container_id) from exc
+    # files first: the restored processes reopen the files they held
+    rootfs_diff.apply_diff(checkpoint, Path(target.rootfs))
     netns_fd, stdio_fds, opened = _open_target_fds(target.pid, inherits)
     try:
         plan = criu.RestorePlan(
