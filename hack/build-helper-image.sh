@@ -32,7 +32,7 @@ if [ ! -d "$base/rootfs" ]; then
 fi
 
 # What goes into the image besides the base: our sources and dependency pins.
-src_key=$( (cd "$repo" && cat setup.cfg pyproject.toml && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
+src_key=$( (cd "$repo" && cat hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
 tar_out="$CEDANA_CACHE/images/helper-$version-$base_key-$src_key.tar"
 mkdir -p "$CEDANA_CACHE/images"
 if [ ! -f "$tar_out" ]; then
@@ -58,7 +58,8 @@ sys.exit(main())
 PY
   chmod 0755 "$root/usr/local/bin/cedana-helper"
   python3 "$here/build_image.py" --tree "$root" --name "$image" --out "$tar_out.tmp" \
-    --entrypoint '["/usr/local/bin/cedana-helper"]' --cmd '["serve"]' >/dev/null
+    --entrypoint '["/usr/local/bin/cedana-helper"]' --cmd '["serve"]' \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env PYTHONPATH=/opt/cedana/lib >/dev/null
   rm -f "$CEDANA_CACHE/images/helper-$version-"*.tar
   mv "$tar_out.tmp" "$tar_out"
 fi

@@ -24,6 +24,10 @@ chmod 700 "$LAB_DIR"
 "$here/lab-pki.sh"
 export PATH="$KUBE_BIN:$PATH"
 
+# Kubernetes nodes need shared mount propagation (systemd sets it; here nobody does), or
+# HostToContainer mounts such as the helper's /run/containerd are refused.
+mount --make-rshared /
+
 # --- network: the pod bridge (also the node's address), no route out of the machine ----------
 if ! ip link show "$LAB_BRIDGE" >/dev/null 2>&1; then
   ip link add "$LAB_BRIDGE" type bridge
@@ -138,6 +142,7 @@ start_daemon containerd containerd --config "$LAB_DIR/containerd.toml"
 wait_for 60 containerd ctr --address "$CONTAINERD_SOCK" version
 
 "$here/lab-images.sh"
+"$here/build-helper-image.sh"
 
 # --- controller-manager, scheduler, kubelet ------------------------------------------------
 start_daemon kube-controller-manager kube-controller-manager \

@@ -96,6 +96,9 @@ def restore_args(criu_path: str, plan: RestorePlan) -> list[str]:
         "--root", plan.root,
         "--restore-detached",
         "--manage-cgroups=ignore",
+        # the mount engine v2 copies the sharing of external mounts, which fails when the
+        # helper's own view of /sys/fs/cgroup is a private copy (inside its pod)
+        "--mntns-compat-mode",
         "--pidfile", str(plan.pidfile),
         "--work-dir", str(plan.work_dir),
         "-o", RESTORE_LOG,

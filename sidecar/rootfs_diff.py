@@ -89,6 +89,18 @@ def _inside(rootfs: Path, rel: str) -> Path:
     return rootfs / norm
 
 
+def _extract(tar: tarfile.TarFile, rootfs: Path) -> None:
+    if hasattr(tarfile, "tar_filter"):  # Python >= 3.11.4 and backports
+        tar.extractall(rootfs, filter="tar")
+        return
+    # older Pythons (Debian 12's 3.11.2): refuse members that would land outside rootfs
+    for member in tar.getmembers():
+        _inside(rootfs, member.name)
+        if member.islnk():
+            _inside(rootfs, member.linkname)
+    tar.extractall(rootfs)
+
+
 def apply_diff(checkpoint: Path, rootfs: Path) -> bool:
     """Apply a checkpoint's rootfs diff onto `rootfs`. Returns False when it has none."""
     tar_path = checkpoint / DIFF_TAR
@@ -104,7 +116,7 @@ def apply_diff(checkpoint: Path, rootfs: Path) -> bool:
             elif target.is_dir():
                 shutil.rmtree(target)
         with tarfile.open(tar_path) as tar:
-            tar.extractall(rootfs, filter="tar")
+            _extract(tar, rootfs)
     except (OSError, tarfile.TarError) as exc:
         raise RestoreFailed(f"cannot apply the checkpoint's file changes to {rootfs}: {exc}"
                             ) from exc

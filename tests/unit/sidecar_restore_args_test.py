@@ -144,7 +144,7 @@ def test_restore_command_is_the_whole_chain(tmp_path: Path) -> None:
         "/usr/local/sbin/criu", "restore",
         "-D", "/ckpt/c1/checkpoint",
         "--root", "/run/containerd/io.containerd.runtime.v2.task/k8s.io/eeee/rootfs",
-        "--restore-detached", "--manage-cgroups=ignore",
+        "--restore-detached", "--manage-cgroups=ignore", "--mntns-compat-mode",
         "--pidfile", "/ckpt/.restores/w/restore.pid",
         "--work-dir", "/ckpt/.restores/w",
         "-o", "restore.log", "-v4",
