@@ -30,3 +30,16 @@ kubectl -n "$ns" wait --for=condition=Ready pod/counter --timeout=120s >/dev/nul
 sleep 3
 echo "== counter pod running; its last log lines:"
 kubectl -n "$ns" logs counter --tail=3
+echo "== kubectl cedana install"
+kubectl cedana install
+echo "== kubectl cedana checkpoint counter --leave-running"
+id=$(kubectl cedana -n "$ns" checkpoint counter --leave-running)
+echo "$id"
+kubectl -n "$ns" delete pod counter-restored --ignore-not-found --wait=true >/dev/null
+echo "== kubectl cedana restore $id --new-pod counter-restored"
+kubectl cedana -n "$ns" restore "$id" --new-pod counter-restored
+sleep 3
+echo "== the restored counter continues from the checkpointed value (kubectl logs counter-restored):"
+kubectl -n "$ns" logs counter-restored --tail=5
+echo "== kubectl cedana checkpoints ls"
+kubectl cedana -n "$ns" checkpoints ls
