@@ -46,6 +46,8 @@ for prefix in /var/lib/kubelet /run/containerd /var/lib/containerd/io.containerd
     umount -l "$m" 2>/dev/null && log "unmounted $m"
   done
 done
+# kubelet bind-mounts its own root directory onto itself
+mountpoint -q /var/lib/kubelet && umount -l /var/lib/kubelet && log "unmounted /var/lib/kubelet"
 # Network namespaces the CNI set up for our pods, and the bridge.
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-'); do
   ip netns delete "$ns" 2>/dev/null && log "deleted netns $ns"
