@@ -2,10 +2,13 @@
 The tests of this file run in order on one worker: install first, uninstall last."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from tests.e2e.lab import REPO, Lab, counter_pod
@@ -94,6 +97,74 @@ def test_error_paths(lab: Lab, namespace: str) -> None:
                      "--into", "two", "-c", "alpha")
     assert relayed.returncode != 0
     assert "checkpoint_not_found" in relayed.stderr or "not found" in relayed.stderr
+
+
+def test_ctrl_c_during_restore_leaves_no_placeholder(lab: Lab, namespace: str) -> None:
+    lab.apply(counter_pod("counter", interval_ms=200), namespace)
+    lab.wait_pod_running(namespace, "counter")
+    ckpt = cedana(lab, "-n", namespace, "checkpoint", "counter", "--leave-running")
+    assert ckpt.returncode == 0, ckpt.stderr
+    checkpoint_id = ckpt.stdout.strip().splitlines()[-1]
+    env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["kubectl", "cedana", "-n", namespace, "restore", checkpoint_id,
+                             "--new-pod", "interrupted"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 60
+    while lab.kubectl("-n", namespace, "get", "pod", "interrupted", check=False).returncode:
+        assert time.monotonic() < end and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    end = time.monotonic() + 60
+    while lab.kubectl("-n", namespace, "get", "pod", "interrupted", check=False).returncode == 0:
+        assert time.monotonic() < end, "placeholder left behind after Ctrl-C"
+        time.sleep(0.5)
+
+
+def test_user_without_pods_proxy_is_told_what_is_missing(lab: Lab, namespace: str,
+                                                        tmp_path: Path) -> None:
+    """A ServiceAccount that may read pods but not create pods/proxy gets a clear message."""
+    lab.apply(counter_pod("counter"), namespace)
+    lab.wait_pod_running(namespace, "counter")
+    lab.kubectl("-n", namespace, "create", "serviceaccount", "limited")
+    role = f"cedana-e2e-read-pods-{namespace}"
+    lab.kubectl("create", "clusterrole", role, "--verb=get,list,watch", "--resource=pods,nodes")
+    lab.kubectl("create", "clusterrolebinding", role, f"--clusterrole={role}",
+                f"--serviceaccount={namespace}:limited")
+    try:
+        token = ""
+        end = time.monotonic() + 60
+        while not token:
+            assert time.monotonic() < end, "no token for the service account"
+            secrets = json.loads(lab.kubectl("-n", namespace, "get", "secrets", "-o",
+                                             "json").stdout)["items"]
+            for secret in secrets:
+                ann = secret["metadata"].get("annotations", {})
+                if ann.get("kubernetes.io/service-account.name") == "limited":
+                    token = base64.b64decode(secret["data"]["token"]).decode()
+            time.sleep(0.5)
+        kubeconfig = tmp_path / "limited.kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "lab", "cluster": {"server": "https://127.0.0.1:6443",
+                                                     "certificate-authority": lab.ca_cert}}],
+            "users": [{"name": "limited", "user": {"token": token}}],
+            "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "limited",
+                                                     "namespace": namespace}}],
+            "current-context": "lab"}))
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+               "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        denied = subprocess.run(["kubectl", "cedana", "checkpoint", "counter"],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert denied.returncode != 0
+        assert "pods/proxy" in denied.stderr, denied.stderr
+        assert "Traceback" not in denied.stderr
+        # nothing happened to the pod
+        pod = lab.wait_pod_running(namespace, "counter")
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        lab.kubectl("delete", "clusterrolebinding,clusterrole", role, check=False)
 
 
 def test_uninstall_then_no_helper(lab: Lab, namespace: str) -> None:
