@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# CRIU >= 4.1: Debian 13 ships it; on Debian 12 build it once from trixie's source tarball
-# and keep the binary in $CEDANA_CACHE/criu-$CRIU_VERSION/criu.
+# CRIU 4.1.1, built once from Debian trixie's source tarball with our patches (hack/patches/:
+# newer kernels refuse SO_PASSCRED/SO_PASSCRED reads on TCP sockets, which made every dump of a
+# process with a TCP socket fail), kept in $CEDANA_CACHE/criu-$CRIU_VERSION-<patches>/criu.
+# Debian 13's packaged 4.1.1 lacks the patch, so both Debian versions build it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
-dest="$CEDANA_CACHE/criu-$CRIU_VERSION"
+patch_key=$(cat "$here"/patches/criu-*.patch | sha256sum | cut -c1-8)
+dest="$CEDANA_CACHE/criu-$CRIU_VERSION-$patch_key"
 if [ -x "$dest/criu" ]; then
   log "criu $CRIU_VERSION cached in $dest"
-elif [ -x /usr/sbin/criu ] && /usr/sbin/criu --version | grep -q "Version: 4\.[1-9]"; then
-  mkdir -p "$dest" && ln -sf /usr/sbin/criu "$dest/criu"
-  log "using Debian's criu: $(/usr/sbin/criu --version | head -1)"
 else
   log "building criu $CRIU_VERSION from Debian trixie's source"
   work=$(mktemp -d)
@@ -20,6 +20,7 @@ else
   [ -n "$orig" ] || die "criu_$CRIU_VERSION.orig.tar.* not fetched (is the trixie deb-src entry there?)"
   tar -C "$work" -xf "$orig"
   src=$(find "$work" -maxdepth 1 -type d -name 'criu-*' | head -1)
+  for p in "$here"/patches/criu-*.patch; do patch -d "$src" -p1 -s <"$p"; done
   make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; die "criu build failed"; }
   mkdir -p "$dest.tmp"
   install -m 0755 "$src/criu/criu" "$dest.tmp/criu"

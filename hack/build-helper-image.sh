@@ -32,7 +32,7 @@ if [ ! -d "$base/rootfs" ]; then
 fi
 
 # What goes into the image besides the base: our sources and dependency pins.
-src_key=$( (cd "$repo" && cat hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
+src_key=$( (cd "$repo" && cat hack/patches/*.patch hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
 tar_out="$CEDANA_CACHE/images/helper-$version-$base_key-$src_key.tar"
 mkdir -p "$CEDANA_CACHE/images"
 if [ ! -f "$tar_out" ]; then
@@ -41,9 +41,8 @@ if [ ! -f "$tar_out" ]; then
   log "assembling helper image $image"
   cp -a "$base/rootfs" "$work/rootfs"
   root="$work/rootfs"
-  if [ "$debian_major" -lt 13 ]; then
-    install -m 0755 "$CEDANA_CACHE/criu-$CRIU_VERSION/criu" "$root/usr/sbin/criu"
-  fi
+  # our patched CRIU (hack/build-criu.sh); on Debian 13 the base's criu package brought its libs
+  install -m 0755 "$(readlink -f /usr/local/sbin/criu)" "$root/usr/sbin/criu"
   pyver=$(chroot "$root" python3 -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
   python3 -m pip wheel -q --no-deps -w "$work/wheels" "$repo" >/dev/null
   python3 -m pip install -q --no-compile --no-warn-conflicts --target "$root/opt/cedana/lib" \

@@ -25,7 +25,7 @@ fi
 
 pkgs=(
   # toolchain for building kubernetes and CRIU from Debian's source packages
-  build-essential pkg-config rsync dpkg-dev xz-utils openssl ca-certificates curl jq
+  build-essential pkg-config rsync dpkg-dev xz-utils patch openssl ca-certificates curl jq
   # the node
   etcd-server containerd runc containernetworking-plugins iptables iproute2 kmod
   busybox-static debootstrap apache2-utils docker-registry conntrack ethtool socat
