@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CRIU 4.1.1, built once from Debian trixie's source tarball with our patches (hack/patches/:
-# newer kernels refuse SO_PASSCRED/SO_PASSCRED reads on TCP sockets, which made every dump of a
+# recent kernels (seen on 6.18) refuse SO_PASSCRED/SO_PASSSEC reads on TCP sockets, which made every dump of a
 # process with a TCP socket fail), kept in $CEDANA_CACHE/criu-$CRIU_VERSION-<patches>/criu.
 # Debian 13's packaged 4.1.1 lacks the patch, so both Debian versions build it.
 set -euo pipefail

@@ -73,7 +73,13 @@ def test_pushed_image_runs_and_wrong_credentials_are_refused(lab: Lab, namespace
     lab.apply(pod_manifest("pulled", ["/bin/sh", "-c", "echo pulled-$((6*7)); sleep 3600"],
                            image=ref, pull_policy="Always"), namespace)
     pod = lab.wait_pod_running(namespace, "pulled", timeout=180)
-    assert pod["status"]["containerStatuses"][0]["image"].endswith(f"{repo}:{tag}")
+    # the running container's image is the manifest the registry holds under that tag (the
+    # status may name another tag of the same content, so compare digests)
+    digest = requests.head(f"https://{lab.registry}/v2/{repo}/manifests/{tag}",
+                           auth=(lab.registry_user, lab.registry_password), verify=lab.ca_cert,
+                           headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+                           timeout=30).headers["Docker-Content-Digest"]
+    assert pod["status"]["containerStatuses"][0]["imageID"].endswith(digest)
     lab.wait_log(namespace, "pulled", r"pulled-42")
 
 
