@@ -9,7 +9,7 @@ from pathlib import Path
 import requests
 
 from tests.e2e.helper import HelperProcess
-from tests.e2e.lab import RUNC_ROOT, Lab, counter_pod, sleeper_pod
+from tests.e2e.lab import RUNC_ROOT, Lab, counter_pod, pod_manifest, sleeper_pod
 
 
 def _data(ns: str, pod: str, **kw: str) -> dict[str, str]:
@@ -107,3 +107,23 @@ def test_one_operation_per_container(lab: Lab, namespace: str, helper: HelperPro
     for r in same_results + [other_result]:
         if r.status_code == 200:
             assert r.json()["checkpoint_id"] in ids
+
+
+def test_io_uring_process_is_refused(lab: Lab, namespace: str, helper: HelperProcess) -> None:
+    lab.apply(pod_manifest("uring", ["/usr/local/bin/iouring"]), namespace)
+    lab.wait_pod_running(namespace, "uring")
+    lab.wait_log(namespace, "uring", r"iouring fd=\d+ beat=2")
+    assert "fd=-1" not in lab.logs(namespace, "uring")  # it really holds an io_uring fd
+    resp = helper.checkpoint(namespace, "uring", leave_running=False)
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["code"] == "io_uring_unsupported"
+    assert "iouring" in body["message"]
+    # refused before anything ran: the workload keeps running, nothing is in the catalogue
+    beat = int(lab.wait_log(namespace, "uring", r"beat=(\d+)").group(1))
+    lab.wait_log(namespace, "uring", rf"beat={beat + 2}\b")
+    pod = lab.wait_pod_running(namespace, "uring")
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    listed = helper.get("/checkpoints").json()
+    entries = listed["checkpoints"] if isinstance(listed, dict) else listed
+    assert not [e for e in entries if e.get("namespace") == namespace]
