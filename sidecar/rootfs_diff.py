@@ -83,10 +83,20 @@ def write_diff(upper: Path, dest_dir: Path) -> list[str]:
 
 
 def _inside(rootfs: Path, rel: str) -> Path:
+    """rootfs/rel, refused when `..` or a symlink in its parent directories leads outside.
+
+    The target container controls its own root filesystem, so a parent such as
+    `/data -> /etc` must not turn a deletion into one on the host."""
     norm = os.path.normpath("/" + rel).lstrip("/")
-    if not norm or norm.startswith(".."):
-        raise RestoreFailed(f"refusing path {rel!r} from the checkpoint's deleted.files")
-    return rootfs / norm
+    if not norm:
+        raise RestoreFailed(f"refusing path {rel!r} from the checkpoint's rootfs diff")
+    path = rootfs / norm
+    root_real = os.path.realpath(rootfs)
+    parent_real = os.path.realpath(path.parent)
+    if parent_real != root_real and not parent_real.startswith(root_real + os.sep):
+        raise RestoreFailed(f"refusing path {rel!r} from the checkpoint's rootfs diff: "
+                            f"it leads outside the container's root filesystem")
+    return path
 
 
 def _extract(tar: tarfile.TarFile, rootfs: Path) -> None:
