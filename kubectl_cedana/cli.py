@@ -258,6 +258,12 @@ def list_command(settings: Settings, all_namespaces: bool) -> None:
 
 
 # -- checkpoint -------------------------------------------------------------------------------
+WITH_ROOTFS_OPTION = click.option(
+    "--with-rootfs/--without-rootfs", default=True, show_default=True,
+    help="Store the container's changed files with its memory (same freeze) and put them "
+         "back before a restore. Without them a process holding a file it created cannot be "
+         "restored.")
+
 @command("checkpoint", short_help="Checkpoint a pod's container; prints the checkpoint ID.")
 @click.argument("pod")
 @click.option("-c", "--container", metavar="NAME",
@@ -267,9 +273,10 @@ def list_command(settings: Settings, all_namespaces: bool) -> None:
 @click.option("--path", default="", metavar="DIR",
               help="Directory on the node for the checkpoint, inside the helper's "
                    "checkpoint directory (default: a new one there).")
+@WITH_ROOTFS_OPTION
 @click.pass_obj
 def checkpoint_command(settings: Settings, pod: str, container: str | None,
-                       leave_running: bool, path: str) -> None:
+                       leave_running: bool, path: str, with_rootfs: bool) -> None:
     """Checkpoint a container of POD with CRIU and print the checkpoint ID.
 
     \b
@@ -281,7 +288,8 @@ def checkpoint_command(settings: Settings, pod: str, container: str | None,
     kube = connect(settings)
     with progress(settings, f"checkpointing {pod}"):
         result = operations.checkpoint_container(kube, kube.namespace, pod, container,
-                                                 leave_running=leave_running, path=path)
+                                                 leave_running=leave_running, path=path,
+                                                 with_rootfs=with_rootfs)
 
     def text() -> str:
         if settings.output != "wide":
@@ -356,11 +364,12 @@ def restore_command(settings: Settings, checkpoint: str, into: str | None,
 @click.option("--delete-source", is_flag=True,
               help="Stop the container at the checkpoint and delete POD after the restore.")
 @click.option("--new-pod", metavar="NAME", help="Name of the new pod (default: POD-migrated).")
+@WITH_ROOTFS_OPTION
 @TIMEOUT_OPTION
 @click.pass_obj
 def migrate_command(settings: Settings, pod: str, container: str | None,
                     to_node: str | None, delete_source: bool, new_pod: str | None,
-                    timeout: str) -> None:
+                    with_rootfs: bool, timeout: str) -> None:
     """Checkpoint POD's container, restore it into a new pod, and print the pause.
 
     The new pod is created and running before the checkpoint is taken, so the measured
@@ -372,7 +381,8 @@ def migrate_command(settings: Settings, pod: str, container: str | None,
     with progress(settings, f"migrating {pod}") as spinner:
         result = operations.migrate_pod(kube, kube.namespace, pod, container, to_node=to_node,
                                         delete_source=delete_source, new_pod=new_pod,
-                                        timeout=wait_limit, progress=spinner.update)
+                                        timeout=wait_limit, progress=spinner.update,
+                                        with_rootfs=with_rootfs)
     for message in result["warnings"]:
         warn(message)
     source, target = result["source"], result["target"]
@@ -508,6 +518,10 @@ def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
 
 
 @command("install", short_help="Install the node helper DaemonSet (deploy/base).")
+@click.option("--runtime", type=click.Choice(["containerd", "k3s", "crio"]),
+              default="containerd", show_default=True,
+              help="The nodes' container runtime: the helper's runc root and host paths come "
+                   "from deploy/overlays/RUNTIME.")
 @click.option("--image", metavar="IMAGE", help="Helper image (default: the manifests' image, "
                                                "docker.io/cedana/helper:<plugin version>).")
 @click.option("--dry-run", type=click.Choice(["none", "client", "server"]), default="none",
@@ -519,14 +533,14 @@ def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
 @click.option("--timeout", default="5m", show_default=True, metavar="DURATION",
               help="How long to wait for readiness.")
 @click.pass_obj
-def install_command(settings: Settings, image: str | None, dry_run: str, wait: bool,
-                    timeout: str) -> None:
+def install_command(settings: Settings, runtime: str, image: str | None, dry_run: str,
+                    wait: bool, timeout: str) -> None:
     """Create or update the helper's Namespace, ServiceAccount, RBAC and DaemonSet, the
     same objects `kubectl apply -k deploy/` creates, then wait until it is ready."""
     from kubectl_cedana import install
 
     limit = duration_timeout(timeout, "--timeout")
-    objects = install.render_manifests(image)
+    objects = install.render_manifests(image, runtime=runtime)
     if dry_run == "client":
         if settings.output == "yaml":
             echo(to_yaml_stream(objects))
@@ -551,7 +565,8 @@ def install_command(settings: Settings, image: str | None, dry_run: str, wait: b
         if ready is not None:
             lines += f"\nhelper ready on {ready['ready']}/{ready['desired']} nodes"
         return lines
-    emit(settings, document("Install", image=used_image, dry_run=dry_run != "none",
+    emit(settings, document("Install", image=used_image, runtime=runtime,
+                            dry_run=dry_run != "none",
                             objects=results, ready=ready), text)
 
 
@@ -576,30 +591,76 @@ def uninstall_command(settings: Settings, dry_run: bool, wait: bool, timeout: st
          f"nothing to uninstall (no objects labelled {install.PART_OF_SELECTOR})")
 
 
-# -- rootfs (later) ---------------------------------------------------------------------------
+# -- rootfs -----------------------------------------------------------------------------------
 @main.group("rootfs", context_settings=CONTEXT_SETTINGS,
-            short_help="Commit a container's filesystem to an image (not yet available).")
+            short_help="Commit a container's changed files to an image, or apply one.")
 def rootfs_group() -> None:
-    """Rootfs checkpoint and restore through an image registry: not yet available."""
+    """A container's changed files as an image layer in a registry.
+
+    \b
+    rootfs checkpoint: the container's image plus one layer holding what it created, changed
+                       and deleted, pushed with the node's own registry credentials.
+    rootfs restore:    the layers an image adds over a pod's image, applied onto its
+                       (sleeping) container's files, deletions included.
+    """
 
 
 global_options(rootfs_group)
 
-_PASS_THROUGH = dict(CONTEXT_SETTINGS, ignore_unknown_options=True, allow_extra_args=True)
+
+def rootfs_command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    def decorate(fn: Callable[..., Any]) -> click.Command:
+        cmd = rootfs_group.command(name, context_settings=CONTEXT_SETTINGS, **kwargs)(fn)
+        return global_options(cmd)
+    return decorate
 
 
-@rootfs_group.command("checkpoint", context_settings=_PASS_THROUGH)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def rootfs_checkpoint(args: Sequence[str]) -> None:
-    """Not yet available."""
-    raise CedanaError("rootfs checkpoint is not yet available")
+@rootfs_command("checkpoint", short_help="Push a container's image plus its changed files.")
+@click.argument("pod")
+@click.option("-c", "--container", metavar="NAME", help="The container (if several).")
+@click.option("--image", required=True, metavar="REF",
+              help="Where to push, e.g. registry.example.com/team/app:snap1.")
+@click.pass_obj
+def rootfs_checkpoint(settings: Settings, pod: str, container: str | None, image: str) -> None:
+    """Commit POD's container's changed files as one layer on its image and push it as REF.
+
+    The container is frozen while its files are read and keeps running. The node's helper
+    pushes with the node's registry credentials (docker config, containerd's registry
+    configuration). Prints the pushed reference with its digest.
+
+    \b
+    Examples:
+      kubectl cedana rootfs checkpoint web --image registry.example.com/web:snap1
+      kubectl run web2 --image registry.example.com/web:snap1
+    """
+    kube = connect(settings)
+    with progress(settings, f"committing {pod}"):
+        result = operations.rootfs_checkpoint(kube, kube.namespace, pod, container, image)
+    emit(settings, document("RootfsCheckpoint", **result), lambda: str(result["pushed"]))
 
 
-@rootfs_group.command("restore", context_settings=_PASS_THROUGH)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def rootfs_restore(args: Sequence[str]) -> None:
-    """Not yet available."""
-    raise CedanaError("rootfs restore is not yet available")
+@rootfs_command("restore", short_help="Apply an image's added layers onto a pod's files.")
+@click.option("--into", "into", required=True, metavar="POD",
+              help="The pod whose container receives the files (usually a sleeping one).")
+@click.option("-c", "--container", metavar="NAME", help="The container of POD (if several).")
+@click.option("--image", required=True, metavar="REF",
+              help="An image made by `rootfs checkpoint` from the same base image.")
+@click.pass_obj
+def rootfs_restore(settings: Settings, into: str, container: str | None, image: str) -> None:
+    """Apply the layers REF adds over POD's own image onto POD's container files.
+
+    \b
+    Example:
+      kubectl cedana rootfs restore --into sleeper --image registry.example.com/web:snap1
+    """
+    kube = connect(settings)
+    with progress(settings, f"applying {image} to {into}"):
+        result = operations.rootfs_restore(kube, kube.namespace, into, container, image)
+    target = result["target"]
+    emit(settings, document("RootfsRestore", **result), lambda: (
+        f"applied {len(result['applied_layers'])} layer(s) of {result['image']} to pod "
+        f"{target['namespace']}/{target['pod']} (container {target['container']}): "
+        f"{result['entries']} entries written, {len(result['deleted'])} deleted"))
 
 
 if __name__ == "__main__":

@@ -158,14 +158,34 @@ class HelperClient:
         return list(self.call("GET", f"list/{quote(namespace, safe='')}", query=query) or [])
 
     def checkpoint(self, *, namespace: str, pod: str, container: str, path: str = "",
-                   leave_running: bool = False, root: str | None = None) -> dict[str, Any]:
+                   leave_running: bool = False, root: str | None = None,
+                   with_rootfs: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {"container_name": container, "sandbox_name": pod,
                                 "namespace": namespace, "checkpoint_path": path}
         if root:
             data["root"] = root
         return dict(self.call("POST", "checkpoint",
-                              body={"checkpoint_data": data, "leave_running": leave_running},
+                              body={"checkpoint_data": data, "leave_running": leave_running,
+                                    "with_rootfs": with_rootfs},
                               timeout=LONG_TIMEOUT) or {})
+
+    def rootfs_checkpoint(self, *, namespace: str, pod: str, container: str, image_ref: str,
+                          address: str = "", base_image_ref: str = "") -> dict[str, Any]:
+        """containerd nodes: /checkpoint/rootfs; CRI-O nodes (base_image_ref given): .../crio."""
+        body: dict[str, Any] = {"container_name": container, "sandbox_name": pod,
+                                "namespace": namespace}
+        if base_image_ref:
+            body.update(image_ref=base_image_ref, new_image_ref=image_ref)
+            return dict(self.call("POST", "checkpoint/rootfs/crio", body=body,
+                                  timeout=LONG_TIMEOUT) or {})
+        body.update(image_ref=image_ref, address=address)
+        return dict(self.call("POST", "checkpoint/rootfs", body=body, timeout=LONG_TIMEOUT) or {})
+
+    def rootfs_restore(self, *, namespace: str, pod: str, container: str, image_ref: str,
+                       address: str = "") -> dict[str, Any]:
+        body = {"container_name": container, "sandbox_name": pod, "namespace": namespace,
+                "image_ref": image_ref, "address": address}
+        return dict(self.call("POST", "restore/rootfs", body=body, timeout=LONG_TIMEOUT) or {})
 
     def restore(self, *, namespace: str, pod: str, container: str, checkpoint_id: str = "",
                 checkpoint_path: str = "", root: str | None = None) -> dict[str, Any]:

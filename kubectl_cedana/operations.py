@@ -112,20 +112,55 @@ def list_containers(kube: KubeClient, namespace: str | None
 
 # -- checkpoints ------------------------------------------------------------------------------
 def checkpoint_container(kube: KubeClient, namespace: str, pod: str, container: str | None,
-                         *, leave_running: bool, path: str = "") -> dict[str, Any]:
+                         *, leave_running: bool, path: str = "",
+                         with_rootfs: bool = True) -> dict[str, Any]:
     ref, _obj = resolve_running_container(kube, namespace, pod, container)
     helper = HelperClient(kube, find_helper_pod(kube, ref.node))
     answer = helper.checkpoint(namespace=ref.namespace, pod=ref.pod, container=ref.container,
-                               path=path, leave_running=leave_running)
+                               path=path, leave_running=leave_running, with_rootfs=with_rootfs)
     return {
         "checkpoint_id": answer.get("checkpoint_id", ""),
         "checkpoint_path": answer.get("checkpoint_path", ""),
         "size_bytes": answer.get("size_bytes"),
         "duration_ms": answer.get("duration_ms"),
         "leave_running": leave_running,
+        "with_rootfs": with_rootfs,
         "source": ref.to_dict(),
         "options": answer.get("options"),
     }
+
+
+# -- rootfs -----------------------------------------------------------------------------------
+def _is_crio(ref: ContainerRef) -> bool:
+    return ref.runtime in ("cri-o", "crio")
+
+
+def rootfs_checkpoint(kube: KubeClient, namespace: str, pod: str, container: str | None,
+                      image: str) -> dict[str, Any]:
+    """Commit the container's changed files on top of its image and push that as `image`."""
+    ref, _obj = resolve_running_container(kube, namespace, pod, container)
+    helper = HelperClient(kube, find_helper_pod(kube, ref.node))
+    base = ref.image if _is_crio(ref) else ""
+    answer = helper.rootfs_checkpoint(namespace=ref.namespace, pod=ref.pod,
+                                      container=ref.container, image_ref=image,
+                                      base_image_ref=base)
+    return {"image": answer.get("image_ref", image), "digest": answer.get("digest", ""),
+            "pushed": answer.get("pushed", ""), "base_image": answer.get("base_image", ""),
+            "layer": answer.get("layer"), "layers": answer.get("layers"),
+            "duration_ms": answer.get("duration_ms"), "source": ref.to_dict()}
+
+
+def rootfs_restore(kube: KubeClient, namespace: str, pod: str, container: str | None,
+                   image: str) -> dict[str, Any]:
+    """Apply the layers `image` adds over the pod's own image onto its container's files."""
+    ref, _obj = resolve_running_container(kube, namespace, pod, container)
+    helper = HelperClient(kube, find_helper_pod(kube, ref.node))
+    answer = helper.rootfs_restore(namespace=ref.namespace, pod=ref.pod,
+                                   container=ref.container, image_ref=image)
+    return {"image": answer.get("image_ref", image),
+            "applied_layers": answer.get("applied_layers", []),
+            "deleted": answer.get("deleted", []), "entries": answer.get("entries"),
+            "duration_ms": answer.get("duration_ms"), "target": ref.to_dict()}
 
 
 def checkpoint_entry(entry: dict[str, Any], node: str) -> dict[str, Any]:
@@ -413,7 +448,8 @@ def restore_new_pod(kube: KubeClient, wanted: str, new_pod: str, *, node: str | 
 
 def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | None, *,
                 to_node: str | None, delete_source: bool, new_pod: str | None,
-                timeout: float, progress: ProgressFn = _no_progress) -> dict[str, Any]:
+                timeout: float, progress: ProgressFn = _no_progress,
+                with_rootfs: bool = True) -> dict[str, Any]:
     """Checkpoint a pod's container and restore it into a new pod, measuring the pause.
 
     The new pod is created and running before the checkpoint, so the pause (checkpoint
@@ -442,7 +478,8 @@ def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | Non
             paused_at = time.monotonic()
             dump = helper.checkpoint(namespace=namespace, pod=pod,
                                      container=source_ref.container,
-                                     leave_running=not delete_source)
+                                     leave_running=not delete_source,
+                                     with_rootfs=with_rootfs)
             checkpoint_id = str(dump.get("checkpoint_id") or "")
             progress(f"restoring into {target_name}")
             answer = helper.restore(namespace=namespace, pod=target_name,
@@ -476,6 +513,7 @@ def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | Non
         "pid": answer.get("pid"),
         "pid_in_container": answer.get("pid_in_container"),
         "source_deleted": delete_source,
+        "with_rootfs": with_rootfs,
         "warnings": warnings,
     }
 

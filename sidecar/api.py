@@ -26,19 +26,24 @@ from sidecar.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
-    NotImplementedYet,
 )
 from sidecar.locks import ContainerLocks
 from sidecar.middleware import BodyLimitMiddleware, RequestLogMiddleware, request_state
 from sidecar.restore import RestoreResult, restore_into
-from sidecar.schemas import CheckpointRequest, ListRequest, RestoreRequest
+from sidecar.rootfs_image import checkpoint_rootfs, checkpoint_rootfs_crio, restore_rootfs
+from sidecar.schemas import (
+    CheckpointRequest,
+    CrioRootfsCheckpointRequest,
+    ListRequest,
+    RestoreRequest,
+    RootfsCheckpointRequest,
+    RootfsRestoreRequest,
+)
 
 log = logging.getLogger(__name__)
 
 CheckpointFn = Callable[..., CheckpointResult]
 RestoreFn = Callable[..., RestoreResult]
-
-ROOTFS_NOT_IMPLEMENTED = "rootfs checkpoint/restore is not implemented yet"
 
 
 def _error_response(request: Request, error: HelperError) -> JSONResponse:
@@ -103,6 +108,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(request, error)
 
 
+def _default_address(config: HelperConfig) -> str:
+    """containerd's socket when the node has it at the usual place (a restore may also pull)."""
+    address = config.default_containerd_address
+    return address if os.path.exists(address) else ""
+
+
 def _root(config: HelperConfig, requested: str | None) -> Path:
     return validate_root(requested or config.runtime_root)
 
@@ -144,6 +155,7 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
         result = checkpoint_fn(
             config, _root(config, data.root), data.namespace, data.sandbox_name,
             data.container_name, data.checkpoint_path or None, body.leave_running, locks=locks,
+            with_rootfs=body.with_rootfs,
         )
         request_state(request.scope).update(checkpoint_id=result.checkpoint_id,
                                             container_id=result.container.container_id)
@@ -163,10 +175,31 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
         return result.to_dict()
 
     @app.post("/checkpoint/rootfs")
+    def post_checkpoint_rootfs(request: Request, body: RootfsCheckpointRequest) -> dict[str, Any]:
+        result = checkpoint_rootfs(
+            config, _root(config, body.root), body.namespace, body.sandbox_name,
+            body.container_name, body.address or config.default_containerd_address,
+            body.image_ref, locks=locks)
+        request_state(request.scope)["container_id"] = result.container_id
+        return result.to_dict()
+
     @app.post("/checkpoint/rootfs/crio")
+    def post_checkpoint_rootfs_crio(request: Request, body: CrioRootfsCheckpointRequest,
+                                    ) -> dict[str, Any]:
+        result = checkpoint_rootfs_crio(
+            config, _root(config, body.root), body.namespace, body.sandbox_name,
+            body.container_name, body.image_ref, body.new_image_ref, locks=locks)
+        request_state(request.scope)["container_id"] = result.container_id
+        return result.to_dict()
+
     @app.post("/restore/rootfs")
-    async def rootfs_not_implemented() -> None:
-        raise NotImplementedYet(ROOTFS_NOT_IMPLEMENTED)
+    def post_restore_rootfs(request: Request, body: RootfsRestoreRequest) -> dict[str, Any]:
+        result = restore_rootfs(
+            config, _root(config, body.root), body.namespace, body.sandbox_name,
+            body.container_name, body.address or _default_address(config), body.image_ref,
+            locks=locks)
+        request_state(request.scope)["container_id"] = result.container_id
+        return result.to_dict()
 
     @app.get("/checkpoints")
     def get_checkpoints() -> dict[str, Any]:

@@ -6,12 +6,13 @@ import logging
 import shutil
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sidecar import criu, proctree, rootfs_diff, runc, store, versions
+from sidecar import criu, freezer, proctree, rootfs_diff, runc, store, versions
 from sidecar.catalogue import Catalogue
 from sidecar.config import HelperConfig
 from sidecar.discovery import RUNNING, RuncContainer, find_container
@@ -121,7 +122,8 @@ def _collect_outputs(temp_dir: Path, work_dir: Path, images_dir: Path) -> None:
 
 def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
                          container: str, checkpoint_path: str | None, leave_running: bool,
-                         *, locks: ContainerLocks = DEFAULT_LOCKS) -> CheckpointResult:
+                         *, locks: ContainerLocks = DEFAULT_LOCKS,
+                         with_rootfs: bool = True) -> CheckpointResult:
     started = time.monotonic()
     target = find_container(root, namespace, sandbox, container)
     if target.status != RUNNING:
@@ -152,7 +154,8 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
         temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
         temp_dir.mkdir(mode=store.DIR_MODE)
         try:
-            manifest = _dump(config, root, target, temp_dir, final_dir, checkpoint_id, options)
+            manifest = _dump(config, root, target, temp_dir, final_dir, checkpoint_id, options,
+                             with_rootfs)
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
@@ -172,6 +175,7 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
         "leave_running": leave_running,
         "status": "complete",
         "options": options.to_dict(),
+        "with_rootfs": with_rootfs,
         "restores": [],
     })
     log.info("checkpointed %s/%s/%s into %s", namespace, sandbox, container, final_dir,
@@ -181,7 +185,7 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
 
 def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
           final_dir: Path, checkpoint_id: str,
-          options: runc.DumpOptions) -> store.CheckpointManifest:
+          options: runc.DumpOptions, with_rootfs: bool) -> store.CheckpointManifest:
     images_dir = temp_dir / store.IMAGES_DIR
     work_dir = temp_dir / "work"
     images_dir.mkdir(mode=store.DIR_MODE)
@@ -193,13 +197,17 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     except OSError as exc:
         raise DumpFailed(f"cannot read the container's spec {spec_source}: {exc}") from exc
     # found while the process lives: without leave_running it is gone after the dump
-    upper = rootfs_diff.upper_dir(target.pid)
-    runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
-                    images_dir, work_dir, options, timeout=config.dump_timeout_s)
-    checkpointed = utc_now()
-    # the container's changed files go with its memory, so open files exist on restore
-    if upper is not None and upper.is_dir():
-        rootfs_diff.write_diff(upper, temp_dir)
+    upper = rootfs_diff.upper_dir(target.pid) if with_rootfs else None
+    what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
+    # freeze -> dump -> diff -> thaw: the files match the memory image (CRIU leaves a cgroup
+    # it found frozen as it was, and runc accepts a paused container)
+    with freezer.frozen(target.pid, what) if upper is not None else nullcontext(False):
+        runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
+                        images_dir, work_dir, options, timeout=config.dump_timeout_s)
+        checkpointed = utc_now()
+        # the container's changed files go with its memory, so open files exist on restore
+        if upper is not None and upper.is_dir():
+            rootfs_diff.write_diff(upper, temp_dir)
     _collect_outputs(temp_dir, work_dir, images_dir)
     store.write_json(temp_dir / "config.dump", config_dump(target, checkpoint_id, checkpointed))
     manifest = store.CheckpointManifest(
@@ -216,6 +224,6 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             "runtime": target.runtime,
         },
         tools=versions.tool_versions(config),
-        criu_options=options.to_dict(),
+        criu_options={**options.to_dict(), "with_rootfs": upper is not None},
     )
     return store.finalize(temp_dir, final_dir, manifest)

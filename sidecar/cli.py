@@ -7,6 +7,12 @@ import click
 
 from sidecar import logs, version
 from sidecar.config import DEFAULT_CRIU_RUNC_CONFIG, DEFAULT_RUNTIME_ROOT, HelperConfig
+from sidecar.credentials import (
+    DEFAULT_CERTS_DIRS,
+    DEFAULT_CONTAINERD_CONFIG,
+    DEFAULT_DOCKER_CONFIGS,
+    NodeRegistrySettings,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -30,10 +36,24 @@ def main() -> None:
 @click.option("--criu-runc-config", default=str(DEFAULT_CRIU_RUNC_CONFIG), show_default=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="CRIU config file runc passes to CRIU (link-remap is set there).")
+@click.option("--ctr", "ctr_path", default="ctr", show_default=True,
+              help="containerd's ctr binary (reads images for rootfs commits).")
+@click.option("--docker-config", "docker_configs", multiple=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              default=[str(p) for p in DEFAULT_DOCKER_CONFIGS], show_default=True,
+              help="Docker-style credential files of the node, in order (repeatable).")
+@click.option("--containerd-config", default=str(DEFAULT_CONTAINERD_CONFIG), show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="containerd config whose CRI registry section gives credentials and TLS.")
+@click.option("--certs-dir", "certs_dirs", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              default=[str(p) for p in DEFAULT_CERTS_DIRS], show_default=True,
+              help="certs.d directories with HOST/*.crt registry CAs (repeatable).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
-          criu_path: str, criu_runc_config: Path, log_level: str) -> None:
+          criu_path: str, criu_runc_config: Path, ctr_path: str, docker_configs: tuple[Path, ...],
+          containerd_config: Path, certs_dirs: tuple[Path, ...], log_level: str) -> None:
     """Serve the REST API."""
     import uvicorn
 
@@ -42,7 +62,9 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
     logs.configure(log_level)
     config = HelperConfig(
         checkpoint_dir=checkpoint_dir, runtime_root=runtime_root, runc_path=runc_path,
-        criu_path=criu_path, criu_runc_config=criu_runc_config,
+        criu_path=criu_path, criu_runc_config=criu_runc_config, ctr_path=ctr_path,
+        registry=NodeRegistrySettings(tuple(docker_configs), containerd_config,
+                                      tuple(certs_dirs)),
     )
     app = create_app(config)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,

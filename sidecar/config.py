@@ -6,6 +6,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.credentials import NodeRegistrySettings
+
 DEFAULT_RUNTIME_ROOT = Path("/run/containerd/runc/k8s.io")
 DEFAULT_CRIU_RUNC_CONFIG = Path("/etc/criu/runc.conf")
 MAX_BODY_BYTES = 1024 * 1024
@@ -22,6 +24,7 @@ class HelperConfig:
     checkpoint_dir: Path
     runtime_root: Path = DEFAULT_RUNTIME_ROOT
     runc_path: str = "runc"
+    ctr_path: str = "ctr"
     criu_path: str = "criu"
     nsenter_path: str = "nsenter"
     unshare_path: str = "unshare"
@@ -32,6 +35,9 @@ class HelperConfig:
     dump_timeout_s: float = 600.0
     restore_timeout_s: float = 600.0
     max_body_bytes: int = MAX_BODY_BYTES
+    # where this node keeps registry credentials and TLS trust (rootfs commits and pulls)
+    registry: NodeRegistrySettings = field(default_factory=NodeRegistrySettings)
+    default_containerd_address: str = "/run/containerd/containerd.sock"
 
     def __post_init__(self) -> None:
         # the confinement checks compare real paths, so keep the real one

@@ -133,10 +133,54 @@ class InternalError(HelperError):
     status = 500
 
 
+class RegistryAuthFailed(HelperError):
+    """The registry refused the node's credentials, or the node has none for it."""
+
+    code = "registry_auth_failed"
+    status = 403
+
+
+class ImageNotFound(HelperError):
+    code = "image_not_found"
+    status = 404
+
+
+class ImageMismatch(HelperError):
+    """The image named in a request is not the one the container runs."""
+
+    code = "image_mismatch"
+    status = 409
+
+
+class RegistryUnreachable(HelperError):
+    code = "registry_unreachable"
+    status = 502
+
+
+class RegistryError(HelperError):
+    """The registry answered with something other than success or an auth refusal."""
+
+    code = "registry_error"
+    status = 502
+
+
+class ContainerdUnavailable(HelperError):
+    code = "containerd_unavailable"
+    status = 502
+
+
+class ImageUnsupported(HelperError, ValueError):
+    """An image the helper cannot build on (e.g. an index or manifest list, not a manifest)."""
+
+    code = "image_unsupported"
+    status = 422
+
+
 ALL_ERRORS: tuple[type[HelperError], ...] = (
     InvalidRequest, PathOutsideCheckpointDir, NotFound, MethodNotAllowed, BodyTooLarge,
     ContainerNotFound, CheckpointNotFound, ContainerAmbiguous, ContainerNotRunning,
     OperationInProgress, AlreadyRestored, TargetNotSleeping, CheckpointExists, TargetIncompatible,
     IoUringUnsupported, CheckpointCorrupted, DumpFailed, RestoreFailed, ToolFailed,
-    NotImplementedYet, InternalError,
+    NotImplementedYet, InternalError, RegistryAuthFailed, ImageNotFound, ImageMismatch,
+    RegistryUnreachable, RegistryError, ContainerdUnavailable, ImageUnsupported,
 )

@@ -42,11 +42,13 @@ def upper_dir(pid: int) -> Path | None:
     return None
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
+def is_whiteout(st: os.stat_result) -> bool:
+    """An overlay whiteout: a character device 0/0."""
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: Path) -> bool:
+def is_opaque(path: Path) -> bool:
+    """An overlay directory marked opaque: the lower layers' content under it is hidden."""
     for name in OPAQUE_XATTRS:
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
@@ -68,10 +70,10 @@ def write_diff(upper: Path, dest_dir: Path) -> list[str]:
                     path = base / name
                     rel = path.relative_to(upper).as_posix()
                     st = path.lstat()
-                    if _is_whiteout(st):
+                    if is_whiteout(st):
                         deleted.append("/" + rel)
                         continue
-                    if stat.S_ISDIR(st.st_mode) and _is_opaque(path):
+                    if stat.S_ISDIR(st.st_mode) and is_opaque(path):
                         deleted.append("/" + rel)
                     tar.add(path, arcname=rel, recursive=False)
     except OSError as exc:
@@ -82,19 +84,19 @@ def write_diff(upper: Path, dest_dir: Path) -> list[str]:
     return deleted
 
 
-def _inside(rootfs: Path, rel: str) -> Path:
+def inside(rootfs: Path, rel: str, source: str = "the checkpoint's rootfs diff") -> Path:
     """rootfs/rel, refused when `..` or a symlink in its parent directories leads outside.
 
     The target container controls its own root filesystem, so a parent such as
     `/data -> /etc` must not turn a deletion into one on the host."""
     norm = os.path.normpath("/" + rel).lstrip("/")
     if not norm:
-        raise RestoreFailed(f"refusing path {rel!r} from the checkpoint's rootfs diff")
+        raise RestoreFailed(f"refusing path {rel!r} from {source}")
     path = rootfs / norm
     root_real = os.path.realpath(rootfs)
     parent_real = os.path.realpath(path.parent)
     if parent_real != root_real and not parent_real.startswith(root_real + os.sep):
-        raise RestoreFailed(f"refusing path {rel!r} from the checkpoint's rootfs diff: "
+        raise RestoreFailed(f"refusing path {rel!r} from {source}: "
                             f"it leads outside the container's root filesystem")
     return path
 
@@ -105,9 +107,9 @@ def _extract(tar: tarfile.TarFile, rootfs: Path) -> None:
         return
     # older Pythons (Debian 12's 3.11.2): refuse members that would land outside rootfs
     for member in tar.getmembers():
-        _inside(rootfs, member.name)
+        inside(rootfs, member.name)
         if member.islnk():
-            _inside(rootfs, member.linkname)
+            inside(rootfs, member.linkname)
     tar.extractall(rootfs)
 
 
@@ -120,7 +122,7 @@ def apply_diff(checkpoint: Path, rootfs: Path) -> bool:
     deleted = json.loads(deleted_path.read_text()) if deleted_path.exists() else []
     try:
         for rel in deleted:
-            target = _inside(rootfs, rel)
+            target = inside(rootfs, rel)
             if target.is_symlink() or target.is_file():
                 target.unlink()
             elif target.is_dir():

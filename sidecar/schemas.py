@@ -5,6 +5,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 NAME_MAX = 253
 PATH_MAX = 4096
+REF_MAX = 1024
 
 
 class _Body(BaseModel):
@@ -26,6 +27,9 @@ class CheckpointData(ContainerRef):
 class CheckpointRequest(_Body):
     checkpoint_data: CheckpointData
     leave_running: bool = False
+    # the container's changed files (rootfs-diff.tar, deleted.files), taken in the same freeze
+    # as the memory; without them a process holding a file it created cannot be restored
+    with_rootfs: bool = True
 
 
 class RestoreData(ContainerRef):
@@ -39,3 +43,22 @@ class RestoreRequest(_Body):
 
 class ListRequest(_Body):
     root: str | None = Field(default=None, max_length=PATH_MAX)
+
+
+class RootfsCheckpointRequest(ContainerRef):
+    """`/checkpoint/rootfs` (containerd): push the container's image plus its changed files."""
+
+    address: str = Field(default="", max_length=PATH_MAX)
+    image_ref: str = Field(min_length=1, max_length=REF_MAX)
+
+
+class CrioRootfsCheckpointRequest(ContainerRef):
+    """`/checkpoint/rootfs/crio`: `image_ref` is the original image, `new_image_ref` the push."""
+
+    image_ref: str = Field(min_length=1, max_length=REF_MAX)
+    new_image_ref: str = Field(min_length=1, max_length=REF_MAX)
+
+
+class RootfsRestoreRequest(ContainerRef):
+    address: str = Field(default="", max_length=PATH_MAX)
+    image_ref: str = Field(min_length=1, max_length=REF_MAX)

@@ -95,11 +95,15 @@ def test_version_client_needs_no_cluster(tmp_path: object) -> None:
     assert yaml.safe_load(invoke("-o", "yaml", "version", "--client").stdout) == doc
 
 
-@pytest.mark.parametrize("sub", ["checkpoint", "restore"])
-def test_rootfs_says_not_yet_available(sub: str) -> None:
-    result = invoke("rootfs", sub, "--image-ref", "r/x:1", "pod")
-    assert result.exit_code == 1
-    assert result.stderr == f"error: rootfs {sub} is not yet available\n"
+@pytest.mark.parametrize("argv,missing", [
+    (["rootfs", "checkpoint", "pod"], "--image"),
+    (["rootfs", "restore", "--image", "r/x:1"], "--into"),
+    (["rootfs", "restore", "--into", "pod"], "--image"),
+])
+def test_rootfs_requires_its_options(argv: list[str], missing: str) -> None:
+    result = invoke(*argv)
+    assert result.exit_code == 2
+    assert f"Missing option '{missing}" in result.stderr
 
 
 @pytest.mark.parametrize("exc,code", [
@@ -133,7 +137,7 @@ def test_unexpected_exception_is_one_line_without_debug_and_traced_with(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from kubectl_cedana import install
 
-    def broken(image: object = None) -> None:
+    def broken(image: object = None, runtime: object = None) -> None:
         raise ZeroDivisionError("division by zero")
 
     monkeypatch.setattr(install, "render_manifests", broken)
@@ -150,7 +154,7 @@ def test_unexpected_exception_is_one_line_without_debug_and_traced_with(
 def test_debug_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from kubectl_cedana import install
 
-    def broken(image: object = None) -> None:
+    def broken(image: object = None, runtime: object = None) -> None:
         raise ValueError("bad")
 
     monkeypatch.setattr(install, "render_manifests", broken)

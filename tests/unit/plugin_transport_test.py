@@ -252,7 +252,7 @@ def test_checkpoint_prints_the_id_and_sends_the_contract_body(cluster: FakeClust
     sent = cluster.requests_matching("POST", r"/proxy/checkpoint$")[0].body
     assert sent == {"checkpoint_data": {"container_name": "main", "sandbox_name": "counter",
                                         "namespace": "default", "checkpoint_path": ""},
-                    "leave_running": True}
+                    "leave_running": True, "with_rootfs": True}
 
 
 def test_checkpoint_path_and_default_stop(cluster: FakeCluster, kubeconfig: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from sidecar.api import ROOTFS_NOT_IMPLEMENTED, create_app
+from sidecar.api import create_app
 from sidecar.config import HelperConfig
 from sidecar.locks import ContainerLocks
 from tests.unit.sidecar_support import (
@@ -155,11 +155,32 @@ def test_unknown_container(env: Env) -> None:
                  404, "container_not_found")
 
 
-def test_rootfs_routes_are_not_implemented(env: Env) -> None:
-    for route in ("/checkpoint/rootfs", "/checkpoint/rootfs/crio", "/restore/rootfs"):
-        body = assert_error(env.client.post(route, json={"container_name": "c"}), 501,
-                            "not_implemented")
-        assert body["message"] == ROOTFS_NOT_IMPLEMENTED
+def test_rootfs_routes_validate_before_acting(env: Env, tmp_path: Path) -> None:
+    ref = {"container_name": "counter", "sandbox_name": POD, "namespace": "default",
+           "root": str(env.root)}
+    routes = {"/checkpoint/rootfs": {"image_ref": "127.0.0.1:5000/x/y:1"},
+              "/checkpoint/rootfs/crio": {"image_ref": "127.0.0.1:5000/x/y:1",
+                                          "new_image_ref": "127.0.0.1:5000/x/y:2"},
+              "/restore/rootfs": {"image_ref": "127.0.0.1:5000/x/y:1"}}
+    for route, extra in routes.items():
+        body = assert_error(env.client.post(route, json={"container_name": "c"}), 400,
+                            "invalid_request")
+        assert "image_ref" in body["fields"] and "sandbox_name" in body["fields"]
+        body = assert_error(env.client.post(route, json={**ref, **extra,
+                                                         "image_ref": "Not A Ref"}),
+                            400, "invalid_request")
+        assert "Not A Ref" in str(body["message"])
+        assert_error(env.client.post(route, json={**ref, **extra, "container_name": "ghost"}),
+                     404, "container_not_found")
+    not_socket = tmp_path / "plain-file"
+    not_socket.write_text("x")
+    for address, words in (("relative.sock", "absolute"), (str(not_socket), "not a unix socket"),
+                           ("/no/such.sock", "no containerd socket")):
+        body = assert_error(env.client.post("/checkpoint/rootfs", json={
+            **ref, "image_ref": "127.0.0.1:5000/x/y:1", "address": address}), 400,
+            "invalid_request")
+        assert words in str(body["message"]) and body["fields"] == ["address"]
+    assert env.source.poll() is None  # nothing happened to the container
 
 
 def test_checkpoint_catalogue_round_trip(env: Env, caplog: pytest.LogCaptureFixture) -> None:

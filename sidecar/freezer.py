@@ -1,0 +1,81 @@
+"""Freeze a container's processes while its files are read, through its freezer cgroup.
+
+runc and CRIU accept a container that is already frozen: CRIU dumps it and puts the cgroup back
+in the state it found (still frozen), so files read after the dump match the memory image.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sidecar.cgroups import CgroupDir, process_cgroup_dirs
+from sidecar.errors import ContainerNotRunning, DumpFailed
+
+log = logging.getLogger(__name__)
+
+FREEZE_TIMEOUT_S = 10.0
+
+
+def _freezer(pid: int) -> tuple[Path, str, str, str] | None:
+    """(state file, frozen value, thawed value, read-back file) for pid's freezer."""
+    try:
+        dirs: list[CgroupDir] = process_cgroup_dirs(pid)
+    except FileNotFoundError as exc:
+        raise ContainerNotRunning(f"process {pid} has exited") from exc
+    for entry in dirs:
+        if entry.mount.version == 1 and "freezer" in entry.membership.controllers:
+            state = Path(entry.directory) / "freezer.state"
+            return state, "FROZEN", "THAWED", str(state)
+    for entry in dirs:
+        if entry.mount.version == 2:
+            freeze = Path(entry.directory) / "cgroup.freeze"
+            if freeze.exists():
+                return freeze, "1", "0", str(Path(entry.directory) / "cgroup.events")
+    return None
+
+
+def _is_frozen(readback: str, frozen: str) -> bool:
+    text = Path(readback).read_text()
+    if readback.endswith("cgroup.events"):
+        return "frozen 1" in text
+    return text.strip() == frozen
+
+
+@contextmanager
+def frozen(pid: int, what: str) -> Iterator[bool]:
+    """Keep the cgroup of `pid` frozen inside the block; yields False when it cannot be."""
+    found = _freezer(pid)
+    if found is None:
+        log.warning("no freezer cgroup for %s; its files are read while it runs", what)
+        yield False
+        return
+    state, frozen_value, thawed_value, readback = found
+    try:
+        state.write_text(frozen_value)
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        while not _is_frozen(readback, frozen_value):
+            if time.monotonic() > deadline:
+                raise DumpFailed(f"{what} did not freeze within {FREEZE_TIMEOUT_S:.0f} s")
+            time.sleep(0.01)
+    except OSError as exc:
+        _thaw(state, thawed_value, what)
+        raise DumpFailed(f"cannot freeze {what} through {state}: {exc}") from exc
+    except BaseException:
+        _thaw(state, thawed_value, what)
+        raise
+    try:
+        yield True
+    finally:
+        _thaw(state, thawed_value, what)
+
+
+def _thaw(state: Path, thawed_value: str, what: str) -> None:
+    try:
+        state.write_text(thawed_value)
+    except FileNotFoundError:
+        pass  # the cgroup is gone with its processes (a dump without leave_running)
+    except OSError as exc:
+        log.error("cannot thaw %s through %s: %s", what, state, exc)

@@ -1,0 +1,282 @@
+"""A small client of the OCI distribution API: what the rootfs commit and restore need.
+
+Why not oras-py (the maintained Python OCI client): its 0.2.x `put_upload` reads a whole blob
+into memory, its retry decorator retries any failure (a refused password included) five times
+with sleeps of up to 83 s, and `upload_manifest` always sends the OCI manifest media type, so a
+docker schema2 image (what containerd keeps for docker-archive imports and most pulls) cannot be
+extended as itself. This module streams blobs from files in both directions, verifies digests,
+answers Basic and Bearer challenges once, and turns every failure into a typed error naming the
+registry. Credentials and TLS trust come from sidecar.credentials (the `docker` package).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urljoin
+
+import requests
+
+from sidecar.credentials import RegistryAccess
+from sidecar.errors import (
+    ImageNotFound,
+    InvalidRequest,
+    RegistryAuthFailed,
+    RegistryError,
+    RegistryUnreachable,
+)
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+CHUNK = 1 << 20
+_REF = re.compile(
+    r"^(?:(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/)?"
+    r"(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    host: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> ImageReference:
+        """docker-style reference: [host[:port]/]repo[:tag][@sha256:...], docker.io default."""
+        text = ref.strip()
+        match = _REF.match(text)
+        if not match:
+            raise InvalidRequest(f"{ref!r} is not a valid image reference "
+                                 "(expected [registry/]repository[:tag][@sha256:digest])")
+        host = match.group("host")
+        repo = match.group("repo")
+        first = text.split("/", 1)[0]
+        if host and "." not in host and ":" not in host and host != "localhost":
+            # "cedana/helper" : the first part is a Docker Hub namespace, not a host
+            repo, host = f"{host}/{repo}", None
+        if host is None or first != host:
+            host = "docker.io"
+        if host == "docker.io" and "/" not in repo:
+            repo = f"library/{repo}"
+        tag = match.group("tag")
+        digest = match.group("digest")
+        if tag is None and digest is None:
+            tag = "latest"
+        return cls(host, repo, tag, digest)
+
+    @property
+    def reference(self) -> str:
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        text = f"{self.host}/{self.repository}"
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.partition(" ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return scheme.lower(), params
+
+
+class RegistryClient:
+    """Talks to one registry with the node's access settings."""
+
+    def __init__(self, access: RegistryAccess, *, timeout: float = 120.0) -> None:
+        self.access = access
+        self.timeout = timeout
+        self.session = requests.Session()
+        self._auth_header: dict[str, str] = {}
+        self._scopes: set[str] = set()
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return f"{self.access.endpoint}{path}"
+
+    def _raw(self, method: str, url: str, **kw: Any) -> requests.Response:
+        headers = {**kw.pop("headers", {}), **self._auth_header}
+        try:
+            # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify
+            return self.session.request(method, url, headers=headers, timeout=self.timeout,
+                                        allow_redirects=True, verify=self.access.verify, **kw)
+        except requests.exceptions.SSLError as exc:
+            raise RegistryUnreachable(
+                f"TLS with registry {self.access.host} failed (trusting "
+                f"{self.access.verify if isinstance(self.access.verify, str) else 'system CAs'}"
+                f"): {exc}", registry=self.access.host) from exc
+        except requests.RequestException as exc:
+            raise RegistryUnreachable(
+                f"cannot reach registry {self.access.host} at {self.access.endpoint}: {exc}",
+                registry=self.access.host) from exc
+
+    def _refused(self, response: requests.Response) -> RegistryAuthFailed:
+        if self.access.has_credentials:
+            why = (f"refused the node's credentials (user {self.access.username or '<token>'} "
+                   f"from {self.access.source})")
+        else:
+            why = ("requires credentials and the node has none for it (looked in the docker "
+                   "configs and containerd's registry configuration)")
+        return RegistryAuthFailed(f"registry {self.access.host} {why}: HTTP "
+                                  f"{response.status_code}", registry=self.access.host)
+
+    def authenticate(self, repository: str, actions: str = "pull") -> None:
+        """Answer the registry's challenge for `repository` before any streamed request."""
+        scope = f"repository:{repository}:{actions}"
+        if scope in self._scopes:
+            return
+        response = self._raw("GET", self._url("/v2/"))
+        if response.status_code == 200:
+            self._scopes.add(scope)
+            return
+        if response.status_code != 401:
+            raise RegistryError(f"registry {self.access.host} answered GET /v2/ with HTTP "
+                                f"{response.status_code}", registry=self.access.host)
+        scheme, params = _challenge(response.headers.get("WWW-Authenticate", ""))
+        if scheme == "basic":
+            if not self.access.has_credentials or self.access.identity_token:
+                raise self._refused(response)
+            self.session.auth = (self.access.username or "", self.access.password or "")
+        elif scheme == "bearer" and params.get("realm"):
+            self._auth_header = {"Authorization": f"Bearer {self._token(params, scope)}"}
+        else:
+            raise RegistryError(f"registry {self.access.host} asks for unsupported "
+                                f"authentication {scheme!r}", registry=self.access.host)
+        check = self._raw("GET", self._url("/v2/"))
+        if check.status_code in (401, 403):
+            raise self._refused(check)
+        self._scopes.add(scope)
+
+    def _token(self, params: dict[str, str], scope: str) -> str:
+        query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
+        auth = None
+        if self.access.identity_token:
+            response = self._raw("POST", params["realm"], data={
+                "grant_type": "refresh_token", "refresh_token": self.access.identity_token,
+                "scope": scope, "service": params.get("service", ""), "client_id": "cedana"})
+        else:
+            if self.access.has_credentials:
+                auth = (self.access.username or "", self.access.password or "")
+            try:
+                response = self.session.get(params["realm"], params=query, auth=auth,
+                                            timeout=self.timeout, verify=self.access.verify)
+            except requests.RequestException as exc:
+                raise RegistryUnreachable(f"cannot reach the token service of registry "
+                                          f"{self.access.host}: {exc}",
+                                          registry=self.access.host) from exc
+        if response.status_code in (401, 403):
+            raise self._refused(response)
+        if response.status_code != 200:
+            raise RegistryError(f"token service of registry {self.access.host} answered HTTP "
+                                f"{response.status_code}", registry=self.access.host)
+        body = response.json()
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise RegistryError(f"token service of registry {self.access.host} gave no token",
+                                registry=self.access.host)
+        return str(token)
+
+    def _request(self, method: str, path: str, repository: str, actions: str,
+                 **kw: Any) -> requests.Response:
+        self.authenticate(repository, actions)
+        response = self._raw(method, self._url(path) if path.startswith("/") else path, **kw)
+        if response.status_code in (401, 403):
+            raise self._refused(response)
+        return response
+
+    def _fail(self, response: requests.Response, what: str) -> RegistryError:
+        detail = response.text[:300].strip()
+        return RegistryError(f"registry {self.access.host}: {what} failed with HTTP "
+                             f"{response.status_code}: {detail}", registry=self.access.host)
+
+    # -- API ---------------------------------------------------------------------------------
+    def get_manifest(self, ref: ImageReference,
+                     accept: tuple[str, ...] = MANIFEST_TYPES) -> tuple[bytes, str, str]:
+        """(bytes, media type, digest) of the manifest that `ref` names."""
+        response = self._request("GET", f"/v2/{ref.repository}/manifests/{ref.reference}",
+                                 ref.repository, "pull", headers={"Accept": ", ".join(accept)})
+        if response.status_code == 404:
+            raise ImageNotFound(f"image {ref} is not in registry {ref.host}", image=str(ref))
+        if response.status_code != 200:
+            raise self._fail(response, f"GET manifest {ref}")
+        body = response.content
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if ref.digest and ref.digest != digest:
+            raise RegistryError(f"registry {ref.host} served a manifest for {ref} whose digest "
+                                f"is {digest}", registry=ref.host)
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        return body, media_type, digest
+
+    def has_blob(self, repository: str, digest: str) -> bool:
+        response = self._request("HEAD", f"/v2/{repository}/blobs/{digest}", repository, "pull")
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise self._fail(response, f"HEAD blob {digest}")
+
+    def upload_blob(self, repository: str, digest: str, size: int, data: IO[bytes] | bytes,
+                    ) -> None:
+        """Upload one blob (streamed from `data`) unless the repository already has it."""
+        self.authenticate(repository, "pull,push")
+        if self.has_blob(repository, digest):
+            return
+        start = self._request("POST", f"/v2/{repository}/blobs/uploads/", repository,
+                              "pull,push", headers={"Content-Length": "0"})
+        if start.status_code not in (201, 202) or "Location" not in start.headers:
+            raise self._fail(start, f"starting the upload of {digest} to {repository}")
+        location = urljoin(self._url("/"), start.headers["Location"])
+        joiner = "&" if "?" in location else "?"
+        done = self._request("PUT", f"{location}{joiner}digest={digest}", repository,
+                             "pull,push", data=data,
+                             headers={"Content-Type": "application/octet-stream",
+                                      "Content-Length": str(size)})
+        if done.status_code not in (201, 204):
+            raise self._fail(done, f"uploading blob {digest} to {repository}")
+
+    def download_blob(self, repository: str, digest: str, dest: Path) -> int:
+        """Stream a blob into `dest`, verifying its digest; returns its size."""
+        response = self._request("GET", f"/v2/{repository}/blobs/{digest}", repository, "pull",
+                                 stream=True)
+        if response.status_code == 404:
+            raise ImageNotFound(f"blob {digest} is not in {self.access.host}/{repository}",
+                                image=f"{self.access.host}/{repository}")
+        if response.status_code != 200:
+            raise self._fail(response, f"GET blob {digest}")
+        hasher = hashlib.sha256()
+        size = 0
+        with response, open(dest, "wb") as out:
+            for chunk in response.iter_content(CHUNK):
+                hasher.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        if "sha256:" + hasher.hexdigest() != digest:
+            dest.unlink(missing_ok=True)
+            raise RegistryError(f"blob {digest} from registry {self.access.host} does not match "
+                                "its digest", registry=self.access.host)
+        return size
+
+    def put_manifest(self, ref: ImageReference, body: bytes, media_type: str) -> str:
+        response = self._request("PUT", f"/v2/{ref.repository}/manifests/{ref.reference}",
+                                 ref.repository, "pull,push", data=body,
+                                 headers={"Content-Type": media_type})
+        if response.status_code not in (200, 201):
+            raise self._fail(response, f"PUT manifest {ref}")
+        return response.headers.get("Docker-Content-Digest") or (
+            "sha256:" + hashlib.sha256(body).hexdigest())
+
+    def close(self) -> None:
+        self.session.close()

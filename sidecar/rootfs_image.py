@@ -1,0 +1,389 @@
+"""Rootfs checkpoint and restore: a container's changed files as one image layer.
+
+Commit: freeze the container, write its overlay upper directory as one OCI layer (whiteouts for
+deletions), thaw, then push its original image plus that layer to the registry named in the
+request, with the node's credentials. The original image comes from containerd's content store
+(`/checkpoint/rootfs`, at `address`) or, for CRI-O's containers/storage, from the registry the
+request's `image_ref` names (`/checkpoint/rootfs/crio`).
+
+Restore: the layers an image adds over the target container's own image are downloaded,
+checked, and applied onto the target's root filesystem, deletions first.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sidecar import oci_layer, rootfs_diff
+from sidecar.config import HelperConfig
+from sidecar.containerd import INDEX_TYPES, ContainerdImages, node_platform, socket_path
+from sidecar.credentials import node_access
+from sidecar.discovery import RUNNING, RuncContainer, find_container
+from sidecar.errors import (
+    ContainerNotRunning,
+    DumpFailed,
+    ImageMismatch,
+    ImageNotFound,
+    TargetIncompatible,
+)
+from sidecar.freezer import frozen
+from sidecar.locks import ContainerLocks
+from sidecar.registry import ImageReference, RegistryClient
+from sidecar.store import TEMP_PREFIX
+
+log = logging.getLogger(__name__)
+
+CRIO_IMAGE_REF = "io.kubernetes.cri-o.ImageRef"
+BlobSource = Callable[[str], AbstractContextManager[IO[bytes]]]
+
+
+@dataclass
+class BaseImage:
+    """An image as a manifest and config, with a way to read its blobs."""
+
+    name: str
+    manifest: dict[str, Any]
+    media_type: str
+    config: dict[str, Any]
+    open_blob: BlobSource
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
+
+
+@dataclass
+class RootfsCommit:
+    image_ref: str
+    digest: str
+    base_image: str
+    container_id: str
+    layer: dict[str, Any]
+    layers: int
+    uploaded_blobs: int
+    frozen: bool
+    duration_ms: int
+    timings_ms: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_ref": self.image_ref,
+            "digest": self.digest,
+            "pushed": f"{self.image_ref.split('@')[0]}@{self.digest}",
+            "base_image": self.base_image,
+            "container_id": self.container_id,
+            "layer": self.layer,
+            "layers": self.layers,
+            "uploaded_blobs": self.uploaded_blobs,
+            "frozen": self.frozen,
+            "duration_ms": self.duration_ms,
+            "timings_ms": self.timings_ms,
+        }
+
+
+@dataclass
+class RootfsApplied:
+    image_ref: str
+    container_id: str
+    applied_layers: list[str]
+    deleted: list[str]
+    entries: int
+    duration_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_ref": self.image_ref,
+            "container_id": self.container_id,
+            "applied_layers": self.applied_layers,
+            "deleted": self.deleted,
+            "entries": self.entries,
+            "duration_ms": self.duration_ms,
+        }
+
+
+def _running(root: str | Path, namespace: str, sandbox: str, container: str) -> RuncContainer:
+    target = find_container(root, namespace, sandbox, container)
+    if target.status != RUNNING:
+        raise ContainerNotRunning(
+            f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
+            f"{target.status}; its root filesystem is read from the running container",
+            container_id=target.container_id)
+    return target
+
+
+@contextmanager
+def _workdir(config: HelperConfig) -> Iterator[Path]:
+    config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}rootfs-", dir=config.checkpoint_dir))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _file_digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ms(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)
+
+
+# -- where base images come from ---------------------------------------------------------------
+def containerd_image(config: HelperConfig, address: str, name: str, work: Path) -> BaseImage:
+    images = ContainerdImages(config.ctr_path, socket_path(address))
+    local = images.image(name)
+
+    @contextmanager
+    def open_blob(digest: str) -> Iterator[IO[bytes]]:
+        # a checked copy first: a blob containerd lacks must fail before an upload starts
+        path = work / f"blob-{digest.split(':')[-1]}"
+        images.blob_to_file(digest, path)
+        try:
+            with open(path, "rb") as f:
+                yield f
+        finally:
+            path.unlink(missing_ok=True)
+
+    return BaseImage(name, local.manifest_json, local.manifest_type, local.config_json,
+                     open_blob)
+
+
+def registry_image(config: HelperConfig, ref: ImageReference, work: Path) -> BaseImage:
+    client = RegistryClient(node_access(ref.host, config.registry))
+    body, media_type, _ = client.get_manifest(ref)
+    manifest = json.loads(body)
+    media_type = manifest.get("mediaType") or media_type
+    if media_type in INDEX_TYPES:
+        want_os, want_arch = node_platform()
+        for entry in manifest.get("manifests") or []:
+            plat = entry.get("platform") or {}
+            if plat.get("os") == want_os and plat.get("architecture") == want_arch:
+                pinned = ImageReference(ref.host, ref.repository, None, entry["digest"])
+                body, media_type, _ = client.get_manifest(pinned)
+                manifest = json.loads(body)
+                media_type = manifest.get("mediaType") or media_type
+                break
+        else:
+            raise ImageNotFound(f"image {ref} has no manifest for {want_os}/{want_arch}",
+                                image=str(ref))
+    config_path = work / "base-config.json"
+    client.download_blob(ref.repository, manifest["config"]["digest"], config_path)
+    config_json = json.loads(config_path.read_text())
+
+    @contextmanager
+    def open_blob(digest: str) -> Iterator[IO[bytes]]:
+        path = work / f"blob-{digest.split(':')[-1]}"
+        client.download_blob(ref.repository, digest, path)
+        try:
+            with open(path, "rb") as f:
+                yield f
+        finally:
+            path.unlink(missing_ok=True)
+
+    return BaseImage(str(ref), manifest, media_type, config_json, open_blob)
+
+
+# -- commit ------------------------------------------------------------------------------------
+def _write_layer(target: RuncContainer, work: Path, media_type: str) -> tuple[
+        oci_layer.LayerBlob, bool]:
+    what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
+    upper = rootfs_diff.upper_dir(target.pid)
+    if upper is None or not upper.is_dir():
+        raise DumpFailed(f"{what} has no overlay upper directory visible to the helper; its "
+                         "root filesystem is not an overlay mount", container_id=target.container_id)
+    with frozen(target.pid, what) as was_frozen:
+        layer = oci_layer.write_layer(upper, work / "layer.tar.gz", media_type=media_type)
+    return layer, was_frozen
+
+
+def _push(client: RegistryClient, dest: ImageReference, base: BaseImage,
+          layer: oci_layer.LayerBlob, container: RuncContainer) -> tuple[str, int, int]:
+    """Upload the base's blobs the repository lacks, the new layer, config and manifest."""
+    uploaded = 0
+    for descriptor in base.manifest.get("layers") or []:
+        digest = descriptor["digest"]
+        if client.has_blob(dest.repository, digest):
+            continue
+        with base.open_blob(digest) as stream:
+            client.upload_blob(dest.repository, digest, int(descriptor["size"]), stream)
+        uploaded += 1
+    with open(layer.path, "rb") as f:
+        client.upload_blob(dest.repository, layer.digest, layer.size, f)
+    uploaded += 1
+    new_config = oci_layer.config_with_layer(
+        base.config, layer.diff_id, created=_now(),
+        created_by=f"kubectl-cedana rootfs checkpoint of {container.namespace}/"
+                   f"{container.sandbox_name}/{container.container_name}",
+        comment=f"changed files of container {container.container_id}")
+    config_blob = json.dumps(new_config, separators=(",", ":"), sort_keys=True).encode()
+    config_digest = oci_layer.digest_of(config_blob)
+    client.upload_blob(dest.repository, config_digest, len(config_blob), config_blob)
+    manifest, manifest_blob = oci_layer.manifest_with_layer(base.manifest, config_blob, layer)
+    digest = client.put_manifest(dest, manifest_blob, manifest.get("mediaType") or base.media_type)
+    return digest, uploaded + 1, len(manifest.get("layers") or [])
+
+
+def _commit(config: HelperConfig, target: RuncContainer, dest: ImageReference,
+            base_for: Callable[[Path], BaseImage], locks: ContainerLocks,
+            started: float) -> RootfsCommit:
+    timings: dict[str, int] = {}
+    client = RegistryClient(node_access(dest.host, config.registry))
+    # fail on credentials before the container is frozen or anything is written
+    client.authenticate(dest.repository, "pull,push")
+    with locks.hold(target.container_id, "rootfs-checkpoint"), _workdir(config) as work:
+        step = time.monotonic()
+        base = base_for(work)
+        timings["base_image"] = _ms(step)
+        step = time.monotonic()
+        layer, was_frozen = _write_layer(target, work,
+                                         oci_layer.layer_media_type_for(base.media_type))
+        timings["layer"] = _ms(step)
+        step = time.monotonic()
+        digest, uploaded, count = _push(client, dest, base, layer, target)
+        timings["push"] = _ms(step)
+    log.info("committed the changed files of %s/%s/%s as %s@%s", target.namespace,
+             target.sandbox_name, target.container_name, dest, digest)
+    return RootfsCommit(
+        image_ref=str(dest), digest=digest, base_image=base.name,
+        container_id=target.container_id,
+        layer={"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
+               "media_type": layer.media_type},
+        layers=count, uploaded_blobs=uploaded, frozen=was_frozen, duration_ms=_ms(started),
+        timings_ms=timings)
+
+
+def checkpoint_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+                      container: str, address: str, image_ref: str, *,
+                      locks: ContainerLocks) -> RootfsCommit:
+    """containerd: the base image is the one the container runs, from containerd's store."""
+    started = time.monotonic()
+    dest = ImageReference.parse(image_ref)
+    target = _running(root, namespace, sandbox, container)
+    if not target.image:
+        raise ImageNotFound(f"container {target.container_id} carries no image name annotation")
+    socket_path(address)
+    return _commit(config, target, dest,
+                   lambda work: containerd_image(config, address, target.image, work), locks,
+                   started)
+
+
+def checkpoint_rootfs_crio(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+                           container: str, image_ref: str, new_image_ref: str, *,
+                           locks: ContainerLocks) -> RootfsCommit:
+    """CRI-O / containers/storage: the base image is `image_ref`, read from its registry."""
+    started = time.monotonic()
+    source = ImageReference.parse(image_ref)
+    dest = ImageReference.parse(new_image_ref)
+    target = _running(root, namespace, sandbox, container)
+
+    def base_for(work: Path) -> BaseImage:
+        base = registry_image(config, source, work)
+        _check_same_image(target, base)
+        return base
+
+    return _commit(config, target, dest, base_for, locks, started)
+
+
+def _check_same_image(target: RuncContainer, base: BaseImage) -> None:
+    """CRI-O records the image ID (the config digest) the container was created from."""
+    image_id = target.annotations.get(CRIO_IMAGE_REF, "").removeprefix("sha256:")
+    if not image_id or len(image_id) != 64:
+        return
+    config_digest = str(base.manifest["config"]["digest"]).removeprefix("sha256:")
+    if image_id != config_digest:
+        raise ImageMismatch(
+            f"container {target.container_id} runs image sha256:{image_id[:12]}, but "
+            f"{base.name} is sha256:{config_digest[:12]}; image_ref must name the image the "
+            "container was created from", container_id=target.container_id)
+
+
+# -- restore -----------------------------------------------------------------------------------
+def _target_base(config: HelperConfig, address: str, target: RuncContainer,
+                 work: Path) -> BaseImage:
+    if address:
+        try:
+            return containerd_image(config, address, target.image, work)
+        except ImageNotFound:
+            pass
+    return registry_image(config, ImageReference.parse(target.image), work)
+
+
+def _source_image(config: HelperConfig, address: str, ref: ImageReference,
+                  work: Path) -> BaseImage:
+    if address:
+        try:
+            return containerd_image(config, address, str(ref), work)
+        except ImageNotFound:
+            pass
+    return registry_image(config, ref, work)
+
+
+def added_layers(base_diff_ids: list[str], image_diff_ids: list[str],
+                 layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The layer descriptors an image adds over a base it extends."""
+    common = 0
+    for ours, theirs in zip(base_diff_ids, image_diff_ids):
+        if ours != theirs:
+            break
+        common += 1
+    if common == 0 or common < len(base_diff_ids):
+        raise TargetIncompatible(
+            f"the image does not extend the target's image: they share {common} of the "
+            f"target's {len(base_diff_ids)} layers")
+    return layers[common:]
+
+
+def restore_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+                   container: str, address: str, image_ref: str, *,
+                   locks: ContainerLocks) -> RootfsApplied:
+    started = time.monotonic()
+    ref = ImageReference.parse(image_ref)
+    target = _running(root, namespace, sandbox, container)
+    if address:
+        socket_path(address)
+    rootfs = Path(target.rootfs)
+    if not rootfs.is_dir():
+        raise TargetIncompatible(f"the target's rootfs {rootfs} is not a directory")
+    with locks.hold(target.container_id, "rootfs-restore"), _workdir(config) as work:
+        image = _source_image(config, address, ref, work)
+        base = _target_base(config, address, target, work)
+        todo = added_layers(base.diff_ids, image.diff_ids, image.manifest.get("layers") or [])
+        # download and check everything before the target's files are touched
+        blobs: list[tuple[Path, str, str]] = []
+        for descriptor in todo:
+            digest = str(descriptor["digest"])
+            path = work / f"layer-{digest.split(':')[-1]}"
+            with image.open_blob(digest) as stream, open(path, "wb") as out:
+                shutil.copyfileobj(stream, out, 1 << 20)
+            if _file_digest(path) != digest:
+                raise ImageMismatch(f"layer {digest} of {ref} does not match its digest")
+            blobs.append((path, str(descriptor.get("mediaType", "")), digest))
+        deleted: list[str] = []
+        entries = 0
+        for path, media_type, _digest in blobs:
+            applied = oci_layer.apply_layer(path, media_type, rootfs)
+            deleted.extend(applied.deleted + applied.opaque)
+            entries += applied.entries
+    log.info("applied %d layer(s) of %s onto %s/%s/%s", len(blobs), ref, namespace, sandbox,
+             container)
+    return RootfsApplied(str(ref), target.container_id, [d for _, _, d in blobs], deleted,
+                         entries, _ms(started))
