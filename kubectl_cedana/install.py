@@ -1,9 +1,11 @@
-"""Installing and removing the node helper: exactly the objects of deploy/base.
+"""Installing and removing the node helper: the objects of deploy/, for the node's runtime.
 
-The YAML lives once, in deploy/base/ (what `kubectl apply -k deploy/` uses). The package
-reaches it as `kubectl_cedana/manifests`, a symlink to ../deploy/base in a source checkout;
-a wheel built with `manifests/*.yaml` as package data carries real copies (setuptools follows
-the link). The order of objects is the `resources` list of kustomization.yaml.
+The YAML lives once, in deploy/: base/ is the helper for containerd (what `kubectl apply -k
+deploy/` uses) and overlays/{containerd,k3s,crio} patch it for each runtime's paths. The package
+reaches them as `kubectl_cedana/manifests` (a symlink to ../deploy/base in a source checkout)
+and `kubectl_cedana/overlays` (to ../deploy/overlays); a wheel or the zipapp of `make dist`
+carries real copies. kubectl_cedana.kustomize renders an overlay the way `kubectl kustomize`
+does; the order of objects is the `resources` order.
 """
 from __future__ import annotations
 
@@ -49,27 +51,41 @@ _HOPELESS = {"ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff", "Crash
              "CreateContainerConfigError"}
 
 
-def _manifest_dir() -> Any:
+#: --runtime: the overlays of deploy/overlays (containerd is deploy/base unchanged)
+RUNTIMES = ("containerd", "k3s", "crio")
+DEFAULT_RUNTIME = "containerd"
+#: the package's names for the directories of deploy/
+_PACKAGE_DIRS = {"base": "manifests", "overlays": "overlays"}
+
+
+def _read_packaged(path: str) -> str | None:
+    """A file of deploy/ (POSIX path relative to it) from this installation, or None."""
     from importlib import resources
 
-    return resources.files("kubectl_cedana").joinpath("manifests")
+    first, _, rest = path.partition("/")
+    if first not in _PACKAGE_DIRS or not rest:
+        return None
+    node = resources.files("kubectl_cedana").joinpath(_PACKAGE_DIRS[first])
+    for part in rest.split("/"):
+        node = node.joinpath(part)
+    try:  # Python 3.9's zipfile.Path raises KeyError for a path below a file
+        if not node.is_file():
+            return None
+        return str(node.read_text(encoding="utf-8"))
+    except (KeyError, OSError):
+        return None
 
 
-def load_manifests() -> list[dict[str, Any]]:
-    """The helper's objects, in kustomization order, as plain dicts."""
-    import yaml
+def load_manifests(runtime: str = DEFAULT_RUNTIME) -> list[dict[str, Any]]:
+    """The helper's objects for `runtime`, in kustomization order, as plain dicts."""
+    from kubectl_cedana import kustomize
 
-    base = _manifest_dir()
-    kustomization_file = base.joinpath("kustomization.yaml")
-    if not kustomization_file.is_file():
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    if _read_packaged("base/kustomization.yaml") is None:
         raise CedanaError("the helper manifests are missing from this installation of "
                           "kubectl-cedana (kubectl_cedana/manifests/kustomization.yaml)")
-    kustomization = yaml.safe_load(kustomization_file.read_text(encoding="utf-8")) or {}
-    objects: list[dict[str, Any]] = []
-    for name in kustomization.get("resources") or []:
-        text = base.joinpath(name).read_text(encoding="utf-8")
-        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return objects
+    return kustomize.build(_read_packaged, f"overlays/{runtime}")
 
 
 def helper_daemonsets(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,9 +99,11 @@ def default_image(objects: list[dict[str, Any]] | None = None) -> str:
     raise CedanaError("no cedana-helper DaemonSet in the manifests")
 
 
-def render_manifests(image: str | None = None) -> list[dict[str, Any]]:
-    """The objects install applies: deploy/base, with the helper image replaced if asked."""
-    objects = copy.deepcopy(load_manifests())
+def render_manifests(image: str | None = None, runtime: str = DEFAULT_RUNTIME
+                     ) -> list[dict[str, Any]]:
+    """The objects install applies: deploy/overlays/RUNTIME, with the helper image replaced
+    if asked."""
+    objects = copy.deepcopy(load_manifests(runtime))
     if image is not None:
         if not image.strip():
             raise UsageError("--image must not be empty")
@@ -310,5 +328,5 @@ def _wait_gone(kube: KubeClient, objects: list[dict[str, Any]], timeout: float,
         time.sleep(POLL_SECONDS)
 
 
-__all__ = ["HELPER_NAMESPACE", "apply_manifests", "default_image", "load_manifests",
-           "render_manifests", "uninstall", "wait_daemonset_ready"]
+__all__ = ["DEFAULT_RUNTIME", "HELPER_NAMESPACE", "RUNTIMES", "apply_manifests", "default_image",
+           "load_manifests", "render_manifests", "uninstall", "wait_daemonset_ready"]
