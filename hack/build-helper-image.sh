@@ -13,7 +13,8 @@ image="docker.io/cedana/helper:$version"
 suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
 debian_major=$(cut -d. -f1 /etc/debian_version)
 
-base_pkgs="python3,iptables,runc,util-linux,procps,ca-certificates"
+# containerd only for its client `ctr` (rootfs commits read images from the node's containerd)
+base_pkgs="python3,iptables,runc,util-linux,procps,ca-certificates,containerd"
 if [ "$debian_major" -ge 13 ]; then
   base_pkgs="$base_pkgs,criu"
 else  # the shared libraries of the CRIU built by build-criu.sh
@@ -28,6 +29,9 @@ if [ ! -d "$base/rootfs" ]; then
     http://deb.debian.org/debian >"$base.tmp/debootstrap.log" 2>&1 \
     || { tail -20 "$base.tmp/debootstrap.log"; die "debootstrap failed"; }
   rm -rf "$base.tmp/rootfs/var/cache/apt/archives/"*.deb "$base.tmp/rootfs/var/lib/apt/lists/"*
+  # keep ctr, drop the daemon and its shims: the helper never runs containerd itself
+  rm -f "$base.tmp/rootfs/usr/bin/containerd" "$base.tmp/rootfs/usr/bin/containerd-shim"* \
+    "$base.tmp/rootfs/usr/bin/containerd-stress"
   rm -rf "$base" && mv "$base.tmp" "$base"
 fi
 

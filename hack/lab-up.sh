@@ -15,6 +15,8 @@ lab_healthy() {
 
 if [ -f "$KUBECONFIG_ADMIN" ] && lab_healthy; then
   log "lab already running; node $NODE_NAME Ready"
+  # sources may have changed since: the helper image is rebuilt only when they did
+  "$here/build-helper-image.sh"
   exit 0
 fi
 

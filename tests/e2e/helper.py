@@ -65,17 +65,21 @@ class HelperProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_helper(name: str, checkpoint_dir: Path | None = None) -> HelperProcess:
+def start_helper(name: str, checkpoint_dir: Path | None = None, *,
+                 extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> HelperProcess:
     port = _free_port()
     cdir = checkpoint_dir or LAB_DIR / "test-helpers" / name / "checkpoints"
     cdir.mkdir(parents=True, exist_ok=True)
     log_path = LAB_DIR / "logs" / f"test-helper-{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
-           str(port), "--checkpoint-dir", str(cdir), "--runtime-root", RUNC_ROOT]
+           str(port), "--checkpoint-dir", str(cdir), "--runtime-root", RUNC_ROOT,
+           *(extra_args or [])]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "NODE_NAME": "cedana-lab-node1"},
+                                env={**os.environ, "NODE_NAME": "cedana-lab-node1",
+                                     **(env or {})},
                                 start_new_session=True)
     helper = HelperProcess(f"http://127.0.0.1:{port}", cdir, proc, log_path)
     end = time.monotonic() + 30
