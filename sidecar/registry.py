@@ -35,6 +35,7 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 CHUNK = 1 << 20
+_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _REF = re.compile(
     r"^(?:(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/)?"
     r"(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
@@ -66,6 +67,9 @@ class ImageReference:
             repo, host = f"{host}/{repo}", None
         if host is None or first != host:
             host = "docker.io"
+        if not _REPO.match(repo):
+            raise InvalidRequest(f"{ref!r} is not a valid image reference (repository names "
+                                 "are lowercase)")
         if host == "docker.io" and "/" not in repo:
             repo = f"library/{repo}"
         tag = match.group("tag")
