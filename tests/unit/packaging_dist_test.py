@@ -1,0 +1,185 @@
+"""`make dist`: twice gives the same bytes, the manifest's sha256 is the archive's, and the
+zipapp inside runs on a bare python3 (no site-packages, no virtualenv)."""
+from __future__ import annotations
+
+import calendar
+import glob
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubectl_cedana import install
+from kubectl_cedana.version import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "hack"))
+import dist  # noqa: E402
+import dist_krew  # noqa: E402
+
+ARCHIVE = f"kubectl-cedana-v{__version__}.tar.gz"
+OUTPUTS = ("kubectl-cedana", ARCHIVE, "plugin-manifest.yaml")
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+@dataclass
+class Builds:
+    first: Path
+    second: Path
+
+    @property
+    def archive(self) -> Path:
+        return self.first / ARCHIVE
+
+    @property
+    def zipapp(self) -> Path:
+        return self.first / "kubectl-cedana"
+
+
+def make_dist(out: Path, **env: str) -> None:
+    proc = subprocess.run(["make", "-s", "dist", f"DIST_DIR={out}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in {**os.environ, **env}.items()
+                               if k != "SOURCE_DATE_EPOCH" or "SOURCE_DATE_EPOCH" in env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    root = tmp_path_factory.mktemp("dist")
+    make_dist(root / "first")
+    make_dist(root / "second")
+    return Builds(root / "first", root / "second")
+
+
+def release_epoch() -> int:
+    _version, date = dist.changelog_top(REPO)
+    return calendar.timegm(date.timetuple())
+
+
+def test_make_dist_twice_gives_identical_bytes(builds: Builds) -> None:
+    for name in OUTPUTS:
+        first, second = (builds.first / name).read_bytes(), (builds.second / name).read_bytes()
+        assert first == second, name
+        assert len(first) > 0
+
+
+def test_the_manifest_carries_the_archives_sha256(builds: Builds) -> None:
+    manifest = yaml.safe_load((builds.first / "plugin-manifest.yaml").read_text())
+    digest = hashlib.sha256(builds.archive.read_bytes()).hexdigest()
+    assert {p["sha256"] for p in manifest["spec"]["platforms"]} == {digest}
+    assert dist_krew.validate(manifest) == []
+    assert manifest["spec"]["version"] == f"v{__version__}"
+    assert all(p["uri"].endswith(f"/v{__version__}/{ARCHIVE}")
+               for p in manifest["spec"]["platforms"])
+
+
+def test_the_archive_holds_the_zipapp_and_the_licence_with_fixed_metadata(
+        builds: Builds) -> None:
+    epoch = release_epoch()
+    raw = builds.archive.read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and struct.unpack("<I", raw[4:8])[0] == epoch  # gzip mtime
+    with gzip.open(builds.archive) as gz:
+        assert b"/work/" not in gz.read()[:1024]  # no build paths in the headers
+    with tarfile.open(builds.archive) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["LICENSE", "kubectl-cedana"]
+        assert [m.mode for m in members] == [0o644, 0o755]
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == \
+            {(epoch, 0, 0, "", "")}
+        assert tar.extractfile("LICENSE").read() == (REPO / "LICENSE").read_bytes()  # type: ignore[union-attr]
+        assert tar.extractfile("kubectl-cedana").read() == builds.zipapp.read_bytes()  # type: ignore[union-attr]
+
+
+def test_the_zipapp_has_sorted_timeless_entries_and_nothing_machine_made(
+        builds: Builds) -> None:
+    data = builds.zipapp.read_bytes()
+    assert data.startswith(b"#!/usr/bin/env python3\n")
+    assert os.access(builds.zipapp, os.X_OK)
+    with zipfile.ZipFile(builds.zipapp) as archive:
+        infos = archive.infolist()
+        names = [i.filename for i in infos]
+        assert names == sorted(names)
+        assert {i.date_time for i in infos} == {dist._zip_time(release_epoch())}
+        assert {i.external_attr >> 16 for i in infos} == {0o100644}
+        for name in names:
+            assert "__pycache__" not in name and not name.endswith((".pyc", ".so"))
+            assert not name.endswith(("/RECORD", "/INSTALLER", "/direct_url.json"))
+            assert not name.startswith("bin/")
+        # our package as in the checkout, deploy/ as the package names it
+        for path in (REPO / "kubectl_cedana").glob("*.py"):
+            assert archive.read(f"kubectl_cedana/{path.name}") == path.read_bytes()
+        for path in (REPO / "deploy").rglob("*.yaml"):
+            rel = path.relative_to(REPO / "deploy")
+            if rel.parts[0] in ("base", "overlays"):
+                inner = ("manifests" if rel.parts[0] == "base" else "overlays",
+                         *rel.parts[1:])
+                assert archive.read("kubectl_cedana/" + "/".join(inner)) == path.read_bytes()
+        for package in ("click", "kubernetes", "requests", "urllib3", "yaml", "certifi"):
+            assert f"{package}/__init__.py" in names
+        # the dependencies' licences travel with them
+        assert any(n.startswith("kubernetes-") and "LICENSE" in n for n in names)
+
+
+def run_zipapp(python: str, zipapp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # -I: no user site, no PYTHON* variables; -S: not even the system's site-packages
+    return subprocess.run([python, "-I", "-S", str(zipapp), *args], capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                       "HOME": "/nonexistent"})
+
+
+def check_runs_alone(python: str, zipapp: Path) -> None:
+    shown = run_zipapp(python, zipapp, "version", "--client")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"Client Version: kubectl-cedana {__version__}"
+    for runtime in install.RUNTIMES:
+        printed = run_zipapp(python, zipapp, "install", "--runtime", runtime, "--dry-run",
+                             "-o", "yaml")
+        assert printed.returncode == 0, printed.stderr
+        objects = [d for d in yaml.safe_load_all(printed.stdout) if d]
+        assert objects == install.render_manifests(runtime=runtime), runtime
+
+
+def test_the_zipapp_runs_on_the_system_python_alone(builds: Builds) -> None:
+    check_runs_alone(SYSTEM_PYTHON, builds.zipapp)
+
+
+def _pyenv_python(minor: str) -> str | None:
+    found = shutil.which(f"python{minor}")
+    candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{minor}.*/bin/python3")))
+    return candidates[-1] if candidates else found
+
+
+def test_the_zipapp_runs_on_the_oldest_python_it_promises(builds: Builds) -> None:
+    python = _pyenv_python("3.9")
+    if python is None:
+        pytest.skip("no Python 3.9 on this machine")
+    check_runs_alone(python, builds.zipapp)
+
+
+def test_an_older_python_is_told_what_is_needed(builds: Builds) -> None:
+    python = _pyenv_python("3.8")
+    if python is None:
+        pytest.skip("no Python 3.8 on this machine")
+    result = run_zipapp(python, builds.zipapp, "version")
+    assert result.returncode == 1
+    assert result.stderr == "error: kubectl-cedana needs python3 >= 3.9 (this is 3.8)\n"
+
+
+def test_source_date_epoch_sets_every_timestamp(builds: Builds, tmp_path: Path) -> None:
+    make_dist(tmp_path, SOURCE_DATE_EPOCH="1700000000")
+    with tarfile.open(tmp_path / ARCHIVE) as tar:
+        assert {m.mtime for m in tar.getmembers()} == {1700000000}
+    with zipfile.ZipFile(tmp_path / "kubectl-cedana") as archive:
+        assert {i.date_time for i in archive.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+    assert (tmp_path / ARCHIVE).read_bytes() != builds.archive.read_bytes()
