@@ -8,6 +8,7 @@ import re
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +33,18 @@ def run(args: list[str], *, check: bool = True, timeout: float = 120,
         raise AssertionError(f"{args[0]} failed ({proc.returncode}): {' '.join(args)}\n"
                              f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}")
     return proc
+
+
+HELPER_DAEMONSET_LOCK = "/run/lock/kubectl-cedana-helper-daemonset.lock"
+
+
+@contextmanager
+def helper_daemonset_lock() -> Iterator[None]:
+    """Held by tests that install or uninstall the helper DaemonSet (cedana-system), so that
+    a test in another worker never sees it vanish or reappear under its feet."""
+    with open(HELPER_DAEMONSET_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def ensure_lab_up() -> None:
