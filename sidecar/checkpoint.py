@@ -201,13 +201,16 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
     # freeze -> dump -> diff -> thaw: the files match the memory image (CRIU leaves a cgroup
     # it found frozen as it was, and runc accepts a paused container)
-    with freezer.frozen(target.pid, what) if upper is not None else nullcontext(False):
-        runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
-                        images_dir, work_dir, options, timeout=config.dump_timeout_s)
-        checkpointed = utc_now()
-        # the container's changed files go with its memory, so open files exist on restore
-        if upper is not None and upper.is_dir():
-            rootfs_diff.write_diff(upper, temp_dir)
+    # the pages images are hashed while CRIU writes them, not after
+    with store.FollowingHasher(images_dir) as pages_hasher:
+        with freezer.frozen(target.pid, what) if upper is not None else nullcontext(False):
+            runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
+                            images_dir, work_dir, options, timeout=config.dump_timeout_s)
+            checkpointed = utc_now()
+            # the container's changed files go with its memory, so open files exist on restore
+            if upper is not None and upper.is_dir():
+                rootfs_diff.write_diff(upper, temp_dir)
+        pages_digests = pages_hasher.finish()
     _collect_outputs(temp_dir, work_dir, images_dir)
     store.write_json(temp_dir / "config.dump", config_dump(target, checkpoint_id, checkpointed))
     manifest = store.CheckpointManifest(
@@ -226,4 +229,4 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
         tools=versions.tool_versions(config),
         criu_options={**options.to_dict(), "with_rootfs": upper is not None},
     )
-    return store.finalize(temp_dir, final_dir, manifest)
+    return store.finalize(temp_dir, final_dir, manifest, known=pages_digests)

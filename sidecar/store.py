@@ -13,11 +13,15 @@ every file is written and synced, so a directory with a manifest is always compl
 """
 from __future__ import annotations
 
+import ctypes
+import fnmatch
 import hashlib
 import json
 import logging
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ MANIFEST_FORMAT = "cedana-helper.checkpoint/v1"
 IMAGES_DIR = "checkpoint"
 TEMP_PREFIX = ".tmp-"
 CHUNK = 1024 * 1024
+HASH_BUFFER = 4 * 1024 * 1024
 DIR_MODE = 0o700
 FILE_MODE = 0o600  # the images hold process memory
 
@@ -102,13 +107,124 @@ def read_json(path: Path) -> Any:
 
 
 def hash_file(path: Path) -> tuple[str, int]:
+    # one reused buffer, unbuffered reads: a fresh bytes object per chunk cost ~20% of the
+    # time of hashing a 1 GiB pages image
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    buf = bytearray(HASH_BUFFER)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while count := f.readinto(buf):
+            digest.update(view[:count])
+            size += count
     return digest.hexdigest(), size
+
+
+def _libc_sync_file_range() -> Any:
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return func
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+WRITEBACK_STEP = 32 * 1024 * 1024
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting (Linux
+    sync_file_range); the final fsync then finds most of a large image already written.
+    Only a hint: it changes no data and its failure is ignored."""
+    if _SYNC_FILE_RANGE is not None and length > 0:
+        _SYNC_FILE_RANGE(fd, max(offset, 0), length, SYNC_FILE_RANGE_WRITE)
+
+
+@dataclass(frozen=True)
+class KnownDigest:
+    """A digest computed while the file was written; valid only for that very file."""
+
+    sha256: str
+    size: int
+    inode: int
+
+
+class FollowingHasher:
+    """sha256 of the files matching `pattern` in `directory`, computed while another process
+    (CRIU, through runc) is still appending to them, so hashing overlaps the dump instead of
+    following it. CRIU writes its pages images strictly sequentially (splice at the file
+    position, never a seek back) and only in this directory; finish() reads each file to its
+    end once the writer has exited. A file that was replaced meanwhile (another inode or
+    size) is simply hashed again by hash_files."""
+
+    def __init__(self, directory: Path, pattern: str = "pages-*.img",
+                 poll_s: float = 0.005) -> None:
+        self.directory = directory
+        self.pattern = pattern
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._states: dict[str, list[Any]] = {}  # name -> [fd, digest, size, inode]
+        self._buf = bytearray(HASH_BUFFER)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._follow, name="follow-hash", daemon=True)
+
+    def __enter__(self) -> FollowingHasher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        for fd, *_rest in self._states.values():
+            os.close(fd)
+        self._states.clear()
+
+    def _open_new(self) -> None:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name not in self._states and fnmatch.fnmatch(name, self.pattern):
+                fd = os.open(self.directory / name, os.O_RDONLY)
+                self._states[name] = [fd, hashlib.sha256(), 0, os.fstat(fd).st_ino]
+
+    def _read_available(self) -> int:
+        view = memoryview(self._buf)
+        total = 0
+        for state in self._states.values():
+            while count := os.readv(state[0], [self._buf]):
+                state[1].update(view[:count])
+                state[2] += count
+                total += count
+                if state[2] % WRITEBACK_STEP < count:
+                    start_writeback(state[0], state[2] - WRITEBACK_STEP, WRITEBACK_STEP)
+        return total
+
+    def _follow(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._open_new()
+                if not self._read_available():
+                    self._stop.wait(self.poll_s)
+        except BaseException as exc:  # reported by finish(); the checkpoint hashes as before
+            self._error = exc
+
+    def finish(self) -> dict[str, KnownDigest]:
+        """Call after the writer exited: the digests, by path relative to the directory's
+        parent (the checkpoint's layout), or {} when following failed."""
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            log.warning("hashing while dumping failed (%s); hashing afterwards", self._error)
+            return {}
+        self._open_new()
+        self._read_available()
+        prefix = self.directory.name
+        return {f"{prefix}/{name}": KnownDigest(state[1].hexdigest(), state[2], state[3])
+                for name, state in self._states.items()}
 
 
 def list_files(directory: Path) -> list[str]:
@@ -123,10 +239,17 @@ def list_files(directory: Path) -> list[str]:
     return sorted(found)
 
 
-def hash_files(directory: Path) -> dict[str, dict[str, Any]]:
+def hash_files(directory: Path, known: dict[str, KnownDigest] | None = None
+                ) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file; `known` digests are used when the file is unchanged."""
     files = {}
     for rel in list_files(directory):
-        sha, size = hash_file(directory / rel)
+        digest = (known or {}).get(rel)
+        st = os.stat(directory / rel)
+        if digest is not None and (digest.inode, digest.size) == (st.st_ino, st.st_size):
+            sha, size = digest.sha256, digest.size
+        else:
+            sha, size = hash_file(directory / rel)
         files[rel] = {"sha256": sha, "size": size}
     return files
 
@@ -153,12 +276,19 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def finalize(temp_dir: Path, final_dir: Path, manifest: CheckpointManifest) -> CheckpointManifest:
-    """Hash every file, write the manifest, sync, and rename temp_dir to final_dir."""
+def finalize(temp_dir: Path, final_dir: Path, manifest: CheckpointManifest,
+             known: dict[str, KnownDigest] | None = None) -> CheckpointManifest:
+    """Hash every file (except those hashed while written), write the manifest, sync, and
+    rename temp_dir to final_dir."""
     restrict_permissions(temp_dir)
-    manifest.files = hash_files(temp_dir)
-    write_json(temp_dir / MANIFEST, manifest.to_dict())
-    fsync_tree(temp_dir)
+    # the disk writes back what CRIU left in the page cache while we hash it (both release
+    # the GIL): for a 1 GiB checkpoint this overlaps ~0.4 s of fsync with ~0.6 s of sha256
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        synced = pool.submit(fsync_tree, temp_dir)
+        manifest.files = hash_files(temp_dir, known)
+        synced.result()
+    write_json(temp_dir / MANIFEST, manifest.to_dict())  # fsyncs the manifest itself
+    fsync_dir(temp_dir)
     if final_dir.exists():
         final_dir.rmdir()  # only an empty directory may be replaced; callers check first
     os.rename(temp_dir, final_dir)

@@ -141,3 +141,41 @@ def test_restored_registry_liveness(tmp_path: Path) -> None:
     registry.record("target-2", {"pid": 999_999_999})
     assert RestoredRegistry(tmp_path).live_restore("target-2") is None
     assert RestoredRegistry(tmp_path).live_restore("unknown") is None
+
+
+def test_following_hasher_hashes_a_file_while_it_is_appended_to(tmp_path: Path) -> None:
+    import hashlib
+    import threading
+    import time
+
+    images = tmp_path / "checkpoint"
+    images.mkdir()
+    data = os.urandom(3 * 1024 * 1024 + 5)
+
+    def writer() -> None:  # like CRIU: sequential writes into a growing pages image
+        with open(images / "pages-1.img", "wb", buffering=0) as f:
+            for start in range(0, len(data), 256 * 1024):
+                f.write(data[start:start + 256 * 1024])
+                time.sleep(0.002)
+
+    with store.FollowingHasher(images, poll_s=0.001) as hasher:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join()
+        (images / "inventory.img").write_bytes(b"not followed")
+        known = hasher.finish()
+    assert set(known) == {"checkpoint/pages-1.img"}
+    assert known["checkpoint/pages-1.img"].sha256 == hashlib.sha256(data).hexdigest()
+    assert known["checkpoint/pages-1.img"].size == len(data)
+
+
+def test_hash_files_uses_a_known_digest_only_for_the_same_file(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint").mkdir()
+    page = tmp_path / "checkpoint" / "pages-1.img"
+    page.write_bytes(b"x" * 100)
+    inode = page.stat().st_ino
+    same = {"checkpoint/pages-1.img": store.KnownDigest("f" * 64, 100, inode)}
+    assert store.hash_files(tmp_path, same)["checkpoint/pages-1.img"]["sha256"] == "f" * 64
+    stale = {"checkpoint/pages-1.img": store.KnownDigest("f" * 64, 99, inode)}
+    real = store.hash_file(page)[0]
+    assert store.hash_files(tmp_path, stale)["checkpoint/pages-1.img"]["sha256"] == real
