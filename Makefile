@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 LAB_KUBECONFIG := /var/lib/kubectl-cedana-lab/admin.kubeconfig
 PYTEST_WORKERS ?= 2
 
-.PHONY: help install venv deps lab-up lab-down lab-status lab-env test test-unit test-e2e demo dist lint clean
+.PHONY: help install venv deps lab-up lab-down lab-status lab-env test test-unit test-e2e demo dist bench lint clean
 
 help:
 	@echo "make demo        lab up (if no cluster given), counter pod, checkpoint -> restore"
@@ -54,6 +54,15 @@ demo: venv
 DIST_DIR ?= dist
 dist: venv
 	$(PY) hack/dist.py --out $(DIST_DIR)
+
+# Benchmarks on the lab, never part of `make test`: writes docs/benchmarks.md and
+# docs/benchmarks/*.png (bench/). BENCH_RUNS=5 and BENCH_SIZES=64,256,1024 (MiB) by default.
+$(VENV)/.bench-installed: $(VENV)/.installed setup.cfg
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: venv lab-up $(VENV)/.bench-installed
+	KUBECONFIG=$${KUBECONFIG:-$(LAB_KUBECONFIG)} $(PY) -m bench
 
 lint: venv
 	$(PY) -m ruff check kubectl_cedana sidecar tests hack || true

@@ -1,0 +1,238 @@
+"""(a) `kubectl cedana checkpoint/restore --into` end to end and (b) the same helper's REST
+calls alone (POST /checkpoint and /restore straight to the in-cluster helper DaemonSet pod on
+the node address, without the plugin and the API server's pod proxy).
+
+Both checkpoint a memhog pod with leave_running and restore into a sleeping placeholder pod
+made beforehand (outside the timing), as `migrate` does."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.procs import BenchError, FileProbe, ReadyTiming, run, timed_run, until_ready, wait_for
+
+SLEEP_CMD = ["/bin/sh", "-c", "while true; do sleep 3600; done"]
+RUNC_ROOT = "/run/containerd/runc/k8s.io"
+HELPER_NS = "cedana-system"
+HELPER_PORT = 1324
+
+
+class Cluster:
+    """Pods of one benchmark namespace, and the helper DaemonSet (installed if missing)."""
+
+    def __init__(self, kubeconfig: str, venv_bin: Path, image: str, interval_ms: int) -> None:
+        self.kubeconfig = kubeconfig
+        self.env = {**os.environ, "KUBECONFIG": kubeconfig,
+                    "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
+        self.image = image
+        self.interval_ms = interval_ms
+        self.namespace = f"cedana-bench-{uuid.uuid4().hex[:6]}"
+        self.helper_url = ""
+        self.helper_version: dict[str, Any] = {}
+        self.sources: dict[int, str] = {}
+        self.spare: dict[tuple[str, int], list[str]] = {}
+
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
+                timeout: float = 120) -> Any:
+        return run(["kubectl", *args], env=self.env, input_text=input_text, check=check,
+                   timeout=timeout)
+
+    def cedana(self, *args: str) -> list[str]:
+        return ["kubectl", "cedana", "-n", self.namespace, *args]
+
+    def setup(self) -> None:
+        self.ensure_helper()
+        self.kubectl("create", "namespace", self.namespace)
+
+    def ensure_helper(self) -> None:
+        """`kubectl cedana install` is idempotent; other engineers' tests may uninstall it."""
+        run(["kubectl", "cedana", "install", "--timeout", "3m"], env=self.env, timeout=240)
+        pods = json.loads(self.kubectl("-n", HELPER_NS, "get", "pods", "-l",
+                                       "app.kubernetes.io/name=cedana-helper", "-o",
+                                       "json").stdout)["items"]
+        ready = [p for p in pods if p.get("status", {}).get("podIP")
+                 and not p["metadata"].get("deletionTimestamp")]
+        if not ready:
+            raise BenchError("the helper DaemonSet has no ready pod")
+        self.helper_url = f"http://{ready[0]['status']['podIP']}:{HELPER_PORT}"
+        wait_for("helper /healthz", self._healthy, timeout=60)
+        self.helper_version = requests.get(self.helper_url + "/version", timeout=10).json()
+
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(self.helper_url + "/healthz", timeout=3).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def pod(self, name: str, command: list[str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "main", "image": self.image,
+                                         "imagePullPolicy": "Never", "command": command}]}}
+
+    def create_pods(self, pods: list[dict[str, Any]]) -> None:
+        doc = {"apiVersion": "v1", "kind": "List", "items": pods}
+        self.kubectl("-n", self.namespace, "apply", "-f", "-", input_text=json.dumps(doc))
+        names = [p["metadata"]["name"] for p in pods]
+        wait_for(f"pods {', '.join(names)} running", lambda: self._all_running(names),
+                 timeout=300, interval=0.5)
+
+    def _all_running(self, names: list[str]) -> bool:
+        items = json.loads(self.kubectl("-n", self.namespace, "get", "pods", "-o",
+                                        "json").stdout)["items"]
+        state = {p["metadata"]["name"]: p for p in items}
+        for name in names:
+            statuses = state.get(name, {}).get("status", {}).get("containerStatuses") or []
+            if not statuses or "running" not in statuses[0].get("state", {}):
+                return False
+        return True
+
+    def log_path(self, name: str) -> Path:
+        obj = json.loads(self.kubectl("-n", self.namespace, "get", "pod", name, "-o",
+                                      "json").stdout)
+        uid = obj["metadata"]["uid"]
+        return Path(f"/var/log/pods/{self.namespace}_{name}_{uid}/main/0.log")
+
+    def prepare_size(self, mib: int, runs: int, methods: list[str]) -> None:
+        """The memhog pod of this size and, in one batch, a placeholder per run and method."""
+        if mib in self.sources:
+            return
+        name = f"memhog-{mib}"
+        pods = [self.pod(name, ["/usr/local/bin/memhog", str(mib), str(self.interval_ms)])]
+        for method in methods:
+            names = [f"ph-{method}-{mib}-{i}-{uuid.uuid4().hex[:4]}" for i in range(runs + 2)]
+            self.spare[(method, mib)] = names
+            pods += [self.pod(n, SLEEP_CMD) for n in names]
+        self.create_pods(pods)
+        log = self.log_path(name)
+        wait_for(f"{name} heartbeat", FileProbe(lambda: log), timeout=120)
+        self.sources[mib] = name
+
+    def placeholder(self, method: str, mib: int) -> str:
+        names = self.spare[(method, mib)]
+        if not names:  # more retries than foreseen
+            names.extend(f"ph-{method}-{mib}-x-{uuid.uuid4().hex[:4]}" for _ in range(1))
+            self.create_pods([self.pod(n, SLEEP_CMD) for n in names])
+        return names.pop(0)
+
+    def finish_size(self, mib: int) -> None:
+        leftovers = [self.sources.pop(mib)] if mib in self.sources else []
+        for key in [k for k in self.spare if k[1] == mib]:
+            leftovers += self.spare.pop(key)
+        self.delete_pods(leftovers)
+
+    def delete_pods(self, names: list[str]) -> None:
+        if names:
+            self.kubectl("-n", self.namespace, "delete", "pod", *names, "--grace-period=0",
+                         "--force", "--wait=true", check=False, timeout=300)
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        try:
+            requests.delete(f"{self.helper_url}/checkpoints/{checkpoint_id}", timeout=60)
+        except requests.RequestException:
+            pass
+
+    def helper_post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = requests.post(self.helper_url + route, json=body, timeout=600)
+        if response.status_code != 200:
+            raise BenchError(f"helper {route}: {response.status_code} {response.text[:1500]}")
+        return response.json()
+
+    def restore_probe(self, placeholder: str) -> FileProbe:
+        log = self.log_path(placeholder)
+        offset = log.stat().st_size if log.exists() else 0
+        return FileProbe(lambda: log, offset)
+
+    def teardown(self) -> None:
+        self.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+
+
+class PluginEndToEnd:
+    """(a): `kubectl cedana checkpoint POD --leave-running` and `restore ID --into PLACEHOLDER`."""
+
+    name = "a"
+    label = "kubectl cedana"
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def setup(self) -> None:
+        return None
+
+    def start_source(self, mib: int) -> None:
+        return None  # Cluster.prepare_size made the memhog pod shared by (a) and (b)
+
+    def checkpoint(self, mib: int, run_no: int) -> tuple[float, int, str]:
+        ms, result = timed_run(self.cluster.cedana("checkpoint", self.cluster.sources[mib],
+                                                   "--leave-running", "-o", "json"),
+                               env=self.cluster.env)
+        data = json.loads(result.stdout)
+        return ms, int(data["size_bytes"]), str(data["checkpoint_id"])
+
+    def restore(self, mib: int, checkpoint_id: str) -> ReadyTiming:
+        target = self.cluster.placeholder(self.name, mib)
+        probe = self.cluster.restore_probe(target)
+        try:
+            return until_ready(lambda: run(self.cluster.cedana("restore", checkpoint_id,
+                                                               "--into", target, "-o", "json"),
+                                           env=self.cluster.env), probe)
+        finally:
+            self.cluster.delete_checkpoint(checkpoint_id)
+            self.cluster.delete_pods([target])
+
+    def stop_source(self, mib: int) -> None:
+        return None
+
+    def teardown(self) -> None:
+        return None
+
+
+class HelperRest:
+    """(b): the helper's POST /checkpoint and POST /restore alone."""
+
+    name = "b"
+    label = "helper REST"
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def setup(self) -> None:
+        return None
+
+    def start_source(self, mib: int) -> None:
+        return None
+
+    def data(self, pod: str) -> dict[str, str]:
+        return {"container_name": "main", "sandbox_name": pod,
+                "namespace": self.cluster.namespace, "root": RUNC_ROOT}
+
+    def checkpoint(self, mib: int, run_no: int) -> tuple[float, int, str]:
+        start = time.monotonic()
+        body = self.cluster.helper_post("/checkpoint", {
+            "checkpoint_data": {**self.data(self.cluster.sources[mib]), "checkpoint_path": ""},
+            "leave_running": True})
+        ms = (time.monotonic() - start) * 1000.0
+        return ms, int(body["size_bytes"]), str(body["checkpoint_id"])
+
+    def restore(self, mib: int, checkpoint_id: str) -> ReadyTiming:
+        target = self.cluster.placeholder(self.name, mib)
+        probe = self.cluster.restore_probe(target)
+        try:
+            return until_ready(lambda: self.cluster.helper_post("/restore", {
+                "checkpoint_data": {**self.data(target), "checkpoint_id": checkpoint_id}}),
+                probe)
+        finally:
+            self.cluster.delete_checkpoint(checkpoint_id)
+            self.cluster.delete_pods([target])
+
+    def stop_source(self, mib: int) -> None:
+        return None
+
+    def teardown(self) -> None:
+        return None
