@@ -11,6 +11,7 @@ checked, and applied onto the target's root filesystem, deletions first.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -134,6 +135,19 @@ def _workdir(config: HelperConfig) -> Iterator[Path]:
 def _file_digest(path: Path) -> str:
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+def _diff_id(path: Path, media_type: str) -> str | None:
+    """sha256 of the uncompressed tar; None for a compression this helper cannot read."""
+    if media_type.endswith("tar"):
+        return _file_digest(path)
+    if not media_type.endswith("gzip"):
+        return None
+    hasher = hashlib.sha256()
+    with gzip.open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             hasher.update(chunk)
     return "sha256:" + hasher.hexdigest()
@@ -369,14 +383,19 @@ def restore_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandb
         todo = added_layers(base.diff_ids, image.diff_ids, image.manifest.get("layers") or [])
         # download and check everything before the target's files are touched
         blobs: list[tuple[Path, str, str]] = []
-        for descriptor in todo:
+        diff_ids = image.diff_ids[len(image.diff_ids) - len(todo):]
+        for descriptor, diff_id in zip(todo, diff_ids):
             digest = str(descriptor["digest"])
+            media_type = str(descriptor.get("mediaType", ""))
             path = work / f"layer-{digest.split(':')[-1]}"
             with image.open_blob(digest) as stream, open(path, "wb") as out:
                 shutil.copyfileobj(stream, out, 1 << 20)
             if _file_digest(path) != digest:
                 raise ImageMismatch(f"layer {digest} of {ref} does not match its digest")
-            blobs.append((path, str(descriptor.get("mediaType", "")), digest))
+            if _diff_id(path, media_type) not in (diff_id, None):
+                raise ImageMismatch(f"layer {digest} of {ref} does not unpack to the diff_id "
+                                    f"{diff_id} its config records")
+            blobs.append((path, media_type, digest))
         deleted: list[str] = []
         entries = 0
         for path, media_type, _digest in blobs:

@@ -13,7 +13,7 @@ from sidecar.containerd import CONFIG_LABEL, ContainerdImages, _complete
 from sidecar.credentials import NodeRegistrySettings, node_access
 from sidecar.errors import InvalidRequest, RegistryAuthFailed, TargetIncompatible
 from sidecar.registry import ImageReference
-from sidecar.rootfs_image import added_layers
+from sidecar.rootfs_image import _diff_id, added_layers
 
 
 @pytest.mark.parametrize("text,host,repo,ref", [
@@ -162,3 +162,16 @@ def test_added_layers() -> None:
     for base, image in ((["x"], ["a", "b"]), (["a", "x"], ["a", "b", "c"]), ([], ["a"])):
         with pytest.raises(TargetIncompatible):
             added_layers(base, image, layers[:len(image)])
+
+
+def test_diff_id_of_plain_gzip_and_unknown_layers(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+    plain = b"tar bytes" * 1000
+    expected = "sha256:" + hashlib.sha256(plain).hexdigest()
+    (tmp_path / "l.tar").write_bytes(plain)
+    (tmp_path / "l.tgz").write_bytes(gzip.compress(plain))
+    assert _diff_id(tmp_path / "l.tar", "application/vnd.oci.image.layer.v1.tar") == expected
+    assert _diff_id(tmp_path / "l.tgz",
+                    "application/vnd.docker.image.rootfs.diff.tar.gzip") == expected
+    assert _diff_id(tmp_path / "l.tgz", "application/vnd.oci.image.layer.v1.tar+zstd") is None
