@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.lab import REPO, Lab, counter_pod, helper_daemonset_lock
+from tests.e2e.lab import REPO, Lab, counter_pod, pod_manifest, helper_daemonset_lock
 
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 
@@ -84,6 +84,55 @@ def test_install_checkpoint_restore_migrate(lab: Lab, namespace: str) -> None:
     new_pod = result["target"]["pod"]
     lab.wait_log(namespace, new_pod, r"count=\d+")
     assert _counts(lab.logs(namespace, new_pod))[0] >= before_migrate
+
+
+def test_rootfs_checkpoint_restore_and_migrate_with_files(lab: Lab, namespace: str) -> None:
+    """The in-cluster helper commits a pod's files with the node's credentials; another pod
+    gets them by rootfs restore; migrate carries a file and a counter together."""
+    lab.apply(pod_manifest("writer", ["/bin/sh", "-c",
+                                      "printf 'plugin-bytes' > /data/new.txt; rm /data/doomed.txt;"
+                                      " while true; do sleep 1; done"]), namespace)
+    lab.wait_pod_running(namespace, "writer")
+    image = f"{lab.registry}/rootfs/{namespace}:plugin"
+    for _ in range(60):  # the shell writes its files right after the pod starts
+        if lab.kubectl("-n", namespace, "exec", "writer", "--", "test", "-f", "/data/new.txt",
+                       check=False).returncode == 0:
+            break
+        time.sleep(0.5)
+    pushed = cedana(lab, "-n", namespace, "rootfs", "checkpoint", "writer", "--image", image)
+    assert pushed.returncode == 0, pushed.stderr
+    assert re.fullmatch(rf"{re.escape(image)}@sha256:[0-9a-f]{{64}}", pushed.stdout.strip())
+
+    lab.apply(pod_manifest("receiver", ["/bin/sh", "-c", "while true; do sleep 1; done"]),
+              namespace)
+    lab.wait_pod_running(namespace, "receiver")
+    applied = cedana(lab, "-n", namespace, "rootfs", "restore", "--into", "receiver", "--image",
+                     image, "-o", "json")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["deleted"] == ["/data/doomed.txt"]
+    shown = lab.kubectl("-n", namespace, "exec", "receiver", "--", "/bin/sh", "-c",
+                        "cat /data/new.txt; ls /data").stdout
+    assert shown.startswith("plugin-bytes") and "doomed.txt" not in shown
+
+    missing = cedana(lab, "-n", namespace, "rootfs", "checkpoint", "writer", "--image",
+                     f"{lab.registry}/rootfs/{namespace}:x", "--context", "no-such-context")
+    assert missing.returncode != 0 and "no-such-context" in missing.stderr
+
+    lab.apply(pod_manifest("appender", ["/bin/sh", "-c",
+                                        "i=0; while true; do i=$((i+1)); echo $i >> /data/log; "
+                                        "echo count=$i; usleep 20000; done"]), namespace)
+    lab.wait_pod_running(namespace, "appender")
+    lab.wait_log(namespace, "appender", r"count=\d\d\b")
+    migrated = cedana(lab, "-n", namespace, "migrate", "appender", "--delete-source", "-o", "json")
+    assert migrated.returncode == 0, migrated.stderr
+    result = json.loads(migrated.stdout)
+    assert result["with_rootfs"] is True and result["source_deleted"] is True
+    new_pod = result["target"]["pod"]
+    first = int(lab.wait_log(namespace, new_pod, r"count=(\d+)").group(1))
+    lab.wait_log(namespace, new_pod, rf"count={first + 10}\b")
+    numbers = [int(n) for n in lab.kubectl("-n", namespace, "exec", new_pod, "--", "cat",
+                                           "/data/log").stdout.split()]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= first + 10
 
 
 def test_error_paths(lab: Lab, namespace: str) -> None:
