@@ -49,11 +49,15 @@ def main() -> None:
               type=click.Path(file_okay=False, path_type=Path),
               default=[str(p) for p in DEFAULT_CERTS_DIRS], show_default=True,
               help="certs.d directories with HOST/*.crt registry CAs (repeatable).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Kubeconfig for the helper's own API calls (Events, caller checks); default: "
+                   "the pod's service account.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
           criu_path: str, criu_runc_config: Path, ctr_path: str, docker_configs: tuple[Path, ...],
-          containerd_config: Path, certs_dirs: tuple[Path, ...], log_level: str) -> None:
+          containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
+          log_level: str) -> None:
     """Serve the REST API."""
     import uvicorn
 
@@ -65,6 +69,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
         criu_path=criu_path, criu_runc_config=criu_runc_config, ctr_path=ctr_path,
         registry=NodeRegistrySettings(tuple(docker_configs), containerd_config,
                                       tuple(certs_dirs)),
+        kubeconfig=kubeconfig,
     )
     app = create_app(config)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,

@@ -38,6 +38,9 @@ class HelperConfig:
     # where this node keeps registry credentials and TLS trust (rootfs commits and pulls)
     registry: NodeRegistrySettings = field(default_factory=NodeRegistrySettings)
     default_containerd_address: str = "/run/containerd/containerd.sock"
+    # the Kubernetes API for Events, annotations and caller checks: None means the pod's
+    # service account when run in a pod, else no API
+    kubeconfig: Path | None = None
 
     def __post_init__(self) -> None:
         # the confinement checks compare real paths, so keep the real one
