@@ -122,6 +122,10 @@ def test_daemonset_spec() -> None:
         "/var/lib/cedana/checkpoints": (None, "DirectoryOrCreate", False),
         "/root/.docker": (None, "DirectoryOrCreate", True),
         "/etc/containerd": (None, None, True),
+        "/etc/docker/certs.d": (None, "DirectoryOrCreate", True),
+        "/etc/containers": (None, "DirectoryOrCreate", True),
+        "/etc/docker/certs.d": (None, "DirectoryOrCreate", True),
+        "/etc/containers": (None, "DirectoryOrCreate", True),
         "/run/netns": ("HostToContainer", "DirectoryOrCreate", False),
     }
     assert set(by_path) == set(expected)
