@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sidecar import store, version, versions
+from sidecar import lifecycle, store, version, versions
 from sidecar.catalogue import Catalogue
 from sidecar.checkpoint import CheckpointResult, checkpoint_container
 from sidecar.config import HelperConfig
@@ -27,6 +27,7 @@ from sidecar.errors import (
     MethodNotAllowed,
     NotFound,
 )
+from sidecar.kubeapi import KubeAPI
 from sidecar.locks import ContainerLocks
 from sidecar.middleware import BodyLimitMiddleware, RequestLogMiddleware, request_state
 from sidecar.restore import RestoreResult, restore_into
@@ -35,6 +36,7 @@ from sidecar.schemas import (
     CheckpointRequest,
     CrioRootfsCheckpointRequest,
     ListRequest,
+    PruneRequest,
     RestoreRequest,
     RootfsCheckpointRequest,
     RootfsRestoreRequest,
@@ -120,9 +122,13 @@ def _root(config: HelperConfig, requested: str | None) -> Path:
 
 def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
                checkpoint_fn: CheckpointFn = checkpoint_container,
-               restore_fn: RestoreFn = restore_into) -> FastAPI:
-    """The helper's ASGI application for one configuration."""
+               restore_fn: RestoreFn = restore_into,
+               kube: KubeAPI | None | bool = True) -> FastAPI:
+    """The helper's ASGI application for one configuration. `kube` True: connect to the
+    Kubernetes API as configured (for Events); None/False: no API."""
     locks = locks if locks is not None else ContainerLocks()
+    kube_api: KubeAPI | None = (KubeAPI.connect(config.kubeconfig, config.node_name)
+                                if kube is True else kube or None)
     store.make_private_dirs(config.checkpoint_dir, Path("/"))
     store.cleanup_temporaries(config.checkpoint_dir)
     catalogue = Catalogue(config.checkpoint_dir)
@@ -139,8 +145,13 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
         return {"status": "ok"}
 
     @app.get("/version")
-    def get_version() -> dict[str, str]:
-        return {**versions.tool_versions(config), "node": config.node_name}
+    def get_version() -> dict[str, Any]:
+        return {**versions.tool_versions(config), "node": config.node_name,
+                "checkpoint_repository": config.remote_repository,
+                "compression": config.default_compression,
+                "retention": {"max_checkpoints_per_container":
+                              config.max_checkpoints_per_container,
+                              "max_total_bytes": config.max_total_bytes}}
 
     @app.get("/list/{namespace}")
     def list_namespace(namespace: str, root: Annotated[str | None, Query()] = None,
@@ -152,27 +163,65 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
     @app.post("/checkpoint")
     def post_checkpoint(request: Request, body: CheckpointRequest) -> dict[str, Any]:
         data = body.checkpoint_data
-        result = checkpoint_fn(
-            config, _root(config, data.root), data.namespace, data.sandbox_name,
-            data.container_name, data.checkpoint_path or None, body.leave_running, locks=locks,
-            with_rootfs=body.with_rootfs,
-        )
+        remote = lifecycle.wants_remote(config, body.storage, data.checkpoint_path)
+        try:
+            result = checkpoint_fn(
+                config, _root(config, data.root), data.namespace, data.sandbox_name,
+                data.container_name, data.checkpoint_path or None, body.leave_running,
+                locks=locks, with_rootfs=body.with_rootfs,
+            )
+        except HelperError as exc:
+            lifecycle.checkpoint_failed(kube_api, data.namespace, data.sandbox_name,
+                                        data.container_name, exc)
+            raise
         request_state(request.scope).update(checkpoint_id=result.checkpoint_id,
                                             container_id=result.container.container_id)
-        return result.to_dict()
+        answer = result.to_dict()
+        pushed = None
+        if remote:
+            try:
+                pushed = lifecycle.push(config, result,
+                                        body.compression or config.default_compression)
+            except HelperError as exc:
+                exc.extra.update(checkpoint_id=result.checkpoint_id,
+                                 checkpoint_path=str(result.checkpoint_path))
+                exc.message += f" (checkpoint {result.checkpoint_id} is kept on this node)"
+                lifecycle.checkpoint_failed(kube_api, data.namespace, data.sandbox_name,
+                                            data.container_name, exc)
+                raise
+            answer["remote"] = pushed.to_dict()
+        answer["storage"] = "remote" if remote else "local"
+        lifecycle.checkpointed(kube_api, result, pushed)
+        removed = lifecycle.apply_retention(config)
+        if removed:
+            answer["retention_removed"] = [r["id"] for r in removed]
+        return answer
 
     @app.post("/restore")
     def post_restore(request: Request, body: RestoreRequest) -> dict[str, Any]:
         data = body.checkpoint_data
         request_state(request.scope)["checkpoint_id"] = data.checkpoint_id or ""
-        result = restore_fn(
-            config, _root(config, data.root), data.namespace, data.sandbox_name,
-            data.container_name, data.checkpoint_path or None, data.checkpoint_id or None,
-            locks=locks,
-        )
+        try:
+            pulled = None
+            if data.checkpoint_id and not data.checkpoint_path:
+                pulled = lifecycle.ensure_local(config, data.checkpoint_id)
+            result = restore_fn(
+                config, _root(config, data.root), data.namespace, data.sandbox_name,
+                data.container_name, data.checkpoint_path or None, data.checkpoint_id or None,
+                locks=locks,
+            )
+        except HelperError as exc:
+            lifecycle.restore_failed(kube_api, data.namespace, data.sandbox_name,
+                                     data.container_name,
+                                     data.checkpoint_id or data.checkpoint_path or "?", exc)
+            raise
         request_state(request.scope).update(checkpoint_id=result.checkpoint_id,
                                             container_id=result.container.container_id)
-        return result.to_dict()
+        lifecycle.restored(kube_api, result, lifecycle.source_of(config, result.checkpoint_id))
+        answer = result.to_dict()
+        if pulled is not None:
+            answer["pulled"] = pulled
+        return answer
 
     @app.post("/checkpoint/rootfs")
     def post_checkpoint_rootfs(request: Request, body: RootfsCheckpointRequest) -> dict[str, Any]:
@@ -202,27 +251,25 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
         return result.to_dict()
 
     @app.get("/checkpoints")
-    def get_checkpoints() -> dict[str, Any]:
-        return {"checkpoints": catalogue.list()}
+    def get_checkpoints(remote: Annotated[bool, Query()] = False) -> dict[str, Any]:
+        return {"checkpoints": lifecycle.list_checkpoints(config, include_remote=remote),
+                "node": config.node_name}
+
+    @app.post("/checkpoints/prune")
+    def post_prune(body: Annotated[PruneRequest | None, Body()] = None) -> dict[str, Any]:
+        body = body or PruneRequest()
+        removed = lifecycle.apply_retention(config, body.max_per_container,
+                                            body.max_total_bytes, body.dry_run)
+        return {"removed": removed, "dry_run": body.dry_run, "node": config.node_name}
 
     @app.get("/checkpoints/{checkpoint_id}")
     def get_checkpoint(request: Request, checkpoint_id: str) -> dict[str, Any]:
         request_state(request.scope)["checkpoint_id"] = checkpoint_id
-        entry = catalogue.get(checkpoint_id)
-        path = Path(entry["path"])
-        entry["present"] = path.is_dir()
-        if entry["present"]:
-            try:
-                entry["manifest"] = store.load_manifest(path).to_dict()
-            except HelperError as exc:
-                entry["manifest_error"] = exc.message
-        return entry
+        return lifecycle.inspect(config, checkpoint_id)
 
     @app.delete("/checkpoints/{checkpoint_id}")
     def delete_checkpoint(request: Request, checkpoint_id: str) -> dict[str, Any]:
         request_state(request.scope)["checkpoint_id"] = checkpoint_id
-        entry = catalogue.delete(checkpoint_id)
-        return {"deleted": True, "checkpoint_id": checkpoint_id, "path": entry.get("path"),
-                "removed_files": not os.path.exists(entry.get("path", ""))}
+        return lifecycle.delete(config, checkpoint_id)
 
     return app

@@ -118,6 +118,23 @@ class Catalogue:
             )
         return dict(entry)
 
+    def merge(self, checkpoint_id: str, fields: dict[str, Any]) -> bool:
+        """Add or replace fields of an entry; False when there is no such entry."""
+        def change(data: dict[str, Any]) -> bool:
+            if checkpoint_id not in data:
+                return False
+            data[checkpoint_id].update(fields)
+            return True
+        return bool(self._file.update(change))
+
+    def forget(self, checkpoint_id: str) -> dict[str, Any] | None:
+        """Drop an entry without touching files (its directory is already gone)."""
+        def change(data: dict[str, Any]) -> dict[str, Any] | None:
+            entry: dict[str, Any] | None = data.pop(checkpoint_id, None)
+            return entry
+        result: dict[str, Any] | None = self._file.update(change)
+        return result
+
     def record_restore(self, checkpoint_id: str, restore: dict[str, Any]) -> bool:
         def change(data: dict[str, Any]) -> bool:
             if checkpoint_id not in data:

@@ -135,7 +135,7 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
     checkpoint_id = str(uuid.uuid4())
     final_dir = destination(config, checkpoint_path, checkpoint_id)
     with locks.hold(target.container_id, "checkpoint"):
-        tree = proctree.process_tree(target.pid)
+        tree = processes = proctree.process_tree(target.pid)
         if not tree:
             raise ContainerNotRunning(
                 f"the init process {target.pid} of container {target.container_id} has exited",
@@ -176,6 +176,7 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
         "status": "complete",
         "options": options.to_dict(),
         "with_rootfs": with_rootfs,
+        "processes": [{"pid": p.pid, "name": p.name} for p in processes],
         "restores": [],
     })
     log.info("checkpointed %s/%s/%s into %s", namespace, sandbox, container, final_dir,

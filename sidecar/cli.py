@@ -52,12 +52,23 @@ def main() -> None:
 @click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Kubeconfig for the helper's own API calls (Events, caller checks); default: "
                    "the pod's service account.")
+@click.option("--checkpoint-repository", default="", metavar="HOST/REPO",
+              help="Registry repository for remote checkpoints (tag = checkpoint id), pushed "
+                   "with the node's credentials; empty: checkpoints stay on the node.")
+@click.option("--compression", default="zstd", show_default=True,
+              type=click.Choice(["none", "gzip", "lz4", "zstd"]),
+              help="Default compression of remote checkpoints.")
+@click.option("--max-checkpoints-per-container", default=0, show_default=True,
+              type=click.IntRange(0), help="Retention: keep at most N per container (0: all).")
+@click.option("--max-total-bytes", default=0, show_default=True, type=click.IntRange(0),
+              help="Retention: local checkpoints of this node in at most B bytes (0: no limit).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
           criu_path: str, criu_runc_config: Path, ctr_path: str, docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
-          log_level: str) -> None:
+          checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
+          max_total_bytes: int, log_level: str) -> None:
     """Serve the REST API."""
     import uvicorn
 
@@ -69,7 +80,10 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
         criu_path=criu_path, criu_runc_config=criu_runc_config, ctr_path=ctr_path,
         registry=NodeRegistrySettings(tuple(docker_configs), containerd_config,
                                       tuple(certs_dirs)),
-        kubeconfig=kubeconfig,
+        kubeconfig=kubeconfig, remote_repository=checkpoint_repository,
+        default_compression=compression,
+        max_checkpoints_per_container=max_checkpoints_per_container,
+        max_total_bytes=max_total_bytes,
     )
     app = create_app(config)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,

@@ -41,6 +41,12 @@ class HelperConfig:
     # the Kubernetes API for Events, annotations and caller checks: None means the pod's
     # service account when run in a pod, else no API
     kubeconfig: Path | None = None
+    # checkpoints in a registry: "host/repo" (tag = checkpoint id); "" keeps them on the node
+    remote_repository: str = ""
+    default_compression: str = "zstd"
+    # retention, applied after each checkpoint (0: no limit)
+    max_checkpoints_per_container: int = 0
+    max_total_bytes: int = 0
 
     def __post_init__(self) -> None:
         # the confinement checks compare real paths, so keep the real one

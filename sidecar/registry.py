@@ -14,6 +14,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import urljoin
 
@@ -272,6 +273,68 @@ class RegistryClient:
             raise RegistryError(f"blob {digest} from registry {self.access.host} does not match "
                                 "its digest", registry=self.access.host)
         return size
+
+    def upload_stream(self, repository: str, chunks: Iterator[bytes]) -> tuple[str, int]:
+        """Upload a blob whose size and digest are known only at its end: one streamed PATCH
+        (chunked transfer encoding), then the closing PUT with the digest."""
+        self.authenticate(repository, "pull,push")
+        start = self._request("POST", f"/v2/{repository}/blobs/uploads/", repository,
+                              "pull,push", headers={"Content-Length": "0"})
+        if start.status_code not in (201, 202) or "Location" not in start.headers:
+            raise self._fail(start, f"starting an upload to {repository}")
+        hasher = hashlib.sha256()
+        size = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                hasher.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        location = urljoin(self._url("/"), start.headers["Location"])
+        sent = self._request("PATCH", location, repository, "pull,push", data=counted(),
+                             headers={"Content-Type": "application/octet-stream"})
+        if sent.status_code not in (202, 204):
+            raise self._fail(sent, f"streaming a blob to {repository}")
+        digest = "sha256:" + hasher.hexdigest()
+        location = urljoin(self._url("/"), sent.headers.get("Location", location))
+        joiner = "&" if "?" in location else "?"
+        done = self._request("PUT", f"{location}{joiner}digest={digest}", repository,
+                             "pull,push", headers={"Content-Length": "0"})
+        if done.status_code not in (201, 204):
+            raise self._fail(done, f"closing the upload of {digest} to {repository}")
+        return digest, size
+
+    def open_blob(self, repository: str, digest: str) -> requests.Response:
+        """A streamed GET of a blob; the caller reads it and checks the digest."""
+        response = self._request("GET", f"/v2/{repository}/blobs/{digest}", repository, "pull",
+                                 stream=True)
+        if response.status_code == 404:
+            response.close()
+            raise ImageNotFound(f"blob {digest} is not in {self.access.host}/{repository}",
+                                image=f"{self.access.host}/{repository}")
+        if response.status_code != 200:
+            response.close()
+            raise self._fail(response, f"GET blob {digest}")
+        return response
+
+    def tags(self, repository: str) -> list[str]:
+        response = self._request("GET", f"/v2/{repository}/tags/list", repository, "pull")
+        if response.status_code == 404:
+            return []
+        if response.status_code != 200:
+            raise self._fail(response, f"listing the tags of {repository}")
+        return sorted(response.json().get("tags") or [])
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        response = self._request("DELETE", f"/v2/{repository}/manifests/{digest}", repository,
+                                 "pull,push,delete")
+        if response.status_code in (200, 202):
+            return True
+        if response.status_code == 404:
+            return False
+        raise self._fail(response, f"deleting {repository}@{digest}")
 
     def put_manifest(self, ref: ImageReference, body: bytes, media_type: str) -> str:
         response = self._request("PUT", f"/v2/{ref.repository}/manifests/{ref.reference}",

@@ -1,6 +1,8 @@
 """Request bodies of the REST contract (the seed's field names, kept exactly)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 NAME_MAX = 253
@@ -30,6 +32,10 @@ class CheckpointRequest(_Body):
     # the container's changed files (rootfs-diff.tar, deleted.files), taken in the same freeze
     # as the memory; without them a process holding a file it created cannot be restored
     with_rootfs: bool = True
+    # where it goes: "remote" = the helper's checkpoint registry, "local" = this node; default:
+    # remote when checkpoint_path is empty and the helper has a registry (the seed's rule)
+    storage: Literal["local", "remote"] | None = None
+    compression: Literal["none", "gzip", "lz4", "zstd"] | None = None
 
 
 class RestoreData(ContainerRef):
@@ -62,3 +68,11 @@ class CrioRootfsCheckpointRequest(ContainerRef):
 class RootfsRestoreRequest(ContainerRef):
     address: str = Field(default="", max_length=PATH_MAX)
     image_ref: str = Field(min_length=1, max_length=REF_MAX)
+
+
+class PruneRequest(_Body):
+    """Retention now; the helper's configured limits when a field is absent (0: no limit)."""
+
+    max_per_container: int | None = Field(default=None, ge=0, le=1_000_000)
+    max_total_bytes: int | None = Field(default=None, ge=0)
+    dry_run: bool = False

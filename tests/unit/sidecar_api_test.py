@@ -58,7 +58,9 @@ def assert_error(response: object, status: int, code: str) -> dict[str, object]:
 def test_health_and_version(env: Env) -> None:
     assert env.client.get("/healthz").json() == {"status": "ok"}
     assert env.client.get("/version").json() == {
-        "helper": "0.1.0", "runc": "1.1.5+fake", "criu": "4.1.1", "node": "node-1"}
+        "helper": "0.1.0", "runc": "1.1.5+fake", "criu": "4.1.1", "node": "node-1",
+        "checkpoint_repository": "", "compression": "zstd",
+        "retention": {"max_checkpoints_per_container": 0, "max_total_bytes": 0}}
 
 
 def test_list_with_body_query_and_default_root(env: Env, tmp_path: Path) -> None:
