@@ -258,6 +258,10 @@ def list_command(settings: Settings, all_namespaces: bool) -> None:
 
 
 # -- checkpoint -------------------------------------------------------------------------------
+COMPRESSIONS = ["none", "gzip", "lz4", "zstd"]
+COMPRESSION_OPTION = click.option(
+    "--compression", type=click.Choice(COMPRESSIONS),
+    help="Compression of a checkpoint pushed to the registry (default: the helper's, zstd).")
 WITH_ROOTFS_OPTION = click.option(
     "--with-rootfs/--without-rootfs", default=True, show_default=True,
     help="Store the container's changed files with its memory (same freeze) and put them "
@@ -274,9 +278,14 @@ WITH_ROOTFS_OPTION = click.option(
               help="Directory on the node for the checkpoint, inside the helper's "
                    "checkpoint directory (default: a new one there).")
 @WITH_ROOTFS_OPTION
+@click.option("--storage", type=click.Choice(["local", "remote"]),
+              help="remote: push to the helpers' checkpoint registry (restorable on any node); "
+                   "default: remote when the helper has a registry and no --path is given.")
+@COMPRESSION_OPTION
 @click.pass_obj
 def checkpoint_command(settings: Settings, pod: str, container: str | None,
-                       leave_running: bool, path: str, with_rootfs: bool) -> None:
+                       leave_running: bool, path: str, with_rootfs: bool, storage: str | None,
+                       compression: str | None) -> None:
     """Checkpoint a container of POD with CRIU and print the checkpoint ID.
 
     \b
@@ -289,7 +298,8 @@ def checkpoint_command(settings: Settings, pod: str, container: str | None,
     with progress(settings, f"checkpointing {pod}"):
         result = operations.checkpoint_container(kube, kube.namespace, pod, container,
                                                  leave_running=leave_running, path=path,
-                                                 with_rootfs=with_rootfs)
+                                                 with_rootfs=with_rootfs, storage=storage,
+                                                 compression=compression)
 
     def text() -> str:
         if settings.output != "wide":
@@ -360,16 +370,18 @@ def restore_command(settings: Settings, checkpoint: str, into: str | None,
 @click.argument("pod")
 @click.option("-c", "--container", metavar="NAME", help="The container (if several).")
 @click.option("--to-node", metavar="NODE",
-              help="Target node (only the pod's own node is possible for now).")
+              help="Target node (default: the pod's own); another node goes through the "
+                   "helpers' checkpoint registry.")
 @click.option("--delete-source", is_flag=True,
               help="Stop the container at the checkpoint and delete POD after the restore.")
 @click.option("--new-pod", metavar="NAME", help="Name of the new pod (default: POD-migrated).")
 @WITH_ROOTFS_OPTION
+@COMPRESSION_OPTION
 @TIMEOUT_OPTION
 @click.pass_obj
 def migrate_command(settings: Settings, pod: str, container: str | None,
                     to_node: str | None, delete_source: bool, new_pod: str | None,
-                    with_rootfs: bool, timeout: str) -> None:
+                    with_rootfs: bool, compression: str | None, timeout: str) -> None:
     """Checkpoint POD's container, restore it into a new pod, and print the pause.
 
     The new pod is created and running before the checkpoint is taken, so the measured
@@ -382,7 +394,7 @@ def migrate_command(settings: Settings, pod: str, container: str | None,
         result = operations.migrate_pod(kube, kube.namespace, pod, container, to_node=to_node,
                                         delete_source=delete_source, new_pod=new_pod,
                                         timeout=wait_limit, progress=spinner.update,
-                                        with_rootfs=with_rootfs)
+                                        with_rootfs=with_rootfs, compression=compression)
     for message in result["warnings"]:
         warn(message)
     source, target = result["source"], result["target"]
@@ -391,6 +403,8 @@ def migrate_command(settings: Settings, pod: str, container: str | None,
         f"to pod {target['pod']} on node {target['node']}\n"
         f"checkpoint {result['checkpoint_id']}: pause {result['pause_ms']} ms "
         f"(checkpoint {result.get('checkpoint_ms')} ms, restore {result.get('restore_ms')} ms)"
+        + (f"; moved {human_size(result['bytes_moved'])} ({result['compression']}) through "
+           f"{result['remote']}" if result.get("bytes_moved") else "")
         + (f"; deleted pod {source['pod']}" if result["source_deleted"] else "")))
 
 
@@ -398,7 +412,10 @@ def migrate_command(settings: Settings, pod: str, container: str | None,
 CHECKPOINT_COLUMNS = [
     Column("ID", "id"), Column("POD", "pod"), Column("CONTAINER", "container"),
     Column("NODE", "node"), Column("SIZE", lambda r: human_size(r.get("size_bytes"))),
-    Column("AGE", lambda r: human_age(r.get("created"))), Column("PATH", "path", wide=True),
+    Column("COMPRESSION", lambda r: r.get("compression") or "none"),
+    Column("AGE", lambda r: human_age(r.get("created"))), Column("WHERE", "where"),
+    Column("PATH", "path", wide=True),
+    Column("REMOTE", lambda r: (r.get("remote") or {}).get("reference", ""), wide=True),
 ]
 
 
@@ -459,7 +476,30 @@ def checkpoints_rm(settings: Settings, checkpoints: Sequence[str]) -> None:
     kube = connect(settings)
     deleted = [operations.delete_checkpoint(kube, wanted) for wanted in checkpoints]
     emit(settings, document("CheckpointDeletion", items=deleted),
-         lambda: "\n".join(f'checkpoint "{d["id"]}" deleted' for d in deleted))
+         lambda: "\n".join(f'checkpoint "{d["id"]}" deleted'
+                           + (" (and its registry image)" if d.get("removed_remote") else "")
+                           for d in deleted))
+
+
+@checkpoints_command("prune")
+@click.option("--keep", type=click.IntRange(0), metavar="N",
+              help="Keep the newest N per container (default: each helper's configured limit).")
+@click.option("--max-bytes", type=click.IntRange(0), metavar="BYTES",
+              help="Keep each node's checkpoints within BYTES, oldest go first.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@click.pass_obj
+def checkpoints_prune(settings: Settings, keep: int | None, max_bytes: int | None,
+                      dry_run: bool) -> None:
+    """Apply the retention policy now: oldest checkpoints first, local files and registry
+    images."""
+    kube = connect(settings)
+    with progress(settings, "pruning"):
+        rows, errors = operations.prune_checkpoints(kube, keep=keep, max_bytes=max_bytes,
+                                                    dry_run=dry_run)
+    emit(settings, document("CheckpointPrune", items=rows, dry_run=dry_run), lambda: "\n".join(
+        f'checkpoint "{r["id"]}" ({r.get("pod")}/{r.get("container")}, node {r["node"]}) '
+        + ("would be deleted" if dry_run else "deleted") for r in rows) or "nothing to prune")
+    raise_partial(errors)
 
 
 # -- version ----------------------------------------------------------------------------------
@@ -532,15 +572,33 @@ def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
               help="Wait until the helper is ready on every node.")
 @click.option("--timeout", default="5m", show_default=True, metavar="DURATION",
               help="How long to wait for readiness.")
+@click.option("--checkpoint-repository", metavar="REGISTRY/REPO",
+              help="Registry repository for remote checkpoints (needed by migrate --to-node); "
+                   "the helpers push with their node's credentials.")
+@click.option("--compression", type=click.Choice(COMPRESSIONS),
+              help="Default compression of remote checkpoints (helper default: zstd).")
+@click.option("--max-checkpoints-per-container", type=click.IntRange(0), metavar="N",
+              help="Retention: keep at most N checkpoints per container (0: all).")
+@click.option("--max-total-bytes", type=click.IntRange(0), metavar="BYTES",
+              help="Retention: at most BYTES of checkpoints on each node (0: no limit).")
 @click.pass_obj
 def install_command(settings: Settings, runtime: str, image: str | None, dry_run: str,
-                    wait: bool, timeout: str) -> None:
+                    wait: bool, timeout: str, checkpoint_repository: str | None,
+                    compression: str | None, max_checkpoints_per_container: int | None,
+                    max_total_bytes: int | None) -> None:
     """Create or update the helper's Namespace, ServiceAccount, RBAC and DaemonSet, the
     same objects `kubectl apply -k deploy/` creates, then wait until it is ready."""
     from kubectl_cedana import install
 
     limit = duration_timeout(timeout, "--timeout")
-    objects = install.render_manifests(image, runtime=runtime)
+    helper_args: list[str] = []
+    for flag, value in (("--checkpoint-repository", checkpoint_repository),
+                        ("--compression", compression),
+                        ("--max-checkpoints-per-container", max_checkpoints_per_container),
+                        ("--max-total-bytes", max_total_bytes)):
+        if value is not None:
+            helper_args += [flag, str(value)]
+    objects = install.render_manifests(image, runtime=runtime, helper_args=helper_args)
     if dry_run == "client":
         if settings.output == "yaml":
             echo(to_yaml_stream(objects))

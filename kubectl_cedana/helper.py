@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from kubectl_cedana.authz import send_with_grants
 from kubectl_cedana.errors import (
     CedanaError,
     HelperError,
@@ -125,7 +126,8 @@ class HelperClient:
     def call(self, method: str, route: str, *, query: Mapping[str, Any] | None = None,
              body: Any = None, timeout: Timeout = SHORT_TIMEOUT) -> Any:
         path = self.proxy_path(route)
-        response = self.kube.send(method, path, query=query, body=body, timeout=timeout)
+        response = send_with_grants(self.kube, method, path, route, query=query, body=body,
+                                    timeout=timeout)
         if response.status < 400:
             return response.json_or_none()
         payload = response.json_or_none()
@@ -159,15 +161,28 @@ class HelperClient:
 
     def checkpoint(self, *, namespace: str, pod: str, container: str, path: str = "",
                    leave_running: bool = False, root: str | None = None,
-                   with_rootfs: bool = True) -> dict[str, Any]:
+                   with_rootfs: bool = True, storage: str | None = None,
+                   compression: str | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {"container_name": container, "sandbox_name": pod,
                                 "namespace": namespace, "checkpoint_path": path}
         if root:
             data["root"] = root
-        return dict(self.call("POST", "checkpoint",
-                              body={"checkpoint_data": data, "leave_running": leave_running,
-                                    "with_rootfs": with_rootfs},
-                              timeout=LONG_TIMEOUT) or {})
+        body: dict[str, Any] = {"checkpoint_data": data, "leave_running": leave_running,
+                                "with_rootfs": with_rootfs}
+        if storage:
+            body["storage"] = storage
+        if compression:
+            body["compression"] = compression
+        return dict(self.call("POST", "checkpoint", body=body, timeout=LONG_TIMEOUT) or {})
+
+    def prune(self, *, max_per_container: int | None, max_total_bytes: int | None,
+              dry_run: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"dry_run": dry_run}
+        if max_per_container is not None:
+            body["max_per_container"] = max_per_container
+        if max_total_bytes is not None:
+            body["max_total_bytes"] = max_total_bytes
+        return dict(self.call("POST", "checkpoints/prune", body=body, timeout=LONG_TIMEOUT) or {})
 
     def rootfs_checkpoint(self, *, namespace: str, pod: str, container: str, image_ref: str,
                           address: str = "", base_image_ref: str = "") -> dict[str, Any]:
@@ -200,8 +215,9 @@ class HelperClient:
         return dict(self.call("POST", "restore", body={"checkpoint_data": data},
                               timeout=LONG_TIMEOUT) or {})
 
-    def checkpoints(self) -> list[dict[str, Any]]:
-        answer = self.call("GET", "checkpoints") or []
+    def checkpoints(self, remote: bool = False) -> list[dict[str, Any]]:
+        answer = self.call("GET", "checkpoints", query={"remote": "true"} if remote else None,
+                           timeout=LONG_TIMEOUT if remote else SHORT_TIMEOUT) or []
         if isinstance(answer, dict):  # {"checkpoints": [...]}, as the helper answers
             answer = answer.get("checkpoints") or []
         return list(answer)

@@ -99,11 +99,14 @@ def default_image(objects: list[dict[str, Any]] | None = None) -> str:
     raise CedanaError("no cedana-helper DaemonSet in the manifests")
 
 
-def render_manifests(image: str | None = None, runtime: str = DEFAULT_RUNTIME
-                     ) -> list[dict[str, Any]]:
+def render_manifests(image: str | None = None, runtime: str = DEFAULT_RUNTIME,
+                     helper_args: list[str] | None = None) -> list[dict[str, Any]]:
     """The objects install applies: deploy/overlays/RUNTIME, with the helper image replaced
-    if asked."""
+    if asked and `helper_args` appended to the helper's command line."""
     objects = copy.deepcopy(load_manifests(runtime))
+    for daemonset in helper_daemonsets(objects) if helper_args else []:
+        for container in daemonset["spec"]["template"]["spec"]["containers"]:
+            container["command"] = [*container.get("command", []), *(helper_args or [])]
     if image is not None:
         if not image.strip():
             raise UsageError("--image must not be empty")

@@ -113,11 +113,13 @@ def list_containers(kube: KubeClient, namespace: str | None
 # -- checkpoints ------------------------------------------------------------------------------
 def checkpoint_container(kube: KubeClient, namespace: str, pod: str, container: str | None,
                          *, leave_running: bool, path: str = "",
-                         with_rootfs: bool = True) -> dict[str, Any]:
+                         with_rootfs: bool = True, storage: str | None = None,
+                         compression: str | None = None) -> dict[str, Any]:
     ref, _obj = resolve_running_container(kube, namespace, pod, container)
     helper = HelperClient(kube, find_helper_pod(kube, ref.node))
     answer = helper.checkpoint(namespace=ref.namespace, pod=ref.pod, container=ref.container,
-                               path=path, leave_running=leave_running, with_rootfs=with_rootfs)
+                               path=path, leave_running=leave_running, with_rootfs=with_rootfs,
+                               storage=storage, compression=compression)
     return {
         "checkpoint_id": answer.get("checkpoint_id", ""),
         "checkpoint_path": answer.get("checkpoint_path", ""),
@@ -125,6 +127,8 @@ def checkpoint_container(kube: KubeClient, namespace: str, pod: str, container: 
         "duration_ms": answer.get("duration_ms"),
         "leave_running": leave_running,
         "with_rootfs": with_rootfs,
+        "storage": answer.get("storage", "local"),
+        "remote": answer.get("remote"),
         "source": ref.to_dict(),
         "options": answer.get("options"),
     }
@@ -180,35 +184,59 @@ def checkpoint_entry(entry: dict[str, Any], node: str) -> dict[str, Any]:
     return shaped
 
 
-def list_checkpoints(kube: KubeClient, namespace: str | None
+def list_checkpoints(kube: KubeClient, namespace: str | None, *, remote: bool = True
                      ) -> tuple[list[dict[str, Any]], list[CedanaError]]:
-    """Every node's catalogue, filtered to `namespace` unless None."""
+    """Every node's catalogue plus the checkpoint registry's images (asked of one helper),
+    merged by ID and filtered to `namespace` unless None."""
     helpers = require_helpers(kube)
+    asker = next((h for h in helpers if h.ready), helpers[0]) if remote and helpers else None
 
     def ask(helper: HelperPod) -> list[dict[str, Any]]:
-        return [checkpoint_entry(e, helper.node) for e in HelperClient(kube, helper).checkpoints()]
+        found = HelperClient(kube, helper).checkpoints(remote=helper is asker)
+        # a remote-only entry belongs to no node's disk: keep the node it was taken on
+        return [checkpoint_entry(e, helper.node if e.get("where") != "remote" else "")
+                for e in found]
 
-    rows: list[dict[str, Any]] = []
+    merged: dict[str, dict[str, Any]] = {}
     errors: list[CedanaError] = []
-    for _helper, found, error in parallel_map(ask, helpers):
+    for helper, found, error in parallel_map(ask, helpers):
         if error is not None:
             errors.append(error)
-        rows.extend(e for e in found or [] if namespace is None or e["namespace"] == namespace)
+        for entry in found or []:
+            known = merged.get(entry["id"])
+            if known is None:
+                merged[entry["id"]] = entry
+                continue
+            if entry.get("where") != "remote":  # a node's own copy says more
+                entry["where"] = _merge_where(known.get("where"), entry.get("where"))
+                entry.setdefault("remote", known.get("remote"))
+                merged[entry["id"]] = entry
+            else:
+                known["where"] = _merge_where(known.get("where"), "remote")
+    rows = [e for e in merged.values() if namespace is None or e["namespace"] == namespace]
     rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]))
     return rows, errors
 
 
+def _merge_where(a: Any, b: Any) -> str:
+    places = set(str(a or "").split("+")) | set(str(b or "").split("+"))
+    places.discard("")
+    return "+".join(p for p in ("local", "remote") if p in places) or "local"
+
+
 def find_checkpoint(kube: KubeClient, wanted: str) -> tuple[HelperClient, dict[str, Any]]:
-    """The node holding a checkpoint, by full ID, unique ID prefix (4+ chars) or path."""
+    """A helper that can act on a checkpoint (the node holding it, else any helper for a
+    remote one), by full ID, unique ID prefix (4+ chars) or path."""
     helpers = require_helpers(kube)
     by_node = {h.node: h for h in helpers}
     entries, errors = list_checkpoints(kube, None)
     exact = [e for e in entries if e["id"] == wanted or (wanted.startswith("/")
-                                                        and e["path"] == wanted)]
+                                                        and e.get("path") == wanted)]
     if not exact and len(wanted) >= 4:
         exact = [e for e in entries if str(e["id"]).startswith(wanted)]
     if not exact and not wanted.startswith("/"):  # a path relative to the checkpoint dir
-        exact = [e for e in entries if str(e["path"]).endswith("/" + wanted.strip("/"))]
+        exact = [e for e in entries
+                 if str(e.get("path") or "").endswith("/" + wanted.strip("/"))]
     if len(exact) > 1:
         raise UsageError(f'checkpoint ID "{wanted}" is ambiguous',
                          hint="matches " + ", ".join(sorted(str(e["id"]) for e in exact)))
@@ -219,21 +247,51 @@ def find_checkpoint(kube: KubeClient, wanted: str) -> tuple[HelperClient, dict[s
                             "see: kubectl cedana checkpoints ls -A")
     entry = exact[0]
     helper = by_node.get(entry["node"])
+    if helper is None and "remote" in str(entry.get("where")):
+        helper = next((h for h in helpers if h.ready), helpers[0])
     if helper is None:
         raise NotFoundError(f"checkpoint {entry['id']} is on node {entry['node']}, "
                             "which has no cedana helper")
     return HelperClient(kube, helper), entry
 
 
+def is_remote(entry: dict[str, Any]) -> bool:
+    return "remote" in str(entry.get("where") or "")
+
+
 def inspect_checkpoint(kube: KubeClient, wanted: str) -> dict[str, Any]:
     helper, entry = find_checkpoint(kube, wanted)
-    return checkpoint_entry(helper.get_checkpoint(entry["id"]), helper.node)
+    found = checkpoint_entry(helper.get_checkpoint(entry["id"]), helper.node)
+    found["where"] = entry.get("where", found.get("where"))
+    return found
 
 
 def delete_checkpoint(kube: KubeClient, wanted: str) -> dict[str, Any]:
+    """Local files on the node holding it (and on nodes that pulled it), and the remote image."""
     helper, entry = find_checkpoint(kube, wanted)
-    helper.delete_checkpoint(entry["id"])
-    return {"id": entry["id"], "node": helper.node, "deleted": True}
+    answer = helper.delete_checkpoint(entry["id"]) or {}
+    removed_remote = bool(isinstance(answer, dict) and answer.get("removed_remote"))
+    return {"id": entry["id"], "node": helper.node, "deleted": True,
+            "removed_remote": removed_remote}
+
+
+def prune_checkpoints(kube: KubeClient, *, keep: int | None, max_bytes: int | None,
+                      dry_run: bool) -> tuple[list[dict[str, Any]], list[CedanaError]]:
+    """Apply retention on every node now (the helpers' own limits where not given)."""
+    helpers = require_helpers(kube)
+
+    def ask(helper: HelperPod) -> list[dict[str, Any]]:
+        answer = HelperClient(kube, helper).prune(max_per_container=keep,
+                                                  max_total_bytes=max_bytes, dry_run=dry_run)
+        return [dict(r, node=helper.node) for r in answer.get("removed") or []]
+
+    rows: list[dict[str, Any]] = []
+    errors: list[CedanaError] = []
+    for _helper, found, error in parallel_map(ask, helpers):
+        if error is not None:
+            errors.append(error)
+        rows.extend(found or [])
+    return rows, errors
 
 
 # -- restore ----------------------------------------------------------------------------------
@@ -250,11 +308,15 @@ def restore_into(kube: KubeClient, wanted: str, namespace: str, pod: str,
         helper, entry = find_checkpoint(kube, wanted)
         checkpoint_id = entry["id"]
         if helper.node != target.node:
-            raise ConflictError(
-                f"checkpoint {checkpoint_id} is stored on node {helper.node} but pod "
-                f'"{pod}" runs on node {target.node}',
-                hint="checkpoints stay on the node that took them; use --new-pod, which pins "
-                     "the new pod to that node")
+            if not is_remote(entry):
+                raise ConflictError(
+                    f"checkpoint {checkpoint_id} is stored on node {helper.node} but pod "
+                    f'"{pod}" runs on node {target.node}',
+                    hint="only checkpoints in the registry move between nodes (checkpoint "
+                         "with --storage remote); or use --new-pod, which pins the new pod "
+                         "to that node")
+            # the target's helper pulls it from the registry
+            helper = HelperClient(kube, find_helper_pod(kube, target.node))
         answer = helper.restore(namespace=target.namespace, pod=target.pod,
                                 container=target.container, checkpoint_id=checkpoint_id)
     return {
@@ -402,9 +464,11 @@ def restore_new_pod(kube: KubeClient, wanted: str, new_pod: str, *, node: str | 
     helper, entry = find_checkpoint(kube, wanted)
     checkpoint_id = str(entry["id"])
     if node and node != helper.node:
-        raise ConflictError(f"checkpoint {checkpoint_id} is stored on node {helper.node}, "
-                            f"not on {node}",
-                            hint="checkpoints stay on the node that took them; omit --node")
+        if not is_remote(entry):
+            raise ConflictError(f"checkpoint {checkpoint_id} is stored on node {helper.node}, "
+                                f"not on {node}, and not in the checkpoint registry",
+                                hint="omit --node, or checkpoint with --storage remote")
+        helper = HelperClient(kube, find_helper_pod(kube, node))
     source_ns, source_pod, container = entry["namespace"], entry["pod"], entry["container"]
     if not (source_ns and source_pod and container):
         raise CedanaError(f"checkpoint {checkpoint_id} does not record its source pod",
@@ -449,28 +513,36 @@ def restore_new_pod(kube: KubeClient, wanted: str, new_pod: str, *, node: str | 
 def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | None, *,
                 to_node: str | None, delete_source: bool, new_pod: str | None,
                 timeout: float, progress: ProgressFn = _no_progress,
-                with_rootfs: bool = True) -> dict[str, Any]:
+                with_rootfs: bool = True, compression: str | None = None) -> dict[str, Any]:
     """Checkpoint a pod's container and restore it into a new pod, measuring the pause.
 
     The new pod is created and running before the checkpoint, so the pause (checkpoint
-    request sent -> restore answered) covers only the dump and the restore.
+    request sent -> restore answered) covers only the dump, the transfer and the restore.
+    To another node the checkpoint goes through the helpers' checkpoint registry.
     """
     source_ref, source = resolve_running_container(kube, namespace, pod, container)
-    if to_node and to_node != source_ref.node:
-        raise UsageError(
-            f"migrating to another node ({source_ref.node} -> {to_node}) is not available yet: "
-            "checkpoints stay on the disk of the node that took them",
-            hint=f"omit --to-node or use --to-node {source_ref.node}")
+    target_node = to_node or source_ref.node
     helper = HelperClient(kube, find_helper_pod(kube, source_ref.node))
+    cross_node = target_node != source_ref.node
+    target_helper = helper
+    if cross_node:
+        target_helper = HelperClient(kube, find_helper_pod(kube, target_node))
+        for h in (helper, target_helper):  # both must share a registry, checked up front
+            if not (h.version().get("checkpoint_repository") or ""):
+                raise UsageError(
+                    f"migrating to another node needs a checkpoint registry, and the helper on "
+                    f"node {h.node} has none",
+                    hint="kubectl cedana install --checkpoint-repository REGISTRY/REPO")
+        target_helper.health()
     helper.health()  # fail before changing anything when the helper is unreachable
     target_name = new_pod or _migrated_name(pod)
     placeholder = build_placeholder_pod(source, source_ref.container, target_name,
-                                        node=source_ref.node, session=new_session_id())
+                                        node=target_node, session=new_session_id())
     warnings: list[str] = []
     checkpoint_id = ""
     try:
         with PlaceholderSession(kube, placeholder) as session:
-            progress(f"creating pod {target_name}")
+            progress(f"creating pod {target_name} on node {target_node}")
             session.create()
             wait_pod_running(kube, namespace, target_name, source_ref.container, timeout,
                              progress)
@@ -479,16 +551,20 @@ def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | Non
             dump = helper.checkpoint(namespace=namespace, pod=pod,
                                      container=source_ref.container,
                                      leave_running=not delete_source,
-                                     with_rootfs=with_rootfs)
+                                     with_rootfs=with_rootfs,
+                                     storage="remote" if cross_node else "local",
+                                     compression=compression)
             checkpoint_id = str(dump.get("checkpoint_id") or "")
-            progress(f"restoring into {target_name}")
-            answer = helper.restore(namespace=namespace, pod=target_name,
-                                    container=source_ref.container, checkpoint_id=checkpoint_id)
+            progress(f"restoring into {target_name} on node {target_node}")
+            answer = target_helper.restore(namespace=namespace, pod=target_name,
+                                           container=source_ref.container,
+                                           checkpoint_id=checkpoint_id)
             pause_ms = round((time.monotonic() - paused_at) * 1000)
             session.keep()
     except CedanaError as exc:
         if checkpoint_id:  # failed or interrupted after the dump: say what is left
             exc.hint = (f"checkpoint {checkpoint_id} is kept on node {helper.node}"
+                        + (" and in the checkpoint registry" if cross_node else "")
                         + ("; the source container was stopped by the checkpoint"
                            if delete_source else ""))
         raise
@@ -502,14 +578,20 @@ def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | Non
             warnings.append(f"pod {pod} is managed by {owner.get('kind')} {owner.get('name')}, "
                             "which will create a fresh replacement")
         kube.delete_pod(namespace, pod)
+    remote = dump.get("remote") or {}
     return {
         "checkpoint_id": checkpoint_id,
         "source": source_ref.to_dict(),
         "target": {"namespace": namespace, "pod": target_name, "container":
-                   source_ref.container, "node": source_ref.node},
+                   source_ref.container, "node": target_node},
         "pause_ms": pause_ms,
         "checkpoint_ms": dump.get("duration_ms"),
+        "transfer_ms": remote.get("duration_ms") if cross_node else 0,
         "restore_ms": answer.get("duration_ms"),
+        "bytes_moved": int(remote.get("size_bytes") or 0) if cross_node else 0,
+        "uncompressed_bytes": int(remote.get("uncompressed_bytes") or 0) if cross_node else 0,
+        "compression": remote.get("compression", "") if cross_node else "",
+        "remote": remote.get("reference", "") if cross_node else "",
         "pid": answer.get("pid"),
         "pid_in_container": answer.get("pid_in_container"),
         "source_deleted": delete_source,

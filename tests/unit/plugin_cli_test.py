@@ -137,7 +137,7 @@ def test_unexpected_exception_is_one_line_without_debug_and_traced_with(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from kubectl_cedana import install
 
-    def broken(image: object = None, runtime: object = None) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
         raise ZeroDivisionError("division by zero")
 
     monkeypatch.setattr(install, "render_manifests", broken)
@@ -154,7 +154,7 @@ def test_unexpected_exception_is_one_line_without_debug_and_traced_with(
 def test_debug_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from kubectl_cedana import install
 
-    def broken(image: object = None, runtime: object = None) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
         raise ValueError("bad")
 
     monkeypatch.setattr(install, "render_manifests", broken)

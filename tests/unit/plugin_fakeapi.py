@@ -164,8 +164,8 @@ class FakeHelper:
         self.checkpoints[ident] = {
             "id": ident, "path": path, "namespace": data["namespace"],
             "pod": data["sandbox_name"], "container": data["container_name"], "node": self.node,
-            "size_bytes": 123456, "created": "2024-05-01T10:00:00Z",
-            "leave_running": bool(body.get("leave_running"))}
+            "size_bytes": 123456, "created": "2024-05-01T10:00:00Z", "where": "local",
+            "compression": "none", "leave_running": bool(body.get("leave_running"))}
         return 200, {"checkpoint_id": ident, "checkpoint_path": path, "size_bytes": 123456,
                      "duration_ms": 210, "options": {"leave_running": body.get("leave_running")}}
 
@@ -191,13 +191,15 @@ class ForwardingHelper:
         self.base_url = base_url
 
     def handle(self, method: str, route: str, query: dict[str, list[str]],
-               body: Any) -> tuple[int, Any]:
+               body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         url = f"{self.base_url}/{route}"
         if query:
             url += "?" + urlencode({k: v[0] for k, v in query.items()})
         data = json.dumps(body).encode() if body is not None else None
+        # custom headers pass the pod proxy (the caller's Authorization does not)
+        sent = {k: v for k, v in (headers or {}).items() if k.startswith("x-cedana-")}
         request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **sent})
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
                 return answer.status, json.loads(answer.read() or b"null")
@@ -293,7 +295,8 @@ class FakeCluster:
             return 404, status(404, "NotFound", f'pods "{pod}" not found')
         node = helper_obj["spec"]["nodeName"]
         if node in self.forwarded:
-            return self.forwarded[node].handle(req.method, route, req.query, req.body)
+            return self.forwarded[node].handle(req.method, route, req.query, req.body,
+                                               req.headers)
         if node in self.unreachable or node not in self.helpers:
             # v1.20 answers 500 (later versions 503) with this Status
             return 500, status(500, "InternalError",
@@ -387,6 +390,9 @@ class FakeCluster:
                     "application/apply-patch+yaml":
                 body = yaml.safe_load(req.body) if isinstance(req.body, str) else req.body
                 return self._apply(path, body, dry_run="dryRun" in req.query)
+            if req.method == "POST" and re.fullmatch(r"/apis/[^/]+/[^/]+/namespaces/[^/]+/[a-z]+",
+                                                     path) and isinstance(req.body, dict):
+                return self._create(path, req.body)
             if req.method == "DELETE":
                 if path not in self.objects:
                     return 404, status(404, "NotFound", f"{path} not found")
@@ -396,6 +402,21 @@ class FakeCluster:
                         del self.pods[pod_key]
                 return 200, removed
         return 405, status(405, "MethodNotAllowed", f"{req.method} {path}")
+
+    def _create(self, collection: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """POST to a namespaced collection (CheckpointAccess grants), as the API server does:
+        generateName, uid, creationTimestamp, generation 1."""
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        name = meta.get("name") or f"{meta.get('generateName', 'obj-')}{uuid.uuid4().hex[:5]}"
+        if f"{collection}/{name}" in self.objects:
+            return 409, status(409, "AlreadyExists", f"{name} already exists")
+        self.resource_version += 1
+        meta.update(name=name, namespace=collection.split("/")[-2], uid=str(uuid.uuid4()),
+                    generation=1, resourceVersion=str(self.resource_version),
+                    creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.objects[f"{collection}/{name}"] = obj
+        return 201, copy.deepcopy(obj)
 
     @staticmethod
     def _is_collection(path: str) -> bool:

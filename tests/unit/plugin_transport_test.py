@@ -320,8 +320,10 @@ def test_checkpoints_ls_inspect_rm(cluster: FakeCluster, kubeconfig: Path) -> No
     listed = run_cli(kubeconfig, "checkpoints")
     assert listed.exit_code == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    assert lines[0].split() == ["ID", "POD", "CONTAINER", "NODE", "SIZE", "AGE"]
+    assert lines[0].split() == ["ID", "POD", "CONTAINER", "NODE", "SIZE", "COMPRESSION", "AGE",
+                                "WHERE"]
     assert len(lines) == 2 and lines[1].split()[:4] == [ident, "counter", "main", "node1"]
+    assert lines[1].split()[-1] == "local"
     every = json.loads(run_cli(kubeconfig, "checkpoints", "ls", "-A", "-o", "json").stdout)
     assert every["kind"] == "CheckpointList" and len(every["items"]) == 2
     inspected = run_cli(kubeconfig, "checkpoints", "inspect", ident[:8], "-o", "json")
@@ -526,9 +528,13 @@ def test_migrate_keeps_source_running_by_default(cluster: FakeCluster, kubeconfi
 def test_migrate_to_another_node_is_refused_before_anything_changes(
         cluster: FakeCluster, kubeconfig: Path) -> None:
     cluster.add_pod(make_pod("counter"))
+    missing = run_cli(kubeconfig, "migrate", "counter", "--to-node", "node2")
+    assert missing.exit_code == 3 and "node2" in missing.stderr  # no helper there
+    cluster.add_helper("node2")
     result = run_cli(kubeconfig, "migrate", "counter", "--to-node", "node2")
     assert result.exit_code == 2
-    assert "not available yet" in result.stderr
+    assert "needs a checkpoint registry" in result.stderr
+    assert "--checkpoint-repository" in result.stderr
     assert not [r for r in cluster.requests if r.method != "GET"]
 
 
