@@ -174,11 +174,17 @@ def main() -> int:
                 except BenchError as exc:
                     results["cr"].setdefault(name, {})[str(mib)] = {"failures": [str(exc)]}
             for run_no in range(runs):
-                for name, method in active.items():  # interleaved: load hits all alike
+                # interleaved, and the order rotates per run: load from other users and the
+                # previous method's leftovers do not always hit the same method
+                order = list(active.items())
+                order = order[run_no % len(order):] + order[:run_no % len(order)] if order else []
+                for name, method in order:
                     cell = results["cr"].setdefault(name, {}).setdefault(
                         str(mib), {"checkpoint_ms": [], "restore_ms": [], "restore_cmd_ms": [],
                                    "size_bytes": [], "failures": []})
                     for attempt in range(ATTEMPTS):
+                        # no dirty data of the previous method is written back during this one
+                        os.sync()
                         try:
                             figures = one_cycle(method, mib, run_no)
                         except (BenchError, OSError, ValueError, KeyError) as exc:
@@ -254,5 +260,18 @@ def main() -> int:
     return 0
 
 
+def render_only() -> int:
+    """`python -m bench render`: rewrite the report from results.json (e.g. after editing
+    bench/notes.md) without measuring again."""
+    out = Path(os.environ.get("BENCH_OUT", REPO / "docs"))
+    results = json.loads((out / "benchmarks" / "results.json").read_text())
+    notes = REPO / "bench" / "notes.md"
+    results["notes"] = notes.read_text() if notes.exists() else ""
+    (out / "benchmarks" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plots = report.plot(results, out / "benchmarks")
+    (out / "benchmarks.md").write_text(report.render(results, plots))
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(render_only() if sys.argv[1:] == ["render"] else main())

@@ -223,6 +223,35 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
                     f"{100 * mb_s / mach['memcpy']['mb_s']['median']:.0f}% of memcpy")
         add("")
 
+    add("## Definitions\n")
+    add("- **(a) kubectl cedana**: `kubectl cedana checkpoint POD --leave-running -o json`, then "
+        "`kubectl cedana restore ID --into PLACEHOLDER -o json`, through the real kubectl, the "
+        "API server's pod proxy and the helper DaemonSet pod (the helper's defaults: "
+        "freeze → dump → rootfs diff → thaw, sha256 manifest, fsync).")
+    add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) sent "
+        "by the benchmark straight to the same in-cluster helper pod on the node address "
+        "(hostNetwork, 10.88.0.1:1324): no kubectl, no plugin, no API server.")
+    add("- **(c) bare runc**: an OCI bundle made from the workload image's layers, "
+        "`runc run -d`, `runc checkpoint --leave-running --manage-cgroups-mode soft "
+        "--ext-unix-sk --file-locks` (link-remap through /etc/criu/runc.conf, as the helper "
+        "does), `runc restore -d` into a new container of the same bundle; no manifest, no "
+        "hashing, no fsync, no rootfs diff.")
+    add("- **(d) podman**: `podman run --runtime runc --network none`, "
+        "`podman container checkpoint --leave-running --export FILE --compress none`, "
+        "`podman container restore --import FILE --name NEW`. `--compress none` because the "
+        "helper does not compress either; podman's default (zstd) would only slow podman.")
+    add("- **restore time**: from starting the restore command or request until the benchmark "
+        "sees the restored memhog's first heartbeat line (with a good checksum): in the "
+        "placeholder's CRI log file for (a) and (b), on the restored container's stdout pipe "
+        "for (c), in the new container's conmon log for (d) (above the last heartbeat that "
+        "podman's export carried over). Files are polled every 2 ms; memhog beats every "
+        f"{meta['interval_ms']} ms, so up to one interval is common to every method. "
+        "Placeholder pods are created before the timing starts, as `migrate` does.")
+    add("- all methods run interleaved (run 1 of a, b, c, d, then run 2 of b, c, d, a ...) so "
+        "load from other users and the previous method's leftovers hit them alike; `sync` "
+        "(untimed) before every checkpoint, so no method pays for writing back another's dirty "
+        "pages; each checkpoint is deleted after its restore.\n")
+
     notes = results.get("notes")
     if notes:
         add(notes.strip() + "\n")
