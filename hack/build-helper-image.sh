@@ -66,5 +66,7 @@ PY
   rm -f "$CEDANA_CACHE/images/helper-$version-"*.tar
   mv "$tar_out.tmp" "$tar_out"
 fi
-ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$tar_out" >/dev/null
-log "image $image loaded into containerd"
+for sock in $(lab_containerd_socks); do  # every running lab node
+  ctr --address "$sock" -n k8s.io images import "$tar_out" >/dev/null
+  log "image $image loaded into containerd ($sock)"
+done

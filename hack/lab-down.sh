@@ -6,36 +6,14 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
-stop_pid() {  # stop_pid NAME
-  local f="$PIDS/$1.pid" pid
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    log "stopped $1 (pid $pid)"
-  fi
-  rm -f "$f"
-}
-
 # Extra daemons started by tests or later lab stages record their PIDs in the same place.
 for f in "$PIDS"/extra-*.pid; do [ -f "$f" ] && stop_pid "$(basename "$f" .pid)"; done
+# The second node first: its kubelet, containers, containerd, relay, namespaces and state.
+"$here/lab-node2.sh" down
 stop_pid kubelet
 
 # The lab's containers: kill their tasks so their shims exit, then delete them.
-if pid_alive containerd; then
-  for ns in k8s.io; do
-    for c in $(ctr --address "$CONTAINERD_SOCK" -n "$ns" containers ls -q 2>/dev/null); do
-      ctr --address "$CONTAINERD_SOCK" -n "$ns" tasks kill -s KILL "$c" >/dev/null 2>&1
-    done
-    sleep 1
-    for c in $(ctr --address "$CONTAINERD_SOCK" -n "$ns" containers ls -q 2>/dev/null); do
-      ctr --address "$CONTAINERD_SOCK" -n "$ns" tasks delete -f "$c" >/dev/null 2>&1
-      ctr --address "$CONTAINERD_SOCK" -n "$ns" containers delete "$c" >/dev/null 2>&1
-    done
-  done
-fi
+pid_alive containerd && kill_lab_containers "$CONTAINERD_SOCK"
 for d in containerd kube-scheduler kube-controller-manager kube-apiserver etcd registry; do
   stop_pid "$d"
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the lab's images without any registry and load them into containerd (namespace k8s.io):
 # the sandbox (pause) image and the workload image (static busybox + the test programs in
-# hack/images/). Kubelet uses them with imagePullPolicy IfNotPresent/Never.
+# hack/images/), on every running lab node. Kubelet uses them with imagePullPolicy IfNotPresent/Never.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -10,9 +10,12 @@ mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-import() {  # import TAR NAME
-  ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$1" >/dev/null
-  log "image $2 loaded into containerd"
+import() {  # import TAR NAME: into the containerd of every running lab node
+  local sock
+  for sock in $(lab_containerd_socks); do
+    ctr --address "$sock" -n k8s.io images import "$1" >/dev/null
+    log "image $2 loaded into containerd ($sock)"
+  done
 }
 
 # pause: the static binary built from the Kubernetes tree (hack/build-kubernetes.sh)

@@ -44,6 +44,9 @@ cert scheduler system:kube-scheduler "" ""
 # (system:node:NAME in group system:nodes), which is what an approved kubelet CSR yields.
 cert kubelet "system:node:$NODE_NAME" system:nodes ""
 cert kubelet-serving "$NODE_NAME" "" "IP:$LAB_NODE_IP,IP:127.0.0.1,DNS:$NODE_NAME"
+# the second node (hack/lab-node2.sh), the same way
+cert kubelet-node2 "system:node:$NODE2_NAME" system:nodes ""
+cert kubelet-node2-serving "$NODE2_NAME" "" "IP:$NODE2_IP,IP:127.0.0.1,DNS:$NODE2_NAME"
 cert registry registry "" "IP:127.0.0.1,DNS:localhost"
 [ -f sa.key ] || { openssl genrsa -out sa.key 2048 2>/dev/null; openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null; }
 chmod 600 ./*.key
@@ -74,6 +77,8 @@ kubeconfig "$KUBECONFIG_ADMIN" admin admin
 kubeconfig "$LAB_DIR/controller-manager.kubeconfig" controller-manager system:kube-controller-manager
 kubeconfig "$LAB_DIR/scheduler.kubeconfig" scheduler system:kube-scheduler
 kubeconfig "$LAB_DIR/kubelet.kubeconfig" kubelet "system:node:$NODE_NAME"
+# node 2 reaches https://127.0.0.1:6443 on its own loopback through hack/netns_relay.py
+kubeconfig "$LAB_DIR/node2.kubeconfig" kubelet-node2 "system:node:$NODE2_NAME"
 
 # The registry's password: made once, kept beside the certificates.
 [ -f registry.password ] || { openssl rand -hex 16 >registry.password; chmod 600 registry.password; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Print each lab daemon with its PID, state and log file, and the node's readiness.
+# Print each lab daemon with its PID, state and log file, and the nodes' readiness.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -14,6 +14,13 @@ done
 [ -f "$PIDS/kube-apiserver.pid" ] || { echo "lab is not running (make lab-up)"; exit 1; }
 echo
 kctl get nodes -o wide 2>&1 || rc=1
+if [ "$LAB_NODE2" = 1 ] && [ -f "$PIDS/node2-kubelet.pid" ]; then
+  echo
+  echo "node $NODE2_NAME: network namespace $NODE2_NETNS ($NODE2_IP, pods $NODE2_POD_SUBNET)," \
+    "mount namespace $NODE2_MNTNS, containerd $NODE2_CONTAINERD_SOCK, files $NODE2_DIR"
+  [ -e "/run/netns/$NODE2_NETNS" ] || { echo "  network namespace missing"; rc=1; }
+  findmnt -rn --mountpoint "$NODE2_MNTNS" >/dev/null || { echo "  mount namespace missing"; rc=1; }
+fi
 echo
 echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 exit $rc

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Bring up the single-node Kubernetes lab on this machine: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, containerd (CRI) + runc + CRIU, a kubelet, CNI bridge
-# networking and a TLS registry with htpasswd auth. Idempotent: on a running lab it only checks.
+# Bring up the Kubernetes lab on this machine: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, containerd (CRI) + runc + CRIU, a kubelet, CNI bridge networking and a TLS
+# registry with htpasswd auth; then a second node in its own namespaces (hack/lab-node2.sh).
+# Idempotent: on a running lab it only checks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -10,11 +11,12 @@ lab_healthy() {
   for d in etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet registry; do
     pid_alive "$d" || return 1
   done
-  [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+  [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] \
+    && "$here/lab-node2.sh" healthy
 }
 
 if [ -f "$KUBECONFIG_ADMIN" ] && lab_healthy; then
-  log "lab already running; node $NODE_NAME Ready"
+  log "lab already running; node $NODE_NAME$([ "$LAB_NODE2" = 1 ] && echo " and $NODE2_NAME") Ready"
   # sources may have changed since: the helper image is rebuilt only when they did
   "$here/build-helper-image.sh"
   exit 0
@@ -142,6 +144,8 @@ CTD
 chmod 600 "$LAB_DIR/containerd.toml"
 start_daemon containerd containerd --config "$LAB_DIR/containerd.toml"
 wait_for 60 containerd ctr --address "$CONTAINERD_SOCK" version
+# node 2's namespaces, relay and containerd (hack/lab-node2.sh), before the images go in
+"$here/lab-node2.sh" runtime
 
 "$here/lab-images.sh"
 "$here/build-helper-image.sh"
@@ -174,6 +178,7 @@ start_daemon kubelet kubelet --kubeconfig="$LAB_DIR/kubelet.kubeconfig" \
   --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
   --eviction-hard='memory.available<100Mi,nodefs.available<1%,imagefs.available<1%' \
   --serialize-image-pulls=false --max-pods=60 --v=1
+"$here/lab-node2.sh" kubelet
 
 # The API server reaches the kubelet (logs, exec, port-forward) as user kube-apiserver.
 kctl apply -f - >/dev/null <<'RBAC'
@@ -190,5 +195,8 @@ node_ready() {
   [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 wait_for 180 "node $NODE_NAME Ready" node_ready
+if [ "$LAB_NODE2" = 1 ]; then
+  wait_for 180 "node $NODE2_NAME Ready" "$here/lab-node2.sh" healthy
+fi
 wait_for 60 "default service account" kctl -n default get serviceaccount default
 log "lab is up: export KUBECONFIG=$KUBECONFIG_ADMIN"

@@ -41,11 +41,77 @@ start_daemon() {
   log "started $name (pid $!, log $LOGS/$name.log)"
 }
 
+stop_pid() {  # stop_pid NAME: TERM the recorded PID, KILL it after 10 s, forget it
+  local f="$PIDS/$1.pid" pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    log "stopped $1 (pid $pid)"
+  fi
+  rm -f "$f"
+}
+
 wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
   local secs=$1 what=$2; shift 2
   local end=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
     [ $SECONDS -lt $end ] || die "timed out after ${secs}s waiting for $what"
     sleep 1
+  done
+}
+
+# --- the second node (hack/lab-node2.sh) ---------------------------------------------------
+# Same machine, its own network namespace (reached through a veth on the lab bridge), its own
+# mount namespace in which node 2's directories are bind-mounted over the usual paths, its own
+# containerd and kubelet, its own pod subnet behind its own bridge. LAB_NODE2=0 leaves it out.
+LAB_NODE2=${LAB_NODE2:-1}
+NODE2_NAME=cedana-lab-node2
+NODE2_IP=10.88.0.2
+NODE2_NETNS=cedana-lab-node2
+NODE2_VETH=cedana0-n2                 # host end, a port of $LAB_BRIDGE; eth0 inside
+NODE2_BRIDGE=cedana2                  # node 2's pod bridge, inside its network namespace
+NODE2_POD_SUBNET=10.88.2.0/24
+NODE2_POD_GATEWAY=10.88.2.1
+NODE2_DIR="$LAB_DIR/node2"            # kubelet, containerd, cni, logs, checkpoints of node 2
+NODE2_RUN="$LAB_RUN/node2"            # its /run/containerd and /run/netns
+NODE2_MNTNS="$LAB_RUN/ns/node2.mnt"   # its mount namespace, kept by a bind mount
+NODE2_CGROUP_ROOT=/cedana-node2
+NODE2_CONTAINERD_SOCK="$NODE2_RUN/containerd/containerd.sock"  # as seen from the host
+# Only pods that ask for node 2 (nodeName, or a toleration of this taint) run there.
+NODE2_TAINT=cedana-lab/second-node=true:NoSchedule
+# host path of node 2 -> the path it is mounted on inside node 2's mount namespace
+NODE2_MOUNTS=(
+  "$NODE2_DIR/kubelet:/var/lib/kubelet"
+  "$NODE2_DIR/containerd:/var/lib/containerd"
+  "$NODE2_RUN/containerd:/run/containerd"
+  "$NODE2_RUN/netns:/run/netns"
+  "$NODE2_DIR/cni:/var/lib/cni"
+  "$NODE2_DIR/net.d:/etc/cni/net.d"
+  "$NODE2_DIR/log/pods:/var/log/pods"
+  "$NODE2_DIR/log/containers:/var/log/containers"
+  "$NODE2_DIR/checkpoints:/var/lib/cedana/checkpoints"
+)
+# CMD... as node 2 (in its mount and network namespaces): "${NODE2_NSENTER[@]}" CMD...
+NODE2_NSENTER=(nsenter --mount="$NODE2_MNTNS" --net="/run/netns/$NODE2_NETNS" --)
+
+# The containerd sockets of the lab's running nodes, as seen from the host: images go into each.
+lab_containerd_socks() {
+  echo "$CONTAINERD_SOCK"
+  if [ "$LAB_NODE2" = 1 ] && pid_alive node2-containerd; then echo "$NODE2_CONTAINERD_SOCK"; fi
+}
+
+# kill_lab_containers SOCK: kill every task of containerd's k8s.io namespace, delete them all.
+kill_lab_containers() {
+  local sock=$1 c
+  for c in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
+    ctr --address "$sock" -n k8s.io tasks kill -s KILL "$c" >/dev/null 2>&1 || true
+  done
+  sleep 1
+  for c in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
+    ctr --address "$sock" -n k8s.io tasks delete -f "$c" >/dev/null 2>&1 || true
+    ctr --address "$sock" -n k8s.io containers delete "$c" >/dev/null 2>&1 || true
   done
 }
