@@ -21,6 +21,12 @@ REGISTRY = "127.0.0.1:5000"
 REGISTRY_USER = "cedana"
 WORKLOAD_IMAGE = "docker.io/cedana-lab/workload:1"
 NODE_NAME = "cedana-lab-node1"
+# The second node (hack/lab-node2.sh): tainted, so only pods that ask for it run there (nodeName,
+# or a nodeSelector with a toleration of NODE2_TAINT_KEY).
+NODE2_NAME = "cedana-lab-node2"
+NODE2_IP = "10.88.0.2"
+NODE2_POD_SUBNET = "10.88.2.0/24"
+NODE2_TAINT_KEY = "cedana-lab/second-node"
 RUNC_ROOT = "/run/containerd/runc/k8s.io"
 CONTAINERD_SOCK = "/run/containerd/containerd.sock"
 
@@ -61,9 +67,15 @@ class Lab:
     registry: str = REGISTRY
     registry_user: str = REGISTRY_USER
     node_name: str = NODE_NAME
+    node2_name: str = NODE2_NAME  # the second node; see node2_toleration
     workload_image: str = WORKLOAD_IMAGE
     runc_root: str = RUNC_ROOT
     _core: Any = field(default=None, repr=False)
+
+    @property
+    def node2_toleration(self) -> dict[str, str]:
+        """What a pod scheduled (not given nodeName) onto the second node must tolerate."""
+        return {"key": NODE2_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
 
     @property
     def registry_password(self) -> str:

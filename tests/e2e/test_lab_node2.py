@@ -1,0 +1,189 @@
+"""The lab's second node (hack/lab-node2.sh): a real kubelet with its own containerd, network
+namespace, pod subnet and mount namespace, registered with the same API server. Pods run there,
+their logs and exec come through the API server, it pulls from the lab registry, pods on the two
+nodes reach each other, and the helper DaemonSet's pod on node 2 sees node 2's containers only."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.e2e.lab import (NODE2_IP, NODE2_POD_SUBNET, NODE2_TAINT_KEY, REPO, Lab,
+                           counter_pod, helper_daemonset_lock, pod_manifest, run, sleeper_pod)
+
+CACHE_IMAGES = Path("/var/cache/kubectl-cedana/images")
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+HELPER_NS = "cedana-system"
+HELPER_SELECTOR = "app.kubernetes.io/name=cedana-helper"
+
+
+def _on_node2(lab: Lab, manifest: dict[str, Any]) -> dict[str, Any]:
+    manifest["spec"]["nodeName"] = lab.node2_name
+    return manifest
+
+
+def _in_node2_subnet(ip: str) -> bool:
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(NODE2_POD_SUBNET)
+
+
+def _node(lab: Lab, name: str) -> dict[str, Any]:
+    return json.loads(lab.kubectl("get", "node", name, "-o", "json").stdout)
+
+
+def test_both_nodes_ready_and_node2_tainted(lab: Lab) -> None:
+    nodes = json.loads(lab.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    ready = {n["metadata"]["name"]: next(c["status"] for c in n["status"]["conditions"]
+                                         if c["type"] == "Ready") for n in nodes}
+    assert ready.get(lab.node_name) == "True" and ready.get(lab.node2_name) == "True", ready
+    node2 = _node(lab, lab.node2_name)
+    addresses = {a["type"]: a["address"] for a in node2["status"]["addresses"]}
+    assert addresses["InternalIP"] == NODE2_IP
+    assert {"key": NODE2_TAINT_KEY, "value": "true", "effect": "NoSchedule"} in \
+        node2["spec"].get("taints", [])
+
+
+def test_pod_on_node2_runs_with_logs_exec_and_its_own_subnet(lab: Lab, namespace: str) -> None:
+    # through the scheduler: a nodeSelector and a toleration of node 2's taint
+    pod = counter_pod("counter")
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/hostname": lab.node2_name}
+    pod["spec"]["tolerations"] = [lab.node2_toleration]
+    lab.apply(pod, namespace)
+    running = lab.wait_pod_running(namespace, "counter")
+    assert running["spec"]["nodeName"] == lab.node2_name
+    assert running["status"]["hostIP"] == NODE2_IP
+    assert _in_node2_subnet(running["status"]["podIP"]), running["status"]["podIP"]
+    # logs and exec: the API server reaches node 2's kubelet on 10.88.0.2:10250
+    first = int(lab.wait_log(namespace, "counter", r"count=(\d+)").group(1))
+    lab.wait_log(namespace, "counter", rf"count={first + 2}\b")
+    token = uuid.uuid4().hex
+    out = lab.kubectl("-n", namespace, "exec", "counter", "--", "/bin/echo", token).stdout
+    assert out.strip() == token
+    # its network namespace is node 2's pod network, its default route node 2's pod bridge
+    routes = lab.kubectl("-n", namespace, "exec", "counter", "--", "/bin/ip", "route").stdout
+    assert "default via 10.88.2.1" in routes, routes
+
+
+def test_untolerating_pod_is_kept_off_node2(lab: Lab, namespace: str) -> None:
+    pod = sleeper_pod("kept-off")
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/hostname": lab.node2_name}
+    lab.apply(pod, namespace)
+    end = time.monotonic() + 60
+    conditions: list[dict[str, Any]] = []
+    while time.monotonic() < end:
+        status = lab.pod(namespace, "kept-off")["status"]
+        conditions = status.get("conditions") or []
+        if any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+               for c in conditions):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"not reported unschedulable: {conditions}")
+    assert "taint" in json.dumps(conditions).lower()
+
+
+def test_node2_pulls_from_the_lab_registry(lab: Lab, namespace: str) -> None:
+    tag = uuid.uuid4().hex[:10]
+    repo = f"lab/node2-{namespace}"
+    ref = f"{lab.registry}/{repo}:{tag}"
+    run(["skopeo", "copy", "--quiet", "--dest-creds",
+         f"{lab.registry_user}:{lab.registry_password}",
+         "--dest-cert-dir", f"/etc/containers/certs.d/{lab.registry}",
+         f"docker-archive:{CACHE_IMAGES / 'workload.tar'}", f"docker://{ref}"], timeout=180)
+    # node 2 pulls 127.0.0.1:5000/... like node 1: its loopback leads to the host's registry
+    lab.apply(_on_node2(lab, pod_manifest("pulled", ["/bin/sh", "-c", "echo pulled-$((6*7)); sleep 3600"],
+                                          image=ref, pull_policy="Always")), namespace)
+    pod = lab.wait_pod_running(namespace, "pulled", timeout=180)
+    digest = requests.head(f"https://{lab.registry}/v2/{repo}/manifests/{tag}",
+                           auth=(lab.registry_user, lab.registry_password), verify=lab.ca_cert,
+                           headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+                           timeout=30).headers["Docker-Content-Digest"]
+    assert pod["status"]["containerStatuses"][0]["imageID"].endswith(digest)
+    lab.wait_log(namespace, "pulled", r"pulled-42")
+    events = lab.kubectl("-n", namespace, "get", "events", "--field-selector",
+                         "involvedObject.name=pulled", "-o", "json").stdout
+    pulled = [e for e in json.loads(events)["items"] if e["reason"] == "Pulled"]
+    assert pulled and all(e["source"].get("host") == lab.node2_name for e in pulled)
+
+
+def test_pods_on_the_two_nodes_reach_each_other(lab: Lab, namespace: str) -> None:
+    token = uuid.uuid4().hex
+    serve = ["/bin/sh", "-c", f"mkdir -p /www && echo {token} >/www/t && exec httpd -f -p 8080 -h /www"]
+    lab.apply([_on_node2(lab, pod_manifest("web2", serve)), sleeper_pod("client1")], namespace)
+    web2 = lab.wait_pod_running(namespace, "web2")
+    client1 = lab.wait_pod_running(namespace, "client1")
+    assert client1["spec"]["nodeName"] == lab.node_name
+    ip = web2["status"]["podIP"]
+    # node 1's pod -> node 2's pod (across the lab bridge, proxy ARP and node 2's routing)
+    # (busybox nc: the static busybox's wget crashes in these images)
+    request = f'printf "GET /t HTTP/1.0\\r\\n\\r\\n" | nc -w 5 {ip} 8080'
+    got = ""
+    end = time.monotonic() + 30
+    while time.monotonic() < end and token not in got:
+        got = lab.kubectl("-n", namespace, "exec", "client1", "--", "/bin/sh", "-c", request,
+                          check=False).stdout
+        time.sleep(0.5)
+    assert token in got, got
+    # the API server (on the host) -> node 2's pod, through its pod proxy
+    proxied = lab.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/web2:8080/proxy/t")
+    assert proxied.stdout.strip() == token
+
+
+def _plugin(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    return subprocess.run([str(VENV_BIN / "kubectl-cedana"), *args], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def _helper_pod(lab: Lab, node: str) -> str:
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        pods = json.loads(lab.kubectl("-n", HELPER_NS, "get", "pods", "-l", HELPER_SELECTOR,
+                                      "-o", "json").stdout)["items"]
+        for p in pods:
+            statuses = p["status"].get("containerStatuses") or []
+            if p["spec"].get("nodeName") == node and p["metadata"].get("deletionTimestamp") is None \
+                    and statuses and all(s.get("ready") for s in statuses):
+                return str(p["metadata"]["name"])
+        time.sleep(1)
+    raise AssertionError(f"no ready helper pod on {node}")
+
+
+def _helper_get(lab: Lab, pod: str, path: str) -> Any:
+    out = lab.kubectl("get", "--raw", f"/api/v1/namespaces/{HELPER_NS}/pods/{pod}:1324/proxy{path}")
+    return json.loads(out.stdout)
+
+
+def test_helper_daemonset_runs_on_node2_with_node2s_mounts(lab: Lab, namespace: str) -> None:
+    lab.apply([_on_node2(lab, counter_pod("on-node2")), counter_pod("on-node1")], namespace)
+    lab.wait_pod_running(namespace, "on-node2")
+    assert lab.wait_pod_running(namespace, "on-node1")["spec"]["nodeName"] == lab.node_name
+    with helper_daemonset_lock():
+        present = lab.kubectl("-n", HELPER_NS, "get", "daemonset", "cedana-helper",
+                              check=False).returncode == 0
+        installed = _plugin(lab, "install")
+        try:
+            assert installed.returncode == 0, installed.stderr
+            helper1, helper2 = _helper_pod(lab, lab.node_name), _helper_pod(lab, lab.node2_name)
+            # through the API server's pod proxy to the helper on 10.88.0.2:1324
+            version = _helper_get(lab, helper2, "/version")
+            assert version["node"] == lab.node2_name
+            assert _helper_get(lab, helper1, "/version")["node"] == lab.node_name
+            # its /run/containerd is node 2's: it lists node 2's container and not node 1's
+            names2 = {c["sandbox_name"] for c in _helper_get(lab, helper2, f"/list/{namespace}")}
+            names1 = {c["sandbox_name"] for c in _helper_get(lab, helper1, f"/list/{namespace}")}
+            assert names2 == {"on-node2"}, names2
+            assert names1 == {"on-node1"}, names1
+            # the same for its own pod: node 2's helper container is in node 2's runc root
+            system2 = {c["sandbox_name"] for c in _helper_get(lab, helper2, f"/list/{HELPER_NS}")}
+            assert system2 == {helper2}, system2
+        finally:
+            if not present:  # leave the lab as this test found it
+                removed = _plugin(lab, "uninstall")
+                assert removed.returncode == 0, removed.stderr
