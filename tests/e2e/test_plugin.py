@@ -50,7 +50,8 @@ def test_install_checkpoint_restore_migrate(lab: Lab, namespace: str) -> None:
     assert installed.returncode == 0, installed.stderr
     pods = json.loads(lab.kubectl("-n", "cedana-system", "get", "pods", "-l",
                                   "app.kubernetes.io/name=cedana-helper", "-o", "json").stdout)
-    assert [p["spec"]["nodeName"] for p in pods["items"]] == [lab.node_name]
+    assert sorted(p["spec"]["nodeName"] for p in pods["items"]) == [lab.node_name,
+                                                                    lab.node2_name]
 
     lab.apply(counter_pod("counter", interval_ms=200), namespace)
     lab.wait_pod_running(namespace, "counter")
@@ -133,6 +134,68 @@ def test_rootfs_checkpoint_restore_and_migrate_with_files(lab: Lab, namespace: s
     numbers = [int(n) for n in lab.kubectl("-n", namespace, "exec", new_pod, "--", "cat",
                                            "/data/log").stdout.split()]
     assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= first + 10
+
+
+def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace: str) -> None:
+    """With a checkpoint registry: migrate to node 2, restore a remote checkpoint there with
+    --new-pod --node, list local and remote checkpoints, inspect, prune and rm."""
+    repo = f"{lab.registry}/cedana/plugin-{namespace}"
+    installed = cedana(lab, "install", "--checkpoint-repository", repo)
+    assert installed.returncode == 0, installed.stderr
+    node2 = lab.node2_name
+    lab.apply(counter_pod("walker", interval_ms=200), namespace)
+    lab.wait_pod_running(namespace, "walker")
+    lab.wait_log(namespace, "walker", r"count=\d\d")
+    before = max(_counts(lab.logs(namespace, "walker")))
+    migrated = cedana(lab, "-n", namespace, "migrate", "walker", "--to-node", node2,
+                      "--delete-source", "--compression", "lz4", "-o", "json")
+    assert migrated.returncode == 0, migrated.stderr
+    result = json.loads(migrated.stdout)
+    assert result["target"]["node"] == node2 and result["source"]["node"] == lab.node_name
+    assert result["bytes_moved"] > 0 and result["compression"] == "lz4"
+    assert result["remote"].startswith(repo + ":") and result["source_deleted"] is True
+    new_pod = result["target"]["pod"]
+    assert lab.pod(namespace, new_pod)["spec"]["nodeName"] == node2
+    first = int(lab.wait_log(namespace, new_pod, r"count=(\d+)").group(1))
+    assert first >= before
+    lab.wait_log(namespace, new_pod, rf"count={first + 3}\b")
+    assert lab.kubectl("-n", namespace, "get", "pod", "walker", check=False).returncode != 0
+    described = lab.kubectl("-n", namespace, "describe", "pod", new_pod).stdout
+    assert "Restored" in described and result["checkpoint_id"] in described
+
+    lab.apply(counter_pod("second", interval_ms=200), namespace)
+    lab.wait_pod_running(namespace, "second")
+    lab.wait_log(namespace, "second", r"count=\d\b")
+    ckpt = cedana(lab, "-n", namespace, "checkpoint", "second", "--leave-running",
+                  "--storage", "remote")
+    assert ckpt.returncode == 0, ckpt.stderr
+    ident = ckpt.stdout.strip()
+    restored = cedana(lab, "-n", namespace, "restore", ident, "--new-pod", "second-on-2",
+                      "--node", node2)
+    assert restored.returncode == 0, restored.stderr
+    assert lab.pod(namespace, "second-on-2")["spec"]["nodeName"] == node2
+    lab.wait_log(namespace, "second-on-2", r"count=\d+")
+
+    listed = json.loads(cedana(lab, "-n", namespace, "checkpoints", "ls", "-o", "json").stdout)
+    rows = {r["id"]: r for r in listed["items"]}
+    assert {result["checkpoint_id"], ident} <= set(rows)
+    assert rows[ident]["where"] == "local+remote" and rows[ident]["compression"] == "zstd"
+    assert rows[result["checkpoint_id"]]["compression"] == "lz4"
+    table = cedana(lab, "-n", namespace, "checkpoints", "ls").stdout.splitlines()
+    assert table[0].split()[-1] == "WHERE"
+    inspected = json.loads(cedana(lab, "-n", namespace, "checkpoints", "inspect", ident,
+                                  "-o", "json").stdout)
+    assert inspected["processes"][0]["name"] == "counter"
+    assert inspected["criu_stats"]["dump"]["pages_written"] > 0
+
+    dry = cedana(lab, "checkpoints", "prune", "--keep", "0", "--dry-run", "-o", "json")
+    assert dry.returncode == 0, dry.stderr
+    assert ident in {r["id"] for r in json.loads(dry.stdout)["items"]}
+    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", ident)
+    assert removed.returncode == 0, removed.stderr
+    assert "registry image" in removed.stdout
+    gone = json.loads(cedana(lab, "-n", namespace, "checkpoints", "ls", "-o", "json").stdout)
+    assert ident not in {r["id"] for r in gone["items"]}
 
 
 def test_error_paths(lab: Lab, namespace: str) -> None:
