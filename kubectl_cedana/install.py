@@ -46,6 +46,8 @@ KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"):
         ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     ("apps/v1", "DaemonSet"): ("/apis/apps/v1", "daemonsets", True),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"):
+        ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
 }
 _HOPELESS = {"ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff", "CrashLoopBackOff",
              "CreateContainerConfigError"}
@@ -285,7 +287,7 @@ def installed_objects(kube: KubeClient) -> list[dict[str, Any]]:
 
 def _deletion_order(obj: dict[str, Any]) -> int:
     order = ["DaemonSet", "Service", "ConfigMap", "RoleBinding", "Role", "ClusterRoleBinding",
-             "ClusterRole", "ServiceAccount", "Namespace"]
+             "ClusterRole", "ServiceAccount", "Namespace", "CustomResourceDefinition"]
     kind = str(obj.get("kind"))
     return order.index(kind) if kind in order else 0
 

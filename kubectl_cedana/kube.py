@@ -228,22 +228,24 @@ class KubeClient:
     # -- HTTP -----------------------------------------------------------------------------
     def send(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
              body: Any = None, content_type: str = "application/json",
-             timeout: Timeout = DEFAULT_TIMEOUT) -> HttpResponse:
-        """One HTTP request to the API server; raises only for transport failures."""
+             timeout: Timeout = DEFAULT_TIMEOUT,
+             headers: Mapping[str, str] | None = None) -> HttpResponse:
+        """One HTTP request to the API server; raises only for transport failures.
+        `headers` are added to the request (they reach a proxied pod)."""
         import urllib3
 
         url = self.host + path
         if query:
             url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        headers = {"Accept": "application/json", "User-Agent": "kubectl-cedana"}
-        headers.update(self._auth_headers())
+        sent = {"Accept": "application/json", "User-Agent": "kubectl-cedana", **(headers or {})}
+        sent.update(self._auth_headers())
         data: bytes | None = None
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-            headers["Content-Type"] = content_type
+            sent["Content-Type"] = content_type
         started = time.monotonic()
         try:
-            raw = self._pool.request(method, url, body=data, headers=headers,
+            raw = self._pool.request(method, url, body=data, headers=sent,
                                      timeout=self._timeout(timeout), preload_content=True,
                                      retries=urllib3.Retry(total=1, connect=1, read=0,
                                                            status=0, redirect=0))

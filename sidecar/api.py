@@ -11,12 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sidecar import lifecycle, store, version, versions
+from sidecar.authz import AuthorizationMiddleware, GrantVerifier, RoutePolicy
 from sidecar.catalogue import Catalogue
 from sidecar.checkpoint import CheckpointResult, checkpoint_container
 from sidecar.config import HelperConfig
@@ -123,9 +124,12 @@ def _root(config: HelperConfig, requested: str | None) -> Path:
 def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
                checkpoint_fn: CheckpointFn = checkpoint_container,
                restore_fn: RestoreFn = restore_into,
-               kube: KubeAPI | None | bool = True) -> FastAPI:
+               kube: KubeAPI | None | bool = True,
+               verifier: GrantVerifier | None = None) -> FastAPI:
     """The helper's ASGI application for one configuration. `kube` True: connect to the
-    Kubernetes API as configured (for Events); None/False: no API."""
+    Kubernetes API as configured (for Events); None/False: no API. `verifier` checks callers'
+    CheckpointAccess grants (sidecar/authz.py); None trusts every caller, as
+    `--authorization none` does."""
     locks = locks if locks is not None else ContainerLocks()
     kube_api: KubeAPI | None = (KubeAPI.connect(config.kubeconfig, config.node_name)
                                 if kube is True else kube or None)
@@ -134,10 +138,12 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
     catalogue = Catalogue(config.checkpoint_dir)
 
     app = FastAPI(title="cedana-helper", version=version, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, dependencies=[Depends(RoutePolicy(config))])
     _install_error_handlers(app)
     # the last added is the outermost: log every request, including those refused for size
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    # callers without a valid grant get 401 before their body is even read
+    app.add_middleware(AuthorizationMiddleware, verifier=verifier)
     app.add_middleware(RequestLogMiddleware)
 
     @app.get("/healthz")

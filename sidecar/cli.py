@@ -62,13 +62,17 @@ def main() -> None:
               type=click.IntRange(0), help="Retention: keep at most N per container (0: all).")
 @click.option("--max-total-bytes", default=0, show_default=True, type=click.IntRange(0),
               help="Retention: local checkpoints of this node in at most B bytes (0: no limit).")
+@click.option("--authorization", default="kubernetes", show_default=True,
+              type=click.Choice(["kubernetes", "none"]),
+              help="kubernetes: act only for callers holding a CheckpointAccess grant of the "
+                   "namespace (docs/security.md); none: trust every caller (tests on loopback).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
           criu_path: str, criu_runc_config: Path, ctr_path: str, docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
-          max_total_bytes: int, log_level: str) -> None:
+          max_total_bytes: int, authorization: str, log_level: str) -> None:
     """Serve the REST API."""
     import uvicorn
 
@@ -85,7 +89,13 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
         max_checkpoints_per_container=max_checkpoints_per_container,
         max_total_bytes=max_total_bytes,
     )
-    app = create_app(config)
+    from sidecar.authz import build_verifier
+
+    try:
+        verifier = build_verifier(authorization, config.kubeconfig, config.node_name)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    app = create_app(config, verifier=verifier)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
                 log_level=log_level.lower())
 

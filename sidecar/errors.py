@@ -176,6 +176,27 @@ class ImageUnsupported(HelperError, ValueError):
     status = 422
 
 
+class Unauthenticated(HelperError):
+    """No proof of who may act (or a proof Kubernetes does not vouch for)."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class Forbidden(HelperError):
+    """A valid proof, but not for the namespace the request acts on."""
+
+    code = "forbidden"
+    status = 403
+
+
+class AuthorizationUnavailable(HelperError):
+    """The Kubernetes API that vouches for callers cannot be asked right now."""
+
+    code = "authorization_unavailable"
+    status = 503
+
+
 ALL_ERRORS: tuple[type[HelperError], ...] = (
     InvalidRequest, PathOutsideCheckpointDir, NotFound, MethodNotAllowed, BodyTooLarge,
     ContainerNotFound, CheckpointNotFound, ContainerAmbiguous, ContainerNotRunning,
@@ -183,4 +204,5 @@ ALL_ERRORS: tuple[type[HelperError], ...] = (
     IoUringUnsupported, CheckpointCorrupted, DumpFailed, RestoreFailed, ToolFailed,
     NotImplementedYet, InternalError, RegistryAuthFailed, ImageNotFound, ImageMismatch,
     RegistryUnreachable, RegistryError, ContainerdUnavailable, ImageUnsupported,
+    Unauthenticated, Forbidden, AuthorizationUnavailable,
 )

@@ -73,9 +73,11 @@ def start_helper(name: str, checkpoint_dir: Path | None = None, *,
     cdir.mkdir(parents=True, exist_ok=True)
     log_path = LAB_DIR / "logs" / f"test-helper-{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    extra = list(extra_args or [])
+    if "--authorization" not in extra:  # plain requests from the tests: trust them (loopback)
+        extra += ["--authorization", "none"]
     cmd = [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
-           str(port), "--checkpoint-dir", str(cdir), "--runtime-root", RUNC_ROOT,
-           *(extra_args or [])]
+           str(port), "--checkpoint-dir", str(cdir), "--runtime-root", RUNC_ROOT, *extra]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "NODE_NAME": "cedana-lab-node1",

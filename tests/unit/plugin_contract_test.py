@@ -47,7 +47,8 @@ def real_helper(tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
          str(port), "--checkpoint-dir", str(tmp_path / "checkpoints"), "--runtime-root",
-         str(tmp_path / "runc"), "--criu-runc-config", str(tmp_path / "criu-runc.conf")],
+         str(tmp_path / "runc"), "--criu-runc-config", str(tmp_path / "criu-runc.conf"),
+         "--authorization", "none"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, NODE_NAME="node1", PYTHONPATH=str(REPO)))
     url = f"http://127.0.0.1:{port}"

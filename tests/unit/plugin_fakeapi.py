@@ -217,6 +217,7 @@ class FakeCluster:
         self.helpers: dict[str, FakeHelper] = {}
         self.forwarded: dict[str, ForwardingHelper] = {}  # nodes served by a real helper
         self.requests: list[Request] = []
+        self.grant_requests: list[Request] = []
         self.forbidden: list[tuple[str, str]] = []  # (method, path regex)
         self.unreachable: set = set()  # helper nodes whose proxy gives 503
         self.denied_reviews: set = set()  # (verb, resource, subresource, namespace)
@@ -257,7 +258,10 @@ class FakeCluster:
 
     # -- request handling -------------------------------------------------------------------
     def handle(self, req: Request) -> tuple[int, Any]:
-        self.requests.append(req)
+        # CheckpointAccess grants go beside every helper call; tests of the call order look
+        # at the rest
+        (self.grant_requests if req.path.startswith("/apis/cedana.io/")
+         else self.requests).append(req)
         if self.token is not None and req.peer_cert is None and \
                 req.headers.get("authorization") != f"Bearer {self.token}":
             return 401, status(401, "Unauthorized", "Unauthorized")

@@ -64,9 +64,11 @@ def test_package_manifests_are_deploy_base() -> None:
 def test_objects_kinds_and_labels() -> None:
     objects = base_objects()
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
-        ("Namespace", "cedana-system"), ("ServiceAccount", "cedana-helper"),
-        ("ClusterRole", "cedana-helper"), ("ClusterRoleBinding", "cedana-helper"),
-        ("DaemonSet", "cedana-helper")]
+        ("Namespace", "cedana-system"),
+        ("CustomResourceDefinition", "checkpointaccesses.cedana.io"),
+        ("ServiceAccount", "cedana-helper"), ("Role", "cedana-helper-client"),
+        ("ClusterRole", "cedana-checkpointer"), ("ClusterRole", "cedana-helper"),
+        ("ClusterRoleBinding", "cedana-helper"), ("DaemonSet", "cedana-helper")]
     for obj in objects:
         assert (obj["apiVersion"], obj["kind"]) in install.KINDS
         assert obj["metadata"]["labels"].items() >= LABELS.items(), obj["kind"]
@@ -78,12 +80,14 @@ def test_objects_kinds_and_labels() -> None:
 
 
 def test_rbac_of_the_helper() -> None:
-    role = next(o for o in base_objects() if o["kind"] == "ClusterRole")
+    role = next(o for o in base_objects()
+                if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "cedana-helper")
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
     assert {("", "pods", "get"), ("", "pods", "list"), ("", "events", "create"),
             ("authentication.k8s.io", "tokenreviews", "create"),
-            ("authorization.k8s.io", "subjectaccessreviews", "create")} <= granted
+            ("authorization.k8s.io", "subjectaccessreviews", "create"),
+            ("cedana.io", "checkpointaccesses", "get")} <= granted
     binding = next(o for o in base_objects() if o["kind"] == "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cedana-helper",
                                     "namespace": "cedana-system"}]
@@ -173,7 +177,12 @@ def test_dry_run_json_is_a_list_and_table_names_objects() -> None:
     assert doc["kind"] == "List" and doc["items"] == base_objects()
     table = run_cli(None, "install", "--dry-run").stdout.splitlines()
     assert table == ["namespace/cedana-system created (dry run)",
+                     ("customresourcedefinition.apiextensions.k8s.io/checkpointaccesses.cedana.io"
+                      " created (dry run)"),
                      "serviceaccount/cedana-helper created (dry run)",
+                     "role.rbac.authorization.k8s.io/cedana-helper-client created (dry run)",
+                     ("clusterrole.rbac.authorization.k8s.io/cedana-checkpointer created "
+                      "(dry run)"),
                      "clusterrole.rbac.authorization.k8s.io/cedana-helper created (dry run)",
                      ("clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created "
                       "(dry run)"),
@@ -203,7 +212,11 @@ def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster
     first = run_cli(kubeconfig, "install")
     assert first.exit_code == 0, first.stderr
     assert first.stdout.splitlines() == [
-        "namespace/cedana-system created", "serviceaccount/cedana-helper created",
+        "namespace/cedana-system created",
+        "customresourcedefinition.apiextensions.k8s.io/checkpointaccesses.cedana.io created",
+        "serviceaccount/cedana-helper created",
+        "role.rbac.authorization.k8s.io/cedana-helper-client created",
+        "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer created",
         "clusterrole.rbac.authorization.k8s.io/cedana-helper created",
         "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created",
         "daemonset.apps/cedana-helper created", "helper ready on 1/1 nodes"]
@@ -214,10 +227,10 @@ def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster
     second = run_cli(kubeconfig, "install", "-o", "json")
     doc = json.loads(second.stdout)
     assert doc["kind"] == "Install" and doc["image"] == IMAGE
-    assert [o["action"] for o in doc["objects"]] == ["unchanged"] * 5
+    assert [o["action"] for o in doc["objects"]] == ["unchanged"] * 8
     assert doc["ready"] == {"ready": 1, "desired": 1}
     third = run_cli(kubeconfig, "install", "--image", "other/helper:2", "--no-wait")
-    assert third.stdout.splitlines()[-1] == "daemonset.apps/cedana-helper configured"
+    assert "daemonset.apps/cedana-helper configured" in third.stdout.splitlines()
     ds = cluster.objects["/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper"]
     assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "other/helper:2"
 
@@ -227,7 +240,7 @@ def test_server_dry_run_persists_nothing(cluster: FakeCluster, kubeconfig: Path)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "namespace/cedana-system created (server dry run)"
-    assert lines[1] == ("serviceaccount/cedana-helper created (server dry run; not validated: "
+    assert lines[2] == ("serviceaccount/cedana-helper created (server dry run; not validated: "
                         "its namespace does not exist yet)")
     assert cluster.objects == {}
     assert all(r.query.get("dryRun") == ["All"] for r in cluster.requests if r.method == "PATCH")
@@ -236,14 +249,17 @@ def test_server_dry_run_persists_nothing(cluster: FakeCluster, kubeconfig: Path)
 def test_uninstall_removes_everything_by_label(cluster: FakeCluster, kubeconfig: Path) -> None:
     assert run_cli(kubeconfig, "install").exit_code == 0
     dry = run_cli(kubeconfig, "uninstall", "--dry-run")
-    assert dry.exit_code == 0 and len(cluster.objects) == 5
+    assert dry.exit_code == 0 and len(cluster.objects) == 8
     result = run_cli(kubeconfig, "uninstall")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
         "daemonset.apps/cedana-helper deleted",
+        "role.rbac.authorization.k8s.io/cedana-helper-client deleted",
         "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper deleted",
+        "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer deleted",
         "clusterrole.rbac.authorization.k8s.io/cedana-helper deleted",
-        "serviceaccount/cedana-helper deleted", "namespace/cedana-system deleted"]
+        "serviceaccount/cedana-helper deleted", "namespace/cedana-system deleted",
+        "customresourcedefinition.apiextensions.k8s.io/checkpointaccesses.cedana.io deleted"]
     assert cluster.objects == {}
     assert not [k for k in cluster.pods if k[0] == HELPER_NS]
     selectors = {r.query.get("labelSelector", [""])[0] for r in cluster.requests
