@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.e2e.helper import HelperProcess, start_helper, stop_helper
-from tests.e2e.lab import CONTAINERD_SOCK, Lab, pod_manifest, run, sleeper_pod
+from tests.e2e.lab import CONTAINERD_SOCK, LAB_DIR, Lab, pod_manifest, run, sleeper_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -276,6 +276,14 @@ def test_push_without_or_with_wrong_node_credentials_is_refused_and_loses_nothin
         assert "running" in status["state"] and status["restartCount"] == 0
         lab.wait_log(namespace, "busy", rf"count={before + 10}\b")
         assert helper.alive()
+    # containerd's own registry configuration is a source of the node's credentials too
+    from_containerd = helper_with("ctrcreds", [
+        "--docker-config", str(tmp_path / "none.json"),
+        "--containerd-config", str(LAB_DIR / "containerd.toml")])
+    answer = from_containerd.post("/checkpoint/rootfs", body)
+    assert answer.status_code == 200, answer.text
+    assert _registry(lab, "HEAD", f"rootfs/{namespace}/manifests/nocreds",
+                     headers={"Accept": MANIFEST_ACCEPT}).status_code == 200
 
 
 def test_push_with_a_docker_credential_helper(lab: Lab, namespace: str, helper_with: Any,
