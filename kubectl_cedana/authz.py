@@ -100,7 +100,6 @@ class GrantBook:
         self._lock = threading.Lock()
         self._unsupported = False  # the cluster has no CheckpointAccess kind
         self._widened = False
-        self._release_registered = False
 
     # -- making grants --------------------------------------------------------------------
     def _fresh(self, grant: Grant | None) -> bool:
@@ -139,9 +138,6 @@ class GrantBook:
         with self._lock:
             old = self._grants.get(namespace)
             self._grants[namespace] = grant
-            if not self._release_registered:
-                atexit.register(self.release)
-                self._release_registered = True
         if old is not None:
             self._delete(old)
         return grant
@@ -251,6 +247,19 @@ class GrantBook:
             return list(self._grants.values())
 
 
+def _release_at_end(book: GrantBook) -> None:
+    """Delete the grants when the command ends (its click context closes), or at exit."""
+    atexit.register(book.release)
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:
+        ctx = None
+    if ctx is not None:
+        ctx.find_root().call_on_close(book.release)
+
+
 def grant_book(kube: KubeClient) -> GrantBook:
     """The one GrantBook of this KubeClient (so of this command)."""
     with _books_lock:
@@ -258,6 +267,7 @@ def grant_book(kube: KubeClient) -> GrantBook:
         if not isinstance(book, GrantBook):
             book = GrantBook(kube)
             kube._cedana_grant_book = book  # type: ignore[attr-defined]
+            _release_at_end(book)
         return book
 
 

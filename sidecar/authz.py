@@ -168,7 +168,8 @@ class GrantVerifier:
                 "no proof of access: the helper acts only for callers Kubernetes vouches for. "
                 "Send X-Cedana-Grants (NAMESPACE/NAME of CheckpointAccess objects you created) "
                 "and X-Cedana-Proof (the secret whose sha256 is their spec.proofSHA256); "
-                "kubectl cedana does this for you (docs/security.md)")
+                "kubectl cedana does this for you once the CheckpointAccess kind is installed "
+                "(kubectl cedana install; docs/security.md)")
         refs = parse_grants(grants_value)
         if not refs:
             raise Unauthenticated("X-Cedana-Grants names no grant")
@@ -311,6 +312,8 @@ def filter_catalogue(body: bytes, access: Access) -> bytes:
     if isinstance(data, dict) and isinstance(data.get("checkpoints"), list):
         kept = [e for e in data["checkpoints"]
                 if isinstance(e, dict) and access.may(str(e.get("namespace") or ""))]
+        # how many were left out (never whose): a client may then ask with more grants
+        data["hidden"] = len(data["checkpoints"]) - len(kept)
         data["checkpoints"] = kept
         return json.dumps(data).encode()
     return body
