@@ -25,7 +25,6 @@ from bench.procs import BenchError, loadavg, run
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "docker.io/cedana-lab/workload:1"
 IMAGE_TAR = Path("/var/cache/kubectl-cedana/images/workload.tar")
-CHECKPOINT_DIR = Path("/var/lib/cedana/checkpoints")
 INTERVAL_MS = 10
 ATTEMPTS = 2
 
@@ -102,9 +101,9 @@ def compression_input(cluster: Cluster | None, helper: HelperRest | None, runc: 
     """A real checkpoint of memhog: the helper's own when the cluster is in this run."""
     if cluster and helper:
         _ms, _size, checkpoint_id = helper.checkpoint(mib, 0)
-        path = CHECKPOINT_DIR / checkpoint_id
+        path = helper.checkpoint_dir(checkpoint_id)
         return (f"the helper's checkpoint of memhog {mib} MiB (`{path.name}/`, all files)",
-                extras.checkpoint_files(path), lambda: cluster.delete_checkpoint(checkpoint_id))
+                extras.checkpoint_files(path), lambda: helper.delete_checkpoint(checkpoint_id))
     if runc:
         _ms, _size, images = runc.checkpoint(mib, 99)
         return (f"bare runc checkpoint of memhog {mib} MiB", extras.checkpoint_files(images),
@@ -139,13 +138,24 @@ def main() -> int:
     if cluster:
         try:
             cluster.setup()
-            if "a" in wanted:
-                methods["a"] = PluginEndToEnd(cluster)
-            if "b" in wanted:
-                methods["b"] = HelperRest(cluster)
         except BenchError as exc:
-            results["method_errors"]["a"] = results["method_errors"]["b"] = str(exc)
+            for name in ("a", "b"):
+                results["method_errors"][name] = str(exc)
             cluster = None
+    if cluster and "a" in wanted:
+        try:  # (a) needs the helper DaemonSet; it is installed if missing and left installed
+            cluster.ensure_helper()
+            methods["a"] = PluginEndToEnd(cluster)
+        except BenchError as exc:
+            results["method_errors"]["a"] = str(exc)
+    if cluster and "b" in wanted:
+        helper = HelperRest(cluster, work)
+        try:
+            helper.setup()
+            methods["b"] = helper
+        except BenchError as exc:
+            results["method_errors"]["b"] = str(exc)
+            helper.teardown()
     runc = BareRunc(work, IMAGE_TAR, INTERVAL_MS) if "c" in wanted else None
     podman = Podman(work, IMAGE_TAR, IMAGE, INTERVAL_MS) if "d" in wanted else None
     for method in (runc, podman):
@@ -190,8 +200,11 @@ def main() -> int:
                         except (BenchError, OSError, ValueError, KeyError) as exc:
                             cell["failures"].append(f"{type(exc).__name__}: {exc}"[:600])
                             say(f"{mib} MiB ({name}) run {run_no} failed: {exc}")
-                            if cluster and name in ("a", "b"):
-                                cluster.ensure_helper()
+                            if cluster and name == "a":
+                                try:
+                                    cluster.ensure_helper()
+                                except BenchError as again:
+                                    say(f"helper DaemonSet: {again}")
                             continue
                         for key, value in figures.items():
                             cell[key].append(value)

@@ -1,6 +1,5 @@
-"""(a) `kubectl cedana checkpoint/restore --into` end to end and (b) the same helper's REST
-calls alone (POST /checkpoint and /restore straight to the in-cluster helper DaemonSet pod on
-the node address, without the plugin and the API server's pod proxy).
+"""(a) `kubectl cedana checkpoint/restore --into` end to end and (b) the helper's REST calls
+alone (POST /checkpoint and /restore to a helper of this checkout run as a host process).
 
 Both checkpoint a memhog pod with leave_running and restore into a sleeping placeholder pod
 made beforehand (outside the timing), as `migrate` does."""
@@ -8,6 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +25,7 @@ SLEEP_CMD = ["/bin/sh", "-c", "while true; do sleep 3600; done"]
 RUNC_ROOT = "/run/containerd/runc/k8s.io"
 HELPER_NS = "cedana-system"
 HELPER_PORT = 1324
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Cluster:
@@ -33,6 +38,8 @@ class Cluster:
         self.image = image
         self.interval_ms = interval_ms
         self.namespace = f"cedana-bench-{uuid.uuid4().hex[:6]}"
+        # this machine's own node (the lab may have more): its kubelet's log files are local
+        self.node = os.environ.get("BENCH_NODE", "cedana-lab-node1")
         self.helper_url = ""
         self.helper_version: dict[str, Any] = {}
         self.sources: dict[int, str] = {}
@@ -47,7 +54,6 @@ class Cluster:
         return ["kubectl", "cedana", "-n", self.namespace, *args]
 
     def setup(self) -> None:
-        self.ensure_helper()
         self.kubectl("create", "namespace", self.namespace)
 
     def ensure_helper(self) -> None:
@@ -57,9 +63,10 @@ class Cluster:
                                        "app.kubernetes.io/name=cedana-helper", "-o",
                                        "json").stdout)["items"]
         ready = [p for p in pods if p.get("status", {}).get("podIP")
+                 and p["spec"].get("nodeName") == self.node
                  and not p["metadata"].get("deletionTimestamp")]
         if not ready:
-            raise BenchError("the helper DaemonSet has no ready pod")
+            raise BenchError(f"the helper DaemonSet has no ready pod on node {self.node}")
         self.helper_url = f"http://{ready[0]['status']['podIP']}:{HELPER_PORT}"
         wait_for("helper /healthz", self._healthy, timeout=60)
         self.helper_version = requests.get(self.helper_url + "/version", timeout=10).json()
@@ -73,6 +80,7 @@ class Cluster:
     def pod(self, name: str, command: list[str]) -> dict[str, Any]:
         return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
                 "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
+                         "nodeName": self.node,  # the node whose logs and helper we read
                          "containers": [{"name": "main", "image": self.image,
                                          "imagePullPolicy": "Never", "command": command}]}}
 
@@ -84,8 +92,10 @@ class Cluster:
                  timeout=300, interval=0.5)
 
     def _all_running(self, names: list[str]) -> bool:
-        items = json.loads(self.kubectl("-n", self.namespace, "get", "pods", "-o",
-                                        "json").stdout)["items"]
+        listed = self.kubectl("-n", self.namespace, "get", "pods", "-o", "json", check=False)
+        if listed.returncode != 0:  # e.g. the API server restarting: ask again
+            return False
+        items = json.loads(listed.stdout)["items"]
         state = {p["metadata"]["name"]: p for p in items}
         for name in names:
             statuses = state.get(name, {}).get("status", {}).get("containerStatuses") or []
@@ -132,18 +142,6 @@ class Cluster:
             self.kubectl("-n", self.namespace, "delete", "pod", *names, "--grace-period=0",
                          "--force", "--wait=true", check=False, timeout=300)
 
-    def delete_checkpoint(self, checkpoint_id: str) -> None:
-        try:
-            requests.delete(f"{self.helper_url}/checkpoints/{checkpoint_id}", timeout=60)
-        except requests.RequestException:
-            pass
-
-    def helper_post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = requests.post(self.helper_url + route, json=body, timeout=600)
-        if response.status_code != 200:
-            raise BenchError(f"helper {route}: {response.status_code} {response.text[:1500]}")
-        return response.json()
-
     def restore_probe(self, placeholder: str) -> FileProbe:
         log = self.log_path(placeholder)
         offset = log.stat().st_size if log.exists() else 0
@@ -182,8 +180,9 @@ class PluginEndToEnd:
             return until_ready(lambda: run(self.cluster.cedana("restore", checkpoint_id,
                                                                "--into", target, "-o", "json"),
                                            env=self.cluster.env), probe)
-        finally:
-            self.cluster.delete_checkpoint(checkpoint_id)
+        finally:  # through the plugin: the helper may accept only callers with grants
+            run(self.cluster.cedana("checkpoints", "rm", checkpoint_id), env=self.cluster.env,
+                check=False)
             self.cluster.delete_pods([target])
 
     def stop_source(self, mib: int) -> None:
@@ -194,16 +193,63 @@ class PluginEndToEnd:
 
 
 class HelperRest:
-    """(b): the helper's POST /checkpoint and POST /restore alone."""
+    """(b): the helper's POST /checkpoint and POST /restore alone, sent to a helper that the
+    benchmark runs as a host process on 127.0.0.1 (as tests/e2e/helper.py does), from this
+    checkout, with `--authorization none`: no kubectl, no plugin, no API server, and no
+    dependence on the shared DaemonSet pod that other users reinstall."""
 
     name = "b"
     label = "helper REST"
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, work: Path) -> None:
         self.cluster = cluster
+        self.work = work / "helper"
+        self.url = ""
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def setup(self) -> None:
-        return None
+        self.work.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        args = [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
+                str(port), "--checkpoint-dir", str(self.work / "checkpoints"),
+                "--runtime-root", RUNC_ROOT, "--criu", "/usr/local/sbin/criu"]
+        usage = run([sys.executable, "-m", "sidecar.cli", "serve", "--help"]).stdout
+        if "--authorization" in usage:
+            args += ["--authorization", "none"]
+        (self.work / "checkpoints").mkdir(exist_ok=True)
+        with open(self.work / "helper.log", "ab") as log:
+            self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "NODE_NAME": self.cluster.node},
+                                         start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError("the host helper exited: "
+                                 + (self.work / "helper.log").read_text()[-1500:])
+            try:
+                return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for("the host helper", healthy, timeout=60)
+
+    def post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = requests.post(self.url + route, json=body, timeout=600)
+        if response.status_code != 200:
+            raise BenchError(f"helper {route}: {response.status_code} {response.text[:1500]}")
+        return response.json()
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        try:
+            requests.delete(f"{self.url}/checkpoints/{checkpoint_id}", timeout=60)
+        except requests.RequestException:
+            pass
+
+    def checkpoint_dir(self, checkpoint_id: str) -> Path:
+        return self.work / "checkpoints" / checkpoint_id
 
     def start_source(self, mib: int) -> None:
         return None
@@ -214,7 +260,7 @@ class HelperRest:
 
     def checkpoint(self, mib: int, run_no: int) -> tuple[float, int, str]:
         start = time.monotonic()
-        body = self.cluster.helper_post("/checkpoint", {
+        body = self.post("/checkpoint", {
             "checkpoint_data": {**self.data(self.cluster.sources[mib]), "checkpoint_path": ""},
             "leave_running": True})
         ms = (time.monotonic() - start) * 1000.0
@@ -224,15 +270,22 @@ class HelperRest:
         target = self.cluster.placeholder(self.name, mib)
         probe = self.cluster.restore_probe(target)
         try:
-            return until_ready(lambda: self.cluster.helper_post("/restore", {
+            return until_ready(lambda: self.post("/restore", {
                 "checkpoint_data": {**self.data(target), "checkpoint_id": checkpoint_id}}),
                 probe)
         finally:
-            self.cluster.delete_checkpoint(checkpoint_id)
+            self.delete_checkpoint(checkpoint_id)
             self.cluster.delete_pods([target])
 
     def stop_source(self, mib: int) -> None:
         return None
 
     def teardown(self) -> None:
-        return None
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(15)
+        shutil.rmtree(self.work / "checkpoints", ignore_errors=True)

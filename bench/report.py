@@ -228,9 +228,11 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         "`kubectl cedana restore ID --into PLACEHOLDER -o json`, through the real kubectl, the "
         "API server's pod proxy and the helper DaemonSet pod (the helper's defaults: "
         "freeze → dump → rootfs diff → thaw, sha256 manifest, fsync).")
-    add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) sent "
-        "by the benchmark straight to the same in-cluster helper pod on the node address "
-        "(hostNetwork, 10.88.0.1:1324): no kubectl, no plugin, no API server.")
+    add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) "
+        "sent by the benchmark to a helper of this checkout that it runs as a host process on "
+        "127.0.0.1 (`cedana-helper serve --authorization none`, as tests/e2e/helper.py does): "
+        "the same code as the DaemonSet's image, without kubectl, the plugin, the API server "
+        "and the pod proxy.")
     add("- **(c) bare runc**: an OCI bundle made from the workload image's layers, "
         "`runc run -d`, `runc checkpoint --leave-running --manage-cgroups-mode soft "
         "--ext-unix-sk --file-locks` (link-remap through /etc/criu/runc.conf, as the helper "
