@@ -184,11 +184,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Co
 
 # -- helpers for commands ---------------------------------------------------------------------
 def connect(settings: Settings) -> KubeClient:
-    from kubectl_cedana.authz import grant_book
-
-    kube = KubeClient(settings)  # the Kubernetes client is imported here, not before
-    grant_book(kube)  # made here, in the command's context: its grants go when it ends
-    return kube
+    return KubeClient(settings)  # the Kubernetes client is imported here, not before
 
 
 def progress(settings: Settings, text: str = "") -> Progress:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from kubectl_cedana.authz import send_with_grants
+from kubectl_cedana.authz import send_with_proof
 from kubectl_cedana.errors import (
     CedanaError,
     HelperError,
@@ -126,8 +126,8 @@ class HelperClient:
     def call(self, method: str, route: str, *, query: Mapping[str, Any] | None = None,
              body: Any = None, timeout: Timeout = SHORT_TIMEOUT) -> Any:
         path = self.proxy_path(route)
-        response = send_with_grants(self.kube, method, path, route, query=query, body=body,
-                                    timeout=timeout)
+        response = send_with_proof(self.kube, method, path, route, query=query, body=body,
+                                   timeout=timeout)
         if response.status < 400:
             return response.json_or_none()
         payload = response.json_or_none()

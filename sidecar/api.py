@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sidecar import lifecycle, store, version, versions
-from sidecar.authz import AuthorizationMiddleware, GrantVerifier, RoutePolicy
+from sidecar.authz import AuthorizationMiddleware, CallerVerifier, RoutePolicy
 from sidecar.catalogue import Catalogue
 from sidecar.checkpoint import CheckpointResult, checkpoint_container
 from sidecar.config import HelperConfig
@@ -125,10 +125,10 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
                checkpoint_fn: CheckpointFn = checkpoint_container,
                restore_fn: RestoreFn = restore_into,
                kube: KubeAPI | None | bool = True,
-               verifier: GrantVerifier | None = None) -> FastAPI:
+               verifier: CallerVerifier | None = None) -> FastAPI:
     """The helper's ASGI application for one configuration. `kube` True: connect to the
-    Kubernetes API as configured (for Events); None/False: no API. `verifier` checks callers'
-    CheckpointAccess grants (sidecar/authz.py); None trusts every caller, as
+    Kubernetes API as configured (for Events); None/False: no API. `verifier` checks who calls
+    and what they may do (sidecar/authz.py); None trusts every caller, as
     `--authorization none` does."""
     locks = locks if locks is not None else ContainerLocks()
     kube_api: KubeAPI | None = (KubeAPI.connect(config.kubeconfig, config.node_name)

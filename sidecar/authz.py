@@ -1,17 +1,27 @@
-"""Who may ask the helper to act, and on which namespaces (docs/security.md).
+"""Who may ask the helper to act, and on what (docs/security.md).
 
-The API server's pod proxy drops the caller's `Authorization` header, so the caller's identity
-cannot reach the helper. Instead a caller proves what Kubernetes lets it do: it creates a
-CheckpointAccess object (cedana.io/v1alpha1) in a namespace - RBAC decides who may - whose spec
-holds the sha256 of a random secret, and sends, on every request:
+The API server's pod proxy drops the caller's `Authorization` header, so the caller's
+credentials never reach the helper. The caller therefore has the API server record who it is:
+it creates a CertificateSigningRequest whose `spec.signerName` is
+`cedana.io/caller-proof-<sha256 of a random secret>` - the API server itself fills in
+`spec.username`, `groups`, `uid` and `extra` from the credentials it authenticated (token, client
+certificate, anything), and the spec can never change afterwards. Nobody signs it: the signer
+name is ours and the request's key was thrown away. On every request the caller sends
 
-    X-Cedana-Grants: NAMESPACE/NAME[,NAMESPACE/NAME...]
-    X-Cedana-Proof: SECRET
+    X-Cedana-Caller: CSR_NAME        X-Cedana-Proof: SECRET
 
-The helper reads each named object with its own service account and accepts it when it exists,
-was never modified (generation 1), is not older than its ttlSeconds (at most MAX_TTL_S) and its
-digest matches the secret. A request may then act on, and see the checkpoints of, exactly the
-namespaces of the grants it holds: no grant is 401, a grant for another namespace is 403.
+The helper reads the CSR with its own service account, checks the secret against the signer
+name and the CSR's age, and then asks the API server, as the kubelet does, with a
+SubjectAccessReview in that identity's name whether it may do what the request does:
+
+    checkpoint a pod of NS          create checkpoints.cedana.io           in NS
+    restore into a pod of NS        create checkpoints.cedana.io/restore   in NS
+    ... from a checkpoint of NS2    get    checkpoints.cedana.io           in NS2
+    see checkpoints of NS           list   checkpoints.cedana.io           in NS (catalogue filter)
+    inspect / delete one of NS      get / delete checkpoints.cedana.io     in NS
+    list the containers of NS       list   pods                            in NS
+
+No proof (or one Kubernetes does not vouch for) is 401; a proof without the permission is 403.
 """
 from __future__ import annotations
 
@@ -23,7 +33,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,55 +58,103 @@ from sidecar.paths import confine
 log = logging.getLogger(__name__)
 
 GROUP = "cedana.io"
-VERSION = "v1alpha1"
-PLURAL = "checkpointaccesses"
-KIND = "CheckpointAccess"
-GRANTS_HEADER = "x-cedana-grants"
+SIGNER_PREFIX = "cedana.io/caller-proof-"
+CALLER_HEADER = "x-cedana-caller"
 PROOF_HEADER = "x-cedana-proof"
-PERMISSION = f"create {PLURAL}.{GROUP}"
-
 #: answered to anyone: kubelet's probes and a version check carry no proof
 OPEN_PATHS = frozenset({"/healthz", "/version"})
-MAX_TTL_S = 3600
+#: a caller proof is accepted this long after its CSR was created (the plugin makes a new one
+#: per command, and again after PROOF_TTL_S - 2 min)
+PROOF_TTL_S = 15 * 60
 #: the API server's clock and ours may disagree a little
 CLOCK_SKEW_S = 60
-#: a verified grant is trusted again without asking the API server for this long
-CACHE_S = 15.0
-MAX_GRANTS = 256
+#: verified proofs and review answers are trusted again without asking for this long
+CACHE_S = 10.0
 MODES = ("kubernetes", "none")
 
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_CSR_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
-class Access:
-    """What one request may do: `namespaces=None` is everything (`--authorization none`)."""
+class Permission:
+    """One SubjectAccessReview question: may the caller `verb` `resource` in `namespace`?"""
 
-    namespaces: frozenset[str] | None
+    verb: str
+    resource: str
+    group: str = GROUP
+    subresource: str = ""
+
+    def describe(self, namespace: str) -> str:
+        what = self.resource + (f".{self.group}" if self.group else "") + \
+            (f"/{self.subresource}" if self.subresource else "")
+        return f"{self.verb} {what} in namespace {namespace}"
+
+
+CHECKPOINT = Permission("create", "checkpoints")
+RESTORE = Permission("create", "checkpoints", subresource="restore")
+READ_CHECKPOINT = Permission("get", "checkpoints")
+LIST_CHECKPOINTS = Permission("list", "checkpoints")
+DELETE_CHECKPOINT = Permission("delete", "checkpoints")
+LIST_PODS = Permission("list", "pods", group="")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who the API server says created the caller's proof."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def review_user(self) -> dict[str, Any]:
+        return {"user": self.username, "uid": self.uid, "groups": list(self.groups),
+                "extra": {k: list(v) for k, v in self.extra}}
+
+
+Reviewer = Callable[[Caller, str, Permission], tuple[bool, str]]
+
+
+@dataclass
+class Access:
+    """What one request may do: `caller=None` is everything (`--authorization none`)."""
+
+    caller: Caller | None
+    reviewer: Reviewer | None = None
+    _answers: dict[tuple[str, Permission], tuple[bool, str]] = field(default_factory=dict)
 
     @property
     def unrestricted(self) -> bool:
-        return self.namespaces is None
+        return self.caller is None
 
-    def may(self, namespace: str) -> bool:
-        return self.namespaces is None or namespace in self.namespaces
+    def review(self, namespace: str, permission: Permission) -> tuple[bool, str]:
+        if self.caller is None or self.reviewer is None:
+            return True, ""
+        key = (namespace, permission)
+        if key not in self._answers:
+            self._answers[key] = self.reviewer(self.caller, namespace, permission)
+        return self._answers[key]
 
-    def require(self, namespace: str, what: str) -> None:
-        if not self.may(namespace):
-            held = ", ".join(sorted(self.namespaces or ())) or "none"
+    def may(self, namespace: str, permission: Permission = LIST_CHECKPOINTS) -> bool:
+        return self.review(namespace, permission)[0]
+
+    def require(self, namespace: str, permission: Permission, what: str) -> None:
+        allowed, reason = self.review(namespace, permission)
+        if not allowed:
+            needed = permission.describe(namespace)
+            who = self.caller.username if self.caller else "?"
             raise Forbidden(
-                f"{what} is in namespace {namespace!r}, but the request holds CheckpointAccess "
-                f"grants only for: {held}; acting there needs \"{PERMISSION}\" in namespace "
-                f"{namespace} (ClusterRole cedana-checkpointer)",
-                namespace=namespace, permission=f"{PERMISSION} in namespace {namespace}")
+                f"{who} may not act on {what} in namespace {namespace!r}: that needs "
+                f"\"{needed}\" (ClusterRole cedana-checkpointer)"
+                + (f"; authorizer: {reason}" if reason else ""),
+                namespace=namespace, permission=needed, user=who)
 
 
 UNRESTRICTED = Access(None)
-GrantReader = Callable[[str, str], "Mapping[str, Any] | None"]
+CsrReader = Callable[[str], "Mapping[str, Any] | None"]
 
 
-class GrantLookupFailed(Exception):
+class ApiUnavailable(Exception):
     """The API server could not be asked (as opposed to: it said no)."""
 
 
@@ -104,137 +162,147 @@ def proof_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def parse_grants(value: str) -> list[tuple[str, str]]:
-    """`ns/name, ns/name` -> pairs; malformed entries make the whole header invalid."""
-    refs: list[tuple[str, str]] = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        namespace, sep, name = part.partition("/")
-        if not sep or not _NAMESPACE.fullmatch(namespace) or not _NAME.fullmatch(name):
-            raise Unauthenticated(f"X-Cedana-Grants entry {part[:80]!r} is not NAMESPACE/NAME")
-        refs.append((namespace, name))
-    if len(refs) > MAX_GRANTS:
-        raise Unauthenticated(f"X-Cedana-Grants names {len(refs)} grants; at most "
-                              f"{MAX_GRANTS} are read")
-    return refs
-
-
 def _timestamp(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
         tzinfo=timezone.utc).timestamp()
 
 
-def grant_problem(obj: Mapping[str, Any], digest: str, now: float) -> tuple[str, float]:
-    """Why this CheckpointAccess does not vouch for the secret ('' if it does), and until
-    when it is valid."""
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
+def proof_problem(csr: Mapping[str, Any], digest: str, now: float) -> tuple[str, float]:
+    """Why this CSR does not vouch for the secret ('' if it does), and until when it does."""
+    meta = csr.get("metadata") or {}
+    spec = csr.get("spec") or {}
     if meta.get("deletionTimestamp"):
         return "is being deleted", 0.0
-    if int(meta.get("generation") or 0) != 1:
-        return "was modified after it was created", 0.0
-    expected = spec.get("proofSHA256")
-    if not isinstance(expected, str) or not hmac.compare_digest(expected.lower(), digest):
-        return "was not created for this proof", 0.0
+    if not hmac.compare_digest(str(spec.get("signerName") or ""), SIGNER_PREFIX + digest):
+        return "was not made for this proof", 0.0
+    if not spec.get("username"):
+        return "names no user", 0.0
     try:
         created = _timestamp(str(meta.get("creationTimestamp") or ""))
-        ttl = min(int(spec.get("ttlSeconds") or 0), MAX_TTL_S)
-    except (TypeError, ValueError):
-        return "has no valid creationTimestamp or ttlSeconds", 0.0
-    expires = created + ttl
+    except ValueError:
+        return "has no valid creationTimestamp", 0.0
+    expires = created + PROOF_TTL_S
     if now > expires + CLOCK_SKEW_S:
-        return f"expired {int(now - expires)} s ago", 0.0
+        return f"expired {int(now - expires)} s ago (proofs last {PROOF_TTL_S} s)", 0.0
     if created > now + CLOCK_SKEW_S:
         return "was created in the future", 0.0
     return "", expires + CLOCK_SKEW_S
 
 
-class GrantVerifier:
-    """Turns the request headers into an Access, asking the API server about each grant."""
+def caller_of(csr: Mapping[str, Any]) -> Caller:
+    spec = csr.get("spec") or {}
+    extra = spec.get("extra") or {}
+    return Caller(str(spec.get("username") or ""), str(spec.get("uid") or ""),
+                  tuple(str(g) for g in spec.get("groups") or ()),
+                  tuple(sorted((str(k), tuple(str(x) for x in v or ()))
+                               for k, v in extra.items())))
 
-    def __init__(self, read_grant: GrantReader, clock: Callable[[], float] = time.time) -> None:
-        self.read_grant = read_grant
+
+class CallerVerifier:
+    """Turns the request headers into an Access: who the caller is, and a cached reviewer."""
+
+    def __init__(self, read_csr: CsrReader, review: Reviewer,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.read_csr = read_csr
+        self._review = review
         self.clock = clock
-        self._cache: dict[tuple[str, str, str], float] = {}
+        self._proofs: dict[tuple[str, str], tuple[float, Caller]] = {}
+        self._answers: dict[tuple[Caller, str, Permission], tuple[float, bool, str]] = {}
         self._lock = threading.Lock()
 
     def authenticate(self, headers: Mapping[str, str]) -> Access:
-        grants_value = headers.get(GRANTS_HEADER, "")
+        name = headers.get(CALLER_HEADER, "").strip()
         secret = headers.get(PROOF_HEADER, "")
-        if not grants_value or not secret:
+        if not name or not secret:
             raise Unauthenticated(
-                "no proof of access: the helper acts only for callers Kubernetes vouches for. "
-                "Send X-Cedana-Grants (NAMESPACE/NAME of CheckpointAccess objects you created) "
-                "and X-Cedana-Proof (the secret whose sha256 is their spec.proofSHA256); "
-                "kubectl cedana does this for you once the CheckpointAccess kind is installed "
-                "(kubectl cedana install; docs/security.md)")
-        refs = parse_grants(grants_value)
-        if not refs:
-            raise Unauthenticated("X-Cedana-Grants names no grant")
+                "no proof of who is calling: the helper acts only for callers Kubernetes "
+                "vouches for. Send X-Cedana-Caller (the name of a CertificateSigningRequest you "
+                f"created with signerName {SIGNER_PREFIX}<sha256 of a secret>) and "
+                "X-Cedana-Proof (that secret); kubectl cedana does this for you "
+                "(docs/security.md)")
+        if not _CSR_NAME.fullmatch(name):
+            raise Unauthenticated(f"X-Cedana-Caller {name[:80]!r} is not an object name")
         digest = proof_digest(secret)
         now = self.clock()
-        granted: set[str] = set()
-        problems: list[str] = []
-        for namespace, name in refs:
-            if namespace in granted:
-                continue
-            problem = self._check(namespace, name, digest, now)
-            if problem:
-                problems.append(f"{namespace}/{name} {problem}")
-            else:
-                granted.add(namespace)
-        if not granted:
-            raise Unauthenticated("no valid CheckpointAccess grant: " + "; ".join(problems[:5]),
-                                  grants=[f"{ns}/{n}" for ns, n in refs[:20]])
-        if problems:
-            log.info("ignored grants: %s", "; ".join(problems[:5]))
-        return Access(frozenset(granted))
-
-    def _check(self, namespace: str, name: str, digest: str, now: float) -> str:
-        key = (namespace, name, digest)
         with self._lock:
-            until = self._cache.get(key)
-        if until is not None and now < until:
-            return ""
+            cached = self._proofs.get((name, digest))
+        if cached is not None and now < cached[0]:
+            return Access(cached[1], self.review)
         try:
-            obj = self.read_grant(namespace, name)
-        except GrantLookupFailed as exc:
+            csr = self.read_csr(name)
+        except ApiUnavailable as exc:
             raise AuthorizationUnavailable(
-                f"cannot read CheckpointAccess {namespace}/{name} from the Kubernetes API to "
-                f"check the caller: {exc}") from exc
-        if obj is None:
-            return "does not exist"
-        problem, valid_until = grant_problem(obj, digest, now)
-        if not problem:
-            with self._lock:
-                if len(self._cache) > 4096:
-                    self._cache.clear()
-                self._cache[key] = min(valid_until, now + CACHE_S)
-        return problem
+                f"cannot read the caller's CertificateSigningRequest {name} from the "
+                f"Kubernetes API: {exc}") from exc
+        if csr is None:
+            raise Unauthenticated(f"CertificateSigningRequest {name} does not exist")
+        problem, valid_until = proof_problem(csr, digest, now)
+        if problem:
+            raise Unauthenticated(f"CertificateSigningRequest {name} {problem}")
+        caller = caller_of(csr)
+        with self._lock:
+            if len(self._proofs) > 4096:
+                self._proofs.clear()
+            self._proofs[(name, digest)] = (min(valid_until, now + CACHE_S), caller)
+        return Access(caller, self.review)
+
+    def review(self, caller: Caller, namespace: str, permission: Permission) -> tuple[bool, str]:
+        key = (caller, namespace, permission)
+        now = self.clock()
+        with self._lock:
+            cached = self._answers.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1], cached[2]
+        try:
+            allowed, reason = self._review(caller, namespace, permission)
+        except ApiUnavailable as exc:
+            raise AuthorizationUnavailable(
+                f"cannot ask the Kubernetes API whether {caller.username} may "
+                f"{permission.describe(namespace)}: {exc}") from exc
+        with self._lock:
+            if len(self._answers) > 16384:
+                self._answers.clear()
+            self._answers[key] = (now + CACHE_S, allowed, reason)
+        return allowed, reason
 
 
-def kubernetes_reader(api_client: Any, timeout_s: float = 5.0) -> GrantReader:
-    """Read grants with the helper's own credentials (service account or --kubeconfig)."""
+def kubernetes_api(api_client: Any, timeout_s: float = 5.0) -> tuple[CsrReader, Reviewer]:
+    """Read proofs and review callers with the helper's own credentials."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    custom = client.CustomObjectsApi(api_client)
+    certificates = client.CertificatesV1Api(api_client)
+    authorization = client.AuthorizationV1Api(api_client)
 
-    def read(namespace: str, name: str) -> Mapping[str, Any] | None:
+    def read_csr(name: str) -> Mapping[str, Any] | None:
         try:
-            obj: Mapping[str, Any] = custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=timeout_s)
+            raw = certificates.read_certificate_signing_request(
+                name, _preload_content=False, _request_timeout=timeout_s)
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise GrantLookupFailed(f"HTTP {exc.status} {exc.reason}") from exc
+            raise ApiUnavailable(f"HTTP {exc.status} {exc.reason}") from exc
         except Exception as exc:  # noqa: BLE001 - transport errors of urllib3 and friends
-            raise GrantLookupFailed(f"{type(exc).__name__}: {exc}") from exc
-        return obj
+            raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        data: Mapping[str, Any] = json.loads(raw.data)
+        return data
 
-    return read
+    def review(caller: Caller, namespace: str, permission: Permission) -> tuple[bool, str]:
+        attributes = {"namespace": namespace, "verb": permission.verb,
+                      "group": permission.group, "resource": permission.resource}
+        if permission.subresource:
+            attributes["subresource"] = permission.subresource
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {**caller.review_user(), "resourceAttributes": attributes}}
+        try:
+            raw = authorization.create_subject_access_review(
+                body, _preload_content=False, _request_timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - ApiException and transport errors alike
+            raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        status = json.loads(raw.data).get("status") or {}
+        return bool(status.get("allowed")), str(status.get("reason") or "")
+
+    return read_csr, review
 
 
 # -- the HTTP side ----------------------------------------------------------------------------
@@ -250,10 +318,11 @@ def access_of(scope: Scope) -> Access:
 
 
 class AuthorizationMiddleware:
-    """401 before anything else runs unless the request carries valid grants; the catalogue
-    answer (GET /checkpoints) keeps only entries of granted namespaces."""
+    """401 before anything else runs unless the request carries a valid caller proof; the
+    catalogue answer (GET /checkpoints) keeps only entries of namespaces whose checkpoints the
+    caller may list."""
 
-    def __init__(self, app: ASGIApp, verifier: GrantVerifier | None) -> None:
+    def __init__(self, app: ASGIApp, verifier: CallerVerifier | None) -> None:
         self.app = app
         self.verifier = verifier
 
@@ -294,7 +363,7 @@ class AuthorizationMiddleware:
             assert start is not None
             body = b"".join(chunks)
             if start["status"] == 200:
-                body = filter_catalogue(body, access)
+                body = await anyio.to_thread.run_sync(filter_catalogue, body, access)
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
             await send({**start, "headers": headers})
@@ -310,10 +379,8 @@ def filter_catalogue(body: bytes, access: Access) -> bytes:
     except ValueError:
         return body
     if isinstance(data, dict) and isinstance(data.get("checkpoints"), list):
-        kept = [e for e in data["checkpoints"]
-                if isinstance(e, dict) and access.may(str(e.get("namespace") or ""))]
-        # how many were left out (never whose): a client may then ask with more grants
-        data["hidden"] = len(data["checkpoints"]) - len(kept)
+        kept = [e for e in data["checkpoints"] if isinstance(e, dict)
+                and access.may(str(e.get("namespace") or ""), LIST_CHECKPOINTS)]
         data["checkpoints"] = kept
         return json.dumps(data).encode()
     return body
@@ -328,8 +395,14 @@ def _body_field(body: Any, *path: str) -> str | None:
     return body if isinstance(body, str) else None
 
 
+Need = tuple[str, Permission, str]  # (namespace, permission, what it is about)
+
+
 class RoutePolicy:
-    """The namespaces each route acts on, checked against the request's Access (403)."""
+    """What each route needs, checked with the request's Access (403 when refused).
+
+    A route missing here is refused to every restricted caller (fail closed); a unit test
+    lists the routes of the app that have no policy."""
 
     def __init__(self, config: HelperConfig) -> None:
         self.config = config
@@ -372,39 +445,42 @@ class RoutePolicy:
                 return None
         return None
 
-    def acted_on(self, method: str, route: str, params: Mapping[str, str],
-                 body: Any) -> list[tuple[str, str]] | None:
-        """(namespace, what) pairs the request acts on; None when the route has no policy."""
+    def needs(self, method: str, route: str, params: Mapping[str, str],
+              body: Any) -> list[Need] | None:
+        """What the request needs; None when the route has no policy."""
         if route in OPEN_PATHS or (method, route) == ("GET", "/checkpoints"):
             return []  # open, or filtered by the middleware
         if (method, route) == ("GET", "/list/{namespace}"):
-            return [(params.get("namespace", ""), "the listing")]
+            return [(params.get("namespace", ""), LIST_PODS, "the containers")]
         if (method, route) == ("POST", "/checkpoint"):
             ns = _body_field(body, "checkpoint_data", "namespace")
-            return [(ns, "the pod to checkpoint")] if ns else []
+            return [(ns, CHECKPOINT, "the pod to checkpoint")] if ns else []
         if (method, route) == ("POST", "/restore"):
-            out: list[tuple[str, str]] = []
+            out: list[Need] = []
             ns = _body_field(body, "checkpoint_data", "namespace")
             if ns:
-                out.append((ns, "the restore target"))
+                out.append((ns, RESTORE, "the restore target"))
             source = self._checkpoint_namespace(
                 _body_field(body, "checkpoint_data", "checkpoint_id"),
                 _body_field(body, "checkpoint_data", "checkpoint_path"))
             if source is not None:
-                out.append((source, "the checkpoint's source pod"))
+                out.append((source, READ_CHECKPOINT, "the checkpoint's source pod"))
             return out
-        if method == "POST" and route in ("/checkpoint/rootfs", "/checkpoint/rootfs/crio",
-                                          "/restore/rootfs"):
+        if method == "POST" and route in ("/checkpoint/rootfs", "/checkpoint/rootfs/crio"):
             ns = _body_field(body, "namespace")
-            return [(ns, "the pod")] if ns else []
+            return [(ns, CHECKPOINT, "the pod")] if ns else []
+        if (method, route) == ("POST", "/restore/rootfs"):
+            ns = _body_field(body, "namespace")
+            return [(ns, RESTORE, "the pod")] if ns else []
         if (method, route) == ("POST", "/checkpoints/prune"):
-            # retention may delete any checkpoint of the node: the caller must hold every
-            # namespace that has one
-            return sorted({(str(e.get("namespace") or ""), "a checkpoint prune may delete")
-                           for e in self.catalogue.list()})
+            # retention may delete any checkpoint of the node: the caller must be allowed to
+            # delete in every namespace that has one
+            spaces = sorted({str(e.get("namespace") or "") for e in self.catalogue.list()})
+            return [(ns, DELETE_CHECKPOINT, "a checkpoint prune may delete") for ns in spaces]
         if route == "/checkpoints/{checkpoint_id}" and method in ("GET", "DELETE"):
             source = self._checkpoint_namespace(params.get("checkpoint_id"), None)
-            return [(source, "the checkpoint's source pod")] if source is not None else []
+            permission = READ_CHECKPOINT if method == "GET" else DELETE_CHECKPOINT
+            return [(source, permission, "the checkpoint")] if source is not None else []
         return None
 
     async def __call__(self, request: Request) -> None:
@@ -419,30 +495,35 @@ class RoutePolicy:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = None  # the route answers invalid_request
-        acted = await anyio.to_thread.run_sync(
-            self.acted_on, request.method, route, dict(request.path_params), body)
-        if acted is None:
-            if route not in self._warned:
-                self._warned.add(route)
-                log.warning("route %s %s has no namespace policy in sidecar/authz.py; any "
-                            "holder of a valid grant may call it", request.method, route)
-            return
-        for namespace, what in acted:
-            access.require(namespace, what)
+        needs = await anyio.to_thread.run_sync(
+            self.needs, request.method, route, dict(request.path_params), body)
+        if needs is None:
+            raise Forbidden(f"{request.method} {route} has no authorization policy in "
+                            "sidecar/authz.py; only a helper run with --authorization none "
+                            "answers it")
+
+        def check() -> None:
+            for namespace, permission, what in needs or []:
+                access.require(namespace, permission, what)
+
+        await anyio.to_thread.run_sync(check)
 
 
-def routes_without_policy(policy: RoutePolicy, routes: Iterable[tuple[str, str]]) -> list[str]:
-    """Routes (method, path) without a policy: a unit test keeps this empty."""
+def routes_without_policy(policy: RoutePolicy, routes: Iterable[tuple[str, str]]
+                          ) -> list[str]:
+    """Routes (method, path) the policy does not know: a unit test keeps this empty."""
     missing = []
     for method, path in routes:
         params = {name: "x" for name in re.findall(r"{(\w+)}", path)}
-        if policy.acted_on(method, path, params, None) is None:
+        if policy.needs(method, path, params, None) is None:
             missing.append(f"{method} {path}")
     return missing
 
 
-def build_verifier(mode: str, kubeconfig: Path | None, node_name: str) -> GrantVerifier | None:
-    """`--authorization`: kubernetes (grants read with the helper's own API access) or none."""
+def build_verifier(mode: str, kubeconfig: Path | None, node_name: str
+                   ) -> CallerVerifier | None:
+    """`--authorization`: kubernetes (proofs and reviews through the helper's own API access:
+    service account or --kubeconfig) or none."""
     if mode == "none":
         log.warning("--authorization none: every caller that reaches this port is trusted")
         return None
@@ -456,4 +537,5 @@ def build_verifier(mode: str, kubeconfig: Path | None, node_name: str) -> GrantV
             "--authorization kubernetes needs the Kubernetes API to check callers: run the "
             "helper in a pod with its service account, or pass --kubeconfig; "
             "--authorization none trusts every caller (tests on a loopback address only)")
-    return GrantVerifier(kubernetes_reader(api.api_client))
+    read_csr, review = kubernetes_api(api.api_client)
+    return CallerVerifier(read_csr, review)

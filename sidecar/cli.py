@@ -64,8 +64,8 @@ def main() -> None:
               help="Retention: local checkpoints of this node in at most B bytes (0: no limit).")
 @click.option("--authorization", default="kubernetes", show_default=True,
               type=click.Choice(["kubernetes", "none"]),
-              help="kubernetes: act only for callers holding a CheckpointAccess grant of the "
-                   "namespace (docs/security.md); none: trust every caller (tests on loopback).")
+              help="kubernetes: act only for callers Kubernetes vouches for and allows "
+                   "(docs/security.md); none: trust every caller (tests on loopback only).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,

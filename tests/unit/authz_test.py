@@ -29,7 +29,7 @@ from tests.unit.plugin_fakeapi import (  # noqa: F401  (fixtures: api)
 )
 
 REPO = Path(__file__).resolve().parents[2]
-GRANTS = "/apis/cedana.io/v1alpha1/namespaces/{ns}/checkpointaccesses"
+CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 SECRET = "s3cret-proof-for-tests"
 
 
@@ -97,20 +97,19 @@ def call(url: str, method: str, route: str, body: Any = None,
         return error.code, json.loads(error.read() or b"null")
 
 
-def make_grant(cluster: FakeCluster, namespace: str, *, secret: str = SECRET, ttl: int = 600,
-               age_s: float = 0, generation: int = 1) -> str:
-    name = f"grant-{len(cluster.objects)}"
+def make_proof(cluster: FakeCluster, user: str = "alice", *, secret: str = SECRET,
+               age_s: float = 0, signer_secret: str | None = None) -> dict[str, str]:
+    """A CSR as the API server would store it for `user`, and the headers that name it."""
+    name = f"cedana-caller-{len(cluster.objects)}"
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - age_s))
-    cluster.objects[f"{GRANTS.format(ns=namespace)}/{name}"] = {
-        "apiVersion": "cedana.io/v1alpha1", "kind": "CheckpointAccess",
-        "metadata": {"name": name, "namespace": namespace, "generation": generation,
-                     "creationTimestamp": created},
-        "spec": {"proofSHA256": hashlib.sha256(secret.encode()).hexdigest(), "ttlSeconds": ttl}}
-    return f"{namespace}/{name}"
-
-
-def proof(*grants: str, secret: str = SECRET) -> dict[str, str]:
-    return {"X-Cedana-Grants": ",".join(grants), "X-Cedana-Proof": secret}
+    digest = hashlib.sha256((signer_secret or secret).encode()).hexdigest()
+    cluster.objects[f"{CSRS}/{name}"] = {
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": name, "creationTimestamp": created},
+        "spec": {"signerName": f"cedana.io/caller-proof-{digest}", "username": user,
+                 "uid": f"uid-{user}", "groups": ["system:authenticated"],
+                 "usages": ["client auth"], "request": "eA=="}}
+    return {"X-Cedana-Caller": name, "X-Cedana-Proof": secret}
 
 
 def test_no_proof_is_401_before_anything_else(helper_url: str) -> None:
@@ -120,115 +119,136 @@ def test_no_proof_is_401_before_anything_else(helper_url: str) -> None:
                                 ("POST", "/checkpoints/prune", {})]:
         status, answer = call(helper_url, method, route, body)
         assert (status, answer["code"]) == (401, "unauthenticated"), (route, answer)
-        assert "CheckpointAccess" in answer["message"]
+        assert "X-Cedana-Caller" in answer["message"]
     # kubelet's probe and the version stay open
     assert call(helper_url, "GET", "/healthz")[0] == 200
     assert call(helper_url, "GET", "/version")[0] == 200
 
 
-def test_grant_opens_its_namespace_only(cluster: FakeCluster, helper_url: str) -> None:
-    mine = make_grant(cluster, "team-a")
-    status, answer = call(helper_url, "GET", "/list/team-a", headers=proof(mine))
+def test_a_caller_may_do_what_rbac_lets_it(cluster: FakeCluster, helper_url: str) -> None:
+    cluster.denied_subject_reviews.add(("alice", "*", "*", "*", "team-b"))
+    alice = make_proof(cluster, "alice")
+    status, answer = call(helper_url, "GET", "/list/team-a", headers=alice)
     assert (status, answer) == (200, [])
-    status, answer = call(helper_url, "GET", "/list/team-b", headers=proof(mine))
+    status, answer = call(helper_url, "GET", "/list/team-b", headers=alice)
     assert (status, answer["code"], answer["namespace"]) == (403, "forbidden", "team-b")
-    assert "create checkpointaccesses.cedana.io" in answer["message"]
+    assert answer["user"] == "alice" and answer["permission"] == "list pods in namespace team-b"
     body = {"checkpoint_data": {"container_name": "c", "sandbox_name": "p",
                                 "namespace": "team-b"}}
-    status, answer = call(helper_url, "POST", "/checkpoint", body, headers=proof(mine))
+    status, answer = call(helper_url, "POST", "/checkpoint", body, headers=alice)
     assert (status, answer["code"]) == (403, "forbidden")
+    assert answer["permission"] == "create checkpoints.cedana.io in namespace team-b"
+    # the helper asked the API server in alice's name, as the kubelet does
+    reviews = [json.loads(r.body)["spec"] if isinstance(r.body, str) else r.body["spec"]
+               for r in cluster.requests if r.path.endswith("/subjectaccessreviews")]
+    assert reviews and all(r["user"] == "alice" and r["uid"] == "uid-alice" for r in reviews)
+    assert {"namespace": "team-b", "verb": "create", "group": "cedana.io",
+            "resource": "checkpoints"} in [r["resourceAttributes"] for r in reviews]
+    # the same request from bob, whom RBAC allows, passes authorization (and finds no pod)
+    status, answer = call(helper_url, "POST", "/checkpoint", body, headers=make_proof(cluster, "bob"))
+    assert status != 403 and answer["code"] not in ("forbidden", "unauthenticated")
 
 
-@pytest.mark.parametrize("case", ["wrong secret", "expired", "modified", "missing",
-                                  "malformed header"])
-def test_grants_kubernetes_does_not_vouch_for_are_401(cluster: FakeCluster, helper_url: str,
+@pytest.mark.parametrize("case", ["wrong secret", "expired", "missing", "malformed name"])
+def test_proofs_kubernetes_does_not_vouch_for_are_401(cluster: FakeCluster, helper_url: str,
                                                       case: str) -> None:
     if case == "wrong secret":
-        headers = proof(make_grant(cluster, "team-a"), secret="guessed")
+        headers = make_proof(cluster, signer_secret="another")
     elif case == "expired":
-        headers = proof(make_grant(cluster, "team-a", ttl=60, age_s=600))
-    elif case == "modified":
-        headers = proof(make_grant(cluster, "team-a", generation=2))
+        headers = make_proof(cluster, age_s=3600)
     elif case == "missing":
-        headers = proof("team-a/no-such-grant")
+        headers = {"X-Cedana-Caller": "cedana-caller-nope", "X-Cedana-Proof": SECRET}
     else:
-        headers = proof("../etc/passwd")
+        headers = {"X-Cedana-Caller": "../etc/passwd", "X-Cedana-Proof": SECRET}
     status, answer = call(helper_url, "GET", "/list/team-a", headers=headers)
     assert (status, answer["code"]) == (401, "unauthenticated"), answer
 
 
-def test_catalogue_shows_only_granted_namespaces(cluster: FakeCluster, helper_url: str,
-                                                 helper_dir: Path) -> None:
+def test_catalogue_shows_only_namespaces_the_caller_may_list(
+        cluster: FakeCluster, helper_url: str, helper_dir: Path) -> None:
     entries = {f"id-{ns}": {"id": f"id-{ns}", "namespace": ns, "pod": "p", "container": "c",
                             "path": str(helper_dir / "checkpoints" / ns), "created": "x"}
                for ns in ("team-a", "team-b")}
     (helper_dir / "checkpoints" / ".catalogue.json").write_text(json.dumps(entries))
-    status, answer = call(helper_url, "GET", "/checkpoints",
-                          headers=proof(make_grant(cluster, "team-a")))
+    cluster.denied_subject_reviews.add(("alice", "*", "*", "*", "team-b"))
+    alice = make_proof(cluster, "alice")
+    status, answer = call(helper_url, "GET", "/checkpoints", headers=alice)
     assert status == 200
     assert [e["id"] for e in answer["checkpoints"]] == ["id-team-a"]
-    assert answer["hidden"] == 1
-    both = proof(make_grant(cluster, "team-a"), make_grant(cluster, "team-b"))
-    assert len(call(helper_url, "GET", "/checkpoints", headers=both)[1]["checkpoints"]) == 2
-    # one checkpoint by id: only its own namespace's grant opens it
-    status, answer = call(helper_url, "DELETE", "/checkpoints/id-team-b",
-                          headers=proof(make_grant(cluster, "team-a")))
+    both = call(helper_url, "GET", "/checkpoints", headers=make_proof(cluster, "bob"))[1]
+    assert sorted(e["id"] for e in both["checkpoints"]) == ["id-team-a", "id-team-b"]
+    # one checkpoint by id: only who may delete in its namespace
+    status, answer = call(helper_url, "DELETE", "/checkpoints/id-team-b", headers=alice)
     assert (status, answer["code"]) == (403, "forbidden")
     assert "id-team-b" in json.loads((helper_dir / "checkpoints" / ".catalogue.json").read_text())
-    # a restore of team-b's checkpoint into a team-a pod needs team-b too
+    # restoring team-b's checkpoint into a team-a pod needs team-b's checkpoint too
     body = {"checkpoint_data": {"container_name": "c", "sandbox_name": "p",
                                 "namespace": "team-a", "checkpoint_id": "id-team-b"}}
-    status, answer = call(helper_url, "POST", "/restore", body,
-                          headers=proof(make_grant(cluster, "team-a")))
+    status, answer = call(helper_url, "POST", "/restore", body, headers=alice)
     assert (status, answer["code"], answer["namespace"]) == (403, "forbidden", "team-b")
+    # prune may delete anything on the node: refused unless allowed everywhere
+    status, answer = call(helper_url, "POST", "/checkpoints/prune", {}, headers=alice)
+    assert (status, answer["code"]) == (403, "forbidden")
 
 
 def test_api_server_unreachable_is_503(cluster: FakeCluster, api: FakeApiServer,
                                        helper_url: str) -> None:
-    grant = make_grant(cluster, "team-a")
+    headers = make_proof(cluster)
     api.httpd.shutdown()
     api.httpd.server_close()
-    status, answer = call(helper_url, "GET", "/list/team-a", headers=proof(grant))
+    status, answer = call(helper_url, "GET", "/list/team-a", headers=headers)
     assert (status, answer["code"]) == (503, "authorization_unavailable")
 
 
-def test_plugin_makes_grants_and_deletes_them(cluster: FakeCluster, api: FakeApiServer,
-                                              helper_url: str, tmp_path: Path) -> None:
-    """The plugin's requests pass the proxy (Authorization stripped) with their own proof."""
-    from kubectl_cedana.authz import grant_book
-    from kubectl_cedana.kube import KubeClient
-    from kubectl_cedana.settings import Settings
-
+def test_plugin_proves_who_it_is(cluster: FakeCluster, api: FakeApiServer, helper_url: str,
+                                 tmp_path: Path) -> None:
+    """The plugin's calls pass the proxy (Authorization stripped) with their own proof."""
     cluster.add_pod(make_pod("counter", "team-a"))
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
     listed = run_cli(kubeconfig, "-n", "team-a", "list", "-o", "json")
     assert listed.exit_code == 0, listed.stderr
-    created = [r for r in cluster.grant_requests if r.method == "POST"]
-    assert [r.path for r in created] == [GRANTS.format(ns="team-a")]
-    spec = created[0].body["spec"]
-    assert len(spec["proofSHA256"]) == 64 and spec["ttlSeconds"] <= 3600
-    # the secret itself never reaches the API server
+    created = [r for r in cluster.proof_requests if r.method == "POST"]
+    assert len(created) == 1  # one proof per command, whatever the number of calls
+    signer = created[0].body["spec"]["signerName"]
     proxied = [r for r in cluster.requests if "/proxy/list/" in r.path]
     secret = proxied[0].headers["x-cedana-proof"]
-    assert hashlib.sha256(secret.encode()).hexdigest() == spec["proofSHA256"]
-    assert all(secret not in json.dumps(r.body) for r in cluster.grant_requests)
-    # at the end of a command its grants go
-    kube = KubeClient(Settings(kubeconfig=str(kubeconfig), namespace="team-a"))
-    book = grant_book(kube)
-    book.grant("team-a")
-    assert any("/namespaces/team-a/checkpointaccesses/" in p for p in cluster.objects)
-    book.release()
-    assert not [p for p in cluster.objects if "/checkpointaccesses/kubectl-cedana-" in p]
+    assert signer == "cedana.io/caller-proof-" + hashlib.sha256(secret.encode()).hexdigest()
+    # the secret itself never reaches the API server's storage
+    assert all(secret not in json.dumps(r.body) for r in cluster.proof_requests)
+    # the helper saw token-user (the fake API server's name for the kubeconfig's token)
+    reviews = [json.loads(r.body)["spec"] if isinstance(r.body, str) else r.body["spec"]
+               for r in cluster.requests if r.path.endswith("/subjectaccessreviews")]
+    assert {r["user"] for r in reviews} == {"token-user"}
+    # and a refusal comes back through the plugin with its code
+    cluster.denied_subject_reviews.add(("token-user", "*", "*", "*", "team-a"))
+    time.sleep(10.5)  # the helper's review cache
+    denied = run_cli(kubeconfig, "-n", "team-a", "list")
+    assert denied.exit_code != 0 and "[forbidden]" in denied.stderr, denied.stderr
 
 
-def test_user_without_the_grant_permission_is_told_what_is_missing(
+def test_user_without_csr_permission_is_told_what_is_missing(
         cluster: FakeCluster, api: FakeApiServer, helper_url: str, tmp_path: Path) -> None:
     cluster.add_pod(make_pod("counter", "team-b"))
-    cluster.forbidden.append(("POST", r"/namespaces/team-b/checkpointaccesses$"))
+    cluster.forbidden.append(("POST", r"/certificatesigningrequests$"))
     cluster.denied_reviews.add(("create", "pods", "proxy", "cedana-system"))
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
     denied = run_cli(kubeconfig, "-n", "team-b", "checkpoint", "counter")
     assert denied.exit_code != 0
-    assert "create checkpointaccesses.cedana.io in namespace team-b" in denied.stderr
-    assert "pods/proxy" in denied.stderr and "cedana-checkpointer" in denied.stderr
+    assert "create certificatesigningrequests" in denied.stderr
+    assert "pods/proxy" in denied.stderr and "cedana-caller" in denied.stderr
     assert not [r for r in cluster.requests if "/proxy/checkpoint" in r.path]
+
+
+def test_every_route_has_a_policy(tmp_path: Path) -> None:
+    """A route the policy does not know is refused to every restricted caller: adding a route
+    means saying here what it needs."""
+    from sidecar.api import create_app
+    from sidecar.authz import RoutePolicy, routes_without_policy
+    from tests.unit.sidecar_support import make_config
+
+    config = make_config(tmp_path)
+    app = create_app(config, kube=None)
+    routes = [(method, route.path) for route in app.routes
+              for method in getattr(route, "methods", None) or () if method != "HEAD"]
+    assert len(routes) >= 12
+    assert routes_without_policy(RoutePolicy(config), routes) == []

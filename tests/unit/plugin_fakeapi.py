@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # Self is Python 3.11+; annotations are never evaluated
 
 TOKEN = "test-token-123"
 HELPER_NS = "cedana-system"
+CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -217,10 +218,13 @@ class FakeCluster:
         self.helpers: dict[str, FakeHelper] = {}
         self.forwarded: dict[str, ForwardingHelper] = {}  # nodes served by a real helper
         self.requests: list[Request] = []
-        self.grant_requests: list[Request] = []
+        self.proof_requests: list[Request] = []
         self.forbidden: list[tuple[str, str]] = []  # (method, path regex)
         self.unreachable: set = set()  # helper nodes whose proxy gives 503
         self.denied_reviews: set = set()  # (verb, resource, subresource, namespace)
+        # SubjectAccessReviews (the helper asking about a caller) answered no: (user, verb,
+        # resource, subresource, namespace), "*" matching anything
+        self.denied_subject_reviews: set = set()
         self.placeholder_mode = "running"  # running | pending | no-shell
         self.resource_version = 100
         self.nodes = ["node1"]
@@ -258,9 +262,9 @@ class FakeCluster:
 
     # -- request handling -------------------------------------------------------------------
     def handle(self, req: Request) -> tuple[int, Any]:
-        # CheckpointAccess grants go beside every helper call; tests of the call order look
-        # at the rest
-        (self.grant_requests if req.path.startswith("/apis/cedana.io/")
+        # the caller proof (a CertificateSigningRequest) goes beside the helper calls; tests of
+        # the call order look at the rest
+        (self.proof_requests if req.path.startswith("/apis/certificates.k8s.io/")
          else self.requests).append(req)
         if self.token is not None and req.peer_cert is None and \
                 req.headers.get("authorization") != f"Bearer {self.token}":
@@ -282,6 +286,15 @@ class FakeCluster:
             return 200, {"kind": "NodeList", "items": [
                 {"metadata": {"name": n}, "status": {"nodeInfo": {
                     "containerRuntimeVersion": "containerd://1.6.20"}}} for n in self.nodes]}
+        if path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
+            review = json.loads(req.body) if isinstance(req.body, str) else req.body
+            spec = review["spec"]
+            attrs = spec["resourceAttributes"]
+            asked = (spec.get("user"), attrs.get("verb"), attrs.get("resource"),
+                     attrs.get("subresource", ""), attrs.get("namespace", ""))
+            denied = any(all(d in ("*", a) for d, a in zip(rule, asked))
+                         for rule in self.denied_subject_reviews)
+            return 201, dict(review, status={"allowed": not denied})
         if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
             attrs = req.body["spec"]["resourceAttributes"]
             key = (attrs.get("verb"), attrs.get("resource"), attrs.get("subresource", ""),
@@ -394,9 +407,10 @@ class FakeCluster:
                     "application/apply-patch+yaml":
                 body = yaml.safe_load(req.body) if isinstance(req.body, str) else req.body
                 return self._apply(path, body, dry_run="dryRun" in req.query)
-            if req.method == "POST" and re.fullmatch(r"/apis/[^/]+/[^/]+/namespaces/[^/]+/[a-z]+",
-                                                     path) and isinstance(req.body, dict):
-                return self._create(path, req.body)
+            if req.method == "POST" and path == CSR_PATH and isinstance(req.body, dict):
+                user = "alice" if req.peer_cert else "token-user"
+                return self._create(path, req.body, {"username": user, "uid": f"uid-{user}",
+                                                     "groups": ["system:authenticated"]})
             if req.method == "DELETE":
                 if path not in self.objects:
                     return 404, status(404, "NotFound", f"{path} not found")
@@ -407,17 +421,18 @@ class FakeCluster:
                 return 200, removed
         return 405, status(405, "MethodNotAllowed", f"{req.method} {path}")
 
-    def _create(self, collection: str, body: dict[str, Any]) -> tuple[int, Any]:
-        """POST to a namespaced collection (CheckpointAccess grants), as the API server does:
-        generateName, uid, creationTimestamp, generation 1."""
+    def _create(self, collection: str, body: dict[str, Any],
+                requester: dict[str, Any]) -> tuple[int, Any]:
+        """POST of a CertificateSigningRequest, as the API server does it: generateName, uid,
+        creationTimestamp, and the requester's identity in the spec."""
         obj = copy.deepcopy(body)
+        obj.setdefault("spec", {}).update(requester)
         meta = obj.setdefault("metadata", {})
         name = meta.get("name") or f"{meta.get('generateName', 'obj-')}{uuid.uuid4().hex[:5]}"
         if f"{collection}/{name}" in self.objects:
             return 409, status(409, "AlreadyExists", f"{name} already exists")
         self.resource_version += 1
-        meta.update(name=name, namespace=collection.split("/")[-2], uid=str(uuid.uuid4()),
-                    generation=1, resourceVersion=str(self.resource_version),
+        meta.update(name=name, uid=str(uuid.uuid4()), resourceVersion=str(self.resource_version),
                     creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self.objects[f"{collection}/{name}"] = obj
         return 201, copy.deepcopy(obj)

@@ -65,8 +65,8 @@ def test_objects_kinds_and_labels() -> None:
     objects = base_objects()
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
         ("Namespace", "cedana-system"),
-        ("CustomResourceDefinition", "checkpointaccesses.cedana.io"),
         ("ServiceAccount", "cedana-helper"), ("Role", "cedana-helper-client"),
+        ("ClusterRole", "cedana-caller"),
         ("ClusterRole", "cedana-checkpointer"), ("ClusterRole", "cedana-helper"),
         ("ClusterRoleBinding", "cedana-helper"), ("DaemonSet", "cedana-helper")]
     for obj in objects:
@@ -87,7 +87,7 @@ def test_rbac_of_the_helper() -> None:
     assert {("", "pods", "get"), ("", "pods", "list"), ("", "events", "create"),
             ("authentication.k8s.io", "tokenreviews", "create"),
             ("authorization.k8s.io", "subjectaccessreviews", "create"),
-            ("cedana.io", "checkpointaccesses", "get")} <= granted
+            ("certificates.k8s.io", "certificatesigningrequests", "get")} <= granted
     binding = next(o for o in base_objects() if o["kind"] == "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cedana-helper",
                                     "namespace": "cedana-system"}]
@@ -177,10 +177,9 @@ def test_dry_run_json_is_a_list_and_table_names_objects() -> None:
     assert doc["kind"] == "List" and doc["items"] == base_objects()
     table = run_cli(None, "install", "--dry-run").stdout.splitlines()
     assert table == ["namespace/cedana-system created (dry run)",
-                     ("customresourcedefinition.apiextensions.k8s.io/checkpointaccesses.cedana.io"
-                      " created (dry run)"),
                      "serviceaccount/cedana-helper created (dry run)",
                      "role.rbac.authorization.k8s.io/cedana-helper-client created (dry run)",
+                     "clusterrole.rbac.authorization.k8s.io/cedana-caller created (dry run)",
                      ("clusterrole.rbac.authorization.k8s.io/cedana-checkpointer created "
                       "(dry run)"),
                      "clusterrole.rbac.authorization.k8s.io/cedana-helper created (dry run)",
@@ -213,9 +212,9 @@ def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster
     assert first.exit_code == 0, first.stderr
     assert first.stdout.splitlines() == [
         "namespace/cedana-system created",
-        "customresourcedefinition.apiextensions.k8s.io/checkpointaccesses.cedana.io created",
         "serviceaccount/cedana-helper created",
         "role.rbac.authorization.k8s.io/cedana-helper-client created",
+        "clusterrole.rbac.authorization.k8s.io/cedana-caller created",
         "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer created",
         "clusterrole.rbac.authorization.k8s.io/cedana-helper created",
         "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created",
@@ -240,7 +239,7 @@ def test_server_dry_run_persists_nothing(cluster: FakeCluster, kubeconfig: Path)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "namespace/cedana-system created (server dry run)"
-    assert lines[2] == ("serviceaccount/cedana-helper created (server dry run; not validated: "
+    assert lines[1] == ("serviceaccount/cedana-helper created (server dry run; not validated: "
                         "its namespace does not exist yet)")
     assert cluster.objects == {}
     assert all(r.query.get("dryRun") == ["All"] for r in cluster.requests if r.method == "PATCH")
@@ -256,10 +255,10 @@ def test_uninstall_removes_everything_by_label(cluster: FakeCluster, kubeconfig:
         "daemonset.apps/cedana-helper deleted",
         "role.rbac.authorization.k8s.io/cedana-helper-client deleted",
         "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper deleted",
+        "clusterrole.rbac.authorization.k8s.io/cedana-caller deleted",
         "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer deleted",
         "clusterrole.rbac.authorization.k8s.io/cedana-helper deleted",
-        "serviceaccount/cedana-helper deleted", "namespace/cedana-system deleted",
-        "customresourcedefinition.apiextensions.k8s.io/checkpointaccesses.cedana.io deleted"]
+        "serviceaccount/cedana-helper deleted", "namespace/cedana-system deleted"]
     assert cluster.objects == {}
     assert not [k for k in cluster.pods if k[0] == HELPER_NS]
     selectors = {r.query.get("labelSelector", [""])[0] for r in cluster.requests
