@@ -36,7 +36,15 @@ start_daemon() {
   local name=$1; shift
   if pid_alive "$name"; then log "$name already running (pid $(cat "$PIDS/$name.pid"))"; return 0; fi
   mkdir -p "$LOGS" "$PIDS"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  # The daemon inherits no descriptor beyond stdio: a lock taken by whoever ran the lab scripts
+  # (flock on the lab lock of tests/e2e/lab.py, say) must not be held for the daemon's life.
+  (
+    for fd in /proc/self/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    exec setsid "$@"
+  ) >>"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$PIDS/$name.pid"
   log "started $name (pid $!, log $LOGS/$name.log)"
 }
