@@ -52,6 +52,16 @@ def machine_facts() -> dict[str, Any]:
             "kernel": platform.release(), "os": os_name}
 
 
+def bench_commit() -> str:
+    try:
+        head = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False)
+        dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--", "bench", "sidecar",
+                     "kubectl_cedana"], check=False)
+    except (OSError, BenchError):
+        return "unknown"
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
 def tool_versions(cluster: Cluster | None, podman: Podman | None) -> dict[str, str]:
     def first_line(args: list[str]) -> str:
         try:
@@ -127,7 +137,9 @@ def main() -> int:
     results: dict[str, Any] = {
         "meta": {"started": started.strftime("%Y-%m-%d %H:%M UTC"), "runs": runs,
                  "sizes_mib": sizes, "interval_ms": INTERVAL_MS, "loadavg_start": loadavg(),
-                 "machine": machine_facts()},
+                 "machine": machine_facts(), "bench_commit": bench_commit(),
+                 "method": {"order": "rotating", "sync_before_checkpoint": True,
+                            "b_helper": "host-process"}},
         "cr": {}, "method_errors": {},
     }
     say(f"bench: runs={runs} sizes={sizes} methods={wanted} load={loadavg()}")

@@ -104,7 +104,8 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         "comes from `bench/notes.md`. Figures are the **median (min–max) of "
         f"{meta['runs']} runs**, all measured in one run on one machine, in milliseconds "
         "unless stated.\n")
-    add(f"- run: {meta['started']} → {meta['finished']} ({meta['duration_s'] / 60:.0f} min)")
+    add(f"- run: {meta['started']} → {meta['finished']} ({meta['duration_s'] / 60:.0f} min), "
+        f"bench and helper code at {meta.get('bench_commit', 'see the commit of this file')}")
     machine = meta.get("machine", {})
     add(f"- machine: {machine.get('cpus')} CPUs ({machine.get('cpu_model', '?')}), "
         f"{machine.get('mem_gib', 0):.0f} GiB, kernel {machine.get('kernel')}, "
@@ -228,11 +229,18 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         "`kubectl cedana restore ID --into PLACEHOLDER -o json`, through the real kubectl, the "
         "API server's pod proxy and the helper DaemonSet pod (the helper's defaults: "
         "freeze → dump → rootfs diff → thaw, sha256 manifest, fsync).")
-    add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) "
-        "sent by the benchmark to a helper of this checkout that it runs as a host process on "
-        "127.0.0.1 (`cedana-helper serve --authorization none`, as tests/e2e/helper.py does): "
-        "the same code as the DaemonSet's image, without kubectl, the plugin, the API server "
-        "and the pod proxy.")
+    how = meta.get("method", {})  # runs before these keys existed: fixed order, no sync
+    if how.get("b_helper") == "host-process":
+        add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) "
+            "sent by the benchmark to a helper of this checkout that it runs as a host process "
+            "on 127.0.0.1 (`cedana-helper serve --authorization none`, as tests/e2e/helper.py "
+            "does): the same code as the DaemonSet's image, without kubectl, the plugin, the "
+            "API server and the pod proxy.")
+    else:
+        add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) "
+            "sent by the benchmark straight to the same in-cluster helper pod that (a) uses, on "
+            "the node address (hostNetwork, 10.88.0.1:1324): no kubectl, no plugin, no API "
+            "server, no pod proxy.")
     add("- **(c) bare runc**: an OCI bundle made from the workload image's layers, "
         "`runc run -d`, `runc checkpoint --leave-running --manage-cgroups-mode soft "
         "--ext-unix-sk --file-locks` (link-remap through /etc/criu/runc.conf, as the helper "
@@ -249,10 +257,16 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         "podman's export carried over). Files are polled every 2 ms; memhog beats every "
         f"{meta['interval_ms']} ms, so up to one interval is common to every method. "
         "Placeholder pods are created before the timing starts, as `migrate` does.")
-    add("- all methods run interleaved (run 1 of a, b, c, d, then run 2 of b, c, d, a ...) so "
-        "load from other users and the previous method's leftovers hit them alike; `sync` "
-        "(untimed) before every checkpoint, so no method pays for writing back another's dirty "
-        "pages; each checkpoint is deleted after its restore.\n")
+    if how.get("order") == "rotating":
+        add("- all methods run interleaved (run 1 of a, b, c, d, then run 2 of b, c, d, a ...) so "
+            "load from other users and the previous method's leftovers hit them alike; `sync` "
+            "(untimed) before every checkpoint, so no method pays for writing back another's "
+            "dirty pages; each checkpoint is deleted after its restore.\n")
+    else:
+        add("- all methods run interleaved in a fixed order (run 1 of a, b, c, d, then run 2 of "
+            "a, b, c, d ...) so load from other users hits them alike; no `sync` between them, "
+            "so (a), which follows podman, may write back some of podman's dirty pages during "
+            "its fsync; each checkpoint is deleted after its restore.\n")
 
     notes = results.get("notes")
     if notes:
