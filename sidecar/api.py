@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sidecar import lifecycle, store, version, versions
+from sidecar import freezer, lifecycle, store, version, versions
 from sidecar.authz import AuthorizationMiddleware, CallerVerifier, RoutePolicy
 from sidecar.catalogue import Catalogue
 from sidecar.checkpoint import CheckpointResult, checkpoint_container
@@ -135,6 +135,7 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
                                 if kube is True else kube or None)
     store.make_private_dirs(config.checkpoint_dir, Path("/"))
     store.cleanup_temporaries(config.checkpoint_dir)
+    freezer.thaw_remembered(config.checkpoint_dir / freezer.JOURNAL_NAME)
     catalogue = Catalogue(config.checkpoint_dir)
 
     app = FastAPI(title="cedana-helper", version=version, docs_url=None, redoc_url=None,

@@ -6,7 +6,6 @@ import logging
 import shutil
 import time
 import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,7 +203,9 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     # it found frozen as it was, and runc accepts a paused container)
     # the pages images are hashed while CRIU writes them, not after
     with store.FollowingHasher(images_dir) as pages_hasher:
-        with freezer.frozen(target.pid, what) if upper is not None else nullcontext(False):
+        journal = config.checkpoint_dir / freezer.JOURNAL_NAME
+        with freezer.frozen(target.pid, what, journal) if upper is not None else \
+                freezer.remembered(target.pid, journal):
             runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
                             images_dir, work_dir, options, timeout=config.dump_timeout_s)
             checkpointed = utc_now()

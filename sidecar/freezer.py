@@ -5,6 +5,7 @@ in the state it found (still frozen), so files read after the dump match the mem
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ from sidecar.errors import ContainerNotRunning, DumpFailed
 log = logging.getLogger(__name__)
 
 FREEZE_TIMEOUT_S = 10.0
+#: below the checkpoint directory: one file per cgroup a dump may leave frozen, removed when the
+#: dump is over; a helper that starts thaws whatever is still listed (its predecessor died)
+JOURNAL_NAME = ".frozen"
 
 
 def _freezer(pid: int) -> tuple[Path, str, str, str] | None:
@@ -45,13 +49,57 @@ def _is_frozen(readback: str, frozen: str) -> bool:
 
 
 @contextmanager
-def frozen(pid: int, what: str) -> Iterator[bool]:
+def remembered(pid: int, journal: Path | None) -> Iterator[None]:
+    """List pid's freezer in `journal` for the block: if the helper dies inside it (runc and
+    CRIU freeze the tree too), the next helper thaws it."""
+    found = _freezer(pid) if journal is not None else None
+    if found is None or journal is None:
+        yield
+        return
+    journal.mkdir(mode=0o700, exist_ok=True)
+    entry = journal / f"{pid}.json"
+    entry.write_text(json.dumps({"state": str(found[0]), "thawed": found[2], "pid": pid}))
+    try:
+        yield
+    finally:
+        entry.unlink(missing_ok=True)
+        try:
+            journal.rmdir()  # only when no other dump is listed
+        except OSError:
+            pass
+
+
+def thaw_remembered(journal: Path) -> list[str]:
+    """Thaw every cgroup a dead helper left listed (at start-up); returns their state files."""
+    thawed = []
+    for entry in sorted(journal.glob("*.json")) if journal.is_dir() else []:
+        try:
+            data = json.loads(entry.read_text())
+            state = Path(str(data["state"]))
+            if state.name in ("freezer.state", "cgroup.freeze") and state.exists():
+                _thaw(state, str(data["thawed"]), f"cgroup {state.parent}")
+                thawed.append(str(state))
+                log.warning("thawed %s, left frozen by a helper that died during a dump",
+                            state.parent)
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("cannot read freezer journal entry %s: %s", entry, exc)
+        entry.unlink(missing_ok=True)
+    return thawed
+
+
+@contextmanager
+def frozen(pid: int, what: str, journal: Path | None = None) -> Iterator[bool]:
     """Keep the cgroup of `pid` frozen inside the block; yields False when it cannot be."""
     found = _freezer(pid)
     if found is None:
         log.warning("no freezer cgroup for %s; its files are read while it runs", what)
         yield False
         return
+    with remembered(pid, journal):
+        yield from _frozen_block(found, what)
+
+
+def _frozen_block(found: tuple[Path, str, str, str], what: str) -> Iterator[bool]:
     state, frozen_value, thawed_value, readback = found
     try:
         state.write_text(frozen_value)

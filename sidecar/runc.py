@@ -65,7 +65,7 @@ def checkpoint(runc_path: str, criu_path: str, root: str | Path, container_id: s
     """Dump the container's process tree; raises DumpFailed carrying CRIU's log tail."""
     args = checkpoint_args(runc_path, criu_path, root, container_id, image_path, work_path,
                            options)
-    result = tool.run(args, timeout=timeout)
+    result = tool.run(args, timeout=timeout, die_with_helper=True)
     if not result.ok:
         raise DumpFailed(
             f"checkpoint of container {container_id} failed: {result.describe()}",

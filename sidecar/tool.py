@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 from collections import deque
 from collections.abc import Sequence
@@ -11,6 +12,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 40
+# run a tool so that the kernel kills it when the helper dies (SIGKILL included): a dump whose
+# helper is gone must not go on to stop the container it can no longer record
+DIE_WITH_HELPER = ("setpriv", "--pdeathsig", "KILL", "--")
 # after a timeout the tool gets this long to clean up (CRIU thaws what it froze) before SIGKILL
 TERMINATE_GRACE_S = 15.0
 
@@ -40,9 +44,13 @@ class ToolResult:
 
 
 def run(args: Sequence[str], *, timeout: float, pass_fds: Sequence[int] = (),
-        cwd: str | Path | None = None) -> ToolResult:
-    """Run `args` (never through a shell) and return what happened; never raises for failure."""
+        cwd: str | Path | None = None, die_with_helper: bool = False) -> ToolResult:
+    """Run `args` (never through a shell) and return what happened; never raises for failure.
+
+    `die_with_helper`: through setpriv --pdeathsig, when the node has it."""
     argv = [str(a) for a in args]
+    if die_with_helper and shutil.which(DIE_WITH_HELPER[0]):
+        argv = [*DIE_WITH_HELPER, *argv]
     log.debug("running %s", argv)
     try:
         proc = subprocess.Popen(
