@@ -35,6 +35,8 @@ for rule in "-i $LAB_BRIDGE ! -o $LAB_BRIDGE -j DROP" "-o $LAB_BRIDGE ! -i $LAB_
   # shellcheck disable=SC2086
   while iptables -C FORWARD $rule 2>/dev/null; do iptables -D FORWARD $rule; done
 done
+# shellcheck disable=SC2086
+while iptables -t nat -C OUTPUT $LAB_API_SERVICE_RULE 2>/dev/null; do iptables -t nat -D OUTPUT $LAB_API_SERVICE_RULE; done
 rm -rf /var/lib/cni/networks/cedana-lab "$CNI_CONF"
 # Cluster state goes; certificates, images and caches stay.
 rm -rf "$LAB_DIR/etcd" /var/lib/kubelet/pods /var/lib/kubelet/cpu_manager_state /var/lib/kubelet/memory_manager_state

@@ -43,6 +43,10 @@ setup_network() {
   # node 2 routes for its pods; proxy ARP answers for them on the bridge, where node 1's pods
   # (10.88.0.0/16 on link) look for them
   nsenter --net="$NETNS_FILE" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.eth0.proxy_arp=1
+  # the kubernetes service, as on node 1: to the API server on (node 2's, relayed) loopback
+  # shellcheck disable=SC2086
+  nsenter --net="$NETNS_FILE" iptables -t nat -C OUTPUT $LAB_API_SERVICE_RULE 2>/dev/null \
+    || nsenter --net="$NETNS_FILE" iptables -t nat -I OUTPUT $LAB_API_SERVICE_RULE
   # The host reaches node 2 and its pods through the bridge, named explicitly: podman's default
   # bridge (cni-podman0) claims 10.88.0.0/16 too once podman has run on this machine.
   ip route replace "$NODE2_IP/32" dev "$LAB_BRIDGE" src "$LAB_NODE_IP"

@@ -43,6 +43,8 @@ for rule in "-i $LAB_BRIDGE ! -o $LAB_BRIDGE -j DROP" "-o $LAB_BRIDGE ! -i $LAB_
   # shellcheck disable=SC2086
   iptables -C FORWARD $rule 2>/dev/null || iptables -I FORWARD $rule
 done
+# shellcheck disable=SC2086
+iptables -t nat -C OUTPUT $LAB_API_SERVICE_RULE 2>/dev/null || iptables -t nat -I OUTPUT $LAB_API_SERVICE_RULE
 sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 mkdir -p /etc/cni/net.d
 cat >"$CNI_CONF" <<CNI

@@ -16,6 +16,11 @@ LAB_POD_SUBNET=10.88.0.0/16
 LAB_POD_RANGE_START=10.88.1.2
 LAB_POD_RANGE_END=10.88.1.254
 LAB_SERVICE_CIDR=10.96.0.0/24
+# The `kubernetes` service's address (KUBERNETES_SERVICE_HOST in every pod). No kube-proxy runs
+# here: a DNAT rule in OUTPUT (host and node 2) sends it to the API server on loopback, so
+# in-cluster clients on the host network (the helper) reach it and never the default route.
+LAB_API_SERVICE_IP=10.96.0.1
+LAB_API_SERVICE_RULE="-d $LAB_API_SERVICE_IP/32 -p tcp --dport 443 -j DNAT --to-destination 127.0.0.1:6443"
 REGISTRY_ADDR=127.0.0.1:5000
 REGISTRY_USER=cedana
 PKI="$LAB_DIR/pki"
