@@ -22,6 +22,8 @@ CACHE_IMAGES = Path("/var/cache/kubectl-cedana/images")
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 HELPER_NS = "cedana-system"
 HELPER_SELECTOR = "app.kubernetes.io/name=cedana-helper"
+# node 2's /run/containerd/runc/k8s.io, as the host sees it (hack/lab-node2.sh)
+NODE2_RUNC_ROOT_ON_HOST = "/run/kubectl-cedana-lab/node2/containerd/runc/k8s.io"
 
 
 def _on_node2(lab: Lab, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -175,14 +177,22 @@ def test_helper_daemonset_runs_on_node2_with_node2s_mounts(lab: Lab, namespace: 
             version = _helper_get(lab, helper2, "/version")
             assert version["node"] == lab.node2_name
             assert _helper_get(lab, helper1, "/version")["node"] == lab.node_name
-            # its /run/containerd is node 2's: it lists node 2's container and not node 1's
-            names2 = {c["sandbox_name"] for c in _helper_get(lab, helper2, f"/list/{namespace}")}
-            names1 = {c["sandbox_name"] for c in _helper_get(lab, helper1, f"/list/{namespace}")}
-            assert names2 == {"on-node2"}, names2
-            assert names1 == {"on-node1"}, names1
-            # the same for its own pod: node 2's helper container is in node 2's runc root
-            system2 = {c["sandbox_name"] for c in _helper_get(lab, helper2, f"/list/{HELPER_NS}")}
-            assert system2 == {helper2}, system2
+            # its /run/containerd is node 2's: asked for the namespace, each helper lists the
+            # containers of its own node only (kubectl cedana asks every helper and names the
+            # node of the helper that answered)
+            listed = _plugin(lab, "-n", namespace, "list", "-o", "json")
+            assert listed.returncode == 0, listed.stderr
+            rows = {(r["pod"], r["node"]) for r in json.loads(listed.stdout)["items"]}
+            assert rows == {("on-node2", lab.node2_name), ("on-node1", lab.node_name)}, rows
+            # the same for the helpers' own pods
+            listed = _plugin(lab, "-n", HELPER_NS, "list", "-o", "json")
+            assert listed.returncode == 0, listed.stderr
+            rows = {(r["pod"], r["node"]) for r in json.loads(listed.stdout)["items"]}
+            assert rows == {(helper1, lab.node_name), (helper2, lab.node2_name)}, rows
+            # and the node 2 pod's container is in node 2's runc root, not in node 1's
+            cid = lab.container_id(namespace, "on-node2")
+            assert not Path(lab.runc_root, cid).exists()
+            assert Path(NODE2_RUNC_ROOT_ON_HOST, cid, "state.json").exists()
         finally:
             if not present:  # leave the lab as this test found it
                 removed = _plugin(lab, "uninstall")
