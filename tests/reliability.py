@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/lib/kubectl-cedana-lab"))
+#: one pytest run: xdist gives its workers a common id; a run without xdist is one process
+RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid-{os.getpid()}-{time.time():.0f}"
 
 
 def figures_dir() -> Path:
@@ -51,6 +53,8 @@ def add_fault(kind: str, injected: int, workloads_lost: int, partial_listed: int
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             data = {"kinds": {}}
+        if data.get("run") != RUN_ID:  # figures of the last run only
+            data = {"kinds": {}, "run": RUN_ID}
         entry = data["kinds"].setdefault(kind, {"injected": 0, "workloads_lost": 0,
                                                 "partial_listed": 0, "notes": []})
         entry["injected"] += injected

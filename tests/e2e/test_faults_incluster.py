@@ -1,0 +1,175 @@
+"""Faults around the in-cluster helper, through the real plugin: the API server unreachable
+from the plugin in the middle of a checkpoint, and the helper pod restarted between a
+checkpoint and its restore. Holds the helper DaemonSet lock and leaves the DaemonSet as it
+found it."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.lab import REPO, Lab, counter_pod, helper_daemonset_lock, pod_manifest
+from tests.reliability import add_fault
+
+pytestmark = pytest.mark.e2e
+
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+
+
+def cedana(kubeconfig: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    return subprocess.run([str(VENV_BIN / "kubectl-cedana"), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def in_cluster_helper(lab: Lab) -> Iterator[None]:
+    with helper_daemonset_lock():
+        was_installed = lab.kubectl("-n", "cedana-system", "get", "daemonset", "cedana-helper",
+                                    check=False).returncode == 0
+        installed = cedana(lab.kubeconfig, "install", timeout=300)
+        assert installed.returncode == 0, installed.stderr
+        try:
+            yield
+        finally:
+            if not was_installed:
+                cedana(lab.kubeconfig, "uninstall", timeout=300)
+
+
+class TcpProxy:
+    """127.0.0.1:port -> the API server, until kill() cuts every connection at once."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.dead = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.dead:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        self.dead = True
+        self.server.close()
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def proxied_kubeconfig(lab: Lab, proxy: TcpProxy, path: Path) -> str:
+    config = yaml.safe_load(Path(lab.kubeconfig).read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.parametrize("cut_after_s", [0.3, 1.5, 4.0])
+def test_api_server_unreachable_mid_checkpoint(lab: Lab, namespace: str, tmp_path: Path,
+                                               in_cluster_helper: None,
+                                               cut_after_s: float) -> None:
+    lab.apply(pod_manifest("hog", ["/usr/local/bin/memhog", "768", "200"]), namespace)
+    lab.wait_pod_running(namespace, "hog")
+    lab.wait_log(namespace, "hog", r"beat=2\b", timeout=120)
+    proxy = TcpProxy(("127.0.0.1", 6443))
+    kubeconfig = proxied_kubeconfig(lab, proxy, tmp_path / "proxied.kubeconfig")
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    started = time.monotonic()
+    proc = subprocess.Popen([str(VENV_BIN / "kubectl-cedana"), "-n", namespace, "checkpoint",
+                             "hog", "--leave-running"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(cut_after_s)
+    proxy.kill()
+    out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - started
+    lost = 0
+    partial = 0
+    try:
+        if proc.returncode == 0:  # it finished before the cut
+            assert out.strip()
+        else:
+            assert "Traceback" not in err and err.count("\n") <= 2, err
+            assert "error:" in err
+        assert took < 90
+        # the workload survives, and the catalogue lists only complete checkpoints
+        status = lab.wait_pod_running(namespace, "hog")["status"]["containerStatuses"][0]
+        assert status["restartCount"] == 0
+        beat = int(lab.wait_log(namespace, "hog", r"beat=(\d+)").group(1))
+        lab.wait_log(namespace, "hog", rf"beat={beat + 2}\b", timeout=30)
+        listed = cedana(lab.kubeconfig, "-n", namespace, "checkpoints", "ls", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        items = json.loads(listed.stdout)["items"]
+        partial = len([e for e in items if e.get("status", "complete") != "complete"])
+        assert partial == 0
+    except AssertionError:
+        lost = 1
+        raise
+    finally:
+        add_fault("API server unreachable from the plugin", 1, lost, partial,
+                  f"cut after {cut_after_s} s")
+
+
+def test_helper_pod_restarted_between_checkpoint_and_restore(lab: Lab, namespace: str,
+                                                             in_cluster_helper: None) -> None:
+    lab.apply(counter_pod("counter", interval_ms=200), namespace)
+    pod = lab.wait_pod_running(namespace, "counter")
+    lab.wait_log(namespace, "counter", r"count=5\b")
+    ckpt = cedana(lab.kubeconfig, "-n", namespace, "checkpoint", "counter", "--leave-running")
+    assert ckpt.returncode == 0, ckpt.stderr
+    checkpoint_id = ckpt.stdout.strip().splitlines()[-1]
+    node = pod["spec"]["nodeName"]
+    helpers = json.loads(lab.kubectl("-n", "cedana-system", "get", "pods", "-l",
+                                     "app.kubernetes.io/name=cedana-helper",
+                                     "--field-selector", f"spec.nodeName={node}", "-o",
+                                     "json").stdout)["items"]
+    old = helpers[0]["metadata"]["name"]
+    lab.kubectl("-n", "cedana-system", "delete", "pod", old, "--wait=true", timeout=120)
+    lab.kubectl("-n", "cedana-system", "rollout", "status", "daemonset/cedana-helper",
+                "--timeout=120s", timeout=150)
+    lost = 0
+    try:
+        listed = cedana(lab.kubeconfig, "-n", namespace, "checkpoints", "ls", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        assert checkpoint_id in [e["id"] for e in json.loads(listed.stdout)["items"]]
+        restored = cedana(lab.kubeconfig, "-n", namespace, "restore", checkpoint_id,
+                          "--new-pod", "restored")
+        assert restored.returncode == 0, restored.stderr
+        lab.wait_log(namespace, "restored", r"count=\d+")
+        last = int(lab.wait_log(namespace, "counter", r"count=(\d+)").group(1))
+        lab.wait_log(namespace, "counter", rf"count={last + 2}\b")
+    except AssertionError:
+        lost = 1
+        raise
+    finally:
+        add_fault("helper pod restarted between checkpoint and restore", 1, lost, 0)

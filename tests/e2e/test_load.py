@@ -1,0 +1,103 @@
+"""Load on one helper (a host process on the lab's node): 200 concurrent /list requests, 5
+concurrent checkpoints of different containers, concurrent operations on one container (409),
+and the helper's memory (RSS, sampled with psutil) staying bounded. Figures go to the
+reliability report."""
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+import threading
+import time
+
+import psutil
+import pytest
+
+from tests.e2e.helper import start_helper, stop_helper
+from tests.e2e.lab import Lab, counter_pod
+from tests.reliability import record_figures
+
+pytestmark = pytest.mark.e2e
+
+RSS_LIMIT_MIB = 400
+
+
+class RssSampler:
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                rss = sum(p.memory_info().rss for p in [self.process])
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, rss)
+            time.sleep(0.02)
+
+    def __enter__(self) -> RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_load(lab: Lab, namespace: str) -> None:
+    pods = [f"c{i}" for i in range(5)]
+    for pod in pods:
+        lab.apply(counter_pod(pod, interval_ms=200), namespace)
+    for pod in pods:
+        lab.wait_pod_running(namespace, pod)
+        lab.wait_log(namespace, pod, r"count=3\b")
+    helper = start_helper(f"load-{namespace[-6:]}")
+    try:
+        process = psutil.Process(helper.proc.pid)
+        assert helper.get(f"/list/{namespace}").status_code == 200  # warm
+        rss_start = process.memory_info().rss
+        with RssSampler(helper.proc.pid) as sampler:
+            # 200 concurrent listings
+            started = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(200) as pool:
+                lists = list(pool.map(lambda _i: helper.get(f"/list/{namespace}", timeout=120),
+                                      range(200)))
+            list_seconds = time.monotonic() - started
+            assert [r.status_code for r in lists] == [200] * 200
+            assert all(len(r.json()) == 5 for r in lists)
+            # 5 concurrent checkpoints of different containers, and 3 more of c0 at once
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                different = [pool.submit(helper.checkpoint, namespace, pod) for pod in pods]
+                same = [pool.submit(helper.checkpoint, namespace, "c0") for _ in range(3)]
+                done = [f.result() for f in different]
+                conflicts = [f.result() for f in same]
+            checkpoints_ok = sum(r.status_code == 200 for r in done)
+            refused = [r for r in conflicts if r.status_code == 409]
+            # c0 is busy with one of the 5 (or one of these 3 won): the others get 409
+            assert all(r.status_code in (200, 409) for r in conflicts)
+            assert all(r.json()["code"] == "operation_in_progress" for r in refused)
+        rss_end = process.memory_info().rss
+        ids = {e["id"] for e in helper.get("/checkpoints").json()["checkpoints"]}
+        assert {r.json()["checkpoint_id"] for r in done if r.status_code == 200} <= ids
+        mib = 1 << 20
+        figures = {
+            "list_concurrent": 200, "list_ok": sum(r.status_code == 200 for r in lists),
+            "list_seconds": round(list_seconds, 2),
+            "checkpoints_concurrent": 5, "checkpoints_ok": checkpoints_ok,
+            "same_container_requests": 3, "same_container_409": len(refused),
+            "rss_start_mib": round(rss_start / mib, 1), "rss_peak_mib": round(sampler.peak / mib, 1),
+            "rss_end_mib": round(rss_end / mib, 1), "rss_limit_mib": RSS_LIMIT_MIB,
+        }
+        record_figures("load", figures)
+        assert checkpoints_ok == 5, [r.text for r in done]
+        assert len(refused) >= 2, [r.text for r in conflicts]
+        assert sampler.peak < RSS_LIMIT_MIB * mib, figures
+        # every workload kept running (leave_running)
+        for pod in pods:
+            last = int(lab.wait_log(namespace, pod, r"count=(\d+)").group(1))
+            lab.wait_log(namespace, pod, rf"count={last + 2}\b")
+    finally:
+        stop_helper(helper)
+        shutil.rmtree(helper.checkpoint_dir.parent, ignore_errors=True)
