@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE = "docker.io/cedana-lab/workload:1"
 IMAGE_TAR = Path("/var/cache/kubectl-cedana/images/workload.tar")
 INTERVAL_MS = 10
-ATTEMPTS = 2
+ATTEMPTS = 3
 
 
 def say(text: str) -> None:

@@ -316,8 +316,7 @@ def plot(results: dict[str, Any], outdir: Path) -> list[str]:
                 ax.bar(xs, meds, width, yerr=[lows, highs], capsize=3, label=label)
         ax.set_xticks(range(len(mibs)), [f"{m} MiB" for m in mibs])
         ax.set_ylabel("seconds (median, min–max)")
-        ax.set_title(f"{phase} (restore: until the first heartbeat)" if phase == "restore"
-                     else phase)
+        ax.set_title("restore (until the first heartbeat)" if phase == "restore" else phase)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
