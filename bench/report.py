@@ -277,9 +277,11 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
     if failures or errors:
         add("## Failures during this run\n")
         for method, error in errors.items():
-            add(f"- {METHODS.get(method, method)}: could not run: `{error}`")
+            text = " ".join(str(error).split()).replace("`", "'")
+            add(f"- {METHODS.get(method, method)}: could not run: `{text}`")
         for method, mib, failure in failures:
-            add(f"- {METHODS.get(method, method)} at {mib} MiB (retried): `{failure}`")
+            text = " ".join(str(failure).split()).replace("`", "'")
+            add(f"- {METHODS.get(method, method)} at {mib} MiB (retried): `{text}`")
         add("")
     return "\n".join(out).rstrip() + "\n"
 
