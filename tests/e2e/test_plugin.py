@@ -159,7 +159,14 @@ def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace
     first = int(lab.wait_log(namespace, new_pod, r"count=(\d+)").group(1))
     assert first >= before
     lab.wait_log(namespace, new_pod, rf"count={first + 3}\b")
-    assert lab.kubectl("-n", namespace, "get", "pod", "walker", check=False).returncode != 0
+    # --delete-source: the source pod is deleted (it may take a moment to go)
+    for _ in range(120):
+        gone = lab.kubectl("-n", namespace, "get", "pod", "walker", "-o", "json", check=False)
+        if gone.returncode != 0 or json.loads(gone.stdout)["metadata"].get("deletionTimestamp"):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the source pod walker was not deleted")
     described = lab.kubectl("-n", namespace, "describe", "pod", new_pod).stdout
     assert "Restored" in described and result["checkpoint_id"] in described
 
