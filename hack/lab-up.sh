@@ -38,6 +38,9 @@ if ! ip link show "$LAB_BRIDGE" >/dev/null 2>&1; then
   ip addr add "$LAB_NODE_IP/16" dev "$LAB_BRIDGE"
 fi
 ip link set "$LAB_BRIDGE" up
+# Podman's default network (bridge cni-podman0) is 10.88.0.0/16 with 10.88.0.1 as well: once podman
+# has run, whichever bridge came first takes the /16 route. The pods' range goes to ours by name.
+ip route replace "$LAB_POD_ROUTE" dev "$LAB_BRIDGE" src "$LAB_NODE_IP"
 # Pods may talk to each other and to the node, never be forwarded anywhere else.
 for rule in "-i $LAB_BRIDGE ! -o $LAB_BRIDGE -j DROP" "-o $LAB_BRIDGE ! -i $LAB_BRIDGE -j DROP"; do
   # shellcheck disable=SC2086

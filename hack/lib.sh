@@ -15,6 +15,7 @@ LAB_NODE_IP=10.88.0.1
 LAB_POD_SUBNET=10.88.0.0/16
 LAB_POD_RANGE_START=10.88.1.2
 LAB_POD_RANGE_END=10.88.1.254
+LAB_POD_ROUTE=10.88.1.0/24  # node 1's pods (the range above), routed to the bridge explicitly
 LAB_SERVICE_CIDR=10.96.0.0/24
 # The `kubernetes` service's address (KUBERNETES_SERVICE_HOST in every pod). No kube-proxy runs
 # here: a DNAT rule in OUTPUT (host and node 2) sends it to the API server on loopback, so
