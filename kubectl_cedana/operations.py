@@ -18,6 +18,7 @@ from kubectl_cedana.errors import (
     ApiNotFound,
     CedanaError,
     ConflictError,
+    HelperError,
     Interrupted,
     NotFoundError,
     OperationTimeout,
@@ -267,11 +268,26 @@ def inspect_checkpoint(kube: KubeClient, wanted: str) -> dict[str, Any]:
 
 
 def delete_checkpoint(kube: KubeClient, wanted: str) -> dict[str, Any]:
-    """Local files on the node holding it (and on nodes that pulled it), and the remote image."""
+    """Local files on every node holding it (the one that took it and those that pulled it),
+    and the registry image."""
     helper, entry = find_checkpoint(kube, wanted)
-    answer = helper.delete_checkpoint(entry["id"]) or {}
-    removed_remote = bool(isinstance(answer, dict) and answer.get("removed_remote"))
-    return {"id": entry["id"], "node": helper.node, "deleted": True,
+    ident = str(entry["id"])
+    holders = [h for h in require_helpers(kube)
+               if any(e.get("id") == ident for e in HelperClient(kube, h).checkpoints())]
+    clients = [HelperClient(kube, h) for h in holders] or [helper]
+    removed_remote = False
+    nodes = []
+    for client in clients:
+        try:
+            answer = client.delete_checkpoint(ident) or {}
+        except HelperError as exc:
+            if exc.code == "checkpoint_not_found":
+                continue  # gone meanwhile (with an earlier node's delete of the image)
+            raise
+        nodes.append(client.node)
+        removed_remote = removed_remote or bool(isinstance(answer, dict) and
+                                                answer.get("removed_remote"))
+    return {"id": ident, "node": helper.node, "nodes": nodes, "deleted": True,
             "removed_remote": removed_remote}
 
 

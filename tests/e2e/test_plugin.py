@@ -195,14 +195,20 @@ def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace
     assert inspected["processes"][0]["name"] == "counter"
     assert inspected["criu_stats"]["dump"]["pages_written"] > 0
 
-    dry = cedana(lab, "checkpoints", "prune", "--keep", "0", "--dry-run", "-o", "json")
+    newer = cedana(lab, "-n", namespace, "checkpoint", "second", "--leave-running",
+                   "--storage", "local")
+    assert newer.returncode == 0, newer.stderr
+    dry = cedana(lab, "checkpoints", "prune", "--keep", "1", "--dry-run", "-o", "json")
     assert dry.returncode == 0, dry.stderr
-    assert ident in {r["id"] for r in json.loads(dry.stdout)["items"]}
+    doomed = {r["id"] for r in json.loads(dry.stdout)["items"]}
+    assert ident in doomed and newer.stdout.strip() not in doomed
     removed = cedana(lab, "-n", namespace, "checkpoints", "rm", ident)
     assert removed.returncode == 0, removed.stderr
     assert "registry image" in removed.stdout
+    # gone from node 1 (which took it), node 2 (which pulled it) and the registry
     gone = json.loads(cedana(lab, "-n", namespace, "checkpoints", "ls", "-o", "json").stdout)
     assert ident not in {r["id"] for r in gone["items"]}
+    assert cedana(lab, "-n", namespace, "checkpoints", "rm", ident).returncode == 3
 
 
 def test_error_paths(lab: Lab, namespace: str) -> None:
