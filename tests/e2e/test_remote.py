@@ -246,3 +246,54 @@ def test_inspect_shows_processes_and_criu_stats(lab: Lab, namespace: str, helper
     stats = info["criu_stats"]["dump"]
     assert stats["pages_written"] > 0 and stats["frozen_time_us"] > 0
     assert info["where"] == "local" and info["manifest"]["checkpoint_id"] == ident
+
+
+def test_push_and_pull_stream_without_a_copy_in_memory(lab: Lab, namespace: str,
+                                                       helpers: Any) -> None:
+    """256 MiB of process memory pushed and pulled uncompressed: the helper's own memory
+    grows by far less than the checkpoint (the archive streams through 1 MiB chunks)."""
+    import threading
+
+    import psutil
+
+    source_helper = helpers("stream-src")
+    other_node = helpers("stream-dst")
+    lab.apply(pod_manifest("hog", ["/usr/local/bin/memhog", "256", "10"]), namespace)
+    lab.apply(pod_manifest("hog-copy", ["/bin/sh", "-c", "while true; do sleep 3600; done"]),
+              namespace)
+    lab.wait_pod_running(namespace, "hog")
+    lab.wait_pod_running(namespace, "hog-copy")
+    lab.wait_log(namespace, "hog", r"\d", timeout=120)
+
+    def peak_growth(helper: HelperProcess, request: Any) -> tuple[Any, int]:
+        proc = psutil.Process(helper.proc.pid)
+        base = proc.memory_info().rss
+        peak = base
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, proc.memory_info().rss)
+                done.wait(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            answer = request()
+        finally:
+            done.set()
+            watcher.join()
+        return answer, peak - base
+
+    dumped, push_growth = peak_growth(source_helper, lambda: source_helper.checkpoint(
+        namespace, "hog", leave_running=True, compression="none"))
+    assert dumped.status_code == 200, dumped.text
+    moved = dumped.json()["remote"]["size_bytes"]
+    assert moved > 256 << 20
+    restored, pull_growth = peak_growth(other_node, lambda: other_node.restore(
+        namespace, "hog-copy", checkpoint_id=dumped.json()["checkpoint_id"]))
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["pulled"]["size_bytes"] == moved
+    limit = 64 << 20
+    assert push_growth < limit and pull_growth < limit, (push_growth, pull_growth)
