@@ -302,6 +302,107 @@ def test_user_without_pods_proxy_is_told_what_is_missing(lab: Lab, namespace: st
         lab.kubectl("delete", "clusterrolebinding,clusterrole", role, check=False)
 
 
+def _service_account_kubeconfig(lab: Lab, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig for a new ServiceAccount (its token from the legacy token Secret)."""
+    lab.kubectl("-n", namespace, "create", "serviceaccount", name)
+    token = ""
+    end = time.monotonic() + 60
+    while not token:
+        assert time.monotonic() < end, f"no token for the service account {name}"
+        secrets = json.loads(lab.kubectl("-n", namespace, "get", "secrets", "-o",
+                                         "json").stdout)["items"]
+        for secret in secrets:
+            ann = secret["metadata"].get("annotations", {})
+            if ann.get("kubernetes.io/service-account.name") == name:
+                token = base64.b64decode(secret["data"]["token"]).decode()
+        time.sleep(0.5)
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "lab", "cluster": {"server": "https://127.0.0.1:6443",
+                                                 "certificate-authority": lab.ca_cert}}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": name,
+                                                 "namespace": namespace}}],
+        "current-context": "lab"}))
+    return path
+
+
+def test_helper_port_wants_proof_and_permission(lab: Lab, namespace: str,
+                                                tmp_path: Path) -> None:
+    """Straight to a helper's port without a proof: 401, from a pod and from the node. With a
+    proof but without the cedana-checkpointer permission: 403 and nothing happens; with the
+    shipped ClusterRole bound in the namespace: the checkpoint is taken."""
+    import requests
+
+    lab.apply(counter_pod("counter"), namespace)
+    lab.apply(pod_manifest("prober", ["/bin/sh", "-c", "while true; do sleep 3600; done"]),
+              namespace)
+    lab.wait_pod_running(namespace, "counter")
+    lab.wait_pod_running(namespace, "prober")
+    helpers = json.loads(lab.kubectl("-n", "cedana-system", "get", "pods", "-l",
+                                     "app.kubernetes.io/name=cedana-helper", "-o",
+                                     "json").stdout)["items"]
+    helper_ip = next(p["status"]["podIP"] for p in helpers
+                     if p["spec"]["nodeName"] == lab.node_name)
+    body = {"checkpoint_data": {"container_name": "main", "sandbox_name": "counter",
+                                "namespace": namespace, "checkpoint_path": ""},
+            "leave_running": True}
+    from_pod = lab.kubectl("-n", namespace, "exec", "prober", "--", "wget", "-q", "-O-",
+                           "--header", "Content-Type: application/json", "--post-data",
+                           json.dumps(body), f"http://{helper_ip}:1324/checkpoint", check=False)
+    assert from_pod.returncode != 0 and "401" in from_pod.stderr, from_pod.stderr
+    direct = requests.post(f"http://{helper_ip}:1324/checkpoint", json=body, timeout=30)
+    assert direct.status_code == 401 and direct.json()["code"] == "unauthenticated"
+    forged = requests.post(f"http://{helper_ip}:1324/checkpoint", json=body, timeout=30,
+                           headers={"X-Cedana-Caller": "cedana-caller-nope",
+                                    "X-Cedana-Proof": "guess"})
+    assert forged.status_code == 401, forged.text
+
+    kubeconfig = _service_account_kubeconfig(lab, namespace, "prober-sa",
+                                             tmp_path / "sa.kubeconfig")
+    subject = f"--serviceaccount={namespace}:prober-sa"
+    read = f"cedana-e2e-read-pods-{namespace}"
+    lab.kubectl("create", "clusterrole", read, "--verb=get,list", "--resource=pods,nodes")
+    bindings = [("clusterrolebinding", read, f"--clusterrole={read}", ""),
+                ("clusterrolebinding", f"{read}-caller", "--clusterrole=cedana-caller", ""),
+                ("rolebinding", f"{read}-client", "--role=cedana-helper-client",
+                 "cedana-system")]
+    try:
+        for kind, name, role, ns in bindings:
+            lab.kubectl(*(["-n", ns] if ns else []), "create", kind, name, role, subject)
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+               "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        denied = subprocess.run(["kubectl", "cedana", "checkpoint", "counter",
+                                 "--leave-running"], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert denied.returncode != 0
+        assert "forbidden" in denied.stderr and "checkpoints" in denied.stderr, denied.stderr
+        assert "Traceback" not in denied.stderr
+        listed = json.loads(cedana(lab, "-n", namespace, "checkpoints", "ls", "-o",
+                                   "json").stdout)
+        assert listed["items"] == []
+        lab.kubectl("-n", namespace, "create", "rolebinding", "prober-checkpointer",
+                    "--clusterrole=cedana-checkpointer", subject)
+        end = time.monotonic() + 60  # the helper trusts a review answer for 10 s
+        while True:
+            allowed = subprocess.run(["kubectl", "cedana", "checkpoint", "counter",
+                                      "--leave-running"], capture_output=True, text=True,
+                                     env=env, timeout=120)
+            if allowed.returncode == 0 or time.monotonic() > end:
+                break
+            assert "forbidden" in allowed.stderr, allowed.stderr
+            time.sleep(3)
+        assert allowed.returncode == 0, allowed.stderr
+        assert re.fullmatch(r"[0-9a-f-]{36}", allowed.stdout.strip())
+    finally:
+        lab.kubectl("delete", "clusterrolebinding", read, f"{read}-caller", check=False)
+        lab.kubectl("-n", "cedana-system", "delete", "rolebinding", f"{read}-client",
+                    check=False)
+        lab.kubectl("delete", "clusterrole", read, check=False)
+    pod = lab.wait_pod_running(namespace, "counter")
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
 def test_uninstall_then_no_helper(lab: Lab, namespace: str) -> None:
     removed = cedana(lab, "uninstall")
     assert removed.returncode == 0, removed.stderr
