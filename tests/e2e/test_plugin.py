@@ -257,51 +257,6 @@ def test_ctrl_c_during_restore_leaves_no_placeholder(lab: Lab, namespace: str) -
         time.sleep(0.5)
 
 
-def test_user_without_pods_proxy_is_told_what_is_missing(lab: Lab, namespace: str,
-                                                        tmp_path: Path) -> None:
-    """A ServiceAccount that may read pods but not create pods/proxy gets a clear message."""
-    lab.apply(counter_pod("counter"), namespace)
-    lab.wait_pod_running(namespace, "counter")
-    lab.kubectl("-n", namespace, "create", "serviceaccount", "limited")
-    role = f"cedana-e2e-read-pods-{namespace}"
-    lab.kubectl("create", "clusterrole", role, "--verb=get,list,watch", "--resource=pods,nodes")
-    lab.kubectl("create", "clusterrolebinding", role, f"--clusterrole={role}",
-                f"--serviceaccount={namespace}:limited")
-    try:
-        token = ""
-        end = time.monotonic() + 60
-        while not token:
-            assert time.monotonic() < end, "no token for the service account"
-            secrets = json.loads(lab.kubectl("-n", namespace, "get", "secrets", "-o",
-                                             "json").stdout)["items"]
-            for secret in secrets:
-                ann = secret["metadata"].get("annotations", {})
-                if ann.get("kubernetes.io/service-account.name") == "limited":
-                    token = base64.b64decode(secret["data"]["token"]).decode()
-            time.sleep(0.5)
-        kubeconfig = tmp_path / "limited.kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "lab", "cluster": {"server": "https://127.0.0.1:6443",
-                                                     "certificate-authority": lab.ca_cert}}],
-            "users": [{"name": "limited", "user": {"token": token}}],
-            "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "limited",
-                                                     "namespace": namespace}}],
-            "current-context": "lab"}))
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-               "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        denied = subprocess.run(["kubectl", "cedana", "checkpoint", "counter"],
-                                capture_output=True, text=True, env=env, timeout=120)
-        assert denied.returncode != 0
-        assert "pods/proxy" in denied.stderr, denied.stderr
-        assert "Traceback" not in denied.stderr
-        # nothing happened to the pod
-        pod = lab.wait_pod_running(namespace, "counter")
-        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
-    finally:
-        lab.kubectl("delete", "clusterrolebinding,clusterrole", role, check=False)
-
-
 def _service_account_kubeconfig(lab: Lab, namespace: str, name: str, path: Path) -> Path:
     """A kubeconfig for a new ServiceAccount (its token from the legacy token Secret)."""
     lab.kubectl("-n", namespace, "create", "serviceaccount", name)
@@ -325,6 +280,32 @@ def _service_account_kubeconfig(lab: Lab, namespace: str, name: str, path: Path)
                                                  "namespace": namespace}}],
         "current-context": "lab"}))
     return path
+
+
+def test_user_without_pods_proxy_is_told_what_is_missing(lab: Lab, namespace: str,
+                                                        tmp_path: Path) -> None:
+    """A ServiceAccount that may read pods but not create pods/proxy gets a clear message."""
+    lab.apply(counter_pod("counter"), namespace)
+    lab.wait_pod_running(namespace, "counter")
+    role = f"cedana-e2e-read-pods-{namespace}"
+    kubeconfig = _service_account_kubeconfig(lab, namespace, "limited",
+                                             tmp_path / "limited.kubeconfig")
+    lab.kubectl("create", "clusterrole", role, "--verb=get,list,watch", "--resource=pods,nodes")
+    lab.kubectl("create", "clusterrolebinding", role, f"--clusterrole={role}",
+                f"--serviceaccount={namespace}:limited")
+    try:
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+               "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        denied = subprocess.run(["kubectl", "cedana", "checkpoint", "counter"],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert denied.returncode != 0
+        assert "pods/proxy" in denied.stderr, denied.stderr
+        assert "Traceback" not in denied.stderr
+        # nothing happened to the pod
+        pod = lab.wait_pod_running(namespace, "counter")
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        lab.kubectl("delete", "clusterrolebinding,clusterrole", role, check=False)
 
 
 def test_helper_port_wants_proof_and_permission(lab: Lab, namespace: str,
