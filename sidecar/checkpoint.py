@@ -125,15 +125,18 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
                          with_rootfs: bool = True) -> CheckpointResult:
     started = time.monotonic()
     target = find_container(root, namespace, sandbox, container)
-    if target.status != RUNNING:
-        raise ContainerNotRunning(
-            f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
-            f"{target.status}; only a running container can be checkpointed",
-            container_id=target.container_id,
-        )
     checkpoint_id = str(uuid.uuid4())
     final_dir = destination(config, checkpoint_path, checkpoint_id)
+    # the lock first: another operation of ours may have frozen the container for its dump,
+    # which must read as "in progress", not as "not running"
     with locks.hold(target.container_id, "checkpoint"):
+        target = find_container(root, namespace, sandbox, container)
+        if target.status != RUNNING:
+            raise ContainerNotRunning(
+                f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
+                f"{target.status}; only a running container can be checkpointed",
+                container_id=target.container_id,
+            )
         tree = processes = proctree.process_tree(target.pid)
         if not tree:
             raise ContainerNotRunning(
