@@ -14,7 +14,7 @@ from sidecar.checkpoint import CheckpointResult
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointNotFound, HelperError, InvalidRequest
 from sidecar.kubeapi import KubeAPI
-from sidecar.remote import RemoteCheckpoint, RemoteStore, check_compression
+from sidecar.remote import RemoteCheckpoint, RemoteStore, check_compression, remote_entry
 from sidecar.restore import RestoreResult
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,6 @@ def inspect(config: HelperConfig, checkpoint_id: str) -> dict[str, Any]:
         if remote is None:
             raise
         image, digest = remote.manifest(checkpoint_id)
-        from sidecar.remote import remote_entry
         entry = remote_entry(image, digest, remote.name(checkpoint_id))
         entry["image_manifest"] = image
     path = Path(str(entry.get("path", "")))
@@ -207,6 +206,8 @@ def apply_retention(config: HelperConfig, max_per_container: int | None = None,
     per_container = config.max_checkpoints_per_container if max_per_container is None \
         else max_per_container
     total = config.max_total_bytes if max_total_bytes is None else max_total_bytes
+    if per_container <= 0 and total <= 0:
+        return []  # no limits: nothing to read after every checkpoint
     entries = [e for e in Catalogue(config.checkpoint_dir).list()
                if e.get("status", "complete") == "complete" and not e.get("pulled")]
     doomed = plan_retention(entries, per_container, total)

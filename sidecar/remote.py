@@ -20,7 +20,7 @@ import shutil
 import tarfile
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -408,5 +408,3 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -
     else:
         raise CheckpointCorrupted(f"checkpoint archive member {name!r} is not a file or directory")
 
-
-StoreFactory = Callable[[], "RemoteStore | None"]

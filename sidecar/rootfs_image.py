@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sidecar import oci_layer, rootfs_diff
+from sidecar import oci_layer, rootfs_diff, store
 from sidecar.config import HelperConfig
 from sidecar.containerd import INDEX_TYPES, ContainerdImages, node_platform, socket_path
 from sidecar.credentials import node_access
@@ -133,11 +133,7 @@ def _workdir(config: HelperConfig) -> Iterator[Path]:
 
 
 def _file_digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+    return "sha256:" + store.hash_file(path)[0]
 
 
 def _diff_id(path: Path, media_type: str) -> str | None:
@@ -258,12 +254,15 @@ def _push(client: RegistryClient, dest: ImageReference, base: BaseImage,
 
 def _commit(config: HelperConfig, target: RuncContainer, dest: ImageReference,
             base_for: Callable[[Path], BaseImage], locks: ContainerLocks,
-            started: float) -> RootfsCommit:
+            started: float, refresh: Callable[[], RuncContainer]) -> RootfsCommit:
     timings: dict[str, int] = {}
     client = RegistryClient(node_access(dest.host, config.registry))
     # fail on credentials before the container is frozen or anything is written
     client.authenticate(dest.repository, "pull,push")
     with locks.hold(target.container_id, "rootfs-checkpoint"), _workdir(config) as work:
+        # judged under the lock: a dump of ours may have frozen it meanwhile (that is a 409
+        # operation_in_progress from the lock, never "not running")
+        target = refresh()
         step = time.monotonic()
         base = base_for(work)
         timings["base_image"] = _ms(step)
@@ -291,13 +290,13 @@ def checkpoint_rootfs(config: HelperConfig, root: str | Path, namespace: str, sa
     """containerd: the base image is the one the container runs, from containerd's store."""
     started = time.monotonic()
     dest = ImageReference.parse(image_ref)
-    target = _running(root, namespace, sandbox, container)
+    target = find_container(root, namespace, sandbox, container)
     if not target.image:
         raise ImageNotFound(f"container {target.container_id} carries no image name annotation")
     socket_path(address)
     return _commit(config, target, dest,
                    lambda work: containerd_image(config, address, target.image, work), locks,
-                   started)
+                   started, lambda: _running(root, namespace, sandbox, container))
 
 
 def checkpoint_rootfs_crio(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
@@ -307,14 +306,15 @@ def checkpoint_rootfs_crio(config: HelperConfig, root: str | Path, namespace: st
     started = time.monotonic()
     source = ImageReference.parse(image_ref)
     dest = ImageReference.parse(new_image_ref)
-    target = _running(root, namespace, sandbox, container)
+    target = find_container(root, namespace, sandbox, container)
 
     def base_for(work: Path) -> BaseImage:
         base = registry_image(config, source, work)
         _check_same_image(target, base)
         return base
 
-    return _commit(config, target, dest, base_for, locks, started)
+    return _commit(config, target, dest, base_for, locks, started,
+                   lambda: _running(root, namespace, sandbox, container))
 
 
 def _check_same_image(target: RuncContainer, base: BaseImage) -> None:
@@ -371,13 +371,14 @@ def restore_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandb
                    locks: ContainerLocks) -> RootfsApplied:
     started = time.monotonic()
     ref = ImageReference.parse(image_ref)
-    target = _running(root, namespace, sandbox, container)
+    target = find_container(root, namespace, sandbox, container)
     if address:
         socket_path(address)
-    rootfs = Path(target.rootfs)
-    if not rootfs.is_dir():
-        raise TargetIncompatible(f"the target's rootfs {rootfs} is not a directory")
     with locks.hold(target.container_id, "rootfs-restore"), _workdir(config) as work:
+        target = _running(root, namespace, sandbox, container)  # judged under the lock
+        rootfs = Path(target.rootfs)
+        if not rootfs.is_dir():
+            raise TargetIncompatible(f"the target's rootfs {rootfs} is not a directory")
         image = _source_image(config, address, ref, work)
         base = _target_base(config, address, target, work)
         todo = added_layers(base.diff_ids, image.diff_ids, image.manifest.get("layers") or [])
