@@ -60,6 +60,8 @@ from sidecar.cli import main
 sys.exit(main())
 PY
   chmod 0755 "$root/usr/local/bin/cedana-helper"
+  # what runc runs as CRIU: dies with runc (standalone, standard library only)
+  install -m 0755 "$repo/sidecar/criu_guard.py" "$root/usr/local/bin/cedana-criu-guard"
   python3 "$here/build_image.py" --tree "$root" --name "$image" --out "$tar_out.tmp" \
     --entrypoint '["/usr/local/bin/cedana-helper"]' --cmd '["serve"]' \
     --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env PYTHONPATH=/opt/cedana/lib >/dev/null

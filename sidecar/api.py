@@ -16,9 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sidecar import freezer, lifecycle, store, version, versions
+from sidecar import freezer, lifecycle, store, tool, version, versions
 from sidecar.authz import AuthorizationMiddleware, CallerVerifier, RoutePolicy
-from sidecar.catalogue import Catalogue
 from sidecar.checkpoint import CheckpointResult, checkpoint_container
 from sidecar.config import HelperConfig
 from sidecar.discovery import list_containers, validate_root
@@ -134,9 +133,11 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
     kube_api: KubeAPI | None = (KubeAPI.connect(config.kubeconfig, config.node_name)
                                 if kube is True else kube or None)
     store.make_private_dirs(config.checkpoint_dir, Path("/"))
-    store.cleanup_temporaries(config.checkpoint_dir)
+    # a predecessor killed mid-dump: its runc/CRIU go first (they would write on, and put the
+    # freezer back as they found it), then what they froze is thawed, then their files go
+    tool.stop_stragglers([config.runc_path, config.criu_path], config.checkpoint_dir)
     freezer.thaw_remembered(config.checkpoint_dir / freezer.JOURNAL_NAME)
-    catalogue = Catalogue(config.checkpoint_dir)
+    store.cleanup_temporaries(config.checkpoint_dir)
 
     app = FastAPI(title="cedana-helper", version=version, docs_url=None, redoc_url=None,
                   openapi_url=None, dependencies=[Depends(RoutePolicy(config))])

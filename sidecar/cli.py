@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from sidecar import logs, version
+from sidecar import logs, tool, version
 from sidecar.config import DEFAULT_CRIU_RUNC_CONFIG, DEFAULT_RUNTIME_ROOT, HelperConfig
 from sidecar.credentials import (
     DEFAULT_CERTS_DIRS,
@@ -33,6 +33,9 @@ def main() -> None:
               help="runc root used when a request names none.")
 @click.option("--runc", "runc_path", default="runc", show_default=True, help="runc binary.")
 @click.option("--criu", "criu_path", default="criu", show_default=True, help="criu binary.")
+@click.option("--criu-guard", default="auto", show_default=True,
+              help="What runc runs as CRIU for dumps, so CRIU dies with the helper: "
+                   "auto finds cedana-criu-guard; none uses criu itself.")
 @click.option("--criu-runc-config", default=str(DEFAULT_CRIU_RUNC_CONFIG), show_default=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="CRIU config file runc passes to CRIU (link-remap is set there).")
@@ -69,7 +72,8 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
-          criu_path: str, criu_runc_config: Path, ctr_path: str, docker_configs: tuple[Path, ...],
+          criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
+          docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
           max_total_bytes: int, authorization: str, log_level: str) -> None:
@@ -81,7 +85,8 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
     logs.configure(log_level)
     config = HelperConfig(
         checkpoint_dir=checkpoint_dir, runtime_root=runtime_root, runc_path=runc_path,
-        criu_path=criu_path, criu_runc_config=criu_runc_config, ctr_path=ctr_path,
+        criu_path=criu_path, criu_guard=tool.find_criu_guard(criu_guard),
+        criu_runc_config=criu_runc_config, ctr_path=ctr_path,
         registry=NodeRegistrySettings(tuple(docker_configs), containerd_config,
                                       tuple(certs_dirs)),
         kubeconfig=kubeconfig, remote_repository=checkpoint_repository,

@@ -26,6 +26,8 @@ class HelperConfig:
     runc_path: str = "runc"
     ctr_path: str = "ctr"
     criu_path: str = "criu"
+    # what runc runs as CRIU for dumps: cedana-criu-guard, which dies with runc ("": criu)
+    criu_guard: str = ""
     nsenter_path: str = "nsenter"
     unshare_path: str = "unshare"
     # runc 1.1 passes this file to CRIU unless the container's `org.criu.config` annotation

@@ -61,11 +61,14 @@ def checkpoint_args(runc_path: str, criu_path: str, root: str | Path, container_
 
 def checkpoint(runc_path: str, criu_path: str, root: str | Path, container_id: str,
                image_path: Path, work_path: Path, options: DumpOptions,
-               timeout: float) -> tool.ToolResult:
-    """Dump the container's process tree; raises DumpFailed carrying CRIU's log tail."""
-    args = checkpoint_args(runc_path, criu_path, root, container_id, image_path, work_path,
-                           options)
-    result = tool.run(args, timeout=timeout, die_with_helper=True)
+               timeout: float, criu_guard: str = "") -> tool.ToolResult:
+    """Dump the container's process tree; raises DumpFailed carrying CRIU's log tail.
+
+    runc dies with the helper (pdeathsig); with `criu_guard` CRIU dies with runc too."""
+    env = {tool.CRIU_GUARD_ENV: criu_path} if criu_guard else None
+    args = checkpoint_args(runc_path, criu_guard or criu_path, root, container_id, image_path,
+                           work_path, options)
+    result = tool.run(args, timeout=timeout, die_with_helper=True, env=env)
     if not result.ok:
         raise DumpFailed(
             f"checkpoint of container {container_id} failed: {result.describe()}",
