@@ -3,10 +3,12 @@ CRIU into the on-disk format of store.py, and record it in the catalogue."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,34 @@ class CheckpointResult:
             "options": self.options,
             "container_id": self.container.container_id,
         }
+
+
+class _Stopper:
+    """Stops a container after its dump, in place of CRIU: the processes are signalled while
+    still frozen (kill) and die when thawed; wait then sees the init process gone."""
+
+    EXIT_TIMEOUT_S = 30.0
+
+    def __init__(self, pid: int, what: str) -> None:
+        self.pid, self.what = pid, what
+        try:  # the same process to the end, even if its PID is reused
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError as exc:
+            raise ContainerNotRunning(f"the init process {pid} of {what} has exited") from exc
+        self.signalled = False
+
+    def kill(self) -> None:
+        # only reached with the checkpoint renamed into place and listed
+        freezer.kill_frozen(self.pid, self.what)
+        self.signalled = True
+
+    def wait(self) -> None:
+        try:
+            if self.signalled and not freezer.wait_gone(self.pidfd, self.EXIT_TIMEOUT_S):
+                log.error("%s was signalled after its checkpoint but is still running",
+                          self.what)
+        finally:
+            os.close(self.pidfd)
 
 
 def utc_now() -> str:
@@ -155,40 +185,48 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
         store.make_private_dirs(final_dir.parent, Path("/"))
         temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
         temp_dir.mkdir(mode=store.DIR_MODE)
-        try:
-            manifest = _dump(config, root, target, temp_dir, final_dir, checkpoint_id, options,
-                             with_rootfs)
-        except BaseException:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            raise
+        # without leave_running the container is stopped only once its checkpoint is complete
+        # and listed: until then it is frozen, and thawed (alive) whatever fails, even the
+        # helper itself (the freezer journal)
+        with ExitStack() as until_stopped:
+            try:
+                manifest, stopper = _dump(config, root, target, temp_dir, final_dir,
+                                          checkpoint_id, options, with_rootfs, until_stopped)
+            except BaseException:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                raise
+            size = store.directory_size(final_dir)
+            Catalogue(config.checkpoint_dir).add({
+                "id": checkpoint_id,
+                "path": str(final_dir),
+                "namespace": namespace,
+                "pod": sandbox,
+                "container": container,
+                "container_id": target.container_id,
+                "image": target.image,
+                "node": config.node_name,
+                "size_bytes": size,
+                "created": manifest.created,
+                "leave_running": leave_running,
+                "status": "complete",
+                "options": options.to_dict(),
+                "with_rootfs": with_rootfs,
+                "processes": [{"pid": p.pid, "name": p.name} for p in processes],
+                "restores": [],
+            })
+            if stopper is not None:
+                stopper.kill()  # dies as it is thawed, on leaving the block
     duration_ms = int((time.monotonic() - started) * 1000)
-    size = store.directory_size(final_dir)
-    Catalogue(config.checkpoint_dir).add({
-        "id": checkpoint_id,
-        "path": str(final_dir),
-        "namespace": namespace,
-        "pod": sandbox,
-        "container": container,
-        "container_id": target.container_id,
-        "image": target.image,
-        "node": config.node_name,
-        "size_bytes": size,
-        "created": manifest.created,
-        "leave_running": leave_running,
-        "status": "complete",
-        "options": options.to_dict(),
-        "with_rootfs": with_rootfs,
-        "processes": [{"pid": p.pid, "name": p.name} for p in processes],
-        "restores": [],
-    })
     log.info("checkpointed %s/%s/%s into %s", namespace, sandbox, container, final_dir,
              extra={"checkpoint_id": checkpoint_id})
     return CheckpointResult(checkpoint_id, final_dir, size, duration_ms, options.to_dict(), target)
 
 
 def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
-          final_dir: Path, checkpoint_id: str,
-          options: runc.DumpOptions, with_rootfs: bool) -> store.CheckpointManifest:
+          final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
+          until_stopped: ExitStack) -> tuple[store.CheckpointManifest, _Stopper | None]:
+    """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
+    left frozen until `until_stopped` is closed; the caller stops it with the _Stopper."""
     images_dir = temp_dir / store.IMAGES_DIR
     work_dir = temp_dir / "work"
     images_dir.mkdir(mode=store.DIR_MODE)
@@ -202,36 +240,53 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     # found while the process lives: without leave_running it is gone after the dump
     upper = rootfs_diff.upper_dir(target.pid) if with_rootfs else None
     what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
-    # freeze -> dump -> diff -> thaw: the files match the memory image (CRIU leaves a cgroup
-    # it found frozen as it was, and runc accepts a paused container)
-    # the pages images are hashed while CRIU writes them, not after
-    with store.FollowingHasher(images_dir) as pages_hasher:
-        journal = config.checkpoint_dir / freezer.JOURNAL_NAME
-        with freezer.frozen(target.pid, what, journal) if upper is not None else \
-                freezer.remembered(target.pid, journal):
+    journal = config.checkpoint_dir / freezer.JOURNAL_NAME
+    stop = not options.leave_running
+    dump_options = options
+    stopper: _Stopper | None = None
+    with ExitStack() as while_read:
+        # freeze -> dump -> diff -> thaw: the files match the memory image (CRIU leaves a
+        # cgroup it found frozen as it was, and runc accepts a paused container)
+        if stop:
+            found = _Stopper(target.pid, what)
+            until_stopped.callback(found.wait)  # after the thaw
+            if until_stopped.enter_context(freezer.frozen(target.pid, what, journal)):
+                # CRIU leaves it alive (and frozen); it is stopped once its checkpoint is listed
+                dump_options = replace(options, leave_running=True)
+                stopper = found
+        elif upper is not None:
+            while_read.enter_context(freezer.frozen(target.pid, what, journal))
+        else:
+            while_read.enter_context(freezer.remembered(target.pid, journal))
+        # the pages images are hashed while CRIU writes them, not after
+        with store.FollowingHasher(images_dir) as pages_hasher:
             runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
-                            images_dir, work_dir, options, timeout=config.dump_timeout_s)
+                            images_dir, work_dir, dump_options, timeout=config.dump_timeout_s,
+                            criu_guard=config.criu_guard)
             checkpointed = utc_now()
             # the container's changed files go with its memory, so open files exist on restore
             if upper is not None and upper.is_dir():
                 rootfs_diff.write_diff(upper, temp_dir)
-        pages_digests = pages_hasher.finish()
-    _collect_outputs(temp_dir, work_dir, images_dir)
-    store.write_json(temp_dir / "config.dump", config_dump(target, checkpoint_id, checkpointed))
-    manifest = store.CheckpointManifest(
-        checkpoint_id=checkpoint_id,
-        created=checkpointed,
-        source={
-            "namespace": target.namespace,
-            "pod": target.sandbox_name,
-            "container": target.container_name,
-            "container_id": target.container_id,
-            "sandbox_id": target.sandbox_id,
-            "node": config.node_name,
-            "image": target.image,
-            "runtime": target.runtime,
-        },
-        tools=versions.tool_versions(config),
-        criu_options={**options.to_dict(), "with_rootfs": upper is not None},
-    )
-    return store.finalize(temp_dir, final_dir, manifest, known=pages_digests)
+            pages_digests = pages_hasher.finish()
+    try:
+        _collect_outputs(temp_dir, work_dir, images_dir)
+        store.write_json(temp_dir / "config.dump", config_dump(target, checkpoint_id, checkpointed))
+        manifest = store.CheckpointManifest(
+            checkpoint_id=checkpoint_id,
+            created=checkpointed,
+            source={
+                "namespace": target.namespace,
+                "pod": target.sandbox_name,
+                "container": target.container_name,
+                "container_id": target.container_id,
+                "sandbox_id": target.sandbox_id,
+                "node": config.node_name,
+                "image": target.image,
+                "runtime": target.runtime,
+            },
+            tools=versions.tool_versions(config),
+            criu_options={**options.to_dict(), "with_rootfs": upper is not None},
+        )
+        return store.finalize(temp_dir, final_dir, manifest, known=pages_digests), stopper
+    except OSError as exc:  # e.g. the disk is full: nothing is listed, the container lives
+        raise DumpFailed(f"cannot complete the checkpoint in {temp_dir}: {exc}") from exc

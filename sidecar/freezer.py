@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +32,8 @@ def _freezer(pid: int) -> tuple[Path, str, str, str] | None:
         dirs: list[CgroupDir] = process_cgroup_dirs(pid)
     except FileNotFoundError as exc:
         raise ContainerNotRunning(f"process {pid} has exited") from exc
+    # the root cgroup cannot be frozen (a process outside any container's cgroup)
+    dirs = [e for e in dirs if e.membership.path not in ("", "/")]
     for entry in dirs:
         if entry.mount.version == 1 and "freezer" in entry.membership.controllers:
             state = Path(entry.directory) / "freezer.state"
@@ -127,3 +132,31 @@ def _thaw(state: Path, thawed_value: str, what: str) -> None:
         pass  # the cgroup is gone with its processes (a dump without leave_running)
     except OSError as exc:
         log.error("cannot thaw %s through %s: %s", what, state, exc)
+
+
+def kill_frozen(pid: int, what: str) -> int:
+    """SIGKILL every process in pid's (frozen) cgroup; they die when it is thawed. While frozen
+    no process can exit, so no PID read here can be reused. Returns how many were signalled."""
+    found = _freezer(pid)
+    if found is None:
+        raise DumpFailed(f"no freezer cgroup for {what}: cannot stop it after its dump")
+    directory = found[0].parent
+    try:
+        pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError) as exc:
+        raise DumpFailed(f"cannot read the processes of {what} from {directory}: {exc}") from exc
+    killed = 0
+    for member in pids:
+        try:
+            os.kill(member, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def wait_gone(pidfd: int, timeout_s: float) -> bool:
+    """Wait until the process behind `pidfd` has exited."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(int(timeout_s * 1000)))

@@ -77,7 +77,8 @@ def write_diff(upper: Path, dest_dir: Path) -> list[str]:
                         deleted.append("/" + rel)
                     tar.add(path, arcname=rel, recursive=False)
     except OSError as exc:
-        raise DumpFailed(f"cannot read the container's changed files in {upper}: {exc}") from exc
+        raise DumpFailed(f"cannot copy the container's changed files from {upper} into the "
+                         f"checkpoint: {exc}") from exc
     (dest_dir / DELETED_FILES).write_text(json.dumps(deleted))
     os.chmod(dest_dir / DIFF_TAR, 0o600)
     os.chmod(dest_dir / DELETED_FILES, 0o600)

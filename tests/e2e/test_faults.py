@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from sidecar import tool
 from tests.e2e.helper import HelperProcess, start_helper, stop_helper
 from tests.e2e.lab import LAB_DIR, Lab, counter_pod, pod_manifest, sleeper_pod
 from tests.reliability import add_fault
@@ -96,6 +97,18 @@ def test_helper_killed_mid_dump(lab: Lab, namespace: str, leave_running: bool,
         os.kill(helper.proc.pid, signal.SIGKILL)
         helper.proc.wait(10)
         worker.join(30)
+        # runc and CRIU die with the helper (pdeathsig, cedana-criu-guard). Without the guard
+        # an orphaned CRIU went on to the end of the dump, writing on into the directory, and
+        # then put the freezer back to FROZEN after the next helper had thawed it
+        end = time.monotonic() + 10
+        while left := tool.stragglers(["runc", "criu"], cdir):
+            assert time.monotonic() < end, f"outlived the helper: {left}"
+            time.sleep(0.05)
+        criu_log = "\n".join(p.read_text(errors="replace")
+                             for p in cdir.glob(".tmp-*/work/dump.log"))
+        assert criu_log, "no CRIU log left to show where the dump stopped"
+        assert "Dumping finished successfully" not in criu_log
+        assert "Dumping FAILED" not in criu_log, criu_log[-2000:]
     finally:
         stop_helper(helper)
     # a new helper on the same directory: nothing listed, nothing left, nothing frozen
@@ -151,6 +164,59 @@ def test_criu_failing(lab: Lab, namespace: str, fault: str) -> None:
 
 
 # -- the checkpoint directory full ---------------------------------------------------------------
+def test_checkpoint_dir_full_after_the_dump(lab: Lab, namespace: str) -> None:
+    """CRIU's images fit, the container's changed files do not: the dump has finished when the
+    checkpoint fails. Without leave_running CRIU would already have killed the workload; the
+    helper stops it only once the checkpoint is complete and listed, so here it lives on."""
+    script = ("dd if=/dev/urandom of=/filler bs=1M count=24 2>/dev/null && "
+              "exec /usr/local/bin/counter /tmp/counter 100")
+    lab.apply(pod_manifest("filled", ["/bin/sh", "-c", script]), namespace)
+    lab.wait_pod_running(namespace, "filled")
+    lab.wait_log(namespace, "filled", r"count=3\b", timeout=60)
+    mount = LAB_DIR / "test-helpers" / f"fullafter-{namespace[-6:]}"
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)],
+                   check=True)
+    try:
+        helper = start_helper(f"fullafter-{namespace[-6:]}", mount / "checkpoints")
+        try:
+            answer = helper.checkpoint(namespace, "filled", leave_running=False,
+                                       with_rootfs=True)
+            partial = no_partial(mount, entries(helper, namespace))
+            lost = 0
+            try:
+                assert answer.status_code == 500, answer.text
+                body = answer.json()
+                assert body["code"] == "dump_failed", body
+                assert "No space left on device" in body["message"], body
+                assert_survives(lab, namespace, "filled", r"count=(\d+)")
+            except AssertionError:
+                lost = 1
+                raise
+            finally:
+                add_fault("checkpoint directory full", 1, lost, partial,
+                          "16 MiB tmpfs, full after the dump")
+            assert partial == 0 and entries(helper, namespace) == []
+            assert shutil.disk_usage(mount).used < 1 << 20
+            # the same container, with room: checkpointed and then stopped, as asked
+            subprocess.run(["mount", "-o", "remount,size=256m", str(mount)], check=True)
+            ok = helper.checkpoint(namespace, "filled", leave_running=False, with_rootfs=True)
+            assert ok.status_code == 200, ok.text
+            status = lab.wait_pod_running(namespace, "filled")["status"]["containerStatuses"][0]
+            end = time.monotonic() + 60
+            while status["restartCount"] == 0:  # the kubelet restarts the stopped container
+                assert time.monotonic() < end, status
+                time.sleep(0.5)
+                status = lab.pod(namespace, "filled")["status"]["containerStatuses"][0]
+            listed = entries(helper, namespace)
+            assert [e["status"] for e in listed] == ["complete"]
+        finally:
+            stop_helper(helper)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
 def test_checkpoint_dir_full(lab: Lab, namespace: str) -> None:
     lab.apply(memhog_pod("hog", 128), namespace)
     lab.wait_pod_running(namespace, "hog")
