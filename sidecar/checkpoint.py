@@ -244,22 +244,22 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     stop = not options.leave_running
     dump_options = options
     stopper: _Stopper | None = None
-    with ExitStack() as while_read:
-        # freeze -> dump -> diff -> thaw: the files match the memory image (CRIU leaves a
-        # cgroup it found frozen as it was, and runc accepts a paused container)
-        if stop:
-            found = _Stopper(target.pid, what)
-            until_stopped.callback(found.wait)  # after the thaw
-            if until_stopped.enter_context(freezer.frozen(target.pid, what, journal)):
-                # CRIU leaves it alive (and frozen); it is stopped once its checkpoint is listed
-                dump_options = replace(options, leave_running=True)
-                stopper = found
-        elif upper is not None:
-            while_read.enter_context(freezer.frozen(target.pid, what, journal))
-        else:
-            while_read.enter_context(freezer.remembered(target.pid, journal))
-        # the pages images are hashed while CRIU writes them, not after
-        with store.FollowingHasher(images_dir) as pages_hasher:
+    # the pages images are hashed while CRIU writes them, not after
+    with store.FollowingHasher(images_dir) as pages_hasher:
+        with ExitStack() as while_read:
+            # freeze -> dump -> diff -> thaw: the files match the memory image (CRIU leaves a
+            # cgroup it found frozen as it was, and runc accepts a paused container)
+            if stop:
+                found = _Stopper(target.pid, what)
+                until_stopped.callback(found.wait)  # after the thaw
+                if until_stopped.enter_context(freezer.frozen(target.pid, what, journal)):
+                    # CRIU leaves it alive (and frozen); stopped once its checkpoint is listed
+                    dump_options = replace(options, leave_running=True)
+                    stopper = found
+            elif upper is not None:
+                while_read.enter_context(freezer.frozen(target.pid, what, journal))
+            else:
+                while_read.enter_context(freezer.remembered(target.pid, journal))
             runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
                             images_dir, work_dir, dump_options, timeout=config.dump_timeout_s,
                             criu_guard=config.criu_guard)
@@ -267,7 +267,8 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             # the container's changed files go with its memory, so open files exist on restore
             if upper is not None and upper.is_dir():
                 rootfs_diff.write_diff(upper, temp_dir)
-            pages_digests = pages_hasher.finish()
+        # thawed (unless it is to be stopped): the hashing of the last pages is not a pause
+        pages_digests = pages_hasher.finish()
     try:
         _collect_outputs(temp_dir, work_dir, images_dir)
         store.write_json(temp_dir / "config.dump", config_dump(target, checkpoint_id, checkpointed))
