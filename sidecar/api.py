@@ -16,8 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sidecar import freezer, lifecycle, store, tool, version, versions
-from sidecar.authz import AuthorizationMiddleware, CallerVerifier, RoutePolicy
+from sidecar import freezer, lifecycle, proctree, store, version, versions
+from sidecar.authz import (
+    LIST_CHECKPOINTS,
+    AuthorizationMiddleware,
+    CallerVerifier,
+    RoutePolicy,
+    access_of,
+)
 from sidecar.checkpoint import CheckpointResult, checkpoint_container
 from sidecar.config import HelperConfig
 from sidecar.discovery import list_containers, validate_root
@@ -135,7 +141,7 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
     store.make_private_dirs(config.checkpoint_dir, Path("/"))
     # a predecessor killed mid-dump: its runc/CRIU go first (they would write on, and put the
     # freezer back as they found it), then what they froze is thawed, then their files go
-    tool.stop_stragglers([config.runc_path, config.criu_path], config.checkpoint_dir)
+    proctree.stop_stragglers([config.runc_path, config.criu_path], config.checkpoint_dir)
     freezer.thaw_remembered(config.checkpoint_dir / freezer.JOURNAL_NAME)
     store.cleanup_temporaries(config.checkpoint_dir)
 
@@ -259,9 +265,13 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
         return result.to_dict()
 
     @app.get("/checkpoints")
-    def get_checkpoints(remote: Annotated[bool, Query()] = False) -> dict[str, Any]:
-        return {"checkpoints": lifecycle.list_checkpoints(config, include_remote=remote),
-                "node": config.node_name}
+    def get_checkpoints(request: Request,
+                        remote: Annotated[bool, Query()] = False) -> dict[str, Any]:
+        # only the namespaces whose checkpoints the caller may list
+        access = access_of(request.scope)
+        entries = [e for e in lifecycle.list_checkpoints(config, include_remote=remote)
+                   if access.may(str(e.get("namespace") or ""), LIST_CHECKPOINTS)]
+        return {"checkpoints": entries, "node": config.node_name}
 
     @app.post("/checkpoints/prune")
     def post_prune(body: Annotated[PruneRequest | None, Body()] = None) -> dict[str, Any]:

@@ -57,7 +57,13 @@ def _is_frozen(readback: str, frozen: str) -> bool:
 def remembered(pid: int, journal: Path | None) -> Iterator[None]:
     """List pid's freezer in `journal` for the block: if the helper dies inside it (runc and
     CRIU freeze the tree too), the next helper thaws it."""
-    found = _freezer(pid) if journal is not None else None
+    with _listed(_freezer(pid) if journal is not None else None, pid, journal):
+        yield
+
+
+@contextmanager
+def _listed(found: tuple[Path, str, str, str] | None, pid: int,
+            journal: Path | None) -> Iterator[None]:
     if found is None or journal is None:
         yield
         return
@@ -100,7 +106,7 @@ def frozen(pid: int, what: str, journal: Path | None = None) -> Iterator[bool]:
         log.warning("no freezer cgroup for %s; its files are read while it runs", what)
         yield False
         return
-    with remembered(pid, journal):
+    with _listed(found, pid, journal):
         yield from _frozen_block(found, what)
 
 

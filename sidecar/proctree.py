@@ -1,12 +1,18 @@
 """Facts about a container's process tree read from /proc: io_uring use, TCP connections,
-and pid translation between namespaces."""
+pid translation between namespaces; and the runc/CRIU a dead helper left behind."""
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+log = logging.getLogger(__name__)
 
 IO_URING_LINK = "anon_inode:[io_uring]"
 # /proc/net/tcp `st` values of sockets CRIU dumps without --tcp-established: LISTEN and CLOSE
@@ -124,3 +130,54 @@ def start_time(pid: int) -> float | None:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return None
+
+
+def alive(pid: int) -> bool:
+    """Running: a zombie has let go of its files and memory."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def working_in(programs: list[str], directory: Path) -> dict[int, str]:
+    """Processes of `programs` with an open file or their working directory in `directory`:
+    {pid: executable}."""
+    wanted = {os.path.realpath(shutil.which(p) or p) for p in programs if p}
+    prefix = os.path.realpath(directory)
+
+    def inside(path: str) -> bool:
+        return path == prefix or path.startswith(prefix + "/")
+
+    found: dict[int, str] = {}
+    for proc in psutil.process_iter(["exe"]):
+        exe = proc.info["exe"]
+        if exe not in wanted or proc.pid == os.getpid():
+            continue
+        try:
+            cwd = proc.cwd()
+        except psutil.Error:
+            continue
+        if inside(cwd) or any(inside(link) for link in fd_links(proc.pid).values()):
+            found[proc.pid] = exe
+    return found
+
+
+def stop_stragglers(programs: list[str], directory: Path, wait_s: float = 10.0) -> list[int]:
+    """SIGKILL processes of `programs` (runc, CRIU) still working in `directory`, left by a
+    helper that died in the middle of a dump, and wait until they are gone; returns their PIDs.
+    Only these programs, only this directory: nothing else on the node is touched."""
+    killed: list[int] = []
+    for pid, exe in working_in(programs, directory).items():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        killed.append(pid)
+        log.warning("killed %s (pid %d), left working in %s by a helper that died",
+                    exe, pid, directory)
+    deadline = time.monotonic() + wait_s
+    for pid in killed:
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return killed

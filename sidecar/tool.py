@@ -1,13 +1,12 @@
 """Running external binaries: argument lists only, bounded time, output captured."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +49,11 @@ class ToolResult:
         return f"{text}: {detail}" if detail else text
 
 
+@functools.cache
+def _has_setpriv() -> bool:
+    return shutil.which(DIE_WITH_HELPER[0]) is not None
+
+
 def run(args: Sequence[str], *, timeout: float, pass_fds: Sequence[int] = (),
         cwd: str | Path | None = None, die_with_helper: bool = False,
         env: dict[str, str] | None = None) -> ToolResult:
@@ -58,7 +62,7 @@ def run(args: Sequence[str], *, timeout: float, pass_fds: Sequence[int] = (),
     `die_with_helper`: through setpriv --pdeathsig, when the node has it. `env`: added to the
     helper's environment."""
     argv = [str(a) for a in args]
-    if die_with_helper and shutil.which(DIE_WITH_HELPER[0]):
+    if die_with_helper and _has_setpriv():
         argv = [*DIE_WITH_HELPER, *argv]
     log.debug("running %s", argv)
     try:
@@ -110,72 +114,3 @@ def find_criu_guard(choice: str) -> str:
         log.warning("%s not found: a helper killed during a dump leaves CRIU running until "
                     "the next helper starts", CRIU_GUARD_NAME)
     return found or ""
-
-
-def _real(path: str) -> str:
-    found = shutil.which(path) or path
-    return os.path.realpath(found)
-
-
-def _uses_dir(pid: str, directory: str) -> bool:
-    proc = Path("/proc") / pid
-    try:
-        links = [proc / "cwd", *(proc / "fd").iterdir()]
-    except OSError:
-        return False
-    for link in links:
-        try:
-            target = os.readlink(link)
-        except OSError:
-            continue
-        if target == directory or target.startswith(directory + "/"):
-            return True
-    return False
-
-
-def stragglers(programs: Sequence[str], directory: Path) -> dict[int, str]:
-    """Running processes of `programs` with a file or their working directory in `directory`:
-    {pid: executable}."""
-    wanted = {_real(p) for p in programs if p}
-    prefix = os.path.realpath(directory)
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            exe = os.readlink(entry / "exe").removesuffix(" (deleted)")
-        except OSError:
-            continue
-        if exe in wanted and _uses_dir(entry.name, prefix):
-            found[int(entry.name)] = exe
-    return found
-
-
-def stop_stragglers(programs: Sequence[str], directory: Path,
-                    wait_s: float = 10.0) -> list[int]:
-    """SIGKILL processes of `programs` (runc, CRIU) that still work in `directory`: left by a
-    helper that died in the middle of a dump. Waits until they are gone; returns their PIDs.
-    Only these programs, only this directory: nothing else on the node is touched."""
-    found: list[int] = []
-    for pid, exe in stragglers(programs, directory).items():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-        found.append(pid)
-        log.warning("killed %s (pid %d), left working in %s by a helper that died",
-                    exe, pid, directory)
-    deadline = time.monotonic() + wait_s
-    for pid in found:
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie has let go of its files and memory: not alive)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
