@@ -15,16 +15,12 @@ removes it after a day; the helper stops accepting it after 15 minutes.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import secrets
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from kubectl_cedana.errors import CedanaError, PermissionDenied
-from kubectl_cedana.kube import HttpResponse, KubeClient, Timeout, can_i_command
+from kubectl_cedana.kube import KubeClient, can_i_command
 
 SIGNER_PREFIX = "cedana.io/caller-proof-"
 CALLER_HEADER = "X-Cedana-Caller"
@@ -51,6 +47,8 @@ kFS69ILreaoTDMJJXLy8WIkGuAc+u9YgTMrHkn0CIQCYxlVtOmijRpa3zQ+bZyL9
 
 def proof_request(digest: str) -> dict[str, Any]:
     """The CertificateSigningRequest that records who we are for the secret with `digest`."""
+    import base64  # here, not at the top: `kubectl cedana --help` makes no proof
+
     return {
         "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
         "metadata": {"generateName": "cedana-caller-",
@@ -71,6 +69,9 @@ class CallerProof:
         self._made = 0.0
 
     def _make(self) -> None:
+        import hashlib
+        import secrets
+
         secret = secrets.token_urlsafe(32)
         digest = hashlib.sha256(secret.encode()).hexdigest()
         try:
@@ -110,10 +111,6 @@ class CallerProof:
                 self._make()
             return {CALLER_HEADER: self._name, PROOF_HEADER: self._secret}
 
-    @property
-    def name(self) -> str:
-        return self._name
-
 
 _proofs_lock = threading.Lock()
 
@@ -126,11 +123,3 @@ def caller_proof(kube: KubeClient) -> CallerProof:
             proof = CallerProof(kube)
             kube._cedana_caller_proof = proof  # type: ignore[attr-defined]
         return proof
-
-
-def send_with_proof(kube: KubeClient, method: str, path: str, route: str, *,
-                    query: Mapping[str, Any] | None, body: Any, timeout: Timeout
-                    ) -> HttpResponse:
-    """One helper request through the pod proxy, with the proof it needs."""
-    return kube.send(method, path, query=query, body=body, timeout=timeout,
-                     headers=caller_proof(kube).headers(route))

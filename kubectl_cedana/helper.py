@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from kubectl_cedana.authz import send_with_proof
+from kubectl_cedana.authz import caller_proof
 from kubectl_cedana.errors import (
     CedanaError,
     HelperError,
@@ -126,8 +126,8 @@ class HelperClient:
     def call(self, method: str, route: str, *, query: Mapping[str, Any] | None = None,
              body: Any = None, timeout: Timeout = SHORT_TIMEOUT) -> Any:
         path = self.proxy_path(route)
-        response = send_with_proof(self.kube, method, path, route, query=query, body=body,
-                                   timeout=timeout)
+        response = self.kube.send(method, path, query=query, body=body, timeout=timeout,
+                                  headers=caller_proof(self.kube).headers(route))
         if response.status < 400:
             return response.json_or_none()
         payload = response.json_or_none()

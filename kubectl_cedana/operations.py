@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from kubectl_cedana.authz import caller_proof
 from kubectl_cedana.errors import (
     ApiConflict,
     ApiNotFound,
@@ -549,7 +550,6 @@ def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | Non
                     f"migrating to another node needs a checkpoint registry, and the helper on "
                     f"node {h.node} has none",
                     hint="kubectl cedana install --checkpoint-repository REGISTRY/REPO")
-        target_helper.health()
     helper.health()  # fail before changing anything when the helper is unreachable
     target_name = new_pod or _migrated_name(pod)
     placeholder = build_placeholder_pod(source, source_ref.container, target_name,
@@ -563,6 +563,7 @@ def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | Non
             wait_pod_running(kube, namespace, target_name, source_ref.container, timeout,
                              progress)
             progress(f"checkpointing {pod}/{source_ref.container}")
+            caller_proof(kube).headers("checkpoint")  # made now, not inside the pause
             paused_at = time.monotonic()
             dump = helper.checkpoint(namespace=namespace, pod=pod,
                                      container=source_ref.container,

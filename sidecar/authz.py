@@ -35,12 +35,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar import store
 from sidecar.catalogue import Catalogue
@@ -52,6 +51,7 @@ from sidecar.errors import (
     HelperError,
     Unauthenticated,
 )
+from sidecar.kubeapi import KubeAPI
 from sidecar.middleware import request_state, send_error
 from sidecar.paths import confine
 
@@ -135,7 +135,7 @@ class Access:
             self._answers[key] = self.reviewer(self.caller, namespace, permission)
         return self._answers[key]
 
-    def may(self, namespace: str, permission: Permission = LIST_CHECKPOINTS) -> bool:
+    def may(self, namespace: str, permission: Permission) -> bool:
         return self.review(namespace, permission)[0]
 
     def require(self, namespace: str, permission: Permission, what: str) -> None:
@@ -319,8 +319,7 @@ def access_of(scope: Scope) -> Access:
 
 class AuthorizationMiddleware:
     """401 before anything else runs unless the request carries a valid caller proof; the
-    catalogue answer (GET /checkpoints) keeps only entries of namespaces whose checkpoints the
-    caller may list."""
+    request's Access is left for the routes (access_of)."""
 
     def __init__(self, app: ASGIApp, verifier: CallerVerifier | None) -> None:
         self.app = app
@@ -338,52 +337,7 @@ class AuthorizationMiddleware:
             await send_error(scope, send, exc)
             return
         request_state(scope)["access"] = access
-        if scope.get("method") == "GET" and scope["path"].rstrip("/") == "/checkpoints":
-            await self._filtered_catalogue(scope, receive, send, access)
-            return
         await self.app(scope, receive, send)
-
-    async def _filtered_catalogue(self, scope: Scope, receive: Receive, send: Send,
-                                  access: Access) -> None:
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        async def collect(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = message
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    await flush()
-            else:
-                await send(message)
-
-        async def flush() -> None:
-            assert start is not None
-            body = b"".join(chunks)
-            if start["status"] == 200:
-                body = await anyio.to_thread.run_sync(filter_catalogue, body, access)
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, collect)
-
-
-def filter_catalogue(body: bytes, access: Access) -> bytes:
-    """The catalogue answer with only the entries of namespaces `access` may see."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body
-    if isinstance(data, dict) and isinstance(data.get("checkpoints"), list):
-        kept = [e for e in data["checkpoints"] if isinstance(e, dict)
-                and access.may(str(e.get("namespace") or ""), LIST_CHECKPOINTS)]
-        data["checkpoints"] = kept
-        return json.dumps(data).encode()
-    return body
 
 
 # -- which namespaces a route acts on ------------------------------------------------------------
@@ -408,7 +362,6 @@ class RoutePolicy:
         self.config = config
         self.checkpoint_dir = config.checkpoint_dir
         self.catalogue = Catalogue(config.checkpoint_dir)
-        self._warned: set[str] = set()
 
     def _checkpoint_namespace(self, checkpoint_id: str | None, path: str | None) -> str | None:
         """The source namespace of a checkpoint named by id or path; None if unknown."""
@@ -520,18 +473,14 @@ def routes_without_policy(policy: RoutePolicy, routes: Iterable[tuple[str, str]]
     return missing
 
 
-def build_verifier(mode: str, kubeconfig: Path | None, node_name: str
-                   ) -> CallerVerifier | None:
+def build_verifier(mode: str, api: KubeAPI | None) -> CallerVerifier | None:
     """`--authorization`: kubernetes (proofs and reviews through the helper's own API access:
-    service account or --kubeconfig) or none."""
+    service account or --kubeconfig, connected as `api`) or none."""
     if mode == "none":
         log.warning("--authorization none: every caller that reaches this port is trusted")
         return None
     if mode != "kubernetes":
         raise ValueError(f"unknown authorization mode {mode!r} (one of {', '.join(MODES)})")
-    from sidecar.kubeapi import KubeAPI
-
-    api = KubeAPI.connect(kubeconfig, node_name)
     if api is None:
         raise RuntimeError(
             "--authorization kubernetes needs the Kubernetes API to check callers: run the "

@@ -95,12 +95,15 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
         max_total_bytes=max_total_bytes,
     )
     from sidecar.authz import build_verifier
+    from sidecar.kubeapi import KubeAPI
 
+    # one connection for Events and for caller checks
+    kube = KubeAPI.connect(config.kubeconfig, config.node_name)
     try:
-        verifier = build_verifier(authorization, config.kubeconfig, config.node_name)
+        verifier = build_verifier(authorization, kube)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
-    app = create_app(config, verifier=verifier)
+    app = create_app(config, kube=kube, verifier=verifier)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
                 log_level=log_level.lower())
 

@@ -254,7 +254,7 @@ def _push(client: RegistryClient, dest: ImageReference, base: BaseImage,
 
 def _commit(config: HelperConfig, target: RuncContainer, dest: ImageReference,
             base_for: Callable[[Path], BaseImage], locks: ContainerLocks,
-            started: float, refresh: Callable[[], RuncContainer]) -> RootfsCommit:
+            started: float, root: str | Path) -> RootfsCommit:
     timings: dict[str, int] = {}
     client = RegistryClient(node_access(dest.host, config.registry))
     # fail on credentials before the container is frozen or anything is written
@@ -262,7 +262,7 @@ def _commit(config: HelperConfig, target: RuncContainer, dest: ImageReference,
     with locks.hold(target.container_id, "rootfs-checkpoint"), _workdir(config) as work:
         # judged under the lock: a dump of ours may have frozen it meanwhile (that is a 409
         # operation_in_progress from the lock, never "not running")
-        target = refresh()
+        target = _running(root, target.namespace, target.sandbox_name, target.container_name)
         step = time.monotonic()
         base = base_for(work)
         timings["base_image"] = _ms(step)
@@ -296,7 +296,7 @@ def checkpoint_rootfs(config: HelperConfig, root: str | Path, namespace: str, sa
     socket_path(address)
     return _commit(config, target, dest,
                    lambda work: containerd_image(config, address, target.image, work), locks,
-                   started, lambda: _running(root, namespace, sandbox, container))
+                   started, root)
 
 
 def checkpoint_rootfs_crio(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
@@ -313,8 +313,7 @@ def checkpoint_rootfs_crio(config: HelperConfig, root: str | Path, namespace: st
         _check_same_image(target, base)
         return base
 
-    return _commit(config, target, dest, base_for, locks, started,
-                   lambda: _running(root, namespace, sandbox, container))
+    return _commit(config, target, dest, base_for, locks, started, root)
 
 
 def _check_same_image(target: RuncContainer, base: BaseImage) -> None:
