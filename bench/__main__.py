@@ -275,12 +275,8 @@ def main() -> int:
         finished = datetime.now(UTC)
         results["meta"]["finished"] = finished.strftime("%Y-%m-%d %H:%M UTC")
         results["meta"]["duration_s"] = (finished - started).total_seconds()
-        notes = REPO / "bench" / "notes.md"
-        results["notes"] = notes.read_text() if notes.exists() else ""
-        (out / "benchmarks").mkdir(parents=True, exist_ok=True)
-        (out / "benchmarks" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    plots = report.plot(results, out / "benchmarks")
-    (out / "benchmarks.md").write_text(report.render(results, plots))
+        save_results(results, out)  # kept even when a method failed
+    render_report(results, out)
     say(f"wrote {out / 'benchmarks.md'} in {(time.monotonic() - sampler.start_time) / 60:.1f} min")
     return 0
 
@@ -290,12 +286,23 @@ def render_only() -> int:
     bench/notes.md) without measuring again."""
     out = Path(os.environ.get("BENCH_OUT", REPO / "docs"))
     results = json.loads((out / "benchmarks" / "results.json").read_text())
+    save_results(results, out)
+    render_report(results, out)
+    return 0
+
+
+def save_results(results: dict[str, Any], out: Path) -> None:
+    """results.json under `out`, with bench/notes.md's prose."""
     notes = REPO / "bench" / "notes.md"
     results["notes"] = notes.read_text() if notes.exists() else ""
+    (out / "benchmarks").mkdir(parents=True, exist_ok=True)
     (out / "benchmarks" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def render_report(results: dict[str, Any], out: Path) -> None:
+    """The plots and benchmarks.md under `out`."""
     plots = report.plot(results, out / "benchmarks")
     (out / "benchmarks.md").write_text(report.render(results, plots))
-    return 0
 
 
 if __name__ == "__main__":

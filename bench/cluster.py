@@ -8,10 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +16,7 @@ from typing import Any
 import requests
 
 from bench.procs import BenchError, FileProbe, ReadyTiming, run, timed_run, until_ready, wait_for
+from tests.e2e.helper import HelperProcess, start_helper, stop_helper
 
 SLEEP_CMD = ["/bin/sh", "-c", "while true; do sleep 3600; done"]
 RUNC_ROOT = "/run/containerd/runc/k8s.io"
@@ -194,9 +191,9 @@ class PluginEndToEnd:
 
 class HelperRest:
     """(b): the helper's POST /checkpoint and POST /restore alone, sent to a helper that the
-    benchmark runs as a host process on 127.0.0.1 (as tests/e2e/helper.py does), from this
-    checkout, with `--authorization none`: no kubectl, no plugin, no API server, and no
-    dependence on the shared DaemonSet pod that other users reinstall."""
+    benchmark runs as a host process on 127.0.0.1 with tests/e2e/helper.py (as the tests do),
+    from this checkout, with `--authorization none`: no kubectl, no plugin, no API server, and
+    no dependence on the shared DaemonSet pod that other users reinstall."""
 
     name = "b"
     label = "helper REST"
@@ -204,37 +201,20 @@ class HelperRest:
     def __init__(self, cluster: Cluster, work: Path) -> None:
         self.cluster = cluster
         self.work = work / "helper"
-        self.url = ""
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.helper: HelperProcess | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.helper is not None, "setup() first"
+        return self.helper.url
 
     def setup(self) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        args = [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
-                str(port), "--checkpoint-dir", str(self.work / "checkpoints"),
-                "--runtime-root", RUNC_ROOT, "--criu", "/usr/local/sbin/criu"]
-        usage = run([sys.executable, "-m", "sidecar.cli", "serve", "--help"]).stdout
-        if "--authorization" in usage:
-            args += ["--authorization", "none"]
-        (self.work / "checkpoints").mkdir(exist_ok=True)
-        with open(self.work / "helper.log", "ab") as log:
-            self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "NODE_NAME": self.cluster.node},
-                                         start_new_session=True)
-        self.url = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise BenchError("the host helper exited: "
-                                 + (self.work / "helper.log").read_text()[-1500:])
-            try:
-                return requests.get(self.url + "/healthz", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for("the host helper", healthy, timeout=60)
+        try:
+            self.helper = start_helper("bench", self.work / "checkpoints",
+                                       extra_args=["--criu", "/usr/local/sbin/criu"],
+                                       env={"NODE_NAME": self.cluster.node})
+        except AssertionError as exc:
+            raise BenchError(str(exc)) from exc
 
     def post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         response = requests.post(self.url + route, json=body, timeout=600)
@@ -281,11 +261,6 @@ class HelperRest:
         return None
 
     def teardown(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(15)
+        if self.helper is not None:
+            stop_helper(self.helper)
         shutil.rmtree(self.work / "checkpoints", ignore_errors=True)

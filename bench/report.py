@@ -229,18 +229,11 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         "`kubectl cedana restore ID --into PLACEHOLDER -o json`, through the real kubectl, the "
         "API server's pod proxy and the helper DaemonSet pod (the helper's defaults: "
         "freeze → dump → rootfs diff → thaw, sha256 manifest, fsync).")
-    how = meta.get("method", {})  # runs before these keys existed: fixed order, no sync
-    if how.get("b_helper") == "host-process":
-        add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) "
-            "sent by the benchmark to a helper of this checkout that it runs as a host process "
-            "on 127.0.0.1 (`cedana-helper serve --authorization none`, as tests/e2e/helper.py "
-            "does): the same code as the DaemonSet's image, without kubectl, the plugin, the "
-            "API server and the pod proxy.")
-    else:
-        add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) "
-            "sent by the benchmark straight to the same in-cluster helper pod that (a) uses, on "
-            "the node address (hostNetwork, 10.88.0.1:1324): no kubectl, no plugin, no API "
-            "server, no pod proxy.")
+    add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) "
+        "sent by the benchmark to a helper of this checkout that it runs as a host process "
+        "on 127.0.0.1 (`cedana-helper serve --authorization none`, started by "
+        "tests/e2e/helper.py as in the tests): the same code as the DaemonSet's image, without "
+        "kubectl, the plugin, the API server and the pod proxy.")
     add("- **(c) bare runc**: an OCI bundle made from the workload image's layers, "
         "`runc run -d`, `runc checkpoint --leave-running --manage-cgroups-mode soft "
         "--ext-unix-sk --file-locks` (link-remap through /etc/criu/runc.conf, as the helper "
@@ -257,16 +250,10 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         "podman's export carried over). Files are polled every 2 ms; memhog beats every "
         f"{meta['interval_ms']} ms, so up to one interval is common to every method. "
         "Placeholder pods are created before the timing starts, as `migrate` does.")
-    if how.get("order") == "rotating":
-        add("- all methods run interleaved (run 1 of a, b, c, d, then run 2 of b, c, d, a ...) so "
-            "load from other users and the previous method's leftovers hit them alike; `sync` "
-            "(untimed) before every checkpoint, so no method pays for writing back another's "
-            "dirty pages; each checkpoint is deleted after its restore.\n")
-    else:
-        add("- all methods run interleaved in a fixed order (run 1 of a, b, c, d, then run 2 of "
-            "a, b, c, d ...) so load from other users hits them alike; no `sync` between them, "
-            "so (a), which follows podman, may write back some of podman's dirty pages during "
-            "its fsync; each checkpoint is deleted after its restore.\n")
+    add("- all methods run interleaved (run 1 of a, b, c, d, then run 2 of b, c, d, a ...) so "
+        "load from other users and the previous method's leftovers hit them alike; `sync` "
+        "(untimed) before every checkpoint, so no method pays for writing back another's "
+        "dirty pages; each checkpoint is deleted after its restore.\n")
 
     notes = results.get("notes")
     if notes:
@@ -277,11 +264,9 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
     if failures or errors:
         add("## Failures during this run\n")
         for method, error in errors.items():
-            text = " ".join(str(error).split()).replace("`", "'")
-            add(f"- {METHODS.get(method, method)}: could not run: `{text}`")
+            add(f"- {METHODS.get(method, method)}: could not run: `{_one_line(error)}`")
         for method, mib, failure in failures:
-            text = " ".join(str(failure).split()).replace("`", "'")
-            add(f"- {METHODS.get(method, method)} at {mib} MiB (retried): `{text}`")
+            add(f"- {METHODS.get(method, method)} at {mib} MiB (retried): `{_one_line(failure)}`")
         add("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -344,3 +329,8 @@ def plot(results: dict[str, Any], outdir: Path) -> list[str]:
         plt.close(fig)
         written.append("compression.png")
     return written
+
+
+def _one_line(text: object) -> str:
+    """An error as one line of inline code."""
+    return " ".join(str(text).split()).replace("`", "'")

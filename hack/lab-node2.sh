@@ -15,14 +15,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 export PATH="$KUBE_BIN:$PATH"
 NETNS_FILE="/run/netns/$NODE2_NETNS"
 
-node2_ready() {
-  [ "$(kctl get node "$NODE2_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
-}
-
 healthy() {
   [ "$LAB_NODE2" = 1 ] || return 0
   for d in node2-relay node2-containerd node2-kubelet; do pid_alive "$d" || return 1; done
-  [ -e "$NETNS_FILE" ] && findmnt -rn --mountpoint "$NODE2_MNTNS" >/dev/null && node2_ready
+  [ -e "$NETNS_FILE" ] && findmnt -rn --mountpoint "$NODE2_MNTNS" >/dev/null && node_ready "$NODE2_NAME"
 }
 
 # --- network: its own namespace, eth0 = 10.88.0.2 on the lab bridge, pods behind cedana2 -------
@@ -138,16 +134,8 @@ kubelet_up() {
     --hostname-override="$NODE2_NAME" --node-ip="$NODE2_IP" --address="$NODE2_IP" \
     --register-with-taints="$NODE2_TAINT" --node-labels="${NODE2_TAINT%%=*}=true" \
     --cgroup-root="$NODE2_CGROUP_ROOT" \
-    --container-runtime=remote --container-runtime-endpoint="unix://$CONTAINERD_SOCK" \
-    --runtime-request-timeout=10m --cgroup-driver=cgroupfs --fail-swap-on=false \
-    --pod-infra-container-image="$PAUSE_IMAGE" --root-dir=/var/lib/kubelet \
-    --client-ca-file="$PKI/ca.crt" --anonymous-auth=false --authorization-mode=Webhook \
-    --authentication-token-webhook=true \
     --tls-cert-file="$PKI/kubelet-node2-serving.crt" --tls-private-key-file="$PKI/kubelet-node2-serving.key" \
-    --read-only-port=0 --healthz-bind-address=127.0.0.1 --healthz-port=10248 \
-    --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
-    --eviction-hard='memory.available<100Mi,nodefs.available<1%,imagefs.available<1%' \
-    --serialize-image-pulls=false --max-pods=60 --v=1
+    "${KUBELET_COMMON_FLAGS[@]}"
 }
 
 down() {

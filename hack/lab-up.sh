@@ -11,8 +11,7 @@ lab_healthy() {
   for d in etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet registry; do
     pid_alive "$d" || return 1
   done
-  [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] \
-    && "$here/lab-node2.sh" healthy
+  node_ready "$NODE_NAME" && "$here/lab-node2.sh" healthy
 }
 
 if [ -f "$KUBECONFIG_ADMIN" ] && lab_healthy; then
@@ -173,16 +172,8 @@ start_daemon kube-scheduler kube-scheduler --kubeconfig="$LAB_DIR/scheduler.kube
 mkdir -p /var/lib/kubelet
 start_daemon kubelet kubelet --kubeconfig="$LAB_DIR/kubelet.kubeconfig" \
   --hostname-override="$NODE_NAME" --node-ip="$LAB_NODE_IP" --address="$LAB_NODE_IP" \
-  --container-runtime=remote --container-runtime-endpoint="unix://$CONTAINERD_SOCK" \
-  --runtime-request-timeout=10m --cgroup-driver=cgroupfs --fail-swap-on=false \
-  --pod-infra-container-image="$PAUSE_IMAGE" --root-dir=/var/lib/kubelet \
-  --client-ca-file="$PKI/ca.crt" --anonymous-auth=false --authorization-mode=Webhook \
-  --authentication-token-webhook=true \
   --tls-cert-file="$PKI/kubelet-serving.crt" --tls-private-key-file="$PKI/kubelet-serving.key" \
-  --read-only-port=0 --healthz-bind-address=127.0.0.1 --healthz-port=10248 \
-  --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
-  --eviction-hard='memory.available<100Mi,nodefs.available<1%,imagefs.available<1%' \
-  --serialize-image-pulls=false --max-pods=60 --v=1
+  "${KUBELET_COMMON_FLAGS[@]}"
 "$here/lab-node2.sh" kubelet
 
 # The API server reaches the kubelet (logs, exec, port-forward) as user kube-apiserver.
@@ -196,10 +187,7 @@ subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-apiserver}
 RBAC
 
-node_ready() {
-  [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
-}
-wait_for 180 "node $NODE_NAME Ready" node_ready
+wait_for 180 "node $NODE_NAME Ready" node_ready "$NODE_NAME"
 if [ "$LAB_NODE2" = 1 ]; then
   wait_for 180 "node $NODE2_NAME Ready" "$here/lab-node2.sh" healthy
 fi

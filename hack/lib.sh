@@ -34,6 +34,21 @@ CONTAINERD_SOCK=/run/containerd/containerd.sock
 CNI_CONF=/etc/cni/net.d/10-cedana-lab.conflist
 
 kctl() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+node_ready() {  # node_ready NAME: the node reports Ready
+  [ "$(kctl get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+# the kubelet flags every lab node shares (node 1: lab-up.sh, node 2: lab-node2.sh)
+KUBELET_COMMON_FLAGS=(
+  --container-runtime=remote --container-runtime-endpoint="unix://$CONTAINERD_SOCK"
+  --runtime-request-timeout=10m --cgroup-driver=cgroupfs --fail-swap-on=false
+  --pod-infra-container-image="$PAUSE_IMAGE" --root-dir=/var/lib/kubelet
+  --client-ca-file="$PKI/ca.crt" --anonymous-auth=false --authorization-mode=Webhook
+  --authentication-token-webhook=true
+  --read-only-port=0 --healthz-bind-address=127.0.0.1 --healthz-port=10248
+  --image-gc-high-threshold=100 --image-gc-low-threshold=99
+  --eviction-hard='memory.available<100Mi,nodefs.available<1%,imagefs.available<1%'
+  --serialize-image-pulls=false --max-pods=60 --v=1
+)
 
 pid_alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
 
