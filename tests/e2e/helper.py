@@ -6,14 +6,55 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+import psutil
 import requests
 
 from tests.e2e.lab import LAB_DIR, REPO, RUNC_ROOT
+
+
+class RssSampler:
+    """The peak resident memory of one process, sampled every 20 ms while the block runs.
+
+    `samples` counts the readings; a reading that fails (the process gone) is kept in `error`
+    and raised when the block ends, so a dead sampler never passes for a small peak."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self.error: psutil.Error | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:  # at least one reading, however short the block
+            try:
+                rss = self.process.memory_info().rss
+            except psutil.Error as e:
+                self.error = e
+                return
+            self.peak = max(self.peak, rss)
+            self.samples += 1
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "the RSS sampler did not stop"
+        if exc_type is None and self.error is not None:
+            raise AssertionError(f"RSS sampling failed: {self.error!r}")
 
 
 def _free_port() -> int:

@@ -6,20 +6,21 @@ run as host processes on free ports with their own checkpoint directories, so th
 beside the others."""
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from sidecar import tool
+from sidecar import proctree
 from tests.e2e.helper import HelperProcess, start_helper, stop_helper
 from tests.e2e.lab import LAB_DIR, Lab, counter_pod, pod_manifest, sleeper_pod
 from tests.reliability import add_fault
@@ -54,14 +55,17 @@ def no_partial(helper_dir: Path, listed: list[dict[str, Any]]) -> int:
     return len(bad) + len(temporaries)
 
 
-def freezer_state(lab: Lab, namespace: str, pod: str) -> str:
-    cid = lab.container_id(namespace, pod)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        if " /sys/fs/cgroup/freezer " in f" {line} ":
-            break
-    for state in Path("/sys/fs/cgroup/freezer").rglob(f"*{cid}*/freezer.state"):
-        return state.read_text().strip()
-    return "?"
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of SIZE (as mount takes it: "16m") mounted at PATH for the block, then gone."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- the helper killed with SIGKILL in the middle of a dump ----------------------------------
@@ -101,7 +105,7 @@ def test_helper_killed_mid_dump(lab: Lab, namespace: str, leave_running: bool,
         # an orphaned CRIU went on to the end of the dump, writing on into the directory, and
         # then put the freezer back to FROZEN after the next helper had thawed it
         end = time.monotonic() + 10
-        while left := tool.stragglers(["runc", "criu"], cdir):
+        while left := proctree.working_in(["runc", "criu"], cdir):
             assert time.monotonic() < end, f"outlived the helper: {left}"
             time.sleep(0.05)
         criu_log = "\n".join(p.read_text(errors="replace")
@@ -173,11 +177,7 @@ def test_checkpoint_dir_full_after_the_dump(lab: Lab, namespace: str) -> None:
     lab.apply(pod_manifest("filled", ["/bin/sh", "-c", script]), namespace)
     lab.wait_pod_running(namespace, "filled")
     lab.wait_log(namespace, "filled", r"count=3\b", timeout=60)
-    mount = LAB_DIR / "test-helpers" / f"fullafter-{namespace[-6:]}"
-    mount.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)],
-                   check=True)
-    try:
+    with tmpfs(LAB_DIR / "test-helpers" / f"fullafter-{namespace[-6:]}", "16m") as mount:
         helper = start_helper(f"fullafter-{namespace[-6:]}", mount / "checkpoints")
         try:
             answer = helper.checkpoint(namespace, "filled", leave_running=False,
@@ -212,20 +212,13 @@ def test_checkpoint_dir_full_after_the_dump(lab: Lab, namespace: str) -> None:
             assert [e["status"] for e in listed] == ["complete"]
         finally:
             stop_helper(helper)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-        shutil.rmtree(mount, ignore_errors=True)
 
 
 def test_checkpoint_dir_full(lab: Lab, namespace: str) -> None:
     lab.apply(memhog_pod("hog", 128), namespace)
     lab.wait_pod_running(namespace, "hog")
     lab.wait_log(namespace, "hog", r"beat=2\b", timeout=60)
-    mount = LAB_DIR / "test-helpers" / f"full-{namespace[-6:]}"
-    mount.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)],
-                   check=True)
-    try:
+    with tmpfs(LAB_DIR / "test-helpers" / f"full-{namespace[-6:]}", "16m") as mount:
         helper = start_helper(f"full-{namespace[-6:]}", mount / "checkpoints")
         try:
             for leave_running, with_rootfs in ((True, True), (False, True), (False, False)):
@@ -249,9 +242,6 @@ def test_checkpoint_dir_full(lab: Lab, namespace: str) -> None:
             assert helper.get("/healthz").status_code == 200
         finally:
             stop_helper(helper)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-        shutil.rmtree(mount, ignore_errors=True)
 
 
 # -- a corrupted checkpoint ----------------------------------------------------------------------
@@ -357,10 +347,3 @@ def test_placeholder_deleted_during_restore(lab: Lab, namespace: str, helper: He
         raise
     finally:
         add_fault("placeholder deleted during restore", 1, lost, 0, f"after {delay_s} s")
-
-
-def test_figures_file_is_readable() -> None:
-    from tests.reliability import figures_dir, render
-    assert "fault" in render(figures_dir()) or "no figures" in render(figures_dir())
-    json.loads((figures_dir() / "faults.json").read_text() or "{}") if \
-        (figures_dir() / "faults.json").exists() else None

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -45,7 +46,8 @@ def in_cluster_helper(lab: Lab) -> Iterator[None]:
 
 
 class TcpProxy:
-    """127.0.0.1:port -> the API server, until kill() cuts every connection at once."""
+    """127.0.0.1:port -> the API server, until kill() cuts every connection at once and
+    refuses new ones."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -54,17 +56,34 @@ class TcpProxy:
         self.server.listen(64)
         self.port = self.server.getsockname()[1]
         self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
         self.dead = False
         threading.Thread(target=self._accept, daemon=True).start()
 
+    def _keep(self, sock: socket.socket) -> bool:
+        """Track SOCK so kill() cuts it; after kill(), close it instead."""
+        with self.lock:
+            if not self.dead:
+                self.sockets.append(sock)
+                return True
+        sock.close()
+        return False
+
     def _accept(self) -> None:
-        while not self.dead:
+        while True:
             try:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
+            if not self._keep(client):
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            if not self._keep(upstream):
+                return
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -77,9 +96,12 @@ class TcpProxy:
             pass
 
     def kill(self) -> None:
-        self.dead = True
-        self.server.close()
-        for sock in self.sockets:
+        with self.lock:
+            self.dead = True
+            sockets, self.sockets = self.sockets, []
+        # close() alone does not wake the accept() blocked in the other thread, which would
+        # then let one more connection through; shutdown() does
+        for sock in [self.server, *sockets]:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -95,7 +117,10 @@ def proxied_kubeconfig(lab: Lab, proxy: TcpProxy, path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("cut_after_s", [0.3, 1.5, 4.0])
+CUTS_S = [0.3, 1.5, 4.0]
+
+
+@pytest.mark.parametrize("cut_after_s", CUTS_S)
 def test_api_server_unreachable_mid_checkpoint(lab: Lab, namespace: str, tmp_path: Path,
                                                in_cluster_helper: None,
                                                cut_after_s: float) -> None:
@@ -110,14 +135,21 @@ def test_api_server_unreachable_mid_checkpoint(lab: Lab, namespace: str, tmp_pat
                              "hog", "--leave-running"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     time.sleep(cut_after_s)
+    exited_before_cut = proc.poll() is not None
     proxy.kill()
     out, err = proc.communicate(timeout=120)
     took = time.monotonic() - started
+    # a fault was injected only if the cut came while the command still ran (or broke it)
+    injected = 1 if proc.returncode != 0 or not exited_before_cut else 0
     lost = 0
     partial = 0
     try:
-        if proc.returncode == 0:  # it finished before the cut
+        if cut_after_s == min(CUTS_S):  # 0.3 s into a 768 MiB dump: the cut cannot miss it
+            assert not exited_before_cut and proc.returncode != 0, (proc.returncode, out, err)
+        checkpoint_id = ""
+        if proc.returncode == 0:  # it finished before, or in spite of, the cut
             assert out.strip()
+            checkpoint_id = out.strip().splitlines()[-1]
         else:
             assert "Traceback" not in err and err.count("\n") <= 2, err
             assert "error:" in err
@@ -132,12 +164,22 @@ def test_api_server_unreachable_mid_checkpoint(lab: Lab, namespace: str, tmp_pat
         items = json.loads(listed.stdout)["items"]
         partial = len([e for e in items if e.get("status", "complete") != "complete"])
         assert partial == 0
+        if checkpoint_id:  # the checkpoint it printed is listed, and complete
+            assert [e.get("status", "complete") for e in items
+                    if e["id"] == checkpoint_id] == ["complete"], (checkpoint_id, items)
     except AssertionError:
         lost = 1
         raise
     finally:
-        add_fault("API server unreachable from the plugin", 1, lost, partial,
+        add_fault("API server unreachable from the plugin", injected, lost, partial,
                   f"cut after {cut_after_s} s")
+
+
+def helper_pods_on(lab: Lab, node: str) -> list[dict[str, Any]]:
+    return list(json.loads(lab.kubectl("-n", "cedana-system", "get", "pods", "-l",
+                                       "app.kubernetes.io/name=cedana-helper",
+                                       "--field-selector", f"spec.nodeName={node}", "-o",
+                                       "json").stdout)["items"])
 
 
 def test_helper_pod_restarted_between_checkpoint_and_restore(lab: Lab, namespace: str,
@@ -149,14 +191,24 @@ def test_helper_pod_restarted_between_checkpoint_and_restore(lab: Lab, namespace
     assert ckpt.returncode == 0, ckpt.stderr
     checkpoint_id = ckpt.stdout.strip().splitlines()[-1]
     node = pod["spec"]["nodeName"]
-    helpers = json.loads(lab.kubectl("-n", "cedana-system", "get", "pods", "-l",
-                                     "app.kubernetes.io/name=cedana-helper",
-                                     "--field-selector", f"spec.nodeName={node}", "-o",
-                                     "json").stdout)["items"]
+    helpers = helper_pods_on(lab, node)
+    assert len(helpers) == 1, [p["metadata"]["name"] for p in helpers]
     old = helpers[0]["metadata"]["name"]
     lab.kubectl("-n", "cedana-system", "delete", "pod", old, "--wait=true", timeout=120)
     lab.kubectl("-n", "cedana-system", "rollout", "status", "daemonset/cedana-helper",
                 "--timeout=120s", timeout=150)
+    # the node's helper is a new pod, and Ready
+    end = time.monotonic() + 60
+    while True:
+        now = helper_pods_on(lab, node)
+        ready = [p["metadata"]["name"] for p in now
+                 if p["metadata"]["name"] != old and not p["metadata"].get("deletionTimestamp")
+                 and any(c["type"] == "Ready" and c["status"] == "True"
+                         for c in p.get("status", {}).get("conditions", []))]
+        if ready and old not in [p["metadata"]["name"] for p in now]:
+            break
+        assert time.monotonic() < end, [(p["metadata"]["name"], p.get("status")) for p in now]
+        time.sleep(1)
     lost = 0
     try:
         listed = cedana(lab.kubeconfig, "-n", namespace, "checkpoints", "ls", "-o", "json")

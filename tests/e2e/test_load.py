@@ -6,44 +6,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
-import threading
 import time
 
 import psutil
 import pytest
 
-from tests.e2e.helper import start_helper, stop_helper
+from tests.e2e.helper import RssSampler, start_helper, stop_helper
 from tests.e2e.lab import Lab, counter_pod
 from tests.reliability import record_figures
 
 pytestmark = pytest.mark.e2e
 
 RSS_LIMIT_MIB = 400
-
-
-class RssSampler:
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                rss = sum(p.memory_info().rss for p in [self.process])
-            except psutil.Error:
-                return
-            self.peak = max(self.peak, rss)
-            time.sleep(0.02)
-
-    def __enter__(self) -> RssSampler:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
 
 
 def test_load(lab: Lab, namespace: str) -> None:
@@ -96,6 +70,8 @@ def test_load(lab: Lab, namespace: str) -> None:
         }
         record_figures("load", figures)
         assert checkpoints_ok == 5 and len(refused) == 3, figures
+        # the sampler measured the helper (a peak of 0 would pass the limit vacuously)
+        assert sampler.samples > 0 and sampler.peak >= rss_start, (sampler.samples, figures)
         assert sampler.peak < RSS_LIMIT_MIB * mib, figures
         # every workload kept running (leave_running)
         for pod in pods:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from tests.e2e.helper import HelperProcess, start_helper, stop_helper
+from tests.e2e.helper import HelperProcess, RssSampler, start_helper, stop_helper
 from tests.e2e.lab import (
     KUBECONFIG,
     LAB_DIR,
@@ -252,10 +252,6 @@ def test_push_and_pull_stream_without_a_copy_in_memory(lab: Lab, namespace: str,
                                                        helpers: Any) -> None:
     """256 MiB of process memory pushed and pulled uncompressed: the helper's own memory
     grows by far less than the checkpoint (the archive streams through 1 MiB chunks)."""
-    import threading
-
-    import psutil
-
     source_helper = helpers("stream-src")
     other_node = helpers("stream-dst")
     lab.apply(pod_manifest("hog", ["/usr/local/bin/memhog", "256", "10"]), namespace)
@@ -266,25 +262,13 @@ def test_push_and_pull_stream_without_a_copy_in_memory(lab: Lab, namespace: str,
     lab.wait_log(namespace, "hog", r"\d", timeout=120)
 
     def peak_growth(helper: HelperProcess, request: Any) -> tuple[Any, int]:
-        proc = psutil.Process(helper.proc.pid)
-        base = proc.memory_info().rss
-        peak = base
-        done = threading.Event()
-
-        def watch() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, proc.memory_info().rss)
-                done.wait(0.02)
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
+        sampler = RssSampler(helper.proc.pid)
+        base = sampler.process.memory_info().rss
+        with sampler:
             answer = request()
-        finally:
-            done.set()
-            watcher.join()
-        return answer, peak - base
+        # the sampler measured the helper (a peak of 0 would pass the limit vacuously)
+        assert sampler.samples > 0 and sampler.peak >= base, (sampler.samples, sampler.peak, base)
+        return answer, sampler.peak - base
 
     dumped, push_growth = peak_growth(source_helper, lambda: source_helper.checkpoint(
         namespace, "hog", leave_running=True, compression="none"))
