@@ -113,8 +113,11 @@ def test_helper_killed_mid_dump(lab: Lab, namespace: str, leave_running: bool,
         assert criu_log, "no CRIU log left to show where the dump stopped"
         assert "Dumping finished successfully" not in criu_log
         assert "Dumping FAILED" not in criu_log, criu_log[-2000:]
-    finally:
+    except BaseException:
         stop_helper(helper)
+        shutil.rmtree(cdir.parent, ignore_errors=True)  # the new helper will not run
+        raise
+    stop_helper(helper)
     # a new helper on the same directory: nothing listed, nothing left, nothing frozen
     again = start_helper(name, cdir)
     try:
