@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The helper image for the lab, built without any registry: a Debian minbase root made by
-# debootstrap (same suite as this machine) with python3, runc, CRIU >= 4.1, iptables and
-# util-linux, plus our package and its pure-Python/manylinux dependencies installed from PyPI
+# debootstrap (same suite as this machine) with python3, iptables and util-linux, the lab's runc, CRIU and ctr,
+# plus our package and its pure-Python/manylinux dependencies installed from PyPI
 # into /opt/cedana/lib. Loaded into containerd as docker.io/cedana/helper:VERSION.
 # deploy/Dockerfile is the same recipe for people who build images with their own tools.
 set -euo pipefail
@@ -11,15 +11,18 @@ repo=$(cd "$here/.." && pwd)
 version=$(python3 -c "import re,sys;print(re.search(r'__version__ = \"(.+)\"', open('$repo/kubectl_cedana/version.py').read()).group(1))")
 image="docker.io/cedana/helper:$version"
 suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
-debian_major=$(cut -d. -f1 /etc/debian_version)
 
-# containerd only for its client `ctr` (rootfs commits read images from the node's containerd)
-base_pkgs="python3,iptables,runc,util-linux,procps,ca-certificates,containerd"
-if [ "$debian_major" -ge 13 ]; then
-  base_pkgs="$base_pkgs,criu"
-else  # the shared libraries of the CRIU built by build-criu.sh
-  base_pkgs="$base_pkgs,libprotobuf-c1,libnl-3-200,libnet1,libgnutls30,libbsd0,libnftables1,libuuid1,libmd0"
-fi
+# runc, CRIU and ctr are the lab's own builds (hack/build-go.sh, hack/build-criu.sh), the same
+# programs the node runs; the base brings the shared libraries they link, found by asking dpkg
+# which of this machine's packages holds each (the image has this machine's Debian suite).
+node_tools=(runc criu ctr)
+lib_pkgs=$(for b in "${node_tools[@]}"; do ldd "$(readlink -f "$LAB_BIN/$b")" 2>/dev/null || true; done \
+  | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
+      owner=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "/usr$lib" 2>/dev/null || dpkg -S "${lib#/usr}" 2>/dev/null) \
+        || die "no Debian package holds $lib"
+      echo "${owner%%:*}"
+    done | sort -u | paste -sd, -)
+base_pkgs="python3,iptables,util-linux,procps,ca-certificates,$lib_pkgs"
 base_key=$(echo "$suite $base_pkgs" | sha256sum | cut -c1-12)
 base="$CEDANA_CACHE/helper-base-$suite-$base_key"
 if [ ! -d "$base/rootfs" ]; then
@@ -29,14 +32,12 @@ if [ ! -d "$base/rootfs" ]; then
     http://deb.debian.org/debian >"$base.tmp/debootstrap.log" 2>&1 \
     || { tail -20 "$base.tmp/debootstrap.log"; die "debootstrap failed"; }
   rm -rf "$base.tmp/rootfs/var/cache/apt/archives/"*.deb "$base.tmp/rootfs/var/lib/apt/lists/"*
-  # keep ctr, drop the daemon and its shims: the helper never runs containerd itself
-  rm -f "$base.tmp/rootfs/usr/bin/containerd" "$base.tmp/rootfs/usr/bin/containerd-shim"* \
-    "$base.tmp/rootfs/usr/bin/containerd-stress"
   rm -rf "$base" && mv "$base.tmp" "$base"
 fi
 
 # What goes into the image besides the base: our sources and dependency pins.
-src_key=$( (cd "$repo" && cat hack/patches/*.patch hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
+tools_key=$(for b in "${node_tools[@]}"; do readlink -f "$LAB_BIN/$b"; done | sha256sum | cut -c1-8)
+src_key=$( (cd "$repo" && echo "$tools_key" && cat hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
 tar_out="$CEDANA_CACHE/images/helper-$version-$base_key-$src_key.tar"
 mkdir -p "$CEDANA_CACHE/images"
 if [ ! -f "$tar_out" ]; then
@@ -45,8 +46,8 @@ if [ ! -f "$tar_out" ]; then
   log "assembling helper image $image"
   cp -a "$base/rootfs" "$work/rootfs"
   root="$work/rootfs"
-  # our patched CRIU (hack/build-criu.sh); on Debian 13 the base's criu package brought its libs
-  install -m 0755 "$(readlink -f /usr/local/sbin/criu)" "$root/usr/sbin/criu"
+  # the node's runc, CRIU and ctr
+  for b in "${node_tools[@]}"; do install -m 0755 "$(readlink -f "$LAB_BIN/$b")" "$root/usr/local/sbin/$b"; done
   pyver=$(chroot "$root" python3 -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
   python3 -m pip wheel -q --no-deps -w "$work/wheels" "$repo" >/dev/null
   python3 -m pip install -q --no-compile --no-warn-conflicts --target "$root/opt/cedana/lib" \

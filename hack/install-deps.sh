@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the lab and the tests need, from Debian's archive and PyPI only.
-# Idempotent: packages already present are skipped by apt; built binaries are cached in
-# $CEDANA_CACHE (default /var/cache/kubectl-cedana), keyed by version, and reused.
+# Install everything the lab and the tests need, from Debian's archive, PyPI and the Go module
+# proxy only. Idempotent: packages already present are skipped by apt; built programs are
+# cached in $CEDANA_CACHE (default /var/cache/kubectl-cedana), keyed by version, and reused.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -10,13 +10,14 @@ debian_major=$(cut -d. -f1 /etc/debian_version)
 log "Debian $debian_major; cache in $CEDANA_CACHE"
 mkdir -p "$CEDANA_CACHE"
 
-# Source entries: bookworm for the kubernetes source package, trixie for CRIU 4.1.
+# Source entries: CRIU 4.2 is in forky's source package only.
 src_list=/etc/apt/sources.list.d/kubectl-cedana-src.sources
-if [ ! -f "$src_list" ]; then
+src_suites="bookworm trixie $CRIU_SUITE"
+if ! grep -qs "^Suites: $src_suites\$" "$src_list"; then
   cat >"$src_list" <<SRC
 Types: deb-src
 URIs: http://deb.debian.org/debian
-Suites: bookworm trixie
+Suites: $src_suites
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
@@ -24,10 +25,10 @@ SRC
 fi
 
 pkgs=(
-  # toolchain for building kubernetes and CRIU from Debian's source packages
-  build-essential pkg-config rsync dpkg-dev xz-utils patch openssl ca-certificates curl jq
-  # the node
-  etcd-server containerd runc containernetworking-plugins iptables iproute2 kmod
+  # toolchain: cgo (runc), the pause binary, CRIU
+  build-essential pkg-config dpkg-dev xz-utils patch openssl ca-certificates curl jq libseccomp-dev
+  # the node (containerd, runc, etcd and Kubernetes are built by hack/build-go.sh)
+  containernetworking-plugins iptables iproute2 kmod
   busybox-static debootstrap apache2-utils docker-registry conntrack ethtool socat
   # CRIU build and runtime dependencies
   libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf
@@ -37,7 +38,6 @@ pkgs=(
   podman buildah skopeo fuse-overlayfs uidmap
   python3-venv python3-dev
 )
-if [ "$debian_major" -ge 13 ]; then pkgs+=(golang-1.24-go criu); else pkgs+=(golang-go); fi
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -52,5 +52,10 @@ if [ ${#missing[@]} -gt 0 ] || [ "${apt_updated:-1}" = 0 ]; then
 fi
 
 "$here/build-criu.sh"
-"$here/build-kubernetes.sh"
-log "dependencies ready"
+"$here/build-go.sh"
+# The node's tools where node software and people look for them, ahead of any Debian package
+# of the same name (podman pulls in Debian's runc): kubectl and helm matching the lab, runc and
+# CRIU (runc runs "criu" from PATH), containerd and its shim, ctr.
+for b in runc criu containerd containerd-shim-runc-v2; do ln -sfn "$LAB_BIN/$b" "/usr/local/sbin/$b"; done
+for b in kubectl helm ctr; do ln -sfn "$LAB_BIN/$b" "/usr/local/bin/$b"; done
+log "dependencies ready: $(kubectl version --client 2>/dev/null | head -1), runc $(runc --version | head -1 | cut -d' ' -f3), $(criu --version | head -1), containerd $(containerd --version | cut -d' ' -f3)"

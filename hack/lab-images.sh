@@ -18,9 +18,9 @@ import() {  # import TAR NAME: into the containerd of every running lab node
   done
 }
 
-# pause: the static binary built from the Kubernetes tree (hack/build-kubernetes.sh)
+# pause: the static binary built from the k8s.io/kubernetes module (hack/build-go.sh)
 mkdir -p "$work/pause"
-install -m 0755 "$KUBE_BIN/pause" "$work/pause/pause"
+install -m 0755 "$(readlink -f "$LAB_BIN/pause")" "$work/pause/pause"
 python3 "$here/build_image.py" --tree "$work/pause" --name "$PAUSE_IMAGE" --out "$out/pause.tar" \
   --entrypoint '["/pause"]' >/dev/null
 import "$out/pause.tar" "$PAUSE_IMAGE"

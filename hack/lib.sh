@@ -2,11 +2,15 @@
 CEDANA_CACHE=${CEDANA_CACHE:-/var/cache/kubectl-cedana}
 LAB_DIR=${LAB_DIR:-/var/lib/kubectl-cedana-lab}
 LAB_RUN=${LAB_RUN:-/run/kubectl-cedana-lab}
-CRIU_VERSION=4.1.1
+CRIU_VERSION=4.2.1
+CRIU_SUITE=forky  # the Debian suite whose source package has $CRIU_VERSION
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-KUBE_SRC_VERSION=${KUBE_SRC_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}
-KUBE_BIN="$CEDANA_CACHE/kubernetes-$KUBE_SRC_VERSION/bin"
+# The lab's programs (hack/build-go.sh, hack/build-criu.sh): one link per program to its cached
+# build. The versions are pinned in hack/gobuild/*/go.mod. The lab scripts run with it first on
+# PATH; install-deps.sh also links the node tools and the clients into /usr/local.
+LAB_BIN="$CEDANA_CACHE/bin"
+export PATH="$LAB_BIN:$PATH"
 NODE_NAME=${NODE_NAME:-cedana-lab-node1}
 # The lab's node address: the gateway of its own pod bridge. Everything else listens on
 # 127.0.0.1; the node needs an address the API server may proxy to (it refuses loopback).
@@ -31,24 +35,51 @@ KUBECONFIG_ADMIN="$LAB_DIR/admin.kubeconfig"
 PAUSE_IMAGE=docker.io/cedana-lab/pause:3.2
 WORKLOAD_IMAGE=docker.io/cedana-lab/workload:1
 CONTAINERD_SOCK=/run/containerd/containerd.sock
+CONTAINERD_CONFIG=/etc/containerd/config.toml   # where node tools (and the helper) look for it
+CONTAINERD_CERTS_DIR=/etc/containerd/certs.d    # hosts.toml per registry (config_path)
 CNI_CONF=/etc/cni/net.d/10-cedana-lab.conflist
 
 kctl() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 node_ready() {  # node_ready NAME: the node reports Ready
   [ "$(kctl get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
-# the kubelet flags every lab node shares (node 1: lab-up.sh, node 2: lab-node2.sh)
-KUBELET_COMMON_FLAGS=(
-  --container-runtime=remote --container-runtime-endpoint="unix://$CONTAINERD_SOCK"
-  --runtime-request-timeout=10m --cgroup-driver=cgroupfs --fail-swap-on=false
-  --pod-infra-container-image="$PAUSE_IMAGE" --root-dir=/var/lib/kubelet
-  --client-ca-file="$PKI/ca.crt" --anonymous-auth=false --authorization-mode=Webhook
-  --authentication-token-webhook=true
-  --read-only-port=0 --healthz-bind-address=127.0.0.1 --healthz-port=10248
-  --image-gc-high-threshold=100 --image-gc-low-threshold=99
-  --eviction-hard='memory.available<100Mi,nodefs.available<1%,imagefs.available<1%'
-  --serialize-image-pulls=false --max-pods=60 --v=1
-)
+# write_kubelet_config FILE ADDRESS CERT_NAME [CGROUP_ROOT [TAINT]]: the configuration every lab
+# kubelet shares (node 1: lab-up.sh, node 2: lab-node2.sh); TAINT is key=value:Effect.
+write_kubelet_config() {
+  local file=$1 address=$2 cert=$3 cgroup_root=${4:-/} taint=${5:-} taints=""
+  if [ -n "$taint" ]; then
+    local key=${taint%%=*} rest=${taint#*=}
+    taints="registerWithTaints: [{key: \"$key\", value: \"${rest%%:*}\", effect: ${rest#*:}}]"
+  fi
+  cat >"$file" <<KCFG
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $address
+tlsCertFile: $PKI/$cert.crt
+tlsPrivateKeyFile: $PKI/$cert.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization: {mode: Webhook}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+runtimeRequestTimeout: 10m
+cgroupDriver: cgroupfs
+cgroupRoot: $cgroup_root
+# these machines mount cgroup v1 (1.35 refuses it unless told; 1.34 warns)
+failCgroupV1: false
+failSwapOn: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
+serializeImagePulls: false
+maxPods: 60
+$taints
+KCFG
+}
 
 pid_alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
 

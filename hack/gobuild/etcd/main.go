@@ -1,0 +1,10 @@
+// etcd of the lab: the upstream etcd command, unchanged.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
