@@ -37,8 +37,10 @@ for rule in "-i $LAB_BRIDGE ! -o $LAB_BRIDGE -j DROP" "-o $LAB_BRIDGE ! -i $LAB_
 done
 # shellcheck disable=SC2086
 while iptables -t nat -C OUTPUT $LAB_API_SERVICE_RULE 2>/dev/null; do iptables -t nat -D OUTPUT $LAB_API_SERVICE_RULE; done
-rm -rf /var/lib/cni/networks/cedana-lab "$CNI_CONF"
+rm -rf /var/lib/cni/networks/cedana-lab "$CNI_CONF" "$CONTAINERD_CONFIG" "$CONTAINERD_CERTS_DIR/$REGISTRY_ADDR"
 # Cluster state goes; certificates, images and caches stay.
 rm -rf "$LAB_DIR/etcd" /var/lib/kubelet/pods /var/lib/kubelet/cpu_manager_state /var/lib/kubelet/memory_manager_state
-[ -f "$PKI/registry.password" ] && python3 "$here/docker_config.py" remove "$REGISTRY_ADDR"
+for f in /root/.docker/config.json /var/lib/kubelet/config.json; do
+  python3 "$here/docker_config.py" --config "$f" remove "$REGISTRY_ADDR"
+done
 log "lab is down"

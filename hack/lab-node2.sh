@@ -12,7 +12,6 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
-export PATH="$KUBE_BIN:$PATH"
 NETNS_FILE="/run/netns/$NODE2_NETNS"
 
 healthy() {
@@ -111,8 +110,11 @@ runtime() {
   ]
 }
 CNI
+  # its kubelet's pull credentials, like node 1's
+  python3 "$here/docker_config.py" --config "$NODE2_DIR/kubelet/config.json" add "$REGISTRY_ADDR" \
+    "$REGISTRY_USER" "$(cat "$PKI/registry.password")"
   # node 1's containerd config as it is: every path in it means node 2's inside its namespace
-  install -m 600 "$LAB_DIR/containerd.toml" "$NODE2_DIR/containerd.toml"
+  install -m 600 "$CONTAINERD_CONFIG" "$NODE2_DIR/containerd.toml"
   start_daemon node2-containerd "${NODE2_NSENTER[@]}" containerd --config "$NODE2_DIR/containerd.toml"
   wait_for 60 "node 2 containerd" ctr --address "$NODE2_CONTAINERD_SOCK" version
 }
@@ -130,12 +132,12 @@ kubelet_up() {
       [ -n "$(cat "$d/cpuset.mems")" ] || cat "$c/cpuset.mems" >"$d/cpuset.mems"
     fi
   done
+  write_kubelet_config "$NODE2_DIR/kubelet-config.yaml" "$NODE2_IP" kubelet-node2-serving \
+    "$NODE2_CGROUP_ROOT" "$NODE2_TAINT"
   start_daemon node2-kubelet "${NODE2_NSENTER[@]}" kubelet --kubeconfig="$LAB_DIR/node2.kubeconfig" \
-    --hostname-override="$NODE2_NAME" --node-ip="$NODE2_IP" --address="$NODE2_IP" \
-    --register-with-taints="$NODE2_TAINT" --node-labels="${NODE2_TAINT%%=*}=true" \
-    --cgroup-root="$NODE2_CGROUP_ROOT" \
-    --tls-cert-file="$PKI/kubelet-node2-serving.crt" --tls-private-key-file="$PKI/kubelet-node2-serving.key" \
-    "${KUBELET_COMMON_FLAGS[@]}"
+    --config="$NODE2_DIR/kubelet-config.yaml" --root-dir=/var/lib/kubelet \
+    --hostname-override="$NODE2_NAME" --node-ip="$NODE2_IP" \
+    --node-labels="${NODE2_TAINT%%=*}=true" --v=1
 }
 
 down() {
@@ -156,7 +158,7 @@ down() {
   ip route del "$NODE2_POD_SUBNET" 2>/dev/null || true
   ip route del "$NODE2_IP/32" dev "$LAB_BRIDGE" 2>/dev/null || true
   # cluster state of node 2 (its images in $NODE2_DIR/containerd stay, like node 1's)
-  rm -rf "$NODE2_DIR/kubelet/pods" "$NODE2_DIR/kubelet/cpu_manager_state" \
+  rm -rf "$NODE2_DIR/kubelet/pods" "$NODE2_DIR/kubelet/cpu_manager_state" "$NODE2_DIR/kubelet/config.json" \
     "$NODE2_DIR/kubelet/memory_manager_state" "$NODE2_DIR/cni" "$NODE2_DIR/log" "$NODE2_RUN/netns"
   for m in /sys/fs/cgroup/*/"${NODE2_CGROUP_ROOT#/}"; do
     [ -d "$m" ] && find "$m" -depth -type d -exec rmdir {} + 2>/dev/null

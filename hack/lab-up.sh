@@ -25,7 +25,6 @@ fi
 mkdir -p "$LAB_DIR" "$LOGS" "$PIDS" "$LAB_RUN"
 chmod 700 "$LAB_DIR"
 "$here/lab-pki.sh"
-export PATH="$KUBE_BIN:$PATH"
 
 # Kubernetes nodes need shared mount propagation (systemd sets it; here nobody does), or
 # HostToContainer mounts such as the helper's /run/containerd are refused.
@@ -88,14 +87,29 @@ auth:
   htpasswd: {realm: cedana-lab, path: $LAB_DIR/registry.htpasswd}
 REG
 start_daemon registry docker-registry serve "$LAB_DIR/registry.yml"
-# The node's registry credentials: docker config (what node tools and the helper read) and
-# the registry CA where docker, podman, skopeo and buildah look for it.
+# The node's registry credentials: the docker config (node tools, podman, skopeo) and the
+# kubelet's own pull credentials (the kubelet hands them to containerd with each pull; the
+# helper reads both); the registry CA where docker, podman, skopeo and buildah look for it.
 for d in "/etc/docker/certs.d/$REGISTRY_ADDR" "/etc/containers/certs.d/$REGISTRY_ADDR"; do
   mkdir -p "$d" && cp "$PKI/ca.crt" "$d/ca.crt"
 done
-python3 "$here/docker_config.py" add "$REGISTRY_ADDR" "$REGISTRY_USER" "$reg_pass"
+for f in /root/.docker/config.json /var/lib/kubelet/config.json; do
+  python3 "$here/docker_config.py" --config "$f" add "$REGISTRY_ADDR" "$REGISTRY_USER" "$reg_pass"
+done
 
 # --- etcd, kube-apiserver ----------------------------------------------------------------
+# The audit log records who changed what (every write, at Metadata level); reads are left out.
+cat >"$LAB_DIR/audit-policy.yaml" <<'AUDIT'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+AUDIT
 start_daemon etcd etcd --name cedana-lab --data-dir "$LAB_DIR/etcd" \
   --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
@@ -103,7 +117,7 @@ start_daemon etcd etcd --name cedana-lab --data-dir "$LAB_DIR/etcd" \
 wait_for 60 etcd curl -sf http://127.0.0.1:2379/health
 
 start_daemon kube-apiserver kube-apiserver \
-  --bind-address=127.0.0.1 --secure-port=6443 --insecure-port=0 --advertise-address="$LAB_NODE_IP" \
+  --bind-address=127.0.0.1 --secure-port=6443 --advertise-address="$LAB_NODE_IP" \
   --etcd-servers=http://127.0.0.1:2379 \
   --client-ca-file="$PKI/ca.crt" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
   --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
@@ -111,42 +125,49 @@ start_daemon kube-apiserver kube-apiserver \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-cluster-ip-range="$LAB_SERVICE_CIDR" --authorization-mode=Node,RBAC \
-  --allow-privileged=true --enable-admission-plugins=NodeRestriction --v=1
+  --allow-privileged=true --enable-admission-plugins=NodeRestriction \
+  --audit-policy-file="$LAB_DIR/audit-policy.yaml" --audit-log-path="$LOGS/audit.log" \
+  --audit-log-maxsize=100 --audit-log-maxbackup=1 --v=1
 wait_for 120 kube-apiserver curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
   https://127.0.0.1:6443/readyz
 
-# --- containerd with the CRI plugin ------------------------------------------------------
-cat >"$LAB_DIR/containerd.toml" <<CTD
-version = 2
+# --- containerd with the CRI plugin (configuration version 3) ------------------------------
+# Registry TLS comes from certs.d/HOST/hosts.toml (the CRI registry.configs section is gone in
+# containerd 2.4); pull credentials come from the kubelet, which reads the node's docker config.
+mkdir -p "$(dirname "$CONTAINERD_CONFIG")" "$CONTAINERD_CERTS_DIR/$REGISTRY_ADDR"
+cat >"$CONTAINERD_CERTS_DIR/$REGISTRY_ADDR/hosts.toml" <<HOSTS
+server = "https://$REGISTRY_ADDR"
+[host."https://$REGISTRY_ADDR"]
+  capabilities = ["pull", "resolve", "push"]
+  ca = "$PKI/ca.crt"
+HOSTS
+cat >"$CONTAINERD_CONFIG" <<CTD
+version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
 [grpc]
   address = "$CONTAINERD_SOCK"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "$PAUSE_IMAGE"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "$CONTAINERD_CERTS_DIR"
+[plugins.'io.containerd.cri.v1.runtime']
   # these VMs lack CAP_SYS_RESOURCE: runc may not lower oom_score_adj
   restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "$LAB_BIN/runc"
         SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = "/etc/cni/net.d"
-  # an explicit https endpoint: containerd would otherwise use plain HTTP for a loopback host
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$REGISTRY_ADDR"]
-    endpoint = ["https://$REGISTRY_ADDR"]
-  [plugins."io.containerd.grpc.v1.cri".registry.configs."$REGISTRY_ADDR".tls]
-    ca_file = "$PKI/ca.crt"
-  [plugins."io.containerd.grpc.v1.cri".registry.configs."$REGISTRY_ADDR".auth]
-    username = "$REGISTRY_USER"
-    password = "$reg_pass"
 CTD
-chmod 600 "$LAB_DIR/containerd.toml"
-start_daemon containerd containerd --config "$LAB_DIR/containerd.toml"
+start_daemon containerd containerd --config "$CONTAINERD_CONFIG"
 wait_for 60 containerd ctr --address "$CONTAINERD_SOCK" version
 # node 2's namespaces, relay and containerd (hack/lab-node2.sh), before the images go in
 "$here/lab-node2.sh" runtime
@@ -159,7 +180,7 @@ start_daemon kube-controller-manager kube-controller-manager \
   --kubeconfig="$LAB_DIR/controller-manager.kubeconfig" \
   --authentication-kubeconfig="$LAB_DIR/controller-manager.kubeconfig" \
   --authorization-kubeconfig="$LAB_DIR/controller-manager.kubeconfig" \
-  --bind-address=127.0.0.1 --secure-port=10257 --port=0 --leader-elect=false \
+  --bind-address=127.0.0.1 --secure-port=10257 --leader-elect=false \
   --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
   --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
   --use-service-account-credentials=true --controllers='*,bootstrapsigner,tokencleaner' \
@@ -167,22 +188,39 @@ start_daemon kube-controller-manager kube-controller-manager \
 start_daemon kube-scheduler kube-scheduler --kubeconfig="$LAB_DIR/scheduler.kubeconfig" \
   --authentication-kubeconfig="$LAB_DIR/scheduler.kubeconfig" \
   --authorization-kubeconfig="$LAB_DIR/scheduler.kubeconfig" \
-  --bind-address=127.0.0.1 --secure-port=10259 --port=0 --leader-elect=false --v=1
+  --bind-address=127.0.0.1 --secure-port=10259 --leader-elect=false --v=1
 
 mkdir -p /var/lib/kubelet
+write_kubelet_config "$LAB_DIR/kubelet-config.yaml" "$LAB_NODE_IP" kubelet-serving
 start_daemon kubelet kubelet --kubeconfig="$LAB_DIR/kubelet.kubeconfig" \
-  --hostname-override="$NODE_NAME" --node-ip="$LAB_NODE_IP" --address="$LAB_NODE_IP" \
-  --tls-cert-file="$PKI/kubelet-serving.crt" --tls-private-key-file="$PKI/kubelet-serving.key" \
-  "${KUBELET_COMMON_FLAGS[@]}"
+  --config="$LAB_DIR/kubelet-config.yaml" --root-dir=/var/lib/kubelet \
+  --hostname-override="$NODE_NAME" --node-ip="$LAB_NODE_IP" --v=1
 "$here/lab-node2.sh" kubelet
 
-# The API server reaches the kubelet (logs, exec, port-forward) as user kube-apiserver.
+# The API server reaches the kubelet (logs, exec, port-forward) as user kube-apiserver; the
+# kubelet's checkpoint API is a permission of its own (nodes/checkpoint), not in
+# system:kubelet-api-admin, so callers of it through the node proxy need it granted as well.
 kctl apply -f - >/dev/null <<'RBAC'
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata:
   name: cedana-lab:kube-apiserver-kubelet-api-admin
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:kubelet-api-admin}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-apiserver}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: cedana-lab:kubelet-checkpoint
+rules:
+- {apiGroups: [""], resources: [nodes/checkpoint], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: cedana-lab:kube-apiserver-kubelet-checkpoint
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cedana-lab:kubelet-checkpoint}
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-apiserver}
 RBAC
