@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,10 @@ def test_checkpoint_writes_the_documented_layout(env: tuple[HelperConfig, Path])
     assert result.size_bytes == store.directory_size(final)
     assert not list(final.parent.glob(".tmp-*")) and not (final / "work").exists()
     runc_args = json.loads((Path(config.runc_path).parent / "runc-args.json").read_text())
-    assert runc_args[:4] == ["--root", str(root), "--criu", config.criu_path]
+    assert runc_args[:3] == ["--root", str(root), "checkpoint"]
+    # runc runs the `criu` first on its PATH: the configured one (or the guard, which runs it)
+    runs = (Path(config.runc_path).parent / "runc-criu.txt").read_text()
+    assert runs == os.path.realpath(config.criu_guard or config.criu_path)
     assert "--leave-running" in runc_args and runc_args[-1] == COUNTER
     assert "--tcp-established" not in runc_args
     entry = Catalogue(config.checkpoint_dir).get(result.checkpoint_id)

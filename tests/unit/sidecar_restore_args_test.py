@@ -176,15 +176,15 @@ def test_wrapper_enters_only_the_pid_namespace() -> None:
 
 def test_runc_checkpoint_args(tmp_path: Path) -> None:
     options = runc.DumpOptions(leave_running=True, tcp_established=True, link_remap=True)
-    assert runc.checkpoint_args("runc", "/usr/local/sbin/criu", "/run/containerd/runc/k8s.io",
+    assert runc.checkpoint_args("runc", "/run/containerd/runc/k8s.io",
                                 "bbbb", tmp_path / "i", tmp_path / "w", options) == [
-        "runc", "--root", "/run/containerd/runc/k8s.io", "--criu", "/usr/local/sbin/criu",
+        "runc", "--root", "/run/containerd/runc/k8s.io",
         "checkpoint", "--image-path", str(tmp_path / "i"), "--work-path", str(tmp_path / "w"),
         "--manage-cgroups-mode", "soft", "--leave-running", "--tcp-established",
         "--ext-unix-sk", "--file-locks", "bbbb",
     ]
     quiet = runc.DumpOptions(leave_running=False, tcp_established=False)
-    args = runc.checkpoint_args("runc", "criu", "/r", "id", tmp_path, tmp_path, quiet)
+    args = runc.checkpoint_args("runc", "/r", "id", tmp_path, tmp_path, quiet)
     assert "--leave-running" not in args and "--tcp-established" not in args
 
 

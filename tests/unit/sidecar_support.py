@@ -103,6 +103,8 @@ FAKE_RUNC = """
         print("runc version 1.1.5+fake\\ncommit: test\\nspec: 1.0.2-dev")
         sys.exit(0)
     (here / "runc-args.json").write_text(json.dumps(args))
+    import shutil
+    (here / "runc-criu.txt").write_text(os.path.realpath(shutil.which("criu") or ""))
     value = lambda flag: args[args.index(flag) + 1]
     images, work = Path(value("--image-path")), Path(value("--work-path"))
     if (here / "runc-slow").exists():
