@@ -134,7 +134,8 @@ class RegistryClient:
                    f"from {self.access.source})")
         else:
             why = ("requires credentials and the node has none for it (looked in the docker "
-                   "configs and containerd's registry configuration)")
+                   "and kubelet credential files and containerd's hosts.toml and registry "
+                   "configuration)")
         return RegistryAuthFailed(f"registry {self.access.host} {why}: HTTP "
                                   f"{response.status_code}", registry=self.access.host)
 

@@ -29,6 +29,8 @@ NODE2_POD_SUBNET = "10.88.2.0/24"
 NODE2_TAINT_KEY = "cedana-lab/second-node"
 RUNC_ROOT = "/run/containerd/runc/k8s.io"
 CONTAINERD_SOCK = "/run/containerd/containerd.sock"
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"  # version 3; registry TLS in certs.d hosts.toml
+KUBELET_CREDENTIALS = "/var/lib/kubelet/config.json"  # the kubelet's own pull credentials
 
 
 def run(args: list[str], *, check: bool = True, timeout: float = 120,

@@ -21,7 +21,8 @@ import pytest
 import requests
 
 from tests.e2e.helper import HelperProcess, start_helper, stop_helper
-from tests.e2e.lab import CONTAINERD_SOCK, LAB_DIR, Lab, pod_manifest, run, sleeper_pod
+from tests.e2e.lab import (CONTAINERD_CONFIG, CONTAINERD_SOCK, KUBELET_CREDENTIALS, Lab,
+                          pod_manifest, run, sleeper_pod)
 
 pytestmark = pytest.mark.e2e
 
@@ -276,11 +277,12 @@ def test_push_without_or_with_wrong_node_credentials_is_refused_and_loses_nothin
         assert "running" in status["state"] and status["restartCount"] == 0
         lab.wait_log(namespace, "busy", rf"count={before + 10}\b")
         assert helper.alive()
-    # containerd's own registry configuration is a source of the node's credentials too
-    from_containerd = helper_with("ctrcreds", [
-        "--docker-config", str(tmp_path / "none.json"),
-        "--containerd-config", str(LAB_DIR / "containerd.toml")])
-    answer = from_containerd.post("/checkpoint/rootfs", body)
+    # the kubelet's own pull credentials are the node's too; containerd 2.x's configuration
+    # (version 3, certs.d/HOST/hosts.toml) gives the registry's CA
+    from_kubelet = helper_with("kubeletcreds", [
+        "--docker-config", KUBELET_CREDENTIALS, "--containerd-config", CONTAINERD_CONFIG,
+        "--certs-dir", str(tmp_path / "no-certs")])
+    answer = from_kubelet.post("/checkpoint/rootfs", body)
     assert answer.status_code == 200, answer.text
     assert _registry(lab, "HEAD", f"rootfs/{namespace}/manifests/nocreds",
                      headers={"Accept": MANIFEST_ACCEPT}).status_code == 200
