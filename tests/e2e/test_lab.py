@@ -89,7 +89,7 @@ def test_criu_check_passes() -> None:
     assert "Looks good" in proc.stdout + proc.stderr
     version = run(["criu", "--version"]).stdout
     major, minor = (int(x) for x in version.split("Version:")[1].split()[0].split(".")[:2])
-    assert (major, minor) >= (4, 1)
+    assert (major, minor) >= (4, 2)
 
 
 def test_raw_runc_checkpoint_leaves_pod_running(lab: Lab, namespace: str) -> None:

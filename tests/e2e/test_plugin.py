@@ -3,7 +3,6 @@ The tests of this file run in order on one worker: install first, uninstall last
 helper DaemonSet lock throughout (test_krew_install.py installs it too, from another worker)."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -258,19 +257,11 @@ def test_ctrl_c_during_restore_leaves_no_placeholder(lab: Lab, namespace: str) -
 
 
 def _service_account_kubeconfig(lab: Lab, namespace: str, name: str, path: Path) -> Path:
-    """A kubeconfig for a new ServiceAccount (its token from the legacy token Secret)."""
+    """A kubeconfig for a new ServiceAccount, with a token from the TokenRequest API (no token
+    Secrets are made for service accounts since Kubernetes 1.24)."""
     lab.kubectl("-n", namespace, "create", "serviceaccount", name)
-    token = ""
-    end = time.monotonic() + 60
-    while not token:
-        assert time.monotonic() < end, f"no token for the service account {name}"
-        secrets = json.loads(lab.kubectl("-n", namespace, "get", "secrets", "-o",
-                                         "json").stdout)["items"]
-        for secret in secrets:
-            ann = secret["metadata"].get("annotations", {})
-            if ann.get("kubernetes.io/service-account.name") == name:
-                token = base64.b64decode(secret["data"]["token"]).decode()
-        time.sleep(0.5)
+    token = lab.kubectl("-n", namespace, "create", "token", name, "--duration=1h").stdout.strip()
+    assert token.count(".") == 2, f"no token for the service account {name}: {token!r}"
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "lab", "cluster": {"server": "https://127.0.0.1:6443",
