@@ -5,10 +5,16 @@ Handles cgroup v1 (one hierarchy per controller set, e.g. /sys/fs/cgroup/cpu,cpu
 """
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+CLONE_NEWCGROUP = 0x02000000
+INITIAL_CGROUP_NS_INODE = 0xEFFFFFFB  # the kernel's initial cgroup namespace (PROC_CGROUP_INIT_INO)
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,18 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+def _shadowed(mountpoint: str, later: list[str]) -> bool:
+    """Whether a mount made later at this path or above it hides `mountpoint`."""
+    return any(other == mountpoint or other == "/" or mountpoint.startswith(other.rstrip("/") + "/")
+               for other in later)
+
+
 def parse_mountinfo(text: str) -> list[CgroupMount]:
-    mounts = []
+    """The cgroup hierarchies mounted and visible here, in mount order.
+
+    A mount made over a hierarchy's mountpoint or one of its parents hides it, though
+    mountinfo still lists it (e.g. cgroup2 mounted on /sys/fs/cgroup over the v1 hierarchies)."""
+    lines: list[tuple[str, CgroupMount | None]] = []
     for line in text.splitlines():
         left, sep, right = line.partition(" - ")
         if not sep:
@@ -52,16 +68,18 @@ def parse_mountinfo(text: str) -> list[CgroupMount]:
         fs_fields = right.split()
         if len(fields) < 5 or len(fs_fields) < 3:
             continue
-        fstype = fs_fields[0]
-        if fstype not in ("cgroup", "cgroup2"):
-            continue
-        mounts.append(CgroupMount(
-            mountpoint=_unescape(fields[4]),
-            root=_unescape(fields[3]),
-            version=2 if fstype == "cgroup2" else 1,
-            options=frozenset(fs_fields[2].split(",")),
-        ))
-    return mounts
+        mountpoint, fstype = _unescape(fields[4]), fs_fields[0]
+        mount = None
+        if fstype in ("cgroup", "cgroup2"):
+            mount = CgroupMount(
+                mountpoint=mountpoint,
+                root=_unescape(fields[3]),
+                version=2 if fstype == "cgroup2" else 1,
+                options=frozenset(fs_fields[2].split(",")),
+            )
+        lines.append((mountpoint, mount))
+    return [mount for i, (mountpoint, mount) in enumerate(lines)
+            if mount is not None and not _shadowed(mountpoint, [m for m, _ in lines[i + 1:]])]
 
 
 def parse_proc_cgroup(text: str) -> list[CgroupMembership]:
@@ -121,3 +139,49 @@ def process_cgroup_dirs(pid: int, proc: Path = Path("/proc")) -> list[CgroupDir]
     proc_cgroup = (proc / str(pid) / "cgroup").read_text(encoding="utf-8")
     mountinfo = (proc / "self" / "mountinfo").read_text(encoding="utf-8")
     return cgroup_dirs(proc_cgroup, mountinfo)
+
+
+def _node_cgroup_namespace(proc: Path) -> Path | None:
+    """The cgroup namespace file of the node: its init's (PID 1, with hostPID), else, when that
+    cannot be read (a sandboxed init), the kernel's initial namespace, which kernel threads
+    (kthreadd, PID 2) always keep."""
+    try:
+        os.stat(proc / "1" / "ns" / "cgroup")
+        return proc / "1" / "ns" / "cgroup"
+    except OSError:
+        pass
+    try:
+        if os.stat(proc / "2" / "ns" / "cgroup").st_ino == INITIAL_CGROUP_NS_INODE:
+            return proc / "2" / "ns" / "cgroup"
+    except OSError:
+        pass
+    return None
+
+
+def join_node_cgroup_namespace(proc: Path = Path("/proc")) -> bool:
+    """Enter the node's cgroup namespace if this process is in another one; returns whether
+    it did.
+
+    A container's private cgroup namespace (the default on cgroup v2 nodes) shows the cgroups
+    of every process outside it as paths above its own root (`0::/../../kubepods.slice/...`)
+    and the cgroup mounts rooted above it as `/..`: the names in between cannot be known from
+    inside, and the freezer, the restore and CRIU's images need the node's paths. Call it before
+    any thread starts: a namespace change applies to the calling thread only."""
+    node = _node_cgroup_namespace(proc)
+    try:
+        if node is None or os.stat(proc / "self" / "ns" / "cgroup").st_ino == os.stat(node).st_ino:
+            return False
+        fd = os.open(node, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # no cgroup namespaces here
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWCGROUP) != 0:
+            err = ctypes.get_errno()
+            log.warning("cannot enter the node's cgroup namespace (%s): %s; other containers' "
+                        "cgroups are seen relative to this one's", node, os.strerror(err))
+            return False
+    finally:
+        os.close(fd)
+    log.info("entered the node's cgroup namespace (that of %s)", node)
+    return True
