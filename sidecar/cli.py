@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from sidecar import logs, tool, version
+from sidecar import cgroups, logs, tool, version
 from sidecar.config import DEFAULT_CRIU_RUNC_CONFIG, DEFAULT_RUNTIME_ROOT, HelperConfig
 from sidecar.credentials import (
     DEFAULT_CERTS_DIRS,
@@ -83,6 +83,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
     from sidecar.api import create_app
 
     logs.configure(log_level)
+    cgroups.join_node_cgroup_namespace()  # first: before any thread
     config = HelperConfig(
         checkpoint_dir=checkpoint_dir, runtime_root=runtime_root, runc_path=runc_path,
         criu_path=criu_path, criu_guard=tool.find_criu_guard(criu_guard),

@@ -108,7 +108,9 @@ class HelperProcess:
 
 def start_helper(name: str, checkpoint_dir: Path | None = None, *,
                  extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> HelperProcess:
+                 env: dict[str, str] | None = None, runtime_root: str = RUNC_ROOT,
+                 prefix: list[str] | None = None) -> HelperProcess:
+    """The helper as a root process; `prefix` runs it through a command such as nsenter."""
     port = _free_port()
     cdir = checkpoint_dir or LAB_DIR / "test-helpers" / name / "checkpoints"
     cdir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +119,9 @@ def start_helper(name: str, checkpoint_dir: Path | None = None, *,
     extra = list(extra_args or [])
     if "--authorization" not in extra:  # plain requests from the tests: trust them (loopback)
         extra += ["--authorization", "none"]
-    cmd = [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
-           str(port), "--checkpoint-dir", str(cdir), "--runtime-root", RUNC_ROOT, *extra]
+    cmd = [*(prefix or []), sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1",
+           "--port", str(port), "--checkpoint-dir", str(cdir), "--runtime-root", runtime_root,
+           *extra]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "NODE_NAME": "cedana-lab-node1",
