@@ -15,8 +15,7 @@ from pathlib import Path
 from bench.procs import BenchError, PipeWatcher, ReadyTiming, directory_size, run, timed_run, \
     until_ready
 
-RUNC = "runc"
-CRIU = "/usr/local/sbin/criu"
+RUNC = "runc"  # runs the `criu` on its PATH (hack/install-deps.sh links the lab's first)
 SLEEP_CMD = ["/bin/sh", "-c", "while true; do sleep 3600; done"]
 
 
@@ -43,7 +42,7 @@ class BareRunc:
         self.sources: dict[int, tuple[str, int]] = {}  # mib -> (container id, stdout fd)
 
     def runc(self, *args: str) -> list[str]:
-        return [RUNC, "--root", str(self.root), "--criu", CRIU, *args]
+        return [RUNC, "--root", str(self.root), *args]
 
     def setup(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -264,3 +264,42 @@ class HelperRest:
         if self.helper is not None:
             stop_helper(self.helper)
         shutil.rmtree(self.work / "checkpoints", ignore_errors=True)
+
+
+class KubeletCheckpointApi:
+    """(e): the kubelet's own checkpoint API (ContainerCheckpoint, beta and on since 1.30),
+    `POST /checkpoint/NAMESPACE/POD/CONTAINER` through the API server's node proxy with
+    `kubectl create --raw`, as a user would call it: containerd dumps the container with runc
+    and CRIU into an archive under /var/lib/kubelet/checkpoints. Dump only: Kubernetes has no
+    restore API, so its restore column stays empty."""
+
+    name = "e"
+    label = "kubelet checkpoint API"
+    dump_only = True
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def setup(self) -> None:
+        return None
+
+    def start_source(self, mib: int) -> None:
+        return None  # Cluster.prepare_size made the memhog pod
+
+    def checkpoint(self, mib: int, run_no: int) -> tuple[float, int, str]:
+        path = (f"/api/v1/nodes/{self.cluster.node}/proxy/checkpoint/{self.cluster.namespace}/"
+                f"{self.cluster.sources[mib]}/main?timeout=600")
+        ms, result = timed_run(["kubectl", "create", "--raw", path, "-f", "/dev/null"],
+                               env=self.cluster.env, timeout=660)
+        archive = Path(json.loads(result.stdout)["items"][0])
+        return ms, archive.stat().st_size, str(archive)
+
+    def discard(self, archive: str) -> None:
+        Path(archive).unlink(missing_ok=True)
+
+    def stop_source(self, mib: int) -> None:
+        return None
+
+    def teardown(self) -> None:
+        return None
+

@@ -8,7 +8,7 @@ from bench.stats import Summary, Target, linear_fit, overhead_ms, ratio, summari
     throughput_mb_s
 
 METHODS = {"a": "(a) kubectl cedana", "b": "(b) helper REST", "c": "(c) bare runc",
-           "d": "(d) podman"}
+           "d": "(d) podman", "e": "(e) kubelet checkpoint API (dump only)"}
 TARGET_AC = Target("(a)/(c) at 1 GiB", 1.15)
 TARGET_AD = Target("(a)/(d)", 0.67)
 TARGET_HELP = Target("`kubectl cedana --help` first byte", 300.0)
@@ -287,7 +287,7 @@ def plot(results: dict[str, Any], outdir: Path) -> list[str]:
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     mibs = sizes(results)
-    width = 0.2
+    width = 0.8 / len(METHODS)
     for ax, phase in zip(axes, ("checkpoint", "restore")):
         for i, (method, label) in enumerate(METHODS.items()):
             meds, lows, highs, xs = [], [], [], []
@@ -295,7 +295,7 @@ def plot(results: dict[str, Any], outdir: Path) -> list[str]:
                 s = figure(results, method, mib, phase)
                 if s is None:
                     continue
-                xs.append(j + (i - 1.5) * width)
+                xs.append(j + (i - (len(METHODS) - 1) / 2) * width)
                 meds.append(s.median / 1000)
                 lows.append((s.median - s.low) / 1000)
                 highs.append((s.high - s.median) / 1000)
