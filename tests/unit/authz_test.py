@@ -1,15 +1,10 @@
 """Caller authorization at the HTTP boundary: a real `cedana-helper serve --authorization
 kubernetes` whose Kubernetes API is the fake API server, reached directly (as another pod would)
 and through the fake pod proxy by the real plugin (docs/security.md)."""
-# ruff: noqa: F811  (pytest fixtures imported below are parameters of the tests)
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,24 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.unit.plugin_fakeapi import (  # noqa: F401  (fixtures: api)
+from tests.unit.plugin_fakeapi import (
     FakeApiServer,
     FakeCluster,
-    api,
     make_pod,
     run_cli,
     write_kubeconfig,
 )
+from tests.unit.sidecar_support import helper_process
 
 REPO = Path(__file__).resolve().parents[2]
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 SECRET = "s3cret-proof-for-tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -54,34 +43,10 @@ def helper_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def helper_url(api: FakeApiServer, cluster: FakeCluster, helper_dir: Path) -> Iterator[str]:
     """The real helper, checking callers against the fake API server."""
-    port = _free_port()
     kubeconfig = write_kubeconfig(helper_dir / "helper.kubeconfig", api.url)
-    log = (helper_dir / "helper.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port), "--checkpoint-dir", str(helper_dir / "checkpoints"), "--runtime-root",
-         str(helper_dir / "runc"), "--criu-runc-config", str(helper_dir / "criu.conf"),
-         "--kubeconfig", str(kubeconfig)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, NODE_NAME="node1", PYTHONPATH=str(REPO)))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("helper did not start: "
-                                + (helper_dir / "helper.log").read_text(errors="replace"))
-                time.sleep(0.1)
+    with helper_process(helper_dir, "--kubeconfig", str(kubeconfig)) as url:
         cluster.add_forwarding_helper("node1", url)
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def call(url: str, method: str, route: str, body: Any = None,

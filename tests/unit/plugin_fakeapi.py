@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-import pytest
 import yaml
 from click.testing import CliRunner, Result
 
@@ -591,26 +590,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         time.sleep(0.05)
     return False
 
-
-
-# -- pytest fixtures (imported by the test modules that use them) ------------------------------
-
-@pytest.fixture
-def cluster() -> FakeCluster:
-    fake = FakeCluster()
-    fake.add_helper("node1")
-    return fake
-
-
-@pytest.fixture
-def api(cluster: FakeCluster) -> Any:
-    with FakeApiServer(cluster) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
-    return write_kubeconfig(tmp_path / "kubeconfig", api.url)
 
 
 def runner() -> CliRunner:

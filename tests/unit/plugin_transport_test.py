@@ -1,5 +1,4 @@
 """The plugin against a real local HTTP server playing API server, pod proxy and helper."""
-# ruff: noqa: F811  (pytest fixtures imported below are parameters of the tests)
 from __future__ import annotations
 
 import json
@@ -12,14 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.plugin_fakeapi import (  # noqa: F401  (fixtures: api, cluster, kubeconfig)
+from tests.unit.plugin_fakeapi import (
     HELPER_NS,
     TOKEN,
     FakeApiServer,
     FakeCluster,
-    api,
-    cluster,
-    kubeconfig,
     make_pki,
     make_pod,
     run_cli,

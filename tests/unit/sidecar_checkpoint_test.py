@@ -18,9 +18,10 @@ from sidecar.errors import (
     DumpFailed,
     IoUringUnsupported,
 )
-from tests.unit.sidecar_proctree_test import IO_URING_HOLDER
 from tests.unit.sidecar_support import (
     COUNTER,
+    IO_URING_HOLDER,
+    POD,
     bundle_of,
     install_runc_root,
     make_config,
@@ -28,8 +29,6 @@ from tests.unit.sidecar_support import (
     process,
     stop,
 )
-
-POD = "counter-5f7c9d8b4-x2kqp"
 
 
 @pytest.fixture

@@ -13,16 +13,7 @@ import pytest
 from sidecar import proctree
 from sidecar.errors import OperationInProgress
 from sidecar.locks import ContainerLocks
-from tests.unit.sidecar_support import process, wait_for
-
-IO_URING_HOLDER = textwrap.dedent("""
-    import ctypes, sys, time
-    libc = ctypes.CDLL(None, use_errno=True)
-    params = ctypes.create_string_buffer(120)
-    fd = libc.syscall(425, 4, params)  # io_uring_setup
-    print("ready" if fd >= 0 else f"unsupported {ctypes.get_errno()}", flush=True)
-    time.sleep(300)
-""")
+from tests.unit.sidecar_support import IO_URING_HOLDER, process, wait_for
 
 TCP_CLIENT = textwrap.dedent("""
     import socket, sys, time

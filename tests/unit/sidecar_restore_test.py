@@ -13,11 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.unit.sidecar_api_test import Env, assert_error
 from tests.unit.sidecar_support import (
     COUNTER,
     FIRST,
     POD_FIRST_UID,
+    HelperApp,
+    assert_error,
     bundle_of,
     is_root,
     pod_process,
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class RestoreEnv(Env):
+class RestoreEnv(HelperApp):
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path)
         made = self.client.post("/checkpoint", json=self.checkpoint_body(checkpoint_path="c"))
