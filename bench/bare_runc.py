@@ -1,5 +1,5 @@
 """(c) bare `runc checkpoint` / `runc restore` of memhog in an OCI bundle we make ourselves,
-with the CRIU options the helper uses (sidecar/runc.py DumpOptions with leave_running,
+with the CRIU options the helper uses (sidecar/node/runc.py DumpOptions with leave_running,
 manage-cgroups-mode soft, ext-unix-sk, file-locks; link-remap from /etc/criu/runc.conf)."""
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.procs import BenchError, PipeWatcher, ReadyTiming, directory_size, run, timed_run, \
-    until_ready
+from bench.procs import (
+    BenchError,
+    PipeWatcher,
+    ReadyTiming,
+    directory_size,
+    run,
+    timed_run,
+    until_ready,
+)
 
 RUNC = "runc"
 CRIU = "/usr/local/sbin/criu"

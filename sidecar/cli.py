@@ -5,9 +5,10 @@ from pathlib import Path
 
 import click
 
-from sidecar import logs, tool, version
+from sidecar import logs, version
 from sidecar.config import DEFAULT_CRIU_RUNC_CONFIG, DEFAULT_RUNTIME_ROOT, HelperConfig
-from sidecar.credentials import (
+from sidecar.node import tool
+from sidecar.registry.credentials import (
     DEFAULT_CERTS_DIRS,
     DEFAULT_CONTAINERD_CONFIG,
     DEFAULT_DOCKER_CONFIGS,
@@ -80,7 +81,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
     """Serve the REST API."""
     import uvicorn
 
-    from sidecar.api import create_app
+    from sidecar.http.app import create_app
 
     logs.configure(log_level)
     config = HelperConfig(
@@ -94,8 +95,8 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
         max_checkpoints_per_container=max_checkpoints_per_container,
         max_total_bytes=max_total_bytes,
     )
-    from sidecar.authz import build_verifier
-    from sidecar.kubeapi import KubeAPI
+    from sidecar.http.caller import build_verifier
+    from sidecar.kube.api import KubeAPI
 
     # one connection for Events and for caller checks
     kube = KubeAPI.connect(config.kubeconfig, config.node_name)

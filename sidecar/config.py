@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.credentials import NodeRegistrySettings
+from sidecar.registry.credentials import NodeRegistrySettings
 
 DEFAULT_RUNTIME_ROOT = Path("/run/containerd/runc/k8s.io")
 DEFAULT_CRIU_RUNC_CONFIG = Path("/etc/criu/runc.conf")

@@ -207,8 +207,8 @@ def test_user_without_csr_permission_is_told_what_is_missing(
 def test_every_route_has_a_policy(tmp_path: Path) -> None:
     """A route the policy does not know is refused to every restricted caller: adding a route
     means saying here what it needs."""
-    from sidecar.api import create_app
-    from sidecar.authz import RoutePolicy, routes_without_policy
+    from sidecar.http.app import create_app
+    from sidecar.http.caller import RoutePolicy, routes_without_policy
     from tests.unit.sidecar_support import make_config
 
     config = make_config(tmp_path)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from sidecar.api import create_app
 from sidecar.config import HelperConfig
+from sidecar.http.app import create_app
 from tests.unit.sidecar_support import (
     COUNTER,
     FIRST,

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import store
-from sidecar.catalogue import Catalogue
-from sidecar.checkpoint import checkpoint_container
 from sidecar.config import HelperConfig
 from sidecar.errors import (
     CheckpointExists,
@@ -18,6 +15,9 @@ from sidecar.errors import (
     DumpFailed,
     IoUringUnsupported,
 )
+from sidecar.ops.checkpoint import checkpoint_container
+from sidecar.storage import store
+from sidecar.storage.catalogue import Catalogue
 from tests.unit.sidecar_support import (
     COUNTER,
     IO_URING_HOLDER,

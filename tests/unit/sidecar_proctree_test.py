@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import proctree
 from sidecar.errors import OperationInProgress
-from sidecar.locks import ContainerLocks
+from sidecar.node import proctree
+from sidecar.node.locks import ContainerLocks
 from tests.unit.sidecar_support import IO_URING_HOLDER, process, wait_for
 
 TCP_CLIENT = textwrap.dedent("""

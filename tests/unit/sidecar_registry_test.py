@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.containerd import CONFIG_LABEL, ContainerdImages, _complete
-from sidecar.credentials import NodeRegistrySettings, node_access
 from sidecar.errors import InvalidRequest, RegistryAuthFailed, TargetIncompatible
-from sidecar.registry import ImageReference
-from sidecar.rootfs_image import _diff_id, added_layers
+from sidecar.node.containerd import CONFIG_LABEL, ContainerdImages, _complete
+from sidecar.ops.rootfs import _diff_id, added_layers
+from sidecar.registry.client import ImageReference
+from sidecar.registry.credentials import NodeRegistrySettings, node_access
 
 
 @pytest.mark.parametrize("text,host,repo,ref", [

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import criu_stats, lifecycle, remote, store
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointCorrupted, InvalidRequest
+from sidecar.node import criu_stats
+from sidecar.ops import lifecycle
+from sidecar.registry import remote
+from sidecar.storage import store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

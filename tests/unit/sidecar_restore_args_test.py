@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import cgroups, criu, runc
 from sidecar.config import HelperConfig
-from sidecar.restore import (
+from sidecar.node import cgroups, criu, runc
+from sidecar.ops.restore import (
     cgroup_mount_map,
     external_mount_map,
     missing_bind_mounts,
@@ -138,7 +138,7 @@ def test_restore_command_is_the_whole_chain(tmp_path: Path) -> None:
     assert plan.passed_fds == (7, 8, 9)
     args = restore_command(config, 4402, plan, python="/usr/bin/python3")
     assert args == [
-        "/usr/bin/python3", "-m", "sidecar.enter_cgroups", "--pid", "4402", "--",
+        "/usr/bin/python3", "-m", "sidecar.node.enter_cgroups", "--pid", "4402", "--",
         "/usr/bin/nsenter", "--target", "4402", "--pid", "--",
         "/usr/bin/unshare", "--mount", "--propagation", "private", "--mount-proc", "--",
         "/usr/local/sbin/criu", "restore",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import rootfs_diff
 from sidecar.errors import RestoreFailed
+from sidecar.storage import rootfs_diff
 
 
 def _upper(tmp_path: Path) -> Path:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import store
-from sidecar.catalogue import Catalogue, RestoredRegistry
 from sidecar.errors import CheckpointCorrupted, CheckpointNotFound
+from sidecar.storage import store
+from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 
 
 def make_checkpoint(tmp_path: Path, name: str = "ckpt") -> Path:

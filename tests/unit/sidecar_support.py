@@ -244,8 +244,8 @@ class HelperApp:
     def __init__(self, tmp_path: Path) -> None:
         from fastapi.testclient import TestClient
 
-        from sidecar.api import create_app
-        from sidecar.locks import ContainerLocks
+        from sidecar.http.app import create_app
+        from sidecar.node.locks import ContainerLocks
 
         self.source = pod_process()
         self.root = install_runc_root("containerd", tmp_path, {COUNTER: self.source.pid})

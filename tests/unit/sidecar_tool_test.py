@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import freezer, proctree, tool
+from sidecar.node import freezer, proctree, tool
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 TAIL = shutil.which("tail") or "/usr/bin/tail"

@@ -8,14 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sidecar import criu_stats, store
-from sidecar.catalogue import Catalogue
-from sidecar.checkpoint import CheckpointResult
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointNotFound, HelperError, InvalidRequest
-from sidecar.kubeapi import KubeAPI
-from sidecar.remote import RemoteCheckpoint, RemoteStore, check_compression, remote_entry
-from sidecar.restore import RestoreResult
+from sidecar.kube.api import KubeAPI
+from sidecar.node import criu_stats
+from sidecar.ops.checkpoint import CheckpointResult
+from sidecar.ops.restore import RestoreResult
+from sidecar.registry.remote import RemoteCheckpoint, RemoteStore, check_compression, remote_entry
+from sidecar.storage import store
+from sidecar.storage.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m sidecar.enter_cgroups --pid P -- CMD [ARG...]`: join every cgroup of process P,
+"""`python -m sidecar.node.enter_cgroups --pid P -- CMD [ARG...]`: join every cgroup of process P,
 then exec CMD. Everything CMD starts (and everything CRIU restores with
 --manage-cgroups=ignore) is then accounted to P's container.
 
@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from sidecar.cgroups import CgroupDir, process_cgroup_dirs
+from sidecar.node.cgroups import CgroupDir, process_cgroup_dirs
 
 EXIT_SETUP_FAILED = 125  # as env(1)/nsenter(1) report their own failures
 
@@ -28,7 +28,7 @@ def join_cgroups(dirs: Sequence[CgroupDir], pid: int) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sidecar.enter_cgroups")
+    parser = argparse.ArgumentParser(prog="python -m sidecar.node.enter_cgroups")
     parser.add_argument("--pid", type=int, required=True, help="join this process's cgroups")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

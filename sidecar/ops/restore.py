@@ -3,7 +3,7 @@
 The placeholder's PID 1 keeps sleeping, so kubelet and the runtime see no change; the restored
 tree lives beside it:
 
-    python -m sidecar.enter_cgroups --pid P --        join every cgroup of P
+    python -m sidecar.node.enter_cgroups --pid P --        join every cgroup of P
       nsenter --target P --pid --                     enter P's PID namespace (forks)
         unshare --mount --propagation private --mount-proc --   private mounts, fresh /proc
           criu restore -D CKPT/checkpoint --root <P's rootfs> --restore-detached
@@ -27,11 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar import cgroups, criu, proctree, rootfs_diff, store, tool
-from sidecar.catalogue import Catalogue, RestoredRegistry
-from sidecar.checkpoint import DEFAULT_LOCKS, utc_now
 from sidecar.config import HelperConfig
-from sidecar.discovery import RUNNING, RuncContainer, find_container, load_spec
 from sidecar.errors import (
     AlreadyRestored,
     CheckpointNotFound,
@@ -41,8 +37,13 @@ from sidecar.errors import (
     TargetIncompatible,
     TargetNotSleeping,
 )
-from sidecar.locks import ContainerLocks
-from sidecar.paths import confine
+from sidecar.node import cgroups, criu, proctree, tool
+from sidecar.node.discovery import RUNNING, RuncContainer, find_container, load_spec
+from sidecar.node.locks import ContainerLocks
+from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
+from sidecar.storage import rootfs_diff, store
+from sidecar.storage.catalogue import Catalogue, RestoredRegistry
+from sidecar.storage.paths import confine
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def wrapper_args(target_pid: int, nsenter_path: str, unshare_path: str,
                  python: str = sys.executable) -> list[str]:
     """The command prefix that puts CRIU into the target's cgroups and PID namespace."""
     return [
-        python, "-m", "sidecar.enter_cgroups", "--pid", str(target_pid), "--",
+        python, "-m", "sidecar.node.enter_cgroups", "--pid", str(target_pid), "--",
         nsenter_path, "--target", str(target_pid), "--pid", "--",
         unshare_path, "--mount", "--propagation", "private", "--mount-proc", "--",
     ]

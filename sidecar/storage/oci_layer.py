@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from sidecar.errors import DumpFailed, ImageUnsupported, RestoreFailed
-from sidecar.rootfs_diff import inside, is_opaque, is_whiteout
+from sidecar.storage.rootfs_diff import inside, is_opaque, is_whiteout
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"

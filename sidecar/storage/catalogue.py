@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sidecar import proctree
 from sidecar.errors import CheckpointNotFound, InternalError
+from sidecar.node import proctree
 
 CATALOGUE_FILE = ".catalogue.json"
 RESTORED_FILE = ".restored.json"

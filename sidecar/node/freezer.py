@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sidecar.cgroups import CgroupDir, process_cgroup_dirs
 from sidecar.errors import ContainerNotRunning, DumpFailed
+from sidecar.node.cgroups import CgroupDir, process_cgroup_dirs
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar import tool
 from sidecar.errors import DumpFailed
+from sidecar.node import tool
 
 VERSION_TIMEOUT_S = 10.0
 DUMP_LOG = "dump.log"  # the name runc gives CRIU's log in the work path

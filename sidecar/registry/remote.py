@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sidecar import store
-from sidecar.credentials import node_access
 from sidecar.errors import CheckpointCorrupted, CheckpointNotFound, ImageNotFound, InvalidRequest
-from sidecar.registry import ImageReference, RegistryClient
+from sidecar.registry.client import ImageReference, RegistryClient
+from sidecar.registry.credentials import node_access
+from sidecar.storage import store
 
 log = logging.getLogger(__name__)
 

@@ -16,29 +16,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sidecar import freezer, lifecycle, proctree, store, version, versions
-from sidecar.authz import (
-    LIST_CHECKPOINTS,
-    AuthorizationMiddleware,
-    CallerVerifier,
-    RoutePolicy,
-    access_of,
-)
-from sidecar.checkpoint import CheckpointResult, checkpoint_container
+from sidecar import version
 from sidecar.config import HelperConfig
-from sidecar.discovery import list_containers, validate_root
 from sidecar.errors import (
     HelperError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
 )
-from sidecar.kubeapi import KubeAPI
-from sidecar.locks import ContainerLocks
-from sidecar.middleware import BodyLimitMiddleware, RequestLogMiddleware, request_state
-from sidecar.restore import RestoreResult, restore_into
-from sidecar.rootfs_image import checkpoint_rootfs, checkpoint_rootfs_crio, restore_rootfs
-from sidecar.schemas import (
+from sidecar.http.caller import (
+    LIST_CHECKPOINTS,
+    AuthorizationMiddleware,
+    CallerVerifier,
+    RoutePolicy,
+    access_of,
+)
+from sidecar.http.middleware import BodyLimitMiddleware, RequestLogMiddleware, request_state
+from sidecar.http.schemas import (
     CheckpointRequest,
     CrioRootfsCheckpointRequest,
     ListRequest,
@@ -47,6 +41,15 @@ from sidecar.schemas import (
     RootfsCheckpointRequest,
     RootfsRestoreRequest,
 )
+from sidecar.kube.api import KubeAPI
+from sidecar.node import freezer, proctree, versions
+from sidecar.node.discovery import list_containers, validate_root
+from sidecar.node.locks import ContainerLocks
+from sidecar.ops import lifecycle
+from sidecar.ops.checkpoint import CheckpointResult, checkpoint_container
+from sidecar.ops.restore import RestoreResult, restore_into
+from sidecar.ops.rootfs import checkpoint_rootfs, checkpoint_rootfs_crio, restore_rootfs
+from sidecar.storage import store
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
                verifier: CallerVerifier | None = None) -> FastAPI:
     """The helper's ASGI application for one configuration. `kube` True: connect to the
     Kubernetes API as configured (for Events); None/False: no API. `verifier` checks who calls
-    and what they may do (sidecar/authz.py); None trusts every caller, as
+    and what they may do (sidecar/http/caller.py); None trusts every caller, as
     `--authorization none` does."""
     locks = locks if locks is not None else ContainerLocks()
     kube_api: KubeAPI | None = (KubeAPI.connect(config.kubeconfig, config.node_name)

@@ -41,8 +41,6 @@ import anyio
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sidecar import store
-from sidecar.catalogue import Catalogue
 from sidecar.config import HelperConfig
 from sidecar.errors import (
     AuthorizationUnavailable,
@@ -51,9 +49,11 @@ from sidecar.errors import (
     HelperError,
     Unauthenticated,
 )
-from sidecar.kubeapi import KubeAPI
-from sidecar.middleware import request_state, send_error
-from sidecar.paths import confine
+from sidecar.http.middleware import request_state, send_error
+from sidecar.kube.api import KubeAPI
+from sidecar.storage import store
+from sidecar.storage.catalogue import Catalogue
+from sidecar.storage.paths import confine
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +372,8 @@ class RoutePolicy:
                 pass
             # not on this node: a restore by id would pull it from the checkpoint registry,
             # so its source is read there (errors propagate: fail closed)
-            from sidecar import lifecycle
-            from sidecar.remote import remote_entry
+            from sidecar.ops import lifecycle
+            from sidecar.registry.remote import remote_entry
 
             remote = lifecycle.remote_store(self.config)
             if remote is None:
@@ -452,7 +452,7 @@ class RoutePolicy:
             self.needs, request.method, route, dict(request.path_params), body)
         if needs is None:
             raise Forbidden(f"{request.method} {route} has no authorization policy in "
-                            "sidecar/authz.py; only a helper run with --authorization none "
+                            "sidecar/http/caller.py; only a helper run with --authorization none "
                             "answers it")
 
         def check() -> None:

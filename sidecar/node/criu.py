@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar import tool
+from sidecar.node import tool
 
 VERSION_TIMEOUT_S = 10.0
 RESTORE_LOG = "restore.log"

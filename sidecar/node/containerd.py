@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar import tool
 from sidecar.errors import ContainerdUnavailable, ImageNotFound, InvalidRequest, RegistryError
+from sidecar.node import tool
 
 K8S_NAMESPACE = "k8s.io"
 CONFIG_LABEL = "containerd.io/gc.ref.content.config"

@@ -13,18 +13,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sidecar import criu, freezer, proctree, rootfs_diff, runc, store, versions
-from sidecar.catalogue import Catalogue
 from sidecar.config import HelperConfig
-from sidecar.discovery import RUNNING, RuncContainer, find_container
 from sidecar.errors import (
     CheckpointExists,
     ContainerNotRunning,
     DumpFailed,
     IoUringUnsupported,
 )
-from sidecar.locks import ContainerLocks
-from sidecar.paths import confine
+from sidecar.node import criu, freezer, proctree, runc, versions
+from sidecar.node.discovery import RUNNING, RuncContainer, find_container
+from sidecar.node.locks import ContainerLocks
+from sidecar.storage import rootfs_diff, store
+from sidecar.storage.catalogue import Catalogue
+from sidecar.storage.paths import confine
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from sidecar import criu, runc, version
+from sidecar import version
 from sidecar.config import HelperConfig
+from sidecar.node import criu, runc
 
 
 @lru_cache(maxsize=8)

@@ -6,21 +6,20 @@ with sleeps of up to 83 s, and `upload_manifest` always sends the OCI manifest m
 docker schema2 image (what containerd keeps for docker-archive imports and most pulls) cannot be
 extended as itself. This module streams blobs from files in both directions, verifies digests,
 answers Basic and Bearer challenges once, and turns every failure into a typed error naming the
-registry. Credentials and TLS trust come from sidecar.credentials (the `docker` package).
+registry. Credentials and TLS trust come from sidecar/registry/credentials.py (`docker` package).
 """
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import urljoin
 
 import requests
 
-from sidecar.credentials import RegistryAccess
 from sidecar.errors import (
     ImageNotFound,
     InvalidRequest,
@@ -28,6 +27,7 @@ from sidecar.errors import (
     RegistryError,
     RegistryUnreachable,
 )
+from sidecar.registry.credentials import RegistryAccess
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",

@@ -25,11 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sidecar import oci_layer, rootfs_diff, store
 from sidecar.config import HelperConfig
-from sidecar.containerd import INDEX_TYPES, ContainerdImages, node_platform, socket_path
-from sidecar.credentials import node_access
-from sidecar.discovery import RUNNING, RuncContainer, find_container
 from sidecar.errors import (
     ContainerNotRunning,
     DumpFailed,
@@ -37,10 +33,14 @@ from sidecar.errors import (
     ImageNotFound,
     TargetIncompatible,
 )
-from sidecar.freezer import frozen
-from sidecar.locks import ContainerLocks
-from sidecar.registry import ImageReference, RegistryClient
-from sidecar.store import TEMP_PREFIX
+from sidecar.node.containerd import INDEX_TYPES, ContainerdImages, node_platform, socket_path
+from sidecar.node.discovery import RUNNING, RuncContainer, find_container
+from sidecar.node.freezer import frozen
+from sidecar.node.locks import ContainerLocks
+from sidecar.registry.client import ImageReference, RegistryClient
+from sidecar.registry.credentials import node_access
+from sidecar.storage import oci_layer, rootfs_diff, store
+from sidecar.storage.store import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
 
