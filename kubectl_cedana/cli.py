@@ -17,11 +17,12 @@ import click
 from click.core import ParameterSource
 
 from kubectl_cedana import operations
+from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
 from kubectl_cedana.errors import (
     CedanaError,
     ExitCode,
+    HelperFailure,
     HelperNotInstalled,
-    RemoteError,
     UsageError,
 )
 from kubectl_cedana.kube import KubeClient
@@ -210,7 +211,7 @@ def raise_partial(errors: list[CedanaError]) -> None:
     if len(errors) == 1:
         raise errors[0]
     if errors:
-        raise RemoteError(f"{len(errors)} helpers failed: "
+        raise HelperFailure(f"{len(errors)} helpers failed: "
                           + "; ".join(e.one_line() for e in errors))
 
 
@@ -258,10 +259,10 @@ def list_command(settings: Settings, all_namespaces: bool) -> None:
 
 
 # -- checkpoint -------------------------------------------------------------------------------
-COMPRESSIONS = ["none", "gzip", "lz4", "zstd"]
 COMPRESSION_OPTION = click.option(
     "--compression", type=click.Choice(COMPRESSIONS),
-    help="Compression of a checkpoint pushed to the registry (default: the helper's, zstd).")
+    help="Compression of a checkpoint pushed to the registry (default: the helper's, "
+         f"{DEFAULT_COMPRESSION}).")
 WITH_ROOTFS_OPTION = click.option(
     "--with-rootfs/--without-rootfs", default=True, show_default=True,
     help="Store the container's changed files with its memory (same freeze) and put them "
@@ -296,10 +297,10 @@ def checkpoint_command(settings: Settings, pod: str, container: str | None,
     """
     kube = connect(settings)
     with progress(settings, f"checkpointing {pod}"):
-        result = operations.checkpoint_container(kube, kube.namespace, pod, container,
-                                                 leave_running=leave_running, path=path,
-                                                 with_rootfs=with_rootfs, storage=storage,
-                                                 compression=compression)
+        result = operations.checkpoint_pod(kube, kube.namespace, pod, container,
+                                           leave_running=leave_running, path=path,
+                                           with_rootfs=with_rootfs, storage=storage,
+                                           compression=compression)
 
     def text() -> str:
         if settings.output != "wide":
@@ -352,7 +353,7 @@ def restore_command(settings: Settings, checkpoint: str, into: str | None,
     kube = connect(settings)
     with progress(settings, "restoring") as spinner:
         if into:
-            result = operations.restore_into(kube, checkpoint, kube.namespace, into, container)
+            result = operations.restore_into_pod(kube, checkpoint, kube.namespace, into, container)
         else:
             assert new_pod is not None
             result = operations.restore_new_pod(kube, checkpoint, new_pod, node=node,
@@ -576,7 +577,8 @@ def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
               help="Registry repository for remote checkpoints (needed by migrate --to-node); "
                    "the helpers push with their node's credentials.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS),
-              help="Default compression of remote checkpoints (helper default: zstd).")
+              help="Default compression of remote checkpoints (helper default: "
+                   f"{DEFAULT_COMPRESSION}).")
 @click.option("--max-checkpoints-per-container", type=click.IntRange(0), metavar="N",
               help="Retention: keep at most N checkpoints per container (0: all).")
 @click.option("--max-total-bytes", type=click.IntRange(0), metavar="BYTES",

@@ -4,10 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kubectl_cedana.contract import HELPER_NAME, HELPER_NAMESPACE
 from kubectl_cedana.errors import ApiNotFound, CedanaError, PermissionDenied
 from kubectl_cedana.helper import (
-    HELPER_NAME,
-    HELPER_NAMESPACE,
     HelperClient,
     HelperPod,
     list_helper_pods,

@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kubectl_cedana.authz import caller_proof
+from kubectl_cedana.contract import RESTORE_SESSION_KEY
 from kubectl_cedana.errors import (
     ApiConflict,
     ApiNotFound,
     CedanaError,
     ConflictError,
-    HelperError,
+    HelperReplyError,
     Interrupted,
     NotFoundError,
     OperationTimeout,
@@ -34,7 +35,6 @@ from kubectl_cedana.helper import (
 )
 from kubectl_cedana.kube import KubeClient, pod_path
 from kubectl_cedana.pods import (
-    ANNOTATION_SESSION,
     ContainerRef,
     build_placeholder_pod,
     checkpoint_metadata_patch,
@@ -113,7 +113,7 @@ def list_containers(kube: KubeClient, namespace: str | None
 
 
 # -- checkpoints ------------------------------------------------------------------------------
-def checkpoint_container(kube: KubeClient, namespace: str, pod: str, container: str | None,
+def checkpoint_pod(kube: KubeClient, namespace: str, pod: str, container: str | None,
                          *, leave_running: bool, path: str = "",
                          with_rootfs: bool = True, storage: str | None = None,
                          compression: str | None = None) -> dict[str, Any]:
@@ -281,7 +281,7 @@ def delete_checkpoint(kube: KubeClient, wanted: str) -> dict[str, Any]:
     for client in clients:
         try:
             answer = client.delete_checkpoint(ident) or {}
-        except HelperError as exc:
+        except HelperReplyError as exc:
             if exc.code == "checkpoint_not_found":
                 continue  # gone meanwhile (with an earlier node's delete of the image)
             raise
@@ -312,7 +312,7 @@ def prune_checkpoints(kube: KubeClient, *, keep: int | None, max_bytes: int | No
 
 
 # -- restore ----------------------------------------------------------------------------------
-def restore_into(kube: KubeClient, wanted: str, namespace: str, pod: str,
+def restore_into_pod(kube: KubeClient, wanted: str, namespace: str, pod: str,
                  container: str | None) -> dict[str, Any]:
     """Restore a checkpoint into an existing (sleeping) pod's container."""
     target, _obj = resolve_running_container(kube, namespace, pod, container)
@@ -391,7 +391,7 @@ class PlaceholderSession:
         self.pod = pod
         self.namespace = str(pod["metadata"]["namespace"])
         self.name = str(pod["metadata"]["name"])
-        self.session = str(pod["metadata"]["annotations"].get(ANNOTATION_SESSION) or "")
+        self.session = str(pod["metadata"]["annotations"].get(RESTORE_SESSION_KEY) or "")
         self.state = "absent"  # absent -> creating -> created
         self.kept = False
         self._signals = _sigterm_as_interrupt()
@@ -423,7 +423,7 @@ class PlaceholderSession:
             if self.state == "creating":  # the create may or may not have reached the server
                 current = self.kube.request("GET", pod_path(self.namespace, self.name))
                 annotations = (current.get("metadata") or {}).get("annotations") or {}
-                if annotations.get(ANNOTATION_SESSION) != self.session:
+                if annotations.get(RESTORE_SESSION_KEY) != self.session:
                     return ""
             self.kube.delete_pod(self.namespace, self.name, grace_period_seconds=0)
             return ""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
 from sidecar import logs, version
 from sidecar.config import DEFAULT_CRIU_RUNC_CONFIG, DEFAULT_RUNTIME_ROOT, HelperConfig
 from sidecar.node import tool
@@ -59,8 +60,8 @@ def main() -> None:
 @click.option("--checkpoint-repository", default="", metavar="HOST/REPO",
               help="Registry repository for remote checkpoints (tag = checkpoint id), pushed "
                    "with the node's credentials; empty: checkpoints stay on the node.")
-@click.option("--compression", default="zstd", show_default=True,
-              type=click.Choice(["none", "gzip", "lz4", "zstd"]),
+@click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True,
+              type=click.Choice(COMPRESSIONS),
               help="Default compression of remote checkpoints.")
 @click.option("--max-checkpoints-per-container", default=0, show_default=True,
               type=click.IntRange(0), help="Retention: keep at most N per container (0: all).")

@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubectl_cedana.contract import DEFAULT_COMPRESSION
 from sidecar.registry.credentials import NodeRegistrySettings
 
 DEFAULT_RUNTIME_ROOT = Path("/run/containerd/runc/k8s.io")
@@ -45,7 +46,7 @@ class HelperConfig:
     kubeconfig: Path | None = None
     # checkpoints in a registry: "host/repo" (tag = checkpoint id); "" keeps them on the node
     remote_repository: str = ""
-    default_compression: str = "zstd"
+    default_compression: str = DEFAULT_COMPRESSION
     # retention, applied after each checkpoint (0: no limit)
     max_checkpoints_per_container: int = 0
     max_total_bytes: int = 0

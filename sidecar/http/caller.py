@@ -25,7 +25,6 @@ No proof (or one Kubernetes does not vouch for) is 401; a proof without the perm
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -41,6 +40,8 @@ import anyio
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kubectl_cedana import contract
+from kubectl_cedana.contract import PROOF_TTL_S, SIGNER_PREFIX, proof_digest
 from sidecar.config import HelperConfig
 from sidecar.errors import (
     AuthorizationUnavailable,
@@ -58,14 +59,9 @@ from sidecar.storage.paths import confine
 log = logging.getLogger(__name__)
 
 GROUP = "cedana.io"
-SIGNER_PREFIX = "cedana.io/caller-proof-"
-CALLER_HEADER = "x-cedana-caller"
-PROOF_HEADER = "x-cedana-proof"
-#: answered to anyone: kubelet's probes and a version check carry no proof
-OPEN_PATHS = frozenset({"/healthz", "/version"})
-#: a caller proof is accepted this long after its CSR was created (the plugin makes a new one
-#: per command, and again after PROOF_TTL_S - 2 min)
-PROOF_TTL_S = 15 * 60
+# the request headers, as the ASGI scope spells them
+CALLER_HEADER = contract.CALLER_HEADER.lower()
+PROOF_HEADER = contract.PROOF_HEADER.lower()
 #: the API server's clock and ours may disagree a little
 CLOCK_SKEW_S = 60
 #: verified proofs and review answers are trusted again without asking for this long
@@ -156,10 +152,6 @@ CsrReader = Callable[[str], "Mapping[str, Any] | None"]
 
 class ApiUnavailable(Exception):
     """The API server could not be asked (as opposed to: it said no)."""
-
-
-def proof_digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def _timestamp(text: str) -> float:
@@ -326,7 +318,7 @@ class AuthorizationMiddleware:
         self.verifier = verifier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.verifier is None or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or self.verifier is None or scope["path"] in contract.OPEN_ROUTES:
             await self.app(scope, receive, send)
             return
         verifier = self.verifier
@@ -401,7 +393,7 @@ class RoutePolicy:
     def needs(self, method: str, route: str, params: Mapping[str, str],
               body: Any) -> list[Need] | None:
         """What the request needs; None when the route has no policy."""
-        if route in OPEN_PATHS or (method, route) == ("GET", "/checkpoints"):
+        if route in contract.OPEN_ROUTES or (method, route) == ("GET", "/checkpoints"):
             return []  # open, or filtered by the middleware
         if (method, route) == ("GET", "/list/{namespace}"):
             return [(params.get("namespace", ""), LIST_PODS, "the containers")]

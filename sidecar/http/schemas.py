@@ -1,13 +1,24 @@
 """Request bodies of the REST contract (the seed's field names, kept exactly)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from kubectl_cedana.contract import COMPRESSIONS
 
 NAME_MAX = 253
 PATH_MAX = 4096
 REF_MAX = 1024
+
+
+def _known_compression(name: str) -> str:
+    if name not in COMPRESSIONS:
+        raise ValueError("input should be " + ", ".join(repr(c) for c in COMPRESSIONS))
+    return name
+
+
+Compression = Annotated[str, AfterValidator(_known_compression)]
 
 
 class _Body(BaseModel):
@@ -15,14 +26,16 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class ContainerRef(_Body):
+class ContainerBody(_Body):
+    """The fields that name one container (the seed's names)."""
+
     container_name: str = Field(min_length=1, max_length=NAME_MAX)
     sandbox_name: str = Field(min_length=1, max_length=NAME_MAX)
     namespace: str = Field(min_length=1, max_length=NAME_MAX)
     root: str | None = Field(default=None, max_length=PATH_MAX)
 
 
-class CheckpointData(ContainerRef):
+class CheckpointData(ContainerBody):
     checkpoint_path: str | None = Field(default=None, max_length=PATH_MAX)
 
 
@@ -35,10 +48,10 @@ class CheckpointRequest(_Body):
     # where it goes: "remote" = the helper's checkpoint registry, "local" = this node; default:
     # remote when checkpoint_path is empty and the helper has a registry (the seed's rule)
     storage: Literal["local", "remote"] | None = None
-    compression: Literal["none", "gzip", "lz4", "zstd"] | None = None
+    compression: Compression | None = None
 
 
-class RestoreData(ContainerRef):
+class RestoreData(ContainerBody):
     checkpoint_path: str | None = Field(default=None, max_length=PATH_MAX)
     checkpoint_id: str | None = Field(default=None, max_length=NAME_MAX)
 
@@ -51,21 +64,21 @@ class ListRequest(_Body):
     root: str | None = Field(default=None, max_length=PATH_MAX)
 
 
-class RootfsCheckpointRequest(ContainerRef):
+class RootfsCheckpointRequest(ContainerBody):
     """`/checkpoint/rootfs` (containerd): push the container's image plus its changed files."""
 
     address: str = Field(default="", max_length=PATH_MAX)
     image_ref: str = Field(min_length=1, max_length=REF_MAX)
 
 
-class CrioRootfsCheckpointRequest(ContainerRef):
+class CrioRootfsCheckpointRequest(ContainerBody):
     """`/checkpoint/rootfs/crio`: `image_ref` is the original image, `new_image_ref` the push."""
 
     image_ref: str = Field(min_length=1, max_length=REF_MAX)
     new_image_ref: str = Field(min_length=1, max_length=REF_MAX)
 
 
-class RootfsRestoreRequest(ContainerRef):
+class RootfsRestoreRequest(ContainerBody):
     address: str = Field(default="", max_length=PATH_MAX)
     image_ref: str = Field(min_length=1, max_length=REF_MAX)
 

@@ -8,6 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kubectl_cedana.contract import (
+    CHECKPOINT_ID_KEY,
+    SOURCE_CONTAINER_KEY,
+    SOURCE_NODE_KEY,
+    SOURCE_POD_KEY,
+)
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointNotFound, HelperError, InvalidRequest
 from sidecar.kube.api import KubeAPI
@@ -19,9 +25,6 @@ from sidecar.storage import store
 from sidecar.storage.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
-
-ANNOTATION_PREFIX = "cedana.io/"
-
 
 # -- remote --------------------------------------------------------------------------------------
 def remote_store(config: HelperConfig) -> RemoteStore | None:
@@ -261,10 +264,10 @@ def restored(kube: KubeAPI | None, result: RestoreResult, source: dict[str, Any]
                f"{source.get('container', '')}, node {source.get('node', '')}) restored into "
                f"container {t.container_name} in {result.duration_ms} ms")
     kube.annotate_pod(t.namespace, t.sandbox_name, {
-        ANNOTATION_PREFIX + "checkpoint-id": result.checkpoint_id,
-        ANNOTATION_PREFIX + "source-pod": source_pod,
-        ANNOTATION_PREFIX + "source-container": str(source.get("container", "")),
-        ANNOTATION_PREFIX + "source-node": str(source.get("node", "")),
+        CHECKPOINT_ID_KEY: result.checkpoint_id,
+        SOURCE_POD_KEY: source_pod,
+        SOURCE_CONTAINER_KEY: str(source.get("container", "")),
+        SOURCE_NODE_KEY: str(source.get("node", "")),
     })
 
 

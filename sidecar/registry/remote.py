@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
 from sidecar.errors import CheckpointCorrupted, CheckpointNotFound, ImageNotFound, InvalidRequest
 from sidecar.registry.client import ImageReference, RegistryClient
 from sidecar.registry.credentials import node_access
@@ -33,8 +34,6 @@ from sidecar.storage import store
 
 log = logging.getLogger(__name__)
 
-COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
-DEFAULT_COMPRESSION = "zstd"
 LAYER_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
     "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",

@@ -108,15 +108,15 @@ def test_rootfs_requires_its_options(argv: list[str], missing: str) -> None:
 
 @pytest.mark.parametrize("exc,code", [
     (errors.CedanaError("x"), 1), (errors.UsageError("x"), 2), (errors.NotFoundError("x"), 3),
-    (errors.ConflictError("x"), 4), (errors.RemoteError("x"), 5),
+    (errors.ConflictError("x"), 4), (errors.HelperFailure("x"), 5),
     (errors.OperationTimeout("x"), 124), (errors.Interrupted(), 130),
     (errors.HelperNotInstalled("x"), 3),
     (errors.PermissionDenied("x", permission="get pods", status=403), 1),
     (errors.ApiNotFound("x", status=404), 3), (errors.ApiConflict("x", status=409), 4),
-    (errors.HelperError("x", code="checkpoint_not_found"), 3),
-    (errors.HelperError("x", code="already_restored"), 4),
-    (errors.HelperError("x", code="checkpoint_corrupted"), 5),
-    (errors.HelperError("x", code="some_future_code"), 5),
+    (errors.HelperReplyError("x", code="checkpoint_not_found"), 3),
+    (errors.HelperReplyError("x", code="already_restored"), 4),
+    (errors.HelperReplyError("x", code="checkpoint_corrupted"), 5),
+    (errors.HelperReplyError("x", code="some_future_code"), 5),
     (KeyboardInterrupt(), 130), (click.exceptions.Abort(), 130),
     (RuntimeError("boom"), 1),
 ])

@@ -20,8 +20,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kubectl_cedana.contract import proof_digest
 from sidecar.http.app import create_app
-from sidecar.http.caller import CallerVerifier, Permission, proof_digest
+from sidecar.http.caller import CallerVerifier, Permission
 from tests.reliability import record_figures
 from tests.unit.sidecar_support import COUNTER, install_runc_root, make_config, pod_process, stop
 
