@@ -7,14 +7,16 @@ import click
 
 from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
 from sidecar import logs, version
-from sidecar.config import DEFAULT_CRIU_RUNC_CONFIG, DEFAULT_RUNTIME_ROOT, HelperConfig
-from sidecar.node import tool
-from sidecar.registry.credentials import (
+from sidecar.config import (
     DEFAULT_CERTS_DIRS,
     DEFAULT_CONTAINERD_CONFIG,
+    DEFAULT_CRIU_RUNC_CONFIG,
     DEFAULT_DOCKER_CONFIGS,
+    DEFAULT_RUNTIME_ROOT,
+    HelperConfig,
     NodeRegistrySettings,
 )
+from sidecar.node import tool
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -96,8 +98,8 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
         max_checkpoints_per_container=max_checkpoints_per_container,
         max_total_bytes=max_total_bytes,
     )
-    from sidecar.http.caller import build_verifier
     from sidecar.kube.api import KubeAPI
+    from sidecar.ops.access import build_verifier
 
     # one connection for Events and for caller checks
     kube = KubeAPI.connect(config.kubeconfig, config.node_name)

@@ -1,7 +1,7 @@
 """Request bodies of the REST contract (the seed's field names, kept exactly)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -33,6 +33,11 @@ class ContainerBody(_Body):
     sandbox_name: str = Field(min_length=1, max_length=NAME_MAX)
     namespace: str = Field(min_length=1, max_length=NAME_MAX)
     root: str | None = Field(default=None, max_length=PATH_MAX)
+
+    def target(self) -> dict[str, Any]:
+        """The container as sidecar.ops names it (keyword arguments)."""
+        return {"namespace": self.namespace, "pod": self.sandbox_name,
+                "container": self.container_name, "root": self.root}
 
 
 class CheckpointData(ContainerBody):

@@ -1,5 +1,7 @@
 """Checkpoint one Kubernetes container: find it, check it can be dumped, dump it with runc and
-CRIU into the on-disk format of store.py, and record it in the catalogue."""
+CRIU into the on-disk format of store.py, and record it in the catalogue (checkpoint_container);
+then, as POST /checkpoint does, push it to the registry, tell Kubernetes and apply retention
+(checkpoint)."""
 from __future__ import annotations
 
 import logging
@@ -18,11 +20,15 @@ from sidecar.errors import (
     CheckpointExists,
     ContainerNotRunning,
     DumpFailed,
+    HelperError,
     IoUringUnsupported,
 )
 from sidecar.node import criu, freezer, proctree, runc, versions
 from sidecar.node.discovery import RUNNING, RuncContainer, find_container
 from sidecar.node.locks import ContainerLocks
+from sidecar.ops import events, retention, transfer
+from sidecar.ops.containers import runc_root
+from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, store
 from sidecar.storage.catalogue import Catalogue
 from sidecar.storage.paths import confine
@@ -292,3 +298,38 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
         return store.finalize(temp_dir, final_dir, manifest, known=pages_digests), stopper
     except OSError as exc:  # e.g. the disk is full: nothing is listed, the container lives
         raise DumpFailed(f"cannot complete the checkpoint in {temp_dir}: {exc}") from exc
+
+
+def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
+               checkpoint_path: str | None, leave_running: bool, with_rootfs: bool = True,
+               storage: str | None = None, compression: str | None = None) -> dict[str, Any]:
+    """The whole of POST /checkpoint; its answer. Where it goes is decided before anything is
+    dumped; a failed push keeps the checkpoint on the node (the error says which)."""
+    config = helper.config
+    remote = transfer.wants_remote(config, storage, checkpoint_path)
+    try:
+        result = checkpoint_container(config, runc_root(config, root), namespace, pod,
+                                      container, checkpoint_path or None, leave_running,
+                                      locks=helper.locks, with_rootfs=with_rootfs)
+    except HelperError as exc:
+        events.checkpoint_failed(helper.kube, namespace, pod, container, exc)
+        raise
+    answer = result.to_dict()
+    pushed = None
+    if remote:
+        try:
+            pushed = transfer.push(config, result.checkpoint_id, result.checkpoint_path,
+                                   compression or config.default_compression)
+        except HelperError as exc:
+            exc.extra.update(checkpoint_id=result.checkpoint_id,
+                             checkpoint_path=str(result.checkpoint_path))
+            exc.message += f" (checkpoint {result.checkpoint_id} is kept on this node)"
+            events.checkpoint_failed(helper.kube, namespace, pod, container, exc)
+            raise
+        answer["remote"] = pushed.to_dict()
+    answer["storage"] = "remote" if remote else "local"
+    events.checkpointed(helper.kube, result, pushed)
+    removed = retention.apply_retention(config)
+    if removed:
+        answer["retention_removed"] = [r["id"] for r in removed]
+    return answer

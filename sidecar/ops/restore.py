@@ -13,6 +13,9 @@ tree lives beside it:
 
 CRIU gives the restored tree a nested PID namespace under P's; after it exits the restored
 root is reparented to P.
+
+restore() is the whole of POST /restore: a checkpoint this node lacks is pulled from the
+registry first, and Kubernetes is told what happened.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from sidecar.errors import (
     AlreadyRestored,
     CheckpointNotFound,
     ContainerNotRunning,
+    HelperError,
     InvalidRequest,
     RestoreFailed,
     TargetIncompatible,
@@ -40,7 +44,11 @@ from sidecar.errors import (
 from sidecar.node import cgroups, criu, proctree, tool
 from sidecar.node.discovery import RUNNING, RuncContainer, find_container, load_spec
 from sidecar.node.locks import ContainerLocks
+from sidecar.ops import events, transfer
+from sidecar.ops.catalogue import source_of
 from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
+from sidecar.ops.containers import runc_root
+from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 from sidecar.storage.paths import confine
@@ -70,6 +78,19 @@ class RestoreResult:
             "container_id": self.container.container_id,
             "duration_ms": self.duration_ms,
         }
+
+
+def restore_is_live(record: dict[str, Any]) -> bool:
+    """Whether the process tree a `.restored.json` record names still runs."""
+    pid = int(record.get("pid") or 0)
+    if pid <= 0:
+        return False
+    started = proctree.start_time(pid)
+    if started is None:
+        return False
+    recorded = record.get("pid_start_time")
+    # a different start time means the pid now belongs to an unrelated process
+    return recorded is None or abs(float(recorded) - started) < 1.0
 
 
 def resolve_checkpoint(config: HelperConfig, checkpoint_path: str | None,
@@ -238,7 +259,7 @@ def restore_into(config: HelperConfig, root: str | Path, namespace: str, sandbox
     target = find_container(root, namespace, sandbox, container)
     manifest = store.verify(checkpoint)  # before anything is touched
     _check_target(target, manifest)
-    registry = RestoredRegistry(config.checkpoint_dir)
+    registry = RestoredRegistry(config.checkpoint_dir, restore_is_live)
     with locks.hold(target.container_id, "restore"):
         previous = registry.live_restore(target.container_id)
         if previous is not None:
@@ -343,3 +364,24 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
         log.warning("restored pid %d (in %s's PID namespace) not found below pid %d",
                     vpid, target.container_id, target.pid)
     return vpid, host_pid, log_path
+
+
+def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
+            checkpoint_path: str | None, checkpoint_id: str | None) -> dict[str, Any]:
+    """The whole of POST /restore; its answer."""
+    config = helper.config
+    try:
+        pulled = None
+        if checkpoint_id and not checkpoint_path:
+            pulled = transfer.ensure_local(config, checkpoint_id)
+        result = restore_into(config, runc_root(config, root), namespace, pod, container,
+                              checkpoint_path or None, checkpoint_id or None, locks=helper.locks)
+    except HelperError as exc:
+        events.restore_failed(helper.kube, namespace, pod, container,
+                              checkpoint_id or checkpoint_path or "?", exc)
+        raise
+    events.restored(helper.kube, result, source_of(config, result.checkpoint_id))
+    answer = result.to_dict()
+    if pulled is not None:
+        answer["pulled"] = pulled
+    return answer

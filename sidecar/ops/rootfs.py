@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -37,6 +38,8 @@ from sidecar.node.containerd import INDEX_TYPES, ContainerdImages, node_platform
 from sidecar.node.discovery import RUNNING, RuncContainer, find_container
 from sidecar.node.freezer import frozen
 from sidecar.node.locks import ContainerLocks
+from sidecar.ops.containers import runc_root
+from sidecar.ops.context import Helper
 from sidecar.registry.client import ImageReference, RegistryClient
 from sidecar.registry.credentials import node_access
 from sidecar.storage import oci_layer, rootfs_diff, store
@@ -406,3 +409,37 @@ def restore_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandb
              container)
     return RootfsApplied(str(ref), target.container_id, [d for _, _, d in blobs], deleted,
                          entries, _ms(started))
+
+
+# -- the routes' view ----------------------------------------------------------------------------
+def _usual_address(config: HelperConfig) -> str:
+    """containerd's socket when the node has it at the usual place (a restore may also pull)."""
+    address = config.default_containerd_address
+    return address if os.path.exists(address) else ""
+
+
+def commit(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
+           image_ref: str, address: str = "") -> dict[str, Any]:
+    """POST /checkpoint/rootfs: the base image from containerd at `address` (default: its
+    usual socket)."""
+    config = helper.config
+    return checkpoint_rootfs(config, runc_root(config, root), namespace, pod, container,
+                             address or config.default_containerd_address, image_ref,
+                             locks=helper.locks).to_dict()
+
+
+def commit_crio(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
+                image_ref: str, new_image_ref: str) -> dict[str, Any]:
+    """POST /checkpoint/rootfs/crio: the base image `image_ref` from its registry."""
+    config = helper.config
+    return checkpoint_rootfs_crio(config, runc_root(config, root), namespace, pod, container,
+                                  image_ref, new_image_ref, locks=helper.locks).to_dict()
+
+
+def apply(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
+          image_ref: str, address: str = "") -> dict[str, Any]:
+    """POST /restore/rootfs: images from containerd when it has them, else their registry."""
+    config = helper.config
+    return restore_rootfs(config, runc_root(config, root), namespace, pod, container,
+                          address or _usual_address(config), image_ref,
+                          locks=helper.locks).to_dict()

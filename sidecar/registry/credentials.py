@@ -21,33 +21,23 @@ from typing import Any
 from docker import auth as docker_auth
 from docker.errors import DockerException
 
+# where the node keeps them is the helper's configuration (sidecar/config.py); the names stay
+# importable from here
+from sidecar.config import (
+    DEFAULT_CERTS_DIRS,
+    DEFAULT_CONTAINERD_CONFIG,
+    DEFAULT_DOCKER_CONFIGS,
+    NodeRegistrySettings,
+)
 from sidecar.errors import RegistryAuthFailed
+
+__all__ = ["DEFAULT_CERTS_DIRS", "DEFAULT_CONTAINERD_CONFIG", "DEFAULT_DOCKER_CONFIGS",
+           "NodeRegistrySettings", "RegistryAccess", "node_access"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DOCKER_CONFIGS = (
-    Path("/root/.docker/config.json"),
-    Path("/var/lib/kubelet/config.json"),  # the kubelet's own pull credentials
-    Path("/run/containers/0/auth.json"),  # podman / CRI-O
-    Path("/etc/containers/auth.json"),
-)
-DEFAULT_CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
-DEFAULT_CERTS_DIRS = (
-    Path("/etc/containerd/certs.d"),
-    Path("/etc/docker/certs.d"),
-    Path("/etc/containers/certs.d"),
-)
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
-
-
-@dataclass(frozen=True)
-class NodeRegistrySettings:
-    """Where the node keeps registry settings; fixed in the helper's configuration."""
-
-    docker_configs: tuple[Path, ...] = DEFAULT_DOCKER_CONFIGS
-    containerd_config: Path = DEFAULT_CONTAINERD_CONFIG
-    certs_dirs: tuple[Path, ...] = DEFAULT_CERTS_DIRS
 
 
 @dataclass(frozen=True)

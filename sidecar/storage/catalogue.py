@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.errors import CheckpointNotFound, InternalError
-from sidecar.node import proctree
 
 CATALOGUE_FILE = ".catalogue.json"
 RESTORED_FILE = ".restored.json"
@@ -127,14 +126,6 @@ class Catalogue:
             return True
         return bool(self._file.update(change))
 
-    def forget(self, checkpoint_id: str) -> dict[str, Any] | None:
-        """Drop an entry without touching files (its directory is already gone)."""
-        def change(data: dict[str, Any]) -> dict[str, Any] | None:
-            entry: dict[str, Any] | None = data.pop(checkpoint_id, None)
-            return entry
-        result: dict[str, Any] | None = self._file.update(change)
-        return result
-
     def record_restore(self, checkpoint_id: str, restore: dict[str, Any]) -> bool:
         def change(data: dict[str, Any]) -> bool:
             if checkpoint_id not in data:
@@ -162,22 +153,12 @@ class Catalogue:
 
 
 class RestoredRegistry:
-    """Which containers already hold a restored process tree (and whether it still lives)."""
+    """Which containers already hold a restored process tree; `is_live` says whether a record's
+    tree still runs (records of gone trees are dropped on the next write)."""
 
-    def __init__(self, checkpoint_dir: Path) -> None:
+    def __init__(self, checkpoint_dir: Path, is_live: Callable[[dict[str, Any]], bool]) -> None:
         self._file = JsonStateFile(checkpoint_dir / RESTORED_FILE)
-
-    @staticmethod
-    def is_live(record: dict[str, Any]) -> bool:
-        pid = int(record.get("pid") or 0)
-        if pid <= 0:
-            return False
-        started = proctree.start_time(pid)
-        if started is None:
-            return False
-        recorded = record.get("pid_start_time")
-        # a different start time means the pid now belongs to an unrelated process
-        return recorded is None or abs(float(recorded) - started) < 1.0
+        self.is_live = is_live
 
     def live_restore(self, container_id: str) -> dict[str, Any] | None:
         record = self._file.read().get(container_id)

@@ -7,12 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
-from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 
 from kubectl_cedana import contract
 from kubectl_cedana.errors import ExitCode, HelperReplyError
 from sidecar import errors
+from sidecar.http import routes
 from sidecar.http.app import create_app
+from sidecar.http.policy import route_table
 from sidecar.registry.remote import LAYER_TYPES
 from tests.unit.sidecar_support import HelperApp, assert_error, make_config
 
@@ -35,8 +37,13 @@ def _error_classes() -> list[type[errors.HelperError]]:
 
 def test_the_helper_serves_exactly_the_contracts_routes(tmp_path: Path) -> None:
     app = create_app(make_config(tmp_path), kube=None)
-    served = {r.path for r in app.routes if isinstance(r, APIRoute)}
+    served = {path for _method, path in route_table(routes.ROUTERS)}
     assert served == ROUTES
+    client = TestClient(app)
+    assert client.get(contract.HEALTHZ).json() == {"status": "ok"}
+    assert client.get(contract.route(contract.LIST, namespace="x")).status_code == 400  # root
+    assert client.get(contract.route(contract.CHECKPOINT_ENTRY, checkpoint_id="nope")
+                      ).json()["code"] == contract.Code.CHECKPOINT_NOT_FOUND
 
 
 @pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from kubectl_cedana.contract import proof_digest
 from sidecar.http.app import create_app
-from sidecar.http.caller import CallerVerifier, Permission
+from sidecar.ops.access import CallerVerifier, Permission
 from tests.reliability import record_figures
 from tests.unit.sidecar_support import COUNTER, install_runc_root, make_config, pod_process, stop
 

@@ -13,7 +13,7 @@ import pytest
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointCorrupted, InvalidRequest
 from sidecar.node import criu_stats
-from sidecar.ops import lifecycle
+from sidecar.ops import retention, transfer
 from sidecar.registry import remote
 from sidecar.storage import store
 
@@ -101,26 +101,26 @@ def _entry(ident: str, created: str, pod: str = "p", size: int = 100) -> dict[st
 def test_plan_retention_oldest_first_per_container_then_bytes() -> None:
     entries = [_entry("a", "1"), _entry("b", "2"), _entry("c", "3"), _entry("x", "4", "q"),
                _entry("d", "5")]
-    assert [e["id"] for e in lifecycle.plan_retention(entries, 2, 0)] == ["a", "b"]
-    assert lifecycle.plan_retention(entries, 0, 0) == []
-    assert [e["id"] for e in lifecycle.plan_retention(entries, 0, 250)] == ["a", "b", "c"]
+    assert [e["id"] for e in retention.plan_retention(entries, 2, 0)] == ["a", "b"]
+    assert retention.plan_retention(entries, 0, 0) == []
+    assert [e["id"] for e in retention.plan_retention(entries, 0, 250)] == ["a", "b", "c"]
     # both limits: per container first, then bytes among the rest
-    assert [e["id"] for e in lifecycle.plan_retention(entries, 2, 150)] == ["a", "b", "c", "x"]
-    assert [e["id"] for e in lifecycle.plan_retention(entries, 1, 0)] == ["a", "b", "c"]
+    assert [e["id"] for e in retention.plan_retention(entries, 2, 150)] == ["a", "b", "c", "x"]
+    assert [e["id"] for e in retention.plan_retention(entries, 1, 0)] == ["a", "b", "c"]
 
 
 def test_where_a_checkpoint_goes(tmp_path: Path) -> None:
     plain = HelperConfig(checkpoint_dir=tmp_path)
-    assert lifecycle.wants_remote(plain, None, "") is False
-    assert lifecycle.wants_remote(plain, "local", "") is False
+    assert transfer.wants_remote(plain, None, "") is False
+    assert transfer.wants_remote(plain, "local", "") is False
     with pytest.raises(InvalidRequest) as refused:
-        lifecycle.wants_remote(plain, "remote", "")
+        transfer.wants_remote(plain, "remote", "")
     assert "checkpoint-repository" in refused.value.message
     with_registry = HelperConfig(checkpoint_dir=tmp_path, remote_repository="r.example/c")
-    assert lifecycle.wants_remote(with_registry, None, "") is True
-    assert lifecycle.wants_remote(with_registry, None, "some/dir") is False
-    assert lifecycle.wants_remote(with_registry, "local", "") is False
-    assert lifecycle.wants_remote(with_registry, "remote", "some/dir") is True
+    assert transfer.wants_remote(with_registry, None, "") is True
+    assert transfer.wants_remote(with_registry, None, "some/dir") is False
+    assert transfer.wants_remote(with_registry, "local", "") is False
+    assert transfer.wants_remote(with_registry, "remote", "some/dir") is True
 
 
 def test_criu_dump_statistics() -> None:

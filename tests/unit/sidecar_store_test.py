@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import CheckpointCorrupted, CheckpointNotFound
+from sidecar.ops.restore import restore_is_live
 from sidecar.storage import store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 
@@ -135,12 +136,16 @@ def test_catalogue_never_deletes_outside_its_directory(tmp_path: Path) -> None:
 
 
 def test_restored_registry_liveness(tmp_path: Path) -> None:
-    registry = RestoredRegistry(tmp_path)
+    registry = RestoredRegistry(tmp_path, restore_is_live)
     registry.record("target-1", {"pid": os.getpid(), "pid_start_time": None})
     assert registry.live_restore("target-1") is not None
     registry.record("target-2", {"pid": 999_999_999})
-    assert RestoredRegistry(tmp_path).live_restore("target-2") is None
-    assert RestoredRegistry(tmp_path).live_restore("unknown") is None
+    assert RestoredRegistry(tmp_path, restore_is_live).live_restore("target-2") is None
+    assert RestoredRegistry(tmp_path, restore_is_live).live_restore("unknown") is None
+    # a record whose tree has gone is dropped with the next one written
+    registry.record("target-3", {"pid": os.getpid()})
+    assert set(json.loads((tmp_path / ".restored.json").read_text())) == {"target-1",
+                                                                          "target-3"}
 
 
 def test_following_hasher_hashes_a_file_while_it_is_appended_to(tmp_path: Path) -> None:
