@@ -24,8 +24,9 @@ from kubectl_cedana.kube import KubeClient, Timeout, api_error, is_api_status
 
 INSTALL_HINT = "run `kubectl cedana install`"
 
-#: checkpoint and restore can take minutes; only the connection is bounded by default
-LONG_TIMEOUT: Timeout = (10.0, None)
+#: checkpoint, restore and transfers can take minutes: an hour is longer than the helper's own
+#: limits on a dump or a restore (10 min each) plus moving a large checkpoint
+LONG_TIMEOUT: Timeout = (10.0, 3600.0)
 SHORT_TIMEOUT: Timeout = (10.0, 60.0)
 
 T = TypeVar("T")

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "cedana-helper"
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+#: every call to the API server: an operation waits for an Event at most this long
+REQUEST_TIMEOUT_S = 10.0
 
 
 class KubeAPI:
@@ -51,7 +53,8 @@ class KubeAPI:
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
         try:
-            pod = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+            pod = self.core.read_namespaced_pod(name, namespace, _preload_content=False,
+                                               _request_timeout=REQUEST_TIMEOUT_S)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -77,7 +80,8 @@ class KubeAPI:
                 "reportingComponent": COMPONENT, "reportingInstance": self.node_name,
                 "firstTimestamp": now, "lastTimestamp": now, "count": 1,
             }
-            self.core.create_namespaced_event(namespace, body)
+            self.core.create_namespaced_event(namespace, body,
+                                              _request_timeout=REQUEST_TIMEOUT_S)
             return True
         except Exception as exc:  # noqa: BLE001 - events are best effort
             log.warning("could not record event %s on pod %s/%s: %s", reason, namespace, pod,
@@ -87,7 +91,8 @@ class KubeAPI:
     def annotate_pod(self, namespace: str, pod: str, annotations: dict[str, str]) -> bool:
         try:
             self.core.patch_namespaced_pod(pod, namespace,
-                                           {"metadata": {"annotations": annotations}})
+                                           {"metadata": {"annotations": annotations}},
+                                           _request_timeout=REQUEST_TIMEOUT_S)
             return True
         except Exception as exc:  # noqa: BLE001 - provenance is best effort
             log.warning("could not annotate pod %s/%s: %s", namespace, pod, exc)

@@ -109,15 +109,8 @@ def restore_args(criu_path: str, plan: RestorePlan) -> list[str]:
         args += ["--inherit-fd", f"fd[{fd}]:{key}"]
     for key, value in plan.ext_mounts:
         args += ["--ext-mount-map", f"{key}:{value}"]
-    if plan.tcp_established:
-        args.append("--tcp-established")
-    if plan.tcp_close:
-        args.append("--tcp-close")
-    if plan.file_locks:
-        args.append("--file-locks")
-    if plan.ext_unix_sk:
-        args.append("--ext-unix-sk")
-    if plan.link_remap:
-        args.append("--link-remap")
+    args += tool.flags(("--tcp-established", plan.tcp_established),
+                       ("--tcp-close", plan.tcp_close), ("--file-locks", plan.file_locks),
+                       ("--ext-unix-sk", plan.ext_unix_sk), ("--link-remap", plan.link_remap))
     args += list(plan.extra_args)
     return args

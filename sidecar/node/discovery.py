@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.errors import ContainerAmbiguous, ContainerNotFound, InvalidRequest
+from sidecar.node import proctree
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,6 @@ def resolve_bundle(root: Path, bundle: str) -> tuple[str, str]:
     return bundle, ""
 
 
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), None if the pid is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def _is_frozen(cgroup_paths: dict[str, str], prefix: str) -> bool:
     candidates = []
     if cgroup_paths.get("freezer"):
@@ -152,7 +139,7 @@ def container_status(state_dir: Path, state: dict[str, Any], prefix: str = "") -
     pid = int(state.get("init_process_pid") or 0)
     if pid <= 0:
         return STOPPED
-    started = _start_time(pid)
+    started = proctree.start_ticks(pid)
     if started is None:
         return STOPPED
     recorded = state.get("init_process_start")

@@ -1,7 +1,9 @@
 """Facts about a container's process tree read from /proc: io_uring use, TCP connections,
-pid translation between namespaces; and the runc/CRIU a dead helper left behind."""
+its root's overlay upper directory, pid translation between namespaces, start times; and the
+runc/CRIU a dead helper left behind."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -99,6 +101,27 @@ def has_connected_tcp(tree: list[TreeProcess], proc: Path = Path("/proc")) -> bo
     return False
 
 
+def upper_dir(pid: int, proc: Path = Path("/proc")) -> Path | None:
+    """The overlay upper directory of the root mount of process `pid`, if it has one: where
+    the container's changed files are."""
+    try:
+        lines = (proc / str(pid) / "mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or fields[4] != "/":
+            continue
+        fstype, _source, *rest = right.split()
+        if fstype != "overlay" or not rest:
+            continue
+        for opt in rest[0].split(","):
+            if opt.startswith("upperdir="):
+                return Path(opt.split("=", 1)[1])
+    return None
+
+
 def nspid(pid: int, proc: Path = Path("/proc")) -> list[int]:
     """The NSpid line of /proc/PID/status: the pid in each namespace, outermost first."""
     try:
@@ -125,11 +148,34 @@ def host_pid_for(namespace_owner: int, vpid: int) -> int | None:
     return None
 
 
-def start_time(pid: int) -> float | None:
+def start_ticks(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """When process `pid` started, in clock ticks after boot (field 22 of /proc/PID/stat, the
+    value runc records as init_process_start); None when there is no such process."""
     try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
+        stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
         return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the name in parentheses may hold spaces
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+@functools.cache
+def _boot_time(proc: Path = Path("/proc")) -> float:
+    for line in (proc / "stat").read_text(encoding="ascii").splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise OSError(f"no btime in {proc}/stat")
+
+
+def start_time(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (as `ps` shows it)."""
+    ticks = start_ticks(pid)
+    if ticks is None:
+        return None
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def alive(pid: int) -> bool:

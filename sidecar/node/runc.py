@@ -47,16 +47,10 @@ def checkpoint_args(runc_path: str, criu_path: str, root: str | Path, container_
         "--work-path", str(work_path),
         "--manage-cgroups-mode", options.manage_cgroups_mode,
     ]
-    if options.leave_running:
-        args.append("--leave-running")
-    if options.tcp_established:
-        args.append("--tcp-established")
-    if options.ext_unix_sk:
-        args.append("--ext-unix-sk")
-    if options.file_locks:
-        args.append("--file-locks")
-    args.append(container_id)
-    return args
+    args += tool.flags(("--leave-running", options.leave_running),
+                       ("--tcp-established", options.tcp_established),
+                       ("--ext-unix-sk", options.ext_unix_sk), ("--file-locks", options.file_locks))
+    return [*args, container_id]
 
 
 def checkpoint(runc_path: str, criu_path: str, root: str | Path, container_id: str,

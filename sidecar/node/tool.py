@@ -1,4 +1,4 @@
-"""Running external binaries: argument lists only, bounded time, output captured."""
+"""Running external binaries: argument lists only, bounded time, output captured (or streamed)."""
 from __future__ import annotations
 
 import functools
@@ -7,8 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,56 @@ def run(args: Sequence[str], *, timeout: float, pass_fds: Sequence[int] = (),
             stdout, stderr = proc.communicate()
         return ToolResult(argv, None, stdout, stderr, timed_out=True)
     return ToolResult(argv, proc.returncode, stdout, stderr)
+
+
+def stream(args: Sequence[str], sink: Callable[[bytes], None], *, timeout: float,
+           chunk_size: int = 1 << 20) -> ToolResult:
+    """Run `args`, handing its stdout to `sink` chunk by chunk as it comes (never all of it in
+    memory); stderr is kept. Killed once `timeout` has passed (timed_out). An exception from
+    `sink` kills the tool and propagates."""
+    argv = [str(a) for a in args]
+    log.debug("running %s", argv)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except OSError as exc:
+        return ToolResult(argv, None, "", "", start_error=str(exc))
+    out, err = proc.stdout, proc.stderr
+    assert out is not None and err is not None
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(err.read()), name="tool-stderr",
+                              daemon=True)
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    reader.start()
+    timer.start()
+    try:
+        while chunk := out.read(chunk_size):
+            sink(chunk)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        timer.cancel()
+        proc.wait()
+        reader.join()
+        out.close()
+        err.close()
+    stderr = b"".join(errors).decode(errors="replace")
+    if expired.is_set():
+        return ToolResult(argv, None, "", stderr, timed_out=True)
+    return ToolResult(argv, proc.returncode, "", stderr)
+
+
+def flags(*wanted: tuple[str, bool]) -> list[str]:
+    """The command-line flags whose condition holds, in the order given."""
+    return [flag for flag, on in wanted if on]
 
 
 def last_lines(text: str, count: int = LOG_TAIL_LINES) -> str:

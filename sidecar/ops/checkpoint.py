@@ -245,7 +245,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     except OSError as exc:
         raise DumpFailed(f"cannot read the container's spec {spec_source}: {exc}") from exc
     # found while the process lives: without leave_running it is gone after the dump
-    upper = rootfs_diff.upper_dir(target.pid) if with_rootfs else None
+    upper = proctree.upper_dir(target.pid) if with_rootfs else None
     what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
     journal = config.checkpoint_dir / freezer.JOURNAL_NAME
     stop = not options.leave_running

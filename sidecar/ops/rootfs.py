@@ -20,11 +20,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sidecar.config import HelperConfig
 from sidecar.errors import (
@@ -34,38 +34,22 @@ from sidecar.errors import (
     ImageNotFound,
     TargetIncompatible,
 )
-from sidecar.node.containerd import INDEX_TYPES, ContainerdImages, node_platform, socket_path
+from sidecar.node import proctree
+from sidecar.node.containerd import socket_path
 from sidecar.node.discovery import RUNNING, RuncContainer, find_container
 from sidecar.node.freezer import frozen
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops.containers import runc_root
 from sidecar.ops.context import Helper
+from sidecar.ops.images import BaseImage, containerd_image, registry_image
 from sidecar.registry.client import ImageReference, RegistryClient
 from sidecar.registry.credentials import node_access
-from sidecar.storage import oci_layer, rootfs_diff, store
+from sidecar.storage import oci_layer, store
 from sidecar.storage.store import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
 
 CRIO_IMAGE_REF = "io.kubernetes.cri-o.ImageRef"
-BlobSource = Callable[[str], AbstractContextManager[IO[bytes]]]
-
-
-@dataclass
-class BaseImage:
-    """An image as a manifest and config, with a way to read its blobs."""
-
-    name: str
-    manifest: dict[str, Any]
-    media_type: str
-    config: dict[str, Any]
-    open_blob: BlobSource
-
-    @property
-    def diff_ids(self) -> list[str]:
-        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
-
-
 @dataclass
 class RootfsCommit:
     image_ref: str
@@ -160,66 +144,11 @@ def _ms(start: float) -> int:
     return int((time.monotonic() - start) * 1000)
 
 
-# -- where base images come from ---------------------------------------------------------------
-def containerd_image(config: HelperConfig, address: str, name: str, work: Path) -> BaseImage:
-    images = ContainerdImages(config.ctr_path, socket_path(address))
-    local = images.image(name)
-
-    @contextmanager
-    def open_blob(digest: str) -> Iterator[IO[bytes]]:
-        # a checked copy first: a blob containerd lacks must fail before an upload starts
-        path = work / f"blob-{digest.split(':')[-1]}"
-        images.blob_to_file(digest, path)
-        try:
-            with open(path, "rb") as f:
-                yield f
-        finally:
-            path.unlink(missing_ok=True)
-
-    return BaseImage(name, local.manifest_json, local.manifest_type, local.config_json,
-                     open_blob)
-
-
-def registry_image(config: HelperConfig, ref: ImageReference, work: Path) -> BaseImage:
-    client = RegistryClient(node_access(ref.host, config.registry))
-    body, media_type, _ = client.get_manifest(ref)
-    manifest = json.loads(body)
-    media_type = manifest.get("mediaType") or media_type
-    if media_type in INDEX_TYPES:
-        want_os, want_arch = node_platform()
-        for entry in manifest.get("manifests") or []:
-            plat = entry.get("platform") or {}
-            if plat.get("os") == want_os and plat.get("architecture") == want_arch:
-                pinned = ImageReference(ref.host, ref.repository, None, entry["digest"])
-                body, media_type, _ = client.get_manifest(pinned)
-                manifest = json.loads(body)
-                media_type = manifest.get("mediaType") or media_type
-                break
-        else:
-            raise ImageNotFound(f"image {ref} has no manifest for {want_os}/{want_arch}",
-                                image=str(ref))
-    config_path = work / "base-config.json"
-    client.download_blob(ref.repository, manifest["config"]["digest"], config_path)
-    config_json = json.loads(config_path.read_text())
-
-    @contextmanager
-    def open_blob(digest: str) -> Iterator[IO[bytes]]:
-        path = work / f"blob-{digest.split(':')[-1]}"
-        client.download_blob(ref.repository, digest, path)
-        try:
-            with open(path, "rb") as f:
-                yield f
-        finally:
-            path.unlink(missing_ok=True)
-
-    return BaseImage(str(ref), manifest, media_type, config_json, open_blob)
-
-
 # -- commit ------------------------------------------------------------------------------------
 def _write_layer(target: RuncContainer, work: Path, media_type: str) -> tuple[
         oci_layer.LayerBlob, bool]:
     what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
-    upper = rootfs_diff.upper_dir(target.pid)
+    upper = proctree.upper_dir(target.pid)
     if upper is None or not upper.is_dir():
         raise DumpFailed(f"{what} has no overlay upper directory visible to the helper; its "
                          "root filesystem is not an overlay mount", container_id=target.container_id)
@@ -256,18 +185,21 @@ def _push(client: RegistryClient, dest: ImageReference, base: BaseImage,
 
 
 def _commit(config: HelperConfig, target: RuncContainer, dest: ImageReference,
-            base_for: Callable[[Path], BaseImage], locks: ContainerLocks,
+            base_for: Callable[[Path, ExitStack], BaseImage], locks: ContainerLocks,
             started: float, root: str | Path) -> RootfsCommit:
     timings: dict[str, int] = {}
-    client = RegistryClient(node_access(dest.host, config.registry))
-    # fail on credentials before the container is frozen or anything is written
-    client.authenticate(dest.repository, "pull,push")
-    with locks.hold(target.container_id, "rootfs-checkpoint"), _workdir(config) as work:
+    with ExitStack() as resources:
+        client = resources.enter_context(RegistryClient(node_access(dest.host,
+                                                                    config.registry)))
+        # fail on credentials before the container is frozen or anything is written
+        client.authenticate(dest.repository, "pull,push")
+        resources.enter_context(locks.hold(target.container_id, "rootfs-checkpoint"))
+        work = resources.enter_context(_workdir(config))
         # judged under the lock: a dump of ours may have frozen it meanwhile (that is a 409
         # operation_in_progress from the lock, never "not running")
         target = _running(root, target.namespace, target.sandbox_name, target.container_name)
         step = time.monotonic()
-        base = base_for(work)
+        base = base_for(work, resources)
         timings["base_image"] = _ms(step)
         step = time.monotonic()
         layer, was_frozen = _write_layer(target, work,
@@ -298,8 +230,9 @@ def checkpoint_rootfs(config: HelperConfig, root: str | Path, namespace: str, sa
         raise ImageNotFound(f"container {target.container_id} carries no image name annotation")
     socket_path(address)
     return _commit(config, target, dest,
-                   lambda work: containerd_image(config, address, target.image, work), locks,
-                   started, root)
+                   lambda work, _resources: containerd_image(config, address, target.image,
+                                                             work),
+                   locks, started, root)
 
 
 def checkpoint_rootfs_crio(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
@@ -311,8 +244,8 @@ def checkpoint_rootfs_crio(config: HelperConfig, root: str | Path, namespace: st
     dest = ImageReference.parse(new_image_ref)
     target = find_container(root, namespace, sandbox, container)
 
-    def base_for(work: Path) -> BaseImage:
-        base = registry_image(config, source, work)
+    def base_for(work: Path, resources: ExitStack) -> BaseImage:
+        base = registry_image(config, source, work, resources)
         _check_same_image(target, base)
         return base
 
@@ -333,24 +266,15 @@ def _check_same_image(target: RuncContainer, base: BaseImage) -> None:
 
 
 # -- restore -----------------------------------------------------------------------------------
-def _target_base(config: HelperConfig, address: str, target: RuncContainer,
-                 work: Path) -> BaseImage:
+def _image(config: HelperConfig, address: str, name: str, work: Path,
+           resources: ExitStack) -> BaseImage:
+    """From containerd when it has it (at `address`, if any), else from its registry."""
     if address:
         try:
-            return containerd_image(config, address, target.image, work)
+            return containerd_image(config, address, name, work)
         except ImageNotFound:
             pass
-    return registry_image(config, ImageReference.parse(target.image), work)
-
-
-def _source_image(config: HelperConfig, address: str, ref: ImageReference,
-                  work: Path) -> BaseImage:
-    if address:
-        try:
-            return containerd_image(config, address, str(ref), work)
-        except ImageNotFound:
-            pass
-    return registry_image(config, ref, work)
+    return registry_image(config, ImageReference.parse(name), work, resources)
 
 
 def added_layers(base_diff_ids: list[str], image_diff_ids: list[str],
@@ -376,13 +300,14 @@ def restore_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandb
     target = find_container(root, namespace, sandbox, container)
     if address:
         socket_path(address)
-    with locks.hold(target.container_id, "rootfs-restore"), _workdir(config) as work:
+    with locks.hold(target.container_id, "rootfs-restore"), _workdir(config) as work, \
+            ExitStack() as resources:
         target = _running(root, namespace, sandbox, container)  # judged under the lock
         rootfs = Path(target.rootfs)
         if not rootfs.is_dir():
             raise TargetIncompatible(f"the target's rootfs {rootfs} is not a directory")
-        image = _source_image(config, address, ref, work)
-        base = _target_base(config, address, target, work)
+        image = _image(config, address, str(ref), work, resources)
+        base = _image(config, address, target.image, work, resources)
         todo = added_layers(base.diff_ids, image.diff_ids, image.manifest.get("layers") or [])
         # download and check everything before the target's files are touched
         blobs: list[tuple[Path, str, str]] = []

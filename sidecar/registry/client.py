@@ -347,3 +347,9 @@ class RegistryClient:
 
     def close(self) -> None:
         self.session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -31,6 +31,7 @@ from sidecar.errors import CheckpointCorrupted, CheckpointNotFound, ImageNotFoun
 from sidecar.registry.client import ImageReference, RegistryClient
 from sidecar.registry.credentials import node_access
 from sidecar.storage import store
+from sidecar.storage.tar import Extractor, add
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +154,7 @@ def _tar_producer(directory: Path, writer: _QueueWriter) -> None:
     try:
         with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[arg-type]
             for rel in ["", *store.list_files(directory), store.MANIFEST]:
-                path = directory / rel if rel else directory
-                info = tar.gettarinfo(str(path), arcname=rel or ".")
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                if info.isreg():
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
+                add(tar, directory / rel if rel else directory, rel or ".", root_owner=True)
         writer.close_stream()
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer
         writer.chunks.put(exc)
@@ -331,8 +324,10 @@ class RemoteStore:
         reader = _Reader()
         try:
             with response, tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
+                unpack = checkpoint_extractor(dest)
                 for member in tar:
-                    _extract_member(tar, member, dest)
+                    unpack.extract(tar, member)
+                unpack.finish()
             while not reader.done:  # the rest of the blob still counts for its digest
                 reader.read(CHUNK)
         except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
@@ -386,24 +381,8 @@ def _manifest_digest(directory: Path) -> str:
     return store.hash_file(directory / store.MANIFEST)[0]
 
 
-def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
-    """Only plain files and directories inside dest: what a checkpoint directory holds."""
-    name = member.name
-    if name in (".", "./"):
-        return
-    parts = Path(name).parts
-    if name.startswith("/") or ".." in parts:
-        raise CheckpointCorrupted(f"checkpoint archive member {name!r} leads outside")
-    target = dest.joinpath(*parts)
-    if member.isdir():
-        target.mkdir(mode=store.DIR_MODE, parents=True, exist_ok=True)
-    elif member.isreg():
-        target.parent.mkdir(mode=store.DIR_MODE, parents=True, exist_ok=True)
-        source = tar.extractfile(member)
-        assert source is not None
-        with open(target, "wb") as out:
-            shutil.copyfileobj(source, out, CHUNK)
-        target.chmod(store.FILE_MODE)
-    else:
-        raise CheckpointCorrupted(f"checkpoint archive member {name!r} is not a file or directory")
-
+def checkpoint_extractor(dest: Path) -> Extractor:
+    """Unpacks a checkpoint archive: plain files and directories only, all inside dest."""
+    return Extractor(dest, source="the checkpoint archive", error=CheckpointCorrupted,
+                     outside="the checkpoint", plain_only=True,
+                     modes=(store.DIR_MODE, store.FILE_MODE))

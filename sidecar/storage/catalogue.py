@@ -14,15 +14,19 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sidecar.errors import CheckpointNotFound, InternalError
+from sidecar.storage.paths import within
 
 CATALOGUE_FILE = ".catalogue.json"
 RESTORED_FILE = ".restored.json"
+#: a change holds the lock for milliseconds; waiting longer means something is stuck
+LOCK_WAIT_S = 30.0
 
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
@@ -44,10 +48,23 @@ class JsonStateFile:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._flock(fd)
                 yield
             finally:
                 os.close(fd)  # closing releases the flock
+
+    def _flock(self, fd: int) -> None:
+        """Wait for the other helper process's change, LOCK_WAIT_S at most."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise InternalError(f"{self._lock_path} has been locked by another process "
+                                        f"for more than {LOCK_WAIT_S:.0f} s") from None
+                time.sleep(0.01)
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -146,8 +163,8 @@ class Catalogue:
                 checkpoint_id=checkpoint_id,
             )
         path = os.path.realpath(entry.get("path", ""))
-        base = os.path.realpath(self.checkpoint_dir)
-        if path != base and os.path.commonpath([base, path]) == base and os.path.isdir(path):
+        if path != os.path.realpath(self.checkpoint_dir) and within(self.checkpoint_dir, path) \
+                and os.path.isdir(path):
             shutil.rmtree(path)
         return dict(entry)
 

@@ -13,16 +13,15 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
-import stat
 import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from sidecar.errors import DumpFailed, ImageUnsupported, RestoreFailed
-from sidecar.storage.rootfs_diff import inside, is_opaque, is_whiteout
+from sidecar.storage.paths import relative_name
+from sidecar.storage.tar import Extractor, add, is_opaque, is_whiteout, marker, remove, walk
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -48,10 +47,6 @@ _TAR_TYPES = frozenset({
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
 })
 _SOURCE = "the image layer"
-# Python >= 3.11.4 takes an extraction filter. Paths are confined here, member by member, and
-# the "tar"/"data" filters would strip setuid, sticky and group/other-write bits off the image.
-_EXTRACT_KW: dict[str, Any] = (
-    {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {})
 
 
 @dataclass(frozen=True)
@@ -108,56 +103,19 @@ class _HashingWriter:
         return "sha256:" + self.sha.hexdigest()
 
 
-def _entries(upper: Path, rel: str) -> list[tuple[str, os.stat_result]]:
-    with os.scandir(upper / rel) as it:
-        names = sorted((e.name for e in it), key=os.fsencode)
-    return [(f"{rel}/{n}" if rel else n, os.lstat(upper / rel / n)) for n in names]
-
-
-def _walk(upper: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every path under `upper`, depth first, a directory before its content, byte-sorted."""
-    stack = [iter(_entries(upper, ""))]
-    while stack:
-        item = next(stack[-1], None)
-        if item is None:
-            stack.pop()
-            continue
-        yield item
-        if stat.S_ISDIR(item[1].st_mode):
-            stack.append(iter(_entries(upper, item[0])))
-
-
-def _marker(name: str, mtime: float) -> tarfile.TarInfo:
-    """An empty regular file standing for a whiteout or an opaque directory."""
-    info = tarfile.TarInfo(name)
-    info.mode = 0o600
-    info.mtime = int(mtime)
-    return info
-
-
 def _add(tar: tarfile.TarFile, upper: Path, rel: str, st: os.stat_result) -> None:
     if is_whiteout(st):
         parent, _, name = rel.rpartition("/")
-        tar.addfile(_marker(_join(parent, WHITEOUT_PREFIX + name), st.st_mtime))
+        tar.addfile(marker(_join(parent, WHITEOUT_PREFIX + name), st.st_mtime))
         return
-    if stat.S_ISSOCK(st.st_mode):
-        return  # tar cannot carry sockets; whoever listens on one creates it again
-    path = upper / rel
-    info = tar.gettarinfo(str(path), arcname=rel)  # a second name of an inode: a hardlink
-    info.uname = info.gname = ""  # numeric ids only: the host's user names mean nothing inside
-    info.mtime = int(st.st_mtime)
-    if info.isreg():
-        with open(path, "rb") as f:
-            tar.addfile(info, f)
-    else:
-        tar.addfile(info)
-    if info.isdir() and is_opaque(path):
-        tar.addfile(_marker(f"{rel}/{OPAQUE_MARKER}", st.st_mtime))
+    info = add(tar, upper / rel, rel)
+    if info is not None and info.isdir() and is_opaque(upper / rel):
+        tar.addfile(marker(f"{rel}/{OPAQUE_MARKER}", st.st_mtime))
 
 
 def _write_tar(upper: Path, out: _HashingWriter) -> None:
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for rel, st in _walk(upper):
+        for rel, st in walk(upper):
             _add(tar, upper, rel, st)
 
 
@@ -195,15 +153,6 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def _layer_rel(name: str) -> str:
-    """A member name relative to the root ("" for the root), refused if absolute or with `..`."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if name.startswith("/") or ".." in parts:
-        raise RestoreFailed(f"refusing path {name!r} from {_SOURCE}: "
-                            f"it leads outside the container's root filesystem")
-    return "/".join(parts)
-
-
 def _whiteout(rel: str) -> tuple[str, str] | None:
     """("opaque", dir) or ("delete", path) for a whiteout member, ("meta", rel) for other
     `.wh..wh.` names (aufs bookkeeping, ignored), None for an ordinary member."""
@@ -220,73 +169,18 @@ def _whiteout(rel: str) -> tuple[str, str] | None:
     return None
 
 
-def _remove(path: Path) -> None:
-    """Remove path without following it: a directory with its content, anything else unlinked."""
-    if stat.S_ISDIR(os.lstat(path).st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
-def _apply_whiteout(kind: str, rel: str, rootfs: Path, applied: AppliedLayer) -> None:
+def _apply_whiteout(kind: str, rel: str, layer: Extractor, applied: AppliedLayer) -> None:
     if kind == "delete":
-        target = inside(rootfs, rel, _SOURCE)
+        target = layer.path(rel)
         if os.path.lexists(target):
-            _remove(target)
+            remove(target)
             applied.deleted.append("/" + rel)
     elif kind == "opaque":
-        directory = inside(rootfs, rel, _SOURCE) if rel else rootfs
+        directory = layer.path(rel, allow_root=True)
         if directory.is_dir() and not directory.is_symlink():  # a symlink is replaced later
             for child in sorted(os.listdir(directory)):
-                _remove(directory / child)
+                remove(directory / child)
             applied.opaque.append("/" + rel)
-
-
-def _clear_for(target: Path, member: tarfile.TarInfo) -> None:
-    """Remove what is at target unless a directory meets a directory: extraction must neither
-    fail on it nor write through a symlink or into another name of a hardlinked file."""
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        return
-    if member.isdir() and stat.S_ISDIR(st.st_mode):
-        return
-    _remove(target)
-
-
-def _hardlink(rootfs: Path, member: tarfile.TarInfo, target: Path) -> None:
-    source_rel = _layer_rel(member.linkname)
-    if not source_rel:
-        raise RestoreFailed(f"refusing hardlink {member.name!r} to the root from {_SOURCE}")
-    source = inside(rootfs, source_rel, _SOURCE)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.link(source, target, follow_symlinks=False)
-
-
-def _set_dir_attrs(dirs: list[tuple[Path, tarfile.TarInfo]]) -> None:
-    """Directory owner, mode and time, deepest first, once nothing more is written into them."""
-    for path, member in sorted(dirs, key=lambda d: str(d[0]), reverse=True):
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            continue
-        if os.geteuid() == 0:
-            os.chown(path, member.uid, member.gid, follow_symlinks=False)
-        os.chmod(path, member.mode & 0o7777)
-        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-
-
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str, rootfs: Path,
-             dirs: list[tuple[Path, tarfile.TarInfo]]) -> None:
-    target = inside(rootfs, rel, _SOURCE)
-    _clear_for(target, member)
-    if member.islnk():
-        _hardlink(rootfs, member, target)
-        return
-    member = copy.copy(member)
-    member.name = target.relative_to(rootfs).as_posix()  # as confined
-    tar.extract(member, rootfs, set_attrs=not member.isdir(), numeric_owner=True,
-                **_EXTRACT_KW)
-    if member.isdir():
-        dirs.append((target, member))
 
 
 def _read_mode(media_type: str) -> str:
@@ -304,20 +198,22 @@ def apply_layer(blob: Path, media_type: str, rootfs: Path) -> AppliedLayer:
     leading out of rootfs are refused with RestoreFailed."""
     mode = _read_mode(media_type)
     applied = AppliedLayer()
-    dirs: list[tuple[Path, tarfile.TarInfo]] = []
+    layer = Extractor(rootfs, source=_SOURCE, error=RestoreFailed)
     try:
         with tarfile.open(blob, mode, errorlevel=2) as tar:
-            members = [(m, _layer_rel(m.name)) for m in tar.getmembers()]
-            for _, rel in members:
+            members = tar.getmembers()
+            # every name checked before anything is touched (symlinked parents: as each
+            # member is written, since earlier members may replace them)
+            names = [relative_name(m.name, source=_SOURCE, error=RestoreFailed)
+                     for m in members]
+            for rel in names:
                 whiteout = _whiteout(rel)
                 if whiteout:
-                    _apply_whiteout(*whiteout, rootfs, applied)
-            for member, rel in members:
-                if not rel or _whiteout(rel):
-                    continue  # the root's own attributes stay the target's
-                _extract(tar, member, rel, rootfs, dirs)
-                applied.entries += 1
-            _set_dir_attrs(dirs)
+                    _apply_whiteout(*whiteout, layer, applied)
+            for info, rel in zip(members, names):
+                if not _whiteout(rel) and layer.extract(tar, info):
+                    applied.entries += 1
+            layer.finish()
     except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
         raise RestoreFailed(f"cannot apply image layer {blob.name} to {rootfs}: {exc}") from exc
     return applied

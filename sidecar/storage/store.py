@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.errors import CheckpointCorrupted
+from sidecar.storage.paths import within
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def verify(directory: Path) -> CheckpointManifest:
     for rel, expected in sorted(manifest.files.items()):
         path = Path(base, rel)
         bad = None
-        if os.path.commonpath([base, os.path.realpath(path)]) != base:
+        if not within(base, path):
             bad = "points outside the checkpoint"
         elif not path.is_file():
             bad = "is missing"

@@ -117,3 +117,19 @@ def test_second_operation_on_a_container_is_refused_at_once() -> None:
     with locks.hold("cid-1", "restore"):  # free again once the first has finished
         pass
     assert locks.busy() == {}
+
+
+def test_start_ticks_read_past_a_name_with_spaces_and_parentheses(tmp_path: Path) -> None:
+    (tmp_path / "42").mkdir()
+    fields = ["S", *map(str, range(4, 22)), "987654", "0"]  # field 22 is the start time
+    (tmp_path / "42" / "stat").write_text("42 (my (odd) name) " + " ".join(fields) + "\n")
+    assert proctree.start_ticks(42, tmp_path) == 987654
+    assert proctree.start_ticks(43, tmp_path) is None
+
+
+def test_start_time_is_the_one_ps_shows() -> None:
+    import psutil
+
+    assert proctree.start_time(os.getpid()) == pytest.approx(psutil.Process().create_time(),
+                                                             abs=0.02)
+    assert proctree.start_time(2**22 + 7) is None

@@ -58,10 +58,12 @@ def test_tar_stream_holds_every_file_and_the_manifest(tmp_path: Path, kind: str)
     assert writer.uncompressed == len(raw)
     dest = tmp_path / "out"
     dest.mkdir()
+    unpack = remote.checkpoint_extractor(dest)
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r|") as tar:
         for member in tar:
             assert member.uid == 0 and member.uname == ""
-            remote._extract_member(tar, member, dest)
+            unpack.extract(tar, member)
+    unpack.finish()
     assert store.verify(dest).checkpoint_id == "id-1"
     assert (dest / "checkpoint" / "pages-1.img").stat().st_mode & 0o777 == 0o600
 
@@ -87,9 +89,10 @@ def test_archive_members_outside_or_special_are_refused(tmp_path: Path, name: st
         info.linkname = "/etc/shadow" if kind == tarfile.SYMTYPE else ""
         tar.addfile(info, io.BytesIO(b""))
     buffer.seek(0)
+    unpack = remote.checkpoint_extractor(tmp_path)
     with tarfile.open(fileobj=buffer, mode="r|") as tar, pytest.raises(CheckpointCorrupted):
         for member in tar:
-            remote._extract_member(tar, member, tmp_path)
+            unpack.extract(tar, member)
     assert not (tmp_path.parent / "escape").exists()
 
 
