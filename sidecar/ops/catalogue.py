@@ -9,8 +9,7 @@ from typing import Any
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointNotFound, HelperError
 from sidecar.node import criu_stats
-from sidecar.ops.transfer import remote_store
-from sidecar.registry.remote import remote_entry
+from sidecar.ops.transfer import delete_remote, remote_checkpoint, remote_entries
 from sidecar.storage import store
 from sidecar.storage.catalogue import Catalogue
 from sidecar.storage.paths import confine
@@ -24,9 +23,8 @@ def where(entry: dict[str, Any]) -> str:
 
 def list_checkpoints(config: HelperConfig, include_remote: bool) -> list[dict[str, Any]]:
     entries = {e["id"]: dict(e) for e in Catalogue(config.checkpoint_dir).list()}
-    remote = remote_store(config) if include_remote else None
-    if remote is not None:
-        for found in remote.list():
+    if include_remote:
+        for found in remote_entries(config):
             known = entries.get(found["id"])
             if known is None:
                 entries[found["id"]] = found
@@ -46,12 +44,10 @@ def inspect(config: HelperConfig, checkpoint_id: str) -> dict[str, Any]:
     try:
         entry = catalogue.get(checkpoint_id)
     except CheckpointNotFound:
-        remote = remote_store(config)
-        if remote is None:
+        found = remote_checkpoint(config, checkpoint_id)
+        if found is None:
             raise
-        image, digest = remote.manifest(checkpoint_id)
-        entry = remote_entry(image, digest, remote.name(checkpoint_id))
-        entry["image_manifest"] = image
+        entry, entry["image_manifest"] = found
     path = Path(str(entry.get("path", "")))
     entry["present"] = bool(entry.get("path")) and path.is_dir()
     if entry["present"]:
@@ -74,14 +70,11 @@ def delete(config: HelperConfig, checkpoint_id: str) -> dict[str, Any]:
         local = catalogue.delete(checkpoint_id)
     except CheckpointNotFound:
         local = None
-    remote_deleted = False
-    remote = remote_store(config)
-    if remote is not None:
-        remote_deleted = remote.delete(checkpoint_id)
+    remote_deleted = delete_remote(config, checkpoint_id)
     if local is None and not remote_deleted:
         raise CheckpointNotFound(f"no checkpoint with id {checkpoint_id} on node "
-                                 f"{config.node_name}" + (" nor in its registry" if remote
-                                                          else ""),
+                                 f"{config.node_name}" + (" nor in its registry"
+                                                          if config.remote_repository else ""),
                                  checkpoint_id=checkpoint_id)
     path = (local or {}).get("path")
     return {"deleted": True, "checkpoint_id": checkpoint_id, "path": path,
@@ -109,15 +102,11 @@ def source_namespace(config: HelperConfig, checkpoint_id: str | None,
             pass
         # not on this node: a restore by id would pull it from the checkpoint registry, so its
         # source is read there (errors propagate: the caller is refused, never let through)
-        remote = remote_store(config)
-        if remote is None:
-            return None
         try:
-            image, digest = remote.manifest(checkpoint_id)
+            found = remote_checkpoint(config, checkpoint_id)
         except CheckpointNotFound:
             return None
-        return str(remote_entry(image, digest, remote.name(checkpoint_id)).get("namespace")
-                   or "")
+        return None if found is None else str(found[0].get("namespace") or "")
     if path:
         try:
             real = confine(config.checkpoint_dir, path)

@@ -2,20 +2,55 @@
 and pulling one this node does not hold before a restore."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointNotFound, InvalidRequest
-from sidecar.registry.remote import ANN, RemoteCheckpoint, RemoteStore, check_compression
+from sidecar.registry.remote import (
+    ANN,
+    RemoteCheckpoint,
+    RemoteStore,
+    check_compression,
+    remote_entry,
+)
 from sidecar.storage import store
 from sidecar.storage.catalogue import Catalogue
 
 
-def remote_store(config: HelperConfig) -> RemoteStore | None:
+@contextmanager
+def checkpoint_registry(config: HelperConfig) -> Iterator[RemoteStore | None]:
+    """The helper's checkpoint registry (None: it has none) for the length of the block."""
     if not config.remote_repository:
-        return None
-    return RemoteStore(config.remote_repository, config.registry)
+        yield None
+        return
+    with RemoteStore(config.remote_repository, config.registry) as remote:
+        yield remote
+
+
+def remote_entries(config: HelperConfig) -> list[dict[str, Any]]:
+    """The checkpoints in the registry, as catalogue entries."""
+    with checkpoint_registry(config) as remote:
+        return remote.list() if remote is not None else []
+
+
+def remote_checkpoint(config: HelperConfig, checkpoint_id: str
+                      ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(catalogue entry, image manifest) of a checkpoint in the registry; None when the helper
+    has no registry; CheckpointNotFound when it is not there."""
+    with checkpoint_registry(config) as remote:
+        if remote is None:
+            return None
+        image, digest = remote.manifest(checkpoint_id)
+        return remote_entry(image, digest, remote.name(checkpoint_id)), image
+
+
+def delete_remote(config: HelperConfig, checkpoint_id: str) -> bool:
+    """Delete the registry's copy; False when there is none (or no registry)."""
+    with checkpoint_registry(config) as remote:
+        return remote.delete(checkpoint_id) if remote is not None else False
 
 
 def wants_remote(config: HelperConfig, storage: str | None, checkpoint_path: str | None) -> bool:
@@ -33,10 +68,10 @@ def wants_remote(config: HelperConfig, storage: str | None, checkpoint_path: str
 def push(config: HelperConfig, checkpoint_id: str, directory: Path, compression: str | None
          ) -> RemoteCheckpoint:
     """Push a local checkpoint to the registry and record where it went."""
-    remote = remote_store(config)
-    assert remote is not None
     manifest = store.load_manifest(directory)
-    pushed = remote.push(directory, manifest, check_compression(compression))
+    with checkpoint_registry(config) as remote:
+        assert remote is not None
+        pushed = remote.push(directory, manifest, check_compression(compression))
     Catalogue(config.checkpoint_dir).merge(checkpoint_id, {
         "remote": {"reference": pushed.reference, "digest": pushed.digest,
                    "size_bytes": pushed.size_bytes, "compression": pushed.compression}})
@@ -52,8 +87,7 @@ def ensure_local(config: HelperConfig, checkpoint_id: str) -> dict[str, Any] | N
             return None
     except CheckpointNotFound:
         entry = None
-    remote = remote_store(config)
-    if remote is None:
+    if not config.remote_repository:
         if entry is None:
             raise CheckpointNotFound(
                 f"no checkpoint with id {checkpoint_id} on node {config.node_name}, and this "
@@ -61,7 +95,10 @@ def ensure_local(config: HelperConfig, checkpoint_id: str) -> dict[str, Any] | N
         return None
     _check_id(checkpoint_id)
     final_dir = config.checkpoint_dir / checkpoint_id
-    manifest, image, digest = remote.pull(checkpoint_id, final_dir)
+    with checkpoint_registry(config) as remote:
+        assert remote is not None
+        manifest, image, digest = remote.pull(checkpoint_id, final_dir)
+        reference = remote.name(checkpoint_id)
     layer = image["layers"][0]
     source = manifest.source
     catalogue.add({
@@ -71,13 +108,12 @@ def ensure_local(config: HelperConfig, checkpoint_id: str) -> dict[str, Any] | N
         "node": source.get("node", ""), "size_bytes": store.directory_size(final_dir),
         "created": manifest.created, "status": "complete", "pulled": True,
         "pulled_to": config.node_name, "options": manifest.criu_options, "restores": [],
-        "remote": {"reference": remote.name(checkpoint_id), "digest": digest,
+        "remote": {"reference": reference, "digest": digest,
                    "size_bytes": int(layer.get("size") or 0),
                    "compression": (image.get("annotations") or {}).get(
                        ANN + "compression", "")},
     })
-    return {"reference": remote.name(checkpoint_id), "digest": digest,
-            "size_bytes": int(layer.get("size") or 0)}
+    return {"reference": reference, "digest": digest, "size_bytes": int(layer.get("size") or 0)}
 
 
 def _check_id(checkpoint_id: str) -> None:

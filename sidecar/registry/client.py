@@ -10,8 +10,12 @@ registry. Credentials and TLS trust come from sidecar/registry/credentials.py (`
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 CHUNK = 1 << 20
+DEFAULT_TOKEN_LIFETIME_S = 60.0
 _REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _REF = re.compile(
     r"^(?:(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/)?"
@@ -98,25 +103,54 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+def granted_actions(token: str, repository: str) -> set[str] | None:
+    """The actions a registry token grants on `repository`, when it says so: the `access`
+    claim of a JWT (docker distribution's token servers); None for opaque tokens."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("access"), list):
+        return None
+    return {str(action) for entry in payload["access"] if isinstance(entry, dict)
+            and entry.get("type") == "repository" and entry.get("name") == repository
+            for action in entry.get("actions") or []}
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float  # time.monotonic() after which it is not used any more
+
+
 class RegistryClient:
-    """Talks to one registry with the node's access settings."""
+    """Talks to one registry with the node's access settings.
+
+    Authorization is per request and per scope: with a Bearer registry each scope
+    (`repository:NAME:pull` or `...:pull,push`) has its own token, fetched when first needed
+    and again shortly before it expires, so a token for pulling is never sent to push, and an
+    upload longer than a token's life still closes with a valid one. Use it in a `with` block
+    (or call close()): its connections are pooled."""
 
     def __init__(self, access: RegistryAccess, *, timeout: float = 120.0) -> None:
         self.access = access
         self.timeout = timeout
         self.session = requests.Session()
-        self._auth_header: dict[str, str] = {}
-        self._scopes: set[str] = set()
+        self._scheme: tuple[str, dict[str, str]] | None = None
+        self._tokens: dict[str, _Token] = {}
+        self._lock = threading.Lock()
 
     # -- plumbing --------------------------------------------------------------------------
     def _url(self, path: str) -> str:
         return f"{self.access.endpoint}{path}"
 
     def _raw(self, method: str, url: str, **kw: Any) -> requests.Response:
-        headers = {**kw.pop("headers", {}), **self._auth_header}
         try:
             # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify
-            return self.session.request(method, url, headers=headers, timeout=self.timeout,
+            return self.session.request(method, url, timeout=self.timeout,
                                         allow_redirects=True, verify=self.access.verify, **kw)
         except requests.exceptions.SSLError as exc:
             raise RegistryUnreachable(
@@ -128,44 +162,86 @@ class RegistryClient:
                 f"cannot reach registry {self.access.host} at {self.access.endpoint}: {exc}",
                 registry=self.access.host) from exc
 
-    def _refused(self, response: requests.Response) -> RegistryAuthFailed:
+    def _refused(self, response: requests.Response, scope: str = "") -> RegistryAuthFailed:
         if self.access.has_credentials:
             why = (f"refused the node's credentials (user {self.access.username or '<token>'} "
                    f"from {self.access.source})")
         else:
             why = ("requires credentials and the node has none for it (looked in the docker "
                    "configs and containerd's registry configuration)")
-        return RegistryAuthFailed(f"registry {self.access.host} {why}: HTTP "
+        wanted = f" for {scope}" if scope else ""
+        return RegistryAuthFailed(f"registry {self.access.host} {why}{wanted}: HTTP "
                                   f"{response.status_code}", registry=self.access.host)
 
-    def authenticate(self, repository: str, actions: str = "pull") -> None:
-        """Answer the registry's challenge for `repository` before any streamed request."""
-        scope = f"repository:{repository}:{actions}"
-        if scope in self._scopes:
-            return
-        response = self._raw("GET", self._url("/v2/"))
-        if response.status_code == 200:
-            self._scopes.add(scope)
-            return
-        if response.status_code != 401:
-            raise RegistryError(f"registry {self.access.host} answered GET /v2/ with HTTP "
-                                f"{response.status_code}", registry=self.access.host)
-        scheme, params = _challenge(response.headers.get("WWW-Authenticate", ""))
+    def _challenge(self) -> tuple[str, dict[str, str]]:
+        """How the registry wants to be authenticated: asked once with GET /v2/ (whose 200
+        with credentials says nothing about what they may do in a repository)."""
+        if self._scheme is None:
+            response = self._raw("GET", self._url("/v2/"))
+            if response.status_code == 200:
+                self._scheme = ("none", {})
+            elif response.status_code == 401:
+                self._scheme = _challenge(response.headers.get("WWW-Authenticate", ""))
+            else:
+                raise RegistryError(f"registry {self.access.host} answered GET /v2/ with HTTP "
+                                    f"{response.status_code}", registry=self.access.host)
+        return self._scheme
+
+    def _authorization(self, scope: str, *, fresh: bool = False) -> dict[str, str]:
+        """The Authorization header for requests in `scope`."""
+        scheme, params = self._challenge()
+        if scheme == "none":
+            return {}
         if scheme == "basic":
             if not self.access.has_credentials or self.access.identity_token:
-                raise self._refused(response)
-            self.session.auth = (self.access.username or "", self.access.password or "")
-        elif scheme == "bearer" and params.get("realm"):
-            self._auth_header = {"Authorization": f"Bearer {self._token(params, scope)}"}
-        else:
-            raise RegistryError(f"registry {self.access.host} asks for unsupported "
-                                f"authentication {scheme!r}", registry=self.access.host)
-        check = self._raw("GET", self._url("/v2/"))
-        if check.status_code in (401, 403):
-            raise self._refused(check)
-        self._scopes.add(scope)
+                raise RegistryAuthFailed(
+                    f"registry {self.access.host} asks for a user and password and the node has "
+                    "none for it", registry=self.access.host)
+            pair = f"{self.access.username or ''}:{self.access.password or ''}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        if scheme == "bearer" and params.get("realm"):
+            with self._lock:
+                token = None if fresh else self._cached(scope)
+                if token is None:
+                    token = self._tokens[scope] = self._token(params, scope)
+            return {"Authorization": f"Bearer {token.value}"}
+        raise RegistryError(f"registry {self.access.host} asks for unsupported "
+                            f"authentication {scheme!r}", registry=self.access.host)
 
-    def _token(self, params: dict[str, str], scope: str) -> str:
+    def _cached(self, scope: str) -> _Token | None:
+        """A token still valid for `scope`: its own, or one for more actions on the same
+        repository (pushing includes pulling)."""
+        kind, _, rest = scope.partition(":")
+        repository, _, actions = rest.rpartition(":")
+        now = time.monotonic()
+        for held, token in self._tokens.items():
+            held_kind, _, held_rest = held.partition(":")
+            held_repository, _, held_actions = held_rest.rpartition(":")
+            if (held_kind, held_repository) == (kind, repository) and now < token.expires and \
+                    set(actions.split(",")) <= set(held_actions.split(",")):
+                return token
+        return None
+
+    def authenticate(self, repository: str, actions: str = "pull") -> None:
+        """Fail early, before any streamed request: credentials the registry refuses, or a
+        token that does not grant `actions` on `repository`."""
+        scope = f"repository:{repository}:{actions}"
+        headers = self._authorization(scope)
+        scheme, _params = self._challenge()
+        if scheme == "bearer":
+            granted = granted_actions(headers["Authorization"].split(" ", 1)[1], repository)
+            missing = set(actions.split(",")) - (granted if granted is not None else set())
+            if granted is not None and missing:
+                raise RegistryAuthFailed(
+                    f"registry {self.access.host} grants the node's credentials (from "
+                    f"{self.access.source}) {', '.join(sorted(granted)) or 'nothing'} on "
+                    f"{repository}, not {', '.join(sorted(missing))}", registry=self.access.host)
+        elif scheme == "basic":
+            check = self._raw("GET", self._url("/v2/"), headers=headers)
+            if check.status_code in (401, 403):
+                raise self._refused(check)
+
+    def _token(self, params: dict[str, str], scope: str) -> _Token:
         query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
         auth = None
         if self.access.identity_token:
@@ -175,15 +251,9 @@ class RegistryClient:
         else:
             if self.access.has_credentials:
                 auth = (self.access.username or "", self.access.password or "")
-            try:
-                response = self.session.get(params["realm"], params=query, auth=auth,
-                                            timeout=self.timeout, verify=self.access.verify)
-            except requests.RequestException as exc:
-                raise RegistryUnreachable(f"cannot reach the token service of registry "
-                                          f"{self.access.host}: {exc}",
-                                          registry=self.access.host) from exc
+            response = self._raw("GET", params["realm"], params=query, auth=auth)
         if response.status_code in (401, 403):
-            raise self._refused(response)
+            raise self._refused(response, scope)
         if response.status_code != 200:
             raise RegistryError(f"token service of registry {self.access.host} answered HTTP "
                                 f"{response.status_code}", registry=self.access.host)
@@ -192,14 +262,31 @@ class RegistryClient:
         if not token:
             raise RegistryError(f"token service of registry {self.access.host} gave no token",
                                 registry=self.access.host)
-        return str(token)
+        # the distribution spec's default lifetime; used until shortly before it ends
+        lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME_S)
+        return _Token(str(token), time.monotonic() + lifetime - min(10.0, lifetime / 4))
 
     def _request(self, method: str, path: str, repository: str, actions: str,
                  **kw: Any) -> requests.Response:
-        self.authenticate(repository, actions)
-        response = self._raw(method, self._url(path) if path.startswith("/") else path, **kw)
+        """One request in `repository`'s scope; a Bearer token the registry no longer takes
+        (expired, revoked) is replaced once when the request can be sent again."""
+        scope = f"repository:{repository}:{actions}"
+        url = self._url(path) if path.startswith("/") else path
+        headers = kw.pop("headers", {})
+        response = self._raw(method, url, headers={**headers, **self._authorization(scope)}, **kw)
+        data = kw.get("data")
+        replayable = data is None or isinstance(data, bytes) or hasattr(data, "seek")
+        if response.status_code == 401 and replayable and \
+                self._challenge()[0] == "bearer" and "insufficient_scope" not in \
+                response.headers.get("WWW-Authenticate", ""):
+            if hasattr(data, "seek"):
+                data.seek(0)
+            response.close()
+            response = self._raw(method, url, headers={
+                **headers, **self._authorization(scope, fresh=True)}, **kw)
         if response.status_code in (401, 403):
-            raise self._refused(response)
+            response.close()
+            raise self._refused(response, scope)
         return response
 
     def _fail(self, response: requests.Response, what: str) -> RegistryError:

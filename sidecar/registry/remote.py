@@ -126,28 +126,51 @@ class _Decompressor:
         return data if self.kind == "none" else bytes(self._obj.decompress(data))
 
 
+class _Cancelled(Exception):
+    """The upload gave up: the producer stops writing."""
+
+
 class _QueueWriter:
-    """A file object for tarfile: compresses, then hands fixed-size chunks to a queue."""
+    """A file object for tarfile: compresses, then hands fixed-size chunks to a queue; once
+    cancel() is called (the upload failed) its next write ends the producer."""
 
     def __init__(self, chunks: queue.Queue[bytes | None | BaseException], kind: str) -> None:
         self.chunks = chunks
         self.compressor = _Compressor(kind)
         self.buffer = bytearray()
         self.uncompressed = 0
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        while True:  # a producer blocked on a full queue wakes up
+            try:
+                self.chunks.get_nowait()
+            except queue.Empty:
+                return
+
+    def put(self, item: bytes | None | BaseException) -> None:
+        while not self.cancelled.is_set():
+            try:
+                self.chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Cancelled
 
     def write(self, data: bytes) -> int:
         self.uncompressed += len(data)
         self.buffer += self.compressor.compress(bytes(data))
         while len(self.buffer) >= CHUNK:
-            self.chunks.put(bytes(self.buffer[:CHUNK]))
+            self.put(bytes(self.buffer[:CHUNK]))
             del self.buffer[:CHUNK]
         return len(data)
 
     def close_stream(self) -> None:
         self.buffer += self.compressor.flush()
         if self.buffer:
-            self.chunks.put(bytes(self.buffer))
-        self.chunks.put(None)
+            self.put(bytes(self.buffer))
+        self.put(None)
 
 
 def _tar_producer(directory: Path, writer: _QueueWriter) -> None:
@@ -156,8 +179,13 @@ def _tar_producer(directory: Path, writer: _QueueWriter) -> None:
             for rel in ["", *store.list_files(directory), store.MANIFEST]:
                 add(tar, directory / rel if rel else directory, rel or ".", root_owner=True)
         writer.close_stream()
+    except _Cancelled:
+        return
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-        writer.chunks.put(exc)
+        try:
+            writer.put(exc)
+        except _Cancelled:
+            return
 
 
 def _stream(directory: Path, kind: str) -> tuple[Iterator[bytes], _QueueWriter,
@@ -169,7 +197,12 @@ def _stream(directory: Path, kind: str) -> tuple[Iterator[bytes], _QueueWriter,
 
     def generate() -> Iterator[bytes]:
         while True:
-            item = chunks.get()
+            try:
+                item = chunks.get(timeout=1.0)
+            except queue.Empty:
+                if thread.is_alive():
+                    continue
+                raise RuntimeError("the checkpoint's tar stream ended without its end") from None
             if item is None:
                 return
             if isinstance(item, BaseException):
@@ -193,6 +226,15 @@ class RemoteStore:
         self.settings = settings
         self.client = RegistryClient(node_access(ref.host, settings))
 
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> RemoteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def ref(self, checkpoint_id: str) -> ImageReference:
         return ImageReference(self.host, self.repository, checkpoint_id)
 
@@ -208,8 +250,11 @@ class RemoteStore:
         thread.start()
         try:
             digest, size = self.client.upload_stream(self.repository, body)
+        except BaseException:
+            writer.cancel()  # the producer stops at its next chunk
+            raise
         finally:
-            thread.join(timeout=60)
+            thread.join()
         source = manifest.source
         container = str(source.get("container", ""))
         config = {
