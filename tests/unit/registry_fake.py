@@ -17,9 +17,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.unit.loopback import LoopbackServer
 
 if TYPE_CHECKING:
     from typing import Self
@@ -55,21 +57,15 @@ class FakeRegistry:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        handler = type("Handler", (_Handler,), {"registry": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
-        self.url = f"http://{self.host}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.server = LoopbackServer(type("Handler", (_Handler,), {"registry": self}))
+        self.host, self.url = self.server.host, self.server.url
 
     def __enter__(self) -> Self:
-        self.thread.start()
+        self.server.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.__exit__(*exc)
 
     # -- the token service ------------------------------------------------------------------
     def issue(self, user: str, scope: str) -> str:
