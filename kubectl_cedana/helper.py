@@ -107,6 +107,22 @@ def parallel_map(fn: Callable[[T], R], items: list[T],
     return results
 
 
+def gather(ask: Callable[[T], list[R]], items: list[T], *,
+           failed: Callable[[T, CedanaError], list[R]] | None = None
+           ) -> tuple[list[R], list[CedanaError]]:
+    """ask(item) for every item (a helper, a node's namespace) concurrently: every answer's rows
+    in the items' order, and the errors of those that failed (`failed` may add rows for them)."""
+    rows: list[R] = []
+    errors: list[CedanaError] = []
+    for item, found, error in parallel_map(ask, items):
+        if error is not None:
+            errors.append(error)
+            rows.extend(failed(item, error) if failed is not None else [])
+        else:
+            rows.extend(found or [])
+    return rows, errors
+
+
 class HelperClient:
     """The REST contract of one node's helper, reached through the pod proxy."""
 
