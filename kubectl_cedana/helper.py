@@ -218,7 +218,8 @@ class HelperClient:
                        address: str = "") -> dict[str, Any]:
         body = {"container_name": container, "sandbox_name": pod, "namespace": namespace,
                 "image_ref": image_ref, "address": address}
-        return dict(self.call("POST", contract.RESTORE_ROOTFS, body=body, timeout=LONG_TIMEOUT) or {})
+        return dict(self.call("POST", contract.RESTORE_ROOTFS, body=body,
+                              timeout=LONG_TIMEOUT) or {})
 
     def restore(self, *, namespace: str, pod: str, container: str, checkpoint_id: str = "",
                 checkpoint_path: str = "", root: str | None = None) -> dict[str, Any]:
@@ -234,7 +235,8 @@ class HelperClient:
                               timeout=LONG_TIMEOUT) or {})
 
     def checkpoints(self, remote: bool = False) -> list[dict[str, Any]]:
-        answer = self.call("GET", contract.CHECKPOINTS, query={"remote": "true"} if remote else None,
+        answer = self.call("GET", contract.CHECKPOINTS,
+                           query={"remote": "true"} if remote else None,
                            timeout=LONG_TIMEOUT if remote else SHORT_TIMEOUT) or []
         if isinstance(answer, dict):  # {"checkpoints": [...]}, as the helper answers
             answer = answer.get("checkpoints") or []

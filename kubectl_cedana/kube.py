@@ -30,7 +30,7 @@ from kubectl_cedana.settings import Settings
 
 # a runtime alias: typing forms, since `X | Y` cannot be evaluated on Python 3.9. Every request
 # has a limit: seconds in all, or (connect, read)
-Timeout = Union[float, tuple[float, float]]  # noqa: UP007
+Timeout = Union[float, tuple[float, float]]
 
 #: connect / read limits when the user gave no --request-timeout
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)

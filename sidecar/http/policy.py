@@ -60,9 +60,3 @@ def routes_without_policy(routers: Iterable[APIRouter]) -> list[str]:
             if len(policies) != 1:
                 missing += [f"{method} {route.path}" for method in sorted(route.methods or ())]
     return missing
-
-
-def route_table(routers: Iterable[APIRouter]) -> set[tuple[str, str]]:
-    """(method, path) of every route."""
-    return {(method, route.path) for router in routers for route in router.routes
-            if isinstance(route, APIRoute) for method in route.methods or ()}

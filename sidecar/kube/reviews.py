@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 GROUP = "cedana.io"
 
@@ -58,13 +58,14 @@ def kubernetes_api(api_client: Any, timeout_s: float = 5.0) -> tuple[CsrReader, 
 
     def read_csr(name: str) -> Mapping[str, Any] | None:
         try:
-            raw = certificates.read_certificate_signing_request(
+            # without _preload_content the answer is the raw HTTP response
+            raw: Any = certificates.read_certificate_signing_request(
                 name, _preload_content=False, _request_timeout=timeout_s)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise ApiUnavailable(f"HTTP {exc.status} {exc.reason}") from exc
-        except Exception as exc:  # noqa: BLE001 - transport errors of urllib3 and friends
+        except Exception as exc:
             raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from exc
         data: Mapping[str, Any] = json.loads(raw.data)
         return data
@@ -77,9 +78,9 @@ def kubernetes_api(api_client: Any, timeout_s: float = 5.0) -> tuple[CsrReader, 
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                 "spec": {**caller.review_user(), "resourceAttributes": attributes}}
         try:
-            raw = authorization.create_subject_access_review(
-                body, _preload_content=False, _request_timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001 - ApiException and transport errors alike
+            raw: Any = authorization.create_subject_access_review(
+                cast(Any, body), _preload_content=False, _request_timeout=timeout_s)
+        except Exception as exc:
             raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from exc
         status = json.loads(raw.data).get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or "")

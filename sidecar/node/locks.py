@@ -39,7 +39,3 @@ class ContainerLocks:
         finally:
             with self._guard:
                 self._held.pop(container_id, None)
-
-    def busy(self) -> dict[str, str]:
-        with self._guard:
-            return {cid: op.kind for cid, op in self._held.items()}

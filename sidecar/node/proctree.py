@@ -181,7 +181,7 @@ def start_time(pid: int) -> float | None:
 def alive(pid: int) -> bool:
     """Running: a zombie has let go of its files and memory."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

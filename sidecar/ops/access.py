@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kubectl_cedana import contract
@@ -109,7 +109,7 @@ UNRESTRICTED = Access(None)
 
 def _timestamp(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=timezone.utc).timestamp()
+        tzinfo=UTC).timestamp()
 
 
 def proof_problem(csr: Mapping[str, Any], digest: str, now: float) -> tuple[str, float]:

@@ -151,7 +151,8 @@ def _write_layer(target: RuncContainer, work: Path, media_type: str) -> tuple[
     upper = proctree.upper_dir(target.pid)
     if upper is None or not upper.is_dir():
         raise DumpFailed(f"{what} has no overlay upper directory visible to the helper; its "
-                         "root filesystem is not an overlay mount", container_id=target.container_id)
+                         "root filesystem is not an overlay mount",
+                         container_id=target.container_id)
     with frozen(target.pid, what) as was_frozen:
         layer = oci_layer.write_layer(upper, work / "layer.tar.gz", media_type=media_type)
     return layer, was_frozen

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import urljoin
 
 import requests
@@ -41,7 +41,8 @@ MANIFEST_TYPES = (
 )
 CHUNK = 1 << 20
 DEFAULT_TOKEN_LIFETIME_S = 60.0
-_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _REF = re.compile(
     r"^(?:(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/)?"
     r"(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
@@ -275,12 +276,13 @@ class RegistryClient:
         headers = kw.pop("headers", {})
         response = self._raw(method, url, headers={**headers, **self._authorization(scope)}, **kw)
         data = kw.get("data")
-        replayable = data is None or isinstance(data, bytes) or hasattr(data, "seek")
+        seekable = hasattr(data, "seek")
+        replayable = data is None or isinstance(data, bytes) or seekable
         if response.status_code == 401 and replayable and \
                 self._challenge()[0] == "bearer" and "insufficient_scope" not in \
                 response.headers.get("WWW-Authenticate", ""):
-            if hasattr(data, "seek"):
-                data.seek(0)
+            if seekable:
+                cast(IO[bytes], data).seek(0)
             response.close()
             response = self._raw(method, url, headers={
                 **headers, **self._authorization(scope, fresh=True)}, **kw)

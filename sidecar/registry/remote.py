@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
 from sidecar.errors import CheckpointCorrupted, CheckpointNotFound, ImageNotFound, InvalidRequest
@@ -175,7 +175,8 @@ class _QueueWriter:
 
 def _tar_producer(directory: Path, writer: _QueueWriter) -> None:
     try:
-        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=cast(IO[bytes], writer), mode="w|",
+                          format=tarfile.PAX_FORMAT) as tar:
             for rel in ["", *store.list_files(directory), store.MANIFEST]:
                 add(tar, directory / rel if rel else directory, rel or ".", root_owner=True)
         writer.close_stream()
@@ -368,7 +369,7 @@ class RemoteStore:
 
         reader = _Reader()
         try:
-            with response, tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
+            with response, tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
                 unpack = checkpoint_extractor(dest)
                 for member in tar:
                     unpack.extract(tar, member)

@@ -17,7 +17,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, Literal, cast
 
 from sidecar.errors import DumpFailed, ImageUnsupported, RestoreFailed
 from sidecar.storage.paths import relative_name
@@ -114,7 +114,8 @@ def _add(tar: tarfile.TarFile, upper: Path, rel: str, st: os.stat_result) -> Non
 
 
 def _write_tar(upper: Path, out: _HashingWriter) -> None:
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=cast(IO[bytes], out), mode="w|",
+                      format=tarfile.PAX_FORMAT) as tar:
         for rel, st in walk(upper):
             _add(tar, upper, rel, st)
 
@@ -183,7 +184,7 @@ def _apply_whiteout(kind: str, rel: str, layer: Extractor, applied: AppliedLayer
             applied.opaque.append("/" + rel)
 
 
-def _read_mode(media_type: str) -> str:
+def _read_mode(media_type: str) -> Literal["r:gz", "r:"]:
     if media_type in _GZIP_TYPES:
         return "r:gz"
     if media_type in _TAR_TYPES:

@@ -210,7 +210,7 @@ class FollowingHasher:
                 self._open_new()
                 if not self._read_available():
                     self._stop.wait(self.poll_s)
-        except BaseException as exc:  # reported by finish(); the checkpoint hashes as before
+        except BaseException as exc:  # noqa: BLE001 - reported by finish(), hashed again
             self._error = exc
 
     def finish(self) -> dict[str, KnownDigest]:

@@ -12,11 +12,9 @@ from fastapi.testclient import TestClient
 from kubectl_cedana import contract
 from kubectl_cedana.errors import ExitCode, HelperReplyError
 from sidecar import errors
-from sidecar.http import routes
 from sidecar.http.app import create_app
-from sidecar.http.policy import route_table
 from sidecar.registry.remote import LAYER_TYPES
-from tests.unit.sidecar_support import HelperApp, assert_error, make_config
+from tests.unit.sidecar_support import HelperApp, assert_error, make_config, route_table
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTES = {contract.LIST, contract.CHECKPOINT, contract.RESTORE, contract.CHECKPOINT_ROOTFS,
@@ -37,7 +35,7 @@ def _error_classes() -> list[type[errors.HelperError]]:
 
 def test_the_helper_serves_exactly_the_contracts_routes(tmp_path: Path) -> None:
     app = create_app(make_config(tmp_path), kube=None)
-    served = {path for _method, path in route_table(routes.ROUTERS)}
+    served = {path for _method, path in route_table()}
     assert served == ROUTES
     client = TestClient(app)
     assert client.get(contract.HEALTHZ).json() == {"status": "ok"}

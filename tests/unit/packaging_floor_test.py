@@ -121,7 +121,7 @@ def test_each_plugin_module_is_written_for_the_floor(path: Path) -> None:
             annotations = [node.annotation]
         if not future and any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
                               for a in annotations for n in ast.walk(a)):
-            problems.append(f"line {node.lineno}: X | Y annotation without "
+            problems.append(f"line {getattr(node, 'lineno', '?')}: X | Y annotation without "
                             "`from __future__ import annotations`")
     assert problems == []
 

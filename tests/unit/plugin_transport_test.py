@@ -552,7 +552,8 @@ def test_migrate_restore_failure_keeps_checkpoint_and_removes_pod(
 def test_doctor_reports_helpers_criu_and_rbac(cluster: FakeCluster, kubeconfig: Path) -> None:
     cluster.objects["/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper"] = {
         "metadata": {"name": "cedana-helper", "generation": 1},
-        "spec": {"template": {"spec": {"containers": [{"image": "docker.io/cedana/helper:0.1.0"}]}}},
+        "spec": {"template": {"spec": {"containers": [
+            {"image": "docker.io/cedana/helper:0.1.0"}]}}},
         "status": {"desiredNumberScheduled": 1, "numberReady": 1, "updatedNumberScheduled": 1,
                    "observedGeneration": 1}}
     result = run_cli(kubeconfig, "doctor", "-o", "json")

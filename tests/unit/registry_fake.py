@@ -227,8 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             return self._answer(404)
         if self.command == "DELETE":
-            for key in [k for k, v in self.registry.manifests.items() if v == found]:
-                del self.registry.manifests[key]
+            for same in [k for k, v in self.registry.manifests.items() if v == found]:
+                del self.registry.manifests[same]
             return self._answer(202)
         return self._answer(200, found[0], {"Content-Type": found[1]})
 

@@ -72,7 +72,7 @@ def test_missing_fields_are_named(app: HelperApp) -> None:
     response = app.client.post("/checkpoint", json={"checkpoint_data": {"namespace": "default"}})
     body = assert_error(response, 400, "invalid_request")
     assert "checkpoint_data.container_name: field required" in str(body["message"])
-    assert set(body["fields"]) == {"checkpoint_data.container_name",  # type: ignore[arg-type]
+    assert set(body["fields"]) == {"checkpoint_data.container_name",
                                    "checkpoint_data.sandbox_name"}
     assert_error(app.client.post("/checkpoint", json={}), 400, "invalid_request")
     wrong_type = app.client.post("/checkpoint", json={**app.checkpoint_body(),
@@ -163,10 +163,11 @@ def test_checkpoint_catalogue_round_trip(app: HelperApp, caplog: pytest.LogCaptu
                            "options"}
     assert result["checkpoint_path"] == str(app.config.checkpoint_dir / "c1")
     checkpoint_id = result["checkpoint_id"]
-    line = next(r for r in caplog.records if r.name == "sidecar.access"
-                and getattr(r, "path", "") == "/checkpoint")
-    assert (line.method, line.status, line.checkpoint_id) == ("POST", 200, checkpoint_id)
-    assert isinstance(line.duration_ms, float)
+    line = vars(next(r for r in caplog.records if r.name == "sidecar.access"
+                     and getattr(r, "path", "") == "/checkpoint"))
+    assert (line["method"], line["status"], line["checkpoint_id"]) == ("POST", 200,
+                                                                       checkpoint_id)
+    assert isinstance(line["duration_ms"], float)
 
     listed = app.client.get("/checkpoints").json()["checkpoints"]
     assert [e["id"] for e in listed] == [checkpoint_id]
@@ -188,8 +189,8 @@ def test_checkpoint_catalogue_round_trip(app: HelperApp, caplog: pytest.LogCaptu
 def test_error_lines_carry_the_code(app: HelperApp, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="sidecar.access")
     app.client.get("/nope")
-    line = next(r for r in caplog.records if getattr(r, "path", "") == "/nope")
-    assert (line.status, line.error_code) == (404, "not_found")
+    line = vars(next(r for r in caplog.records if getattr(r, "path", "") == "/nope"))
+    assert (line["status"], line["error_code"]) == (404, "not_found")
 
 
 def test_busy_container_is_409(app: HelperApp) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,8 @@ POD = "/kubepods/besteffort/pod8c2d5a77-1f3b-4c71-b3e0-0d9f2c4a6b12/eeee"
 TASKS = FIXTURES / "containerd/host/run/containerd/io.containerd.runtime.v2.task/k8s.io"
 
 
-def spec_of(container_id: str) -> dict:
-    return json.loads((TASKS / container_id / "config.json").read_text())
+def spec_of(container_id: str) -> dict[str, Any]:
+    return dict(json.loads((TASKS / container_id / "config.json").read_text()))
 
 
 def hybrid_dirs() -> list[cgroups.CgroupDir]:

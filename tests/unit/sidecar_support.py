@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ def process(*args: str, ready: str | None = None) -> Iterator[subprocess.Popen[s
         stop(proc)
 
 
-def sleeper() -> subprocess.Popen[str]:
+def sleeper() -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
 
 
@@ -191,11 +191,6 @@ def wait_for(predicate: object, timeout: float = 5.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("condition not met in time")
-
-
-def descendants_of(pid: int) -> Iterable[int]:
-    import psutil
-    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
 
 
 def is_root() -> bool:
@@ -309,3 +304,13 @@ def helper_process(home: Path, *args: str) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def route_table() -> set[tuple[str, str]]:
+    """(method, path) of every route of the helper."""
+    from fastapi.routing import APIRoute
+
+    from sidecar.http import routes
+
+    return {(method, route.path) for router in routes.ROUTERS for route in router.routes
+            if isinstance(route, APIRoute) for method in route.methods or ()}
