@@ -12,15 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.procs import (
-    BenchError,
-    PipeWatcher,
-    ReadyTiming,
-    directory_size,
-    run,
-    timed_run,
-    until_ready,
-)
+from bench.procs import BenchError, PipeWatcher, ReadyTiming, directory_size, run, timed_run, \
+    until_ready
 
 RUNC = "runc"
 CRIU = "/usr/local/sbin/criu"

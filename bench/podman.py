@@ -7,7 +7,7 @@ import tarfile
 import uuid
 from pathlib import Path
 
-from bench.procs import FileProbe, ReadyTiming, last_beat, run, timed_run, until_ready, wait_for
+from bench.procs import FileProbe, last_beat, ReadyTiming, run, timed_run, until_ready, wait_for
 
 PODMAN = "podman"
 STORAGE = Path("/var/lib/containers/storage/overlay-containers")

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.stats import Summary, Target, linear_fit, overhead_ms, ratio, summarize, throughput_mb_s
+from bench.stats import Summary, Target, linear_fit, overhead_ms, ratio, summarize, \
+    throughput_mb_s
 
 METHODS = {"a": "(a) kubectl cedana", "b": "(b) helper REST", "c": "(c) bare runc",
            "d": "(d) podman"}

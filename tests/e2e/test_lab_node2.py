@@ -15,18 +15,8 @@ from typing import Any
 
 import requests
 
-from tests.e2e.lab import (
-    NODE2_IP,
-    NODE2_POD_SUBNET,
-    NODE2_TAINT_KEY,
-    REPO,
-    Lab,
-    counter_pod,
-    helper_daemonset_lock,
-    pod_manifest,
-    run,
-    sleeper_pod,
-)
+from tests.e2e.lab import (NODE2_IP, NODE2_POD_SUBNET, NODE2_TAINT_KEY, REPO, Lab,
+                           counter_pod, helper_daemonset_lock, pod_manifest, run, sleeper_pod)
 
 CACHE_IMAGES = Path("/var/cache/kubectl-cedana/images")
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
