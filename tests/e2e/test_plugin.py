@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.lab import REPO, Lab, counter_pod, helper_daemonset_lock, pod_manifest
+from tests.e2e.lab import REPO, Lab, counter_pod, pod_manifest, helper_daemonset_lock
 
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 
