@@ -16,7 +16,7 @@ help:
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[helper,test,lint]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -58,14 +58,16 @@ dist: venv
 # Benchmarks on the lab, never part of `make test`: writes docs/benchmarks.md and
 # docs/benchmarks/*.png (bench/). BENCH_RUNS=5 and BENCH_SIZES=64,256,1024 (MiB) by default.
 $(VENV)/.bench-installed: $(VENV)/.installed setup.cfg
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[helper,test,lint,bench]'
 	touch $@
 
 bench: venv lab-up $(VENV)/.bench-installed
 	KUBECONFIG=$${KUBECONFIG:-$(LAB_KUBECONFIG)} $(PY) -m bench
 
+# ruff and mypy at the versions of setup.cfg's [lint] extra; any finding fails
 lint: venv
-	$(PY) -m ruff check kubectl_cedana sidecar tests hack || true
+	$(PY) -m ruff check kubectl_cedana sidecar tests hack bench
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

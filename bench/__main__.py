@@ -209,7 +209,7 @@ def main() -> int:
                     cell = results["cr"].setdefault(name, {}).setdefault(
                         str(mib), {"checkpoint_ms": [], "restore_ms": [], "restore_cmd_ms": [],
                                    "size_bytes": [], "failures": []})
-                    for attempt in range(ATTEMPTS):
+                    for _attempt in range(ATTEMPTS):
                         # no dirty data of the previous method is written back during this one
                         os.sync()
                         try:

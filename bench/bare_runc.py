@@ -1,5 +1,5 @@
 """(c) bare `runc checkpoint` / `runc restore` of memhog in an OCI bundle we make ourselves,
-with the CRIU options the helper uses (sidecar/runc.py DumpOptions with leave_running,
+with the CRIU options the helper uses (sidecar/node/runc.py DumpOptions with leave_running,
 manage-cgroups-mode soft, ext-unix-sk, file-locks; link-remap from /etc/criu/runc.conf)."""
 from __future__ import annotations
 

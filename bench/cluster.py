@@ -220,7 +220,7 @@ class HelperRest:
         response = requests.post(self.url + route, json=body, timeout=600)
         if response.status_code != 200:
             raise BenchError(f"helper {route}: {response.status_code} {response.text[:1500]}")
-        return response.json()
+        return dict(response.json())
 
     def delete_checkpoint(self, checkpoint_id: str) -> None:
         try:

@@ -45,11 +45,11 @@ class _Lz4Stream:
 
     def compress(self, data: bytes) -> bytes:
         head, self._header = self._header or b"", None
-        return head + self._c.compress(data)
+        return head + bytes(self._c.compress(data))
 
     def flush(self) -> bytes:
         head, self._header = self._header or b"", None
-        return head + self._c.flush()
+        return head + bytes(self._c.flush())
 
 
 class _GzipStream:
@@ -126,7 +126,8 @@ def sequential_write(directory: Path, mib: int, repeat: int = 3) -> dict[str, An
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench-write.bin"
     block = os.urandom(CHUNK)
-    cached, synced = [], []
+    cached: list[float] = []
+    synced: list[float] = []
     try:
         for _ in range(repeat):
             for sink in (cached, synced):

@@ -123,7 +123,7 @@ def until_ready(action: Callable[[], Any], probe: Callable[[], bool], *,
     def target() -> None:
         try:
             outcome["result"] = action()
-        except BaseException as exc:  # handed to the caller below
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             outcome["error"] = exc
         outcome["done"] = time.monotonic()
 

@@ -52,7 +52,7 @@ if [ ! -f "$tar_out" ]; then
   python3 -m pip wheel -q --no-deps -w "$work/wheels" "$repo" >/dev/null
   python3 -m pip install -q --no-compile --no-warn-conflicts --target "$root/opt/cedana/lib" \
     --python-version "$pyver" --only-binary=:all: --platform manylinux2014_x86_64 \
-    --implementation cp "$work/wheels/"*.whl 2>"$work/pip.log" || { cat "$work/pip.log"; die "pip install failed"; }
+    --implementation cp "$(echo "$work/wheels/"*.whl)[helper]" 2>"$work/pip.log" || { cat "$work/pip.log"; die "pip install failed"; }
   cat >"$root/usr/local/bin/cedana-helper" <<'PY'
 #!/usr/bin/python3
 import sys

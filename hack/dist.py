@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import configparser
 import contextlib
 import datetime
 import fcntl
@@ -37,12 +38,25 @@ from pathlib import Path, PurePosixPath
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_BIN = "kubectl-cedana"
 RELEASE_DOWNLOADS = "https://github.com/cedana/kubectl-cedana/releases/download"
-MIN_PYTHON = (3, 9)
+
+
+def python_floor(repo: Path = REPO) -> tuple[int, int]:
+    """The oldest Python the plugin supports: setup.cfg's python_requires (>=X.Y)."""
+    config = configparser.ConfigParser()
+    config.read(repo / "setup.cfg", encoding="utf-8")
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)", config.get("options", "python_requires").strip())
+    if not match:
+        raise ValueError("setup.cfg: python_requires must read >=X.Y")
+    return int(match.group(1)), int(match.group(2))
+
+
+MIN_PYTHON = python_floor()
 SHEBANG = b"#!/usr/bin/env python3\n"
 #: the wheels to bundle: those for the oldest Python we promise (pure Python ones are the same
 #: for every version; the C extensions of the two platform wheels are dropped)
-WHEEL_TARGET = ["--python-version", "3.9", "--implementation", "cp", "--abi", "cp39",
-                "--platform", "manylinux2014_x86_64", "--only-binary=:all:"]
+WHEEL_TARGET = ["--python-version", "{}.{}".format(*MIN_PYTHON), "--implementation", "cp",
+                "--abi", "cp{}{}".format(*MIN_PYTHON), "--platform", "manylinux2014_x86_64",
+                "--only-binary=:all:"]
 ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 OUR_PACKAGE = "kubectl_cedana"
 MAIN_PY = f'''\

@@ -158,22 +158,22 @@ def _extract(archive: Path, into: Path) -> None:
     if magic[:2] != b"\x1f\x8b":
         raise KrewError("archive is neither a tar.gz nor a zip")
     with tarfile.open(archive, "r:gz") as tar:
-        for member in tar.getmembers():
-            target = (root / member.name).resolve()
+        for entry in tar.getmembers():
+            target = (root / entry.name).resolve()
             if not str(target).startswith(str(root) + os.sep):
-                raise KrewError(f"archive entry {member.name} leaves the directory")
-            if not (member.isfile() or member.isdir()):
-                raise KrewError(f"archive entry {member.name} is neither file nor directory")
-            if member.isdir():
+                raise KrewError(f"archive entry {entry.name} leaves the directory")
+            if not (entry.isfile() or entry.isdir()):
+                raise KrewError(f"archive entry {entry.name} is neither file nor directory")
+            if entry.isdir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
+            source = tar.extractfile(entry)
             if source is None:
-                raise KrewError(f"archive entry {member.name} cannot be read")
+                raise KrewError(f"archive entry {entry.name} cannot be read")
             with source, open(target, "wb") as out:
                 shutil.copyfileobj(source, out)
-            os.chmod(target, member.mode & 0o777)  # krew keeps the header's mode
+            os.chmod(target, entry.mode & 0o777)  # krew keeps the header's mode
 
 
 def _apply_files(rules: list[dict[str, str]], extracted: Path, install_dir: Path) -> None:

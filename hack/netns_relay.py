@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 CLONE_NEWNET = 0x40000000
 HOST = "127.0.0.1"
@@ -61,7 +62,8 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-def handler(port: int):  # noqa: ANN201
+def handler(port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                    Awaitable[None]]:
     async def handle(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
         try:
             ureader, uwriter = await asyncio.open_connection(HOST, port)

@@ -19,17 +19,22 @@ import threading
 import time
 from typing import Any
 
+from kubectl_cedana.contract import (
+    CALLER_HEADER,
+    HELPER_NAMESPACE,
+    MANAGED_BY,
+    PROOF_HEADER,
+    PROOF_TTL_S,
+    SIGNER_PREFIX,
+    is_open,
+    proof_digest,
+)
 from kubectl_cedana.errors import CedanaError, PermissionDenied
 from kubectl_cedana.kube import KubeClient, can_i_command
 
-SIGNER_PREFIX = "cedana.io/caller-proof-"
-CALLER_HEADER = "X-Cedana-Caller"
-PROOF_HEADER = "X-Cedana-Proof"
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
-#: the helper accepts a proof for 15 minutes; make a new one a little before
-RENEW_AFTER_S = 13 * 60
-#: routes anyone may call, without a proof
-OPEN_ROUTES = ("healthz", "version")
+#: the helper accepts a proof for PROOF_TTL_S; make a new one a little before
+RENEW_AFTER_S = PROOF_TTL_S - 2 * 60
 
 # A PKCS#10 request (EC P-256, CN "kubectl-cedana caller proof (no signer; key discarded)").
 # Its private key was deleted right after `openssl req` made it: even if someone signed it, the
@@ -52,7 +57,7 @@ def proof_request(digest: str) -> dict[str, Any]:
     return {
         "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
         "metadata": {"generateName": "cedana-caller-",
-                     "labels": {"app.kubernetes.io/managed-by": "kubectl-cedana"}},
+                     "labels": dict(MANAGED_BY)},
         "spec": {"request": base64.b64encode(_REQUEST_PEM).decode(),
                  "signerName": SIGNER_PREFIX + digest, "usages": ["client auth"]},
     }
@@ -69,13 +74,12 @@ class CallerProof:
         self._made = 0.0
 
     def _make(self) -> None:
-        import hashlib
         import secrets
 
         secret = secrets.token_urlsafe(32)
-        digest = hashlib.sha256(secret.encode()).hexdigest()
         try:
-            created = self.kube.request("POST", CSR_PATH, body=proof_request(digest))
+            created = self.kube.request("POST", CSR_PATH,
+                                        body=proof_request(proof_digest(secret)))
         except PermissionDenied as exc:
             raise self._denied(exc) from exc
         name = str(((created or {}).get("metadata") or {}).get("name") or "")
@@ -87,12 +91,12 @@ class CallerProof:
         """The refusal, naming every permission we know to be missing."""
         needed = ["create certificatesigningrequests.certificates.k8s.io"]
         try:
-            proxy_ok, _ = self.kube.access_review("create", "pods", namespace="cedana-system",
+            proxy_ok, _ = self.kube.access_review("create", "pods", namespace=HELPER_NAMESPACE,
                                                   subresource="proxy")
         except CedanaError:
             proxy_ok = True  # cannot tell: name only what we know
         if not proxy_ok:
-            needed.append("create pods/proxy in namespace cedana-system")
+            needed.append(f"create pods/proxy in namespace {HELPER_NAMESPACE}")
         quoted = " and ".join(f'"{p}"' for p in needed)
         return PermissionDenied(
             f"permission denied: to reach the cedana helpers you need {quoted} (ClusterRole "
@@ -104,7 +108,7 @@ class CallerProof:
 
     def headers(self, route: str) -> dict[str, str]:
         """The proof headers for one helper request ({} for the open routes)."""
-        if route.strip("/").split("?", 1)[0] in OPEN_ROUTES:
+        if is_open(route):
             return {}
         with self._lock:
             if not self._name or time.monotonic() - self._made > RENEW_AFTER_S:

@@ -6,22 +6,26 @@ the standard library until a command actually talks to the cluster.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from kubectl_cedana import operations
+from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
 from kubectl_cedana.errors import (
     CedanaError,
     ExitCode,
+    HelperFailure,
     HelperNotInstalled,
-    RemoteError,
     UsageError,
 )
 from kubectl_cedana.kube import KubeClient
@@ -103,6 +107,40 @@ class CedanaGroup(click.Group):
         sys.exit(code)
 
 
+# -- signals: Ctrl-C and SIGTERM end a command the same way ----------------------------------------
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM behaves like Ctrl-C (KeyboardInterrupt), so what the command
+    made (a placeholder pod) is cleaned up; the exit status is then 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Cleanup finishes even if the user presses Ctrl-C again (the shield of operations)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # -- global flags, accepted before and after the command ---------------------------------------
 def _store(attribute: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[..., None]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -174,12 +212,20 @@ def main() -> None:
 global_options(main)
 
 
-def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
-    """A subcommand of `main` that also takes the global flags."""
-    def decorate(fn: Callable[..., Any]) -> click.Command:
-        cmd = main.command(name, context_settings=CONTEXT_SETTINGS, **kwargs)(fn)
-        return global_options(cmd)
-    return decorate
+CommandDecorator = Callable[[Callable[..., Any]], click.Command]
+
+
+def subcommands_of(group: click.Group) -> Callable[..., CommandDecorator]:
+    """The decorator factory for `group`'s commands: each also takes the global flags."""
+    def command(name: str, **kwargs: Any) -> CommandDecorator:
+        def decorate(fn: Callable[..., Any]) -> click.Command:
+            cmd = group.command(name, context_settings=CONTEXT_SETTINGS, **kwargs)(fn)
+            return global_options(cmd)
+        return decorate
+    return command
+
+
+command = subcommands_of(main)
 
 
 # -- helpers for commands ---------------------------------------------------------------------
@@ -210,8 +256,29 @@ def raise_partial(errors: list[CedanaError]) -> None:
     if len(errors) == 1:
         raise errors[0]
     if errors:
-        raise RemoteError(f"{len(errors)} helpers failed: "
+        raise HelperFailure(f"{len(errors)} helpers failed: "
                           + "; ".join(e.one_line() for e in errors))
+
+
+def list_from_helpers(settings: Settings, all_namespaces: bool,
+                      gather: Callable[[KubeClient, str | None],
+                                       tuple[list[dict[str, Any]], list[CedanaError]]],
+                      kind: str, columns: list[Column], what: str) -> None:
+    """`list` and `checkpoints ls`: what the helpers answered, then fail for those that did
+    not."""
+    kube = connect(settings)
+    namespace = None if all_namespaces else kube.namespace
+    with progress(settings, "asking the node helpers"):
+        rows, errors = gather(kube, namespace)
+    if all_namespaces:
+        columns = [Column("NAMESPACE", "namespace"), *columns]
+    if rows or settings.structured:
+        emit(settings, document(kind, items=rows),
+             lambda: render_table(rows, columns, wide=settings.output == "wide"))
+    elif not errors:
+        where = "any namespace" if all_namespaces else f"namespace {namespace}"
+        stderr_line(f"No {what} found in {where}.")
+    raise_partial(errors)
 
 
 def short_id(container_id: Any) -> str:
@@ -243,25 +310,15 @@ CONTAINER_COLUMNS = [
 @click.pass_obj
 def list_command(settings: Settings, all_namespaces: bool) -> None:
     """List the containers the node helpers see, with their pod, node and status."""
-    kube = connect(settings)
-    namespace = None if all_namespaces else kube.namespace
-    with progress(settings, "asking the node helpers"):
-        rows, errors = operations.list_containers(kube, namespace)
-    columns = ([Column("NAMESPACE", "namespace")] if all_namespaces else []) + CONTAINER_COLUMNS
-    if rows or settings.structured:
-        emit(settings, document("ContainerList", items=rows),
-             lambda: render_table(rows, columns, wide=settings.output == "wide"))
-    elif not errors:
-        where = "any namespace" if all_namespaces else f"namespace {namespace}"
-        stderr_line(f"No containers found in {where}.")
-    raise_partial(errors)
+    list_from_helpers(settings, all_namespaces, operations.list_containers, "ContainerList",
+                      CONTAINER_COLUMNS, "containers")
 
 
 # -- checkpoint -------------------------------------------------------------------------------
-COMPRESSIONS = ["none", "gzip", "lz4", "zstd"]
 COMPRESSION_OPTION = click.option(
     "--compression", type=click.Choice(COMPRESSIONS),
-    help="Compression of a checkpoint pushed to the registry (default: the helper's, zstd).")
+    help="Compression of a checkpoint pushed to the registry (default: the helper's, "
+         f"{DEFAULT_COMPRESSION}).")
 WITH_ROOTFS_OPTION = click.option(
     "--with-rootfs/--without-rootfs", default=True, show_default=True,
     help="Store the container's changed files with its memory (same freeze) and put them "
@@ -296,10 +353,10 @@ def checkpoint_command(settings: Settings, pod: str, container: str | None,
     """
     kube = connect(settings)
     with progress(settings, f"checkpointing {pod}"):
-        result = operations.checkpoint_container(kube, kube.namespace, pod, container,
-                                                 leave_running=leave_running, path=path,
-                                                 with_rootfs=with_rootfs, storage=storage,
-                                                 compression=compression)
+        result = operations.checkpoint_pod(kube, kube.namespace, pod, container,
+                                           leave_running=leave_running, path=path,
+                                           with_rootfs=with_rootfs, storage=storage,
+                                           compression=compression)
 
     def text() -> str:
         if settings.output != "wide":
@@ -350,14 +407,15 @@ def restore_command(settings: Settings, checkpoint: str, into: str | None,
         raise click.UsageError("--node goes with --new-pod")
     wait_limit = duration_timeout(timeout, "--timeout")
     kube = connect(settings)
-    with progress(settings, "restoring") as spinner:
+    with progress(settings, "restoring") as spinner, sigterm_interrupts():
         if into:
-            result = operations.restore_into(kube, checkpoint, kube.namespace, into, container)
+            result = operations.restore_into_pod(kube, checkpoint, kube.namespace, into, container)
         else:
             assert new_pod is not None
             result = operations.restore_new_pod(kube, checkpoint, new_pod, node=node,
                                                 namespace=settings.namespace,
-                                                timeout=wait_limit, progress=spinner.update)
+                                                timeout=wait_limit, progress=spinner.update,
+                                                shield=signals_held)
     target = result["target"]
     emit(settings, document("Restore", **result), lambda: (
         f"restored checkpoint {result['checkpoint_id']} into pod "
@@ -390,11 +448,12 @@ def migrate_command(settings: Settings, pod: str, container: str | None,
     """
     wait_limit = duration_timeout(timeout, "--timeout")
     kube = connect(settings)
-    with progress(settings, f"migrating {pod}") as spinner:
+    with progress(settings, f"migrating {pod}") as spinner, sigterm_interrupts():
         result = operations.migrate_pod(kube, kube.namespace, pod, container, to_node=to_node,
                                         delete_source=delete_source, new_pod=new_pod,
                                         timeout=wait_limit, progress=spinner.update,
-                                        with_rootfs=with_rootfs, compression=compression)
+                                        with_rootfs=with_rootfs, compression=compression,
+                                        shield=signals_held)
     for message in result["warnings"]:
         warn(message)
     source, target = result["source"], result["target"]
@@ -432,11 +491,7 @@ def checkpoints_group(ctx: click.Context, all_namespaces: bool) -> None:
 global_options(checkpoints_group)
 
 
-def checkpoints_command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
-    def decorate(fn: Callable[..., Any]) -> click.Command:
-        cmd = checkpoints_group.command(name, context_settings=CONTEXT_SETTINGS, **kwargs)(fn)
-        return global_options(cmd)
-    return decorate
+checkpoints_command = subcommands_of(checkpoints_group)
 
 
 @checkpoints_command("ls")
@@ -444,18 +499,8 @@ def checkpoints_command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @click.pass_obj
 def checkpoints_ls(settings: Settings, all_namespaces: bool) -> None:
     """List checkpoints of the namespace's pods (every namespace with -A)."""
-    kube = connect(settings)
-    namespace = None if all_namespaces else kube.namespace
-    with progress(settings, "asking the node helpers"):
-        rows, errors = operations.list_checkpoints(kube, namespace)
-    columns = ([Column("NAMESPACE", "namespace")] if all_namespaces else []) + CHECKPOINT_COLUMNS
-    if rows or settings.structured:
-        emit(settings, document("CheckpointList", items=rows),
-             lambda: render_table(rows, columns, wide=settings.output == "wide"))
-    elif not errors:
-        where = "any namespace" if all_namespaces else f"namespace {namespace}"
-        stderr_line(f"No checkpoints found in {where}.")
-    raise_partial(errors)
+    list_from_helpers(settings, all_namespaces, operations.list_checkpoints, "CheckpointList",
+                      CHECKPOINT_COLUMNS, "checkpoints")
 
 
 @checkpoints_command("inspect")
@@ -576,7 +621,8 @@ def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
               help="Registry repository for remote checkpoints (needed by migrate --to-node); "
                    "the helpers push with their node's credentials.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS),
-              help="Default compression of remote checkpoints (helper default: zstd).")
+              help="Default compression of remote checkpoints (helper default: "
+                   f"{DEFAULT_COMPRESSION}).")
 @click.option("--max-checkpoints-per-container", type=click.IntRange(0), metavar="N",
               help="Retention: keep at most N checkpoints per container (0: all).")
 @click.option("--max-total-bytes", type=click.IntRange(0), metavar="BYTES",
@@ -666,11 +712,7 @@ def rootfs_group() -> None:
 global_options(rootfs_group)
 
 
-def rootfs_command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
-    def decorate(fn: Callable[..., Any]) -> click.Command:
-        cmd = rootfs_group.command(name, context_settings=CONTEXT_SETTINGS, **kwargs)(fn)
-        return global_options(cmd)
-    return decorate
+rootfs_command = subcommands_of(rootfs_group)
 
 
 @rootfs_command("checkpoint", short_help="Push a container's image plus its changed files.")

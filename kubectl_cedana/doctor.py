@@ -4,14 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kubectl_cedana.contract import HELPER_NAME, HELPER_NAMESPACE
 from kubectl_cedana.errors import ApiNotFound, CedanaError, PermissionDenied
 from kubectl_cedana.helper import (
-    HELPER_NAME,
-    HELPER_NAMESPACE,
     HelperClient,
     HelperPod,
+    gather,
     list_helper_pods,
-    parallel_map,
 )
 from kubectl_cedana.install import daemonset_progress
 from kubectl_cedana.kube import KubeClient
@@ -162,8 +161,7 @@ def run_doctor(kube: KubeClient) -> list[dict[str, str]]:
     if problem:
         rows.append(check("nodes", "cluster", WARN,
                           f"only nodes with a helper were checked: {problem}"))
-    for _node, found, error in parallel_map(lambda n: _check_node(kube, n, helpers), nodes):
-        rows.extend(found or [])
-        if error is not None:
-            rows.append(check("helper", _node["metadata"]["name"], FAIL, error.one_line()))
-    return rows
+    found, _errors = gather(
+        lambda n: _check_node(kube, n, helpers), nodes,
+        failed=lambda n, error: [check("helper", n["metadata"]["name"], FAIL, error.one_line())])
+    return rows + found

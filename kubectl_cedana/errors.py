@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 from typing import Any, ClassVar
 
+from kubectl_cedana.contract import Code
+
 
 class ExitCode(enum.IntEnum):
     OK = 0
@@ -51,7 +53,7 @@ class ConflictError(CedanaError):
     exit_code = ExitCode.CONFLICT
 
 
-class RemoteError(CedanaError):
+class HelperFailure(CedanaError):
     """The node helper (or the path to it) failed."""
 
     exit_code = ExitCode.REMOTE
@@ -103,22 +105,22 @@ class HelperNotInstalled(NotFoundError):
     pass
 
 
-class HelperError(RemoteError):
+class HelperReplyError(HelperFailure):
     """An error body relayed from the node helper: {"code": ..., "message": ...}."""
 
     # how each documented helper code maps onto the plugin's exit statuses
     CODE_EXIT: ClassVar[dict[str, ExitCode]] = {
-        "invalid_request": ExitCode.USAGE,
-        "path_outside_checkpoint_dir": ExitCode.USAGE,
-        "container_ambiguous": ExitCode.USAGE,
-        "container_not_found": ExitCode.NOT_FOUND,
-        "checkpoint_not_found": ExitCode.NOT_FOUND,
-        "operation_in_progress": ExitCode.CONFLICT,
-        "already_restored": ExitCode.CONFLICT,
-        "container_not_running": ExitCode.CONFLICT,
-        "target_not_sleeping": ExitCode.CONFLICT,
-        "target_incompatible": ExitCode.CONFLICT,
-        "checkpoint_exists": ExitCode.CONFLICT,
+        Code.INVALID_REQUEST: ExitCode.USAGE,
+        Code.PATH_OUTSIDE_CHECKPOINT_DIR: ExitCode.USAGE,
+        Code.CONTAINER_AMBIGUOUS: ExitCode.USAGE,
+        Code.CONTAINER_NOT_FOUND: ExitCode.NOT_FOUND,
+        Code.CHECKPOINT_NOT_FOUND: ExitCode.NOT_FOUND,
+        Code.OPERATION_IN_PROGRESS: ExitCode.CONFLICT,
+        Code.ALREADY_RESTORED: ExitCode.CONFLICT,
+        Code.CONTAINER_NOT_RUNNING: ExitCode.CONFLICT,
+        Code.TARGET_NOT_SLEEPING: ExitCode.CONFLICT,
+        Code.TARGET_INCOMPATIBLE: ExitCode.CONFLICT,
+        Code.CHECKPOINT_EXISTS: ExitCode.CONFLICT,
     }  # anything else (dump_failed, restore_failed, checkpoint_corrupted, ...): REMOTE
 
     def __init__(self, message: str, *, code: str, node: str = "", http_status: int = 0,
@@ -132,11 +134,3 @@ class HelperError(RemoteError):
 
     def one_line(self) -> str:
         return f"{super().one_line()} [{self.code}]"
-
-
-def exit_code_of(exc: BaseException) -> ExitCode:
-    if isinstance(exc, CedanaError):
-        return ExitCode(exc.exit_code)
-    if isinstance(exc, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED
-    return ExitCode.ERROR

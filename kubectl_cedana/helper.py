@@ -11,23 +11,22 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from kubectl_cedana import contract
 from kubectl_cedana.authz import caller_proof
+from kubectl_cedana.contract import HELPER_NAMESPACE, HELPER_PORT, HELPER_SELECTOR
 from kubectl_cedana.errors import (
     CedanaError,
-    HelperError,
+    HelperFailure,
     HelperNotInstalled,
-    RemoteError,
+    HelperReplyError,
 )
 from kubectl_cedana.kube import KubeClient, Timeout, api_error, is_api_status
 
-HELPER_NAMESPACE = "cedana-system"
-HELPER_NAME = "cedana-helper"
-HELPER_SELECTOR = "app.kubernetes.io/name=cedana-helper"
-HELPER_PORT = 1324
 INSTALL_HINT = "run `kubectl cedana install`"
 
-#: checkpoint and restore can take minutes; only the connection is bounded by default
-LONG_TIMEOUT: Timeout = (10.0, None)
+#: checkpoint, restore and transfers can take minutes: an hour is longer than the helper's own
+#: limits on a dump or a restore (10 min each) plus moving a large checkpoint
+LONG_TIMEOUT: Timeout = (10.0, 3600.0)
 SHORT_TIMEOUT: Timeout = (10.0, 60.0)
 
 T = TypeVar("T")
@@ -76,7 +75,7 @@ def find_helper_pod(kube: KubeClient, node: str) -> HelperPod:
         raise HelperNotInstalled(f"no cedana helper pod on node {node}", hint=INSTALL_HINT)
     best = helpers[0]
     if not best.ready:
-        raise RemoteError(f"the cedana helper pod {best.name} on node {node} is not ready "
+        raise HelperFailure(f"the cedana helper pod {best.name} on node {node} is not ready "
                           f"(phase {best.phase})",
                           hint=f"see: kubectl -n {HELPER_NAMESPACE} describe pod {best.name}")
     return best
@@ -108,6 +107,22 @@ def parallel_map(fn: Callable[[T], R], items: list[T],
     return results
 
 
+def gather(ask: Callable[[T], list[R]], items: list[T], *,
+           failed: Callable[[T, CedanaError], list[R]] | None = None
+           ) -> tuple[list[R], list[CedanaError]]:
+    """ask(item) for every item (a helper, a node's namespace) concurrently: every answer's rows
+    in the items' order, and the errors of those that failed (`failed` may add rows for them)."""
+    rows: list[R] = []
+    errors: list[CedanaError] = []
+    for item, found, error in parallel_map(ask, items):
+        if error is not None:
+            errors.append(error)
+            rows.extend(failed(item, error) if failed is not None else [])
+        else:
+            rows.extend(found or [])
+    return rows, errors
+
+
 class HelperClient:
     """The REST contract of one node's helper, reached through the pod proxy."""
 
@@ -132,32 +147,33 @@ class HelperClient:
             return response.json_or_none()
         payload = response.json_or_none()
         if isinstance(payload, dict) and isinstance(payload.get("code"), str):
-            raise HelperError(f"helper on node {self.node}: {payload.get('message') or ''}",
+            raise HelperReplyError(f"helper on node {self.node}: {payload.get('message') or ''}",
                               code=str(payload["code"]), node=self.node,
                               http_status=response.status, body=payload)
         if response.status in (502, 503, 504) or (
                 is_api_status(payload) and response.status >= 500):
             detail = payload.get("message") if isinstance(payload, dict) else \
                 response.data.decode("utf-8", "replace").strip()
-            raise RemoteError(
+            raise HelperFailure(
                 f"cannot reach the cedana helper pod {self.pod.name} on node {self.node} "
                 f"through the API server: {detail}",
                 hint=f"see: kubectl -n {HELPER_NAMESPACE} logs {self.pod.name}")
         if is_api_status(payload) or response.status in (401, 403):
             raise api_error(method, path, response)
         text = response.data.decode("utf-8", "replace").strip()[:200]
-        raise RemoteError(f"helper on node {self.node} answered HTTP {response.status}: {text}")
+        raise HelperFailure(f"helper on node {self.node} answered HTTP {response.status}: {text}")
 
     # -- the contract ---------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        return dict(self.call("GET", "healthz") or {})
+        return dict(self.call("GET", contract.HEALTHZ) or {})
 
     def version(self) -> dict[str, Any]:
-        return dict(self.call("GET", "version") or {})
+        return dict(self.call("GET", contract.VERSION) or {})
 
     def list_containers(self, namespace: str, root: str | None = None) -> list[dict[str, Any]]:
         query = {"root": root} if root else None
-        return list(self.call("GET", f"list/{quote(namespace, safe='')}", query=query) or [])
+        return list(self.call("GET", contract.route(contract.LIST, namespace=namespace),
+                              query=query) or [])
 
     def checkpoint(self, *, namespace: str, pod: str, container: str, path: str = "",
                    leave_running: bool = False, root: str | None = None,
@@ -173,7 +189,7 @@ class HelperClient:
             body["storage"] = storage
         if compression:
             body["compression"] = compression
-        return dict(self.call("POST", "checkpoint", body=body, timeout=LONG_TIMEOUT) or {})
+        return dict(self.call("POST", contract.CHECKPOINT, body=body, timeout=LONG_TIMEOUT) or {})
 
     def prune(self, *, max_per_container: int | None, max_total_bytes: int | None,
               dry_run: bool) -> dict[str, Any]:
@@ -182,7 +198,8 @@ class HelperClient:
             body["max_per_container"] = max_per_container
         if max_total_bytes is not None:
             body["max_total_bytes"] = max_total_bytes
-        return dict(self.call("POST", "checkpoints/prune", body=body, timeout=LONG_TIMEOUT) or {})
+        return dict(self.call("POST", contract.CHECKPOINTS_PRUNE, body=body,
+                              timeout=LONG_TIMEOUT) or {})
 
     def rootfs_checkpoint(self, *, namespace: str, pod: str, container: str, image_ref: str,
                           address: str = "", base_image_ref: str = "") -> dict[str, Any]:
@@ -191,16 +208,18 @@ class HelperClient:
                                 "namespace": namespace}
         if base_image_ref:
             body.update(image_ref=base_image_ref, new_image_ref=image_ref)
-            return dict(self.call("POST", "checkpoint/rootfs/crio", body=body,
+            return dict(self.call("POST", contract.CHECKPOINT_ROOTFS_CRIO, body=body,
                                   timeout=LONG_TIMEOUT) or {})
         body.update(image_ref=image_ref, address=address)
-        return dict(self.call("POST", "checkpoint/rootfs", body=body, timeout=LONG_TIMEOUT) or {})
+        return dict(self.call("POST", contract.CHECKPOINT_ROOTFS, body=body,
+                              timeout=LONG_TIMEOUT) or {})
 
     def rootfs_restore(self, *, namespace: str, pod: str, container: str, image_ref: str,
                        address: str = "") -> dict[str, Any]:
         body = {"container_name": container, "sandbox_name": pod, "namespace": namespace,
                 "image_ref": image_ref, "address": address}
-        return dict(self.call("POST", "restore/rootfs", body=body, timeout=LONG_TIMEOUT) or {})
+        return dict(self.call("POST", contract.RESTORE_ROOTFS, body=body,
+                              timeout=LONG_TIMEOUT) or {})
 
     def restore(self, *, namespace: str, pod: str, container: str, checkpoint_id: str = "",
                 checkpoint_path: str = "", root: str | None = None) -> dict[str, Any]:
@@ -212,18 +231,21 @@ class HelperClient:
             data["checkpoint_id"] = checkpoint_id
         if root:
             data["root"] = root
-        return dict(self.call("POST", "restore", body={"checkpoint_data": data},
+        return dict(self.call("POST", contract.RESTORE, body={"checkpoint_data": data},
                               timeout=LONG_TIMEOUT) or {})
 
     def checkpoints(self, remote: bool = False) -> list[dict[str, Any]]:
-        answer = self.call("GET", "checkpoints", query={"remote": "true"} if remote else None,
+        answer = self.call("GET", contract.CHECKPOINTS,
+                           query={"remote": "true"} if remote else None,
                            timeout=LONG_TIMEOUT if remote else SHORT_TIMEOUT) or []
         if isinstance(answer, dict):  # {"checkpoints": [...]}, as the helper answers
             answer = answer.get("checkpoints") or []
         return list(answer)
 
     def get_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
-        return dict(self.call("GET", f"checkpoints/{quote(checkpoint_id, safe='')}") or {})
+        return dict(self.call("GET", contract.route(contract.CHECKPOINT_ENTRY,
+                                                     checkpoint_id=checkpoint_id)) or {})
 
     def delete_checkpoint(self, checkpoint_id: str) -> Any:
-        return self.call("DELETE", f"checkpoints/{quote(checkpoint_id, safe='')}")
+        return self.call("DELETE", contract.route(contract.CHECKPOINT_ENTRY,
+                                                checkpoint_id=checkpoint_id))

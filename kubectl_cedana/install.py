@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from kubectl_cedana.contract import HELPER_NAME, HELPER_NAMESPACE, HELPER_SELECTOR
 from kubectl_cedana.errors import (
     ApiError,
     ApiNotFound,
@@ -22,7 +23,6 @@ from kubectl_cedana.errors import (
     OperationTimeout,
     UsageError,
 )
-from kubectl_cedana.helper import HELPER_NAME, HELPER_NAMESPACE, HELPER_SELECTOR
 from kubectl_cedana.kube import KubeClient
 
 PART_OF_SELECTOR = "app.kubernetes.io/part-of=kubectl-cedana"

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Union
 from urllib.parse import quote, urlencode
 
 from kubectl_cedana.errors import (
@@ -28,8 +28,9 @@ from kubectl_cedana.errors import (
 )
 from kubectl_cedana.settings import Settings
 
-# a runtime alias: typing forms, since `X | None` cannot be evaluated on Python 3.9
-Timeout = Union[None, float, tuple[Optional[float], Optional[float]]]  # noqa: UP007, UP045
+# a runtime alias: typing forms, since `X | Y` cannot be evaluated on Python 3.9. Every request
+# has a limit: seconds in all, or (connect, read)
+Timeout = Union[float, tuple[float, float]]
 
 #: connect / read limits when the user gave no --request-timeout
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
@@ -219,8 +220,6 @@ class KubeClient:
         limit = self.settings.request_timeout
         if limit:  # an explicit --request-timeout bounds every request
             return urllib3.Timeout(total=limit)
-        if timeout is None:
-            return urllib3.Timeout(connect=DEFAULT_TIMEOUT[0], read=None)
         if isinstance(timeout, tuple):
             return urllib3.Timeout(connect=timeout[0], read=timeout[1])
         return urllib3.Timeout(connect=min(DEFAULT_TIMEOUT[0], timeout), read=timeout)

@@ -6,20 +6,22 @@ and raises errors from kubectl_cedana.errors.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
+import dataclasses
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from kubectl_cedana import contract
 from kubectl_cedana.authz import caller_proof
+from kubectl_cedana.contract import RESTORE_SESSION_KEY
 from kubectl_cedana.errors import (
     ApiConflict,
     ApiNotFound,
     CedanaError,
     ConflictError,
-    HelperError,
+    HelperReplyError,
     Interrupted,
     NotFoundError,
     OperationTimeout,
@@ -29,12 +31,11 @@ from kubectl_cedana.helper import (
     HelperClient,
     HelperPod,
     find_helper_pod,
-    parallel_map,
+    gather,
     require_helpers,
 )
 from kubectl_cedana.kube import KubeClient, pod_path
 from kubectl_cedana.pods import (
-    ANNOTATION_SESSION,
     ContainerRef,
     build_placeholder_pod,
     checkpoint_metadata_patch,
@@ -102,18 +103,13 @@ def list_containers(kube: KubeClient, namespace: str | None
         return [container_entry(e, helper.node)
                 for e in HelperClient(kube, helper).list_containers(ns)]
 
-    rows: list[dict[str, Any]] = []
-    errors: list[CedanaError] = []
-    for _call, found, error in parallel_map(ask, calls):
-        if error is not None:
-            errors.append(error)
-        rows.extend(found or [])
+    rows, errors = gather(ask, calls)
     rows.sort(key=lambda r: (r["namespace"], r["pod"], r["container"]))
     return rows, errors
 
 
 # -- checkpoints ------------------------------------------------------------------------------
-def checkpoint_container(kube: KubeClient, namespace: str, pod: str, container: str | None,
+def checkpoint_pod(kube: KubeClient, namespace: str, pod: str, container: str | None,
                          *, leave_running: bool, path: str = "",
                          with_rootfs: bool = True, storage: str | None = None,
                          compression: str | None = None) -> dict[str, Any]:
@@ -200,21 +196,18 @@ def list_checkpoints(kube: KubeClient, namespace: str | None, *, remote: bool = 
                 for e in found]
 
     merged: dict[str, dict[str, Any]] = {}
-    errors: list[CedanaError] = []
-    for helper, found, error in parallel_map(ask, helpers):
-        if error is not None:
-            errors.append(error)
-        for entry in found or []:
-            known = merged.get(entry["id"])
-            if known is None:
-                merged[entry["id"]] = entry
-                continue
-            if entry.get("where") != "remote":  # a node's own copy says more
-                entry["where"] = _merge_where(known.get("where"), entry.get("where"))
-                entry.setdefault("remote", known.get("remote"))
-                merged[entry["id"]] = entry
-            else:
-                known["where"] = _merge_where(known.get("where"), "remote")
+    found, errors = gather(ask, helpers)
+    for entry in found:
+        known = merged.get(entry["id"])
+        if known is None:
+            merged[entry["id"]] = entry
+            continue
+        if entry.get("where") != "remote":  # a node's own copy says more
+            entry["where"] = _merge_where(known.get("where"), entry.get("where"))
+            entry.setdefault("remote", known.get("remote"))
+            merged[entry["id"]] = entry
+        else:
+            known["where"] = _merge_where(known.get("where"), "remote")
     rows = [e for e in merged.values() if namespace is None or e["namespace"] == namespace]
     rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]))
     return rows, errors
@@ -281,7 +274,7 @@ def delete_checkpoint(kube: KubeClient, wanted: str) -> dict[str, Any]:
     for client in clients:
         try:
             answer = client.delete_checkpoint(ident) or {}
-        except HelperError as exc:
+        except HelperReplyError as exc:
             if exc.code == "checkpoint_not_found":
                 continue  # gone meanwhile (with an earlier node's delete of the image)
             raise
@@ -302,17 +295,11 @@ def prune_checkpoints(kube: KubeClient, *, keep: int | None, max_bytes: int | No
                                                   max_total_bytes=max_bytes, dry_run=dry_run)
         return [dict(r, node=helper.node) for r in answer.get("removed") or []]
 
-    rows: list[dict[str, Any]] = []
-    errors: list[CedanaError] = []
-    for _helper, found, error in parallel_map(ask, helpers):
-        if error is not None:
-            errors.append(error)
-        rows.extend(found or [])
-    return rows, errors
+    return gather(ask, helpers)
 
 
 # -- restore ----------------------------------------------------------------------------------
-def restore_into(kube: KubeClient, wanted: str, namespace: str, pod: str,
+def restore_into_pod(kube: KubeClient, wanted: str, namespace: str, pod: str,
                  container: str | None) -> dict[str, Any]:
     """Restore a checkpoint into an existing (sleeping) pod's container."""
     target, _obj = resolve_running_container(kube, namespace, pod, container)
@@ -346,58 +333,31 @@ def restore_into(kube: KubeClient, wanted: str, namespace: str, pod: str,
     }
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM behaves like Ctrl-C (KeyboardInterrupt)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Cleanup must finish even if the user presses Ctrl-C again."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
-                                                                     signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+#: what cleanup runs under so that it finishes: the CLI gives one that holds off Ctrl-C
+Shield = Callable[[], AbstractContextManager[object]]
 
 
 class PlaceholderSession:
     """Creates a placeholder pod and deletes it again unless `keep()` was called.
 
-    Failure, Ctrl-C or SIGTERM inside the `with` block remove the pod (only if it carries
-    this session's annotation, so a pod of the same name made by someone else is never
-    touched); an interruption then surfaces as Interrupted (exit 130).
+    Failure or an interruption (KeyboardInterrupt: Ctrl-C, or SIGTERM where the caller turns
+    it into one) inside the `with` block remove the pod (only if it carries this session's
+    annotation, so a pod of the same name made by someone else is never touched), under
+    `shield`; an interruption then surfaces as Interrupted (exit 130).
     """
 
-    def __init__(self, kube: KubeClient, pod: dict[str, Any]) -> None:
+    def __init__(self, kube: KubeClient, pod: dict[str, Any],
+                 shield: Shield = contextlib.nullcontext) -> None:
         self.kube = kube
         self.pod = pod
+        self.shield = shield
         self.namespace = str(pod["metadata"]["namespace"])
         self.name = str(pod["metadata"]["name"])
-        self.session = str(pod["metadata"]["annotations"].get(ANNOTATION_SESSION) or "")
+        self.session = str(pod["metadata"]["annotations"].get(RESTORE_SESSION_KEY) or "")
         self.state = "absent"  # absent -> creating -> created
         self.kept = False
-        self._signals = _sigterm_as_interrupt()
 
     def __enter__(self) -> Self:
-        self._signals.__enter__()
         return self
 
     def create(self) -> dict[str, Any]:
@@ -423,7 +383,7 @@ class PlaceholderSession:
             if self.state == "creating":  # the create may or may not have reached the server
                 current = self.kube.request("GET", pod_path(self.namespace, self.name))
                 annotations = (current.get("metadata") or {}).get("annotations") or {}
-                if annotations.get(ANNOTATION_SESSION) != self.session:
+                if annotations.get(RESTORE_SESSION_KEY) != self.session:
                     return ""
             self.kube.delete_pod(self.namespace, self.name, grace_period_seconds=0)
             return ""
@@ -435,13 +395,9 @@ class PlaceholderSession:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
         if self.kept or self.state == "absent" or exc_type is None:
-            self._signals.__exit__(None, None, None)
             return
-        try:
-            with _signals_ignored():
-                problem = self._remove()
-        finally:
-            self._signals.__exit__(None, None, None)  # only now: no gap without a handler
+        with self.shield():
+            problem = self._remove()
         done = (f"could not delete placeholder pod {self.namespace}/{self.name}: {problem}"
                 if problem else f"deleted placeholder pod {self.namespace}/{self.name}")
         if isinstance(exc, KeyboardInterrupt):
@@ -476,7 +432,8 @@ def new_session_id() -> str:
 
 def restore_new_pod(kube: KubeClient, wanted: str, new_pod: str, *, node: str | None,
                     namespace: str | None, timeout: float,
-                    progress: ProgressFn = _no_progress) -> dict[str, Any]:
+                    progress: ProgressFn = _no_progress,
+                    shield: Shield = contextlib.nullcontext) -> dict[str, Any]:
     """Create a placeholder from the checkpoint's source pod, wait for it, restore into it."""
     helper, entry = find_checkpoint(kube, wanted)
     checkpoint_id = str(entry["id"])
@@ -503,7 +460,7 @@ def restore_new_pod(kube: KubeClient, wanted: str, new_pod: str, *, node: str | 
                                         session=new_session_id())
     target_ns = placeholder["metadata"]["namespace"]
     started = time.monotonic()
-    with PlaceholderSession(kube, placeholder) as session:
+    with PlaceholderSession(kube, placeholder, shield) as session:
         progress(f"creating pod {new_pod}")
         session.create()
         wait_pod_running(kube, target_ns, new_pod, container, timeout, progress)
@@ -530,7 +487,8 @@ def restore_new_pod(kube: KubeClient, wanted: str, new_pod: str, *, node: str | 
 def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | None, *,
                 to_node: str | None, delete_source: bool, new_pod: str | None,
                 timeout: float, progress: ProgressFn = _no_progress,
-                with_rootfs: bool = True, compression: str | None = None) -> dict[str, Any]:
+                with_rootfs: bool = True, compression: str | None = None,
+                shield: Shield = contextlib.nullcontext) -> dict[str, Any]:
     """Checkpoint a pod's container and restore it into a new pod, measuring the pause.
 
     The new pod is created and running before the checkpoint, so the pause (checkpoint
@@ -539,10 +497,61 @@ def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | Non
     """
     source_ref, source = resolve_running_container(kube, namespace, pod, container)
     target_node = to_node or source_ref.node
-    helper = HelperClient(kube, find_helper_pod(kube, source_ref.node))
-    cross_node = target_node != source_ref.node
+    helper, target_helper = _migration_helpers(kube, source_ref.node, target_node)
+    cross_node = helper is not target_helper
+    target_name = new_pod or _migrated_name(pod)
+    placeholder = build_placeholder_pod(source, source_ref.container, target_name,
+                                        node=target_node, session=new_session_id())
+    moved = _Moved()
+    try:
+        with PlaceholderSession(kube, placeholder, shield) as session:
+            progress(f"creating pod {target_name} on node {target_node}")
+            session.create()
+            wait_pod_running(kube, namespace, target_name, source_ref.container, timeout,
+                             progress)
+            progress(f"checkpointing {pod}/{source_ref.container}")
+            _pause(moved, helper, target_helper, kube, source_ref, target_name,
+                   leave_running=not delete_source, with_rootfs=with_rootfs,
+                   compression=compression, progress=progress)
+            session.keep()
+    except CedanaError as exc:
+        if moved.checkpoint_id:  # failed or interrupted after the dump: say what is left
+            exc.hint = (f"checkpoint {moved.checkpoint_id} is kept on node {helper.node}"
+                        + (" and in the checkpoint registry" if cross_node else "")
+                        + ("; the source container was stopped by the checkpoint"
+                           if delete_source else ""))
+        raise
+    warnings = _finish_migration(kube, source, target_name, moved.checkpoint_id,
+                                 delete_source)
+    remote = moved.dump.get("remote") or {} if cross_node else {}
+    return {
+        "checkpoint_id": moved.checkpoint_id,
+        "source": source_ref.to_dict(),
+        "target": {"namespace": namespace, "pod": target_name, "container":
+                   source_ref.container, "node": target_node},
+        "pause_ms": moved.pause_ms,
+        "checkpoint_ms": moved.dump.get("duration_ms"),
+        "transfer_ms": remote.get("duration_ms") if cross_node else 0,
+        "restore_ms": moved.answer.get("duration_ms"),
+        "bytes_moved": int(remote.get("size_bytes") or 0),
+        "uncompressed_bytes": int(remote.get("uncompressed_bytes") or 0),
+        "compression": remote.get("compression", ""),
+        "remote": remote.get("reference", ""),
+        "pid": moved.answer.get("pid"),
+        "pid_in_container": moved.answer.get("pid_in_container"),
+        "source_deleted": delete_source,
+        "with_rootfs": with_rootfs,
+        "warnings": warnings,
+    }
+
+
+def _migration_helpers(kube: KubeClient, source_node: str, target_node: str
+                       ) -> tuple[HelperClient, HelperClient]:
+    """The helpers of the source and the target node (the same one on one node), checked
+    before anything changes: reachable, and sharing a registry between nodes."""
+    helper = HelperClient(kube, find_helper_pod(kube, source_node))
     target_helper = helper
-    if cross_node:
+    if target_node != source_node:
         target_helper = HelperClient(kube, find_helper_pod(kube, target_node))
         for h in (helper, target_helper):  # both must share a registry, checked up front
             if not (h.version().get("checkpoint_repository") or ""):
@@ -551,70 +560,57 @@ def migrate_pod(kube: KubeClient, namespace: str, pod: str, container: str | Non
                     f"node {h.node} has none",
                     hint="kubectl cedana install --checkpoint-repository REGISTRY/REPO")
     helper.health()  # fail before changing anything when the helper is unreachable
-    target_name = new_pod or _migrated_name(pod)
-    placeholder = build_placeholder_pod(source, source_ref.container, target_name,
-                                        node=target_node, session=new_session_id())
-    warnings: list[str] = []
-    checkpoint_id = ""
+    return helper, target_helper
+
+
+@dataclasses.dataclass
+class _Moved:
+    """What the pause of a migration did, as far as it got."""
+
+    checkpoint_id: str = ""
+    dump: dict[str, Any] = dataclasses.field(default_factory=dict)
+    answer: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pause_ms: int = 0
+
+
+def _pause(moved: _Moved, helper: HelperClient, target_helper: HelperClient, kube: KubeClient,
+           source: ContainerRef, target_pod: str, *, leave_running: bool, with_rootfs: bool,
+           compression: str | None, progress: ProgressFn) -> None:
+    """Checkpoint, then restore into the running placeholder: the pause the user sees."""
+    cross_node = helper is not target_helper
+    caller_proof(kube).headers(contract.CHECKPOINT)  # made now, not inside the pause
+    paused_at = time.monotonic()
+    moved.dump = helper.checkpoint(namespace=source.namespace, pod=source.pod,
+                                   container=source.container, leave_running=leave_running,
+                                   with_rootfs=with_rootfs,
+                                   storage="remote" if cross_node else "local",
+                                   compression=compression)
+    moved.checkpoint_id = str(moved.dump.get("checkpoint_id") or "")
+    progress(f"restoring into {target_pod} on node {target_helper.node}")
+    moved.answer = target_helper.restore(namespace=source.namespace, pod=target_pod,
+                                         container=source.container,
+                                         checkpoint_id=moved.checkpoint_id)
+    moved.pause_ms = round((time.monotonic() - paused_at) * 1000)
+
+
+def _finish_migration(kube: KubeClient, source: dict[str, Any], target_pod: str,
+                      checkpoint_id: str, delete_source: bool) -> list[str]:
+    """Label the new pod with its checkpoint, delete the source if asked; the warnings."""
+    namespace, pod = source["metadata"]["namespace"], source["metadata"]["name"]
+    warnings = []
     try:
-        with PlaceholderSession(kube, placeholder) as session:
-            progress(f"creating pod {target_name} on node {target_node}")
-            session.create()
-            wait_pod_running(kube, namespace, target_name, source_ref.container, timeout,
-                             progress)
-            progress(f"checkpointing {pod}/{source_ref.container}")
-            caller_proof(kube).headers("checkpoint")  # made now, not inside the pause
-            paused_at = time.monotonic()
-            dump = helper.checkpoint(namespace=namespace, pod=pod,
-                                     container=source_ref.container,
-                                     leave_running=not delete_source,
-                                     with_rootfs=with_rootfs,
-                                     storage="remote" if cross_node else "local",
-                                     compression=compression)
-            checkpoint_id = str(dump.get("checkpoint_id") or "")
-            progress(f"restoring into {target_name} on node {target_node}")
-            answer = target_helper.restore(namespace=namespace, pod=target_name,
-                                           container=source_ref.container,
-                                           checkpoint_id=checkpoint_id)
-            pause_ms = round((time.monotonic() - paused_at) * 1000)
-            session.keep()
+        kube.patch_merge(pod_path(namespace, target_pod),
+                         checkpoint_metadata_patch(checkpoint_id))
     except CedanaError as exc:
-        if checkpoint_id:  # failed or interrupted after the dump: say what is left
-            exc.hint = (f"checkpoint {checkpoint_id} is kept on node {helper.node}"
-                        + (" and in the checkpoint registry" if cross_node else "")
-                        + ("; the source container was stopped by the checkpoint"
-                           if delete_source else ""))
-        raise
-    try:
-        kube.patch_merge(pod_path(namespace, target_name), checkpoint_metadata_patch(checkpoint_id))
-    except CedanaError as exc:
-        warnings.append(f"could not label pod {target_name} with its checkpoint: {exc.one_line()}")
+        warnings.append(f"could not label pod {target_pod} with its checkpoint: "
+                        f"{exc.one_line()}")
     if delete_source:
         if (source.get("metadata") or {}).get("ownerReferences"):
             owner = source["metadata"]["ownerReferences"][0]
             warnings.append(f"pod {pod} is managed by {owner.get('kind')} {owner.get('name')}, "
                             "which will create a fresh replacement")
         kube.delete_pod(namespace, pod)
-    remote = dump.get("remote") or {}
-    return {
-        "checkpoint_id": checkpoint_id,
-        "source": source_ref.to_dict(),
-        "target": {"namespace": namespace, "pod": target_name, "container":
-                   source_ref.container, "node": target_node},
-        "pause_ms": pause_ms,
-        "checkpoint_ms": dump.get("duration_ms"),
-        "transfer_ms": remote.get("duration_ms") if cross_node else 0,
-        "restore_ms": answer.get("duration_ms"),
-        "bytes_moved": int(remote.get("size_bytes") or 0) if cross_node else 0,
-        "uncompressed_bytes": int(remote.get("uncompressed_bytes") or 0) if cross_node else 0,
-        "compression": remote.get("compression", "") if cross_node else "",
-        "remote": remote.get("reference", "") if cross_node else "",
-        "pid": answer.get("pid"),
-        "pid_in_container": answer.get("pid_in_container"),
-        "source_deleted": delete_source,
-        "with_rootfs": with_rootfs,
-        "warnings": warnings,
-    }
+    return warnings
 
 
 def _migrated_name(pod: str) -> str:
@@ -624,20 +620,12 @@ def _migrated_name(pod: str) -> str:
 
 # -- versions ---------------------------------------------------------------------------------
 def helper_versions(kube: KubeClient) -> tuple[list[dict[str, Any]], list[CedanaError]]:
-    helpers = require_helpers(kube)
+    """A row per node: its helper's, runc's and CRIU's versions (or why it did not answer)."""
+    def row(helper: HelperPod, info: dict[str, Any], error: CedanaError | None = None
+            ) -> list[dict[str, Any]]:
+        return [{"node": helper.node, "pod": helper.name, "ready": helper.ready,
+                 "helper": info.get("helper", ""), "runc": info.get("runc", ""),
+                 "criu": info.get("criu", ""), "error": error.one_line() if error else ""}]
 
-    def ask(helper: HelperPod) -> dict[str, Any]:
-        return HelperClient(kube, helper).version()
-
-    rows: list[dict[str, Any]] = []
-    errors: list[CedanaError] = []
-    for helper, found, error in parallel_map(ask, helpers):
-        info = found or {}
-        rows.append({"node": helper.node, "pod": helper.name, "ready": helper.ready,
-                     "helper": info.get("helper", ""), "runc": info.get("runc", ""),
-                     "criu": info.get("criu", ""),
-                     "error": error.one_line() if error else ""})
-        if error is not None:
-            errors.append(error)
-    return rows, errors
-
+    return gather(lambda helper: row(helper, HelperClient(kube, helper).version()),
+                  require_helpers(kube), failed=lambda helper, error: row(helper, {}, error))

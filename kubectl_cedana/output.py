@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # Self is Python 3.11+; annotations are never evaluated
     from typing import Self
 
 API_VERSION = "kubectl-cedana/v1"
-_UTC = datetime.timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11)
+_UTC = datetime.timezone.utc  # datetime.UTC needs Python 3.11
 _COLUMN_GAP = "   "
 
 

@@ -11,17 +11,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubectl_cedana.contract import (
+    CHECKPOINT_ID_KEY,
+    MANAGED_BY,
+    RESTORE_SESSION_KEY,
+    SOURCE_CONTAINER_KEY,
+    SOURCE_NODE_KEY,
+    SOURCE_POD_KEY,
+)
 from kubectl_cedana.errors import CedanaError, ConflictError, NotFoundError, UsageError
 
 #: the placeholder's command: a shell that only sleeps (the image must contain /bin/sh)
 SLEEP_COMMAND = ["/bin/sh", "-c", "while true; do sleep 3600; done"]
 
-LABEL_CHECKPOINT_ID = "cedana.io/checkpoint-id"
-LABEL_SOURCE_POD = "cedana.io/source-pod"
-ANNOTATION_SOURCE_CONTAINER = "cedana.io/source-container"
-ANNOTATION_SOURCE_NODE = "cedana.io/source-node"
-ANNOTATION_SESSION = "cedana.io/restore-session"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "kubectl-cedana"}
 
 #: pod annotations that change how the container is confined; the restored process inherits
 #: the placeholder's confinement, so these follow the spec
@@ -172,19 +174,19 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str, name: str, 
 
     source_name = pod_name(source)
     labels: dict[str, str] = dict(MANAGED_BY)
-    annotations: dict[str, str] = {LABEL_SOURCE_POD: source_name,
-                                   ANNOTATION_SOURCE_CONTAINER: container}
+    annotations: dict[str, str] = {SOURCE_POD_KEY: source_name,
+                                   SOURCE_CONTAINER_KEY: container}
     source_node = str(source_spec.get("nodeName") or "")
     if source_node:
-        annotations[ANNOTATION_SOURCE_NODE] = source_node
+        annotations[SOURCE_NODE_KEY] = source_node
     if valid_label_value(source_name):
-        labels[LABEL_SOURCE_POD] = source_name
+        labels[SOURCE_POD_KEY] = source_name
     if checkpoint_id:
-        annotations[LABEL_CHECKPOINT_ID] = checkpoint_id
+        annotations[CHECKPOINT_ID_KEY] = checkpoint_id
         if valid_label_value(checkpoint_id):
-            labels[LABEL_CHECKPOINT_ID] = checkpoint_id
+            labels[CHECKPOINT_ID_KEY] = checkpoint_id
     if session:
-        annotations[ANNOTATION_SESSION] = session
+        annotations[RESTORE_SESSION_KEY] = session
     for key, value in ((source.get("metadata") or {}).get("annotations") or {}).items():
         if key.startswith(_SECURITY_ANNOTATION_PREFIXES):
             annotations[key] = value
@@ -199,9 +201,9 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str, name: str, 
 
 def checkpoint_metadata_patch(checkpoint_id: str) -> dict[str, Any]:
     """The merge patch recording, after the fact, which checkpoint a placeholder holds."""
-    patch: dict[str, Any] = {"metadata": {"annotations": {LABEL_CHECKPOINT_ID: checkpoint_id}}}
+    patch: dict[str, Any] = {"metadata": {"annotations": {CHECKPOINT_ID_KEY: checkpoint_id}}}
     if valid_label_value(checkpoint_id):
-        patch["metadata"]["labels"] = {LABEL_CHECKPOINT_ID: checkpoint_id}
+        patch["metadata"]["labels"] = {CHECKPOINT_ID_KEY: checkpoint_id}
     return patch
 
 

@@ -5,14 +5,18 @@ from pathlib import Path
 
 import click
 
-from sidecar import cgroups, logs, tool, version
-from sidecar.config import DEFAULT_CRIU_RUNC_CONFIG, DEFAULT_RUNTIME_ROOT, HelperConfig
-from sidecar.credentials import (
+from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
+from sidecar import logs, version
+from sidecar.config import (
     DEFAULT_CERTS_DIRS,
     DEFAULT_CONTAINERD_CONFIG,
+    DEFAULT_CRIU_RUNC_CONFIG,
     DEFAULT_DOCKER_CONFIGS,
+    DEFAULT_RUNTIME_ROOT,
+    HelperConfig,
     NodeRegistrySettings,
 )
+from sidecar.node import cgroups, tool
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -58,8 +62,8 @@ def main() -> None:
 @click.option("--checkpoint-repository", default="", metavar="HOST/REPO",
               help="Registry repository for remote checkpoints (tag = checkpoint id), pushed "
                    "with the node's credentials; empty: checkpoints stay on the node.")
-@click.option("--compression", default="zstd", show_default=True,
-              type=click.Choice(["none", "gzip", "lz4", "zstd"]),
+@click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True,
+              type=click.Choice(COMPRESSIONS),
               help="Default compression of remote checkpoints.")
 @click.option("--max-checkpoints-per-container", default=0, show_default=True,
               type=click.IntRange(0), help="Retention: keep at most N per container (0: all).")
@@ -80,7 +84,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
     """Serve the REST API."""
     import uvicorn
 
-    from sidecar.api import create_app
+    from sidecar.http.app import create_app
 
     logs.configure(log_level)
     cgroups.join_node_cgroup_namespace()  # first: before any thread
@@ -95,8 +99,8 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
         max_checkpoints_per_container=max_checkpoints_per_container,
         max_total_bytes=max_total_bytes,
     )
-    from sidecar.authz import build_verifier
-    from sidecar.kubeapi import KubeAPI
+    from sidecar.kube.api import KubeAPI
+    from sidecar.ops.access import build_verifier
 
     # one connection for Events and for caller checks
     kube = KubeAPI.connect(config.kubeconfig, config.node_name)

@@ -6,15 +6,37 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.credentials import NodeRegistrySettings
+from kubectl_cedana.contract import DEFAULT_COMPRESSION
 
 DEFAULT_RUNTIME_ROOT = Path("/run/containerd/runc/k8s.io")
 DEFAULT_CRIU_RUNC_CONFIG = Path("/etc/criu/runc.conf")
 MAX_BODY_BYTES = 1024 * 1024
+# where the node's own tools keep registry credentials and TLS trust
+DEFAULT_DOCKER_CONFIGS = (
+    Path("/root/.docker/config.json"),
+    Path("/var/lib/kubelet/config.json"),  # the kubelet's own pull credentials
+    Path("/run/containers/0/auth.json"),  # podman / CRI-O
+    Path("/etc/containers/auth.json"),
+)
+DEFAULT_CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
+DEFAULT_CERTS_DIRS = (
+    Path("/etc/containerd/certs.d"),
+    Path("/etc/docker/certs.d"),
+    Path("/etc/containers/certs.d"),
+)
 
 
 def default_node_name() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class NodeRegistrySettings:
+    """Where the node keeps registry settings (read by sidecar/registry/credentials.py)."""
+
+    docker_configs: tuple[Path, ...] = DEFAULT_DOCKER_CONFIGS
+    containerd_config: Path = DEFAULT_CONTAINERD_CONFIG
+    certs_dirs: tuple[Path, ...] = DEFAULT_CERTS_DIRS
 
 
 @dataclass(frozen=True)
@@ -45,7 +67,7 @@ class HelperConfig:
     kubeconfig: Path | None = None
     # checkpoints in a registry: "host/repo" (tag = checkpoint id); "" keeps them on the node
     remote_repository: str = ""
-    default_compression: str = "zstd"
+    default_compression: str = DEFAULT_COMPRESSION
     # retention, applied after each checkpoint (0: no limit)
     max_checkpoints_per_container: int = 0
     max_total_bytes: int = 0

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar import proctree
+from sidecar.node import proctree
 from tests.e2e.helper import HelperProcess, start_helper, stop_helper
 from tests.e2e.lab import LAB_DIR, Lab, counter_pod, pod_manifest, sleeper_pod
 from tests.reliability import add_fault

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import tarfile
 import time
 import uuid

@@ -1,15 +1,10 @@
 """Caller authorization at the HTTP boundary: a real `cedana-helper serve --authorization
 kubernetes` whose Kubernetes API is the fake API server, reached directly (as another pod would)
 and through the fake pod proxy by the real plugin (docs/security.md)."""
-# ruff: noqa: F811  (pytest fixtures imported below are parameters of the tests)
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,24 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.unit.plugin_fakeapi import (  # noqa: F401  (fixtures: api)
+from tests.unit.plugin_fakeapi import (
     FakeApiServer,
     FakeCluster,
-    api,
     make_pod,
     run_cli,
     write_kubeconfig,
 )
+from tests.unit.sidecar_support import helper_process
 
 REPO = Path(__file__).resolve().parents[2]
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 SECRET = "s3cret-proof-for-tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -54,34 +43,10 @@ def helper_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def helper_url(api: FakeApiServer, cluster: FakeCluster, helper_dir: Path) -> Iterator[str]:
     """The real helper, checking callers against the fake API server."""
-    port = _free_port()
     kubeconfig = write_kubeconfig(helper_dir / "helper.kubeconfig", api.url)
-    log = (helper_dir / "helper.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port), "--checkpoint-dir", str(helper_dir / "checkpoints"), "--runtime-root",
-         str(helper_dir / "runc"), "--criu-runc-config", str(helper_dir / "criu.conf"),
-         "--kubeconfig", str(kubeconfig)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, NODE_NAME="node1", PYTHONPATH=str(REPO)))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("helper did not start: "
-                                + (helper_dir / "helper.log").read_text(errors="replace"))
-                time.sleep(0.1)
+    with helper_process(helper_dir, "--kubeconfig", str(kubeconfig)) as url:
         cluster.add_forwarding_helper("node1", url)
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def call(url: str, method: str, route: str, body: Any = None,
@@ -113,10 +78,11 @@ def make_proof(cluster: FakeCluster, user: str = "alice", *, secret: str = SECRE
 
 
 def test_no_proof_is_401_before_anything_else(helper_url: str) -> None:
-    for method, route, body in [("GET", "/list/default", None), ("GET", "/checkpoints", None),
-                                ("POST", "/checkpoint", {"checkpoint_data": {}}),
-                                ("POST", "/restore", None), ("DELETE", "/checkpoints/x", None),
-                                ("POST", "/checkpoints/prune", {})]:
+    cases: list[tuple[str, str, Any]] = [
+        ("GET", "/list/default", None), ("GET", "/checkpoints", None),
+        ("POST", "/checkpoint", {"checkpoint_data": {}}), ("POST", "/restore", None),
+        ("DELETE", "/checkpoints/x", None), ("POST", "/checkpoints/prune", {})]
+    for method, route, body in cases:
         status, answer = call(helper_url, method, route, body)
         assert (status, answer["code"]) == (401, "unauthenticated"), (route, answer)
         assert "X-Cedana-Caller" in answer["message"]
@@ -145,7 +111,8 @@ def test_a_caller_may_do_what_rbac_lets_it(cluster: FakeCluster, helper_url: str
     assert {"namespace": "team-b", "verb": "create", "group": "cedana.io",
             "resource": "checkpoints"} in [r["resourceAttributes"] for r in reviews]
     # the same request from bob, whom RBAC allows, passes authorization (and finds no pod)
-    status, answer = call(helper_url, "POST", "/checkpoint", body, headers=make_proof(cluster, "bob"))
+    status, answer = call(helper_url, "POST", "/checkpoint", body,
+                          headers=make_proof(cluster, "bob"))
     assert (status, answer["code"]) == (404, "container_not_found"), answer
 
 
@@ -240,15 +207,22 @@ def test_user_without_csr_permission_is_told_what_is_missing(
 
 
 def test_every_route_has_a_policy(tmp_path: Path) -> None:
-    """A route the policy does not know is refused to every restricted caller: adding a route
-    means saying here what it needs."""
-    from sidecar.api import create_app
-    from sidecar.authz import RoutePolicy, routes_without_policy
-    from tests.unit.sidecar_support import make_config
+    """Each route states what its caller needs; an app with a route that does not will not
+    start, so adding a route means saying what it needs."""
+    from fastapi import APIRouter
+
+    from sidecar.http import routes
+    from sidecar.http.app import create_app
+    from sidecar.http.policy import routes_without_policy
+    from tests.unit.sidecar_support import make_config, route_table
 
     config = make_config(tmp_path)
-    app = create_app(config, kube=None)
-    routes = [(method, route.path) for route in app.routes
-              for method in getattr(route, "methods", None) or () if method != "HEAD"]
-    assert len(routes) >= 12
-    assert routes_without_policy(RoutePolicy(config), routes) == []
+    create_app(config, kube=None)
+    assert len(route_table()) >= 12
+    assert routes_without_policy(routes.ROUTERS) == []
+    forgotten = APIRouter()
+    forgotten.get("/unguarded")(lambda: {})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(routes, "ROUTERS", [*routes.ROUTERS, forgotten])
+        with pytest.raises(RuntimeError, match="GET /unguarded"):
+            create_app(config, kube=None)

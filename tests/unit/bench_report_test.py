@@ -10,7 +10,7 @@ from bench.stats import Target, linear_fit, ratio, summarize, throughput_mb_s
 
 def test_summary_is_median_min_max_and_ignores_missing_runs() -> None:
     s = summarize([300, 100, 200, None, 1000])  # type: ignore[list-item]
-    assert (s.median, s.low, s.high, s.runs) == (250.0, 100.0, 1000.0, 4)
+    assert s is not None and (s.median, s.low, s.high, s.runs) == (250.0, 100.0, 1000.0, 4)
     assert summarize([]) is None
 
 

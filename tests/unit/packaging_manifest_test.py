@@ -44,10 +44,23 @@ def test_platforms_are_the_one_pure_python_archive() -> None:
         dist_krew.pick_platform(manifest(), "windows", "amd64")
 
 
-def test_caveats_promise_the_python_the_zipapp_checks_for() -> None:
-    wanted = ".".join(map(str, dist.MIN_PYTHON))
-    assert f"python3 >= {wanted}" in manifest()["spec"]["caveats"]
-    assert f"sys.version_info < {dist.MIN_PYTHON!r}" in dist.MAIN_PY
+@pytest.mark.parametrize("older", [True, False])
+def test_the_zipapp_entry_point_refuses_a_python_below_the_floor(
+        older: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The zipapp's __main__ run on a pretended older (or the oldest allowed) Python."""
+    major, minor = dist.MIN_PYTHON
+    monkeypatch.setattr(sys, "version_info", (major, minor - 1 if older else minor, 0))
+    monkeypatch.setattr(sys, "argv", ["kubectl-cedana", "version", "--client"])
+    with pytest.raises(SystemExit) as exited:
+        exec(compile(dist.MAIN_PY, "__main__.py", "exec"), {"__name__": "__main__"})
+    captured = capsys.readouterr()
+    if older:
+        assert exited.value.code == 1
+        assert captured.err == (f"error: kubectl-cedana needs python3 >= {major}.{minor} "
+                                f"(this is {major}.{minor - 1})\n")
+    else:
+        assert exited.value.code == 0
+        assert captured.out == f"Client Version: kubectl-cedana {__version__}\n"
 
 
 def _set(path: str, value: Any) -> Mutation:

@@ -108,15 +108,15 @@ def test_rootfs_requires_its_options(argv: list[str], missing: str) -> None:
 
 @pytest.mark.parametrize("exc,code", [
     (errors.CedanaError("x"), 1), (errors.UsageError("x"), 2), (errors.NotFoundError("x"), 3),
-    (errors.ConflictError("x"), 4), (errors.RemoteError("x"), 5),
+    (errors.ConflictError("x"), 4), (errors.HelperFailure("x"), 5),
     (errors.OperationTimeout("x"), 124), (errors.Interrupted(), 130),
     (errors.HelperNotInstalled("x"), 3),
     (errors.PermissionDenied("x", permission="get pods", status=403), 1),
     (errors.ApiNotFound("x", status=404), 3), (errors.ApiConflict("x", status=409), 4),
-    (errors.HelperError("x", code="checkpoint_not_found"), 3),
-    (errors.HelperError("x", code="already_restored"), 4),
-    (errors.HelperError("x", code="checkpoint_corrupted"), 5),
-    (errors.HelperError("x", code="some_future_code"), 5),
+    (errors.HelperReplyError("x", code="checkpoint_not_found"), 3),
+    (errors.HelperReplyError("x", code="already_restored"), 4),
+    (errors.HelperReplyError("x", code="checkpoint_corrupted"), 5),
+    (errors.HelperReplyError("x", code="some_future_code"), 5),
     (KeyboardInterrupt(), 130), (click.exceptions.Abort(), 130),
     (RuntimeError("boom"), 1),
 ])
@@ -129,8 +129,23 @@ def test_every_exception_maps_to_an_exit_status(exc: BaseException, code: int,
     assert "Traceback" not in captured.err
 
 
-def test_exit_code_enum_values() -> None:
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 124, 130]
+@pytest.mark.parametrize("exc,status", [
+    (errors.UsageError("x"), ExitCode.USAGE), (errors.NotFoundError("x"), ExitCode.NOT_FOUND),
+    (errors.ConflictError("x"), ExitCode.CONFLICT), (errors.OperationTimeout("x"), 124),
+    (KeyboardInterrupt(), 130), (ValueError("x"), ExitCode.ERROR),
+])
+def test_a_failing_command_exits_with_its_status(exc: BaseException, status: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status reaches the process (what a shell script sees), not only report_error."""
+    from kubectl_cedana import install
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise exc
+
+    monkeypatch.setattr(install, "render_manifests", broken)
+    result = invoke("install", "--dry-run")
+    assert result.exit_code == status
+    assert result.stderr.lstrip("\n").startswith("error: ") and result.stdout == ""
 
 
 def test_unexpected_exception_is_one_line_without_debug_and_traced_with(

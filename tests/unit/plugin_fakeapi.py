@@ -20,17 +20,18 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from tests.unit.loopback import LoopbackServer
+
 if TYPE_CHECKING:  # Self is Python 3.11+; annotations are never evaluated
-    from typing import Self
+    pass
 
 TOKEN = "test-token-123"
 HELPER_NS = "cedana-system"
@@ -503,30 +504,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
 
-class FakeApiServer:
+class FakeApiServer(LoopbackServer):
     def __init__(self, cluster: FakeCluster, tls: Pki | None = None) -> None:
-        handler = type("Handler", (_Handler,), {"cluster": cluster})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        scheme = "http"
+        context = None
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(tls.server_crt, tls.server_key)
             context.load_verify_locations(tls.ca_crt)
             context.verify_mode = ssl.CERT_REQUIRED
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-            scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(type("Handler", (_Handler,), {"cluster": cluster}), context)
 
 
 @dataclass
@@ -591,26 +577,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         time.sleep(0.05)
     return False
 
-
-
-# -- pytest fixtures (imported by the test modules that use them) ------------------------------
-
-@pytest.fixture
-def cluster() -> FakeCluster:
-    fake = FakeCluster()
-    fake.add_helper("node1")
-    return fake
-
-
-@pytest.fixture
-def api(cluster: FakeCluster) -> Any:
-    with FakeApiServer(cluster) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
-    return write_kubeconfig(tmp_path / "kubeconfig", api.url)
 
 
 def runner() -> CliRunner:

@@ -1,5 +1,4 @@
 """install / uninstall apply exactly deploy/base, idempotently."""
-# ruff: noqa: F811  (pytest fixtures imported below are parameters of the tests)
 from __future__ import annotations
 
 import json
@@ -17,13 +16,10 @@ from kubectl_cedana.errors import CedanaError, OperationTimeout
 from kubectl_cedana.kube import KubeClient
 from kubectl_cedana.settings import Settings
 from kubectl_cedana.version import __version__
-from tests.unit.plugin_fakeapi import (  # noqa: F401  (fixtures: api, cluster, kubeconfig)
+from tests.unit.plugin_fakeapi import (
     HELPER_NS,
     FakeCluster,
-    api,
-    cluster,
     helper_pod,
-    kubeconfig,
     run_cli,
 )
 
@@ -126,8 +122,6 @@ def test_daemonset_spec() -> None:
         "/var/lib/cedana/checkpoints": (None, "DirectoryOrCreate", False),
         "/root/.docker": (None, "DirectoryOrCreate", True),
         "/etc/containerd": (None, None, True),
-        "/etc/docker/certs.d": (None, "DirectoryOrCreate", True),
-        "/etc/containers": (None, "DirectoryOrCreate", True),
         "/etc/docker/certs.d": (None, "DirectoryOrCreate", True),
         "/etc/containers": (None, "DirectoryOrCreate", True),
         "/run/netns": ("HostToContainer", "DirectoryOrCreate", False),

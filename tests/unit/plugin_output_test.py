@@ -24,8 +24,9 @@ from kubectl_cedana.settings import parse_duration
 
 UTC = datetime.timezone.utc  # noqa: UP017 (the plugin runs on 3.9)
 
-ROWS: list[dict[str, Any]] = [{"pod": "counter", "container": "main", "pid": 4242, "image": "busybox"},
-        {"pod": "a-much-longer-pod-name", "container": "c", "pid": None, "image": ""}]
+ROWS: list[dict[str, Any]] = [
+    {"pod": "counter", "container": "main", "pid": 4242, "image": "busybox"},
+    {"pod": "a-much-longer-pod-name", "container": "c", "pid": None, "image": ""}]
 COLUMNS = [Column("pod", "pod"), Column("container", "container"),
            Column("PID", "pid", wide=True), Column("IMAGE", lambda r: r["image"].upper(),
                                                    wide=True)]

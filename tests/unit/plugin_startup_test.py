@@ -21,8 +21,8 @@ print("LOADED=" + ",".join(sorted({{m.split(".")[0] for m in sys.modules}})), fi
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, check=False,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          check=False, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
 
 
 def _imported_by_importtime(args: list[str]) -> set[str]:

@@ -1,5 +1,4 @@
 """The plugin against a real local HTTP server playing API server, pod proxy and helper."""
-# ruff: noqa: F811  (pytest fixtures imported below are parameters of the tests)
 from __future__ import annotations
 
 import json
@@ -12,14 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.plugin_fakeapi import (  # noqa: F401  (fixtures: api, cluster, kubeconfig)
+from tests.unit.plugin_fakeapi import (
     HELPER_NS,
     TOKEN,
     FakeApiServer,
     FakeCluster,
-    api,
-    cluster,
-    kubeconfig,
     make_pki,
     make_pod,
     run_cli,
@@ -556,7 +552,8 @@ def test_migrate_restore_failure_keeps_checkpoint_and_removes_pod(
 def test_doctor_reports_helpers_criu_and_rbac(cluster: FakeCluster, kubeconfig: Path) -> None:
     cluster.objects["/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper"] = {
         "metadata": {"name": "cedana-helper", "generation": 1},
-        "spec": {"template": {"spec": {"containers": [{"image": "docker.io/cedana/helper:0.1.0"}]}}},
+        "spec": {"template": {"spec": {"containers": [
+            {"image": "docker.io/cedana/helper:0.1.0"}]}}},
         "status": {"desiredNumberScheduled": 1, "numberReady": 1, "updatedNumberScheduled": 1,
                    "observedGeneration": 1}}
     result = run_cli(kubeconfig, "doctor", "-o", "json")

@@ -10,113 +10,82 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from sidecar.api import create_app
 from sidecar.config import HelperConfig
-from sidecar.locks import ContainerLocks
+from sidecar.http.app import create_app
 from tests.unit.sidecar_support import (
     COUNTER,
     FIRST,
-    install_runc_root,
-    make_config,
+    POD,
+    HelperApp,
+    assert_error,
     pod_process,
+    proc_start_ticks,
     stop,
 )
 
-POD = "counter-5f7c9d8b4-x2kqp"
 
-
-class Env:
-    def __init__(self, tmp_path: Path) -> None:
-        self.source = pod_process()
-        self.root = install_runc_root("containerd", tmp_path, {COUNTER: self.source.pid})
-        self.config: HelperConfig = make_config(tmp_path)
-        self.locks = ContainerLocks()
-        self.client = TestClient(create_app(self.config, locks=self.locks))
-
-    def checkpoint_body(self, **data: object) -> dict[str, object]:
-        base: dict[str, object] = {"container_name": "counter", "sandbox_name": POD,
-                                   "namespace": "default", "root": str(self.root)}
-        base.update(data)
-        return {"checkpoint_data": base, "leave_running": True}
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
-    yield e
-    stop(e.source)
-
-
-def assert_error(response: object, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text  # type: ignore[attr-defined]
-    body = response.json()  # type: ignore[attr-defined]
-    assert body["code"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    return body  # type: ignore[no-any-return]
-
-
-def test_health_and_version(env: Env) -> None:
-    assert env.client.get("/healthz").json() == {"status": "ok"}
-    assert env.client.get("/version").json() == {
+def test_health_and_version(app: HelperApp) -> None:
+    assert app.client.get("/healthz").json() == {"status": "ok"}
+    assert app.client.get("/version").json() == {
         "helper": "0.1.0", "runc": "1.1.5+fake", "criu": "4.1.1", "node": "node-1",
         "checkpoint_repository": "", "compression": "zstd",
         "retention": {"max_checkpoints_per_container": 0, "max_total_bytes": 0}}
 
 
-def test_list_with_body_query_and_default_root(env: Env, tmp_path: Path) -> None:
-    by_body = env.client.request("GET", "/list/default", json={"root": str(env.root)})
+def test_list_with_body_query_and_default_root(app: HelperApp, tmp_path: Path) -> None:
+    by_body = app.client.request("GET", "/list/default", json={"root": str(app.root)})
     assert by_body.status_code == 200
     names = sorted((c["sandbox_name"], c["container_name"], c["status"]) for c in by_body.json())
     assert names == [(POD, "counter", "running"), (POD, "counter", "stopped"),
                      ("two-containers", "first", "stopped"),
                      ("two-containers", "second", "stopped")]
-    by_query = env.client.get("/list/default", params={"root": str(env.root)})
+    by_query = app.client.get("/list/default", params={"root": str(app.root)})
     assert by_query.json() == by_body.json()
     default_root = TestClient(create_app(HelperConfig(
-        checkpoint_dir=tmp_path / "c2", runtime_root=env.root)))
+        checkpoint_dir=tmp_path / "c2", runtime_root=app.root)))
     assert len(default_root.get("/list/kube-system").json()) == 1
-    assert env.client.get("/list/empty-ns", params={"root": str(env.root)}).json() == []
+    assert app.client.get("/list/empty-ns", params={"root": str(app.root)}).json() == []
 
 
-def test_list_with_a_bad_root(env: Env) -> None:
-    body = assert_error(env.client.get("/list/default", params={"root": "/no/such/root"}),
+def test_list_with_a_bad_root(app: HelperApp) -> None:
+    body = assert_error(app.client.get("/list/default", params={"root": "/no/such/root"}),
                         400, "invalid_request")
     assert "/no/such/root" in str(body["message"])
-    assert_error(env.client.get("/list/default"), 400, "invalid_request")  # default is absent
+    assert_error(app.client.get("/list/default"), 400, "invalid_request")  # default is absent
 
 
-def test_malformed_json(env: Env) -> None:
-    response = env.client.post("/checkpoint", content=b'{"checkpoint_data": {',
+def test_malformed_json(app: HelperApp) -> None:
+    response = app.client.post("/checkpoint", content=b'{"checkpoint_data": {',
                                headers={"content-type": "application/json"})
     body = assert_error(response, 400, "invalid_request")
     assert "not valid JSON" in str(body["message"])
 
 
-def test_body_without_json_content_type(env: Env) -> None:
-    response = env.client.post("/checkpoint", content=json.dumps(env.checkpoint_body()),
+def test_body_without_json_content_type(app: HelperApp) -> None:
+    response = app.client.post("/checkpoint", content=json.dumps(app.checkpoint_body()),
                                headers={"content-type": "text/plain"})
     body = assert_error(response, 400, "invalid_request")
     assert "application/json" in str(body["message"])
 
 
-def test_missing_fields_are_named(env: Env) -> None:
-    response = env.client.post("/checkpoint", json={"checkpoint_data": {"namespace": "default"}})
+def test_missing_fields_are_named(app: HelperApp) -> None:
+    response = app.client.post("/checkpoint", json={"checkpoint_data": {"namespace": "default"}})
     body = assert_error(response, 400, "invalid_request")
     assert "checkpoint_data.container_name: field required" in str(body["message"])
-    assert set(body["fields"]) == {"checkpoint_data.container_name",  # type: ignore[arg-type]
+    assert set(body["fields"]) == {"checkpoint_data.container_name",
                                    "checkpoint_data.sandbox_name"}
-    assert_error(env.client.post("/checkpoint", json={}), 400, "invalid_request")
-    wrong_type = env.client.post("/checkpoint", json={**env.checkpoint_body(),
+    assert_error(app.client.post("/checkpoint", json={}), 400, "invalid_request")
+    wrong_type = app.client.post("/checkpoint", json={**app.checkpoint_body(),
                                                       "leave_running": "sometimes"})
     assert "leave_running" in str(assert_error(wrong_type, 400, "invalid_request")["message"])
-    empty = env.client.post("/restore", json={"checkpoint_data": {
+    empty = app.client.post("/restore", json={"checkpoint_data": {
         "container_name": "", "sandbox_name": "p", "namespace": "n"}})
     assert "container_name" in str(assert_error(empty, 400, "invalid_request")["message"])
 
 
-def test_ten_mib_body_is_refused(env: Env) -> None:
+def test_ten_mib_body_is_refused(app: HelperApp) -> None:
     big = b'{"pad": "' + b"x" * (10 * 1024 * 1024) + b'"}'
-    assert_error(env.client.post("/checkpoint", content=big,
+    assert_error(app.client.post("/checkpoint", content=big,
                                  headers={"content-type": "application/json"}),
                  413, "body_too_large")
 
@@ -124,168 +93,168 @@ def test_ten_mib_body_is_refused(env: Env) -> None:
         for _ in range(20):
             yield b"x" * (512 * 1024)
 
-    assert_error(env.client.post("/checkpoint", content=chunks(),
+    assert_error(app.client.post("/checkpoint", content=chunks(),
                                  headers={"content-type": "application/json"}),
                  413, "body_too_large")
-    assert env.client.get("/healthz").status_code == 200  # still serving
+    assert app.client.get("/healthz").status_code == 200  # still serving
 
 
-def test_path_traversal_and_absolute_outside(env: Env) -> None:
+def test_path_traversal_and_absolute_outside(app: HelperApp) -> None:
     for path in ("../../etc", "/tmp/ckpt-1", "a/../../x"):
-        body = assert_error(env.client.post("/checkpoint", json=env.checkpoint_body(
+        body = assert_error(app.client.post("/checkpoint", json=app.checkpoint_body(
             checkpoint_path=path)), 400, "path_outside_checkpoint_dir")
-        assert str(env.config.checkpoint_dir) in str(body["message"])
-    os.symlink("/tmp", env.config.checkpoint_dir / "escape")
-    assert_error(env.client.post("/checkpoint", json=env.checkpoint_body(
+        assert str(app.config.checkpoint_dir) in str(body["message"])
+    os.symlink("/tmp", app.config.checkpoint_dir / "escape")
+    assert_error(app.client.post("/checkpoint", json=app.checkpoint_body(
         checkpoint_path="escape/x")), 400, "path_outside_checkpoint_dir")
-    assert not (Path(env.config.runc_path).parent / "runc-args.json").exists()
+    assert not (Path(app.config.runc_path).parent / "runc-args.json").exists()
 
 
-def test_unknown_route_and_wrong_method(env: Env) -> None:
-    assert_error(env.client.get("/nope"), 404, "not_found")
-    response = env.client.get("/checkpoint")
+def test_unknown_route_and_wrong_method(app: HelperApp) -> None:
+    assert_error(app.client.get("/nope"), 404, "not_found")
+    response = app.client.get("/checkpoint")
     assert_error(response, 405, "method_not_allowed")
     assert response.headers["allow"] == "POST"
-    assert_error(env.client.put("/checkpoints/x"), 405, "method_not_allowed")
+    assert_error(app.client.put("/checkpoints/x"), 405, "method_not_allowed")
 
 
-def test_unknown_container(env: Env) -> None:
-    body = assert_error(env.client.post("/checkpoint", json=env.checkpoint_body(
+def test_unknown_container(app: HelperApp) -> None:
+    body = assert_error(app.client.post("/checkpoint", json=app.checkpoint_body(
         container_name="ghost")), 404, "container_not_found")
     assert "ghost" in str(body["message"])
-    assert_error(env.client.post("/checkpoint", json=env.checkpoint_body(namespace="nope")),
+    assert_error(app.client.post("/checkpoint", json=app.checkpoint_body(namespace="nope")),
                  404, "container_not_found")
 
 
-def test_rootfs_routes_validate_before_acting(env: Env, tmp_path: Path) -> None:
+def test_rootfs_routes_validate_before_acting(app: HelperApp, tmp_path: Path) -> None:
     ref = {"container_name": "counter", "sandbox_name": POD, "namespace": "default",
-           "root": str(env.root)}
+           "root": str(app.root)}
     routes = {"/checkpoint/rootfs": {"image_ref": "127.0.0.1:5000/x/y:1"},
               "/checkpoint/rootfs/crio": {"image_ref": "127.0.0.1:5000/x/y:1",
                                           "new_image_ref": "127.0.0.1:5000/x/y:2"},
               "/restore/rootfs": {"image_ref": "127.0.0.1:5000/x/y:1"}}
     for route, extra in routes.items():
-        body = assert_error(env.client.post(route, json={"container_name": "c"}), 400,
+        body = assert_error(app.client.post(route, json={"container_name": "c"}), 400,
                             "invalid_request")
         assert "image_ref" in body["fields"] and "sandbox_name" in body["fields"]
-        body = assert_error(env.client.post(route, json={**ref, **extra,
+        body = assert_error(app.client.post(route, json={**ref, **extra,
                                                          "image_ref": "Not A Ref"}),
                             400, "invalid_request")
         assert "Not A Ref" in str(body["message"])
-        assert_error(env.client.post(route, json={**ref, **extra, "container_name": "ghost"}),
+        assert_error(app.client.post(route, json={**ref, **extra, "container_name": "ghost"}),
                      404, "container_not_found")
     not_socket = tmp_path / "plain-file"
     not_socket.write_text("x")
     for address, words in (("relative.sock", "absolute"), (str(not_socket), "not a unix socket"),
                            ("/no/such.sock", "no containerd socket")):
-        body = assert_error(env.client.post("/checkpoint/rootfs", json={
+        body = assert_error(app.client.post("/checkpoint/rootfs", json={
             **ref, "image_ref": "127.0.0.1:5000/x/y:1", "address": address}), 400,
             "invalid_request")
         assert words in str(body["message"]) and body["fields"] == ["address"]
-    assert env.source.poll() is None  # nothing happened to the container
+    assert app.source.poll() is None  # nothing happened to the container
 
 
-def test_checkpoint_catalogue_round_trip(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+def test_checkpoint_catalogue_round_trip(app: HelperApp, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="sidecar.access")
-    response = env.client.post("/checkpoint", json=env.checkpoint_body(checkpoint_path="c1"))
+    response = app.client.post("/checkpoint", json=app.checkpoint_body(checkpoint_path="c1"))
     assert response.status_code == 200, response.text
     result = response.json()
     assert set(result) >= {"checkpoint_id", "checkpoint_path", "size_bytes", "duration_ms",
                            "options"}
-    assert result["checkpoint_path"] == str(env.config.checkpoint_dir / "c1")
+    assert result["checkpoint_path"] == str(app.config.checkpoint_dir / "c1")
     checkpoint_id = result["checkpoint_id"]
-    line = next(r for r in caplog.records if r.name == "sidecar.access"
-                and getattr(r, "path", "") == "/checkpoint")
-    assert (line.method, line.status, line.checkpoint_id) == ("POST", 200, checkpoint_id)
-    assert isinstance(line.duration_ms, float)
+    line = vars(next(r for r in caplog.records if r.name == "sidecar.access"
+                     and getattr(r, "path", "") == "/checkpoint"))
+    assert (line["method"], line["status"], line["checkpoint_id"]) == ("POST", 200,
+                                                                       checkpoint_id)
+    assert isinstance(line["duration_ms"], float)
 
-    listed = env.client.get("/checkpoints").json()["checkpoints"]
+    listed = app.client.get("/checkpoints").json()["checkpoints"]
     assert [e["id"] for e in listed] == [checkpoint_id]
-    one = env.client.get(f"/checkpoints/{checkpoint_id}").json()
+    one = app.client.get(f"/checkpoints/{checkpoint_id}").json()
     assert one["present"] is True
     assert one["manifest"]["source"]["container_id"] == COUNTER
 
     # the catalogue survives a restart of the helper
-    restarted = TestClient(create_app(env.config))
+    restarted = TestClient(create_app(app.config))
     assert restarted.get(f"/checkpoints/{checkpoint_id}").status_code == 200
     deleted = restarted.delete(f"/checkpoints/{checkpoint_id}").json()
     assert deleted["deleted"] is True and deleted["removed_files"] is True
-    assert not (env.config.checkpoint_dir / "c1").exists()
+    assert not (app.config.checkpoint_dir / "c1").exists()
     assert_error(restarted.get(f"/checkpoints/{checkpoint_id}"), 404, "checkpoint_not_found")
     assert_error(restarted.delete(f"/checkpoints/{checkpoint_id}"), 404,
                  "checkpoint_not_found")
 
 
-def test_error_lines_carry_the_code(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+def test_error_lines_carry_the_code(app: HelperApp, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="sidecar.access")
-    env.client.get("/nope")
-    line = next(r for r in caplog.records if getattr(r, "path", "") == "/nope")
-    assert (line.status, line.error_code) == (404, "not_found")
+    app.client.get("/nope")
+    line = vars(next(r for r in caplog.records if getattr(r, "path", "") == "/nope"))
+    assert (line["status"], line["error_code"]) == (404, "not_found")
 
 
-def test_busy_container_is_409(env: Env) -> None:
-    with env.locks.hold(COUNTER, "restore"):
-        body = assert_error(env.client.post("/checkpoint", json=env.checkpoint_body()), 409,
+def test_busy_container_is_409(app: HelperApp) -> None:
+    with app.locks.hold(COUNTER, "restore"):
+        body = assert_error(app.client.post("/checkpoint", json=app.checkpoint_body()), 409,
                             "operation_in_progress")
     assert "restore" in str(body["message"])
-    assert env.client.post("/checkpoint", json=env.checkpoint_body()).status_code == 200
+    assert app.client.post("/checkpoint", json=app.checkpoint_body()).status_code == 200
 
 
-def test_dump_failure_is_500_with_log_tail(env: Env) -> None:
-    (Path(env.config.runc_path).parent / "runc-fail").touch()
-    body = assert_error(env.client.post("/checkpoint", json=env.checkpoint_body()), 500,
+def test_dump_failure_is_500_with_log_tail(app: HelperApp) -> None:
+    (Path(app.config.runc_path).parent / "runc-fail").touch()
+    body = assert_error(app.client.post("/checkpoint", json=app.checkpoint_body()), 500,
                         "dump_failed")
     assert "--tcp-established" in str(body["log_tail"])
 
 
-def test_restore_needs_a_checkpoint_name(env: Env) -> None:
+def test_restore_needs_a_checkpoint_name(app: HelperApp) -> None:
     data = {"container_name": "first", "sandbox_name": "two-containers",
-            "namespace": "default", "root": str(env.root)}
-    assert_error(env.client.post("/restore", json={"checkpoint_data": data}), 400,
+            "namespace": "default", "root": str(app.root)}
+    assert_error(app.client.post("/restore", json={"checkpoint_data": data}), 400,
                  "invalid_request")
-    assert_error(env.client.post("/restore", json={"checkpoint_data": {
+    assert_error(app.client.post("/restore", json={"checkpoint_data": {
         **data, "checkpoint_id": "00000000-0000-0000-0000-000000000000"}}), 404,
         "checkpoint_not_found")
-    assert_error(env.client.post("/restore", json={"checkpoint_data": {
+    assert_error(app.client.post("/restore", json={"checkpoint_data": {
         **data, "checkpoint_path": "never-written"}}), 404, "checkpoint_not_found")
-    assert_error(env.client.post("/restore", json={"checkpoint_data": {
+    assert_error(app.client.post("/restore", json={"checkpoint_data": {
         **data, "checkpoint_path": "/etc"}}), 400, "path_outside_checkpoint_dir")
 
 
-def test_restore_of_a_flipped_byte_is_refused_before_anything_runs(env: Env) -> None:
-    made = env.client.post("/checkpoint", json=env.checkpoint_body(checkpoint_path="c2")).json()
+def test_restore_of_a_flipped_byte_is_refused_before_anything_runs(app: HelperApp) -> None:
+    made = app.client.post("/checkpoint", json=app.checkpoint_body(checkpoint_path="c2")).json()
     pages = Path(made["checkpoint_path"]) / "checkpoint" / "pages-1.img"
     data = bytearray(pages.read_bytes())
     data[100] ^= 0xFF
     pages.write_bytes(bytes(data))
     target = pod_process()
     try:
-        root = env.root
+        root = app.root
         state_file = root / FIRST / "state.json"
         state = json.loads(state_file.read_text())
         state["init_process_pid"] = target.pid
-        from tests.unit.sidecar_support import proc_start_ticks
         state["init_process_start"] = proc_start_ticks(target.pid)
         state_file.write_text(json.dumps(state))
-        body = assert_error(env.client.post("/restore", json={"checkpoint_data": {
+        body = assert_error(app.client.post("/restore", json={"checkpoint_data": {
             "container_name": "first", "sandbox_name": "two-containers",
             "namespace": "default", "root": str(root), "checkpoint_id": made["checkpoint_id"],
         }}), 422, "checkpoint_corrupted")
         assert "checkpoint/pages-1.img" in str(body["message"])
-        assert not (Path(env.config.criu_path).parent / "criu-report.json").exists()
+        assert not (Path(app.config.criu_path).parent / "criu-report.json").exists()
         assert target.poll() is None
     finally:
         stop(target)
 
 
-def test_restore_into_a_missing_target(env: Env) -> None:
-    made = env.client.post("/checkpoint", json=env.checkpoint_body()).json()
-    assert_error(env.client.post("/restore", json={"checkpoint_data": {
+def test_restore_into_a_missing_target(app: HelperApp) -> None:
+    made = app.client.post("/checkpoint", json=app.checkpoint_body()).json()
+    assert_error(app.client.post("/restore", json={"checkpoint_data": {
         "container_name": "ghost", "sandbox_name": "nowhere", "namespace": "default",
-        "root": str(env.root), "checkpoint_id": made["checkpoint_id"]}}), 404,
+        "root": str(app.root), "checkpoint_id": made["checkpoint_id"]}}), 404,
         "container_not_found")
     # a stopped target is not a sleeping pod
-    assert_error(env.client.post("/restore", json={"checkpoint_data": {
+    assert_error(app.client.post("/restore", json={"checkpoint_data": {
         "container_name": "first", "sandbox_name": "two-containers", "namespace": "default",
-        "root": str(env.root), "checkpoint_id": made["checkpoint_id"]}}), 409,
+        "root": str(app.root), "checkpoint_id": made["checkpoint_id"]}}), 409,
         "container_not_running")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sidecar import cgroups
-from sidecar.restore import cgroup_mount_map
+from sidecar.node import cgroups
+from sidecar.ops.restore import cgroup_mount_map
 
 PROC = Path(__file__).parent / "fixtures" / "proc"
 SCOPE = ("/kubepods.slice/kubepods-burstable.slice/"

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import store
-from sidecar.catalogue import Catalogue
-from sidecar.checkpoint import checkpoint_container
 from sidecar.config import HelperConfig
 from sidecar.errors import (
     CheckpointExists,
@@ -19,9 +16,13 @@ from sidecar.errors import (
     DumpFailed,
     IoUringUnsupported,
 )
-from tests.unit.sidecar_proctree_test import IO_URING_HOLDER
+from sidecar.ops.checkpoint import checkpoint_container
+from sidecar.storage import store
+from sidecar.storage.catalogue import Catalogue
 from tests.unit.sidecar_support import (
     COUNTER,
+    IO_URING_HOLDER,
+    POD,
     bundle_of,
     install_runc_root,
     make_config,
@@ -29,8 +30,6 @@ from tests.unit.sidecar_support import (
     process,
     stop,
 )
-
-POD = "counter-5f7c9d8b4-x2kqp"
 
 
 @pytest.fixture

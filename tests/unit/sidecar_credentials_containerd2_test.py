@@ -3,9 +3,10 @@ certs.d/HOST/hosts.toml, the layout that is left once containerd 2.4 drops regis
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
-from sidecar.credentials import NodeRegistrySettings, node_access
+from sidecar.registry.credentials import NodeRegistrySettings, node_access
 
 
 def _v3(tmp_path: Path, certs: Path, docker: list[Path] | None = None) -> NodeRegistrySettings:
@@ -48,8 +49,9 @@ server = "https://reg.example:5000"
 def test_plain_http_server_and_skip_verify(tmp_path: Path) -> None:
     certs = tmp_path / "certs.d"
     _hosts(certs, "plain.example", 'server = "http://plain.example"\n')
-    _hosts(certs, "selfsigned.example", 'server = "https://selfsigned.example"\n'
-                                        '[host."https://selfsigned.example"]\n  skip_verify = true\n')
+    _hosts(certs, "selfsigned.example",
+           'server = "https://selfsigned.example"\n'
+           '[host."https://selfsigned.example"]\n  skip_verify = true\n')
     assert node_access("plain.example", _v3(tmp_path, certs)).endpoint == "http://plain.example"
     assert node_access("selfsigned.example", _v3(tmp_path, certs)).verify is False
 
@@ -73,8 +75,8 @@ def test_kubelet_credentials_win_over_hosts_toml(tmp_path: Path) -> None:
                                  f'  Authorization = "Basic {base64.b64encode(b"h:h").decode()}"\n')
     kubelet = tmp_path / "kubelet" / "config.json"
     kubelet.parent.mkdir()
-    kubelet.write_text('{"auths": {"reg.example": {"auth": "%s"}}}'
-                       % base64.b64encode(b"kubelet-user:k").decode())
+    auth = base64.b64encode(b"kubelet-user:k").decode()
+    kubelet.write_text(json.dumps({"auths": {"reg.example": {"auth": auth}}}))
     access = node_access("reg.example", _v3(tmp_path, certs, [kubelet]))
     assert (access.username, access.password) == ("kubelet-user", "k")
     assert str(kubelet) in access.source
@@ -90,7 +92,8 @@ def test_default_directory_applies_to_hosts_without_their_own(tmp_path: Path) ->
 
 def test_version_2_section_is_still_read(tmp_path: Path) -> None:
     certs = tmp_path / "certs.d"
-    directory = _hosts(certs, "reg.example", '[host."https://reg.example"]\n  ca = "/nonexistent"\n')
+    directory = _hosts(certs, "reg.example",
+                       '[host."https://reg.example"]\n  ca = "/nonexistent"\n')
     (directory / "ca.crt").write_text("pem")
     toml = tmp_path / "v2.toml"
     toml.write_text(f"""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.discovery import (
+from sidecar.errors import ContainerAmbiguous, ContainerNotFound, InvalidRequest
+from sidecar.node.discovery import (
     PAUSED,
     RUNNING,
     STOPPED,
@@ -15,7 +16,6 @@ from sidecar.discovery import (
     list_containers,
     validate_root,
 )
-from sidecar.errors import ContainerAmbiguous, ContainerNotFound, InvalidRequest
 from tests.unit.sidecar_support import (
     COUNTER,
     COUNTER_LEFTOVER,

@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -20,8 +20,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.api import create_app
-from sidecar.authz import CallerVerifier, Permission, proof_digest
+from kubectl_cedana.contract import proof_digest
+from sidecar.http.app import create_app
+from sidecar.ops.access import CallerVerifier, Permission
 from tests.reliability import record_figures
 from tests.unit.sidecar_support import COUNTER, install_runc_root, make_config, pod_process, stop
 
@@ -29,7 +30,8 @@ EXAMPLES = 1200
 ROOT = "@runc-root@"  # replaced by the recorded runc root in each request
 SECRET = "fuzz-secret"
 
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+NO_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)  # not encodable as UTF-8
+text = st.text(st.characters(blacklist_categories=NO_SURROGATES), max_size=40)
 names = st.one_of(text, st.sampled_from(["default", "counter", "main", "kube-system", "", ".",
                                          "..", "a" * 300, "ns/../x", "%2e%2e"]))
 paths = st.one_of(text, st.sampled_from(["../../etc/evil", "/etc", ".tmp-x", ".catalogue.json",
@@ -50,7 +52,8 @@ def container_ref(extra: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
 
 def well_formed(extra: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Every field there and of the right type, so the request reaches the handler's work."""
-    short = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+    short = st.text(st.characters(blacklist_categories=NO_SURROGATES), min_size=1,
+                    max_size=30)
     return st.fixed_dictionaries({"container_name": st.one_of(short, st.just("counter")),
                                   "sandbox_name": short, "namespace": st.one_of(
                                       short, st.just("default")), "root": st.just(ROOT),
@@ -115,7 +118,7 @@ requests_strategy: st.SearchStrategy[Request] = st.one_of(
     st.tuples(st.sampled_from(["GET", "POST", "OPTIONS", "HEAD"]),
               st.builds(lambda p: "/" + quote(p, safe="/"), text), st.none(), st.none()),
 )
-proof_headers = st.one_of(
+proof_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
     st.just({}),
     st.just({"X-Cedana-Caller": "cedana-caller-ok", "X-Cedana-Proof": SECRET}),
     st.fixed_dictionaries({"X-Cedana-Caller": st.text(st.characters(min_codepoint=33,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import oci_layer
 from sidecar.errors import ImageUnsupported, RestoreFailed
-from sidecar.oci_layer import LayerBlob
+from sidecar.storage import oci_layer
+from sidecar.storage.oci_layer import LayerBlob
 
 LEADS_OUTSIDE = "^refusing .*leads outside the container's root filesystem"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and whiteouts need root")

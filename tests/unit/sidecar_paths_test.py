@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import InvalidRequest, PathOutsideCheckpointDir
-from sidecar.paths import confine
+from sidecar.storage.paths import confine
 
 
 @pytest.fixture

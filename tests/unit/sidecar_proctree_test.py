@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import proctree
 from sidecar.errors import OperationInProgress
-from sidecar.locks import ContainerLocks
-from tests.unit.sidecar_support import process, wait_for
-
-IO_URING_HOLDER = textwrap.dedent("""
-    import ctypes, sys, time
-    libc = ctypes.CDLL(None, use_errno=True)
-    params = ctypes.create_string_buffer(120)
-    fd = libc.syscall(425, 4, params)  # io_uring_setup
-    print("ready" if fd >= 0 else f"unsupported {ctypes.get_errno()}", flush=True)
-    time.sleep(300)
-""")
+from sidecar.node import proctree
+from sidecar.node.locks import ContainerLocks
+from tests.unit.sidecar_support import IO_URING_HOLDER, process, wait_for
 
 TCP_CLIENT = textwrap.dedent("""
     import socket, sys, time
@@ -119,10 +110,28 @@ def test_second_operation_on_a_container_is_refused_at_once() -> None:
         assert err.value.status == 409
         assert err.value.extra["operation"] == "checkpoint"
         with locks.hold("cid-2", "checkpoint"):  # another container is not blocked
-            assert locks.busy() == {"cid-1": "checkpoint", "cid-2": "checkpoint"}
+            with pytest.raises(OperationInProgress):  # ... but is held meanwhile
+                with locks.hold("cid-2", "restore"):
+                    pass
     finally:
         release.set()
         worker.join()
-    with locks.hold("cid-1", "restore"):  # free again once the first has finished
-        pass
-    assert locks.busy() == {}
+    for cid in ("cid-1", "cid-2"):  # free again once each has finished
+        with locks.hold(cid, "restore"):
+            pass
+
+
+def test_start_ticks_read_past_a_name_with_spaces_and_parentheses(tmp_path: Path) -> None:
+    (tmp_path / "42").mkdir()
+    fields = ["S", *map(str, range(4, 22)), "987654", "0"]  # field 22 is the start time
+    (tmp_path / "42" / "stat").write_text("42 (my (odd) name) " + " ".join(fields) + "\n")
+    assert proctree.start_ticks(42, tmp_path) == 987654
+    assert proctree.start_ticks(43, tmp_path) is None
+
+
+def test_start_time_is_the_one_ps_shows() -> None:
+    import psutil
+
+    assert proctree.start_time(os.getpid()) == pytest.approx(psutil.Process().create_time(),
+                                                             abs=0.02)
+    assert proctree.start_time(2**22 + 7) is None

@@ -5,15 +5,25 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sidecar.containerd import CONFIG_LABEL, ContainerdImages, _complete
-from sidecar.credentials import NodeRegistrySettings, node_access
-from sidecar.errors import InvalidRequest, RegistryAuthFailed, TargetIncompatible
-from sidecar.registry import ImageReference
-from sidecar.rootfs_image import _diff_id, added_layers
+from sidecar.config import HelperConfig
+from sidecar.errors import (
+    ContainerdUnavailable,
+    ImageNotFound,
+    InvalidRequest,
+    RegistryAuthFailed,
+    RegistryError,
+    TargetIncompatible,
+)
+from sidecar.node.containerd import ContainerdImages
+from sidecar.ops.rootfs import _diff_id, added_layers
+from sidecar.registry.client import ImageReference
+from sidecar.registry.credentials import NodeRegistrySettings, node_access
 
 
 @pytest.mark.parametrize("text,host,repo,ref", [
@@ -135,23 +145,161 @@ def test_unreadable_configs_mean_no_credentials(tmp_path: Path) -> None:
     assert not access.has_credentials and access.source == "no credentials"
 
 
-def test_containerd_content_index_and_completeness(tmp_path: Path) -> None:
-    listing = (
-        "DIGEST\tSIZE\tAGE\tLABELS\n"
-        f"sha256:{'1' * 64}\t422B\tAbout an hour\t{CONFIG_LABEL}=sha256:{'c' * 64},"
-        f"containerd.io/gc.ref.content.l.0=sha256:{'2' * 64}\n"
-        f"sha256:{'2' * 64}\t5.2MB\t2 days\tcontainerd.io/distribution.source.r=lab/a,lab/b,"
-        f"containerd.io/uncompressed=sha256:{'2' * 64}\n"
-        f"sha256:{'c' * 64}\t453B\t3 minutes\t-\n")
+FAKE_CTR = """
+    import json, sys, time
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    store = json.loads((here / "store.json").read_text())
+    args = sys.argv[1:]
+    assert args[:6] == ["--address", args[1], "--namespace", "k8s.io", "--timeout", args[5]]
+    args = args[6:]
+    (here / "calls").open("a").write(" ".join(args) + "\\n")
+    if (here / "hang").exists():
+        time.sleep(60)
+    if args[:2] == ["images", "ls"]:
+        print("REF                 TYPE    DIGEST   SIZE     PLATFORMS   LABELS")
+        for name, (kind, digest) in sorted(store["images"].items()):
+            if args[2:] in ([], ["name==" + name]):
+                print(f"{name} {kind} {digest} 1.2 MiB linux/amd64 io.cri-containerd.image=managed")
+    elif args == ["content", "ls", "-q"]:
+        print("\\n".join(store["blobs"]))
+    elif args[:2] == ["content", "get"] and args[2] in store["blobs"]:
+        sys.stdout.buffer.write(store["blobs"][args[2]].encode("latin-1"))
+    else:
+        print("ctr: content digest " + args[-1] + ": not found", file=sys.stderr)
+        sys.exit(1)
+"""
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def _blob(data: bytes | str) -> tuple[str, str]:
+    import hashlib
+
+    raw = data.encode() if isinstance(data, str) else data
+    return "sha256:" + hashlib.sha256(raw).hexdigest(), raw.decode("latin-1")
+
+
+class FakeContainerd:
+    """`ctr` reading images and blobs from a JSON file (what the helper sees of containerd)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from tests.unit.sidecar_support import write_script
+
+        self.dir = tmp_path / "ctr"
+        self.dir.mkdir()
+        self.ctr = write_script(self.dir / "ctr", FAKE_CTR)
+        self.socket = tmp_path / "containerd.sock"
+        import socket as sockets
+        self._listener = sockets.socket(sockets.AF_UNIX)
+        self._listener.bind(str(self.socket))
+        self.images: dict[str, list[str]] = {}
+        self.blobs: dict[str, str] = {}
+
+    def add(self, data: bytes | str) -> str:
+        digest, text = _blob(data)
+        self.blobs[digest] = text
+        return digest
+
+    def image(self, name: str, layers: list[bytes], config: dict[str, Any], *,
+              keep_layers: bool = True, index: bool = False) -> str:
+        config_digest = self.add(json.dumps(config))
+        descriptors = []
+        for layer in layers:
+            digest, _ = _blob(layer)
+            if keep_layers:
+                self.add(layer)
+            descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                "digest": digest, "size": len(layer)})
+        manifest = self.add(json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                                        "config": {"digest": config_digest},
+                                        "layers": descriptors}))
+        target, kind = manifest, OCI_MANIFEST
+        if index:
+            from sidecar.node.containerd import node_platform
+            os_name, arch = node_platform()
+            target, kind = self.add(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                                "manifests": [
+                {"digest": "sha256:" + "0" * 64, "mediaType": OCI_MANIFEST,
+                 "platform": {"os": "windows", "architecture": arch}},
+                {"digest": manifest, "mediaType": OCI_MANIFEST,
+                 "platform": {"os": os_name, "architecture": arch}}]})), OCI_INDEX
+        self.images[name] = [kind, target]
+        return manifest
+
+    def sync(self) -> None:
+        (self.dir / "store.json").write_text(json.dumps({"images": self.images,
+                                                         "blobs": self.blobs}))
+
+
+def test_an_image_from_containerd_through_its_index(tmp_path: Path) -> None:
+    from sidecar.ops.images import containerd_image
+
+    fake = FakeContainerd(tmp_path)
+    manifest = fake.image("docker.io/lab/app:1", [b"layer one"], {"rootfs": {"diff_ids": ["x"]}},
+                          index=True)
+    fake.sync()
+    config = HelperConfig(checkpoint_dir=tmp_path / "c", ctr_path=str(fake.ctr))
+    image = containerd_image(config, str(fake.socket), "docker.io/lab/app:1", tmp_path)
+    assert image.diff_ids == ["x"] and image.media_type == OCI_MANIFEST
+    assert json.loads(fake.blobs[manifest]) == image.manifest
+    layer = image.manifest["layers"][0]["digest"]
+    with image.open_blob(layer) as blob:
+        assert blob.read() == b"layer one"
+    assert not list(tmp_path.glob("blob-*"))  # the checked copy is gone
+    with pytest.raises(ImageNotFound):
+        containerd_image(config, str(fake.socket), "docker.io/lab/none:1", tmp_path)
+
+
+def test_a_reference_without_its_layers_is_served_by_another_of_the_same_image(
+        tmp_path: Path) -> None:
+    from sidecar.ops.images import containerd_image
+
+    fake = FakeContainerd(tmp_path)
+    config_body = {"rootfs": {"diff_ids": ["d1"]}}
+    fake.image("docker.io/lab/app:1", [b"layer bytes", b"discarded"], config_body,
+               keep_layers=False)
+    fake.image("docker.io/lab/other:2", [b"unrelated"], {"rootfs": {"diff_ids": ["o"]}})
+    # the same image (config) pulled another way: other layer blobs, all present
+    complete = fake.image("docker.io/lab/app@sha256:" + "9" * 64, [b"layer bytes, gzip"],
+                          config_body)
+    fake.sync()
+    config = HelperConfig(checkpoint_dir=tmp_path / "c", ctr_path=str(fake.ctr))
+    image = containerd_image(config, str(fake.socket), "docker.io/lab/app:1", tmp_path)
+    assert image.manifest == json.loads(fake.blobs[complete])
+    del fake.images["docker.io/lab/app@sha256:" + "9" * 64]
+    fake.sync()
+    with pytest.raises(ImageNotFound, match="no longer holds the layer blobs"):
+        containerd_image(config, str(fake.socket), "docker.io/lab/app:1", tmp_path)
+
+
+def test_ctr_is_bounded_in_time_and_its_failures_are_typed(tmp_path: Path) -> None:
+    fake = FakeContainerd(tmp_path)
+    digest = fake.add(b"x" * 100)
+    fake.sync()
+    images = ContainerdImages(str(fake.ctr), fake.socket, timeout=1)
+    with pytest.raises(ImageNotFound, match="not found"):
+        images.read_blob("sha256:" + "1" * 64)
+    with pytest.raises(RegistryError, match="larger than 10 bytes"):
+        images.read_blob(digest, limit=10)
+    assert images.blob_to_file(digest, tmp_path / "copy") == 100
+    (fake.dir / "hang").touch()
+    started = time.monotonic()
+    with pytest.raises(ContainerdUnavailable, match="did not finish in time"):
+        images.blob_to_file(digest, tmp_path / "copy2")
+    assert time.monotonic() - started < 2 + 1  # ctr's own limit, then ours
+    assert not (tmp_path / "copy2").exists()
+    with pytest.raises(ContainerdUnavailable):
+        images.targets()
+
+
+def test_an_unreadable_images_row_is_an_error_not_a_guess(tmp_path: Path) -> None:
     fake_ctr = tmp_path / "ctr"
-    fake_ctr.write_text(f"#!/bin/sh\ncat <<'EOF'\n{listing}EOF\n")
+    fake_ctr.write_text("#!/bin/sh\necho 'REF TYPE DIGEST'\necho 'app:1 <none> 12ab'\n")
     fake_ctr.chmod(0o755)
-    index = ContainerdImages(str(fake_ctr), tmp_path / "sock").content_index()
-    assert index[f"sha256:{'1' * 64}"][CONFIG_LABEL] == f"sha256:{'c' * 64}"
-    assert index[f"sha256:{'2' * 64}"]["containerd.io/distribution.source.r"] == "lab/a,lab/b"
-    assert index[f"sha256:{'c' * 64}"] == {}
-    assert _complete({"layers": [{"digest": f"sha256:{'2' * 64}"}]}, index)
-    assert not _complete({"layers": [{"digest": f"sha256:{'9' * 64}"}]}, index)
+    with pytest.raises(ContainerdUnavailable, match="cannot read"):
+        ContainerdImages(str(fake_ctr), tmp_path / "sock").targets("app:1")
 
 
 def test_added_layers() -> None:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import criu_stats, lifecycle, remote, store
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointCorrupted, InvalidRequest
+from sidecar.node import criu_stats
+from sidecar.ops import retention, transfer
+from sidecar.registry import remote
+from sidecar.storage import store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -55,10 +58,12 @@ def test_tar_stream_holds_every_file_and_the_manifest(tmp_path: Path, kind: str)
     assert writer.uncompressed == len(raw)
     dest = tmp_path / "out"
     dest.mkdir()
+    unpack = remote.checkpoint_extractor(dest)
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r|") as tar:
         for member in tar:
             assert member.uid == 0 and member.uname == ""
-            remote._extract_member(tar, member, dest)
+            unpack.extract(tar, member)
+    unpack.finish()
     assert store.verify(dest).checkpoint_id == "id-1"
     assert (dest / "checkpoint" / "pages-1.img").stat().st_mode & 0o777 == 0o600
 
@@ -84,9 +89,10 @@ def test_archive_members_outside_or_special_are_refused(tmp_path: Path, name: st
         info.linkname = "/etc/shadow" if kind == tarfile.SYMTYPE else ""
         tar.addfile(info, io.BytesIO(b""))
     buffer.seek(0)
+    unpack = remote.checkpoint_extractor(tmp_path)
     with tarfile.open(fileobj=buffer, mode="r|") as tar, pytest.raises(CheckpointCorrupted):
         for member in tar:
-            remote._extract_member(tar, member, tmp_path)
+            unpack.extract(tar, member)
     assert not (tmp_path.parent / "escape").exists()
 
 
@@ -98,26 +104,26 @@ def _entry(ident: str, created: str, pod: str = "p", size: int = 100) -> dict[st
 def test_plan_retention_oldest_first_per_container_then_bytes() -> None:
     entries = [_entry("a", "1"), _entry("b", "2"), _entry("c", "3"), _entry("x", "4", "q"),
                _entry("d", "5")]
-    assert [e["id"] for e in lifecycle.plan_retention(entries, 2, 0)] == ["a", "b"]
-    assert lifecycle.plan_retention(entries, 0, 0) == []
-    assert [e["id"] for e in lifecycle.plan_retention(entries, 0, 250)] == ["a", "b", "c"]
+    assert [e["id"] for e in retention.plan_retention(entries, 2, 0)] == ["a", "b"]
+    assert retention.plan_retention(entries, 0, 0) == []
+    assert [e["id"] for e in retention.plan_retention(entries, 0, 250)] == ["a", "b", "c"]
     # both limits: per container first, then bytes among the rest
-    assert [e["id"] for e in lifecycle.plan_retention(entries, 2, 150)] == ["a", "b", "c", "x"]
-    assert [e["id"] for e in lifecycle.plan_retention(entries, 1, 0)] == ["a", "b", "c"]
+    assert [e["id"] for e in retention.plan_retention(entries, 2, 150)] == ["a", "b", "c", "x"]
+    assert [e["id"] for e in retention.plan_retention(entries, 1, 0)] == ["a", "b", "c"]
 
 
 def test_where_a_checkpoint_goes(tmp_path: Path) -> None:
     plain = HelperConfig(checkpoint_dir=tmp_path)
-    assert lifecycle.wants_remote(plain, None, "") is False
-    assert lifecycle.wants_remote(plain, "local", "") is False
+    assert transfer.wants_remote(plain, None, "") is False
+    assert transfer.wants_remote(plain, "local", "") is False
     with pytest.raises(InvalidRequest) as refused:
-        lifecycle.wants_remote(plain, "remote", "")
+        transfer.wants_remote(plain, "remote", "")
     assert "checkpoint-repository" in refused.value.message
     with_registry = HelperConfig(checkpoint_dir=tmp_path, remote_repository="r.example/c")
-    assert lifecycle.wants_remote(with_registry, None, "") is True
-    assert lifecycle.wants_remote(with_registry, None, "some/dir") is False
-    assert lifecycle.wants_remote(with_registry, "local", "") is False
-    assert lifecycle.wants_remote(with_registry, "remote", "some/dir") is True
+    assert transfer.wants_remote(with_registry, None, "") is True
+    assert transfer.wants_remote(with_registry, None, "some/dir") is False
+    assert transfer.wants_remote(with_registry, "local", "") is False
+    assert transfer.wants_remote(with_registry, "remote", "some/dir") is True
 
 
 def test_criu_dump_statistics() -> None:

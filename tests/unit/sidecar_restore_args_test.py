@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sidecar import cgroups, criu, runc
 from sidecar.config import HelperConfig
-from sidecar.restore import (
+from sidecar.node import cgroups, criu, runc
+from sidecar.ops.restore import (
     cgroup_mount_map,
     external_mount_map,
     missing_bind_mounts,
@@ -23,8 +24,8 @@ POD = "/kubepods/besteffort/pod8c2d5a77-1f3b-4c71-b3e0-0d9f2c4a6b12/eeee"
 TASKS = FIXTURES / "containerd/host/run/containerd/io.containerd.runtime.v2.task/k8s.io"
 
 
-def spec_of(container_id: str) -> dict:
-    return json.loads((TASKS / container_id / "config.json").read_text())
+def spec_of(container_id: str) -> dict[str, Any]:
+    return dict(json.loads((TASKS / container_id / "config.json").read_text()))
 
 
 def hybrid_dirs() -> list[cgroups.CgroupDir]:
@@ -138,7 +139,7 @@ def test_restore_command_is_the_whole_chain(tmp_path: Path) -> None:
     assert plan.passed_fds == (7, 8, 9)
     args = restore_command(config, 4402, plan, python="/usr/bin/python3")
     assert args == [
-        "/usr/bin/python3", "-m", "sidecar.enter_cgroups", "--pid", "4402", "--",
+        "/usr/bin/python3", "-m", "sidecar.node.enter_cgroups", "--pid", "4402", "--",
         "/usr/bin/nsenter", "--target", "4402", "--pid", "--",
         "/usr/bin/unshare", "--mount", "--propagation", "private", "--mount-proc", "--",
         "/usr/local/sbin/criu", "restore",

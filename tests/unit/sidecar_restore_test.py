@@ -13,11 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.unit.sidecar_api_test import Env, assert_error
 from tests.unit.sidecar_support import (
     COUNTER,
     FIRST,
     POD_FIRST_UID,
+    HelperApp,
+    assert_error,
     bundle_of,
     is_root,
     pod_process,
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class RestoreEnv(Env):
+class RestoreEnv(HelperApp):
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path)
         made = self.client.post("/checkpoint", json=self.checkpoint_body(checkpoint_path="c"))
@@ -90,9 +91,9 @@ def own_pids_cgroup(pids: list[int]) -> Iterator[Path | None]:
             (child / "cgroup.procs").write_text(f"{pid}\n")
         yield child
     finally:
-        for pid in (child / "cgroup.procs").read_text().split():
+        for member in (child / "cgroup.procs").read_text().split():
             with suppress(OSError):
-                (parent / "cgroup.procs").write_text(f"{pid}\n")
+                (parent / "cgroup.procs").write_text(f"{member}\n")
         with suppress(OSError):
             child.rmdir()
 
@@ -115,7 +116,7 @@ def test_restore_runs_criu_inside_the_target(renv: RestoreEnv) -> None:
     assert args[0] == "restore"
     assert args[args.index("-D") + 1] == str(renv.config.checkpoint_dir / "c" / "checkpoint")
     assert args[args.index("--root") + 1] == str(renv.rootfs)
-    assert all(report["fds_open"].values())  # type: ignore[union-attr]
+    assert all(dict(report["fds_open"]).values())  # type: ignore[call-overload]
     inherited = [a for i, a in enumerate(args) if args[i - 1] == "--inherit-fd"]
     assert [a.split(":", 1)[1] for a in inherited] == [
         "extRootNetNS", "pipe:[4242001]", "pipe:[4242002]"]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import rootfs_diff
 from sidecar.errors import RestoreFailed
+from sidecar.node import proctree
+from sidecar.storage import rootfs_diff
 
 
 def _upper(tmp_path: Path) -> Path:
@@ -72,5 +73,13 @@ def test_deletions_stay_inside_the_rootfs(tmp_path: Path) -> None:
 
 def test_upper_dir_of_this_process_is_read_from_mountinfo(tmp_path: Path) -> None:
     # this machine's root is not overlay: no upper dir, and no error
-    assert rootfs_diff.upper_dir(os.getpid()) is None or rootfs_diff.upper_dir(os.getpid()).is_dir()
-    assert rootfs_diff.upper_dir(2**22 + 7) is None
+    upper = proctree.upper_dir(os.getpid())
+    assert upper is None or upper.is_dir()
+    assert proctree.upper_dir(2**22 + 7) is None
+    proc = tmp_path / "proc"
+    (proc / "7").mkdir(parents=True)
+    (proc / "7" / "mountinfo").write_text(
+        "22 1 0:21 / /sys rw - sysfs sysfs rw\n"
+        "1041 980 0:93 / / rw,relatime - overlay overlay rw,lowerdir=/l1:/l2,"
+        "upperdir=/var/lib/containerd/snapshots/42/fs,workdir=/var/lib/containerd/w\n")
+    assert proctree.upper_dir(7, proc) == Path("/var/lib/containerd/snapshots/42/fs")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import uvicorn
 
-from sidecar.api import create_app
+from sidecar.http.app import create_app
 from tests.unit.sidecar_support import (
     COUNTER,
     FIRST,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import store
-from sidecar.catalogue import Catalogue, RestoredRegistry
 from sidecar.errors import CheckpointCorrupted, CheckpointNotFound
+from sidecar.ops.restore import restore_is_live
+from sidecar.storage import store
+from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 
 
 def make_checkpoint(tmp_path: Path, name: str = "ckpt") -> Path:
@@ -135,12 +136,16 @@ def test_catalogue_never_deletes_outside_its_directory(tmp_path: Path) -> None:
 
 
 def test_restored_registry_liveness(tmp_path: Path) -> None:
-    registry = RestoredRegistry(tmp_path)
+    registry = RestoredRegistry(tmp_path, restore_is_live)
     registry.record("target-1", {"pid": os.getpid(), "pid_start_time": None})
     assert registry.live_restore("target-1") is not None
     registry.record("target-2", {"pid": 999_999_999})
-    assert RestoredRegistry(tmp_path).live_restore("target-2") is None
-    assert RestoredRegistry(tmp_path).live_restore("unknown") is None
+    assert RestoredRegistry(tmp_path, restore_is_live).live_restore("target-2") is None
+    assert RestoredRegistry(tmp_path, restore_is_live).live_restore("unknown") is None
+    # a record whose tree has gone is dropped with the next one written
+    registry.record("target-3", {"pid": os.getpid()})
+    assert set(json.loads((tmp_path / ".restored.json").read_text())) == {"target-1",
+                                                                          "target-3"}
 
 
 def test_following_hasher_hashes_a_file_while_it_is_appended_to(tmp_path: Path) -> None:
@@ -179,3 +184,35 @@ def test_hash_files_uses_a_known_digest_only_for_the_same_file(tmp_path: Path) -
     stale = {"checkpoint/pages-1.img": store.KnownDigest("f" * 64, 99, inode)}
     real = store.hash_file(page)[0]
     assert store.hash_files(tmp_path, stale)["checkpoint/pages-1.img"]["sha256"] == real
+
+
+def test_a_catalogue_locked_elsewhere_is_waited_for_then_refused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    import subprocess
+    import sys
+
+    from sidecar.errors import InternalError
+    from sidecar.storage import catalogue
+
+    Catalogue(tmp_path).add({"id": "a", "created": "1"})
+    lock = tmp_path / ".catalogue.json.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(float(sys.stdin.readline()))\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(catalogue, "LOCK_WAIT_S", 0.3)
+        with pytest.raises(InternalError, match="locked by another process"):
+            Catalogue(tmp_path).add({"id": "b", "created": "2"})
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("0\n")
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    Catalogue(tmp_path).add({"id": "b", "created": "2"})  # free again
+    assert [e["id"] for e in Catalogue(tmp_path).list()] == ["a", "b"]

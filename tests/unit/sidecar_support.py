@@ -1,18 +1,24 @@
-"""Shared pieces of the helper's unit tests: recorded runc roots, live processes, fake tools."""
+"""Shared pieces of the helper's unit tests: recorded runc roots, live processes, fake tools,
+the application in-process and the helper as a real process (their fixtures: conftest.py)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterable, Iterator
+import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from sidecar.config import HelperConfig
+
+REPO = Path(__file__).resolve().parents[2]
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runc"
 RUNC_ROOTS = {
@@ -34,6 +40,17 @@ SECOND = cid("f")
 HELPER = cid("2")
 CRIO_NGINX = cid("6")
 POD_FIRST_UID = "8c2d5a77-1f3b-4c71-b3e0-0d9f2c4a6b12"
+POD = "counter-5f7c9d8b4-x2kqp"  # the pod of COUNTER in the recorded roots
+
+#: a process that holds an io_uring instance (prints "ready" once it does)
+IO_URING_HOLDER = textwrap.dedent("""
+    import ctypes, sys, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = ctypes.create_string_buffer(120)
+    fd = libc.syscall(425, 4, params)  # io_uring_setup
+    print("ready" if fd >= 0 else f"unsupported {ctypes.get_errno()}", flush=True)
+    time.sleep(300)
+""")
 
 
 def proc_start_ticks(pid: int) -> int:
@@ -83,7 +100,7 @@ def process(*args: str, ready: str | None = None) -> Iterator[subprocess.Popen[s
         stop(proc)
 
 
-def sleeper() -> subprocess.Popen[str]:
+def sleeper() -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
 
 
@@ -178,11 +195,6 @@ def wait_for(predicate: object, timeout: float = 5.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def descendants_of(pid: int) -> Iterable[int]:
-    import psutil
-    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-
-
 def is_root() -> bool:
     return os.geteuid() == 0
 
@@ -220,3 +232,87 @@ def stop(proc: subprocess.Popen[str]) -> None:
             child.kill()
     proc.kill()
     proc.wait()
+
+
+class HelperApp:
+    """The helper's application in-process (TestClient) over a recorded containerd root whose
+    COUNTER container is a live process."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from fastapi.testclient import TestClient
+
+        from sidecar.http.app import create_app
+        from sidecar.node.locks import ContainerLocks
+
+        self.source = pod_process()
+        self.root = install_runc_root("containerd", tmp_path, {COUNTER: self.source.pid})
+        self.config: HelperConfig = make_config(tmp_path)
+        self.locks = ContainerLocks()
+        self.client = TestClient(create_app(self.config, locks=self.locks))
+
+    def checkpoint_body(self, **data: object) -> dict[str, object]:
+        base: dict[str, object] = {"container_name": "counter", "sandbox_name": POD,
+                                   "namespace": "default", "root": str(self.root)}
+        base.update(data)
+        return {"checkpoint_data": base, "leave_running": True}
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    """A JSON error answer with that status and code, and a message for a person."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def helper_process(home: Path, *args: str) -> Iterator[str]:
+    """`cedana-helper serve` as a real process on loopback, its state below `home`; yields its
+    URL once /healthz answers. `args` are added to the command line."""
+    port = free_port()
+    (home / "runc").mkdir(exist_ok=True)
+    log = (home / "helper.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
+         str(port), "--checkpoint-dir", str(home / "checkpoints"), "--runtime-root",
+         str(home / "runc"), "--criu-runc-config", str(home / "criu-runc.conf"), *args],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, NODE_NAME="node1", PYTHONPATH=str(REPO)))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2):
+                    break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("the helper did not start: " + (
+                        home / "helper.log").read_text(errors="replace")) from exc
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def route_table() -> set[tuple[str, str]]:
+    """(method, path) of every route of the helper."""
+    from fastapi.routing import APIRoute
+
+    from sidecar.http import routes
+
+    return {(method, route.path) for router in routes.ROUTERS for route in router.routes
+            if isinstance(route, APIRoute) for method in route.methods or ()}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import freezer, proctree, tool
+from sidecar.node import freezer, proctree, tool
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 TAIL = shutil.which("tail") or "/usr/bin/tail"
@@ -107,7 +107,7 @@ def test_stop_stragglers_kills_only_the_named_programs_working_in_the_directory(
     (ours / ".tmp-x").mkdir(parents=True)
     other = tmp_path / "elsewhere"
     other.mkdir()
-    held = open(ours / ".tmp-x" / "pages-1.img", "wb")  # noqa: SIM115 - passed to the child
+    held = open(ours / ".tmp-x" / "pages-1.img", "wb")
     procs = {
         # the named program with an open file in the directory (CRIU writing pages)
         "fd": subprocess.Popen([SLEEP, "600"], stdout=held),

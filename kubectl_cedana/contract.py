@@ -1,0 +1,139 @@
+"""What the plugin and the node helper agree on: where the helper is, its routes, the caller
+proof headers, the error codes and their HTTP statuses, the compression names, and the pod
+annotation and label keys both write.
+
+Both programs import this one module (the helper through `kubectl_cedana.contract`, which pulls
+nothing of the plugin but this file and version.py). Standard library only, and Python 3.9
+syntax: it runs in the plugin's zipapp on the oldest Python the plugin supports.
+"""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+# -- where the helper runs ---------------------------------------------------------------------
+HELPER_NAMESPACE = "cedana-system"
+HELPER_NAME = "cedana-helper"
+HELPER_SELECTOR = "app.kubernetes.io/name=cedana-helper"
+HELPER_PORT = 1324
+
+# -- routes: the seed's contract, then our additions --------------------------------------------
+LIST = "/list/{namespace}"
+CHECKPOINT = "/checkpoint"
+RESTORE = "/restore"
+CHECKPOINT_ROOTFS = "/checkpoint/rootfs"
+CHECKPOINT_ROOTFS_CRIO = "/checkpoint/rootfs/crio"
+RESTORE_ROOTFS = "/restore/rootfs"
+HEALTHZ = "/healthz"
+VERSION = "/version"
+CHECKPOINTS = "/checkpoints"
+CHECKPOINTS_PRUNE = "/checkpoints/prune"
+CHECKPOINT_ENTRY = "/checkpoints/{checkpoint_id}"
+#: answered to anyone: kubelet's probe and a version check carry no caller proof
+OPEN_ROUTES = frozenset({HEALTHZ, VERSION})
+
+
+def route(template: str, **params: str) -> str:
+    """A route with its {parameters} filled in, each quoted as one path segment."""
+    return template.format(**{k: quote(v, safe="") for k, v in params.items()})
+
+
+def is_open(path: str) -> bool:
+    """Whether a request path (with or without its leading slash or query) needs no proof."""
+    return "/" + path.split("?", 1)[0].strip("/") in OPEN_ROUTES
+
+
+# -- who calls: a CertificateSigningRequest the API server filled in (docs/security.md) ---------
+CALLER_HEADER = "X-Cedana-Caller"
+PROOF_HEADER = "X-Cedana-Proof"
+SIGNER_PREFIX = "cedana.io/caller-proof-"
+#: the helper accepts a proof this long after its CSR was created
+PROOF_TTL_S = 15 * 60
+
+
+def proof_digest(secret: str) -> str:
+    """What the CSR's signer name carries in place of the secret."""
+    import hashlib  # here: `kubectl cedana --help` makes no proof
+
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+# -- error codes: every answer that is not 2xx is {"code": CODE, "message": ...} ---------------
+class Code:
+    """The stable, machine-readable codes of the helper's errors (docs/api.md)."""
+
+    INVALID_REQUEST = "invalid_request"
+    PATH_OUTSIDE_CHECKPOINT_DIR = "path_outside_checkpoint_dir"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    BODY_TOO_LARGE = "body_too_large"
+    CONTAINER_NOT_FOUND = "container_not_found"
+    CHECKPOINT_NOT_FOUND = "checkpoint_not_found"
+    CONTAINER_AMBIGUOUS = "container_ambiguous"
+    CONTAINER_NOT_RUNNING = "container_not_running"
+    OPERATION_IN_PROGRESS = "operation_in_progress"
+    ALREADY_RESTORED = "already_restored"
+    TARGET_NOT_SLEEPING = "target_not_sleeping"
+    TARGET_INCOMPATIBLE = "target_incompatible"
+    CHECKPOINT_EXISTS = "checkpoint_exists"
+    IO_URING_UNSUPPORTED = "io_uring_unsupported"
+    CHECKPOINT_CORRUPTED = "checkpoint_corrupted"
+    DUMP_FAILED = "dump_failed"
+    RESTORE_FAILED = "restore_failed"
+    INTERNAL_ERROR = "internal_error"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    AUTHORIZATION_UNAVAILABLE = "authorization_unavailable"
+    IMAGE_MISMATCH = "image_mismatch"
+    IMAGE_NOT_FOUND = "image_not_found"
+    REGISTRY_AUTH_FAILED = "registry_auth_failed"
+    IMAGE_UNSUPPORTED = "image_unsupported"
+    REGISTRY_UNREACHABLE = "registry_unreachable"
+    REGISTRY_ERROR = "registry_error"
+    CONTAINERD_UNAVAILABLE = "containerd_unavailable"
+
+
+#: the HTTP status the helper answers each code with
+HTTP_STATUS = {
+    Code.INVALID_REQUEST: 400,
+    Code.PATH_OUTSIDE_CHECKPOINT_DIR: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.FORBIDDEN: 403,
+    Code.REGISTRY_AUTH_FAILED: 403,
+    Code.NOT_FOUND: 404,
+    Code.CONTAINER_NOT_FOUND: 404,
+    Code.CHECKPOINT_NOT_FOUND: 404,
+    Code.IMAGE_NOT_FOUND: 404,
+    Code.METHOD_NOT_ALLOWED: 405,
+    Code.CONTAINER_AMBIGUOUS: 409,
+    Code.CONTAINER_NOT_RUNNING: 409,
+    Code.OPERATION_IN_PROGRESS: 409,
+    Code.ALREADY_RESTORED: 409,
+    Code.TARGET_NOT_SLEEPING: 409,
+    Code.TARGET_INCOMPATIBLE: 409,
+    Code.CHECKPOINT_EXISTS: 409,
+    Code.IMAGE_MISMATCH: 409,
+    Code.BODY_TOO_LARGE: 413,
+    Code.IO_URING_UNSUPPORTED: 422,
+    Code.CHECKPOINT_CORRUPTED: 422,
+    Code.IMAGE_UNSUPPORTED: 422,
+    Code.DUMP_FAILED: 500,
+    Code.RESTORE_FAILED: 500,
+    Code.INTERNAL_ERROR: 500,
+    Code.REGISTRY_UNREACHABLE: 502,
+    Code.REGISTRY_ERROR: 502,
+    Code.CONTAINERD_UNAVAILABLE: 502,
+    Code.AUTHORIZATION_UNAVAILABLE: 503,
+}
+
+# -- remote checkpoints ---------------------------------------------------------------------------
+COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
+DEFAULT_COMPRESSION = "zstd"
+
+# -- what the plugin and the helper write on pods ------------------------------------------------
+ANNOTATION_PREFIX = "cedana.io/"
+CHECKPOINT_ID_KEY = ANNOTATION_PREFIX + "checkpoint-id"  # label and annotation
+SOURCE_POD_KEY = ANNOTATION_PREFIX + "source-pod"  # label (plugin) and annotation
+SOURCE_CONTAINER_KEY = ANNOTATION_PREFIX + "source-container"
+SOURCE_NODE_KEY = ANNOTATION_PREFIX + "source-node"
+RESTORE_SESSION_KEY = ANNOTATION_PREFIX + "restore-session"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kubectl-cedana"}

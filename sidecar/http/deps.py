@@ -1,0 +1,27 @@
+"""What routes are given: the helper's context, and a way to name ids in the request log."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from sidecar.http.middleware import request_state
+from sidecar.ops.context import Helper
+
+
+def helper_of(request: Request) -> Helper:
+    helper: Helper = request.app.state.helper
+    return helper
+
+
+#: a route's parameter: the helper's configuration, locks and API connection
+HelperDep = Annotated[Helper, Depends(helper_of)]
+
+
+def logged(request: Request, answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer, its checkpoint and container ids noted for the request's log line."""
+    state = request_state(request.scope)
+    for key in ("checkpoint_id", "container_id"):
+        if answer.get(key):
+            state[key] = answer[key]
+    return answer

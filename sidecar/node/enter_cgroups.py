@@ -1,0 +1,54 @@
+"""`python -m sidecar.node.enter_cgroups --pid P -- CMD [ARG...]`: join every cgroup of process P,
+then exec CMD. Everything CMD starts (and everything CRIU restores with
+--manage-cgroups=ignore) is then accounted to P's container.
+
+Kept as a separate exec step because moving a process between cgroups from a forked child of
+the threaded server (preexec_fn) is not safe.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from sidecar.node.cgroups import CgroupDir, process_cgroup_dirs
+
+EXIT_SETUP_FAILED = 125  # as env(1)/nsenter(1) report their own failures
+
+
+def join_cgroups(dirs: Sequence[CgroupDir], pid: int) -> list[str]:
+    """Write `pid` into each directory's cgroup.procs; return the directories joined."""
+    joined = []
+    for cgroup in dirs:
+        with open(os.path.join(cgroup.directory, "cgroup.procs"), "w", encoding="ascii") as f:
+            f.write(f"{pid}\n")
+        joined.append(cgroup.directory)
+    return joined
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sidecar.node.enter_cgroups")
+    parser.add_argument("--pid", type=int, required=True, help="join this process's cgroups")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        parser.error("a command to run is required after --")
+    try:
+        join_cgroups(process_cgroup_dirs(args.pid), os.getpid())
+    except OSError as exc:
+        print(f"enter_cgroups: cannot join the cgroups of pid {args.pid}: {exc}",
+              file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        print(f"enter_cgroups: cannot run {command[0]}: {exc}", file=sys.stderr)
+    return EXIT_SETUP_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

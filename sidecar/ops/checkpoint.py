@@ -1,0 +1,335 @@
+"""Checkpoint one Kubernetes container: find it, check it can be dumped, dump it with runc and
+CRIU into the on-disk format of store.py, and record it in the catalogue (checkpoint_container);
+then, as POST /checkpoint does, push it to the registry, tell Kubernetes and apply retention
+(checkpoint)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import HelperConfig
+from sidecar.errors import (
+    CheckpointExists,
+    ContainerNotRunning,
+    DumpFailed,
+    HelperError,
+    IoUringUnsupported,
+)
+from sidecar.node import criu, freezer, proctree, runc, versions
+from sidecar.node.discovery import RUNNING, RuncContainer, find_container
+from sidecar.node.locks import ContainerLocks
+from sidecar.ops import events, retention, transfer
+from sidecar.ops.containers import runc_root
+from sidecar.ops.context import Helper
+from sidecar.storage import rootfs_diff, store
+from sidecar.storage.catalogue import Catalogue
+from sidecar.storage.paths import confine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCKS = ContainerLocks()
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    checkpoint_id: str
+    checkpoint_path: Path
+    size_bytes: int
+    duration_ms: int
+    options: dict[str, Any]
+    container: RuncContainer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint_id": self.checkpoint_id,
+            "checkpoint_path": str(self.checkpoint_path),
+            "size_bytes": self.size_bytes,
+            "duration_ms": self.duration_ms,
+            "options": self.options,
+            "container_id": self.container.container_id,
+        }
+
+
+class _Stopper:
+    """Stops a container after its dump, in place of CRIU: the processes are signalled while
+    still frozen (kill) and die when thawed; wait then sees the init process gone."""
+
+    EXIT_TIMEOUT_S = 30.0
+
+    def __init__(self, pid: int, what: str) -> None:
+        self.pid, self.what = pid, what
+        try:  # the same process to the end, even if its PID is reused
+            self.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError as exc:
+            raise ContainerNotRunning(f"the init process {pid} of {what} has exited") from exc
+        self.signalled = False
+
+    def kill(self) -> None:
+        # only reached with the checkpoint renamed into place and listed
+        freezer.kill_frozen(self.pid, self.what)
+        self.signalled = True
+
+    def wait(self) -> None:
+        try:
+            if self.signalled and not freezer.wait_gone(self.pidfd, self.EXIT_TIMEOUT_S):
+                log.error("%s was signalled after its checkpoint but is still running",
+                          self.what)
+        finally:
+            os.close(self.pidfd)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def destination(config: HelperConfig, checkpoint_path: str | None, checkpoint_id: str) -> Path:
+    """Where the checkpoint will live: the confined request, or <checkpoint-dir>/<id>."""
+    if checkpoint_path:
+        final = confine(config.checkpoint_dir, checkpoint_path)
+    else:
+        final = config.checkpoint_dir / checkpoint_id
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise CheckpointExists(
+            f"{final} already exists and is not an empty directory; choose a new "
+            "checkpoint_path", checkpoint_path=str(final),
+        )
+    return final
+
+
+def choose_options(config: HelperConfig, container: RuncContainer,
+                   tree: list[proctree.TreeProcess], leave_running: bool) -> runc.DumpOptions:
+    tcp = proctree.has_connected_tcp(tree)
+    if criu.RUNC_CONFIG_ANNOTATION in container.annotations:
+        # runc hands CRIU the container's own config file instead of ours
+        in_config: set[str] = set()
+    else:
+        try:
+            in_config = criu.ensure_runc_config(config.criu_runc_config)
+        except OSError as exc:
+            # e.g. a read-only /etc in the helper image: dump without link-remap
+            log.warning("cannot write %s (%s); dumping without link-remap",
+                        config.criu_runc_config, exc)
+            in_config = set()
+    return runc.DumpOptions(
+        leave_running=leave_running,
+        tcp_established=tcp,
+        ext_unix_sk=True,
+        file_locks=True,
+        link_remap="link-remap" in in_config,
+        skip_in_flight=tcp and "skip-in-flight" in in_config,
+    )
+
+
+def config_dump(container: RuncContainer, checkpoint_id: str, checkpointed: str) -> dict[str, Any]:
+    """config.dump in the shape checkpointctl and CRI-O read."""
+    image_ref = container.annotations.get("io.kubernetes.cri-o.Image", "")
+    return {
+        "id": container.container_id,
+        "name": container.container_name,
+        "rootfsImage": container.image,
+        "rootfsImageName": container.image,
+        "rootfsImageRef": image_ref,
+        "runtime": "runc",
+        "createdTime": container.created,
+        "checkpointedTime": checkpointed,
+        "cedanaCheckpointId": checkpoint_id,
+    }
+
+
+def _collect_outputs(temp_dir: Path, work_dir: Path, images_dir: Path) -> None:
+    dump_log = work_dir / runc.DUMP_LOG
+    if dump_log.exists():
+        shutil.move(str(dump_log), temp_dir / "dump.log")
+    # CRIU writes its stats into the work dir when it has one, else into the images dir
+    for candidate in (work_dir / "stats-dump", images_dir / "stats-dump"):
+        if candidate.exists():
+            shutil.copyfile(candidate, temp_dir / "stats-dump")
+            break
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+                         container: str, checkpoint_path: str | None, leave_running: bool,
+                         *, locks: ContainerLocks = DEFAULT_LOCKS,
+                         with_rootfs: bool = True) -> CheckpointResult:
+    started = time.monotonic()
+    target = find_container(root, namespace, sandbox, container)
+    checkpoint_id = str(uuid.uuid4())
+    final_dir = destination(config, checkpoint_path, checkpoint_id)
+    # the lock first: another operation of ours may have frozen the container for its dump,
+    # which must read as "in progress", not as "not running"
+    with locks.hold(target.container_id, "checkpoint"):
+        target = find_container(root, namespace, sandbox, container)
+        if target.status != RUNNING:
+            raise ContainerNotRunning(
+                f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
+                f"{target.status}; only a running container can be checkpointed",
+                container_id=target.container_id,
+            )
+        tree = processes = proctree.process_tree(target.pid)
+        if not tree:
+            raise ContainerNotRunning(
+                f"the init process {target.pid} of container {target.container_id} has exited",
+                container_id=target.container_id,
+            )
+        uring = proctree.find_io_uring(tree)
+        if uring is not None:
+            raise IoUringUnsupported(
+                f"process {uring.pid} ({uring.name}) in container {namespace}/{sandbox}/"
+                f"{container} holds an io_uring instance, which CRIU cannot checkpoint; "
+                "checkpoint before the program sets up io_uring",
+                pid=uring.pid, process_name=uring.name,
+            )
+        options = choose_options(config, target, tree, leave_running)
+        store.make_private_dirs(final_dir.parent, Path("/"))
+        temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
+        temp_dir.mkdir(mode=store.DIR_MODE)
+        # without leave_running the container is stopped only once its checkpoint is complete
+        # and listed: until then it is frozen, and thawed (alive) whatever fails, even the
+        # helper itself (the freezer journal)
+        with ExitStack() as until_stopped:
+            try:
+                manifest, stopper = _dump(config, root, target, temp_dir, final_dir,
+                                          checkpoint_id, options, with_rootfs, until_stopped)
+            except BaseException:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                raise
+            size = store.directory_size(final_dir)
+            Catalogue(config.checkpoint_dir).add({
+                "id": checkpoint_id,
+                "path": str(final_dir),
+                "namespace": namespace,
+                "pod": sandbox,
+                "container": container,
+                "container_id": target.container_id,
+                "image": target.image,
+                "node": config.node_name,
+                "size_bytes": size,
+                "created": manifest.created,
+                "leave_running": leave_running,
+                "status": "complete",
+                "options": options.to_dict(),
+                "with_rootfs": with_rootfs,
+                "processes": [{"pid": p.pid, "name": p.name} for p in processes],
+                "restores": [],
+            })
+            if stopper is not None:
+                stopper.kill()  # dies as it is thawed, on leaving the block
+    duration_ms = int((time.monotonic() - started) * 1000)
+    log.info("checkpointed %s/%s/%s into %s", namespace, sandbox, container, final_dir,
+             extra={"checkpoint_id": checkpoint_id})
+    return CheckpointResult(checkpoint_id, final_dir, size, duration_ms, options.to_dict(), target)
+
+
+def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
+          final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
+          until_stopped: ExitStack) -> tuple[store.CheckpointManifest, _Stopper | None]:
+    """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
+    left frozen until `until_stopped` is closed; the caller stops it with the _Stopper."""
+    images_dir = temp_dir / store.IMAGES_DIR
+    work_dir = temp_dir / "work"
+    images_dir.mkdir(mode=store.DIR_MODE)
+    work_dir.mkdir(mode=store.DIR_MODE)
+    # read the spec before the dump: without leave_running the container is gone afterwards
+    spec_source = Path(target.bundle) / "config.json"
+    try:
+        shutil.copyfile(spec_source, temp_dir / "spec.dump")
+    except OSError as exc:
+        raise DumpFailed(f"cannot read the container's spec {spec_source}: {exc}") from exc
+    # found while the process lives: without leave_running it is gone after the dump
+    upper = proctree.upper_dir(target.pid) if with_rootfs else None
+    what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
+    journal = config.checkpoint_dir / freezer.JOURNAL_NAME
+    stop = not options.leave_running
+    dump_options = options
+    stopper: _Stopper | None = None
+    # the pages images are hashed while CRIU writes them, not after
+    with store.FollowingHasher(images_dir) as pages_hasher:
+        with ExitStack() as while_read:
+            # freeze -> dump -> diff -> thaw: the files match the memory image (CRIU leaves a
+            # cgroup it found frozen as it was, and runc accepts a paused container)
+            if stop:
+                found = _Stopper(target.pid, what)
+                until_stopped.callback(found.wait)  # after the thaw
+                if until_stopped.enter_context(freezer.frozen(target.pid, what, journal)):
+                    # CRIU leaves it alive (and frozen); stopped once its checkpoint is listed
+                    dump_options = replace(options, leave_running=True)
+                    stopper = found
+            elif upper is not None:
+                while_read.enter_context(freezer.frozen(target.pid, what, journal))
+            else:
+                while_read.enter_context(freezer.remembered(target.pid, journal))
+            runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
+                            images_dir, work_dir, dump_options, timeout=config.dump_timeout_s,
+                            criu_guard=config.criu_guard)
+            checkpointed = utc_now()
+            # the container's changed files go with its memory, so open files exist on restore
+            if upper is not None and upper.is_dir():
+                rootfs_diff.write_diff(upper, temp_dir)
+        # thawed (unless it is to be stopped): the hashing of the last pages is not a pause
+        pages_digests = pages_hasher.finish()
+    try:
+        _collect_outputs(temp_dir, work_dir, images_dir)
+        store.write_json(temp_dir / "config.dump", config_dump(target, checkpoint_id, checkpointed))
+        manifest = store.CheckpointManifest(
+            checkpoint_id=checkpoint_id,
+            created=checkpointed,
+            source={
+                "namespace": target.namespace,
+                "pod": target.sandbox_name,
+                "container": target.container_name,
+                "container_id": target.container_id,
+                "sandbox_id": target.sandbox_id,
+                "node": config.node_name,
+                "image": target.image,
+                "runtime": target.runtime,
+            },
+            tools=versions.tool_versions(config),
+            criu_options={**options.to_dict(), "with_rootfs": upper is not None},
+        )
+        return store.finalize(temp_dir, final_dir, manifest, known=pages_digests), stopper
+    except OSError as exc:  # e.g. the disk is full: nothing is listed, the container lives
+        raise DumpFailed(f"cannot complete the checkpoint in {temp_dir}: {exc}") from exc
+
+
+def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
+               checkpoint_path: str | None, leave_running: bool, with_rootfs: bool = True,
+               storage: str | None = None, compression: str | None = None) -> dict[str, Any]:
+    """The whole of POST /checkpoint; its answer. Where it goes is decided before anything is
+    dumped; a failed push keeps the checkpoint on the node (the error says which)."""
+    config = helper.config
+    remote = transfer.wants_remote(config, storage, checkpoint_path)
+    try:
+        result = checkpoint_container(config, runc_root(config, root), namespace, pod,
+                                      container, checkpoint_path or None, leave_running,
+                                      locks=helper.locks, with_rootfs=with_rootfs)
+    except HelperError as exc:
+        events.checkpoint_failed(helper.kube, namespace, pod, container, exc)
+        raise
+    answer = result.to_dict()
+    pushed = None
+    if remote:
+        try:
+            pushed = transfer.push(config, result.checkpoint_id, result.checkpoint_path,
+                                   compression or config.default_compression)
+        except HelperError as exc:
+            exc.extra.update(checkpoint_id=result.checkpoint_id,
+                             checkpoint_path=str(result.checkpoint_path))
+            exc.message += f" (checkpoint {result.checkpoint_id} is kept on this node)"
+            events.checkpoint_failed(helper.kube, namespace, pod, container, exc)
+            raise
+        answer["remote"] = pushed.to_dict()
+    answer["storage"] = "remote" if remote else "local"
+    events.checkpointed(helper.kube, result, pushed)
+    removed = retention.apply_retention(config)
+    if removed:
+        answer["retention_removed"] = [r["id"] for r in removed]
+    return answer

@@ -1,0 +1,387 @@
+"""Restore a checkpoint into a sleeping (placeholder) container.
+
+The placeholder's PID 1 keeps sleeping, so kubelet and the runtime see no change; the restored
+tree lives beside it:
+
+    python -m sidecar.node.enter_cgroups --pid P --        join every cgroup of P
+      nsenter --target P --pid --                     enter P's PID namespace (forks)
+        unshare --mount --propagation private --mount-proc --   private mounts, fresh /proc
+          criu restore -D CKPT/checkpoint --root <P's rootfs> --restore-detached
+               --manage-cgroups=ignore --inherit-fd fd[N]:extRootNetNS (N opened on P's netns)
+               --inherit-fd fd[M]:pipe:[...] (M opened on P's own stdout/stderr)
+               --ext-mount-map DEST:SOURCE (P's bind mounts, /dev/null, P's cgroup dirs) ...
+
+CRIU gives the restored tree a nested PID namespace under P's; after it exits the restored
+root is reparented to P.
+
+restore() is the whole of POST /restore: a checkpoint this node lacks is pulled from the
+registry first, and Kubernetes is told what happened.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import HelperConfig
+from sidecar.errors import (
+    AlreadyRestored,
+    CheckpointNotFound,
+    ContainerNotRunning,
+    HelperError,
+    InvalidRequest,
+    RestoreFailed,
+    TargetIncompatible,
+    TargetNotSleeping,
+)
+from sidecar.node import cgroups, criu, proctree, tool
+from sidecar.node.discovery import RUNNING, RuncContainer, find_container, load_spec
+from sidecar.node.locks import ContainerLocks
+from sidecar.ops import events, transfer
+from sidecar.ops.catalogue import source_of
+from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
+from sidecar.ops.containers import runc_root
+from sidecar.ops.context import Helper
+from sidecar.storage import rootfs_diff, store
+from sidecar.storage.catalogue import Catalogue, RestoredRegistry
+from sidecar.storage.paths import confine
+
+log = logging.getLogger(__name__)
+
+RESTORES_DIR = ".restores"
+CGROUP_MOUNT_DEST = "/sys/fs/cgroup"
+PIDFILE = "restore.pid"
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    checkpoint_id: str
+    pid: int  # the restored root process, as this helper (host PID namespace) sees it
+    pid_in_container: int  # the same process in the placeholder's PID namespace
+    container: RuncContainer
+    duration_ms: int
+    log_path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "restored": True,
+            "checkpoint_id": self.checkpoint_id,
+            "pid": self.pid,
+            "pid_in_container": self.pid_in_container,
+            "container_id": self.container.container_id,
+            "duration_ms": self.duration_ms,
+        }
+
+
+def restore_is_live(record: dict[str, Any]) -> bool:
+    """Whether the process tree a `.restored.json` record names still runs."""
+    pid = int(record.get("pid") or 0)
+    if pid <= 0:
+        return False
+    started = proctree.start_time(pid)
+    if started is None:
+        return False
+    recorded = record.get("pid_start_time")
+    # a different start time means the pid now belongs to an unrelated process
+    return recorded is None or abs(float(recorded) - started) < 1.0
+
+
+def resolve_checkpoint(config: HelperConfig, checkpoint_path: str | None,
+                       checkpoint_id: str | None) -> Path:
+    """The checkpoint directory a restore request names (by path, by id, or both agreeing)."""
+    if not checkpoint_path and not checkpoint_id:
+        raise InvalidRequest(
+            "checkpoint_data needs checkpoint_path or checkpoint_id to name the checkpoint"
+        )
+    by_id = None
+    if checkpoint_id:
+        by_id = Path(Catalogue(config.checkpoint_dir).get(checkpoint_id)["path"])
+    if checkpoint_path:
+        directory = confine(config.checkpoint_dir, checkpoint_path)
+        if by_id is not None and os.path.realpath(by_id) != str(directory):
+            raise InvalidRequest(
+                f"checkpoint_path {checkpoint_path!r} and checkpoint_id {checkpoint_id} name "
+                "different checkpoints; give only one"
+            )
+    elif by_id is not None:
+        directory = by_id
+    else:  # unreachable: one of the two is set
+        raise InvalidRequest("no checkpoint named")
+    if not directory.is_dir():
+        raise CheckpointNotFound(f"no checkpoint at {directory}",
+                                 checkpoint_path=str(directory))
+    return directory
+
+
+def is_bind(mount: dict[str, Any]) -> bool:
+    options = mount.get("options") or []
+    return mount.get("type") == "bind" or "bind" in options or "rbind" in options
+
+
+def bind_mounts(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(destination, source) of every bind mount in an OCI spec."""
+    return [(str(m["destination"]), str(m.get("source", "")))
+            for m in spec.get("mounts") or [] if is_bind(m) and m.get("destination")]
+
+
+def has_cgroup_mount(spec: dict[str, Any]) -> bool:
+    return any(m.get("type") in ("cgroup", "cgroup2")
+               and str(m.get("destination", "")).rstrip("/") == CGROUP_MOUNT_DEST
+               for m in spec.get("mounts") or [])
+
+
+def missing_bind_mounts(dumped_spec: dict[str, Any], target_spec: dict[str, Any]) -> list[str]:
+    """Bind mounts the dumped container had that the target lacks (CRIU cannot map them)."""
+    present = {dest for dest, _ in bind_mounts(target_spec)}
+    return sorted({dest for dest, _ in bind_mounts(dumped_spec)} - present)
+
+
+def cgroup_mount_map(dirs: Sequence[cgroups.CgroupDir]) -> list[tuple[str, str]]:
+    """Keys runc gives cgroup mounts at dump -> the target's own cgroup directories.
+
+    cgroup v1: one key per hierarchy, /sys/fs/cgroup/<mountpoint basename>; pure cgroup v2:
+    /sys/fs/cgroup itself.
+    """
+    mapping = []
+    for cgroup in dirs:
+        if cgroup.mount.version == 2 and cgroup.mount.mountpoint.rstrip("/") == CGROUP_MOUNT_DEST:
+            key = CGROUP_MOUNT_DEST
+        else:
+            key = f"{CGROUP_MOUNT_DEST}/{cgroup.mount_name}"
+        mapping.append((key, cgroup.directory))
+    return mapping
+
+
+def external_mount_map(dumped_spec: dict[str, Any], target_spec: dict[str, Any],
+                       target_cgroups: Sequence[cgroups.CgroupDir]) -> list[tuple[str, str]]:
+    mapping = list(bind_mounts(target_spec))
+    mapping.append(("/dev/null", "/dev/null"))  # runc dumps masked paths under this key
+    if has_cgroup_mount(dumped_spec):
+        mapping += cgroup_mount_map(target_cgroups)
+    seen: set[str] = set()
+    unique = []
+    for key, value in mapping:
+        if key not in seen:
+            seen.add(key)
+            unique.append((key, value))
+    return unique
+
+
+def pipe_inherits(descriptors: Sequence[str]) -> list[tuple[int, str]]:
+    """(stdio index, CRIU key) for each pipe among the dumped init process's fds 0-2."""
+    found = []
+    seen = set()
+    for index, entry in enumerate(descriptors[:3]):
+        if entry.startswith("pipe:") and entry not in seen:
+            seen.add(entry)
+            found.append((index, entry))
+    return found
+
+
+def wrapper_args(target_pid: int, nsenter_path: str, unshare_path: str,
+                 python: str = sys.executable) -> list[str]:
+    """The command prefix that puts CRIU into the target's cgroups and PID namespace."""
+    return [
+        python, "-m", "sidecar.node.enter_cgroups", "--pid", str(target_pid), "--",
+        nsenter_path, "--target", str(target_pid), "--pid", "--",
+        unshare_path, "--mount", "--propagation", "private", "--mount-proc", "--",
+    ]
+
+
+def restore_command(config: HelperConfig, target_pid: int, plan: criu.RestorePlan,
+                    python: str = sys.executable) -> list[str]:
+    return (wrapper_args(target_pid, config.nsenter_path, config.unshare_path, python)
+            + criu.restore_args(config.criu_path, plan))
+
+
+def _read_descriptors(checkpoint: Path) -> list[str]:
+    path = checkpoint / store.IMAGES_DIR / "descriptors.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise RestoreFailed(f"{path} is unreadable: {exc}") from exc
+    return [str(d) for d in data] if isinstance(data, list) else []
+
+
+def _open_target_fds(target_pid: int, inherits: Sequence[tuple[int, str]]
+                     ) -> tuple[int, list[tuple[int, str]], list[int]]:
+    """Open P's network namespace and P's own stdio for each pipe CRIU must reconnect."""
+    opened: list[int] = []
+    try:
+        netns_fd = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY)
+        opened.append(netns_fd)
+        fds = []
+        for index, key in inherits:
+            flags = os.O_RDONLY if index == 0 else os.O_WRONLY | os.O_APPEND
+            fd = os.open(f"/proc/{target_pid}/fd/{index}", flags)
+            opened.append(fd)
+            fds.append((fd, key))
+    except OSError as exc:
+        for fd in opened:
+            os.close(fd)
+        raise TargetIncompatible(
+            f"cannot open the namespace or stdio of the target's process {target_pid}: {exc}"
+        ) from exc
+    return netns_fd, fds, opened
+
+
+def _check_target(target: RuncContainer, manifest: store.CheckpointManifest) -> None:
+    if target.status != RUNNING:
+        raise ContainerNotRunning(
+            f"restore target {target.namespace}/{target.sandbox_name}/{target.container_name} "
+            f"({target.container_id}) is {target.status}; it must be a running, sleeping "
+            "container", container_id=target.container_id,
+        )
+    if target.container_id == manifest.source.get("container_id"):
+        raise TargetNotSleeping(
+            f"container {target.container_id} is the checkpoint's own source and still runs; "
+            "restore into a sleeping placeholder container instead",
+            container_id=target.container_id,
+        )
+    if not os.path.isdir(target.rootfs):
+        raise TargetIncompatible(f"the target's rootfs {target.rootfs} is not a directory")
+
+
+def restore_into(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+                 container: str, checkpoint_path: str | None, checkpoint_id: str | None,
+                 *, locks: ContainerLocks = DEFAULT_LOCKS) -> RestoreResult:
+    started = time.monotonic()
+    checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id)
+    target = find_container(root, namespace, sandbox, container)
+    manifest = store.verify(checkpoint)  # before anything is touched
+    _check_target(target, manifest)
+    registry = RestoredRegistry(config.checkpoint_dir, restore_is_live)
+    with locks.hold(target.container_id, "restore"):
+        previous = registry.live_restore(target.container_id)
+        if previous is not None:
+            raise AlreadyRestored(
+                f"container {target.container_id} already holds process {previous['pid']} "
+                f"restored from checkpoint {previous.get('checkpoint_id')}; use a new "
+                "sleeping pod", container_id=target.container_id, pid=previous["pid"],
+            )
+        dumped_spec = store.read_json(checkpoint / "spec.dump")
+        try:
+            target_spec = load_spec(target)
+        except (OSError, ValueError) as exc:
+            raise TargetIncompatible(
+                f"cannot read the target's spec in {target.bundle}: {exc}") from exc
+        missing = missing_bind_mounts(dumped_spec, target_spec)
+        if missing:
+            raise TargetIncompatible(
+                "the target container lacks mounts the checkpointed one had: "
+                + ", ".join(missing) + "; create the sleeping pod with the same volumes",
+                missing_mounts=missing,
+            )
+        vpid, host_pid, log_path = _run_restore(config, checkpoint, manifest, target,
+                                                dumped_spec, target_spec)
+        restored_at = utc_now()
+        # recorded before the lock is released, so a racing second restore sees it
+        registry.record(target.container_id, {
+            "pid": host_pid,
+            "pid_in_container": vpid,
+            "pid_start_time": proctree.start_time(host_pid) if host_pid else None,
+            "checkpoint_id": manifest.checkpoint_id,
+            "target_pid": target.pid,
+            "restored_at": restored_at,
+        })
+    Catalogue(config.checkpoint_dir).record_restore(manifest.checkpoint_id, {
+        "namespace": namespace, "pod": sandbox, "container": container,
+        "container_id": target.container_id, "pid": host_pid, "restored_at": restored_at,
+    })
+    duration_ms = int((time.monotonic() - started) * 1000)
+    return RestoreResult(manifest.checkpoint_id, host_pid or vpid, vpid, target, duration_ms,
+                         log_path)
+
+
+def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.CheckpointManifest,
+                 target: RuncContainer, dumped_spec: dict[str, Any],
+                 target_spec: dict[str, Any]) -> tuple[int, int | None, Path]:
+    work_dir = config.checkpoint_dir / RESTORES_DIR / f"{target.container_id[:12]}-{uuid.uuid4()}"
+    store.make_private_dirs(work_dir, config.checkpoint_dir)
+    options = manifest.criu_options
+    tcp = bool(options.get("tcp_established"))
+    other_pod = target.sandbox_id != manifest.source.get("sandbox_id")
+    inherits = pipe_inherits(_read_descriptors(checkpoint))
+    try:
+        target_cgroups = cgroups.process_cgroup_dirs(target.pid)
+    except OSError as exc:
+        raise ContainerNotRunning(
+            f"the target's process {target.pid} is gone: {exc}",
+            container_id=target.container_id) from exc
+    # files first: the restored processes reopen the files they held
+    rootfs_diff.apply_diff(checkpoint, Path(target.rootfs))
+    netns_fd, stdio_fds, opened = _open_target_fds(target.pid, inherits)
+    try:
+        plan = criu.RestorePlan(
+            images_dir=checkpoint / store.IMAGES_DIR,
+            root=target.rootfs,
+            work_dir=work_dir,
+            pidfile=work_dir / PIDFILE,
+            netns_fd=netns_fd,
+            inherit_fds=stdio_fds,
+            ext_mounts=external_mount_map(dumped_spec, target_spec, target_cgroups),
+            tcp_established=tcp,
+            tcp_close=tcp and other_pod,
+            file_locks=bool(options.get("file_locks", True)),
+            ext_unix_sk=bool(options.get("ext_unix_sk", True)),
+            link_remap=bool(options.get("link_remap", False)),
+        )
+        args = restore_command(config, target.pid, plan)
+        log.info("restoring %s into %s: %s", manifest.checkpoint_id, target.container_id, args,
+                 extra={"checkpoint_id": manifest.checkpoint_id})
+        outcome = tool.run(args, timeout=config.restore_timeout_s, pass_fds=plan.passed_fds,
+                           cwd=work_dir)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    log_path = work_dir / criu.RESTORE_LOG
+    if not outcome.ok:
+        raise RestoreFailed(
+            f"restore of checkpoint {manifest.checkpoint_id} into {target.container_id} "
+            f"failed: {outcome.describe()}; the placeholder was left as it was",
+            log_tail=tool.log_tail(log_path),
+            stderr_tail=tool.last_lines(outcome.stderr, 10),
+            log_path=str(log_path),
+        )
+    try:
+        vpid = int((work_dir / PIDFILE).read_text(encoding="ascii").strip())
+    except (OSError, ValueError) as exc:
+        raise RestoreFailed(
+            f"criu reported success but wrote no readable pidfile: {exc}",
+            log_tail=tool.log_tail(log_path), log_path=str(log_path),
+        ) from exc
+    host_pid = proctree.host_pid_for(target.pid, vpid)
+    if host_pid is None:
+        log.warning("restored pid %d (in %s's PID namespace) not found below pid %d",
+                    vpid, target.container_id, target.pid)
+    return vpid, host_pid, log_path
+
+
+def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
+            checkpoint_path: str | None, checkpoint_id: str | None) -> dict[str, Any]:
+    """The whole of POST /restore; its answer."""
+    config = helper.config
+    try:
+        pulled = None
+        if checkpoint_id and not checkpoint_path:
+            pulled = transfer.ensure_local(config, checkpoint_id)
+        result = restore_into(config, runc_root(config, root), namespace, pod, container,
+                              checkpoint_path or None, checkpoint_id or None, locks=helper.locks)
+    except HelperError as exc:
+        events.restore_failed(helper.kube, namespace, pod, container,
+                              checkpoint_id or checkpoint_path or "?", exc)
+        raise
+    events.restored(helper.kube, result, source_of(config, result.checkpoint_id))
+    answer = result.to_dict()
+    if pulled is not None:
+        answer["pulled"] = pulled
+    return answer

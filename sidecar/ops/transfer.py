@@ -1,0 +1,123 @@
+"""Checkpoints in the helper's checkpoint registry: whether a checkpoint goes there, pushing it,
+and pulling one this node does not hold before a restore."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import HelperConfig
+from sidecar.errors import CheckpointNotFound, InvalidRequest
+from sidecar.registry.remote import (
+    ANN,
+    RemoteCheckpoint,
+    RemoteStore,
+    check_compression,
+    remote_entry,
+)
+from sidecar.storage import store
+from sidecar.storage.catalogue import Catalogue
+
+
+@contextmanager
+def checkpoint_registry(config: HelperConfig) -> Iterator[RemoteStore | None]:
+    """The helper's checkpoint registry (None: it has none) for the length of the block."""
+    if not config.remote_repository:
+        yield None
+        return
+    with RemoteStore(config.remote_repository, config.registry) as remote:
+        yield remote
+
+
+def remote_entries(config: HelperConfig) -> list[dict[str, Any]]:
+    """The checkpoints in the registry, as catalogue entries."""
+    with checkpoint_registry(config) as remote:
+        return remote.list() if remote is not None else []
+
+
+def remote_checkpoint(config: HelperConfig, checkpoint_id: str
+                      ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(catalogue entry, image manifest) of a checkpoint in the registry; None when the helper
+    has no registry; CheckpointNotFound when it is not there."""
+    with checkpoint_registry(config) as remote:
+        if remote is None:
+            return None
+        image, digest = remote.manifest(checkpoint_id)
+        return remote_entry(image, digest, remote.name(checkpoint_id)), image
+
+
+def delete_remote(config: HelperConfig, checkpoint_id: str) -> bool:
+    """Delete the registry's copy; False when there is none (or no registry)."""
+    with checkpoint_registry(config) as remote:
+        return remote.delete(checkpoint_id) if remote is not None else False
+
+
+def wants_remote(config: HelperConfig, storage: str | None, checkpoint_path: str | None) -> bool:
+    """The seed's rule: an empty checkpoint_path means remote (when this node has a registry).
+    `storage` says it explicitly; checked before anything is dumped."""
+    if storage == "remote" and not config.remote_repository:
+        raise InvalidRequest("storage \"remote\" needs a checkpoint registry; this helper has "
+                             "none configured (cedana-helper serve --checkpoint-repository)",
+                             fields=["storage"])
+    if storage in ("local", "remote"):
+        return storage == "remote"
+    return not checkpoint_path and bool(config.remote_repository)
+
+
+def push(config: HelperConfig, checkpoint_id: str, directory: Path, compression: str | None
+         ) -> RemoteCheckpoint:
+    """Push a local checkpoint to the registry and record where it went."""
+    manifest = store.load_manifest(directory)
+    with checkpoint_registry(config) as remote:
+        assert remote is not None
+        pushed = remote.push(directory, manifest, check_compression(compression))
+    Catalogue(config.checkpoint_dir).merge(checkpoint_id, {
+        "remote": {"reference": pushed.reference, "digest": pushed.digest,
+                   "size_bytes": pushed.size_bytes, "compression": pushed.compression}})
+    return pushed
+
+
+def ensure_local(config: HelperConfig, checkpoint_id: str) -> dict[str, Any] | None:
+    """Pull a checkpoint this node does not hold from the registry; returns what was pulled."""
+    catalogue = Catalogue(config.checkpoint_dir)
+    try:
+        entry = catalogue.get(checkpoint_id)
+        if Path(entry["path"]).is_dir():
+            return None
+    except CheckpointNotFound:
+        entry = None
+    if not config.remote_repository:
+        if entry is None:
+            raise CheckpointNotFound(
+                f"no checkpoint with id {checkpoint_id} on node {config.node_name}, and this "
+                "helper has no checkpoint registry to look in", checkpoint_id=checkpoint_id)
+        return None
+    _check_id(checkpoint_id)
+    final_dir = config.checkpoint_dir / checkpoint_id
+    with checkpoint_registry(config) as remote:
+        assert remote is not None
+        manifest, image, digest = remote.pull(checkpoint_id, final_dir)
+        reference = remote.name(checkpoint_id)
+    layer = image["layers"][0]
+    source = manifest.source
+    catalogue.add({
+        "id": checkpoint_id, "path": str(final_dir), "namespace": source.get("namespace", ""),
+        "pod": source.get("pod", ""), "container": source.get("container", ""),
+        "container_id": source.get("container_id", ""), "image": source.get("image", ""),
+        "node": source.get("node", ""), "size_bytes": store.directory_size(final_dir),
+        "created": manifest.created, "status": "complete", "pulled": True,
+        "pulled_to": config.node_name, "options": manifest.criu_options, "restores": [],
+        "remote": {"reference": reference, "digest": digest,
+                   "size_bytes": int(layer.get("size") or 0),
+                   "compression": (image.get("annotations") or {}).get(
+                       ANN + "compression", "")},
+    })
+    return {"reference": reference, "digest": digest, "size_bytes": int(layer.get("size") or 0)}
+
+
+def _check_id(checkpoint_id: str) -> None:
+    if not checkpoint_id or "/" in checkpoint_id or checkpoint_id.startswith(".") or len(
+            checkpoint_id) > 128 or not all(c.isalnum() or c in "-_." for c in checkpoint_id):
+        raise InvalidRequest(f"checkpoint_id {checkpoint_id!r} is not a checkpoint id",
+                             fields=["checkpoint_data.checkpoint_id"])

@@ -1,0 +1,434 @@
+"""Checkpoints in an OCI registry: push a checkpoint directory as an image, pull it back anywhere.
+
+The image is what CRI-O restores natively: one layer holding the checkpoint directory (the
+archive layout of config.dump, spec.dump, checkpoint/, rootfs-diff.tar ...), and annotations
+naming the container (`io.kubernetes.cri-o.annotations.checkpoint.name` and
+`org.criu.checkpoint.container.name`) and its rootfs image. The tag is the checkpoint id.
+
+Both directions stream: a thread writes the tar through the compressor into a bounded queue
+that one PATCH upload reads (no second copy on disk or in memory); a pull decompresses and
+unpacks while it downloads, then checks the blob digest and every file's sha256 from our
+manifest before the checkpoint becomes visible under its final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import shutil
+import tarfile
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, cast
+
+from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
+from sidecar.errors import CheckpointCorrupted, CheckpointNotFound, ImageNotFound, InvalidRequest
+from sidecar.registry.client import ImageReference, RegistryClient
+from sidecar.registry.credentials import node_access
+from sidecar.storage import store
+from sidecar.storage.tar import Extractor, add
+
+log = logging.getLogger(__name__)
+
+LAYER_TYPES = {
+    "none": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    # not an OCI media type: CRI-O cannot unpack it, ours can
+    "lz4": "application/vnd.cedana.checkpoint.layer.v1.tar+lz4",
+}
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+CRIO_NAME = "io.kubernetes.cri-o.annotations.checkpoint.name"
+CRIU_NAME = "org.criu.checkpoint.container.name"
+CRIO_ROOTFS_NAME = "io.kubernetes.cri-o.annotations.checkpoint.rootfsImageName"
+CRIO_ROOTFS_REF = "io.kubernetes.cri-o.annotations.checkpoint.rootfsImageRef"
+ANN = "io.cedana.checkpoint."
+CHUNK = 1 << 20
+QUEUE_CHUNKS = 8  # at most this many compressed chunks wait for the network
+
+
+@dataclass(frozen=True)
+class RemoteCheckpoint:
+    reference: str  # repo:tag
+    digest: str  # manifest digest
+    layer_digest: str
+    size_bytes: int  # compressed bytes moved
+    uncompressed_bytes: int
+    compression: str
+    duration_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "digest": self.digest,
+                "layer_digest": self.layer_digest, "size_bytes": self.size_bytes,
+                "uncompressed_bytes": self.uncompressed_bytes, "compression": self.compression,
+                "duration_ms": self.duration_ms}
+
+
+def check_compression(name: str | None) -> str:
+    value = (name or DEFAULT_COMPRESSION).lower()
+    if value not in COMPRESSIONS:
+        raise InvalidRequest(f"compression {name!r} is not one of {', '.join(COMPRESSIONS)}",
+                             fields=["compression"])
+    return value
+
+
+# -- compression, streamed ---------------------------------------------------------------------
+class _Compressor:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._obj: Any = None
+        if kind == "gzip":
+            self._obj = zlib.compressobj(6, zlib.DEFLATED, 31)
+        elif kind == "zstd":
+            import zstandard
+            self._obj = zstandard.ZstdCompressor(level=3).compressobj()
+        elif kind == "lz4":
+            import lz4.frame
+            self._obj = lz4.frame.LZ4FrameCompressor()
+            self._header: bytes | None = self._obj.begin()
+
+    def compress(self, data: bytes) -> bytes:
+        if self.kind == "none":
+            return data
+        out = self._obj.compress(data)
+        if self.kind == "lz4" and self._header is not None:
+            out, self._header = self._header + out, None
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        if self.kind == "none":
+            return b""
+        if self.kind == "lz4":
+            return bytes((self._header or b"") + self._obj.flush())
+        return bytes(self._obj.flush())
+
+
+class _Decompressor:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._obj: Any = None
+        if kind == "gzip":
+            self._obj = zlib.decompressobj(31)
+        elif kind == "zstd":
+            import zstandard
+            self._obj = zstandard.ZstdDecompressor().decompressobj()
+        elif kind == "lz4":
+            import lz4.frame
+            self._obj = lz4.frame.LZ4FrameDecompressor()
+
+    def decompress(self, data: bytes) -> bytes:
+        return data if self.kind == "none" else bytes(self._obj.decompress(data))
+
+
+class _Cancelled(Exception):
+    """The upload gave up: the producer stops writing."""
+
+
+class _QueueWriter:
+    """A file object for tarfile: compresses, then hands fixed-size chunks to a queue; once
+    cancel() is called (the upload failed) its next write ends the producer."""
+
+    def __init__(self, chunks: queue.Queue[bytes | None | BaseException], kind: str) -> None:
+        self.chunks = chunks
+        self.compressor = _Compressor(kind)
+        self.buffer = bytearray()
+        self.uncompressed = 0
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        while True:  # a producer blocked on a full queue wakes up
+            try:
+                self.chunks.get_nowait()
+            except queue.Empty:
+                return
+
+    def put(self, item: bytes | None | BaseException) -> None:
+        while not self.cancelled.is_set():
+            try:
+                self.chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Cancelled
+
+    def write(self, data: bytes) -> int:
+        self.uncompressed += len(data)
+        self.buffer += self.compressor.compress(bytes(data))
+        while len(self.buffer) >= CHUNK:
+            self.put(bytes(self.buffer[:CHUNK]))
+            del self.buffer[:CHUNK]
+        return len(data)
+
+    def close_stream(self) -> None:
+        self.buffer += self.compressor.flush()
+        if self.buffer:
+            self.put(bytes(self.buffer))
+        self.put(None)
+
+
+def _tar_producer(directory: Path, writer: _QueueWriter) -> None:
+    try:
+        with tarfile.open(fileobj=cast(IO[bytes], writer), mode="w|",
+                          format=tarfile.PAX_FORMAT) as tar:
+            for rel in ["", *store.list_files(directory), store.MANIFEST]:
+                add(tar, directory / rel if rel else directory, rel or ".", root_owner=True)
+        writer.close_stream()
+    except _Cancelled:
+        return
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        try:
+            writer.put(exc)
+        except _Cancelled:
+            return
+
+
+def _stream(directory: Path, kind: str) -> tuple[Iterator[bytes], _QueueWriter,
+                                                  threading.Thread]:
+    chunks: queue.Queue[bytes | None | BaseException] = queue.Queue(maxsize=QUEUE_CHUNKS)
+    writer = _QueueWriter(chunks, kind)
+    thread = threading.Thread(target=_tar_producer, args=(directory, writer),
+                              name="checkpoint-tar", daemon=True)
+
+    def generate() -> Iterator[bytes]:
+        while True:
+            try:
+                item = chunks.get(timeout=1.0)
+            except queue.Empty:
+                if thread.is_alive():
+                    continue
+                raise RuntimeError("the checkpoint's tar stream ended without its end") from None
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    return generate(), writer, thread
+
+
+# -- the remote repository -------------------------------------------------------------------
+class RemoteStore:
+    """The registry repository configured for this node's checkpoints."""
+
+    def __init__(self, repository: str, settings: Any) -> None:
+        if "@" in repository or ":" in repository.rsplit("/", 1)[-1]:
+            raise InvalidRequest(f"the checkpoint repository {repository!r} must not carry a "
+                                 "tag or digest")
+        ref = ImageReference.parse(repository)
+        self.host = ref.host
+        self.repository = ref.repository
+        self.settings = settings
+        self.client = RegistryClient(node_access(ref.host, settings))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> RemoteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ref(self, checkpoint_id: str) -> ImageReference:
+        return ImageReference(self.host, self.repository, checkpoint_id)
+
+    def name(self, checkpoint_id: str) -> str:
+        return str(self.ref(checkpoint_id))
+
+    # push
+    def push(self, directory: Path, manifest: store.CheckpointManifest,
+             compression: str) -> RemoteCheckpoint:
+        started = datetime.now(UTC)
+        self.client.authenticate(self.repository, "pull,push")
+        body, writer, thread = _stream(directory, compression)
+        thread.start()
+        try:
+            digest, size = self.client.upload_stream(self.repository, body)
+        except BaseException:
+            writer.cancel()  # the producer stops at its next chunk
+            raise
+        finally:
+            thread.join()
+        source = manifest.source
+        container = str(source.get("container", ""))
+        config = {
+            "created": manifest.created, "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "config": {"Labels": {CRIO_NAME: container}},
+        }
+        config_blob = json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
+        config_digest = "sha256:" + hashlib.sha256(config_blob).hexdigest()
+        self.client.upload_blob(self.repository, config_digest, len(config_blob), config_blob)
+        annotations = {
+            CRIO_NAME: container, CRIU_NAME: container,
+            CRIO_ROOTFS_NAME: str(source.get("image", "")),
+            CRIO_ROOTFS_REF: str(source.get("image_ref", source.get("image", ""))),
+            "org.opencontainers.image.created": manifest.created,
+            ANN + "id": manifest.checkpoint_id,
+            ANN + "namespace": str(source.get("namespace", "")),
+            ANN + "pod": str(source.get("pod", "")),
+            ANN + "container": container,
+            ANN + "node": str(source.get("node", "")),
+            ANN + "compression": compression,
+            ANN + "uncompressed-size": str(writer.uncompressed),
+            ANN + "manifest-sha256": _manifest_digest(directory),
+        }
+        image_manifest = {
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
+                       "size": len(config_blob)},
+            "layers": [{"mediaType": LAYER_TYPES[compression], "digest": digest, "size": size,
+                        "annotations": {"org.opencontainers.image.title": "checkpoint.tar"}}],
+            "annotations": annotations,
+        }
+        blob = json.dumps(image_manifest, separators=(",", ":"), sort_keys=True).encode()
+        manifest_digest = self.client.put_manifest(self.ref(manifest.checkpoint_id), blob,
+                                                   OCI_MANIFEST)
+        elapsed = int((datetime.now(UTC) - started).total_seconds() * 1000)
+        log.info("pushed checkpoint %s to %s (%d bytes, %s)", manifest.checkpoint_id,
+                 self.name(manifest.checkpoint_id), size, compression)
+        return RemoteCheckpoint(self.name(manifest.checkpoint_id), manifest_digest, digest, size,
+                                writer.uncompressed, compression, elapsed)
+
+    # read
+    def manifest(self, checkpoint_id: str) -> tuple[dict[str, Any], str]:
+        try:
+            body, _, digest = self.client.get_manifest(self.ref(checkpoint_id),
+                                                       accept=(OCI_MANIFEST,))
+        except ImageNotFound as exc:
+            raise CheckpointNotFound(
+                f"no checkpoint {checkpoint_id} on this node nor in {self.host}/"
+                f"{self.repository}", checkpoint_id=checkpoint_id) from exc
+        return dict(json.loads(body)), digest
+
+    def pull(self, checkpoint_id: str, final_dir: Path) -> tuple[store.CheckpointManifest,
+                                                                 dict[str, Any], str]:
+        """Download, unpack and verify into final_dir (renamed into place only when whole)."""
+        image, digest = self.manifest(checkpoint_id)
+        annotations = image.get("annotations") or {}
+        if annotations.get(ANN + "id") != checkpoint_id or len(image.get("layers") or []) != 1:
+            raise CheckpointCorrupted(f"{self.name(checkpoint_id)} is not a checkpoint image "
+                                      "written by this helper", checkpoint_id=checkpoint_id)
+        layer = image["layers"][0]
+        kind = next((k for k, v in LAYER_TYPES.items() if v == layer.get("mediaType")), None)
+        if kind is None:
+            raise CheckpointCorrupted(f"unknown checkpoint layer type {layer.get('mediaType')}")
+        temp = final_dir.parent / f"{store.TEMP_PREFIX}pull-{checkpoint_id}"
+        shutil.rmtree(temp, ignore_errors=True)
+        store.make_private_dirs(temp, final_dir.parent)
+        try:
+            self._download_unpack(str(layer["digest"]), kind, temp)
+            manifest = store.verify(temp)  # every file against our manifest, before use
+            if manifest.checkpoint_id != checkpoint_id:
+                raise CheckpointCorrupted(f"{self.name(checkpoint_id)} holds checkpoint "
+                                          f"{manifest.checkpoint_id}", checkpoint_id=checkpoint_id)
+            if annotations.get(ANN + "manifest-sha256", "") not in ("", _manifest_digest(temp)):
+                raise CheckpointCorrupted(f"the manifest inside {self.name(checkpoint_id)} is "
+                                          "not the one that was pushed")
+            store.restrict_permissions(temp)
+            if final_dir.exists():
+                shutil.rmtree(final_dir)
+            temp.rename(final_dir)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return manifest, image, digest
+
+    def _download_unpack(self, digest: str, kind: str, dest: Path) -> None:
+        hasher = hashlib.sha256()
+        decompressor = _Decompressor(kind)
+        response = self.client.open_blob(self.repository, digest)
+
+        class _Reader:
+            def __init__(self) -> None:
+                self.pending = bytearray()
+                self.chunks = response.iter_content(CHUNK)
+                self.done = False
+
+            def read(self, size: int = -1) -> bytes:
+                while not self.done and (size < 0 or len(self.pending) < size):
+                    try:
+                        chunk = next(self.chunks)
+                    except StopIteration:
+                        self.done = True
+                        break
+                    hasher.update(chunk)
+                    self.pending += decompressor.decompress(chunk)
+                if size < 0:
+                    size = len(self.pending)
+                out = bytes(self.pending[:size])
+                del self.pending[:size]
+                return out
+
+        reader = _Reader()
+        try:
+            with response, tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
+                unpack = checkpoint_extractor(dest)
+                for member in tar:
+                    unpack.extract(tar, member)
+                unpack.finish()
+            while not reader.done:  # the rest of the blob still counts for its digest
+                reader.read(CHUNK)
+        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+            raise CheckpointCorrupted(f"checkpoint blob {digest} cannot be unpacked: {exc}"
+                                      ) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("zstandard", "lz4")):
+                raise CheckpointCorrupted(f"checkpoint blob {digest} cannot be decompressed: "
+                                          f"{exc}") from exc
+            raise
+        if "sha256:" + hasher.hexdigest() != digest:
+            raise CheckpointCorrupted(f"checkpoint blob {digest} does not match its digest "
+                                      "(changed in the registry or in transit)")
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every checkpoint image in the repository, from its manifest annotations."""
+        entries = []
+        for tag in self.client.tags(self.repository):
+            try:
+                image, digest = self.manifest(tag)
+            except (CheckpointNotFound, CheckpointCorrupted):
+                continue
+            entries.append(remote_entry(image, digest, self.name(tag)))
+        return entries
+
+    def delete(self, checkpoint_id: str) -> bool:
+        try:
+            _image, digest = self.manifest(checkpoint_id)
+        except CheckpointNotFound:
+            return False
+        return self.client.delete_manifest(self.repository, digest)
+
+
+def remote_entry(image: dict[str, Any], digest: str, reference: str) -> dict[str, Any]:
+    ann = image.get("annotations") or {}
+    layer = (image.get("layers") or [{}])[0]
+    return {
+        "id": ann.get(ANN + "id", ""), "namespace": ann.get(ANN + "namespace", ""),
+        "pod": ann.get(ANN + "pod", ""), "container": ann.get(ANN + "container", ""),
+        "node": ann.get(ANN + "node", ""), "created": ann.get("org.opencontainers.image.created",
+                                                              ""),
+        "size_bytes": int(layer.get("size") or 0),
+        "uncompressed_bytes": int(ann.get(ANN + "uncompressed-size") or 0),
+        "compression": ann.get(ANN + "compression", ""),
+        "remote": {"reference": reference, "digest": digest},
+        "where": "remote",
+    }
+
+
+def _manifest_digest(directory: Path) -> str:
+    return store.hash_file(directory / store.MANIFEST)[0]
+
+
+def checkpoint_extractor(dest: Path) -> Extractor:
+    """Unpacks a checkpoint archive: plain files and directories only, all inside dest."""
+    return Extractor(dest, source="the checkpoint archive", error=CheckpointCorrupted,
+                     outside="the checkpoint", plain_only=True,
+                     modes=(store.DIR_MODE, store.FILE_MODE))

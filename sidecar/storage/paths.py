@@ -1,0 +1,78 @@
+"""Confinement: every path the helper takes from outside (a request, an archive member, a list
+of deleted files) is resolved here, and refused when it would lead out of the directory it
+belongs to (the checkpoint directory, a checkpoint, a container's root filesystem)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sidecar.errors import HelperError, InvalidRequest, PathOutsideCheckpointDir
+
+ROOTFS = "the container's root filesystem"
+
+
+def within(base: str | Path, path: str | Path) -> bool:
+    """Whether `path`, with symlinks and `..` resolved, is `base` itself or lies below it."""
+    real_base = os.path.realpath(base)
+    return os.path.commonpath([real_base, os.path.realpath(path)]) == real_base
+
+
+def confine(checkpoint_dir: Path | str, requested: str) -> Path:
+    """Return the real path `requested` names, which must lie strictly inside checkpoint_dir.
+
+    Relative paths are taken relative to checkpoint_dir; symlinks and `..` are resolved before
+    the check, so neither can lead outside. Names starting with "." are reserved for the
+    helper's own files (catalogue, temporaries) and refused.
+    """
+    if not requested or not requested.strip():
+        raise InvalidRequest("checkpoint_path is empty")
+    if "\x00" in requested:
+        raise InvalidRequest("checkpoint_path contains a NUL byte")
+    base = os.path.realpath(checkpoint_dir)
+    real = os.path.realpath(os.path.join(base, requested))  # an absolute `requested` replaces base
+    if real == base or not within(base, real):
+        raise PathOutsideCheckpointDir(
+            f"checkpoint_path {requested!r} resolves to {real}, which is not inside the "
+            f"helper's checkpoint directory {base}; use a path inside {base} "
+            "(relative paths are taken relative to it)",
+            allowed_dir=base,
+        )
+    relative = os.path.relpath(real, base)
+    if any(part.startswith(".") for part in Path(relative).parts):
+        raise InvalidRequest(
+            f"checkpoint_path {requested!r}: names starting with '.' are reserved for the helper"
+        )
+    return Path(real)
+
+
+def relative_name(name: str, *, source: str, error: type[HelperError],
+                  container_view: bool = False, outside: str = ROOTFS) -> str:
+    """`name` from an archive or a list of files, as a relative path ("" for the root);
+    refused with `error` when it is absolute or climbs out with `..`.
+
+    `container_view`: the name is a path as the container sees it (`/data/x`, `..` stopping
+    at its /), as in deleted.files."""
+    if container_view:
+        return os.path.normpath("/" + name).lstrip("/")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise error(f"refusing path {name!r} from {source}: it leads outside {outside}")
+    return "/".join(parts)
+
+
+def member(root: Path, name: str, *, source: str, error: type[HelperError],
+           container_view: bool = False, allow_root: bool = False, outside: str = ROOTFS
+           ) -> Path:
+    """root/`name` (relative_name), also refused when a parent directory is a symlink leading
+    out of root: root's own content is not trusted (a container controls its rootfs).
+    `allow_root`: a name for root itself ("", ".") is root, else it is refused."""
+    rel = relative_name(name, source=source, error=error, container_view=container_view,
+                        outside=outside)
+    if not rel:
+        if allow_root:
+            return root
+        raise error(f"refusing path {name!r} from {source}")
+    path = root / rel
+    if not within(root, path.parent):
+        raise error(f"refusing path {name!r} from {source}: it leads outside {outside}")
+    return path

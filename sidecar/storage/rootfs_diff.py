@@ -1,0 +1,65 @@
+"""The files a container changed relative to its image: its overlay upper directory.
+
+At checkpoint the upper directory becomes `rootfs-diff.tar` (created and changed files) and
+`deleted.files` (a JSON list of paths the container deleted: overlay whiteouts, plus opaque
+directories, whose old content must go before the new content is unpacked), the layout CRI-O
+uses. At restore both are applied to the target container's root filesystem before CRIU runs,
+so files the restored processes hold open exist with the contents they had.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+from sidecar.errors import DumpFailed, RestoreFailed
+from sidecar.storage.tar import Extractor, add, is_opaque, is_whiteout, remove, walk
+
+DIFF_TAR = "rootfs-diff.tar"
+DELETED_FILES = "deleted.files"
+_SOURCE = "the checkpoint's rootfs diff"
+
+
+def write_diff(upper: Path, dest_dir: Path) -> list[str]:
+    """Write rootfs-diff.tar and deleted.files for `upper` into dest_dir; return the deletions."""
+    deleted: list[str] = []
+    try:
+        with tarfile.open(dest_dir / DIFF_TAR, "w", format=tarfile.PAX_FORMAT) as tar:
+            for rel, st in walk(upper):
+                if is_whiteout(st):
+                    deleted.append("/" + rel)
+                    continue
+                info = add(tar, upper / rel, rel)
+                if info is not None and info.isdir() and is_opaque(upper / rel):
+                    deleted.append("/" + rel)
+    except OSError as exc:
+        raise DumpFailed(f"cannot copy the container's changed files from {upper} into the "
+                         f"checkpoint: {exc}") from exc
+    (dest_dir / DELETED_FILES).write_text(json.dumps(deleted))
+    os.chmod(dest_dir / DIFF_TAR, 0o600)
+    os.chmod(dest_dir / DELETED_FILES, 0o600)
+    return deleted
+
+
+def apply_diff(checkpoint: Path, rootfs: Path) -> bool:
+    """Apply a checkpoint's rootfs diff onto `rootfs`. Returns False when it has none."""
+    tar_path = checkpoint / DIFF_TAR
+    if not tar_path.exists():
+        return False
+    deleted_path = checkpoint / DELETED_FILES
+    deleted = json.loads(deleted_path.read_text()) if deleted_path.exists() else []
+    diff = Extractor(rootfs, source=_SOURCE, error=RestoreFailed)
+    try:
+        for name in deleted:
+            target = diff.path(str(name), container_view=True)
+            if os.path.lexists(target):
+                remove(target)
+        with tarfile.open(tar_path) as tar:
+            for info in tar:
+                diff.extract(tar, info)
+            diff.finish()
+    except (OSError, tarfile.TarError) as exc:
+        raise RestoreFailed(f"cannot apply the checkpoint's file changes to {rootfs}: {exc}"
+                            ) from exc
+    return True
