@@ -90,6 +90,11 @@ class Code:
     REGISTRY_UNREACHABLE = "registry_unreachable"
     REGISTRY_ERROR = "registry_error"
     CONTAINERD_UNAVAILABLE = "containerd_unavailable"
+    # the helper trusts nothing a caller says (docs/security.md)
+    KUBERNETES_UNAVAILABLE = "kubernetes_unavailable"
+    REGISTRY_NOT_ALLOWED = "registry_not_allowed"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 #: the HTTP status the helper answers each code with
@@ -123,6 +128,10 @@ HTTP_STATUS = {
     Code.REGISTRY_ERROR: 502,
     Code.CONTAINERD_UNAVAILABLE: 502,
     Code.AUTHORIZATION_UNAVAILABLE: 503,
+    Code.KUBERNETES_UNAVAILABLE: 503,
+    Code.REGISTRY_NOT_ALLOWED: 403,
+    Code.TOO_MANY_REQUESTS: 429,
+    Code.QUOTA_EXCEEDED: 507,
 }
 
 # -- remote checkpoints ---------------------------------------------------------------------------

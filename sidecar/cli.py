@@ -1,6 +1,7 @@
 """`cedana-helper`: the node helper's command line (serve, version)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -32,9 +33,18 @@ def main() -> None:
 @click.option("--checkpoint-dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Directory that holds every checkpoint; requested paths must lie inside.")
-@click.option("--runtime-root", default=str(DEFAULT_RUNTIME_ROOT), show_default=True,
+@click.option("--runtime-root", "runtime_roots", multiple=True,
+              default=[str(DEFAULT_RUNTIME_ROOT)], show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="runc root used when a request names none.")
+              help="runc root of the node's runtime (repeatable): the only ones a request may "
+                   "name; the first is used when a request names none.")
+@click.option("--containerd-address", "containerd_addresses", multiple=True,
+              default=["/run/containerd/containerd.sock"], show_default=True,
+              help="containerd socket (repeatable): the only ones a rootfs request may name; "
+                   "the first is the default.")
+@click.option("--registry-prefix", "registry_prefixes", multiple=True, metavar="HOST[/PATH]",
+              help="Where the node's registry credentials may be used by the rootfs routes "
+                   "(repeatable); {namespace} stands for the pod's namespace. None: nowhere.")
 @click.option("--runc", "runc_path", default="runc", show_default=True, help="runc binary.")
 @click.option("--criu", "criu_path", default="criu", show_default=True, help="criu binary.")
 @click.option("--criu-guard", default="auto", show_default=True,
@@ -75,7 +85,8 @@ def main() -> None:
                    "(docs/security.md); none: trust every caller (tests on loopback only).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
-def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
+def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path, ...],
+          containerd_addresses: tuple[str, ...], registry_prefixes: tuple[str, ...], runc_path: str,
           criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
           docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
@@ -89,7 +100,11 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
     logs.configure(log_level)
     cgroups.join_node_cgroup_namespace()  # first: before any thread
     config = HelperConfig(
-        checkpoint_dir=checkpoint_dir, runtime_root=runtime_root, runc_path=runc_path,
+        checkpoint_dir=checkpoint_dir, runtime_root=runtime_roots[0],
+        runtime_roots=tuple(runtime_roots[1:]), runc_path=runc_path,
+        default_containerd_address=containerd_addresses[0],
+        containerd_addresses=tuple(containerd_addresses[1:]),
+        registry_prefixes=tuple(registry_prefixes),
         criu_path=criu_path, criu_guard=tool.find_criu_guard(criu_guard),
         criu_runc_config=criu_runc_config, ctr_path=ctr_path,
         registry=NodeRegistrySettings(tuple(docker_configs), containerd_config,
@@ -104,6 +119,10 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
 
     # one connection for Events and for caller checks
     kube = KubeAPI.connect(config.kubeconfig, config.node_name)
+    if kube is None:
+        logging.getLogger("sidecar").warning(
+            "no Kubernetes API: containers are known by their runtime's annotations only, "
+            "not checked against their pods")
     try:
         verifier = build_verifier(authorization, kube)
     except RuntimeError as exc:

@@ -24,10 +24,10 @@ from sidecar.errors import (
     IoUringUnsupported,
 )
 from sidecar.node import criu, freezer, proctree, runc, versions
-from sidecar.node.discovery import RUNNING, RuncContainer, find_container
+from sidecar.node.discovery import RUNNING, RuncContainer
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, retention, transfer
-from sidecar.ops.containers import runc_root
+from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, store
 from sidecar.storage.catalogue import Catalogue
@@ -156,18 +156,18 @@ def _collect_outputs(temp_dir: Path, work_dir: Path, images_dir: Path) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+def checkpoint_container(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                          container: str, checkpoint_path: str | None, leave_running: bool,
                          *, locks: ContainerLocks = DEFAULT_LOCKS,
                          with_rootfs: bool = True) -> CheckpointResult:
     started = time.monotonic()
-    target = find_container(root, namespace, sandbox, container)
+    target = containers.find(namespace, sandbox, container)
     checkpoint_id = str(uuid.uuid4())
     final_dir = destination(config, checkpoint_path, checkpoint_id)
     # the lock first: another operation of ours may have frozen the container for its dump,
     # which must read as "in progress", not as "not running"
     with locks.hold(target.container_id, "checkpoint"):
-        target = find_container(root, namespace, sandbox, container)
+        target = containers.find(namespace, sandbox, container)
         if target.status != RUNNING:
             raise ContainerNotRunning(
                 f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
@@ -197,7 +197,7 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
         # helper itself (the freezer journal)
         with ExitStack() as until_stopped:
             try:
-                manifest, stopper = _dump(config, root, target, temp_dir, final_dir,
+                manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
                                           checkpoint_id, options, with_rootfs, until_stopped)
             except BaseException:
                 shutil.rmtree(temp_dir, ignore_errors=True)
@@ -308,7 +308,7 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
     config = helper.config
     remote = transfer.wants_remote(config, storage, checkpoint_path)
     try:
-        result = checkpoint_container(config, runc_root(config, root), namespace, pod,
+        result = checkpoint_container(config, containers_of(helper, root), namespace, pod,
                                       container, checkpoint_path or None, leave_running,
                                       locks=helper.locks, with_rootfs=with_rootfs)
     except HelperError as exc:

@@ -42,12 +42,12 @@ from sidecar.errors import (
     TargetNotSleeping,
 )
 from sidecar.node import cgroups, criu, proctree, tool
-from sidecar.node.discovery import RUNNING, RuncContainer, find_container, load_spec
+from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, transfer
 from sidecar.ops.catalogue import source_of
 from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
-from sidecar.ops.containers import runc_root
+from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
@@ -251,12 +251,12 @@ def _check_target(target: RuncContainer, manifest: store.CheckpointManifest) -> 
         raise TargetIncompatible(f"the target's rootfs {target.rootfs} is not a directory")
 
 
-def restore_into(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+def restore_into(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                  container: str, checkpoint_path: str | None, checkpoint_id: str | None,
                  *, locks: ContainerLocks = DEFAULT_LOCKS) -> RestoreResult:
     started = time.monotonic()
     checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id)
-    target = find_container(root, namespace, sandbox, container)
+    target = containers.find(namespace, sandbox, container)
     manifest = store.verify(checkpoint)  # before anything is touched
     _check_target(target, manifest)
     registry = RestoredRegistry(config.checkpoint_dir, restore_is_live)
@@ -374,7 +374,7 @@ def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: s
         pulled = None
         if checkpoint_id and not checkpoint_path:
             pulled = transfer.ensure_local(config, checkpoint_id)
-        result = restore_into(config, runc_root(config, root), namespace, pod, container,
+        result = restore_into(config, containers_of(helper, root), namespace, pod, container,
                               checkpoint_path or None, checkpoint_id or None, locks=helper.locks)
     except HelperError as exc:
         events.restore_failed(helper.kube, namespace, pod, container,

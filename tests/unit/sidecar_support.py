@@ -204,6 +204,9 @@ def make_config(tmp_path: Path) -> HelperConfig:
     return HelperConfig(
         checkpoint_dir=tmp_path / "checkpoints",
         runtime_root=tmp_path / "no-default-root",
+        # the roots install_runc_root lays out: the only ones requests may name
+        runtime_roots=tuple(tmp_path / kind / root for kind, root in RUNC_ROOTS.items()),
+        registry_prefixes=("127.0.0.1:5000/x",),
         runc_path=str(runc_path),
         criu_path=str(criu_path),
         criu_runc_config=tmp_path / "etc" / "criu" / "runc.conf",
