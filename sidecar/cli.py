@@ -83,6 +83,9 @@ def main() -> None:
               type=click.Choice(["kubernetes", "none"]),
               help="kubernetes: act only for callers Kubernetes vouches for and allows "
                    "(docs/security.md); none: trust every caller (tests on loopback only).")
+@click.option("--reconcile/--no-reconcile", default=True, show_default=True,
+              help="Act on the cedana.io Checkpoint, Restore and Migration objects of this node "
+                   "(needs the Kubernetes API).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path, ...],
@@ -91,7 +94,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
           docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
-          max_total_bytes: int, authorization: str, log_level: str) -> None:
+          max_total_bytes: int, authorization: str, reconcile: bool, log_level: str) -> None:
     """Serve the REST API."""
     import uvicorn
 
@@ -128,6 +131,11 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_app(config, kube=kube, verifier=verifier)
+    if reconcile and kube is not None:
+        from sidecar.kube.objects import CedanaObjects
+        from sidecar.reconcile.controller import Controller
+
+        Controller(app.state.helper, CedanaObjects(kube.api_client)).start()
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
                 log_level=log_level.lower())
 

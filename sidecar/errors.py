@@ -182,3 +182,9 @@ class QuotaExceeded(HelperError):
 
     code = Code.QUOTA_EXCEEDED
 
+
+class HelperRestarted(HelperError):
+    """A cedana.io object's operation was cut short by a restart of its node helper."""
+
+    code = Code.HELPER_RESTARTED
+

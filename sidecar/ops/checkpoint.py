@@ -27,7 +27,7 @@ from sidecar.node import criu, freezer, proctree, runc, versions
 from sidecar.node.discovery import RUNNING, RuncContainer
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, retention, transfer
-from sidecar.ops.containers import Containers, containers_of
+from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, store
 from sidecar.storage.catalogue import Catalogue
@@ -159,10 +159,11 @@ def _collect_outputs(temp_dir: Path, work_dir: Path, images_dir: Path) -> None:
 def checkpoint_container(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                          container: str, checkpoint_path: str | None, leave_running: bool,
                          *, locks: ContainerLocks = DEFAULT_LOCKS,
-                         with_rootfs: bool = True) -> CheckpointResult:
+                         with_rootfs: bool = True,
+                         checkpoint_id: str | None = None) -> CheckpointResult:
     started = time.monotonic()
     target = containers.find(namespace, sandbox, container)
-    checkpoint_id = str(uuid.uuid4())
+    checkpoint_id = checkpoint_id or str(uuid.uuid4())
     final_dir = destination(config, checkpoint_path, checkpoint_id)
     # the lock first: another operation of ours may have frozen the container for its dump,
     # which must read as "in progress", not as "not running"
@@ -198,7 +199,8 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
         with ExitStack() as until_stopped:
             try:
                 manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
-                                          checkpoint_id, options, with_rootfs, until_stopped)
+                                          checkpoint_id, options, with_rootfs, until_stopped,
+                                          recorded_pod(containers.pods.get((namespace, sandbox))))
             except BaseException:
                 shutil.rmtree(temp_dir, ignore_errors=True)
                 raise
@@ -231,7 +233,8 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
 
 def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
           final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
-          until_stopped: ExitStack) -> tuple[store.CheckpointManifest, _Stopper | None]:
+          until_stopped: ExitStack, pod: dict[str, Any] | None = None
+          ) -> tuple[store.CheckpointManifest, _Stopper | None]:
     """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
     left frozen until `until_stopped` is closed; the caller stops it with the _Stopper."""
     images_dir = temp_dir / store.IMAGES_DIR
@@ -291,6 +294,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                 "node": config.node_name,
                 "image": target.image,
                 "runtime": target.runtime,
+                **({"pod_object": pod} if pod else {}),
             },
             tools=versions.tool_versions(config),
             criu_options={**options.to_dict(), "with_rootfs": upper is not None},
@@ -302,7 +306,8 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
 
 def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
                checkpoint_path: str | None, leave_running: bool, with_rootfs: bool = True,
-               storage: str | None = None, compression: str | None = None) -> dict[str, Any]:
+               storage: str | None = None, compression: str | None = None,
+               checkpoint_id: str | None = None, requested_by: str = "") -> dict[str, Any]:
     """The whole of POST /checkpoint; its answer. Where it goes is decided before anything is
     dumped; a failed push keeps the checkpoint on the node (the error says which)."""
     config = helper.config
@@ -310,9 +315,10 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
     try:
         result = checkpoint_container(config, containers_of(helper, root), namespace, pod,
                                       container, checkpoint_path or None, leave_running,
-                                      locks=helper.locks, with_rootfs=with_rootfs)
+                                      locks=helper.locks, with_rootfs=with_rootfs,
+                                      checkpoint_id=checkpoint_id)
     except HelperError as exc:
-        events.checkpoint_failed(helper.kube, namespace, pod, container, exc)
+        events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
         raise
     answer = result.to_dict()
     pushed = None
@@ -324,11 +330,11 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
             exc.extra.update(checkpoint_id=result.checkpoint_id,
                              checkpoint_path=str(result.checkpoint_path))
             exc.message += f" (checkpoint {result.checkpoint_id} is kept on this node)"
-            events.checkpoint_failed(helper.kube, namespace, pod, container, exc)
+            events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
             raise
         answer["remote"] = pushed.to_dict()
     answer["storage"] = "remote" if remote else "local"
-    events.checkpointed(helper.kube, result, pushed)
+    events.checkpointed(helper.kube, result, pushed, requested_by)
     removed = retention.apply_retention(config)
     if removed:
         answer["retention_removed"] = [r["id"] for r in removed]

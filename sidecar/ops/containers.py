@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,13 +53,16 @@ class Containers:
     root: Path
     kube: KubeAPI | None = None
     node_name: str = ""
+    #: the pods the API answered for the containers found, by (namespace, name)
+    pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, compare=False)
 
     def find(self, namespace: str, sandbox: str, container: str) -> RuncContainer:
         target = find_container(self.root, namespace, sandbox, container)
         if target.alive:
             _same_process(target)
             if self.kube is not None:
-                _known_to_kubernetes(self.kube, self.node_name, target)
+                self.pods[(namespace, sandbox)] = _known_to_kubernetes(self.kube, self.node_name,
+                                                                       target)
         return target
 
     def list(self, namespace: str) -> list[RuncContainer]:
@@ -94,7 +97,8 @@ def _started_at(status: dict[str, Any]) -> float | None:
         return None
 
 
-def _known_to_kubernetes(kube: KubeAPI, node_name: str, target: RuncContainer) -> None:
+def _known_to_kubernetes(kube: KubeAPI, node_name: str,
+                         target: RuncContainer) -> dict[str, Any]:
     what = f"{target.namespace}/{target.sandbox_name}/{target.container_name}"
     try:
         pod = kube.get_pod(target.namespace, target.sandbox_name)
@@ -130,3 +134,15 @@ def _known_to_kubernetes(kube: KubeAPI, node_name: str, target: RuncContainer) -
             f"container {what} started at {started:.0f} per the Kubernetes API, but its init "
             f"process {target.pid} started at {process_started:.0f}",
             container_id=target.container_id)
+    return pod
+
+
+def recorded_pod(pod: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a checkpoint keeps of its pod, so that a placeholder can be made from it later
+    (the source may be gone by then): its identity, labels, annotations, owners and spec."""
+    if not pod:
+        return None
+    meta = pod.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "namespace", "uid", "labels",
+                                               "annotations", "ownerReferences") if k in meta},
+            "spec": pod.get("spec") or {}}

@@ -35,6 +35,7 @@ from sidecar.errors import (
     AlreadyRestored,
     CheckpointNotFound,
     ContainerNotRunning,
+    Forbidden,
     HelperError,
     InvalidRequest,
     RestoreFailed,
@@ -253,11 +254,20 @@ def _check_target(target: RuncContainer, manifest: store.CheckpointManifest) -> 
 
 def restore_into(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                  container: str, checkpoint_path: str | None, checkpoint_id: str | None,
-                 *, locks: ContainerLocks = DEFAULT_LOCKS) -> RestoreResult:
+                 *, locks: ContainerLocks = DEFAULT_LOCKS,
+                 source_namespace: str | None = None) -> RestoreResult:
+    """Restore into a sleeping container. `source_namespace`: the namespace the caller was
+    allowed to read the checkpoint in; the checkpoint's own record must say the same."""
     started = time.monotonic()
     checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id)
     target = containers.find(namespace, sandbox, container)
     manifest = store.verify(checkpoint)  # before anything is touched
+    taken_in = str(manifest.source.get("namespace") or "")
+    if source_namespace is not None and taken_in != source_namespace:
+        raise Forbidden(
+            f"checkpoint {manifest.checkpoint_id} was taken in namespace {taken_in or '?'}, not "
+            f"in {source_namespace}: name the namespace it was taken in (and have get on its "
+            "checkpoints there)", namespace=source_namespace)
     _check_target(target, manifest)
     registry = RestoredRegistry(config.checkpoint_dir, restore_is_live)
     with locks.hold(target.container_id, "restore"):
@@ -367,7 +377,8 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
 
 
 def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
-            checkpoint_path: str | None, checkpoint_id: str | None) -> dict[str, Any]:
+            checkpoint_path: str | None, checkpoint_id: str | None,
+            requested_by: str = "", source_namespace: str | None = None) -> dict[str, Any]:
     """The whole of POST /restore; its answer."""
     config = helper.config
     try:
@@ -375,12 +386,13 @@ def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: s
         if checkpoint_id and not checkpoint_path:
             pulled = transfer.ensure_local(config, checkpoint_id)
         result = restore_into(config, containers_of(helper, root), namespace, pod, container,
-                              checkpoint_path or None, checkpoint_id or None, locks=helper.locks)
+                              checkpoint_path or None, checkpoint_id or None, locks=helper.locks,
+                              source_namespace=source_namespace)
     except HelperError as exc:
         events.restore_failed(helper.kube, namespace, pod, container,
-                              checkpoint_id or checkpoint_path or "?", exc)
+                              checkpoint_id or checkpoint_path or "?", exc, requested_by)
         raise
-    events.restored(helper.kube, result, source_of(config, result.checkpoint_id))
+    events.restored(helper.kube, result, source_of(config, result.checkpoint_id), requested_by)
     answer = result.to_dict()
     if pulled is not None:
         answer["pulled"] = pulled
