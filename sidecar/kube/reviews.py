@@ -1,6 +1,6 @@
 """Who a caller is and what it may do, asked of the Kubernetes API with the helper's own
-credentials: the caller's CertificateSigningRequest, and SubjectAccessReviews in its name
-(docs/security.md)."""
+credentials, as the kubelet does for its own API: a TokenReview of the caller's bearer token,
+and SubjectAccessReviews in its name (docs/security.md)."""
 from __future__ import annotations
 
 import json
@@ -28,7 +28,7 @@ class Permission:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who the API server says created the caller's proof."""
+    """Who the API server says the caller's token belongs to."""
 
     username: str
     uid: str = ""
@@ -40,7 +40,7 @@ class Caller:
                 "extra": {k: list(v) for k, v in self.extra}}
 
 
-CsrReader = Callable[[str], "Mapping[str, Any] | None"]
+TokenReader = Callable[[str], "Caller | None"]
 Reviewer = Callable[[Caller, str, Permission], tuple[bool, str]]
 
 
@@ -48,27 +48,30 @@ class ApiUnavailable(Exception):
     """The API server could not be asked (as opposed to: it said no)."""
 
 
-def kubernetes_api(api_client: Any, timeout_s: float = 5.0) -> tuple[CsrReader, Reviewer]:
-    """Read proofs and review callers with the helper's own credentials."""
+def kubernetes_api(api_client: Any, timeout_s: float = 5.0) -> tuple[TokenReader, Reviewer]:
+    """Authenticate tokens and review callers with the helper's own credentials."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
-    certificates = client.CertificatesV1Api(api_client)
+    authentication = client.AuthenticationV1Api(api_client)
     authorization = client.AuthorizationV1Api(api_client)
 
-    def read_csr(name: str) -> Mapping[str, Any] | None:
+    def read_token(token: str) -> Caller | None:
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token}}
         try:
-            # without _preload_content the answer is the raw HTTP response
-            raw: Any = certificates.read_certificate_signing_request(
-                name, _preload_content=False, _request_timeout=timeout_s)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise ApiUnavailable(f"HTTP {exc.status} {exc.reason}") from exc
+            raw: Any = authentication.create_token_review(
+                cast(Any, body), _preload_content=False, _request_timeout=timeout_s)
         except Exception as exc:
             raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        data: Mapping[str, Any] = json.loads(raw.data)
-        return data
+        status: Mapping[str, Any] = json.loads(raw.data).get("status") or {}
+        if not status.get("authenticated"):
+            return None
+        user = status.get("user") or {}
+        extra = user.get("extra") or {}
+        return Caller(str(user.get("username") or ""), str(user.get("uid") or ""),
+                      tuple(str(g) for g in user.get("groups") or ()),
+                      tuple(sorted((str(k), tuple(str(x) for x in v or ()))
+                                   for k, v in extra.items())))
 
     def review(caller: Caller, namespace: str, permission: Permission) -> tuple[bool, str]:
         attributes = {"namespace": namespace, "verb": permission.verb,
@@ -85,4 +88,4 @@ def kubernetes_api(api_client: Any, timeout_s: float = 5.0) -> tuple[CsrReader, 
         status = json.loads(raw.data).get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or "")
 
-    return read_csr, review
+    return read_token, review

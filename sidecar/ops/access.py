@@ -1,68 +1,56 @@
 """Who may ask the helper to act, and on what (docs/security.md).
 
-The API server's pod proxy drops the caller's `Authorization` header, so the caller's
-credentials never reach the helper. The caller therefore has the API server record who it is:
-it creates a CertificateSigningRequest whose `spec.signerName` is
-`cedana.io/caller-proof-<sha256 of a random secret>` - the API server itself fills in
-`spec.username`, `groups`, `uid` and `extra` from the credentials it authenticated (token, client
-certificate, anything), and the spec can never change afterwards. Nobody signs it: the signer
-name is ours and the request's key was thrown away. On every request the caller sends
+The REST port listens on the node's loopback only: callers reach it with `kubectl port-forward`
+(which the API server authorizes: pods/portforward on the helper pod), or from the node. Like
+the kubelet's own API, the helper then authenticates the caller's bearer token with a
+TokenReview and asks, with a SubjectAccessReview in the caller's name, whether the caller may
+do what the request does. These are the rights the cedana.io resources need, so the REST API
+and the resources follow one policy:
 
-    X-Cedana-Caller: CSR_NAME        X-Cedana-Proof: SECRET
+    checkpoint a pod of NS          create checkpoints.cedana.io     in NS
+    restore into a pod of NS        create restores.cedana.io        in NS
+    ... from a checkpoint of NS2    get    checkpoints.cedana.io     in NS2
+    see checkpoints of NS           list   checkpoints.cedana.io     in NS (catalogue filter)
+    inspect / delete one of NS      get / delete checkpoints.cedana.io in NS
+    list the containers of NS       list   pods                      in NS
 
-The helper reads the CSR with its own service account, checks the secret against the signer
-name and the CSR's age, and then asks the API server, as the kubelet does, with a
-SubjectAccessReview in that identity's name whether it may do what the request does:
-
-    checkpoint a pod of NS          create checkpoints.cedana.io           in NS
-    restore into a pod of NS        create checkpoints.cedana.io/restore   in NS
-    ... from a checkpoint of NS2    get    checkpoints.cedana.io           in NS2
-    see checkpoints of NS           list   checkpoints.cedana.io           in NS (catalogue filter)
-    inspect / delete one of NS      get / delete checkpoints.cedana.io     in NS
-    list the containers of NS       list   pods                            in NS
-
-No proof (or one Kubernetes does not vouch for) is 401; a proof without the permission is 403.
+No token (or one Kubernetes does not vouch for) is 401; a token without the permission is 403.
+Requests without a token are refused before any API call; a token the API server refused is
+refused again without asking for NEGATIVE_CACHE_S, and new unknown tokens are rate-limited.
 """
 from __future__ import annotations
 
-import hmac
+import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
-from kubectl_cedana import contract
-from kubectl_cedana.contract import PROOF_TTL_S, SIGNER_PREFIX, proof_digest
-from sidecar.errors import AuthorizationUnavailable, Forbidden, Unauthenticated
+from sidecar.errors import AuthorizationUnavailable, Forbidden, TooManyRequests, Unauthenticated
 from sidecar.kube.api import KubeAPI
 from sidecar.kube.reviews import (
     ApiUnavailable,
     Caller,
-    CsrReader,
     Permission,
     Reviewer,
+    TokenReader,
     kubernetes_api,
 )
 
 log = logging.getLogger(__name__)
 
-# the request headers, as the ASGI scope spells them
-CALLER_HEADER = contract.CALLER_HEADER.lower()
-PROOF_HEADER = contract.PROOF_HEADER.lower()
-#: the API server's clock and ours may disagree a little
-CLOCK_SKEW_S = 60
-#: verified proofs and review answers are trusted again without asking for this long
+#: verified tokens and review answers are trusted again without asking for this long
 CACHE_S = 10.0
+#: a token the API server refused is refused again without asking for this long
+NEGATIVE_CACHE_S = 30.0
+#: tokens the helper has not seen before: at most this many TokenReviews per minute (a flood
+#: of made-up tokens costs the API server nothing beyond that)
+NEW_TOKENS_PER_MINUTE = 120
 MODES = ("kubernetes", "none")
 
-_CSR_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-
 CHECKPOINT = Permission("create", "checkpoints")
-RESTORE = Permission("create", "checkpoints", subresource="restore")
+RESTORE = Permission("create", "restores")
 READ_CHECKPOINT = Permission("get", "checkpoints")
 LIST_CHECKPOINTS = Permission("list", "checkpoints")
 DELETE_CHECKPOINT = Permission("delete", "checkpoints")
@@ -99,7 +87,7 @@ class Access:
             who = self.caller.username if self.caller else "?"
             raise Forbidden(
                 f"{who} may not act on {what} in namespace {namespace!r}: that needs "
-                f"\"{needed}\" (ClusterRole cedana-checkpointer)"
+                f"\"{needed}\" (ClusterRole cedana-checkpointer, or the built-in edit)"
                 + (f"; authorizer: {reason}" if reason else ""),
                 namespace=namespace, permission=needed, user=who)
 
@@ -107,88 +95,84 @@ class Access:
 UNRESTRICTED = Access(None)
 
 
-def _timestamp(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=UTC).timestamp()
+def bearer_token(headers: Mapping[str, str]) -> str:
+    """The token of an `Authorization: Bearer TOKEN` header; 401 without one."""
+    value = headers.get("authorization", "").strip()
+    scheme, _, token = value.partition(" ")
+    if not value:
+        raise Unauthenticated(
+            "no credentials: send Authorization: Bearer TOKEN, with a token Kubernetes "
+            "vouches for (a ServiceAccount's: kubectl create token NAME; or your own), as for "
+            "the kubelet's API (docs/api.md#who-may-call)")
+    if scheme.lower() != "bearer" or not token.strip() or len(token) > 16384:
+        raise Unauthenticated("the Authorization header is not \"Bearer TOKEN\"")
+    return token.strip()
 
 
-def proof_problem(csr: Mapping[str, Any], digest: str, now: float) -> tuple[str, float]:
-    """Why this CSR does not vouch for the secret ('' if it does), and until when it does."""
-    meta = csr.get("metadata") or {}
-    spec = csr.get("spec") or {}
-    if meta.get("deletionTimestamp"):
-        return "is being deleted", 0.0
-    if not hmac.compare_digest(str(spec.get("signerName") or ""), SIGNER_PREFIX + digest):
-        return "was not made for this proof", 0.0
-    if not spec.get("username"):
-        return "names no user", 0.0
-    try:
-        created = _timestamp(str(meta.get("creationTimestamp") or ""))
-    except ValueError:
-        return "has no valid creationTimestamp", 0.0
-    expires = created + PROOF_TTL_S
-    if now > expires + CLOCK_SKEW_S:
-        return f"expired {int(now - expires)} s ago (proofs last {PROOF_TTL_S} s)", 0.0
-    if created > now + CLOCK_SKEW_S:
-        return "was created in the future", 0.0
-    return "", expires + CLOCK_SKEW_S
+class TokenBucket:
+    """At most `per_minute` events a minute, with bursts of that size."""
 
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self.capacity = float(per_minute)
+        self.tokens = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.clock = clock
+        self.last = clock()
 
-def caller_of(csr: Mapping[str, Any]) -> Caller:
-    spec = csr.get("spec") or {}
-    extra = spec.get("extra") or {}
-    return Caller(str(spec.get("username") or ""), str(spec.get("uid") or ""),
-                  tuple(str(g) for g in spec.get("groups") or ()),
-                  tuple(sorted((str(k), tuple(str(x) for x in v or ()))
-                               for k, v in extra.items())))
+    def take(self) -> float:
+        """0 when allowed, else the seconds until it would be."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
 
 
 class CallerVerifier:
     """Turns the request headers into an Access: who the caller is, and a cached reviewer."""
 
-    def __init__(self, read_csr: CsrReader, review: Reviewer,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.read_csr = read_csr
+    def __init__(self, read_token: TokenReader, review: Reviewer,
+                 clock: Callable[[], float] = time.time,
+                 new_tokens_per_minute: int = NEW_TOKENS_PER_MINUTE) -> None:
+        self.read_token = read_token
         self._review = review
         self.clock = clock
-        self._proofs: dict[tuple[str, str], tuple[float, Caller]] = {}
+        self._tokens: dict[str, tuple[float, Caller | None]] = {}
         self._answers: dict[tuple[Caller, str, Permission], tuple[float, bool, str]] = {}
+        self._new_tokens = TokenBucket(new_tokens_per_minute, clock)
         self._lock = threading.Lock()
 
     def authenticate(self, headers: Mapping[str, str]) -> Access:
-        name = headers.get(CALLER_HEADER, "").strip()
-        secret = headers.get(PROOF_HEADER, "")
-        if not name or not secret:
-            raise Unauthenticated(
-                "no proof of who is calling: the helper acts only for callers Kubernetes "
-                "vouches for. Send X-Cedana-Caller (the name of a CertificateSigningRequest you "
-                f"created with signerName {SIGNER_PREFIX}<sha256 of a secret>) and "
-                "X-Cedana-Proof (that secret); kubectl cedana does this for you "
-                "(docs/security.md)")
-        if not _CSR_NAME.fullmatch(name):
-            raise Unauthenticated(f"X-Cedana-Caller {name[:80]!r} is not an object name")
-        digest = proof_digest(secret)
+        token = bearer_token(headers)
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
         now = self.clock()
         with self._lock:
-            cached = self._proofs.get((name, digest))
+            cached = self._tokens.get(digest)
+            wait = 0.0 if cached is not None and now < cached[0] else self._new_tokens.take()
         if cached is not None and now < cached[0]:
+            if cached[1] is None:
+                raise Unauthenticated("the Kubernetes API does not vouch for this token")
             return Access(cached[1], self.review)
+        if wait:
+            error = TooManyRequests(
+                f"too many unknown tokens: try again in {wait:.0f} s", retry_after_s=round(wait))
+            error.headers = {"Retry-After": str(max(1, round(wait)))}
+            raise error
         try:
-            csr = self.read_csr(name)
+            caller = self.read_token(token)
         except ApiUnavailable as exc:
             raise AuthorizationUnavailable(
-                f"cannot read the caller's CertificateSigningRequest {name} from the "
-                f"Kubernetes API: {exc}") from exc
-        if csr is None:
-            raise Unauthenticated(f"CertificateSigningRequest {name} does not exist")
-        problem, valid_until = proof_problem(csr, digest, now)
-        if problem:
-            raise Unauthenticated(f"CertificateSigningRequest {name} {problem}")
-        caller = caller_of(csr)
+                f"cannot ask the Kubernetes API who the token belongs to (TokenReview): "
+                f"{exc}") from exc
         with self._lock:
-            if len(self._proofs) > 4096:
-                self._proofs.clear()
-            self._proofs[(name, digest)] = (min(valid_until, now + CACHE_S), caller)
+            if len(self._tokens) > 4096:
+                self._tokens.clear()
+            self._tokens[digest] = (now + (CACHE_S if caller else NEGATIVE_CACHE_S), caller)
+        if caller is None or not caller.username:
+            raise Unauthenticated("the Kubernetes API does not vouch for this token "
+                                  "(TokenReview: not authenticated)")
         return Access(caller, self.review)
 
     def review(self, caller: Caller, namespace: str, permission: Permission) -> tuple[bool, str]:
@@ -212,8 +196,8 @@ class CallerVerifier:
 
 
 def build_verifier(mode: str, api: KubeAPI | None) -> CallerVerifier | None:
-    """`--authorization`: kubernetes (proofs and reviews through the helper's own API access:
-    service account or --kubeconfig, connected as `api`) or none."""
+    """`--authorization`: kubernetes (TokenReviews and SubjectAccessReviews through the
+    helper's own API access: service account or --kubeconfig, connected as `api`) or none."""
     if mode == "none":
         log.warning("--authorization none: every caller that reaches this port is trusted")
         return None
@@ -224,5 +208,5 @@ def build_verifier(mode: str, api: KubeAPI | None) -> CallerVerifier | None:
             "--authorization kubernetes needs the Kubernetes API to check callers: run the "
             "helper in a pod with its service account, or pass --kubeconfig; "
             "--authorization none trusts every caller (tests on a loopback address only)")
-    read_csr, review = kubernetes_api(api.api_client)
-    return CallerVerifier(read_csr, review)
+    read_token, review = kubernetes_api(api.api_client)
+    return CallerVerifier(read_token, review)

@@ -12,7 +12,7 @@ from sidecar.node import criu_stats
 from sidecar.ops.transfer import delete_remote, remote_checkpoint, remote_entries
 from sidecar.storage import store
 from sidecar.storage.catalogue import Catalogue
-from sidecar.storage.paths import confine
+from sidecar.storage.paths import client_path
 
 
 def where(entry: dict[str, Any]) -> str:
@@ -91,7 +91,7 @@ def source_of(config: HelperConfig, checkpoint_id: str) -> dict[str, Any]:
 
 
 def source_namespace(config: HelperConfig, checkpoint_id: str | None,
-                     path: str | None) -> str | None:
+                     path: str | None, namespace: str = "") -> str | None:
     """The namespace of the pod a checkpoint named by id or path was taken from; None if it
     is not known (the operation then answers checkpoint_not_found or refuses the path)."""
     catalogue = Catalogue(config.checkpoint_dir)
@@ -109,7 +109,7 @@ def source_namespace(config: HelperConfig, checkpoint_id: str | None,
         return None if found is None else str(found[0].get("namespace") or "")
     if path:
         try:
-            real = confine(config.checkpoint_dir, path)
+            real = client_path(config.checkpoint_dir, namespace, path)
         except HelperError:
             return None
         for entry in catalogue.list():

@@ -31,7 +31,7 @@ from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, store
 from sidecar.storage.catalogue import Catalogue
-from sidecar.storage.paths import confine
+from sidecar.storage.paths import client_path
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,12 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def destination(config: HelperConfig, checkpoint_path: str | None, checkpoint_id: str) -> Path:
-    """Where the checkpoint will live: the confined request, or <checkpoint-dir>/<id>."""
+def destination(config: HelperConfig, checkpoint_path: str | None, checkpoint_id: str,
+                namespace: str = "") -> Path:
+    """Where the checkpoint will live: the client's path (paths.client_path), or
+    <checkpoint-dir>/<id>."""
     if checkpoint_path:
-        final = confine(config.checkpoint_dir, checkpoint_path)
+        final = client_path(config.checkpoint_dir, namespace, checkpoint_path)
     else:
         final = config.checkpoint_dir / checkpoint_id
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
@@ -164,7 +166,7 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
     started = time.monotonic()
     target = containers.find(namespace, sandbox, container)
     checkpoint_id = checkpoint_id or str(uuid.uuid4())
-    final_dir = destination(config, checkpoint_path, checkpoint_id)
+    final_dir = destination(config, checkpoint_path, checkpoint_id, namespace)
     # the lock first: another operation of ours may have frozen the container for its dump,
     # which must read as "in progress", not as "not running"
     with locks.hold(target.container_id, "checkpoint"):

@@ -52,7 +52,7 @@ from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
-from sidecar.storage.paths import confine
+from sidecar.storage.paths import client_path
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def restore_is_live(record: dict[str, Any]) -> bool:
 
 
 def resolve_checkpoint(config: HelperConfig, checkpoint_path: str | None,
-                       checkpoint_id: str | None) -> Path:
+                       checkpoint_id: str | None, namespace: str = "") -> Path:
     """The checkpoint directory a restore request names (by path, by id, or both agreeing)."""
     if not checkpoint_path and not checkpoint_id:
         raise InvalidRequest(
@@ -105,7 +105,7 @@ def resolve_checkpoint(config: HelperConfig, checkpoint_path: str | None,
     if checkpoint_id:
         by_id = Path(Catalogue(config.checkpoint_dir).get(checkpoint_id)["path"])
     if checkpoint_path:
-        directory = confine(config.checkpoint_dir, checkpoint_path)
+        directory = client_path(config.checkpoint_dir, namespace, checkpoint_path)
         if by_id is not None and os.path.realpath(by_id) != str(directory):
             raise InvalidRequest(
                 f"checkpoint_path {checkpoint_path!r} and checkpoint_id {checkpoint_id} name "
@@ -259,7 +259,7 @@ def restore_into(config: HelperConfig, containers: Containers, namespace: str, s
     """Restore into a sleeping container. `source_namespace`: the namespace the caller was
     allowed to read the checkpoint in; the checkpoint's own record must say the same."""
     started = time.monotonic()
-    checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id)
+    checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id, namespace)
     target = containers.find(namespace, sandbox, container)
     manifest = store.verify(checkpoint)  # before anything is touched
     taken_in = str(manifest.source.get("namespace") or "")

@@ -3,12 +3,16 @@ of deleted files) is resolved here, and refused when it would lead out of the di
 belongs to (the checkpoint directory, a checkpoint, a container's root filesystem)."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from sidecar.errors import HelperError, InvalidRequest, PathOutsideCheckpointDir
 
 ROOTFS = "the container's root filesystem"
+#: below the checkpoint directory: checkpoints whose client named a path outside it
+BY_PATH = ".by-path"
+MAX_CLIENT_PATH = 1024
 
 
 def within(base: str | Path, path: str | Path) -> bool:
@@ -76,3 +80,31 @@ def member(root: Path, name: str, *, source: str, error: type[HelperError],
     if not within(root, path.parent):
         raise error(f"refusing path {name!r} from {source}: it leads outside {outside}")
     return path
+
+
+def client_path(checkpoint_dir: Path | str, namespace: str, requested: str) -> Path:
+    """Where the checkpoint a client calls `requested` lives.
+
+    The seed's clients choose a `checkpoint_path` such as /tmp/ckpt-1700000000 for a checkpoint
+    and give the same path again to restore it. A path inside the helper's checkpoint directory
+    is used as it is (confine); any other is a name, not a place: it maps to
+    `<checkpoint dir>/.by-path/<sha256 of namespace and path>`, so a caller never writes or
+    reads a host path, the same (namespace, path) finds the same checkpoint, and another
+    namespace's identical path is another checkpoint."""
+    if not requested or not requested.strip():
+        raise InvalidRequest("checkpoint_path is empty", fields=["checkpoint_path"])
+    if len(requested) > MAX_CLIENT_PATH:
+        raise InvalidRequest(f"checkpoint_path is longer than {MAX_CLIENT_PATH} characters",
+                             fields=["checkpoint_path"])
+    if any(ord(c) < 32 or ord(c) == 127 for c in requested):
+        raise InvalidRequest("checkpoint_path contains a NUL or control character",
+                             fields=["checkpoint_path"])
+    if ".." in requested.split("/"):
+        raise InvalidRequest(f"checkpoint_path {requested!r} contains '..': name the "
+                             "checkpoint with a plain path", fields=["checkpoint_path"])
+    base = os.path.realpath(checkpoint_dir)
+    inside = os.path.realpath(os.path.join(base, requested))
+    if inside != base and within(base, inside):
+        return confine(base, requested)
+    key = f"{namespace}\0{os.path.normpath(requested)}".encode()
+    return Path(base) / BY_PATH / hashlib.sha256(key).hexdigest()[:40]

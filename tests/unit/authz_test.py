@@ -1,11 +1,9 @@
 """Caller authorization at the HTTP boundary: a real `cedana-helper serve --authorization
-kubernetes` whose Kubernetes API is the fake API server, reached directly (as another pod would)
-and through the fake pod proxy by the real plugin (docs/security.md)."""
+kubernetes` whose Kubernetes API is the fake API server, called with bearer tokens the fake
+TokenReview vouches for (or not), as `kubectl port-forward` users do (docs/security.md)."""
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,18 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.unit.plugin_fakeapi import (
-    FakeApiServer,
-    FakeCluster,
-    make_pod,
-    run_cli,
-    write_kubeconfig,
-)
+from tests.unit.plugin_fakeapi import FakeApiServer, FakeCluster, write_kubeconfig
 from tests.unit.sidecar_support import helper_process
 
 REPO = Path(__file__).resolve().parents[2]
-CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
-SECRET = "s3cret-proof-for-tests"
 
 
 @pytest.fixture
@@ -45,7 +35,6 @@ def helper_url(api: FakeApiServer, cluster: FakeCluster, helper_dir: Path) -> It
     """The real helper, checking callers against the fake API server."""
     kubeconfig = write_kubeconfig(helper_dir / "helper.kubeconfig", api.url)
     with helper_process(helper_dir, "--kubeconfig", str(kubeconfig)) as url:
-        cluster.add_forwarding_helper("node1", url)
         yield url
 
 
@@ -62,22 +51,20 @@ def call(url: str, method: str, route: str, body: Any = None,
         return error.code, json.loads(error.read() or b"null")
 
 
-def make_proof(cluster: FakeCluster, user: str = "alice", *, secret: str = SECRET,
-               age_s: float = 0, signer_secret: str | None = None) -> dict[str, str]:
-    """A CSR as the API server would store it for `user`, and the headers that name it."""
-    name = f"cedana-caller-{len(cluster.objects)}"
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - age_s))
-    digest = hashlib.sha256((signer_secret or secret).encode()).hexdigest()
-    cluster.objects[f"{CSRS}/{name}"] = {
-        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
-        "metadata": {"name": name, "creationTimestamp": created},
-        "spec": {"signerName": f"cedana.io/caller-proof-{digest}", "username": user,
-                 "uid": f"uid-{user}", "groups": ["system:authenticated"],
-                 "usages": ["client auth"], "request": "eA=="}}
-    return {"X-Cedana-Caller": name, "X-Cedana-Proof": secret}
+def make_token(cluster: FakeCluster, user: str = "alice") -> dict[str, str]:
+    """A token the API server vouches for as `user`, as the Authorization header."""
+    token = f"token-of-{user}-{len(cluster.review_tokens)}"
+    cluster.review_tokens[token] = {"username": user, "uid": f"uid-{user}",
+                                    "groups": ["system:authenticated"]}
+    return {"Authorization": f"Bearer {token}"}
 
 
-def test_no_proof_is_401_before_anything_else(helper_url: str) -> None:
+def reviews_of(cluster: FakeCluster, kind: str) -> list[Any]:
+    return [json.loads(r.body) if isinstance(r.body, str) else r.body
+            for r in cluster.requests if r.path.endswith(f"/{kind}")]
+
+
+def test_no_token_is_401_before_anything_else(cluster: FakeCluster, helper_url: str) -> None:
     cases: list[tuple[str, str, Any]] = [
         ("GET", "/list/default", None), ("GET", "/checkpoints", None),
         ("POST", "/checkpoint", {"checkpoint_data": {}}), ("POST", "/restore", None),
@@ -85,7 +72,9 @@ def test_no_proof_is_401_before_anything_else(helper_url: str) -> None:
     for method, route, body in cases:
         status, answer = call(helper_url, method, route, body)
         assert (status, answer["code"]) == (401, "unauthenticated"), (route, answer)
-        assert "X-Cedana-Caller" in answer["message"]
+        assert "Authorization: Bearer" in answer["message"]
+    # refused before any question to the API server
+    assert not reviews_of(cluster, "tokenreviews")
     # kubelet's probe and the version stay open
     assert call(helper_url, "GET", "/healthz")[0] == 200
     assert call(helper_url, "GET", "/version")[0] == 200
@@ -93,7 +82,7 @@ def test_no_proof_is_401_before_anything_else(helper_url: str) -> None:
 
 def test_a_caller_may_do_what_rbac_lets_it(cluster: FakeCluster, helper_url: str) -> None:
     cluster.denied_subject_reviews.add(("alice", "*", "*", "*", "team-b"))
-    alice = make_proof(cluster, "alice")
+    alice = make_token(cluster, "alice")
     status, answer = call(helper_url, "GET", "/list/team-a", headers=alice)
     assert (status, answer) == (200, [])
     status, answer = call(helper_url, "GET", "/list/team-b", headers=alice)
@@ -105,30 +94,31 @@ def test_a_caller_may_do_what_rbac_lets_it(cluster: FakeCluster, helper_url: str
     assert (status, answer["code"]) == (403, "forbidden")
     assert answer["permission"] == "create checkpoints.cedana.io in namespace team-b"
     # the helper asked the API server in alice's name, as the kubelet does
-    reviews = [json.loads(r.body)["spec"] if isinstance(r.body, str) else r.body["spec"]
-               for r in cluster.requests if r.path.endswith("/subjectaccessreviews")]
+    reviews = [r["spec"] for r in reviews_of(cluster, "subjectaccessreviews")]
     assert reviews and all(r["user"] == "alice" and r["uid"] == "uid-alice" for r in reviews)
     assert {"namespace": "team-b", "verb": "create", "group": "cedana.io",
             "resource": "checkpoints"} in [r["resourceAttributes"] for r in reviews]
     # the same request from bob, whom RBAC allows, passes authorization (and finds no pod)
     status, answer = call(helper_url, "POST", "/checkpoint", body,
-                          headers=make_proof(cluster, "bob"))
+                          headers=make_token(cluster, "bob"))
     assert (status, answer["code"]) == (404, "container_not_found"), answer
 
 
-@pytest.mark.parametrize("case", ["wrong secret", "expired", "missing", "malformed name"])
-def test_proofs_kubernetes_does_not_vouch_for_are_401(cluster: FakeCluster, helper_url: str,
-                                                      case: str) -> None:
-    if case == "wrong secret":
-        headers = make_proof(cluster, signer_secret="another")
-    elif case == "expired":
-        headers = make_proof(cluster, age_s=3600)
-    elif case == "missing":
-        headers = {"X-Cedana-Caller": "cedana-caller-nope", "X-Cedana-Proof": SECRET}
-    else:
-        headers = {"X-Cedana-Caller": "../etc/passwd", "X-Cedana-Proof": SECRET}
-    status, answer = call(helper_url, "GET", "/list/team-a", headers=headers)
+@pytest.mark.parametrize("header", ["Bearer not-a-known-token", "Basic YWxpY2U6cHc=",
+                                    "Bearer", "bearer  ", "token-without-scheme"])
+def test_tokens_kubernetes_does_not_vouch_for_are_401(helper_url: str, header: str) -> None:
+    status, answer = call(helper_url, "GET", "/list/team-a", headers={"Authorization": header})
     assert (status, answer["code"]) == (401, "unauthenticated"), answer
+
+
+def test_a_refused_token_is_not_asked_about_again(cluster: FakeCluster, helper_url: str) -> None:
+    for _ in range(5):
+        status, _answer = call(helper_url, "GET", "/list/team-a",
+                               headers={"Authorization": "Bearer stolen-or-made-up"})
+        assert status == 401
+    asked = [r for r in reviews_of(cluster, "tokenreviews")
+             if r["spec"]["token"] == "stolen-or-made-up"]
+    assert len(asked) == 1  # the negative cache answered the other four
 
 
 def test_catalogue_shows_only_namespaces_the_caller_may_list(
@@ -138,11 +128,11 @@ def test_catalogue_shows_only_namespaces_the_caller_may_list(
                for ns in ("team-a", "team-b")}
     (helper_dir / "checkpoints" / ".catalogue.json").write_text(json.dumps(entries))
     cluster.denied_subject_reviews.add(("alice", "*", "*", "*", "team-b"))
-    alice = make_proof(cluster, "alice")
+    alice = make_token(cluster, "alice")
     status, answer = call(helper_url, "GET", "/checkpoints", headers=alice)
     assert status == 200
     assert [e["id"] for e in answer["checkpoints"]] == ["id-team-a"]
-    both = call(helper_url, "GET", "/checkpoints", headers=make_proof(cluster, "bob"))[1]
+    both = call(helper_url, "GET", "/checkpoints", headers=make_token(cluster, "bob"))[1]
     assert sorted(e["id"] for e in both["checkpoints"]) == ["id-team-a", "id-team-b"]
     # one checkpoint by id: only who may delete in its namespace
     status, answer = call(helper_url, "DELETE", "/checkpoints/id-team-b", headers=alice)
@@ -160,69 +150,8 @@ def test_catalogue_shows_only_namespaces_the_caller_may_list(
 
 def test_api_server_unreachable_is_503(cluster: FakeCluster, api: FakeApiServer,
                                        helper_url: str) -> None:
-    headers = make_proof(cluster)
+    headers = make_token(cluster)
     api.httpd.shutdown()
     api.httpd.server_close()
     status, answer = call(helper_url, "GET", "/list/team-a", headers=headers)
     assert (status, answer["code"]) == (503, "authorization_unavailable")
-
-
-def test_plugin_proves_who_it_is(cluster: FakeCluster, api: FakeApiServer, helper_url: str,
-                                 tmp_path: Path) -> None:
-    """The plugin's calls pass the proxy (Authorization stripped) with their own proof."""
-    cluster.add_pod(make_pod("counter", "team-a"))
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-    listed = run_cli(kubeconfig, "-n", "team-a", "list", "-o", "json")
-    assert listed.exit_code == 0, listed.stderr
-    created = [r for r in cluster.proof_requests if r.method == "POST"]
-    assert len(created) == 1  # one proof per command, whatever the number of calls
-    signer = created[0].body["spec"]["signerName"]
-    proxied = [r for r in cluster.requests if "/proxy/list/" in r.path]
-    secret = proxied[0].headers["x-cedana-proof"]
-    assert signer == "cedana.io/caller-proof-" + hashlib.sha256(secret.encode()).hexdigest()
-    # the secret itself never reaches the API server's storage
-    assert all(secret not in json.dumps(r.body) for r in cluster.proof_requests)
-    # the helper saw token-user (the fake API server's name for the kubeconfig's token)
-    reviews = [json.loads(r.body)["spec"] if isinstance(r.body, str) else r.body["spec"]
-               for r in cluster.requests if r.path.endswith("/subjectaccessreviews")]
-    assert {r["user"] for r in reviews} == {"token-user"}
-    # and a refusal comes back through the plugin with its code
-    cluster.denied_subject_reviews.add(("token-user", "*", "*", "*", "team-a"))
-    time.sleep(10.5)  # the helper's review cache
-    denied = run_cli(kubeconfig, "-n", "team-a", "list")
-    assert denied.exit_code != 0 and "[forbidden]" in denied.stderr, denied.stderr
-
-
-def test_user_without_csr_permission_is_told_what_is_missing(
-        cluster: FakeCluster, api: FakeApiServer, helper_url: str, tmp_path: Path) -> None:
-    cluster.add_pod(make_pod("counter", "team-b"))
-    cluster.forbidden.append(("POST", r"/certificatesigningrequests$"))
-    cluster.denied_reviews.add(("create", "pods", "proxy", "cedana-system"))
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-    denied = run_cli(kubeconfig, "-n", "team-b", "checkpoint", "counter")
-    assert denied.exit_code != 0
-    assert "create certificatesigningrequests" in denied.stderr
-    assert "pods/proxy" in denied.stderr and "cedana-caller" in denied.stderr
-    assert not [r for r in cluster.requests if "/proxy/checkpoint" in r.path]
-
-
-def test_every_route_has_a_policy(tmp_path: Path) -> None:
-    """Each route states what its caller needs; an app with a route that does not will not
-    start, so adding a route means saying what it needs."""
-    from fastapi import APIRouter
-
-    from sidecar.http import routes
-    from sidecar.http.app import create_app
-    from sidecar.http.policy import routes_without_policy
-    from tests.unit.sidecar_support import make_config, route_table
-
-    config = make_config(tmp_path)
-    create_app(config, kube=None)
-    assert len(route_table()) >= 12
-    assert routes_without_policy(routes.ROUTERS) == []
-    forgotten = APIRouter()
-    forgotten.get("/unguarded")(lambda: {})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(routes, "ROUTERS", [*routes.ROUTERS, forgotten])
-        with pytest.raises(RuntimeError, match="GET /unguarded"):
-            create_app(config, kube=None)

@@ -56,6 +56,7 @@ def test_helper_errors_come_through_with_their_codes(cluster: FakeCluster,
     assert missing.exit_code == 3
     assert missing.stderr.startswith("error: helper on node node1: ")
     assert missing.stderr.rstrip().endswith("[container_not_found]")
+    # a path outside the helper's directory is a name (of no checkpoint), never a host path
     outside = run_cli(kubeconfig, "restore", "/etc", "--into", "counter")
-    assert outside.exit_code == 2
-    assert outside.stderr.rstrip().endswith("[path_outside_checkpoint_dir]")
+    assert outside.exit_code == 3
+    assert outside.stderr.rstrip().endswith("[checkpoint_not_found]")

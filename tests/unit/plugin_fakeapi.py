@@ -226,6 +226,8 @@ class FakeCluster:
         # SubjectAccessReviews (the helper asking about a caller) answered no: (user, verb,
         # resource, subresource, namespace), "*" matching anything
         self.denied_subject_reviews: set = set()
+        #: bearer tokens a TokenReview vouches for: token -> user info (username, uid, groups)
+        self.review_tokens: dict[str, dict[str, Any]] = {}
         self.placeholder_mode = "running"  # running | pending | no-shell
         self.resource_version = 100
         self.nodes = ["node1"]
@@ -296,6 +298,11 @@ class FakeCluster:
             denied = any(all(d in ("*", a) for d, a in zip(rule, asked))
                          for rule in self.denied_subject_reviews)
             return 201, dict(review, status={"allowed": not denied})
+        if path == "/apis/authentication.k8s.io/v1/tokenreviews":
+            review = json.loads(req.body) if isinstance(req.body, str) else req.body
+            user = self.review_tokens.get(review["spec"]["token"])
+            status_ = {"authenticated": True, "user": user} if user else {"authenticated": False}
+            return 201, dict(review, status=status_)
         if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
             attrs = req.body["spec"]["resourceAttributes"]
             key = (attrs.get("verb"), attrs.get("resource"), attrs.get("subresource", ""),

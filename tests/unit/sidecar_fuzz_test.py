@@ -3,8 +3,8 @@
 Over 1000 generated requests per run (fixed: derandomized, no example database), against the
 real application with a recorded runc root: no answer is 5xx, every 4xx carries a `code` and a
 `message`, and the helper still answers /healthz afterwards. Half the requests go to a helper
-that checks callers (`--authorization kubernetes` with an in-memory API), so the proof headers
-are fuzzed too. The figures go to the reliability report (tests/reliability.py).
+that checks callers (`--authorization kubernetes` with an in-memory API), so the Authorization
+header is fuzzed too. The figures go to the reliability report (tests/reliability.py).
 """
 from __future__ import annotations
 
@@ -20,15 +20,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubectl_cedana.contract import proof_digest
 from sidecar.http.app import create_app
-from sidecar.ops.access import CallerVerifier, Permission
+from sidecar.ops.access import Caller, CallerVerifier, Permission
 from tests.reliability import record_figures
 from tests.unit.sidecar_support import COUNTER, install_runc_root, make_config, pod_process, stop
 
 EXAMPLES = 1200
 ROOT = "@runc-root@"  # replaced by the recorded runc root in each request
-SECRET = "fuzz-secret"
+TOKEN = "fuzz-token"
 
 NO_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)  # not encodable as UTF-8
 text = st.text(st.characters(blacklist_categories=NO_SURROGATES), max_size=40)
@@ -118,32 +117,27 @@ requests_strategy: st.SearchStrategy[Request] = st.one_of(
     st.tuples(st.sampled_from(["GET", "POST", "OPTIONS", "HEAD"]),
               st.builds(lambda p: "/" + quote(p, safe="/"), text), st.none(), st.none()),
 )
-proof_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
+token_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
     st.just({}),
-    st.just({"X-Cedana-Caller": "cedana-caller-ok", "X-Cedana-Proof": SECRET}),
-    st.fixed_dictionaries({"X-Cedana-Caller": st.text(st.characters(min_codepoint=33,
-                                                                    max_codepoint=126),
-                                                      max_size=80),
-                           "X-Cedana-Proof": st.text(st.characters(min_codepoint=33,
-                                                                   max_codepoint=126),
-                                                     max_size=80)}))
+    st.just({"Authorization": f"Bearer {TOKEN}"}),
+    st.fixed_dictionaries({"Authorization": st.text(st.characters(min_codepoint=32,
+                                                                  max_codepoint=126),
+                                                    max_size=80)}),
+    st.builds(lambda t: {"Authorization": f"Bearer {t}"},
+              st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=80)))
 
 
 def in_memory_api(now: float) -> CallerVerifier:
-    """The API server as the helper sees it: one valid proof (user fuzzer), reviews that allow
+    """The API server as the helper sees it: one valid token (user fuzzer), reviews that allow
     namespace `default` only."""
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    csr = {"metadata": {"name": "cedana-caller-ok", "creationTimestamp": created},
-           "spec": {"signerName": "cedana.io/caller-proof-" + proof_digest(SECRET),
-                    "username": "fuzzer", "groups": ["system:authenticated"]}}
 
-    def read_csr(name: str) -> dict[str, Any] | None:
-        return csr if name == "cedana-caller-ok" else None
+    def read_token(token: str) -> Caller | None:
+        return Caller("fuzzer", groups=("system:authenticated",)) if token == TOKEN else None
 
     def review(_caller: Any, namespace: str, _permission: Permission) -> tuple[bool, str]:
         return namespace == "default", ""
 
-    return CallerVerifier(read_csr, review)
+    return CallerVerifier(read_token, review, new_tokens_per_minute=100000)
 
 
 class Fuzzed:
@@ -178,7 +172,7 @@ def test_fuzz_every_route(fuzzed: Fuzzed) -> None:
 
     @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
-    @given(request=requests_strategy, guarded=st.booleans(), headers=proof_headers)
+    @given(request=requests_strategy, guarded=st.booleans(), headers=token_headers)
     def one(request: Request, guarded: bool, headers: dict[str, str]) -> None:
         method, url, body, raw = request
         url = url.replace(quote(ROOT, safe=""), quote(fuzzed.root_path, safe=""))

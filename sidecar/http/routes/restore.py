@@ -24,7 +24,8 @@ def may_restore(helper: HelperDep, body: RestoreRequest, access: CallerAccess) -
     access.require(data.namespace, RESTORE, "the restore target")
     if access.unrestricted:
         return
-    source = catalogue.source_namespace(helper.config, data.checkpoint_id, data.checkpoint_path)
+    source = catalogue.source_namespace(helper.config, data.checkpoint_id, data.checkpoint_path,
+                                        data.namespace)
     if source is not None:  # else the route answers checkpoint_not_found or refuses the path
         access.require(source, READ_CHECKPOINT, "the checkpoint's source pod")
 
