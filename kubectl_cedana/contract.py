@@ -90,6 +90,7 @@ class Code:
     REGISTRY_UNREACHABLE = "registry_unreachable"
     REGISTRY_ERROR = "registry_error"
     CONTAINERD_UNAVAILABLE = "containerd_unavailable"
+    CONTENT_TOO_LARGE = "content_too_large"
 
 
 #: the HTTP status the helper answers each code with
@@ -116,6 +117,7 @@ HTTP_STATUS = {
     Code.IO_URING_UNSUPPORTED: 422,
     Code.CHECKPOINT_CORRUPTED: 422,
     Code.IMAGE_UNSUPPORTED: 422,
+    Code.CONTENT_TOO_LARGE: 422,
     Code.DUMP_FAILED: 500,
     Code.RESTORE_FAILED: 500,
     Code.INTERNAL_ERROR: 500,

@@ -12,6 +12,8 @@ from sidecar.config import (
     DEFAULT_CONTAINERD_CONFIG,
     DEFAULT_CRIU_RUNC_CONFIG,
     DEFAULT_DOCKER_CONFIGS,
+    DEFAULT_MAX_CHECKPOINT_BYTES,
+    DEFAULT_MAX_LAYER_BYTES,
     DEFAULT_RUNTIME_ROOT,
     HelperConfig,
     NodeRegistrySettings,
@@ -75,12 +77,20 @@ def main() -> None:
                    "(docs/security.md); none: trust every caller (tests on loopback only).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
+# -- checkpoint authenticity and size limits (docs/security.md) --
+@click.option("--max-checkpoint-bytes", default=DEFAULT_MAX_CHECKPOINT_BYTES, show_default=True,
+              type=click.IntRange(1), help="Most bytes a checkpoint pulled from the registry "
+                                           "may hold once unpacked.")
+@click.option("--max-layer-bytes", default=DEFAULT_MAX_LAYER_BYTES, show_default=True,
+              type=click.IntRange(1), help="Most bytes one image layer of /restore/rootfs may "
+                                           "take, downloaded and unpacked.")
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
           criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
           docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
-          max_total_bytes: int, authorization: str, log_level: str) -> None:
+          max_total_bytes: int, authorization: str, log_level: str,
+          max_checkpoint_bytes: int, max_layer_bytes: int) -> None:
     """Serve the REST API."""
     import uvicorn
 
@@ -98,6 +108,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
         default_compression=compression,
         max_checkpoints_per_container=max_checkpoints_per_container,
         max_total_bytes=max_total_bytes,
+        max_checkpoint_bytes=max_checkpoint_bytes, max_layer_bytes=max_layer_bytes,
     )
     from sidecar.kube.api import KubeAPI
     from sidecar.ops.access import build_verifier

@@ -155,6 +155,13 @@ class Forbidden(HelperError):
     code = Code.FORBIDDEN
 
 
+class ContentTooLarge(HelperError):
+    """A download, or what it expands to, goes beyond its declared size or a configured limit
+    (a decompression bomb, a registry that sends more than it announced)."""
+
+    code = Code.CONTENT_TOO_LARGE
+
+
 class AuthorizationUnavailable(HelperError):
     """The Kubernetes API that vouches for callers cannot be asked right now."""
 

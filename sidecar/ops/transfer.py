@@ -97,7 +97,8 @@ def ensure_local(config: HelperConfig, checkpoint_id: str) -> dict[str, Any] | N
     final_dir = config.checkpoint_dir / checkpoint_id
     with checkpoint_registry(config) as remote:
         assert remote is not None
-        manifest, image, digest = remote.pull(checkpoint_id, final_dir)
+        manifest, image, digest = remote.pull(checkpoint_id, final_dir,
+                                              max_bytes=config.max_checkpoint_bytes)
         reference = remote.name(checkpoint_id)
     layer = image["layers"][0]
     source = manifest.source

@@ -12,6 +12,7 @@ manifest before the checkpoint becomes visible under its final name.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -27,11 +28,18 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
-from sidecar.errors import CheckpointCorrupted, CheckpointNotFound, ImageNotFound, InvalidRequest
+from sidecar.config import DEFAULT_MAX_CHECKPOINT_BYTES
+from sidecar.errors import (
+    CheckpointCorrupted,
+    CheckpointNotFound,
+    ContentTooLarge,
+    ImageNotFound,
+    InvalidRequest,
+)
 from sidecar.registry.client import ImageReference, RegistryClient
 from sidecar.registry.credentials import node_access
 from sidecar.storage import store
-from sidecar.storage.tar import Extractor, add
+from sidecar.storage.tar import BoundedTarInfo, CappedReader, Extractor, add
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,8 @@ CRIO_ROOTFS_REF = "io.kubernetes.cri-o.annotations.checkpoint.rootfsImageRef"
 ANN = "io.cedana.checkpoint."
 CHUNK = 1 << 20
 QUEUE_CHUNKS = 8  # at most this many compressed chunks wait for the network
+#: tar's share of an unpacked checkpoint beyond its files: the archive's end blocks and slack
+TAR_ARCHIVE_OVERHEAD = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -109,21 +119,21 @@ class _Compressor:
         return bytes(self._obj.flush())
 
 
-class _Decompressor:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._obj: Any = None
-        if kind == "gzip":
-            self._obj = zlib.decompressobj(31)
-        elif kind == "zstd":
-            import zstandard
-            self._obj = zstandard.ZstdDecompressor().decompressobj()
-        elif kind == "lz4":
-            import lz4.frame
-            self._obj = lz4.frame.LZ4FrameDecompressor()
-
-    def decompress(self, data: bytes) -> bytes:
-        return data if self.kind == "none" else bytes(self._obj.decompress(data))
+def decompressed(kind: str, raw: IO[bytes]) -> IO[bytes]:
+    """A file object reading `raw` decompressed; every read returns at most what was asked
+    (the decompressors are bounded in their output, not only in their input)."""
+    if kind == "none":
+        return raw
+    if kind == "gzip":
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if kind == "zstd":
+        import zstandard
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(
+            raw, read_size=CHUNK, read_across_frames=True, closefd=False))
+    if kind == "lz4":
+        import lz4.frame
+        return cast(IO[bytes], lz4.frame.LZ4FrameFile(raw, mode="rb"))
+    raise InvalidRequest(f"unknown compression {kind!r}")
 
 
 class _Cancelled(Exception):
@@ -308,9 +318,12 @@ class RemoteStore:
                 f"{self.repository}", checkpoint_id=checkpoint_id) from exc
         return dict(json.loads(body)), digest
 
-    def pull(self, checkpoint_id: str, final_dir: Path) -> tuple[store.CheckpointManifest,
-                                                                 dict[str, Any], str]:
-        """Download, unpack and verify into final_dir (renamed into place only when whole)."""
+    def pull(self, checkpoint_id: str, final_dir: Path, *,
+             max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
+             ) -> tuple[store.CheckpointManifest, dict[str, Any], str]:
+        """Download, unpack and verify into final_dir (renamed into place only when whole).
+        The layer is read at most to its declared size and unpacks to at most `max_bytes`;
+        a refusal at any step leaves nothing on disk."""
         image, digest = self.manifest(checkpoint_id)
         annotations = image.get("annotations") or {}
         if annotations.get(ANN + "id") != checkpoint_id or len(image.get("layers") or []) != 1:
@@ -324,7 +337,8 @@ class RemoteStore:
         shutil.rmtree(temp, ignore_errors=True)
         store.make_private_dirs(temp, final_dir.parent)
         try:
-            self._download_unpack(str(layer["digest"]), kind, temp)
+            self._download_unpack(str(layer["digest"]), int(layer.get("size") or 0), kind,
+                                  temp, max_bytes + TAR_ARCHIVE_OVERHEAD)
             manifest = store.verify(temp)  # every file against our manifest, before use
             if manifest.checkpoint_id != checkpoint_id:
                 raise CheckpointCorrupted(f"{self.name(checkpoint_id)} holds checkpoint "
@@ -341,42 +355,24 @@ class RemoteStore:
             raise
         return manifest, image, digest
 
-    def _download_unpack(self, digest: str, kind: str, dest: Path) -> None:
-        hasher = hashlib.sha256()
-        decompressor = _Decompressor(kind)
+    def _download_unpack(self, digest: str, declared: int, kind: str, dest: Path,
+                         limit: int) -> None:
         response = self.client.open_blob(self.repository, digest)
-
-        class _Reader:
-            def __init__(self) -> None:
-                self.pending = bytearray()
-                self.chunks = response.iter_content(CHUNK)
-                self.done = False
-
-            def read(self, size: int = -1) -> bytes:
-                while not self.done and (size < 0 or len(self.pending) < size):
-                    try:
-                        chunk = next(self.chunks)
-                    except StopIteration:
-                        self.done = True
-                        break
-                    hasher.update(chunk)
-                    self.pending += decompressor.decompress(chunk)
-                if size < 0:
-                    size = len(self.pending)
-                out = bytes(self.pending[:size])
-                del self.pending[:size]
-                return out
-
-        reader = _Reader()
+        raw = _BlobReader(response.iter_content(CHUNK), declared, digest)
         try:
-            with response, tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
-                unpack = checkpoint_extractor(dest)
-                for member in tar:
-                    unpack.extract(tar, member)
-                unpack.finish()
-            while not reader.done:  # the rest of the blob still counts for its digest
-                reader.read(CHUNK)
-        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+            with response:
+                stream = decompressed(kind, cast(IO[bytes], raw))
+                tar_bytes = CappedReader(stream, limit, f"checkpoint blob {digest}")
+                with tarfile.open(fileobj=cast(IO[bytes], tar_bytes), mode="r|",
+                                  tarinfo=BoundedTarInfo) as tar:
+                    unpack = checkpoint_extractor(dest)
+                    for member in tar:
+                        unpack.extract(tar, member)
+                    unpack.finish()
+                if stream is not raw:
+                    stream.close()
+                raw.drain()  # the rest of the blob still counts for its digest
+        except (tarfile.TarError, OSError, ValueError, EOFError, zlib.error) as exc:
             raise CheckpointCorrupted(f"checkpoint blob {digest} cannot be unpacked: {exc}"
                                       ) from exc
         except Exception as exc:
@@ -384,7 +380,7 @@ class RemoteStore:
                 raise CheckpointCorrupted(f"checkpoint blob {digest} cannot be decompressed: "
                                           f"{exc}") from exc
             raise
-        if "sha256:" + hasher.hexdigest() != digest:
+        if raw.digest() != digest:
             raise CheckpointCorrupted(f"checkpoint blob {digest} does not match its digest "
                                       "(changed in the registry or in transit)")
 
@@ -425,6 +421,55 @@ def remote_entry(image: dict[str, Any], digest: str, reference: str) -> dict[str
 
 def _manifest_digest(directory: Path) -> str:
     return store.hash_file(directory / store.MANIFEST)[0]
+
+
+class _BlobReader:
+    """The layer as it downloads: hashed, and cut off past its declared size. Reads return at
+    most one chunk of the download (short reads, which every reader above takes)."""
+
+    def __init__(self, chunks: Iterator[bytes], declared: int, digest: str) -> None:
+        self.chunks = chunks
+        self.declared = declared
+        self.name = digest
+        self.hasher = hashlib.sha256()
+        self.count = 0
+        self.chunk = b""
+        self.offset = 0
+        self.done = False
+
+    def _next_chunk(self) -> None:
+        while not self.done and self.offset >= len(self.chunk):
+            try:
+                chunk = next(self.chunks)
+            except StopIteration:
+                self.done = True
+                return
+            self.count += len(chunk)
+            if self.count > self.declared:
+                raise ContentTooLarge(
+                    f"checkpoint blob {self.name} is larger than the {self.declared} bytes its "
+                    "descriptor declares; the download was cut off",
+                    limit_bytes=self.declared)
+            self.hasher.update(chunk)
+            self.chunk, self.offset = chunk, 0
+
+    def read(self, size: int = -1) -> bytes:
+        self._next_chunk()
+        end = len(self.chunk) if size < 0 else min(len(self.chunk), self.offset + size)
+        out = self.chunk[self.offset:end]
+        self.offset = end
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while not self.done:
+            self.offset = len(self.chunk)
+            self._next_chunk()
+
+    def digest(self) -> str:
+        return "sha256:" + self.hasher.hexdigest()
 
 
 def checkpoint_extractor(dest: Path) -> Extractor:

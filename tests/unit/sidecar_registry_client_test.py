@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import HelperConfig, NodeRegistrySettings
-from sidecar.errors import RegistryAuthFailed, RegistryError, RegistryUnreachable
+from sidecar.errors import (
+    ContentTooLarge,
+    RegistryAuthFailed,
+    RegistryError,
+    RegistryUnreachable,
+)
 from sidecar.ops import transfer
 from sidecar.registry.client import RegistryClient
 from sidecar.registry.credentials import node_access
@@ -150,3 +155,20 @@ def test_clients_close_their_connections(registry: FakeRegistry, tmp_path: Path)
     while registry.open_connections and time.monotonic() < deadline:
         time.sleep(0.02)
     assert registry.open_connections == 0
+
+
+def test_a_pull_that_expands_beyond_its_limit_leaves_nothing(registry: FakeRegistry,
+                                                             tmp_path: Path) -> None:
+    source = checkpoint_dir(tmp_path, pages_bytes=0)
+    (source / "checkpoint" / "pages-1.img").write_bytes(bytes(12 << 20))  # zeros: a bomb
+    manifest = store.load_manifest(source)
+    manifest.files = store.hash_files(source)
+    store.write_json(source / store.MANIFEST, manifest.to_dict())
+    with RemoteStore(f"{registry.host}/{REPO}", settings_for(tmp_path, registry, "writer")
+                     ) as remote:
+        pushed = remote.push(source, manifest, "zstd")
+        assert pushed.size_bytes < 64 << 10
+        with pytest.raises(ContentTooLarge) as err:
+            remote.pull("ckpt-1", tmp_path / "pulled", max_bytes=1 << 20)
+    assert err.value.status == 422
+    assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".tmp-pull-*"))
