@@ -357,7 +357,7 @@ class RemoteStore:
 
     def _download_unpack(self, digest: str, declared: int, kind: str, dest: Path,
                          limit: int) -> None:
-        response = self.client.open_blob(self.repository, digest)
+        response = self.client.open_blob(self.repository, digest, max_bytes=declared)
         raw = _BlobReader(response.iter_content(CHUNK), declared, digest)
         try:
             with response:
