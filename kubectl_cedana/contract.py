@@ -90,6 +90,7 @@ class Code:
     REGISTRY_UNREACHABLE = "registry_unreachable"
     REGISTRY_ERROR = "registry_error"
     CONTAINERD_UNAVAILABLE = "containerd_unavailable"
+    CHECKPOINT_UNTRUSTED = "checkpoint_untrusted"
     CONTENT_TOO_LARGE = "content_too_large"
 
 
@@ -117,6 +118,7 @@ HTTP_STATUS = {
     Code.IO_URING_UNSUPPORTED: 422,
     Code.CHECKPOINT_CORRUPTED: 422,
     Code.IMAGE_UNSUPPORTED: 422,
+    Code.CHECKPOINT_UNTRUSTED: 422,
     Code.CONTENT_TOO_LARGE: 422,
     Code.DUMP_FAILED: 500,
     Code.RESTORE_FAILED: 500,

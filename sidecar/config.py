@@ -80,6 +80,9 @@ class HelperConfig:
     max_checkpoints_per_container: int = 0
     max_total_bytes: int = 0
     # -- checkpoint authenticity and size limits (docs/security.md) --
+    # the cluster's checkpoint signing key (--signing-key); None: this node's own key, made in
+    # checkpoint_dir (local checkpoints only)
+    signing_key_file: Path | None = None
     max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES
 

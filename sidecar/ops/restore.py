@@ -25,7 +25,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,11 +45,12 @@ from sidecar.node import cgroups, criu, proctree, tool
 from sidecar.node.discovery import RUNNING, RuncContainer, find_container, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, transfer
+from sidecar.ops.access import READ_CHECKPOINT, Access
 from sidecar.ops.catalogue import source_of
 from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
 from sidecar.ops.containers import runc_root
 from sidecar.ops.context import Helper
-from sidecar.storage import rootfs_diff, store
+from sidecar.storage import rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 from sidecar.storage.paths import confine
 
@@ -251,13 +252,31 @@ def _check_target(target: RuncContainer, manifest: store.CheckpointManifest) -> 
         raise TargetIncompatible(f"the target's rootfs {target.rootfs} is not a directory")
 
 
+#: called with a checkpoint's verified manifest before anything of it is used
+Authorize = Callable[[store.CheckpointManifest], None]
+
+
+def may_read_source(access: Access) -> Authorize:
+    """The caller may read checkpoints of the namespace the *signed* manifest names (403
+    otherwise): whatever a catalogue, a path or a registry says, memory moves only out of a
+    namespace whose checkpoints the caller may read."""
+    def authorize(manifest: store.CheckpointManifest) -> None:
+        access.require(str(manifest.source.get("namespace") or ""), READ_CHECKPOINT,
+                       "the checkpoint's source pod")
+    return authorize
+
+
 def restore_into(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
                  container: str, checkpoint_path: str | None, checkpoint_id: str | None,
-                 *, locks: ContainerLocks = DEFAULT_LOCKS) -> RestoreResult:
+                 *, locks: ContainerLocks = DEFAULT_LOCKS,
+                 authorize: Authorize | None = None) -> RestoreResult:
     started = time.monotonic()
     checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id)
     target = find_container(root, namespace, sandbox, container)
-    manifest = store.verify(checkpoint)  # before anything is touched
+    # signature, then every file, before anything is touched
+    manifest = store.verify(checkpoint, signing.helper_key(config))
+    if authorize is not None:
+        authorize(manifest)
     _check_target(target, manifest)
     registry = RestoredRegistry(config.checkpoint_dir, restore_is_live)
     with locks.hold(target.container_id, "restore"):
@@ -367,15 +386,19 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
 
 
 def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
-            checkpoint_path: str | None, checkpoint_id: str | None) -> dict[str, Any]:
-    """The whole of POST /restore; its answer."""
+            checkpoint_path: str | None, checkpoint_id: str | None,
+            access: Access) -> dict[str, Any]:
+    """The whole of POST /restore; its answer. `access`: the caller's, asked about the
+    checkpoint's source namespace as its signed manifest names it."""
     config = helper.config
+    authorize = may_read_source(access)
     try:
         pulled = None
         if checkpoint_id and not checkpoint_path:
-            pulled = transfer.ensure_local(config, checkpoint_id)
+            pulled = transfer.ensure_local(config, checkpoint_id, authorize=authorize)
         result = restore_into(config, runc_root(config, root), namespace, pod, container,
-                              checkpoint_path or None, checkpoint_id or None, locks=helper.locks)
+                              checkpoint_path or None, checkpoint_id or None, locks=helper.locks,
+                              authorize=authorize)
     except HelperError as exc:
         events.restore_failed(helper.kube, namespace, pod, container,
                               checkpoint_id or checkpoint_path or "?", exc)

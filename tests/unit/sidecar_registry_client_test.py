@@ -28,9 +28,11 @@ from sidecar.registry.credentials import node_access
 from sidecar.registry.remote import RemoteStore
 from sidecar.storage import store
 from tests.unit.registry_fake import Elsewhere, FakeRegistry
+from tests.unit.sidecar_support import cluster_key
 
 USERS = {"reader": ("r-pass", {"pull"}), "writer": ("w-pass", {"pull", "push", "delete"})}
 REPO = "team/checkpoints"
+KEY = cluster_key()
 
 
 @pytest.fixture
@@ -63,6 +65,7 @@ def checkpoint_dir(tmp_path: Path, pages_bytes: int = 300_000) -> Path:
     manifest = store.CheckpointManifest("ckpt-1", "2026-01-01T00:00:00Z",
                                         {"pod": "p", "container": "c", "namespace": "ns"}, {}, {})
     manifest.files = store.hash_files(directory)
+    manifest.sign(KEY)
     store.write_json(directory / store.MANIFEST, manifest.to_dict())
     return directory
 
@@ -105,17 +108,17 @@ def test_a_checkpoint_round_trips_through_a_token_registry(registry: FakeRegistr
     source = checkpoint_dir(tmp_path)
     settings = settings_for(tmp_path, registry, "writer")
     with RemoteStore(f"{registry.host}/{REPO}", settings) as remote:
-        pushed = remote.push(source, store.load_manifest(source), "zstd")
+        pushed = remote.push(source, store.load_manifest(source), "zstd", KEY)
         assert pushed.reference == f"{registry.host}/{REPO}:ckpt-1"
         assert [e["id"] for e in remote.list()] == ["ckpt-1"]
-        manifest, _image, _digest = remote.pull("ckpt-1", tmp_path / "pulled")
+        manifest, _image, _digest = remote.pull("ckpt-1", tmp_path / "pulled", KEY)
     assert manifest.checkpoint_id == "ckpt-1"
     assert (tmp_path / "pulled" / "checkpoint" / "pages-1.img").read_bytes() == \
         (source / "checkpoint" / "pages-1.img").read_bytes()
     # the push token also serves pulls; a client that only pulls asks for pull only
     assert {s for _u, s in registry.token_requests} == {f"repository:{REPO}:pull,push"}
     with RemoteStore(f"{registry.host}/{REPO}", settings) as remote:
-        remote.pull("ckpt-1", tmp_path / "again")
+        remote.pull("ckpt-1", tmp_path / "again", KEY)
     assert registry.token_requests[-1] == ("writer", f"repository:{REPO}:pull")
 
 
@@ -126,7 +129,7 @@ def test_a_token_that_expires_during_an_upload_is_renewed(registry: FakeRegistry
     source = checkpoint_dir(tmp_path)
     with RemoteStore(f"{registry.host}/{REPO}", settings_for(tmp_path, registry, "writer")
                      ) as remote:
-        pushed = remote.push(source, store.load_manifest(source), "none")
+        pushed = remote.push(source, store.load_manifest(source), "none", KEY)
     assert (REPO, pushed.layer_digest) in registry.blobs
     push_tokens = [s for _u, s in registry.token_requests if s.endswith(":pull,push")]
     assert len(push_tokens) >= 2
@@ -140,7 +143,7 @@ def test_a_failed_upload_ends_at_once_and_leaves_no_producer(registry: FakeRegis
     started = time.monotonic()
     with RemoteStore(f"{registry.host}/{REPO}", settings_for(tmp_path, registry, "writer")
                      ) as remote, pytest.raises((RegistryError, RegistryUnreachable)):
-        remote.push(source, store.load_manifest(source), "none")
+        remote.push(source, store.load_manifest(source), "none", KEY)
     assert time.monotonic() - started < 15
     assert not [t for t in threading.enumerate() if t.name == "checkpoint-tar"]
     assert registry.blobs == {}
@@ -277,12 +280,13 @@ def test_a_pull_that_expands_beyond_its_limit_leaves_nothing(registry: FakeRegis
     (source / "checkpoint" / "pages-1.img").write_bytes(bytes(12 << 20))  # zeros: a bomb
     manifest = store.load_manifest(source)
     manifest.files = store.hash_files(source)
+    manifest.sign(KEY)
     store.write_json(source / store.MANIFEST, manifest.to_dict())
     with RemoteStore(f"{registry.host}/{REPO}", settings_for(tmp_path, registry, "writer")
                      ) as remote:
-        pushed = remote.push(source, manifest, "zstd")
+        pushed = remote.push(source, manifest, "zstd", KEY)
         assert pushed.size_bytes < 64 << 10
         with pytest.raises(ContentTooLarge) as err:
-            remote.pull("ckpt-1", tmp_path / "pulled", max_bytes=1 << 20)
+            remote.pull("ckpt-1", tmp_path / "pulled", KEY, max_bytes=1 << 20)
     assert err.value.status == 422
     assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".tmp-pull-*"))
