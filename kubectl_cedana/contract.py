@@ -90,8 +90,15 @@ class Code:
     REGISTRY_UNREACHABLE = "registry_unreachable"
     REGISTRY_ERROR = "registry_error"
     CONTAINERD_UNAVAILABLE = "containerd_unavailable"
+    # the helper trusts nothing a caller says (docs/security.md)
+    KUBERNETES_UNAVAILABLE = "kubernetes_unavailable"
+    REGISTRY_NOT_ALLOWED = "registry_not_allowed"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    QUOTA_EXCEEDED = "quota_exceeded"
     CHECKPOINT_UNTRUSTED = "checkpoint_untrusted"
     CONTENT_TOO_LARGE = "content_too_large"
+    # in the status of a cedana.io object only: its helper died during the operation
+    HELPER_RESTARTED = "helper_restarted"
 
 
 #: the HTTP status the helper answers each code with
@@ -127,6 +134,11 @@ HTTP_STATUS = {
     Code.REGISTRY_ERROR: 502,
     Code.CONTAINERD_UNAVAILABLE: 502,
     Code.AUTHORIZATION_UNAVAILABLE: 503,
+    Code.KUBERNETES_UNAVAILABLE: 503,
+    Code.REGISTRY_NOT_ALLOWED: 403,
+    Code.TOO_MANY_REQUESTS: 429,
+    Code.QUOTA_EXCEEDED: 507,
+    Code.HELPER_RESTARTED: 500,
 }
 
 # -- remote checkpoints ---------------------------------------------------------------------------
@@ -141,3 +153,18 @@ SOURCE_CONTAINER_KEY = ANNOTATION_PREFIX + "source-container"
 SOURCE_NODE_KEY = ANNOTATION_PREFIX + "source-node"
 RESTORE_SESSION_KEY = ANNOTATION_PREFIX + "restore-session"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kubectl-cedana"}
+
+# -- the Kubernetes-native API: cedana.io objects the helpers reconcile (deploy/base/crds.yaml) --
+GROUP = "cedana.io"
+GROUP_VERSION = "v1alpha1"
+CHECKPOINT_OBJECTS, RESTORE_OBJECTS, MIGRATION_OBJECTS = "checkpoints", "restores", "migrations"
+#: which node's helper acts on an object (set by its creator; the helpers claim unlabelled ones)
+NODE_LABEL = ANNOTATION_PREFIX + "node"
+#: the creating user; admission checks it equals the requesting user (deploy/base/admission.yaml)
+REQUESTED_BY_KEY = ANNOTATION_PREFIX + "requested-by"
+#: on a Checkpoint: its data (node, registry) is removed before the object goes
+CHECKPOINT_FINALIZER = ANNOTATION_PREFIX + "checkpoint-data"
+#: on a Restore a Migration made: the Migration it belongs to
+MIGRATION_KEY = ANNOTATION_PREFIX + "migration"
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+FINAL_PHASES = (SUCCEEDED, FAILED)

@@ -35,9 +35,18 @@ def main() -> None:
 @click.option("--checkpoint-dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Directory that holds every checkpoint; requested paths must lie inside.")
-@click.option("--runtime-root", default=str(DEFAULT_RUNTIME_ROOT), show_default=True,
+@click.option("--runtime-root", "runtime_roots", multiple=True,
+              default=[str(DEFAULT_RUNTIME_ROOT)], show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="runc root used when a request names none.")
+              help="runc root of the node's runtime (repeatable): the only ones a request may "
+                   "name; the first is used when a request names none.")
+@click.option("--containerd-address", "containerd_addresses", multiple=True,
+              default=["/run/containerd/containerd.sock"], show_default=True,
+              help="containerd socket (repeatable): the only ones a rootfs request may name; "
+                   "the first is the default.")
+@click.option("--registry-prefix", "registry_prefixes", multiple=True, metavar="HOST[/PATH]",
+              help="Where the node's registry credentials may be used by the rootfs routes "
+                   "(repeatable); {namespace} stands for the pod's namespace. None: nowhere.")
 @click.option("--runc", "runc_path", default="runc", show_default=True, help="runc binary.")
 @click.option("--criu", "criu_path", default="criu", show_default=True, help="criu binary.")
 @click.option("--criu-guard", default="auto", show_default=True,
@@ -76,6 +85,9 @@ def main() -> None:
               type=click.Choice(["kubernetes", "none"]),
               help="kubernetes: act only for callers Kubernetes vouches for and allows "
                    "(docs/security.md); none: trust every caller (tests on loopback only).")
+@click.option("--reconcile/--no-reconcile", default=True, show_default=True,
+              help="Act on the cedana.io Checkpoint, Restore and Migration objects of this node "
+                   "(needs the Kubernetes API).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 # -- checkpoint authenticity and size limits (docs/security.md) --
@@ -91,12 +103,13 @@ def main() -> None:
 @click.option("--max-layer-bytes", default=DEFAULT_MAX_LAYER_BYTES, show_default=True,
               type=click.IntRange(1), help="Most bytes one image layer of /restore/rootfs may "
                                            "take, downloaded and unpacked.")
-def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_path: str,
+def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path, ...],
+          containerd_addresses: tuple[str, ...], registry_prefixes: tuple[str, ...], runc_path: str,
           criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
           docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
-          max_total_bytes: int, authorization: str, log_level: str,
+          max_total_bytes: int, authorization: str, reconcile: bool, log_level: str,
           signing_key_file: Path | None, max_checkpoint_bytes: int,
           max_layer_bytes: int) -> None:
     """Serve the REST API."""
@@ -107,7 +120,11 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
     logs.configure(log_level)
     cgroups.join_node_cgroup_namespace()  # first: before any thread
     config = HelperConfig(
-        checkpoint_dir=checkpoint_dir, runtime_root=runtime_root, runc_path=runc_path,
+        checkpoint_dir=checkpoint_dir, runtime_root=runtime_roots[0],
+        runtime_roots=tuple(runtime_roots[1:]), runc_path=runc_path,
+        default_containerd_address=containerd_addresses[0],
+        containerd_addresses=tuple(containerd_addresses[1:]),
+        registry_prefixes=tuple(registry_prefixes),
         criu_path=criu_path, criu_guard=tool.find_criu_guard(criu_guard),
         criu_runc_config=criu_runc_config, ctr_path=ctr_path,
         registry=NodeRegistrySettings(tuple(docker_configs), containerd_config,
@@ -125,11 +142,20 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_root: Path, runc_p
 
     # one connection for Events and for caller checks
     kube = KubeAPI.connect(config.kubeconfig, config.node_name)
+    if kube is None:
+        logging.getLogger("sidecar").warning(
+            "no Kubernetes API: containers are known by their runtime's annotations only, "
+            "not checked against their pods")
     try:
         verifier = build_verifier(authorization, kube)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_app(config, kube=kube, verifier=verifier)
+    if reconcile and kube is not None:
+        from sidecar.kube.objects import CedanaObjects
+        from sidecar.reconcile.controller import Controller
+
+        Controller(app.state.helper, CedanaObjects(kube.api_client)).start()
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
                 log_level=log_level.lower())
 

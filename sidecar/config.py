@@ -52,7 +52,9 @@ class HelperConfig:
     """Where checkpoints live, where containers are found and which binaries run them."""
 
     checkpoint_dir: Path
+    # the runc root of requests that name none; requests may name it or one of runtime_roots
     runtime_root: Path = DEFAULT_RUNTIME_ROOT
+    runtime_roots: tuple[Path, ...] = ()
     runc_path: str = "runc"
     ctr_path: str = "ctr"
     criu_path: str = "criu"
@@ -70,6 +72,10 @@ class HelperConfig:
     # where this node keeps registry credentials and TLS trust (rootfs commits and pulls)
     registry: NodeRegistrySettings = field(default_factory=NodeRegistrySettings)
     default_containerd_address: str = "/run/containerd/containerd.sock"
+    containerd_addresses: tuple[str, ...] = ()
+    # where the node's registry credentials may be used by the rootfs routes: "HOST[/PATH]"
+    # prefixes, "{namespace}" standing for the request's namespace; none: nowhere
+    registry_prefixes: tuple[str, ...] = ()
     # the Kubernetes API for Events, annotations and caller checks: None means the pod's
     # service account when run in a pod, else no API
     kubeconfig: Path | None = None
@@ -85,6 +91,17 @@ class HelperConfig:
     signing_key_file: Path | None = None
     max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES
+
+    @property
+    def allowed_runtime_roots(self) -> tuple[Path, ...]:
+        """The runc roots requests may name: the administrator's, never a caller's."""
+        return (self.runtime_root, *(r for r in self.runtime_roots if r != self.runtime_root))
+
+    @property
+    def allowed_containerd_addresses(self) -> tuple[str, ...]:
+        """containerd sockets a request may name (rootfs routes): the administrator's."""
+        return (self.default_containerd_address,
+                *(a for a in self.containerd_addresses if a != self.default_containerd_address))
 
     def __post_init__(self) -> None:
         # the confinement checks compare real paths, so keep the real one

@@ -173,3 +173,32 @@ class AuthorizationUnavailable(HelperError):
     """The Kubernetes API that vouches for callers cannot be asked right now."""
 
     code = Code.AUTHORIZATION_UNAVAILABLE
+
+
+class KubernetesUnavailable(HelperError):
+    """The API server could not be asked who a container belongs to: nothing is done."""
+
+    code = Code.KUBERNETES_UNAVAILABLE
+
+
+class RegistryNotAllowed(HelperError):
+    """The node's registry credentials are used only where the administrator allowed."""
+
+    code = Code.REGISTRY_NOT_ALLOWED
+
+
+class TooManyRequests(HelperError):
+    code = Code.TOO_MANY_REQUESTS
+
+
+class QuotaExceeded(HelperError):
+    """The checkpoint directory's quota is used up."""
+
+    code = Code.QUOTA_EXCEEDED
+
+
+class HelperRestarted(HelperError):
+    """A cedana.io object's operation was cut short by a restart of its node helper."""
+
+    code = Code.HELPER_RESTARTED
+

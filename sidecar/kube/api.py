@@ -87,13 +87,3 @@ class KubeAPI:
             log.warning("could not record event %s on pod %s/%s: %s", reason, namespace, pod,
                         exc)
             return False
-
-    def annotate_pod(self, namespace: str, pod: str, annotations: dict[str, str]) -> bool:
-        try:
-            self.core.patch_namespaced_pod(pod, namespace,
-                                           {"metadata": {"annotations": annotations}},
-                                           _request_timeout=REQUEST_TIMEOUT_S)
-            return True
-        except Exception as exc:  # noqa: BLE001 - provenance is best effort
-            log.warning("could not annotate pod %s/%s: %s", namespace, pod, exc)
-            return False

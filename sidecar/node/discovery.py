@@ -52,6 +52,8 @@ class RuncContainer:
     runtime: str  # "containerd" or "cri-o": which annotation family named it
     created: str
     annotations: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # runc's record of when its init process started (clock ticks after boot)
+    init_start: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def alive(self) -> bool:
@@ -213,6 +215,7 @@ def read_container(root: Path, state_dir: Path) -> RuncContainer | None:
         runtime=runtime,
         created=str(state.get("created") or ""),
         annotations=annotations,
+        init_start=int(state["init_process_start"]) if state.get("init_process_start") else None,
     )
 
 

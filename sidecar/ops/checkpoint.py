@@ -24,10 +24,10 @@ from sidecar.errors import (
     IoUringUnsupported,
 )
 from sidecar.node import criu, freezer, proctree, runc, versions
-from sidecar.node.discovery import RUNNING, RuncContainer, find_container
+from sidecar.node.discovery import RUNNING, RuncContainer
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, retention, transfer
-from sidecar.ops.containers import runc_root
+from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue
@@ -156,18 +156,19 @@ def _collect_outputs(temp_dir: Path, work_dir: Path, images_dir: Path) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+def checkpoint_container(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                          container: str, checkpoint_path: str | None, leave_running: bool,
                          *, locks: ContainerLocks = DEFAULT_LOCKS,
-                         with_rootfs: bool = True) -> CheckpointResult:
+                         with_rootfs: bool = True,
+                         checkpoint_id: str | None = None) -> CheckpointResult:
     started = time.monotonic()
-    target = find_container(root, namespace, sandbox, container)
-    checkpoint_id = str(uuid.uuid4())
+    target = containers.find(namespace, sandbox, container)
+    checkpoint_id = checkpoint_id or str(uuid.uuid4())
     final_dir = destination(config, checkpoint_path, checkpoint_id)
     # the lock first: another operation of ours may have frozen the container for its dump,
     # which must read as "in progress", not as "not running"
     with locks.hold(target.container_id, "checkpoint"):
-        target = find_container(root, namespace, sandbox, container)
+        target = containers.find(namespace, sandbox, container)
         if target.status != RUNNING:
             raise ContainerNotRunning(
                 f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
@@ -197,8 +198,9 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
         # helper itself (the freezer journal)
         with ExitStack() as until_stopped:
             try:
-                manifest, stopper = _dump(config, root, target, temp_dir, final_dir,
-                                          checkpoint_id, options, with_rootfs, until_stopped)
+                manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
+                                          checkpoint_id, options, with_rootfs, until_stopped,
+                                          recorded_pod(containers.pods.get((namespace, sandbox))))
             except BaseException:
                 shutil.rmtree(temp_dir, ignore_errors=True)
                 raise
@@ -231,7 +233,8 @@ def checkpoint_container(config: HelperConfig, root: str | Path, namespace: str,
 
 def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
           final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
-          until_stopped: ExitStack) -> tuple[store.CheckpointManifest, _Stopper | None]:
+          until_stopped: ExitStack, pod: dict[str, Any] | None = None
+          ) -> tuple[store.CheckpointManifest, _Stopper | None]:
     """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
     left frozen until `until_stopped` is closed; the caller stops it with the _Stopper."""
     images_dir = temp_dir / store.IMAGES_DIR
@@ -291,6 +294,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                 "node": config.node_name,
                 "image": target.image,
                 "runtime": target.runtime,
+                **({"pod_object": pod} if pod else {}),
             },
             tools=versions.tool_versions(config),
             criu_options={**options.to_dict(), "with_rootfs": upper is not None},
@@ -303,17 +307,19 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
 
 def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
                checkpoint_path: str | None, leave_running: bool, with_rootfs: bool = True,
-               storage: str | None = None, compression: str | None = None) -> dict[str, Any]:
+               storage: str | None = None, compression: str | None = None,
+               checkpoint_id: str | None = None, requested_by: str = "") -> dict[str, Any]:
     """The whole of POST /checkpoint; its answer. Where it goes is decided before anything is
     dumped; a failed push keeps the checkpoint on the node (the error says which)."""
     config = helper.config
     remote = transfer.wants_remote(config, storage, checkpoint_path)
     try:
-        result = checkpoint_container(config, runc_root(config, root), namespace, pod,
+        result = checkpoint_container(config, containers_of(helper, root), namespace, pod,
                                       container, checkpoint_path or None, leave_running,
-                                      locks=helper.locks, with_rootfs=with_rootfs)
+                                      locks=helper.locks, with_rootfs=with_rootfs,
+                                      checkpoint_id=checkpoint_id)
     except HelperError as exc:
-        events.checkpoint_failed(helper.kube, namespace, pod, container, exc)
+        events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
         raise
     answer = result.to_dict()
     pushed = None
@@ -325,11 +331,11 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
             exc.extra.update(checkpoint_id=result.checkpoint_id,
                              checkpoint_path=str(result.checkpoint_path))
             exc.message += f" (checkpoint {result.checkpoint_id} is kept on this node)"
-            events.checkpoint_failed(helper.kube, namespace, pod, container, exc)
+            events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
             raise
         answer["remote"] = pushed.to_dict()
     answer["storage"] = "remote" if remote else "local"
-    events.checkpointed(helper.kube, result, pushed)
+    events.checkpointed(helper.kube, result, pushed, requested_by)
     removed = retention.apply_retention(config)
     if removed:
         answer["retention_removed"] = [r["id"] for r in removed]

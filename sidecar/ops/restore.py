@@ -35,6 +35,7 @@ from sidecar.errors import (
     AlreadyRestored,
     CheckpointNotFound,
     ContainerNotRunning,
+    Forbidden,
     HelperError,
     InvalidRequest,
     RestoreFailed,
@@ -42,13 +43,13 @@ from sidecar.errors import (
     TargetNotSleeping,
 )
 from sidecar.node import cgroups, criu, proctree, tool
-from sidecar.node.discovery import RUNNING, RuncContainer, find_container, load_spec
+from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, transfer
 from sidecar.ops.access import READ_CHECKPOINT, Access
 from sidecar.ops.catalogue import source_of
 from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
-from sidecar.ops.containers import runc_root
+from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
 from sidecar.storage import rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
@@ -256,23 +257,32 @@ def _check_target(target: RuncContainer, manifest: store.CheckpointManifest) -> 
 Authorize = Callable[[store.CheckpointManifest], None]
 
 
-def may_read_source(access: Access) -> Authorize:
+def may_read_source(access: Access, source_namespace: str | None = None) -> Authorize:
     """The caller may read checkpoints of the namespace the *signed* manifest names (403
     otherwise): whatever a catalogue, a path or a registry says, memory moves only out of a
-    namespace whose checkpoints the caller may read."""
+    namespace whose checkpoints the caller may read. `source_namespace`: the namespace the
+    caller was allowed to read the checkpoint in (a cedana.io object's); the signed manifest
+    must name the same."""
     def authorize(manifest: store.CheckpointManifest) -> None:
-        access.require(str(manifest.source.get("namespace") or ""), READ_CHECKPOINT,
-                       "the checkpoint's source pod")
+        taken_in = str(manifest.source.get("namespace") or "")
+        if source_namespace is not None and taken_in != source_namespace:
+            raise Forbidden(
+                f"checkpoint {manifest.checkpoint_id} was taken in namespace {taken_in or '?'}, "
+                f"not in {source_namespace}: name the namespace it was taken in (and have get "
+                "on its checkpoints there)", namespace=source_namespace)
+        access.require(taken_in, READ_CHECKPOINT, "the checkpoint's source pod")
     return authorize
 
 
-def restore_into(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+def restore_into(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                  container: str, checkpoint_path: str | None, checkpoint_id: str | None,
                  *, locks: ContainerLocks = DEFAULT_LOCKS,
                  authorize: Authorize | None = None) -> RestoreResult:
+    """Restore into a sleeping container. `authorize` sees the checkpoint's manifest once its
+    signature and files are verified, before anything is touched (may_read_source)."""
     started = time.monotonic()
     checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id)
-    target = find_container(root, namespace, sandbox, container)
+    target = containers.find(namespace, sandbox, container)
     # signature, then every file, before anything is touched
     manifest = store.verify(checkpoint, signing.helper_key(config))
     if authorize is not None:
@@ -387,23 +397,26 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
 
 def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
             checkpoint_path: str | None, checkpoint_id: str | None,
-            access: Access) -> dict[str, Any]:
-    """The whole of POST /restore; its answer. `access`: the caller's, asked about the
-    checkpoint's source namespace as its signed manifest names it."""
+            access: Access, requested_by: str = "",
+            source_namespace: str | None = None) -> dict[str, Any]:
+    """The whole of POST /restore (and of a Restore object); its answer. `access`: the
+    caller's, asked about the checkpoint's source namespace as its signed manifest names it;
+    `source_namespace`: where the caller was allowed to read it, which that manifest must
+    name (may_read_source)."""
     config = helper.config
-    authorize = may_read_source(access)
+    authorize = may_read_source(access, source_namespace)
     try:
         pulled = None
         if checkpoint_id and not checkpoint_path:
             pulled = transfer.ensure_local(config, checkpoint_id, authorize=authorize)
-        result = restore_into(config, runc_root(config, root), namespace, pod, container,
+        result = restore_into(config, containers_of(helper, root), namespace, pod, container,
                               checkpoint_path or None, checkpoint_id or None, locks=helper.locks,
                               authorize=authorize)
     except HelperError as exc:
         events.restore_failed(helper.kube, namespace, pod, container,
-                              checkpoint_id or checkpoint_path or "?", exc)
+                              checkpoint_id or checkpoint_path or "?", exc, requested_by)
         raise
-    events.restored(helper.kube, result, source_of(config, result.checkpoint_id))
+    events.restored(helper.kube, result, source_of(config, result.checkpoint_id), requested_by)
     answer = result.to_dict()
     if pulled is not None:
         answer["pulled"] = pulled

@@ -30,14 +30,16 @@ from sidecar.errors import (
     DumpFailed,
     ImageMismatch,
     ImageNotFound,
+    InvalidRequest,
+    RegistryNotAllowed,
     TargetIncompatible,
 )
 from sidecar.node import proctree
 from sidecar.node.containerd import socket_path
-from sidecar.node.discovery import RUNNING, RuncContainer, find_container
+from sidecar.node.discovery import RUNNING, RuncContainer
 from sidecar.node.freezer import frozen
 from sidecar.node.locks import ContainerLocks
-from sidecar.ops.containers import runc_root
+from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
 from sidecar.ops.images import BaseImage, containerd_image, registry_image
 from sidecar.registry.client import ImageReference, RegistryClient
@@ -97,8 +99,9 @@ class RootfsApplied:
         }
 
 
-def _running(root: str | Path, namespace: str, sandbox: str, container: str) -> RuncContainer:
-    target = find_container(root, namespace, sandbox, container)
+def _running(containers: Containers, namespace: str, sandbox: str,
+             container: str) -> RuncContainer:
+    target = containers.find(namespace, sandbox, container)
     if target.status != RUNNING:
         raise ContainerNotRunning(
             f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
@@ -182,7 +185,7 @@ def _push(client: RegistryClient, dest: ImageReference, base: BaseImage,
 
 def _commit(config: HelperConfig, target: RuncContainer, dest: ImageReference,
             base_for: Callable[[Path, ExitStack], BaseImage], locks: ContainerLocks,
-            started: float, root: str | Path) -> RootfsCommit:
+            started: float, containers: Containers) -> RootfsCommit:
     timings: dict[str, int] = {}
     with ExitStack() as resources:
         client = resources.enter_context(RegistryClient(node_access(dest.host,
@@ -193,7 +196,8 @@ def _commit(config: HelperConfig, target: RuncContainer, dest: ImageReference,
         work = resources.enter_context(_workdir(config))
         # judged under the lock: a dump of ours may have frozen it meanwhile (that is a 409
         # operation_in_progress from the lock, never "not running")
-        target = _running(root, target.namespace, target.sandbox_name, target.container_name)
+        target = _running(containers, target.namespace, target.sandbox_name,
+                          target.container_name)
         step = time.monotonic()
         base = base_for(work, resources)
         timings["base_image"] = _ms(step)
@@ -215,37 +219,37 @@ def _commit(config: HelperConfig, target: RuncContainer, dest: ImageReference,
         timings_ms=timings)
 
 
-def checkpoint_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+def checkpoint_rootfs(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                       container: str, address: str, image_ref: str, *,
                       locks: ContainerLocks) -> RootfsCommit:
     """containerd: the base image is the one the container runs, from containerd's store."""
     started = time.monotonic()
     dest = ImageReference.parse(image_ref)
-    target = find_container(root, namespace, sandbox, container)
+    target = containers.find(namespace, sandbox, container)
     if not target.image:
         raise ImageNotFound(f"container {target.container_id} carries no image name annotation")
     socket_path(address)
     return _commit(config, target, dest,
                    lambda work, _resources: containerd_image(config, address, target.image,
                                                              work),
-                   locks, started, root)
+                   locks, started, containers)
 
 
-def checkpoint_rootfs_crio(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
-                           container: str, image_ref: str, new_image_ref: str, *,
+def checkpoint_rootfs_crio(config: HelperConfig, containers: Containers, namespace: str,
+                           sandbox: str, container: str, image_ref: str, new_image_ref: str, *,
                            locks: ContainerLocks) -> RootfsCommit:
     """CRI-O / containers/storage: the base image is `image_ref`, read from its registry."""
     started = time.monotonic()
     source = ImageReference.parse(image_ref)
     dest = ImageReference.parse(new_image_ref)
-    target = find_container(root, namespace, sandbox, container)
+    target = containers.find(namespace, sandbox, container)
 
     def base_for(work: Path, resources: ExitStack) -> BaseImage:
         base = registry_image(config, source, work, resources)
         _check_same_image(target, base)
         return base
 
-    return _commit(config, target, dest, base_for, locks, started, root)
+    return _commit(config, target, dest, base_for, locks, started, containers)
 
 
 def _check_same_image(target: RuncContainer, base: BaseImage) -> None:
@@ -288,17 +292,17 @@ def added_layers(base_diff_ids: list[str], image_diff_ids: list[str],
     return layers[common:]
 
 
-def restore_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandbox: str,
+def restore_rootfs(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                    container: str, address: str, image_ref: str, *,
                    locks: ContainerLocks) -> RootfsApplied:
     started = time.monotonic()
     ref = ImageReference.parse(image_ref)
-    target = find_container(root, namespace, sandbox, container)
+    target = containers.find(namespace, sandbox, container)
     if address:
         socket_path(address)
     with locks.hold(target.container_id, "rootfs-restore"), _workdir(config) as work, \
             ExitStack() as resources:
-        target = _running(root, namespace, sandbox, container)  # judged under the lock
+        target = _running(containers, namespace, sandbox, container)  # judged under the lock
         rootfs = Path(target.rootfs)
         if not rootfs.is_dir():
             raise TargetIncompatible(f"the target's rootfs {rootfs} is not a directory")
@@ -333,6 +337,44 @@ def restore_rootfs(config: HelperConfig, root: str | Path, namespace: str, sandb
                          entries, _ms(started))
 
 
+# -- what a request may name ------------------------------------------------------------------
+def allowed_address(config: HelperConfig, requested: str) -> str:
+    """The containerd socket a request names, when it is one the administrator configured (a
+    caller's socket could serve images of its making): else 400."""
+    if not requested:
+        return config.default_containerd_address
+    name = requested.strip().removeprefix("unix://")
+    for address in config.allowed_containerd_addresses:
+        configured = address.removeprefix("unix://")
+        if os.path.realpath(name) == os.path.realpath(configured):
+            return configured
+    raise InvalidRequest(
+        f"address {requested!r} is not a containerd socket of this helper (configured: "
+        f"{', '.join(config.allowed_containerd_addresses)})", fields=["address"])
+
+
+def allowed_image(config: HelperConfig, namespace: str, text: str, purpose: str) -> str:
+    """`text` when the node's credentials may be used for it on behalf of `namespace`: under one
+    of the administrator's registry prefixes, and never the checkpoint repository. 403 else."""
+    ref = ImageReference.parse(text)
+    name = f"{ref.host}/{ref.repository}"
+    checkpoints = config.remote_repository.rstrip("/")
+    if checkpoints and (name == checkpoints or name.startswith(checkpoints + "/")):
+        raise RegistryNotAllowed(
+            f"{text} is in the checkpoint repository {checkpoints}, which only the helpers "
+            "write: it cannot be a rootfs image", registry=ref.host, image=text)
+    for prefix in config.registry_prefixes:
+        allowed = prefix.replace("{namespace}", namespace).rstrip("/")
+        if name == allowed or name.startswith(allowed + "/"):
+            return text
+    rules = ", ".join(config.registry_prefixes) or "none"
+    raise RegistryNotAllowed(
+        f"the node's registry credentials may not be used to {purpose} {text} for namespace "
+        f"{namespace}: it is under none of the registry prefixes the administrator allowed "
+        f"({rules}; `kubectl cedana install --registry-prefix HOST/PATH`, where {{namespace}} "
+        "stands for the pod's namespace)", registry=ref.host, image=text)
+
+
 # -- the routes' view ----------------------------------------------------------------------------
 def _usual_address(config: HelperConfig) -> str:
     """containerd's socket when the node has it at the usual place (a restore may also pull)."""
@@ -345,8 +387,9 @@ def commit(helper: Helper, *, namespace: str, pod: str, container: str, root: st
     """POST /checkpoint/rootfs: the base image from containerd at `address` (default: its
     usual socket)."""
     config = helper.config
-    return checkpoint_rootfs(config, runc_root(config, root), namespace, pod, container,
-                             address or config.default_containerd_address, image_ref,
+    allowed_image(config, namespace, image_ref, "push")
+    return checkpoint_rootfs(config, containers_of(helper, root), namespace, pod, container,
+                             allowed_address(config, address), image_ref,
                              locks=helper.locks).to_dict()
 
 
@@ -354,7 +397,9 @@ def commit_crio(helper: Helper, *, namespace: str, pod: str, container: str, roo
                 image_ref: str, new_image_ref: str) -> dict[str, Any]:
     """POST /checkpoint/rootfs/crio: the base image `image_ref` from its registry."""
     config = helper.config
-    return checkpoint_rootfs_crio(config, runc_root(config, root), namespace, pod, container,
+    allowed_image(config, namespace, image_ref, "pull")
+    allowed_image(config, namespace, new_image_ref, "push")
+    return checkpoint_rootfs_crio(config, containers_of(helper, root), namespace, pod, container,
                                   image_ref, new_image_ref, locks=helper.locks).to_dict()
 
 
@@ -362,6 +407,7 @@ def apply(helper: Helper, *, namespace: str, pod: str, container: str, root: str
           image_ref: str, address: str = "") -> dict[str, Any]:
     """POST /restore/rootfs: images from containerd when it has them, else their registry."""
     config = helper.config
-    return restore_rootfs(config, runc_root(config, root), namespace, pod, container,
-                          address or _usual_address(config), image_ref,
-                          locks=helper.locks).to_dict()
+    allowed_image(config, namespace, image_ref, "pull")
+    return restore_rootfs(config, containers_of(helper, root), namespace, pod, container,
+                          allowed_address(config, address) if address else _usual_address(config),
+                          image_ref, locks=helper.locks).to_dict()

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,14 +147,21 @@ def test_rootfs_routes_validate_before_acting(app: HelperApp, tmp_path: Path) ->
         assert "Not A Ref" in str(body["message"])
         assert_error(app.client.post(route, json={**ref, **extra, "container_name": "ghost"}),
                      404, "container_not_found")
+    # only the administrator's containerd sockets, and those must be sockets
     not_socket = tmp_path / "plain-file"
     not_socket.write_text("x")
-    for address, words in (("relative.sock", "absolute"), (str(not_socket), "not a unix socket"),
-                           ("/no/such.sock", "no containerd socket")):
+    for address in ("relative.sock", str(not_socket), "/no/such.sock", "unix:///tmp/x.sock"):
         body = assert_error(app.client.post("/checkpoint/rootfs", json={
             **ref, "image_ref": "127.0.0.1:5000/x/y:1", "address": address}), 400,
             "invalid_request")
-        assert words in str(body["message"]) and body["fields"] == ["address"]
+        assert "not a containerd socket of this helper" in str(body["message"])
+        assert body["fields"] == ["address"]
+    client = TestClient(create_app(replace(app.config, default_containerd_address=str(not_socket)),
+                                   locks=app.locks))
+    body = assert_error(client.post("/checkpoint/rootfs", json={
+        **ref, "image_ref": "127.0.0.1:5000/x/y:1", "address": str(not_socket)}), 400,
+        "invalid_request")
+    assert "not a unix socket" in str(body["message"])
     assert app.source.poll() is None  # nothing happened to the container
 
 

@@ -17,6 +17,7 @@ from sidecar.errors import (
     IoUringUnsupported,
 )
 from sidecar.ops.checkpoint import checkpoint_container
+from sidecar.ops.containers import Containers
 from sidecar.storage import signing, store
 from sidecar.storage.catalogue import Catalogue
 from tests.unit.sidecar_support import (
@@ -42,7 +43,8 @@ def env(tmp_path: Path) -> Iterator[tuple[HelperConfig, Path]]:
 
 def test_checkpoint_writes_the_documented_layout(env: tuple[HelperConfig, Path]) -> None:
     config, root = env
-    result = checkpoint_container(config, root, "default", POD, "counter", "runs/first", True)
+    result = checkpoint_container(config, Containers(root), "default", POD, "counter",
+                                  "runs/first", True)
     final = config.checkpoint_dir / "runs" / "first"
     assert result.checkpoint_path == final
     assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()) == [
@@ -89,7 +91,7 @@ def test_checkpoint_writes_the_documented_layout(env: tuple[HelperConfig, Path])
 
 def test_empty_path_goes_below_the_checkpoint_dir_by_id(env: tuple[HelperConfig, Path]) -> None:
     config, root = env
-    result = checkpoint_container(config, root, "default", POD, "counter", None, False)
+    result = checkpoint_container(config, Containers(root), "default", POD, "counter", None, False)
     assert result.checkpoint_path == config.checkpoint_dir / result.checkpoint_id
     runc_args = json.loads((Path(config.runc_path).parent / "runc-args.json").read_text())
     assert "--leave-running" not in runc_args
@@ -100,7 +102,7 @@ def test_failed_dump_leaves_nothing_and_carries_the_log_tail(
     config, root = env
     (Path(config.runc_path).parent / "runc-fail").touch()
     with pytest.raises(DumpFailed) as err:
-        checkpoint_container(config, root, "default", POD, "counter", "failed", True)
+        checkpoint_container(config, Containers(root), "default", POD, "counter", "failed", True)
     tail = err.value.extra["log_tail"].splitlines()
     assert len(tail) == 40
     assert "consider using --tcp-established" in tail[-1]
@@ -117,16 +119,18 @@ def test_existing_destination_is_refused(env: tuple[HelperConfig, Path]) -> None
     taken.mkdir(parents=True)
     (taken / "something").write_text("x")
     with pytest.raises(CheckpointExists):
-        checkpoint_container(config, root, "default", POD, "counter", "taken", True)
+        checkpoint_container(config, Containers(root), "default", POD, "counter", "taken", True)
     (config.checkpoint_dir / "empty").mkdir()
-    result = checkpoint_container(config, root, "default", POD, "counter", "empty", True)
+    result = checkpoint_container(config, Containers(root), "default", POD, "counter", "empty",
+                                  True)
     assert (result.checkpoint_path / "manifest.json").is_file()
 
 
 def test_stopped_container_is_not_checkpointed(tmp_path: Path) -> None:
     root = install_runc_root("containerd", tmp_path, {})
     with pytest.raises(ContainerNotRunning) as err:
-        checkpoint_container(make_config(tmp_path), root, "default", POD, "counter", None, True)
+        checkpoint_container(make_config(tmp_path), Containers(root), "default", POD, "counter",
+                             None, True)
     assert err.value.status == 409
 
 
@@ -141,7 +145,7 @@ def test_io_uring_is_refused_naming_the_process(tmp_path: Path) -> None:
         root = install_runc_root("containerd", tmp_path, {COUNTER: holder.pid})
         config = make_config(tmp_path)
         with pytest.raises(IoUringUnsupported) as err:
-            checkpoint_container(config, root, "default", POD, "counter", None, True)
+            checkpoint_container(config, Containers(root), "default", POD, "counter", None, True)
     assert err.value.status == 422
     assert f"process {holder.pid} (python" in err.value.message
     assert not (Path(config.runc_path).parent / "runc-args.json").exists()

@@ -223,6 +223,9 @@ def make_config(tmp_path: Path, **settings: Any) -> HelperConfig:
     return HelperConfig(**{
         "checkpoint_dir": tmp_path / "checkpoints",
         "runtime_root": tmp_path / "no-default-root",
+        # the roots install_runc_root lays out: the only ones requests may name
+        "runtime_roots": tuple(tmp_path / kind / root for kind, root in RUNC_ROOTS.items()),
+        "registry_prefixes": ("127.0.0.1:5000/x",),
         "runc_path": str(runc_path),
         "criu_path": str(criu_path),
         "criu_runc_config": tmp_path / "etc" / "criu" / "runc.conf",
@@ -300,14 +303,16 @@ def free_port() -> int:
 @contextmanager
 def helper_process(home: Path, *args: str) -> Iterator[str]:
     """`cedana-helper serve` as a real process on loopback, its state below `home`; yields its
-    URL once /healthz answers. `args` are added to the command line."""
+    URL once /healthz answers. `args` are added to the command line (the reconciler of
+    cedana.io objects stays off: these helpers serve the REST API only)."""
     port = free_port()
     (home / "runc").mkdir(exist_ok=True)
     log = (home / "helper.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1", "--port",
          str(port), "--checkpoint-dir", str(home / "checkpoints"), "--runtime-root",
-         str(home / "runc"), "--criu-runc-config", str(home / "criu-runc.conf"), *args],
+         str(home / "runc"), "--criu-runc-config", str(home / "criu-runc.conf"),
+         "--no-reconcile", *args],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, NODE_NAME="node1", PYTHONPATH=str(REPO)))
     url = f"http://127.0.0.1:{port}"

@@ -26,4 +26,4 @@ def list_namespace(helper: HelperDep, namespace: str,
                    root: Annotated[str | None, Query()] = None,
                    body: Annotated[ListRequest | None, Body()] = None) -> list[dict[str, Any]]:
     requested = root or (body.root if body is not None else None)
-    return containers.list_namespace(helper.config, namespace, requested)
+    return containers.list_namespace(helper, namespace, requested)

@@ -1,0 +1,169 @@
+"""Checkpoint objects: take the checkpoint once, report it in status, remove its data when the
+object is deleted (finalizer)."""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from kubectl_cedana.contract import (
+    CHECKPOINT_FINALIZER,
+    CHECKPOINT_ID_KEY,
+    CHECKPOINT_OBJECTS,
+    FINAL_PHASES,
+    PENDING,
+    RUNNING,
+    Code,
+)
+from sidecar.errors import CheckpointNotFound, HelperError, InvalidRequest, OperationInProgress
+from sidecar.kube.objects import Conflict, Gone
+from sidecar.ops import catalogue, checkpoint
+from sidecar.reconcile.common import (
+    Ctx,
+    audit,
+    failed,
+    failed_with,
+    meta,
+    requested_by,
+    running,
+    spec,
+    status,
+    succeeded,
+)
+from sidecar.storage.catalogue import Catalogue
+
+#: an operation on the same container is under way: look again after this long
+RETRY_S = 2.0
+
+
+class Retry(Exception):
+    """Come back to this object after `after` seconds."""
+
+    def __init__(self, after: float) -> None:
+        super().__init__(f"retry in {after} s")
+        self.after = after
+
+
+def container_of(ctx: Ctx, namespace: str, pod_name: str, wanted: str) -> str:
+    """The container a request names, or the pod's only one."""
+    if wanted:
+        return wanted
+    pod = ctx.objects.get_pod(namespace, pod_name)
+    names = [c.get("name") for c in ((pod or {}).get("spec") or {}).get("containers") or []]
+    if pod is None:
+        return ""  # the checkpoint answers container_not_found with the details
+    if len(names) != 1:
+        raise InvalidRequest(f"pod {namespace}/{pod_name} has {len(names)} containers "
+                             f"({', '.join(str(n) for n in names)}): name one in spec.container")
+    return str(names[0])
+
+
+def reconcile(ctx: Ctx, obj: dict[str, Any]) -> None:
+    md, st = meta(obj), status(obj)
+    if md.get("deletionTimestamp"):
+        _remove_data(ctx, obj)
+        return
+    phase = st.get("phase") or PENDING
+    if phase in FINAL_PHASES:
+        return
+    if phase == RUNNING:
+        if not ctx.working_on(str(md.get("uid"))):
+            _recover(ctx, obj)
+        return
+    _take(ctx, obj)
+
+
+def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
+    md, sp = meta(obj), spec(obj)
+    namespace, pod = str(md["namespace"]), str(sp.get("podName", ""))
+    uid = str(md["uid"])
+    try:
+        container = container_of(ctx, namespace, pod, str(sp.get("container") or ""))
+    except HelperError as exc:
+        ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, failed_with(obj, exc))
+        audit("checkpoint", obj, exc.code)
+        return
+    finalizers = list(md.get("finalizers") or [])
+    if CHECKPOINT_FINALIZER not in finalizers:
+        obj = ctx.objects.set_finalizers(CHECKPOINT_OBJECTS, obj,
+                                         [*finalizers, CHECKPOINT_FINALIZER])
+    checkpoint_id = str(uuid.uuid4())
+    # the precondition makes the start happen once, even when two events race
+    obj = ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, running(
+        ctx, obj, checkpointID=checkpoint_id, container=container,
+        message=f"checkpointing {pod}/{container or '?'} on node {ctx.node}"), precondition=True)
+    ctx.take(uid)
+    try:
+        answer = checkpoint.checkpoint(
+            ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
+            checkpoint_path=None, leave_running=bool(sp.get("leaveRunning", True)),
+            with_rootfs=bool(sp.get("withRootfs", True)), storage=sp.get("storage") or None,
+            compression=sp.get("compression") or None, checkpoint_id=checkpoint_id,
+            requested_by=requested_by(obj))
+    except OperationInProgress:
+        # another operation holds the container: wait for it, nothing was done
+        ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, {
+            "phase": PENDING, "checkpointID": None,
+            "message": "waiting for another operation on the container to end"})
+        raise Retry(RETRY_S) from None
+    except HelperError as exc:
+        kept = exc.extra.get("checkpoint_id") == checkpoint_id
+        ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, failed_with(
+            obj, exc, checkpointID=checkpoint_id if kept else None))
+        audit("checkpoint", obj, exc.code, checkpoint_id=checkpoint_id)
+        return
+    finally:
+        ctx.drop(uid)
+    remote = answer.get("remote") or {}
+    ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, succeeded(
+        obj, f"checkpoint {checkpoint_id} of {pod}/{container} taken on node {ctx.node}",
+        sizeBytes=answer.get("size_bytes"), durationMs=answer.get("duration_ms"),
+        storage=answer.get("storage"), imageRef=remote.get("reference"),
+        compression=remote.get("compression"), containerID=answer.get("container_id")))
+    try:
+        latest = ctx.objects.get(CHECKPOINT_OBJECTS, namespace, md["name"]) or obj
+        ctx.objects.patch_meta(CHECKPOINT_OBJECTS, latest,
+                               {"labels": {CHECKPOINT_ID_KEY: checkpoint_id}})
+    except (Conflict, Gone):
+        pass  # found by status.checkpointID all the same
+    audit("checkpoint", obj, "succeeded", checkpoint_id=checkpoint_id)
+
+
+def _recover(ctx: Ctx, obj: dict[str, Any]) -> None:
+    """Left Running by a helper that died: complete if its checkpoint is listed, else Failed.
+    (A starting helper has already thawed what the dead one froze and removed its partial
+    files: sidecar/ops/info.py.)"""
+    checkpoint_id = str(status(obj).get("checkpointID") or "")
+    entry: dict[str, Any] | None = None
+    if checkpoint_id:
+        try:
+            entry = Catalogue(ctx.helper.config.checkpoint_dir).get(checkpoint_id)
+        except CheckpointNotFound:
+            entry = None
+    if entry and entry.get("status") == "complete":
+        ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, succeeded(
+            obj, f"checkpoint {checkpoint_id} was complete when the node helper restarted",
+            sizeBytes=entry.get("size_bytes"), storage=entry.get("storage") or "local"))
+        audit("checkpoint", obj, "succeeded", checkpoint_id=checkpoint_id, recovered=True)
+        return
+    ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, failed(
+        obj, Code.HELPER_RESTARTED,
+        "the node helper restarted during the checkpoint: nothing was kept, and the container "
+        "was left running as it was (create a new Checkpoint)", checkpointID=None))
+    audit("checkpoint", obj, Code.HELPER_RESTARTED)
+
+
+def _remove_data(ctx: Ctx, obj: dict[str, Any]) -> None:
+    finalizers = list(meta(obj).get("finalizers") or [])
+    if CHECKPOINT_FINALIZER not in finalizers:
+        return
+    checkpoint_id = str(status(obj).get("checkpointID") or "")
+    if checkpoint_id and not ctx.working_on(str(meta(obj).get("uid"))):
+        try:
+            catalogue.delete(ctx.helper.config, checkpoint_id)
+        except CheckpointNotFound:
+            pass  # never written, or already removed
+    elif checkpoint_id:
+        raise Retry(RETRY_S)  # deleted while the checkpoint runs: remove it once done
+    ctx.objects.set_finalizers(CHECKPOINT_OBJECTS, obj,
+                               [f for f in finalizers if f != CHECKPOINT_FINALIZER])
+    audit("delete-checkpoint", obj, "removed", checkpoint_id=checkpoint_id)

@@ -1,0 +1,114 @@
+"""What every reconciler shares: the helper, the API, this process's own work, and the status
+updates of an object (phases, conditions, the user who asked)."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubectl_cedana.contract import (
+    FAILED,
+    NODE_LABEL,
+    REQUESTED_BY_KEY,
+    RUNNING,
+    SUCCEEDED,
+)
+from sidecar.errors import HelperError
+from sidecar.kube.objects import CedanaObjects
+from sidecar.ops.context import Helper
+
+log = logging.getLogger("sidecar.reconcile")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Ctx:
+    helper: Helper
+    objects: CedanaObjects
+    #: uids of the objects this process is working on: one left Running by another process
+    #: (a helper that died) is not among them
+    mine: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def node(self) -> str:
+        return self.helper.config.node_name
+
+    def take(self, uid: str) -> None:
+        with self.lock:
+            self.mine.add(uid)
+
+    def drop(self, uid: str) -> None:
+        with self.lock:
+            self.mine.discard(uid)
+
+    def working_on(self, uid: str) -> bool:
+        with self.lock:
+            return uid in self.mine
+
+
+def meta(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("metadata") or {})
+
+
+def spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("spec") or {})
+
+
+def status(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("status") or {})
+
+
+def requested_by(obj: dict[str, Any]) -> str:
+    return str((meta(obj).get("annotations") or {}).get(REQUESTED_BY_KEY, ""))
+
+
+def node_label(obj: dict[str, Any]) -> str:
+    return str((meta(obj).get("labels") or {}).get(NODE_LABEL, ""))
+
+
+def describe(obj: dict[str, Any]) -> str:
+    md = meta(obj)
+    return f"{obj.get('kind', 'object')} {md.get('namespace')}/{md.get('name')}"
+
+
+def condition(ok: bool, reason: str, message: str, generation: int) -> list[dict[str, Any]]:
+    return [{"type": "Complete", "status": "True" if ok else "False", "reason": reason,
+             "message": message[:1024], "lastTransitionTime": now(),
+             "observedGeneration": generation}]
+
+
+def running(ctx: Ctx, obj: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """The status of an object this helper starts on."""
+    return {"phase": RUNNING, "node": ctx.node, "startedAt": now(),
+            "requestedBy": requested_by(obj),
+            "observedGeneration": meta(obj).get("generation", 1), **fields}
+
+
+def succeeded(obj: dict[str, Any], message: str, **fields: Any) -> dict[str, Any]:
+    return {"phase": SUCCEEDED, "completedAt": now(), "errorCode": None, "message": message,
+            "conditions": condition(True, "Succeeded", message, meta(obj).get("generation", 1)),
+            **fields}
+
+
+def failed(obj: dict[str, Any], code: str, message: str, **fields: Any) -> dict[str, Any]:
+    return {"phase": FAILED, "completedAt": now(), "errorCode": code, "message": message,
+            "conditions": condition(False, code, message, meta(obj).get("generation", 1)),
+            **fields}
+
+
+def failed_with(obj: dict[str, Any], exc: HelperError, **fields: Any) -> dict[str, Any]:
+    return failed(obj, exc.code, exc.message, **fields)
+
+
+def audit(action: str, obj: dict[str, Any], outcome: str, **extra: Any) -> None:
+    """One log line per action on an object: who asked, what, where, and how it ended."""
+    md = meta(obj)
+    log.info("%s %s: %s", action, describe(obj), outcome,
+             extra={"action": action, "user": requested_by(obj), "namespace": md.get("namespace"),
+                    "object": md.get("name"), "uid": md.get("uid"), "outcome": outcome, **extra})

@@ -1,0 +1,209 @@
+"""Migration objects, run by the helper of the source pod's node: a placeholder on the target
+node (made from the running source, before anything stops), then the pause: checkpoint, and
+restore into the placeholder (here, or through a Restore object for the target node's helper,
+the checkpoint crossing through the checkpoint registry); the source deleted when asked."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from kubectl_cedana import podspec
+from kubectl_cedana.contract import (
+    FAILED,
+    FINAL_PHASES,
+    MIGRATION_KEY,
+    MIGRATION_OBJECTS,
+    NODE_LABEL,
+    PENDING,
+    REQUESTED_BY_KEY,
+    RESTORE_OBJECTS,
+    RESTORE_SESSION_KEY,
+    RUNNING,
+    SUCCEEDED,
+    Code,
+)
+from sidecar.errors import (
+    ContainerNotFound,
+    HelperError,
+    InvalidRequest,
+    KubernetesUnavailable,
+    OperationInProgress,
+    RestoreFailed,
+)
+from sidecar.kube.objects import Conflict
+from sidecar.ops import checkpoint, restore
+from sidecar.ops.access import UNRESTRICTED
+from sidecar.reconcile.checkpoints import RETRY_S, Retry, container_of
+from sidecar.reconcile.common import (
+    Ctx,
+    audit,
+    failed,
+    failed_with,
+    meta,
+    requested_by,
+    running,
+    spec,
+    status,
+    succeeded,
+)
+from sidecar.reconcile.restores import wait_running
+
+#: the target node's helper has this long to restore (it may first pull the checkpoint)
+RESTORE_TIMEOUT_S = 900.0
+
+
+def reconcile(ctx: Ctx, obj: dict[str, Any]) -> None:
+    md, st = meta(obj), status(obj)
+    if md.get("deletionTimestamp"):
+        return
+    phase = st.get("phase") or PENDING
+    if phase in FINAL_PHASES:
+        return
+    if phase == RUNNING:
+        if not ctx.working_on(str(md.get("uid"))):
+            _placeholder_gone(ctx, obj)
+            ctx.objects.patch_status(MIGRATION_OBJECTS, obj, failed(
+                obj, Code.HELPER_RESTARTED,
+                "the node helper restarted during the migration: the new pod was removed; the "
+                "source pod is as the checkpoint left it (running unless deleteSource)"))
+            audit("migrate", obj, Code.HELPER_RESTARTED)
+        return
+    _take(ctx, obj)
+
+
+def _placeholder_gone(ctx: Ctx, obj: dict[str, Any]) -> None:
+    name = str(status(obj).get("podName") or "")
+    namespace = str(meta(obj)["namespace"])
+    pod = ctx.objects.get_pod(namespace, name) if name else None
+    annotations = ((pod or {}).get("metadata") or {}).get("annotations") or {}
+    if pod is not None and annotations.get(RESTORE_SESSION_KEY) == meta(obj).get("uid"):
+        ctx.objects.delete_pod(namespace, name)
+
+
+def _new_pod_name(pod: str, wanted: str) -> str:
+    suffix = "-migrated"
+    return wanted or pod[:253 - len(suffix)] + suffix
+
+
+def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
+    md, sp = meta(obj), spec(obj)
+    namespace, uid, pod = str(md["namespace"]), str(md["uid"]), str(sp.get("podName") or "")
+    config = ctx.helper.config
+    target_node = str(sp.get("targetNode") or ctx.node)
+    new_pod = _new_pod_name(pod, str(sp.get("newPodName") or ""))
+    try:
+        container = container_of(ctx, namespace, pod, str(sp.get("container") or ""))
+        source = ctx.objects.get_pod(namespace, pod)
+        if source is None or (source.get("spec") or {}).get("nodeName") != ctx.node:
+            raise ContainerNotFound(f"pod {namespace}/{pod} does not run on node {ctx.node}")
+        if target_node != ctx.node and not config.remote_repository:
+            raise InvalidRequest(
+                f"moving to node {target_node} needs a checkpoint repository, and the helper "
+                f"of node {ctx.node} has none (kubectl cedana install --checkpoint-repository)")
+    except HelperError as exc:
+        ctx.objects.patch_status(MIGRATION_OBJECTS, obj, failed_with(obj, exc))
+        audit("migrate", obj, exc.code)
+        return
+    obj = ctx.objects.patch_status(MIGRATION_OBJECTS, obj, running(
+        ctx, obj, targetNode=target_node, podName=new_pod, container=container,
+        message=f"making pod {new_pod} on node {target_node}"), precondition=True)
+    ctx.take(uid)
+    try:
+        _migrate(ctx, obj, source, container, new_pod, target_node)
+    except OperationInProgress:
+        _placeholder_gone(ctx, obj)
+        ctx.objects.patch_status(MIGRATION_OBJECTS, obj, {
+            "phase": PENDING, "message": "waiting for another operation on the pod to end"})
+        raise Retry(RETRY_S) from None
+    except HelperError as exc:
+        _placeholder_gone(ctx, obj)
+        ctx.objects.patch_status(MIGRATION_OBJECTS, obj, failed_with(obj, exc))
+        audit("migrate", obj, exc.code)
+    except Exception as exc:  # noqa: BLE001 - the API: nothing more can be done here
+        _placeholder_gone(ctx, obj)
+        error = KubernetesUnavailable(f"migration of {namespace}/{pod}: {exc}")
+        ctx.objects.patch_status(MIGRATION_OBJECTS, obj, failed_with(obj, error))
+        audit("migrate", obj, error.code)
+    finally:
+        ctx.drop(uid)
+
+
+def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: str,
+             new_pod: str, target_node: str) -> None:
+    md, sp = meta(obj), spec(obj)
+    namespace, pod = str(md["namespace"]), str(sp["podName"])
+    cross = target_node != ctx.node
+    checkpoint_id = str(uuid.uuid4())
+    # the new pod runs before anything stops: the pause is the dump, transfer and restore only
+    body = podspec.build_placeholder_pod(source, container, new_pod, node=target_node,
+                                         checkpoint_id=checkpoint_id, namespace=namespace,
+                                         session=str(md["uid"]))
+    try:
+        ctx.objects.create_pod(namespace, body)
+    except Conflict:
+        raise InvalidRequest(f"pod {namespace}/{new_pod} already exists: name another "
+                             "(spec.newPodName)") from None
+    wait_running(ctx, namespace, new_pod, container)
+    ctx.objects.patch_status(MIGRATION_OBJECTS, obj, {
+        "message": f"checkpointing {pod}/{container}", "checkpointID": checkpoint_id})
+    paused = time.monotonic()
+    dumped = checkpoint.checkpoint(
+        ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
+        checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
+        storage="remote" if cross else "local", checkpoint_id=checkpoint_id,
+        requested_by=requested_by(obj))
+    if cross:
+        restored, restore_name = _restore_there(ctx, obj, checkpoint_id, new_pod, container,
+                                                target_node)
+    else:
+        restore_name = ""
+        restored = restore.restore(ctx.helper, namespace=namespace, pod=new_pod,
+                                   container=container, root=None, checkpoint_path=None,
+                                   checkpoint_id=checkpoint_id, access=UNRESTRICTED,
+                                   requested_by=requested_by(obj), source_namespace=namespace)
+    pause_ms = round((time.monotonic() - paused) * 1000)
+    if sp.get("deleteSource"):
+        ctx.objects.delete_pod(namespace, pod)
+    ctx.objects.patch_status(MIGRATION_OBJECTS, obj, succeeded(
+        obj, f"{pod}/{container} moved to {new_pod} on node {target_node} with a pause of "
+             f"{pause_ms} ms", pauseMs=pause_ms, checkpointMs=dumped.get("duration_ms"),
+        restoreMs=restored.get("duration_ms"), restoreName=restore_name or None,
+        checkpointID=checkpoint_id))
+    audit("migrate", obj, "succeeded", checkpoint_id=checkpoint_id, pause_ms=pause_ms)
+
+
+def _restore_there(ctx: Ctx, obj: dict[str, Any], checkpoint_id: str, new_pod: str,
+                   container: str, target_node: str) -> tuple[dict[str, Any], str]:
+    """A Restore for the target node's helper; its status once final."""
+    md = meta(obj)
+    namespace = str(md["namespace"])
+    annotations = {MIGRATION_KEY: str(md["name"])}
+    if requested_by(obj):
+        annotations[REQUESTED_BY_KEY] = requested_by(obj)
+    body: dict[str, Any] = {
+        "apiVersion": f"{obj['apiVersion']}", "kind": "Restore",
+        "metadata": {"generateName": f"{md['name']}-", "namespace": namespace,
+                     "labels": {NODE_LABEL: target_node},
+                     "annotations": annotations,
+                     "ownerReferences": [{"apiVersion": obj["apiVersion"], "kind": "Migration",
+                                          "name": md["name"], "uid": md["uid"]}]},
+        "spec": {"checkpointID": checkpoint_id,
+                 "target": {"podName": new_pod, "container": container}},
+    }
+    created = ctx.objects.create(RESTORE_OBJECTS, namespace, body)
+    name = str(created["metadata"]["name"])
+    ctx.objects.patch_status(MIGRATION_OBJECTS, obj, {
+        "restoreName": name, "message": f"restoring on node {target_node} ({name})"})
+    end = time.monotonic() + RESTORE_TIMEOUT_S
+    while time.monotonic() < end:
+        current = ctx.objects.get(RESTORE_OBJECTS, namespace, name) or {}
+        st = status(current)
+        if st.get("phase") == SUCCEEDED:
+            return {"duration_ms": st.get("durationMs"), "pid": st.get("pid")}, name
+        if st.get("phase") == FAILED:
+            raise RestoreFailed(f"restore on node {target_node} failed ({st.get('errorCode')}): "
+                                f"{st.get('message')}; checkpoint {checkpoint_id} is kept")
+        time.sleep(0.1)
+    raise RestoreFailed(f"restore on node {target_node} did not end within "
+                        f"{RESTORE_TIMEOUT_S:.0f} s ({name})")
