@@ -125,12 +125,13 @@ def node_local_key(checkpoint_dir: Path) -> SigningKey:
     """This node's own key, `checkpoint_dir/.signing-key`: read, or made once (32 random
     bytes, 0600, written aside and linked into place, so a racing helper reads a whole key)."""
     path = checkpoint_dir / NODE_KEY_NAME
-    source = f"node-local {path}"
-    try:
-        return SigningKey(_read_key(path), source, shared=False)
-    except KeyUnusable:
-        if os.path.lexists(path):
-            raise
+    if not os.path.lexists(path):
+        _make_node_key(checkpoint_dir, path)
+    # a key that exists is never replaced, however damaged: that is for a person to judge
+    return SigningKey(_read_key(path), f"node-local {path}", shared=False)
+
+
+def _make_node_key(checkpoint_dir: Path, path: Path) -> None:
     checkpoint_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     aside = checkpoint_dir / f"{NODE_KEY_NAME}.{uuid.uuid4().hex}.new"
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -140,13 +141,12 @@ def node_local_key(checkpoint_dir: Path) -> SigningKey:
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.link(aside, path)
+            os.link(aside, path)  # appears whole, or not at all
             log.info("made this node's own checkpoint signing key %s", path)
         except FileExistsError:
             pass  # another helper on this directory made it first: theirs is the key
     finally:
         os.unlink(aside)
-    return SigningKey(_read_key(path), source, shared=False)
 
 
 def helper_key(config: HelperConfig) -> SigningKey:

@@ -122,12 +122,18 @@ def test_a_nodes_own_key_is_made_once_private_and_shared_by_racing_helpers(
         tmp_path: Path) -> None:
     directory = tmp_path / "checkpoints"
     keys: list[signing.SigningKey] = []
-    threads = [threading.Thread(target=lambda: keys.append(signing.node_local_key(directory)))
-               for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def helper_starts() -> None:
+        start.wait()
+        keys.append(signing.node_local_key(directory))
+
+    threads = [threading.Thread(target=helper_starts) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(keys) == 8  # none failed
     assert len({k.secret for k in keys}) == 1 and not keys[0].shared
     path = directory / ".signing-key"
     assert path.stat().st_mode & 0o777 == 0o600 and path.read_bytes() == keys[0].secret
