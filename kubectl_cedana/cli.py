@@ -652,6 +652,8 @@ def install_command(settings: Settings, runtime: str, image: str | None, dry_run
             echo(to_json({"apiVersion": "v1", "kind": "List", "items": objects}))
         else:
             echo("\n".join(f"{install.display_name(o)} created (dry run)" for o in objects))
+            echo(f"secret/{install.SIGNING_SECRET} created unless it exists (dry run; random "
+                 "bytes, made by install only, never printed)")
         return
     kube = connect(settings)
     with progress(settings, "installing") as spinner:

@@ -95,6 +95,8 @@ class Code:
     REGISTRY_NOT_ALLOWED = "registry_not_allowed"
     TOO_MANY_REQUESTS = "too_many_requests"
     QUOTA_EXCEEDED = "quota_exceeded"
+    CHECKPOINT_UNTRUSTED = "checkpoint_untrusted"
+    CONTENT_TOO_LARGE = "content_too_large"
     # in the status of a cedana.io object only: its helper died during the operation
     HELPER_RESTARTED = "helper_restarted"
 
@@ -123,6 +125,8 @@ HTTP_STATUS = {
     Code.IO_URING_UNSUPPORTED: 422,
     Code.CHECKPOINT_CORRUPTED: 422,
     Code.IMAGE_UNSUPPORTED: 422,
+    Code.CHECKPOINT_UNTRUSTED: 422,
+    Code.CONTENT_TOO_LARGE: 422,
     Code.DUMP_FAILED: 500,
     Code.RESTORE_FAILED: 500,
     Code.INTERNAL_ERROR: 500,

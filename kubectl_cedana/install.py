@@ -6,10 +6,19 @@ reaches them as `kubectl_cedana/manifests` (a symlink to ../deploy/base in a sou
 and `kubectl_cedana/overlays` (to ../deploy/overlays); a wheel or the zipapp of `make dist`
 carries real copies. kubectl_cedana.kustomize renders an overlay the way `kubectl kustomize`
 does; the order of objects is the `resources` order.
+
+One object is not in deploy/: the Secret cedana-signing-key, the key the helpers sign and
+verify checkpoints with (docs/security.md). Install creates it with random bytes, right before
+the DaemonSet that mounts it, when it does not exist; an existing one is never replaced (that
+would make every checkpoint signed with it unrestorable), and its bytes are never printed.
+Uninstall deletes it with the namespace.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +26,7 @@ from urllib.parse import quote
 
 from kubectl_cedana.contract import HELPER_NAME, HELPER_NAMESPACE, HELPER_SELECTOR
 from kubectl_cedana.errors import (
+    ApiConflict,
     ApiError,
     ApiNotFound,
     CedanaError,
@@ -37,6 +47,7 @@ KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
     ("v1", "ConfigMap"): ("/api/v1", "configmaps", True),
     ("v1", "Service"): ("/api/v1", "services", True),
+    ("v1", "Secret"): ("/api/v1", "secrets", True),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"):
         ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"):
@@ -52,6 +63,11 @@ KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
 _HOPELESS = {"ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff", "CrashLoopBackOff",
              "CreateContainerConfigError"}
 
+
+#: the helpers' checkpoint signing key: a Secret the DaemonSet mounts (deploy/base/daemonset.yaml)
+SIGNING_SECRET = "cedana-signing-key"
+SIGNING_SECRET_ITEM = "key"
+SIGNING_KEY_BYTES = 32
 
 #: --runtime: the overlays of deploy/overlays (containerd is deploy/base unchanged)
 RUNTIMES = ("containerd", "k3s", "crio")
@@ -197,11 +213,59 @@ def apply_object(kube: KubeClient, obj: dict[str, Any], *, server_dry_run: bool 
     return "unchanged" if old == new else "configured"
 
 
+def signing_secret() -> dict[str, Any]:
+    """The Secret holding the helpers' signing key, without its key."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": SIGNING_SECRET, "namespace": HELPER_NAMESPACE,
+                         "labels": {"app.kubernetes.io/name": HELPER_NAME,
+                                    "app.kubernetes.io/part-of": "kubectl-cedana"}}}
+
+
+def ensure_signing_key(kube: KubeClient, *, server_dry_run: bool = False,
+                       namespace_imagined: bool = False) -> dict[str, Any]:
+    """Create the signing key Secret with SIGNING_KEY_BYTES random bytes unless it exists; an
+    existing one is kept as it is (checked to hold a usable key). Its bytes go to the API
+    server only, never to the output."""
+    obj = signing_secret()
+    result = {"kind": "Secret", "name": SIGNING_SECRET, "namespace": HELPER_NAMESPACE,
+              "object": display_name(obj), "action": "created", "note": ""}
+    if namespace_imagined:
+        return {**result, "note": "not validated: its namespace does not exist yet"}
+    existing = _get_or_none(kube, object_path(obj))
+    if existing is not None:
+        encoded = str((existing.get("data") or {}).get(SIGNING_SECRET_ITEM) or "")
+        try:
+            usable = len(base64.b64decode(encoded, validate=True)) >= SIGNING_KEY_BYTES
+        except (binascii.Error, ValueError):
+            usable = False
+        if not usable:
+            raise CedanaError(
+                f"secret {HELPER_NAMESPACE}/{SIGNING_SECRET} exists but holds no usable "
+                f"signing key (data.{SIGNING_SECRET_ITEM}: at least {SIGNING_KEY_BYTES} random "
+                "bytes); install never replaces it",
+                hint=f"fix it, or delete it (kubectl -n {HELPER_NAMESPACE} delete secret "
+                     f"{SIGNING_SECRET}) to have install make a new one: checkpoints signed "
+                     "with an old key can then no longer be restored")
+        return {**result, "action": "unchanged", "note": "kept: a signing key is never replaced"}
+    query: dict[str, Any] = {"fieldManager": FIELD_MANAGER}
+    if server_dry_run:
+        query["dryRun"] = "All"
+    key = base64.b64encode(secrets.token_bytes(SIGNING_KEY_BYTES)).decode("ascii")
+    try:
+        kube.request("POST", collection_path(obj), query=query,
+                     body={**obj, "data": {SIGNING_SECRET_ITEM: key}})
+    except ApiConflict:  # made meanwhile by another install: that one is the key
+        return {**result, "action": "unchanged", "note": "kept: a signing key is never replaced"}
+    return result
+
+
 def apply_manifests(kube: KubeClient, objects: list[dict[str, Any]], *,
                     server_dry_run: bool = False, timeout: float = 120.0,
                     progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """Apply `objects` in order; the signing key Secret is made, if missing, right before the
+    helper DaemonSet that mounts it."""
     progress = progress or (lambda _text: None)
-    results = []
+    results: list[dict[str, Any]] = []
     imagined: set[str] = set()  # namespaces a server dry run "created" but did not persist
     for obj in objects:
         if obj.get("kind") == "Namespace":
@@ -209,6 +273,11 @@ def apply_manifests(kube: KubeClient, objects: list[dict[str, Any]], *,
                 _wait_namespace_gone(kube, object_path(obj), timeout, progress)
             elif _get_or_none(kube, object_path(obj)) is None:
                 imagined.add(str(obj["metadata"]["name"]))
+        if helper_daemonsets([obj]) and not any(
+                r["kind"] == "Secret" and r["name"] == SIGNING_SECRET for r in results):
+            progress(f"making sure secret/{SIGNING_SECRET} exists")
+            results.append(ensure_signing_key(kube, server_dry_run=server_dry_run,
+                                              namespace_imagined=HELPER_NAMESPACE in imagined))
         progress(f"applying {display_name(obj)}")
         note = ""
         if obj["metadata"].get("namespace") in imagined:
@@ -286,8 +355,9 @@ def installed_objects(kube: KubeClient) -> list[dict[str, Any]]:
 
 
 def _deletion_order(obj: dict[str, Any]) -> int:
-    order = ["DaemonSet", "Service", "ConfigMap", "RoleBinding", "Role", "ClusterRoleBinding",
-             "ClusterRole", "ServiceAccount", "Namespace", "CustomResourceDefinition"]
+    order = ["DaemonSet", "Service", "ConfigMap", "Secret", "RoleBinding", "Role",
+             "ClusterRoleBinding", "ClusterRole", "ServiceAccount", "Namespace",
+             "CustomResourceDefinition"]
     kind = str(obj.get("kind"))
     return order.index(kind) if kind in order else 0
 
@@ -333,5 +403,6 @@ def _wait_gone(kube: KubeClient, objects: list[dict[str, Any]], timeout: float,
         time.sleep(POLL_SECONDS)
 
 
-__all__ = ["DEFAULT_RUNTIME", "HELPER_NAMESPACE", "RUNTIMES", "apply_manifests", "default_image",
-           "load_manifests", "render_manifests", "uninstall", "wait_daemonset_ready"]
+__all__ = ["DEFAULT_RUNTIME", "HELPER_NAMESPACE", "RUNTIMES", "SIGNING_SECRET", "apply_manifests",
+           "default_image", "ensure_signing_key", "load_manifests", "render_manifests",
+           "uninstall", "wait_daemonset_ready"]

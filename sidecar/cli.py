@@ -13,6 +13,8 @@ from sidecar.config import (
     DEFAULT_CONTAINERD_CONFIG,
     DEFAULT_CRIU_RUNC_CONFIG,
     DEFAULT_DOCKER_CONFIGS,
+    DEFAULT_MAX_CHECKPOINT_BYTES,
+    DEFAULT_MAX_LAYER_BYTES,
     DEFAULT_RUNTIME_ROOT,
     HelperConfig,
     NodeRegistrySettings,
@@ -88,13 +90,28 @@ def main() -> None:
                    "(needs the Kubernetes API).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
+# -- checkpoint authenticity and size limits (docs/security.md) --
+@click.option("--signing-key", "signing_key_file", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="File of 32+ random bytes every helper of the cluster shares: checkpoints "
+                   "are signed with it and only checkpoints it verifies are restored. Without "
+                   "it: a key of this node in the checkpoint directory (local checkpoints "
+                   "only; no pushes, no pulls).")
+@click.option("--max-checkpoint-bytes", default=DEFAULT_MAX_CHECKPOINT_BYTES, show_default=True,
+              type=click.IntRange(1), help="Most bytes a checkpoint pulled from the registry "
+                                           "may hold once unpacked.")
+@click.option("--max-layer-bytes", default=DEFAULT_MAX_LAYER_BYTES, show_default=True,
+              type=click.IntRange(1), help="Most bytes one image layer of /restore/rootfs may "
+                                           "take, downloaded and unpacked.")
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path, ...],
           containerd_addresses: tuple[str, ...], registry_prefixes: tuple[str, ...], runc_path: str,
           criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
           docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
-          max_total_bytes: int, authorization: str, reconcile: bool, log_level: str) -> None:
+          max_total_bytes: int, authorization: str, reconcile: bool, log_level: str,
+          signing_key_file: Path | None, max_checkpoint_bytes: int,
+          max_layer_bytes: int) -> None:
     """Serve the REST API."""
     import uvicorn
 
@@ -116,7 +133,10 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
         default_compression=compression,
         max_checkpoints_per_container=max_checkpoints_per_container,
         max_total_bytes=max_total_bytes,
+        signing_key_file=signing_key_file, max_checkpoint_bytes=max_checkpoint_bytes,
+        max_layer_bytes=max_layer_bytes,
     )
+    check_signing_key(config)
     from sidecar.kube.api import KubeAPI
     from sidecar.ops.access import build_verifier
 
@@ -138,6 +158,23 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
         Controller(app.state.helper, CedanaObjects(kube.api_client)).start()
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
                 log_level=log_level.lower())
+
+
+def check_signing_key(config: HelperConfig) -> None:
+    """A helper whose key cannot be used does not start; one without the cluster's key says
+    what it will not do."""
+    from sidecar.storage import signing
+
+    try:
+        key = (signing.load_key(config.signing_key_file) if config.signing_key_file
+               else signing.node_local_key(config.checkpoint_dir))
+    except (signing.KeyUnusable, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    log = logging.getLogger("sidecar.cli")
+    log.info("checkpoints are signed and verified with %s", key.describe())
+    if not key.shared and config.remote_repository:
+        log.warning("--checkpoint-repository without --signing-key: this helper neither pushes "
+                    "checkpoints to %s nor restores any from it", config.remote_repository)
 
 
 @main.command("version")

@@ -39,6 +39,14 @@ class NodeRegistrySettings:
     certs_dirs: tuple[Path, ...] = DEFAULT_CERTS_DIRS
 
 
+# checkpoint authenticity and size limits (docs/security.md)
+GIB = 1 << 30
+#: most bytes a checkpoint pulled from the registry may hold once unpacked
+DEFAULT_MAX_CHECKPOINT_BYTES = 64 * GIB
+#: most bytes one image layer of /restore/rootfs may take, downloaded and unpacked
+DEFAULT_MAX_LAYER_BYTES = 16 * GIB
+
+
 @dataclass(frozen=True)
 class HelperConfig:
     """Where checkpoints live, where containers are found and which binaries run them."""
@@ -77,6 +85,12 @@ class HelperConfig:
     # retention, applied after each checkpoint (0: no limit)
     max_checkpoints_per_container: int = 0
     max_total_bytes: int = 0
+    # -- checkpoint authenticity and size limits (docs/security.md) --
+    # the cluster's checkpoint signing key (--signing-key); None: this node's own key, made in
+    # checkpoint_dir (local checkpoints only)
+    signing_key_file: Path | None = None
+    max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
+    max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES
 
     @property
     def allowed_runtime_roots(self) -> tuple[Path, ...]:

@@ -155,6 +155,20 @@ class Forbidden(HelperError):
     code = Code.FORBIDDEN
 
 
+class CheckpointUntrusted(HelperError):
+    """A checkpoint whose manifest is not signed with this helper's signing key: not made by a
+    helper of this cluster, or changed since (docs/security.md)."""
+
+    code = Code.CHECKPOINT_UNTRUSTED
+
+
+class ContentTooLarge(HelperError):
+    """A download, or what it expands to, goes beyond its declared size or a configured limit
+    (a decompression bomb, a registry that sends more than it announced)."""
+
+    code = Code.CONTENT_TOO_LARGE
+
+
 class AuthorizationUnavailable(HelperError):
     """The Kubernetes API that vouches for callers cannot be asked right now."""
 

@@ -9,8 +9,8 @@ from typing import Any
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointNotFound, HelperError
 from sidecar.node import criu_stats
-from sidecar.ops.transfer import delete_remote, remote_checkpoint, remote_entries
-from sidecar.storage import store
+from sidecar.ops.transfer import delete_remote, remote_checkpoint, remote_entries, remote_source
+from sidecar.storage import signing, store
 from sidecar.storage.catalogue import Catalogue
 from sidecar.storage.paths import client_path
 
@@ -93,7 +93,12 @@ def source_of(config: HelperConfig, checkpoint_id: str) -> dict[str, Any]:
 def source_namespace(config: HelperConfig, checkpoint_id: str | None,
                      path: str | None, namespace: str = "") -> str | None:
     """The namespace of the pod a checkpoint named by id or path was taken from; None if it
-    is not known (the operation then answers checkpoint_not_found or refuses the path)."""
+    is not known (the operation then answers checkpoint_not_found or refuses the path).
+
+    This node's own record (its catalogue) for what it holds; otherwise the checkpoint's
+    signed manifest, never what a registry's annotations or an unsigned file say: a
+    checkpoint that is not signed with this helper's key is CheckpointUntrusted here already.
+    A restore asks again about the namespace of the manifest it verified (ops/restore.py)."""
     catalogue = Catalogue(config.checkpoint_dir)
     if checkpoint_id:
         try:
@@ -101,12 +106,9 @@ def source_namespace(config: HelperConfig, checkpoint_id: str | None,
         except CheckpointNotFound:
             pass
         # not on this node: a restore by id would pull it from the checkpoint registry, so its
-        # source is read there (errors propagate: the caller is refused, never let through)
-        try:
-            found = remote_checkpoint(config, checkpoint_id)
-        except CheckpointNotFound:
-            return None
-        return None if found is None else str(found[0].get("namespace") or "")
+        # signed manifest is read there (errors propagate: the caller is refused, never let
+        # through)
+        return remote_source(config, checkpoint_id)
     if path:
         try:
             real = client_path(config.checkpoint_dir, namespace, path)
@@ -116,9 +118,11 @@ def source_namespace(config: HelperConfig, checkpoint_id: str | None,
             if entry.get("path") == str(real):
                 return str(entry.get("namespace") or "")
         try:
-            return str(store.load_manifest(real).source.get("namespace") or "")
+            manifest = store.load_manifest(real)
         except HelperError:
             return None
+        manifest.check_signature(signing.helper_key(config), str(real))
+        return str(manifest.source.get("namespace") or "")
     return None
 
 

@@ -29,7 +29,7 @@ from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, retention, transfer
 from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
-from sidecar.storage import rootfs_diff, store
+from sidecar.storage import rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue
 from sidecar.storage.paths import client_path
 
@@ -301,7 +301,8 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             tools=versions.tool_versions(config),
             criu_options={**options.to_dict(), "with_rootfs": upper is not None},
         )
-        return store.finalize(temp_dir, final_dir, manifest, known=pages_digests), stopper
+        return store.finalize(temp_dir, final_dir, manifest, known=pages_digests,
+                              key=signing.helper_key(config)), stopper
     except OSError as exc:  # e.g. the disk is full: nothing is listed, the container lives
         raise DumpFailed(f"cannot complete the checkpoint in {temp_dir}: {exc}") from exc
 

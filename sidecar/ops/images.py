@@ -12,7 +12,7 @@ from typing import IO, Any
 from sidecar.config import HelperConfig
 from sidecar.errors import ImageNotFound
 from sidecar.node.containerd import ContainerdImages, node_platform, socket_path
-from sidecar.registry.client import ImageReference, RegistryClient
+from sidecar.registry.client import MAX_CONFIG_BYTES, ImageReference, RegistryClient
 from sidecar.registry.credentials import node_access
 from sidecar.storage.oci_layer import DOCKER_MANIFEST_LIST, OCI_INDEX
 
@@ -132,10 +132,18 @@ def registry_image(config: HelperConfig, ref: ImageReference, work: Path,
         manifest = json.loads(body)
         media_type = manifest.get("mediaType") or media_type
     config_path = work / "base-config.json"
-    client.download_blob(ref.repository, manifest["config"]["digest"], config_path)
+    client.download_blob(ref.repository, manifest["config"]["digest"], config_path,
+                         max_bytes=MAX_CONFIG_BYTES)
     config_json = json.loads(config_path.read_text())
+    # each blob at most the size its manifest declares, and a layer at most max_layer_bytes
+    declared = {str(d.get("digest")): d.get("size") for d in manifest.get("layers") or []
+                if isinstance(d, dict)}
 
     def fetch(digest: str, path: Path) -> None:
-        client.download_blob(ref.repository, digest, path)
+        size = declared.get(digest)
+        limit = config.max_layer_bytes
+        if isinstance(size, int) and 0 <= size < limit:
+            limit = size
+        client.download_blob(ref.repository, digest, path, max_bytes=limit)
 
     return BaseImage(str(ref), manifest, media_type, config_json, checked_copies(work, fetch))

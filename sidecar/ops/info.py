@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import HelperConfig
+from sidecar.errors import HelperError
 from sidecar.node import freezer, proctree, versions
-from sidecar.storage import store
+from sidecar.storage import signing, store
 
 
 def version_info(config: HelperConfig) -> dict[str, Any]:
@@ -15,7 +16,17 @@ def version_info(config: HelperConfig) -> dict[str, Any]:
             "checkpoint_repository": config.remote_repository,
             "compression": config.default_compression,
             "retention": {"max_checkpoints_per_container": config.max_checkpoints_per_container,
-                          "max_total_bytes": config.max_total_bytes}}
+                          "max_total_bytes": config.max_total_bytes},
+            # helpers that verify each other's checkpoints show the same key id
+            "signing": _signing(config)}
+
+
+def _signing(config: HelperConfig) -> dict[str, Any]:
+    try:
+        key = signing.helper_key(config)
+    except HelperError as exc:
+        return {"error": exc.message}
+    return {"key_id": key.key_id, "shared": key.shared}
 
 
 def recover(config: HelperConfig) -> None:

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,12 @@ from sidecar.node import cgroups, criu, proctree, tool
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, transfer
+from sidecar.ops.access import READ_CHECKPOINT, Access
 from sidecar.ops.catalogue import source_of
 from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
 from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
-from sidecar.storage import rootfs_diff, store
+from sidecar.storage import rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 from sidecar.storage.paths import client_path
 
@@ -252,22 +253,40 @@ def _check_target(target: RuncContainer, manifest: store.CheckpointManifest) -> 
         raise TargetIncompatible(f"the target's rootfs {target.rootfs} is not a directory")
 
 
+#: called with a checkpoint's verified manifest before anything of it is used
+Authorize = Callable[[store.CheckpointManifest], None]
+
+
+def may_read_source(access: Access, source_namespace: str | None = None) -> Authorize:
+    """The caller may read checkpoints of the namespace the *signed* manifest names (403
+    otherwise): whatever a catalogue, a path or a registry says, memory moves only out of a
+    namespace whose checkpoints the caller may read. `source_namespace`: the namespace the
+    caller was allowed to read the checkpoint in (a cedana.io object's); the signed manifest
+    must name the same."""
+    def authorize(manifest: store.CheckpointManifest) -> None:
+        taken_in = str(manifest.source.get("namespace") or "")
+        if source_namespace is not None and taken_in != source_namespace:
+            raise Forbidden(
+                f"checkpoint {manifest.checkpoint_id} was taken in namespace {taken_in or '?'}, "
+                f"not in {source_namespace}: name the namespace it was taken in (and have get "
+                "on its checkpoints there)", namespace=source_namespace)
+        access.require(taken_in, READ_CHECKPOINT, "the checkpoint's source pod")
+    return authorize
+
+
 def restore_into(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                  container: str, checkpoint_path: str | None, checkpoint_id: str | None,
                  *, locks: ContainerLocks = DEFAULT_LOCKS,
-                 source_namespace: str | None = None) -> RestoreResult:
-    """Restore into a sleeping container. `source_namespace`: the namespace the caller was
-    allowed to read the checkpoint in; the checkpoint's own record must say the same."""
+                 authorize: Authorize | None = None) -> RestoreResult:
+    """Restore into a sleeping container. `authorize` sees the checkpoint's manifest once its
+    signature and files are verified, before anything is touched (may_read_source)."""
     started = time.monotonic()
     checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id, namespace)
     target = containers.find(namespace, sandbox, container)
-    manifest = store.verify(checkpoint)  # before anything is touched
-    taken_in = str(manifest.source.get("namespace") or "")
-    if source_namespace is not None and taken_in != source_namespace:
-        raise Forbidden(
-            f"checkpoint {manifest.checkpoint_id} was taken in namespace {taken_in or '?'}, not "
-            f"in {source_namespace}: name the namespace it was taken in (and have get on its "
-            "checkpoints there)", namespace=source_namespace)
+    # signature, then every file, before anything is touched
+    manifest = store.verify(checkpoint, signing.helper_key(config))
+    if authorize is not None:
+        authorize(manifest)
     _check_target(target, manifest)
     registry = RestoredRegistry(config.checkpoint_dir, restore_is_live)
     with locks.hold(target.container_id, "restore"):
@@ -378,16 +397,21 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
 
 def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
             checkpoint_path: str | None, checkpoint_id: str | None,
-            requested_by: str = "", source_namespace: str | None = None) -> dict[str, Any]:
-    """The whole of POST /restore; its answer."""
+            access: Access, requested_by: str = "",
+            source_namespace: str | None = None) -> dict[str, Any]:
+    """The whole of POST /restore (and of a Restore object); its answer. `access`: the
+    caller's, asked about the checkpoint's source namespace as its signed manifest names it;
+    `source_namespace`: where the caller was allowed to read it, which that manifest must
+    name (may_read_source)."""
     config = helper.config
+    authorize = may_read_source(access, source_namespace)
     try:
         pulled = None
         if checkpoint_id and not checkpoint_path:
-            pulled = transfer.ensure_local(config, checkpoint_id)
+            pulled = transfer.ensure_local(config, checkpoint_id, authorize=authorize)
         result = restore_into(config, containers_of(helper, root), namespace, pod, container,
                               checkpoint_path or None, checkpoint_id or None, locks=helper.locks,
-                              source_namespace=source_namespace)
+                              authorize=authorize)
     except HelperError as exc:
         events.restore_failed(helper.kube, namespace, pod, container,
                               checkpoint_id or checkpoint_path or "?", exc, requested_by)

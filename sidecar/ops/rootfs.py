@@ -11,8 +11,6 @@ checked, and applied onto the target's root filesystem, deletions first.
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import logging
 import os
@@ -126,17 +124,14 @@ def _file_digest(path: Path) -> str:
     return "sha256:" + store.hash_file(path)[0]
 
 
-def _diff_id(path: Path, media_type: str) -> str | None:
-    """sha256 of the uncompressed tar; None for a compression this helper cannot read."""
+def _diff_id(path: Path, media_type: str, max_bytes: int) -> str | None:
+    """sha256 of the uncompressed tar (at most max_bytes of it); None for a compression this
+    helper cannot read."""
     if media_type.endswith("tar"):
         return _file_digest(path)
     if not media_type.endswith("gzip"):
         return None
-    hasher = hashlib.sha256()
-    with gzip.open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+    return oci_layer.uncompressed_digest(path, media_type, max_bytes)
 
 
 def _now() -> str:
@@ -325,14 +320,15 @@ def restore_rootfs(config: HelperConfig, containers: Containers, namespace: str,
                 shutil.copyfileobj(stream, out, 1 << 20)
             if _file_digest(path) != digest:
                 raise ImageMismatch(f"layer {digest} of {ref} does not match its digest")
-            if _diff_id(path, media_type) not in (diff_id, None):
+            if _diff_id(path, media_type, config.max_layer_bytes) not in (diff_id, None):
                 raise ImageMismatch(f"layer {digest} of {ref} does not unpack to the diff_id "
                                     f"{diff_id} its config records")
             blobs.append((path, media_type, digest))
         deleted: list[str] = []
         entries = 0
         for path, media_type, _digest in blobs:
-            applied = oci_layer.apply_layer(path, media_type, rootfs)
+            applied = oci_layer.apply_layer(path, media_type, rootfs,
+                                            max_bytes=config.max_layer_bytes)
             deleted.extend(applied.deleted + applied.opaque)
             entries += applied.entries
     log.info("applied %d layer(s) of %s onto %s/%s/%s", len(blobs), ref, namespace, sandbox,

@@ -1,5 +1,7 @@
 """Checkpoints in the helper's checkpoint registry: whether a checkpoint goes there, pushing it,
-and pulling one this node does not hold before a restore."""
+and pulling one this node does not hold before a restore. Every checkpoint that goes there or
+comes back is signed with the cluster's key (--signing-key): a helper with only its node's own
+key neither pushes nor pulls."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,16 +10,21 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import HelperConfig
-from sidecar.errors import CheckpointNotFound, InvalidRequest
+from sidecar.errors import CheckpointNotFound, CheckpointUntrusted, InvalidRequest
 from sidecar.registry.remote import (
     ANN,
+    Authorize,
     RemoteCheckpoint,
     RemoteStore,
     check_compression,
     remote_entry,
 )
-from sidecar.storage import store
+from sidecar.storage import signing, store
 from sidecar.storage.catalogue import Catalogue
+
+NO_SHARED_KEY = ("this helper was started without the cluster's checkpoint signing key "
+                 "(cedana-helper serve --signing-key FILE; in the cluster the Secret "
+                 "cedana-signing-key that kubectl cedana install creates), so ")
 
 
 @contextmanager
@@ -34,6 +41,32 @@ def remote_entries(config: HelperConfig) -> list[dict[str, Any]]:
     """The checkpoints in the registry, as catalogue entries."""
     with checkpoint_registry(config) as remote:
         return remote.list() if remote is not None else []
+
+
+def cluster_key(config: HelperConfig, refusal: type[InvalidRequest | CheckpointUntrusted],
+                why: str, **extra: Any) -> signing.SigningKey:
+    """The cluster's signing key, which every checkpoint in the registry is signed with;
+    `refusal` (with `extra`) when the helper has only its node's own."""
+    if config.signing_key_file is None:
+        raise refusal(NO_SHARED_KEY + why, **extra)
+    return signing.helper_key(config)
+
+
+def remote_source(config: HelperConfig, checkpoint_id: str) -> str | None:
+    """The source namespace of a checkpoint in the registry, as its signed manifest names it
+    (checked before any of it is downloaded); None when it is not there or the helper has no
+    registry. CheckpointUntrusted when it is not signed with the cluster's key."""
+    with checkpoint_registry(config) as remote:
+        if remote is None:
+            return None
+        key = cluster_key(config, CheckpointUntrusted,
+                          f"it cannot verify checkpoint {checkpoint_id} from the registry",
+                          checkpoint_id=checkpoint_id)
+        try:
+            signed = remote.signed(checkpoint_id, key)
+        except CheckpointNotFound:
+            return None
+        return str(signed.manifest.source.get("namespace") or "")
 
 
 def remote_checkpoint(config: HelperConfig, checkpoint_id: str
@@ -61,25 +94,35 @@ def wants_remote(config: HelperConfig, storage: str | None, checkpoint_path: str
                              "none configured (cedana-helper serve --checkpoint-repository)",
                              fields=["storage"])
     if storage in ("local", "remote"):
-        return storage == "remote"
-    return not checkpoint_path and bool(config.remote_repository)
+        remote = storage == "remote"
+    else:
+        remote = not checkpoint_path and bool(config.remote_repository)
+    if remote:
+        cluster_key(config, InvalidRequest,
+                    "it does not push checkpoints that no other node could verify; store it "
+                    "on this node (storage \"local\" or a checkpoint_path)", fields=["storage"])
+    return remote
 
 
 def push(config: HelperConfig, checkpoint_id: str, directory: Path, compression: str | None
          ) -> RemoteCheckpoint:
     """Push a local checkpoint to the registry and record where it went."""
+    key = cluster_key(config, InvalidRequest, "it does not push checkpoints")
     manifest = store.load_manifest(directory)
     with checkpoint_registry(config) as remote:
         assert remote is not None
-        pushed = remote.push(directory, manifest, check_compression(compression))
+        pushed = remote.push(directory, manifest, check_compression(compression), key)
     Catalogue(config.checkpoint_dir).merge(checkpoint_id, {
         "remote": {"reference": pushed.reference, "digest": pushed.digest,
                    "size_bytes": pushed.size_bytes, "compression": pushed.compression}})
     return pushed
 
 
-def ensure_local(config: HelperConfig, checkpoint_id: str) -> dict[str, Any] | None:
-    """Pull a checkpoint this node does not hold from the registry; returns what was pulled."""
+def ensure_local(config: HelperConfig, checkpoint_id: str, *,
+                 authorize: Authorize | None = None) -> dict[str, Any] | None:
+    """Pull a checkpoint this node does not hold from the registry; returns what was pulled.
+    Its signatures are checked, and `authorize` sees its signed manifest, before any of its
+    layer is fetched."""
     catalogue = Catalogue(config.checkpoint_dir)
     try:
         entry = catalogue.get(checkpoint_id)
@@ -94,10 +137,15 @@ def ensure_local(config: HelperConfig, checkpoint_id: str) -> dict[str, Any] | N
                 "helper has no checkpoint registry to look in", checkpoint_id=checkpoint_id)
         return None
     _check_id(checkpoint_id)
+    key = cluster_key(config, CheckpointUntrusted,
+                      f"it cannot verify checkpoint {checkpoint_id} from the registry",
+                      checkpoint_id=checkpoint_id)
     final_dir = config.checkpoint_dir / checkpoint_id
     with checkpoint_registry(config) as remote:
         assert remote is not None
-        manifest, image, digest = remote.pull(checkpoint_id, final_dir)
+        manifest, image, digest = remote.pull(checkpoint_id, final_dir, key,
+                                              authorize=authorize,
+                                              max_bytes=config.max_checkpoint_bytes)
         reference = remote.name(checkpoint_id)
     layer = image["layers"][0]
     source = manifest.source

@@ -33,6 +33,7 @@ from sidecar.errors import (
 )
 from sidecar.kube.objects import Conflict
 from sidecar.ops import checkpoint, restore
+from sidecar.ops.access import UNRESTRICTED
 from sidecar.reconcile.checkpoints import RETRY_S, Retry, container_of
 from sidecar.reconcile.common import (
     Ctx,
@@ -159,7 +160,7 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: s
         restore_name = ""
         restored = restore.restore(ctx.helper, namespace=namespace, pod=new_pod,
                                    container=container, root=None, checkpoint_path=None,
-                                   checkpoint_id=checkpoint_id,
+                                   checkpoint_id=checkpoint_id, access=UNRESTRICTED,
                                    requested_by=requested_by(obj), source_namespace=namespace)
     pause_ms = round((time.monotonic() - paused) * 1000)
     if sp.get("deleteSource"):

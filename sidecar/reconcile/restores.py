@@ -28,6 +28,7 @@ from sidecar.errors import (
 )
 from sidecar.kube.objects import Conflict
 from sidecar.ops import restore, transfer
+from sidecar.ops.access import UNRESTRICTED
 from sidecar.reconcile.checkpoints import RETRY_S, Retry
 from sidecar.reconcile.common import (
     Ctx,
@@ -41,7 +42,7 @@ from sidecar.reconcile.common import (
     status,
     succeeded,
 )
-from sidecar.storage import store
+from sidecar.storage import signing, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 
 #: a new placeholder pod has this long to start its sleeping container
@@ -90,7 +91,7 @@ def _local_manifest(ctx: Ctx, checkpoint_id: str) -> store.CheckpointManifest:
     config = ctx.helper.config
     transfer.ensure_local(config, checkpoint_id)
     entry = Catalogue(config.checkpoint_dir).get(checkpoint_id)
-    return store.verify(Path(str(entry["path"])))
+    return store.verify(Path(str(entry["path"])), signing.helper_key(config))
 
 
 def wait_running(ctx: Ctx, namespace: str, name: str, container: str) -> None:
@@ -181,7 +182,9 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         answer = restore.restore(ctx.helper, namespace=namespace, pod=pod_name,
                                  container=container, root=None, checkpoint_path=None,
                                  checkpoint_id=checkpoint_id, requested_by=requested_by(obj),
-                                 source_namespace=source_namespace)
+                                 # rights were checked at admission; the signed manifest
+                                 # must name the namespace they were checked in
+                                 access=UNRESTRICTED, source_namespace=source_namespace)
     except OperationInProgress:
         ctx.objects.patch_status(RESTORE_OBJECTS, obj, {
             "phase": PENDING, "message": "waiting for another operation on the pod to end"})

@@ -7,6 +7,16 @@ docker schema2 image (what containerd keeps for docker-archive imports and most 
 extended as itself. This module streams blobs from files in both directions, verifies digests,
 answers Basic and Bearer challenges once, and turns every failure into a typed error naming the
 registry. Credentials and TLS trust come from sidecar/registry/credentials.py (`docker` package).
+
+What the node's credentials may reach (docs/security.md): a Bearer token service (`realm`) must
+be on the registry's own scheme, host and port (any path; Docker Hub's auth.docker.io is the one
+exception), else the registry is refused before anything is sent. Redirects are followed by
+hand, for GET and HEAD only, at most MAX_REDIRECTS hops, each to https or the registry's own
+scheme; from the first hop that leaves the registry's scheme, host and port on, no
+Authorization goes with them (blob storage behind a registry gets a presigned URL, not the
+node's token). Every body read from a registry is bounded, and what a registry says in an error
+body never reaches our messages: the HTTP status, a fixed reason, and the error codes of the
+distribution spec it names.
 """
 from __future__ import annotations
 
@@ -20,11 +30,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from sidecar.errors import (
+    ContentTooLarge,
     ImageNotFound,
     InvalidRequest,
     RegistryAuthFailed,
@@ -41,6 +52,24 @@ MANIFEST_TYPES = (
 )
 CHUNK = 1 << 20
 DEFAULT_TOKEN_LIFETIME_S = 60.0
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: the most bytes read of each kind of answer
+MAX_MANIFEST_BYTES = 4 << 20  # the distribution registry's own limit
+MAX_CONFIG_BYTES = 16 << 20  # an image config (a checkpoint's holds its signed manifest)
+MAX_TOKEN_BYTES = 1 << 20
+MAX_TAGS_BYTES = 16 << 20
+MAX_ERROR_BYTES = 64 << 10
+#: token services on another host than their registry's that are known to be its own
+KNOWN_TOKEN_SERVICES = {"https://registry-1.docker.io:443": {"https://auth.docker.io:443"}}
+#: the error codes of the OCI distribution spec: the only words of an error body we repeat
+OCI_ERROR_CODES = frozenset({
+    "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
+    "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
+})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _REF = re.compile(
@@ -104,6 +133,38 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+def origin(url: str) -> str:
+    """scheme://host:port of a URL, the port always written ("" when it has no host)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return ""
+    if not parts.hostname or port is None:
+        return ""
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"{parts.scheme.lower()}://{host}:{port}"
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """Something a registry sent, fit to quote in a message: a name, never prose."""
+    return re.sub(r"[^A-Za-z0-9.:/_\[\]-]", "?", text[:limit])
+
+
+def oci_error_codes(body: bytes) -> list[str]:
+    """The distribution spec's error codes in an error body (nothing else of it)."""
+    try:
+        errors = json.loads(body).get("errors")
+    except (ValueError, AttributeError):
+        return []
+    found: list[str] = []
+    for entry in errors if isinstance(errors, list) else []:
+        code = entry.get("code") if isinstance(entry, dict) else None
+        if code in OCI_ERROR_CODES and code not in found:
+            found.append(code)
+    return found[:3]
+
+
 def granted_actions(token: str, repository: str) -> set[str] | None:
     """The actions a registry token grants on `repository`, when it says so: the `access`
     claim of a JWT (docker distribution's token servers); None for opaque tokens."""
@@ -148,22 +209,92 @@ class RegistryClient:
     def _url(self, path: str) -> str:
         return f"{self.access.endpoint}{path}"
 
+    def _own(self, url: str) -> bool:
+        """Whether `url` is on the registry's own scheme, host and port."""
+        return origin(url) == origin(self.access.endpoint)
+
     def _raw(self, method: str, url: str, **kw: Any) -> requests.Response:
+        """One HTTP exchange, no redirects followed; the body is streamed (read it bounded,
+        and close the response)."""
         try:
             # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify
-            return self.session.request(method, url, timeout=self.timeout,
-                                        allow_redirects=True, verify=self.access.verify, **kw)
+            return self.session.request(method, url, timeout=self.timeout, stream=True,
+                                        allow_redirects=False, verify=self.access.verify, **kw)
         except requests.exceptions.SSLError as exc:
+            if not self._own(url):
+                raise RegistryUnreachable(
+                    f"TLS with {_printable(origin(url))}, where registry {self.access.host} "
+                    f"redirected, failed ({type(exc).__name__})",
+                    registry=self.access.host) from exc
             raise RegistryUnreachable(
                 f"TLS with registry {self.access.host} failed (trusting "
                 f"{self.access.verify if isinstance(self.access.verify, str) else 'system CAs'}"
                 f"): {exc}", registry=self.access.host) from exc
         except requests.RequestException as exc:
+            if not self._own(url):
+                raise RegistryUnreachable(
+                    f"cannot reach {_printable(origin(url))}, where registry "
+                    f"{self.access.host} redirected ({type(exc).__name__})",
+                    registry=self.access.host) from exc
             raise RegistryUnreachable(
                 f"cannot reach registry {self.access.host} at {self.access.endpoint}: {exc}",
                 registry=self.access.host) from exc
 
+    def _send(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+              auth: tuple[str, str] | None = None, **kw: Any) -> requests.Response:
+        """A request, its redirects followed by hand: GET and HEAD only, to https or the
+        registry's own scheme, and from the first hop off the registry's origin on without
+        the node's credentials."""
+        headers = dict(headers or {})
+        for _hop in range(MAX_REDIRECTS + 1):
+            if not self._own(url):  # never the node's credentials to another host
+                headers.pop("Authorization", None)
+                auth = None
+            response = self._raw(method, url, headers=headers, auth=auth, **kw)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUSES or not location or \
+                    method not in ("GET", "HEAD"):
+                return response
+            response.close()
+            target = urljoin(url, location)
+            scheme = urlsplit(target).scheme.lower()
+            allowed = {"https", urlsplit(self.access.endpoint).scheme.lower()}
+            if scheme not in allowed or not origin(target):
+                raise RegistryError(
+                    f"registry {self.access.host} redirected {method} to a {_printable(scheme)}:"
+                    f" URL; only {' or '.join(sorted(allowed))} is followed",
+                    registry=self.access.host)
+            url = target
+        raise RegistryError(f"registry {self.access.host} redirected {method} more than "
+                            f"{MAX_REDIRECTS} times", registry=self.access.host)
+
+    def _read(self, response: requests.Response, limit: int, what: str) -> bytes:
+        """The whole body, at most `limit` bytes (ContentTooLarge beyond); closes it."""
+        data = bytearray()
+        try:
+            for chunk in response.iter_content(64 << 10):
+                data += chunk
+                if len(data) > limit:
+                    raise ContentTooLarge(
+                        f"registry {self.access.host} sent more than {limit} bytes for {what}",
+                        limit_bytes=limit, registry=self.access.host)
+        except requests.RequestException as exc:
+            raise RegistryUnreachable(f"registry {self.access.host}: reading {what} failed: "
+                                      f"{type(exc).__name__}", registry=self.access.host) from exc
+        finally:
+            response.close()
+        return bytes(data)
+
+    def _discard(self, response: requests.Response) -> None:
+        """Done with an answer whose body is not needed: read what little there should be (so
+        the connection serves again), else drop the connection."""
+        try:
+            self._read(response, MAX_ERROR_BYTES, "an answer")
+        except (ContentTooLarge, RegistryUnreachable):
+            pass
+
     def _refused(self, response: requests.Response, scope: str = "") -> RegistryAuthFailed:
+        self._discard(response)
         if self.access.has_credentials:
             why = (f"refused the node's credentials (user {self.access.username or '<token>'} "
                    f"from {self.access.source})")
@@ -175,18 +306,37 @@ class RegistryClient:
         return RegistryAuthFailed(f"registry {self.access.host} {why}{wanted}: HTTP "
                                   f"{response.status_code}", registry=self.access.host)
 
+    def _check_realm(self, realm: str) -> None:
+        """A token service elsewhere than on the registry's own origin never gets a request:
+        it would get the node's credentials for this registry."""
+        own = origin(self.access.endpoint)
+        theirs = origin(realm)
+        if theirs and (theirs == own or theirs in KNOWN_TOKEN_SERVICES.get(own, set())):
+            return
+        raise RegistryAuthFailed(
+            f"registry {self.access.host} names a token service on another host "
+            f"({_printable(theirs) or 'an unusable URL'}); the helper sends the node's "
+            f"credentials for {self.access.host} only to {own} (docs/security.md)",
+            registry=self.access.host)
+
     def _challenge(self) -> tuple[str, dict[str, str]]:
         """How the registry wants to be authenticated: asked once with GET /v2/ (whose 200
         with credentials says nothing about what they may do in a repository)."""
         if self._scheme is None:
-            response = self._raw("GET", self._url("/v2/"))
-            if response.status_code == 200:
+            response = self._send("GET", self._url("/v2/"))
+            header = response.headers.get("WWW-Authenticate", "")
+            status = response.status_code
+            self._discard(response)
+            if status == 200:
                 self._scheme = ("none", {})
-            elif response.status_code == 401:
-                self._scheme = _challenge(response.headers.get("WWW-Authenticate", ""))
+            elif status == 401:
+                scheme, params = _challenge(header)
+                if scheme == "bearer" and params.get("realm"):
+                    self._check_realm(params["realm"])
+                self._scheme = (scheme, params)
             else:
                 raise RegistryError(f"registry {self.access.host} answered GET /v2/ with HTTP "
-                                    f"{response.status_code}", registry=self.access.host)
+                                    f"{status}", registry=self.access.host)
         return self._scheme
 
     def _authorization(self, scope: str, *, fresh: bool = False) -> dict[str, str]:
@@ -208,7 +358,8 @@ class RegistryClient:
                     token = self._tokens[scope] = self._token(params, scope)
             return {"Authorization": f"Bearer {token.value}"}
         raise RegistryError(f"registry {self.access.host} asks for unsupported "
-                            f"authentication {scheme!r}", registry=self.access.host)
+                            f"authentication {_printable(scheme, 20)!r}",
+                            registry=self.access.host)
 
     def _cached(self, scope: str) -> _Token | None:
         """A token still valid for `scope`: its own, or one for more actions on the same
@@ -234,68 +385,94 @@ class RegistryClient:
             granted = granted_actions(headers["Authorization"].split(" ", 1)[1], repository)
             missing = set(actions.split(",")) - (granted if granted is not None else set())
             if granted is not None and missing:
+                named = sorted(_printable(a, 16) for a in granted)[:8]
                 raise RegistryAuthFailed(
                     f"registry {self.access.host} grants the node's credentials (from "
-                    f"{self.access.source}) {', '.join(sorted(granted)) or 'nothing'} on "
+                    f"{self.access.source}) {', '.join(named) or 'nothing'} on "
                     f"{repository}, not {', '.join(sorted(missing))}", registry=self.access.host)
         elif scheme == "basic":
-            check = self._raw("GET", self._url("/v2/"), headers=headers)
+            check = self._send("GET", self._url("/v2/"), headers=headers)
             if check.status_code in (401, 403):
                 raise self._refused(check)
+            self._discard(check)
 
     def _token(self, params: dict[str, str], scope: str) -> _Token:
+        realm = params["realm"]
+        self._check_realm(realm)
         query = {"scope": scope, **({"service": params["service"]} if "service" in params else {})}
         auth = None
         if self.access.identity_token:
-            response = self._raw("POST", params["realm"], data={
+            # a POST: never redirected, so the refresh token goes to the realm only
+            response = self._send("POST", realm, data={
                 "grant_type": "refresh_token", "refresh_token": self.access.identity_token,
                 "scope": scope, "service": params.get("service", ""), "client_id": "cedana"})
         else:
             if self.access.has_credentials:
                 auth = (self.access.username or "", self.access.password or "")
-            response = self._raw("GET", params["realm"], params=query, auth=auth)
+            response = self._send("GET", realm, params=query, auth=auth)
         if response.status_code in (401, 403):
             raise self._refused(response, scope)
         if response.status_code != 200:
-            raise RegistryError(f"token service of registry {self.access.host} answered HTTP "
-                                f"{response.status_code}", registry=self.access.host)
-        body = response.json()
-        token = body.get("token") or body.get("access_token")
-        if not token:
-            raise RegistryError(f"token service of registry {self.access.host} gave no token",
-                                registry=self.access.host)
-        # the distribution spec's default lifetime; used until shortly before it ends
-        lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME_S)
-        return _Token(str(token), time.monotonic() + lifetime - min(10.0, lifetime / 4))
+            raise self._fail(response, "the token request", service="token service of ")
+        try:
+            body = json.loads(self._read(response, MAX_TOKEN_BYTES, "a token"))
+            token = body.get("token") or body.get("access_token")
+            # the distribution spec's default lifetime; used until shortly before it ends
+            lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME_S)
+        except (ValueError, AttributeError, TypeError):
+            token, lifetime = None, 0.0
+        if not token or not isinstance(token, str) or lifetime <= 0:
+            raise RegistryError(f"token service of registry {self.access.host} gave no "
+                                "usable token", registry=self.access.host)
+        return _Token(token, time.monotonic() + lifetime - min(10.0, lifetime / 4))
 
     def _request(self, method: str, path: str, repository: str, actions: str,
                  **kw: Any) -> requests.Response:
-        """One request in `repository`'s scope; a Bearer token the registry no longer takes
-        (expired, revoked) is replaced once when the request can be sent again."""
+        """One request in `repository`'s scope (its body streamed: read it with _read, or
+        close it); a Bearer token the registry no longer takes (expired, revoked) is replaced
+        once when the request can be sent again. Only the registry's own URLs get the
+        Authorization header."""
         scope = f"repository:{repository}:{actions}"
         url = self._url(path) if path.startswith("/") else path
         headers = kw.pop("headers", {})
-        response = self._raw(method, url, headers={**headers, **self._authorization(scope)}, **kw)
+        auth = self._authorization(scope) if self._own(url) else {}
+        response = self._send(method, url, headers={**headers, **auth}, **kw)
         data = kw.get("data")
         seekable = hasattr(data, "seek")
         replayable = data is None or isinstance(data, bytes) or seekable
-        if response.status_code == 401 and replayable and \
+        if response.status_code == 401 and replayable and auth and \
                 self._challenge()[0] == "bearer" and "insufficient_scope" not in \
                 response.headers.get("WWW-Authenticate", ""):
             if seekable:
                 cast(IO[bytes], data).seek(0)
-            response.close()
-            response = self._raw(method, url, headers={
+            self._discard(response)
+            response = self._send(method, url, headers={
                 **headers, **self._authorization(scope, fresh=True)}, **kw)
         if response.status_code in (401, 403):
-            response.close()
             raise self._refused(response, scope)
         return response
 
-    def _fail(self, response: requests.Response, what: str) -> RegistryError:
-        detail = response.text[:300].strip()
-        return RegistryError(f"registry {self.access.host}: {what} failed with HTTP "
-                             f"{response.status_code}: {detail}", registry=self.access.host)
+    def _fail(self, response: requests.Response, what: str, *, service: str = ""
+              ) -> RegistryError:
+        """An unexpected answer: its status and the spec's error codes it names, nothing
+        else of its body (a registry's words do not become ours)."""
+        status = response.status_code
+        try:
+            codes = oci_error_codes(self._read(response, MAX_ERROR_BYTES, "an error"))
+        except (ContentTooLarge, RegistryUnreachable):
+            codes = []
+        named = f" ({', '.join(codes)})" if codes else ""
+        return RegistryError(f"{service}registry {self.access.host}: {what} failed with HTTP "
+                             f"{status}{named}", registry=self.access.host)
+
+    def _location(self, response: requests.Response, default: str = "") -> str:
+        """Where an upload goes on: the registry's own URL, never another host's."""
+        location = urljoin(self._url("/"), response.headers.get("Location", default))
+        if not self._own(location):
+            raise RegistryError(f"registry {self.access.host} sent an upload location on "
+                                f"another host ({_printable(origin(location))}); the helper "
+                                "uploads only to the registry itself", registry=self.access.host)
+        return location
 
     # -- API ---------------------------------------------------------------------------------
     def get_manifest(self, ref: ImageReference,
@@ -304,23 +481,23 @@ class RegistryClient:
         response = self._request("GET", f"/v2/{ref.repository}/manifests/{ref.reference}",
                                  ref.repository, "pull", headers={"Accept": ", ".join(accept)})
         if response.status_code == 404:
+            self._discard(response)
             raise ImageNotFound(f"image {ref} is not in registry {ref.host}", image=str(ref))
         if response.status_code != 200:
             raise self._fail(response, f"GET manifest {ref}")
-        body = response.content
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        body = self._read(response, MAX_MANIFEST_BYTES, f"the manifest of {ref}")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if ref.digest and ref.digest != digest:
             raise RegistryError(f"registry {ref.host} served a manifest for {ref} whose digest "
                                 f"is {digest}", registry=ref.host)
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         return body, media_type, digest
 
     def has_blob(self, repository: str, digest: str) -> bool:
         response = self._request("HEAD", f"/v2/{repository}/blobs/{digest}", repository, "pull")
-        if response.status_code == 200:
-            return True
-        if response.status_code == 404:
-            return False
+        if response.status_code in (200, 404):
+            self._discard(response)
+            return response.status_code == 200
         raise self._fail(response, f"HEAD blob {digest}")
 
     def upload_blob(self, repository: str, digest: str, size: int, data: IO[bytes] | bytes,
@@ -333,7 +510,8 @@ class RegistryClient:
                               "pull,push", headers={"Content-Length": "0"})
         if start.status_code not in (201, 202) or "Location" not in start.headers:
             raise self._fail(start, f"starting the upload of {digest} to {repository}")
-        location = urljoin(self._url("/"), start.headers["Location"])
+        self._discard(start)
+        location = self._location(start)
         joiner = "&" if "?" in location else "?"
         done = self._request("PUT", f"{location}{joiner}digest={digest}", repository,
                              "pull,push", data=data,
@@ -341,28 +519,69 @@ class RegistryClient:
                                       "Content-Length": str(size)})
         if done.status_code not in (201, 204):
             raise self._fail(done, f"uploading blob {digest} to {repository}")
+        self._discard(done)
 
-    def download_blob(self, repository: str, digest: str, dest: Path) -> int:
-        """Stream a blob into `dest`, verifying its digest; returns its size."""
-        response = self._request("GET", f"/v2/{repository}/blobs/{digest}", repository, "pull",
-                                 stream=True)
+    def open_blob(self, repository: str, digest: str, *, max_bytes: int) -> requests.Response:
+        """A streamed GET of a blob; the caller reads it (at most `max_bytes`) and checks the
+        digest. A length announced beyond `max_bytes` is refused before anything is read."""
+        if not _DIGEST.fullmatch(digest):
+            raise RegistryError(f"{_printable(digest)!r} is not a sha256 digest; no blob of "
+                                f"{self.access.host} is fetched by it", registry=self.access.host)
+        response = self._request("GET", f"/v2/{repository}/blobs/{digest}", repository, "pull")
         if response.status_code == 404:
+            self._discard(response)
             raise ImageNotFound(f"blob {digest} is not in {self.access.host}/{repository}",
                                 image=f"{self.access.host}/{repository}")
         if response.status_code != 200:
             raise self._fail(response, f"GET blob {digest}")
+        announced = response.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > max_bytes:
+            response.close()
+            raise ContentTooLarge(
+                f"blob {digest} of {self.access.host}/{repository} has {announced} bytes, more "
+                f"than the {max_bytes} it may have", limit_bytes=max_bytes,
+                registry=self.access.host)
+        return response
+
+    def download_blob(self, repository: str, digest: str, dest: Path, *, max_bytes: int) -> int:
+        """Stream a blob into `dest`, verifying its digest; returns its size. More than
+        `max_bytes` is cut off and refused (ContentTooLarge), and nothing stays at `dest`."""
+        response = self.open_blob(repository, digest, max_bytes=max_bytes)
         hasher = hashlib.sha256()
         size = 0
-        with response, open(dest, "wb") as out:
-            for chunk in response.iter_content(CHUNK):
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-        if "sha256:" + hasher.hexdigest() != digest:
+        try:
+            with response, open(dest, "wb") as out:
+                for chunk in response.iter_content(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ContentTooLarge(
+                            f"blob {digest} of {self.access.host}/{repository} is larger than "
+                            f"the {max_bytes} bytes it may have; the download was cut off",
+                            limit_bytes=max_bytes, registry=self.access.host)
+                    hasher.update(chunk)
+                    out.write(chunk)
+            if "sha256:" + hasher.hexdigest() != digest:
+                raise RegistryError(f"blob {digest} from registry {self.access.host} does not "
+                                    "match its digest", registry=self.access.host)
+        except requests.RequestException as exc:
             dest.unlink(missing_ok=True)
-            raise RegistryError(f"blob {digest} from registry {self.access.host} does not match "
-                                "its digest", registry=self.access.host)
+            raise RegistryUnreachable(f"registry {self.access.host}: downloading blob {digest} "
+                                      f"failed: {type(exc).__name__}",
+                                      registry=self.access.host) from exc
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
         return size
+
+    def get_blob(self, repository: str, digest: str, *, max_bytes: int) -> bytes:
+        """A small blob (a config) in memory, at most `max_bytes`, checked against its
+        digest."""
+        response = self.open_blob(repository, digest, max_bytes=max_bytes)
+        body = self._read(response, max_bytes, f"blob {digest}")
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            raise RegistryError(f"blob {digest} from registry {self.access.host} does not "
+                                "match its digest", registry=self.access.host)
+        return body
 
     def upload_stream(self, repository: str, chunks: Iterator[bytes]) -> tuple[str, int]:
         """Upload a blob whose size and digest are known only at its end: one streamed PATCH
@@ -372,6 +591,7 @@ class RegistryClient:
                               "pull,push", headers={"Content-Length": "0"})
         if start.status_code not in (201, 202) or "Location" not in start.headers:
             raise self._fail(start, f"starting an upload to {repository}")
+        self._discard(start)
         hasher = hashlib.sha256()
         size = 0
 
@@ -382,48 +602,44 @@ class RegistryClient:
                 size += len(chunk)
                 yield chunk
 
-        location = urljoin(self._url("/"), start.headers["Location"])
+        location = self._location(start)
         sent = self._request("PATCH", location, repository, "pull,push", data=counted(),
                              headers={"Content-Type": "application/octet-stream"})
         if sent.status_code not in (202, 204):
             raise self._fail(sent, f"streaming a blob to {repository}")
+        self._discard(sent)
         digest = "sha256:" + hasher.hexdigest()
-        location = urljoin(self._url("/"), sent.headers.get("Location", location))
+        location = self._location(sent, location)
         joiner = "&" if "?" in location else "?"
         done = self._request("PUT", f"{location}{joiner}digest={digest}", repository,
                              "pull,push", headers={"Content-Length": "0"})
         if done.status_code not in (201, 204):
             raise self._fail(done, f"closing the upload of {digest} to {repository}")
+        self._discard(done)
         return digest, size
-
-    def open_blob(self, repository: str, digest: str) -> requests.Response:
-        """A streamed GET of a blob; the caller reads it and checks the digest."""
-        response = self._request("GET", f"/v2/{repository}/blobs/{digest}", repository, "pull",
-                                 stream=True)
-        if response.status_code == 404:
-            response.close()
-            raise ImageNotFound(f"blob {digest} is not in {self.access.host}/{repository}",
-                                image=f"{self.access.host}/{repository}")
-        if response.status_code != 200:
-            response.close()
-            raise self._fail(response, f"GET blob {digest}")
-        return response
 
     def tags(self, repository: str) -> list[str]:
         response = self._request("GET", f"/v2/{repository}/tags/list", repository, "pull")
         if response.status_code == 404:
+            self._discard(response)
             return []
         if response.status_code != 200:
             raise self._fail(response, f"listing the tags of {repository}")
-        return sorted(response.json().get("tags") or [])
+        try:
+            tags = json.loads(self._read(response, MAX_TAGS_BYTES,
+                                         f"the tags of {repository}")).get("tags")
+        except (ValueError, AttributeError) as exc:
+            raise RegistryError(f"registry {self.access.host} listed the tags of {repository} "
+                                "in a form that is not the distribution API's",
+                                registry=self.access.host) from exc
+        return sorted(str(t) for t in tags or [])
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
         response = self._request("DELETE", f"/v2/{repository}/manifests/{digest}", repository,
                                  "pull,push,delete")
-        if response.status_code in (200, 202):
-            return True
-        if response.status_code == 404:
-            return False
+        if response.status_code in (200, 202, 404):
+            self._discard(response)
+            return response.status_code != 404
         raise self._fail(response, f"deleting {repository}@{digest}")
 
     def put_manifest(self, ref: ImageReference, body: bytes, media_type: str) -> str:
@@ -432,8 +648,10 @@ class RegistryClient:
                                  headers={"Content-Type": media_type})
         if response.status_code not in (200, 201):
             raise self._fail(response, f"PUT manifest {ref}")
-        return response.headers.get("Docker-Content-Digest") or (
-            "sha256:" + hashlib.sha256(body).hexdigest())
+        ours = "sha256:" + hashlib.sha256(body).hexdigest()
+        said = response.headers.get("Docker-Content-Digest", "")
+        self._discard(response)
+        return said if _DIGEST.fullmatch(said) else ours
 
     def close(self) -> None:
         self.session.close()

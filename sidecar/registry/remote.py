@@ -9,29 +9,48 @@ Both directions stream: a thread writes the tar through the compressor into a bo
 that one PATCH upload reads (no second copy on disk or in memory); a pull decompresses and
 unpacks while it downloads, then checks the blob digest and every file's sha256 from our
 manifest before the checkpoint becomes visible under its final name.
+
+Authenticity (docs/security.md): the image config carries, under CONFIG_KEY, the checkpoint's
+signed manifest and a second signature binding the checkpoint id and that manifest to the one
+layer (media type, digest, size). A pull reads the small manifest and config first and checks
+both signatures with the helper's key before a byte of the layer is fetched; the layer is then
+read at most to its signed size, unpacked at most to the size its signed manifest adds up to
+(every member must be a file the manifest lists, with its size), and verified file by file.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
+import posixpath
 import queue
 import shutil
 import tarfile
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
 from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
-from sidecar.errors import CheckpointCorrupted, CheckpointNotFound, ImageNotFound, InvalidRequest
-from sidecar.registry.client import ImageReference, RegistryClient
+from sidecar.config import DEFAULT_MAX_CHECKPOINT_BYTES
+from sidecar.errors import (
+    CheckpointCorrupted,
+    CheckpointNotFound,
+    CheckpointUntrusted,
+    ContentTooLarge,
+    ImageNotFound,
+    InvalidRequest,
+)
+from sidecar.registry.client import MAX_CONFIG_BYTES, ImageReference, RegistryClient
 from sidecar.registry.credentials import node_access
 from sidecar.storage import store
-from sidecar.storage.tar import Extractor, add
+from sidecar.storage.paths import relative_name
+from sidecar.storage.signing import IMAGE_PURPOSE, SigningKey, canonical
+from sidecar.storage.tar import BoundedTarInfo, CappedReader, Extractor, add
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +70,14 @@ CRIO_ROOTFS_REF = "io.kubernetes.cri-o.annotations.checkpoint.rootfsImageRef"
 ANN = "io.cedana.checkpoint."
 CHUNK = 1 << 20
 QUEUE_CHUNKS = 8  # at most this many compressed chunks wait for the network
+#: where the image config carries the signed manifest and the layer's signature
+CONFIG_KEY = "io.cedana.checkpoint"
+#: tar's share of an unpacked checkpoint beyond its files: per member (header, a pax header,
+#: padding) and for the archive (its manifest.json and end blocks)
+TAR_MEMBER_OVERHEAD = 8 << 10
+TAR_ARCHIVE_OVERHEAD = 8 << 20
+#: called with the verified manifest of a checkpoint before any of its layer is fetched
+Authorize = Callable[[store.CheckpointManifest], None]
 
 
 @dataclass(frozen=True)
@@ -109,21 +136,21 @@ class _Compressor:
         return bytes(self._obj.flush())
 
 
-class _Decompressor:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._obj: Any = None
-        if kind == "gzip":
-            self._obj = zlib.decompressobj(31)
-        elif kind == "zstd":
-            import zstandard
-            self._obj = zstandard.ZstdDecompressor().decompressobj()
-        elif kind == "lz4":
-            import lz4.frame
-            self._obj = lz4.frame.LZ4FrameDecompressor()
-
-    def decompress(self, data: bytes) -> bytes:
-        return data if self.kind == "none" else bytes(self._obj.decompress(data))
+def decompressed(kind: str, raw: IO[bytes]) -> IO[bytes]:
+    """A file object reading `raw` decompressed; every read returns at most what was asked
+    (the decompressors are bounded in their output, not only in their input)."""
+    if kind == "none":
+        return raw
+    if kind == "gzip":
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if kind == "zstd":
+        import zstandard
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(
+            raw, read_size=CHUNK, read_across_frames=True, closefd=False))
+    if kind == "lz4":
+        import lz4.frame
+        return cast(IO[bytes], lz4.frame.LZ4FrameFile(raw, mode="rb"))
+    raise InvalidRequest(f"unknown compression {kind!r}")
 
 
 class _Cancelled(Exception):
@@ -244,8 +271,10 @@ class RemoteStore:
 
     # push
     def push(self, directory: Path, manifest: store.CheckpointManifest,
-             compression: str) -> RemoteCheckpoint:
+             compression: str, key: SigningKey) -> RemoteCheckpoint:
+        """Push a checkpoint whose manifest `key` signed; the image is signed with it too."""
         started = datetime.now(UTC)
+        manifest.check_signature(key, str(directory))
         self.client.authenticate(self.repository, "pull,push")
         body, writer, thread = _stream(directory, compression)
         thread.start()
@@ -258,10 +287,14 @@ class RemoteStore:
             thread.join()
         source = manifest.source
         container = str(source.get("container", ""))
+        layer = {"mediaType": LAYER_TYPES[compression], "digest": digest, "size": size}
         config = {
             "created": manifest.created, "architecture": "amd64", "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": []},
             "config": {"Labels": {CRIO_NAME: container}},
+            CONFIG_KEY: {"manifest": manifest.to_dict(), "layer": layer,
+                         "signature": key.sign(IMAGE_PURPOSE, image_statement(manifest,
+                                                                                layer))},
         }
         config_blob = json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
         config_digest = "sha256:" + hashlib.sha256(config_blob).hexdigest()
@@ -284,7 +317,7 @@ class RemoteStore:
             "schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
                        "size": len(config_blob)},
-            "layers": [{"mediaType": LAYER_TYPES[compression], "digest": digest, "size": size,
+            "layers": [{**layer,
                         "annotations": {"org.opencontainers.image.title": "checkpoint.tar"}}],
             "annotations": annotations,
         }
@@ -308,30 +341,90 @@ class RemoteStore:
                 f"{self.repository}", checkpoint_id=checkpoint_id) from exc
         return dict(json.loads(body)), digest
 
-    def pull(self, checkpoint_id: str, final_dir: Path) -> tuple[store.CheckpointManifest,
-                                                                 dict[str, Any], str]:
-        """Download, unpack and verify into final_dir (renamed into place only when whole)."""
+    def signed(self, checkpoint_id: str, key: SigningKey) -> SignedImage:
+        """The checkpoint image `checkpoint_id`, its manifest and layer checked against their
+        signatures with `key` (CheckpointUntrusted), before any of its layer is fetched."""
+        name = self.name(checkpoint_id)
         image, digest = self.manifest(checkpoint_id)
+        layers = image.get("layers") or []
+        config_ref = image.get("config") or {}
         annotations = image.get("annotations") or {}
-        if annotations.get(ANN + "id") != checkpoint_id or len(image.get("layers") or []) != 1:
-            raise CheckpointCorrupted(f"{self.name(checkpoint_id)} is not a checkpoint image "
-                                      "written by this helper", checkpoint_id=checkpoint_id)
-        layer = image["layers"][0]
-        kind = next((k for k, v in LAYER_TYPES.items() if v == layer.get("mediaType")), None)
+        if annotations.get(ANN + "id") != checkpoint_id or len(layers) != 1 or \
+                not isinstance(layers[0], dict) or not isinstance(config_ref, dict):
+            raise CheckpointCorrupted(f"{name} is not a checkpoint image written by this "
+                                      "helper", checkpoint_id=checkpoint_id)
+        config_blob = self.client.get_blob(self.repository, str(config_ref.get("digest")),
+                                           max_bytes=MAX_CONFIG_BYTES)
+        try:
+            block = json.loads(config_blob).get(CONFIG_KEY)
+        except (ValueError, AttributeError):
+            block = None
+        if not isinstance(block, dict) or not isinstance(block.get("manifest"), dict):
+            raise CheckpointUntrusted(
+                f"checkpoint image {name} is not signed by a helper of this cluster: it carries "
+                "no signed manifest (pushed by a helper older than checkpoint signing, or by "
+                "someone else)", checkpoint_id=checkpoint_id)
+        try:
+            manifest = store.CheckpointManifest.from_dict(block["manifest"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointUntrusted(f"checkpoint image {name} carries a manifest this helper "
+                                      "cannot read", checkpoint_id=checkpoint_id) from exc
+        manifest.check_signature(key, name)
+        signed_layer = block.get("layer")
+        problem = key.problem(IMAGE_PURPOSE, image_statement(manifest, signed_layer),
+                              block.get("signature"))
+        if problem:
+            raise CheckpointUntrusted(
+                f"checkpoint image {name}: the binding of its layer to its manifest {problem}",
+                checkpoint_id=checkpoint_id)
+        layer = {k: layers[0].get(k) for k in ("mediaType", "digest", "size")}
+        if layer != signed_layer:
+            raise CheckpointUntrusted(
+                f"checkpoint image {name} names layer {_short(layer.get('digest'))}, not the "
+                f"layer {_short((signed_layer or {}).get('digest'))} its signature names: the "
+                "image was changed after a helper pushed it", checkpoint_id=checkpoint_id)
+        if manifest.checkpoint_id != checkpoint_id:
+            raise CheckpointUntrusted(
+                f"{name} holds checkpoint {manifest.checkpoint_id}: it is signed for that id, "
+                f"not {checkpoint_id}", checkpoint_id=checkpoint_id)
+        namespace = str(manifest.source.get("namespace") or "")
+        said = annotations.get(ANN + "namespace")
+        if said is not None and said != namespace:
+            raise CheckpointUntrusted(
+                f"checkpoint {checkpoint_id} is signed for namespace {namespace!r}, not "
+                f"{str(said)[:63]!r} as its image says", checkpoint_id=checkpoint_id)
+        return SignedImage(manifest, dict(signed_layer), image, digest)
+
+    def pull(self, checkpoint_id: str, final_dir: Path, key: SigningKey, *,
+             authorize: Authorize | None = None,
+             max_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
+             ) -> tuple[store.CheckpointManifest, dict[str, Any], str]:
+        """Check the image's signatures (signed), let `authorize` see the manifest, then
+        download, unpack and verify into final_dir (renamed into place only when whole).
+        A refusal at any step leaves nothing on disk."""
+        signed = self.signed(checkpoint_id, key)
+        if authorize is not None:
+            authorize(signed.manifest)
+        expected = signed.manifest.size_bytes
+        if expected > max_bytes:
+            raise ContentTooLarge(
+                f"checkpoint {checkpoint_id} holds {expected} bytes, more than this helper "
+                f"takes from the registry (--max-checkpoint-bytes {max_bytes})",
+                limit_bytes=max_bytes, checkpoint_id=checkpoint_id)
+        kind = next((k for k, v in LAYER_TYPES.items() if v == signed.layer["mediaType"]), None)
         if kind is None:
-            raise CheckpointCorrupted(f"unknown checkpoint layer type {layer.get('mediaType')}")
+            raise CheckpointCorrupted(f"unknown checkpoint layer type "
+                                      f"{str(signed.layer['mediaType'])[:100]}")
         temp = final_dir.parent / f"{store.TEMP_PREFIX}pull-{checkpoint_id}"
         shutil.rmtree(temp, ignore_errors=True)
         store.make_private_dirs(temp, final_dir.parent)
         try:
-            self._download_unpack(str(layer["digest"]), kind, temp)
-            manifest = store.verify(temp)  # every file against our manifest, before use
-            if manifest.checkpoint_id != checkpoint_id:
-                raise CheckpointCorrupted(f"{self.name(checkpoint_id)} holds checkpoint "
-                                          f"{manifest.checkpoint_id}", checkpoint_id=checkpoint_id)
-            if annotations.get(ANN + "manifest-sha256", "") not in ("", _manifest_digest(temp)):
-                raise CheckpointCorrupted(f"the manifest inside {self.name(checkpoint_id)} is "
-                                          "not the one that was pushed")
+            self._download_unpack(signed, kind, temp)
+            manifest = store.verify(temp, key)  # every file against our manifest, before use
+            if manifest.signed_payload() != signed.manifest.signed_payload():
+                raise CheckpointUntrusted(f"the manifest inside {self.name(checkpoint_id)} is "
+                                          "not the one its image signature names",
+                                          checkpoint_id=checkpoint_id)
             store.restrict_permissions(temp)
             if final_dir.exists():
                 shutil.rmtree(final_dir)
@@ -339,44 +432,30 @@ class RemoteStore:
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        return manifest, image, digest
+        return manifest, signed.image, signed.digest
 
-    def _download_unpack(self, digest: str, kind: str, dest: Path) -> None:
-        hasher = hashlib.sha256()
-        decompressor = _Decompressor(kind)
-        response = self.client.open_blob(self.repository, digest)
-
-        class _Reader:
-            def __init__(self) -> None:
-                self.pending = bytearray()
-                self.chunks = response.iter_content(CHUNK)
-                self.done = False
-
-            def read(self, size: int = -1) -> bytes:
-                while not self.done and (size < 0 or len(self.pending) < size):
-                    try:
-                        chunk = next(self.chunks)
-                    except StopIteration:
-                        self.done = True
-                        break
-                    hasher.update(chunk)
-                    self.pending += decompressor.decompress(chunk)
-                if size < 0:
-                    size = len(self.pending)
-                out = bytes(self.pending[:size])
-                del self.pending[:size]
-                return out
-
-        reader = _Reader()
+    def _download_unpack(self, signed: SignedImage, kind: str, dest: Path) -> None:
+        digest = str(signed.layer["digest"])
+        declared = int(signed.layer["size"])
+        members = _SignedMembers(signed.manifest, dest)
+        response = self.client.open_blob(self.repository, digest, max_bytes=declared)
+        raw = _BlobReader(response.iter_content(CHUNK), declared, digest)
         try:
-            with response, tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
-                unpack = checkpoint_extractor(dest)
-                for member in tar:
-                    unpack.extract(tar, member)
-                unpack.finish()
-            while not reader.done:  # the rest of the blob still counts for its digest
-                reader.read(CHUNK)
-        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+            with response:
+                stream = decompressed(kind, cast(IO[bytes], raw))
+                tar_bytes = CappedReader(stream, members.limit,
+                                         f"checkpoint {signed.manifest.checkpoint_id}")
+                with tarfile.open(fileobj=cast(IO[bytes], tar_bytes), mode="r|",
+                                  tarinfo=BoundedTarInfo) as tar:
+                    unpack = checkpoint_extractor(dest)
+                    for member in tar:
+                        members.check(member)
+                        unpack.extract(tar, member)
+                    unpack.finish()
+                if stream is not raw:
+                    stream.close()
+                raw.drain()  # the rest of the blob still counts for its digest
+        except (tarfile.TarError, OSError, ValueError, EOFError, zlib.error) as exc:
             raise CheckpointCorrupted(f"checkpoint blob {digest} cannot be unpacked: {exc}"
                                       ) from exc
         except Exception as exc:
@@ -384,7 +463,7 @@ class RemoteStore:
                 raise CheckpointCorrupted(f"checkpoint blob {digest} cannot be decompressed: "
                                           f"{exc}") from exc
             raise
-        if "sha256:" + hasher.hexdigest() != digest:
+        if raw.digest() != digest:
             raise CheckpointCorrupted(f"checkpoint blob {digest} does not match its digest "
                                       "(changed in the registry or in transit)")
 
@@ -425,6 +504,121 @@ def remote_entry(image: dict[str, Any], digest: str, reference: str) -> dict[str
 
 def _manifest_digest(directory: Path) -> str:
     return store.hash_file(directory / store.MANIFEST)[0]
+
+
+def _short(digest: Any) -> str:
+    return str(digest)[:19] + "..." if digest else "(none)"
+
+
+def image_statement(manifest: store.CheckpointManifest, layer: Any) -> dict[str, Any]:
+    """What the image signature covers: this checkpoint, this manifest, this one layer."""
+    return {"checkpoint_id": manifest.checkpoint_id,
+            "manifest_sha256": hashlib.sha256(canonical(manifest.signed_payload())).hexdigest(),
+            "layer": layer}
+
+
+@dataclass(frozen=True)
+class SignedImage:
+    """A checkpoint image whose signatures were checked: its manifest and layer are the ones a
+    helper holding the key pushed."""
+
+    manifest: store.CheckpointManifest
+    layer: dict[str, Any]  # mediaType, digest, size
+    image: dict[str, Any]  # the OCI image manifest
+    digest: str  # its digest
+
+
+class _BlobReader:
+    """The layer as it downloads: hashed, and cut off past its signed size. Reads return at
+    most one chunk of the download (short reads, which every reader above takes)."""
+
+    def __init__(self, chunks: Iterator[bytes], declared: int, digest: str) -> None:
+        self.chunks = chunks
+        self.declared = declared
+        self.name = digest
+        self.hasher = hashlib.sha256()
+        self.count = 0
+        self.chunk = b""
+        self.offset = 0
+        self.done = False
+
+    def _next_chunk(self) -> None:
+        while not self.done and self.offset >= len(self.chunk):
+            try:
+                chunk = next(self.chunks)
+            except StopIteration:
+                self.done = True
+                return
+            self.count += len(chunk)
+            if self.count > self.declared:
+                raise ContentTooLarge(
+                    f"checkpoint blob {self.name} is larger than the {self.declared} bytes its "
+                    "signed descriptor declares; the download was cut off",
+                    limit_bytes=self.declared)
+            self.hasher.update(chunk)
+            self.chunk, self.offset = chunk, 0
+
+    def read(self, size: int = -1) -> bytes:
+        self._next_chunk()
+        end = len(self.chunk) if size < 0 else min(len(self.chunk), self.offset + size)
+        out = self.chunk[self.offset:end]
+        self.offset = end
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while not self.done:
+            self.offset = len(self.chunk)
+            self._next_chunk()
+
+    def digest(self) -> str:
+        return "sha256:" + self.hasher.hexdigest()
+
+
+class _SignedMembers:
+    """Which members a checkpoint archive may hold: the files its signed manifest lists, each
+    with its size, their directories, and manifest.json; each once. Checked before a member
+    is written, so nothing the signature does not vouch for reaches the disk."""
+
+    def __init__(self, manifest: store.CheckpointManifest, dest: Path) -> None:
+        self.files = manifest.files
+        self.checkpoint_id = manifest.checkpoint_id
+        self.dest = dest
+        self.dirs = {""}
+        for rel in self.files:
+            parent = posixpath.dirname(rel)
+            while parent not in self.dirs:
+                self.dirs.add(parent)
+                parent = posixpath.dirname(parent)
+        self.seen: set[str] = set()
+        members = len(self.files) + len(self.dirs) + 1
+        self.limit = manifest.size_bytes + members * TAR_MEMBER_OVERHEAD + TAR_ARCHIVE_OVERHEAD
+
+    def check(self, member: tarfile.TarInfo) -> None:
+        rel = relative_name(member.name, source="the checkpoint archive",
+                            error=CheckpointCorrupted, outside="the checkpoint")
+        problem = ""
+        if rel in self.seen:
+            problem = "holds it twice"
+        elif member.isdir():
+            problem = "" if rel in self.dirs else "does not list that directory"
+        elif not member.isreg():
+            problem = "holds something that is not a file or a directory there"
+        elif rel == store.MANIFEST:
+            problem = "" if member.size <= MAX_CONFIG_BYTES else "has an oversized manifest"
+        elif rel not in self.files:
+            problem = "does not list that file"
+        elif member.size != self.files[rel].get("size"):
+            problem = (f"says it has {self.files[rel].get('size')} bytes, the archive "
+                       f"{member.size}")
+        if problem:
+            raise CheckpointUntrusted(
+                f"the archive of checkpoint {self.checkpoint_id} has {rel or '.'!r}, and its "
+                f"signed manifest {problem}: refused before it was written",
+                checkpoint_id=self.checkpoint_id)
+        self.seen.add(rel)
 
 
 def checkpoint_extractor(dest: Path) -> Extractor:

@@ -15,13 +15,26 @@ import json
 import os
 import tarfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, cast
+from typing import IO, Any, BinaryIO, cast
 
+from sidecar.config import DEFAULT_MAX_LAYER_BYTES
 from sidecar.errors import DumpFailed, ImageUnsupported, RestoreFailed
 from sidecar.storage.paths import relative_name
-from sidecar.storage.tar import Extractor, add, is_opaque, is_whiteout, marker, remove, walk
+from sidecar.storage.tar import (
+    BoundedTarInfo,
+    CappedReader,
+    Extractor,
+    add,
+    is_opaque,
+    is_whiteout,
+    marker,
+    remove,
+    walk,
+)
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -184,34 +197,66 @@ def _apply_whiteout(kind: str, rel: str, layer: Extractor, applied: AppliedLayer
             applied.opaque.append("/" + rel)
 
 
-def _read_mode(media_type: str) -> Literal["r:gz", "r:"]:
-    if media_type in _GZIP_TYPES:
-        return "r:gz"
-    if media_type in _TAR_TYPES:
-        return "r:"
-    raise RestoreFailed(f"unsupported layer media type {media_type!r}")
+@contextmanager
+def _uncompressed(blob: Path, media_type: str, max_bytes: int) -> Iterator[CappedReader]:
+    """The layer's tar stream, at most `max_bytes` of it (ContentTooLarge beyond)."""
+    if media_type not in _GZIP_TYPES | _TAR_TYPES:
+        raise RestoreFailed(f"unsupported layer media type {media_type!r}")
+    with open(blob, "rb") as raw:
+        stream: IO[bytes] = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) \
+            if media_type in _GZIP_TYPES else raw
+        with stream:
+            yield CappedReader(stream, max_bytes, f"image layer {blob.name}")
 
 
-def apply_layer(blob: Path, media_type: str, rootfs: Path) -> AppliedLayer:
+def uncompressed_digest(blob: Path, media_type: str,
+                        max_bytes: int = DEFAULT_MAX_LAYER_BYTES) -> str | None:
+    """The diff_id (sha256 of the uncompressed tar) of a layer blob, reading at most
+    `max_bytes` of it; None for a compression this helper cannot read."""
+    if media_type not in _GZIP_TYPES | _TAR_TYPES:
+        return None
+    hasher = hashlib.sha256()
+    try:
+        with _uncompressed(blob, media_type, max_bytes) as tar_bytes:
+            for chunk in iter(lambda: tar_bytes.read(1 << 20), b""):
+                hasher.update(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise RestoreFailed(f"cannot read image layer {blob.name}: {exc}") from exc
+    return "sha256:" + hasher.hexdigest()
+
+
+@contextmanager
+def _members(blob: Path, media_type: str, max_bytes: int) -> Iterator[tarfile.TarFile]:
+    with _uncompressed(blob, media_type, max_bytes) as tar_bytes, \
+            tarfile.open(fileobj=cast(IO[bytes], tar_bytes), mode="r|", errorlevel=2,
+                         tarinfo=BoundedTarInfo) as tar:
+        yield tar
+
+
+def apply_layer(blob: Path, media_type: str, rootfs: Path,
+                max_bytes: int = DEFAULT_MAX_LAYER_BYTES) -> AppliedLayer:
     """Apply layer `blob` onto `rootfs`: its whiteouts first, then its other entries.
 
     Every path is confined to rootfs: absolute names, `..`, and parents that are symlinks
-    leading out of rootfs are refused with RestoreFailed."""
-    mode = _read_mode(media_type)
+    leading out of rootfs are refused with RestoreFailed. The layer is read twice as a
+    stream, each time at most `max_bytes` of tar (ContentTooLarge beyond): the first pass
+    checks every name and the size before anything is touched."""
     applied = AppliedLayer()
     layer = Extractor(rootfs, source=_SOURCE, error=RestoreFailed)
     try:
-        with tarfile.open(blob, mode, errorlevel=2) as tar:
-            members = tar.getmembers()
-            # every name checked before anything is touched (symlinked parents: as each
-            # member is written, since earlier members may replace them)
-            names = [relative_name(m.name, source=_SOURCE, error=RestoreFailed)
-                     for m in members]
-            for rel in names:
-                whiteout = _whiteout(rel)
-                if whiteout:
-                    _apply_whiteout(*whiteout, layer, applied)
-            for info, rel in zip(members, names):
+        # every name checked before anything is touched (symlinked parents: as each
+        # member is written, since earlier members may replace them)
+        with _members(blob, media_type, max_bytes) as tar:
+            names = [relative_name(m.name, source=_SOURCE, error=RestoreFailed) for m in tar]
+        for rel in names:
+            whiteout = _whiteout(rel)
+            if whiteout:
+                _apply_whiteout(*whiteout, layer, applied)
+        with _members(blob, media_type, max_bytes) as tar:
+            for index, info in enumerate(tar):
+                rel = relative_name(info.name, source=_SOURCE, error=RestoreFailed)
+                if index >= len(names) or rel != names[index]:
+                    raise RestoreFailed(f"image layer {blob.name} changed while it was applied")
                 if not _whiteout(rel) and layer.extract(tar, info):
                     applied.entries += 1
             layer.finish()

@@ -6,7 +6,8 @@
       checkpoint/      CRIU images and runc's descriptors.json
       dump.log         CRIU's dump log
       stats-dump       CRIU's dump statistics
-      manifest.json    ours: format, id, source, tools, options, sha256 + size of every file
+      manifest.json    ours: format, id, source, tools, options, sha256 + size of every file,
+                       and the signature of all that (storage/signing.py)
 
 A checkpoint is assembled in a sibling `.tmp-<id>` directory and renamed into place only once
 every file is written and synced, so a directory with a manifest is always complete.
@@ -26,8 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.errors import CheckpointCorrupted
+from sidecar.errors import CheckpointCorrupted, CheckpointUntrusted
 from sidecar.storage.paths import within
+from sidecar.storage.signing import MANIFEST_PURPOSE, SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,40 @@ class CheckpointManifest:
     criu_options: dict[str, Any]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
+    # HMAC of everything above (signing.py); None: not signed
+    signature: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["signature"] is None:
+            del data["signature"]
+        return data
+
+    def signed_payload(self) -> dict[str, Any]:
+        """What the signature covers: every field but the signature itself."""
+        data = asdict(self)
+        del data["signature"]
+        return data
+
+    def sign(self, key: SigningKey) -> None:
+        self.signature = key.sign(MANIFEST_PURPOSE, self.signed_payload())
+
+    def check_signature(self, key: SigningKey, where: str) -> None:
+        """CheckpointUntrusted unless a helper holding `key` signed exactly this manifest."""
+        problem = key.problem(MANIFEST_PURPOSE, self.signed_payload(), self.signature)
+        if not problem:
+            return
+        if self.signature is None:
+            why = ("is not signed: it was written by a helper older than checkpoint signing, "
+                   "or by something that is not a helper")
+        else:
+            why = problem
+        raise CheckpointUntrusted(
+            f"checkpoint {self.checkpoint_id} ({where}) is not signed by a helper of this "
+            f"cluster: its manifest {why}. This helper restores only checkpoints signed with "
+            f"{key.describe()}; every helper of the cluster must use the same key (the Secret "
+            "cedana-signing-key, or --signing-key on a helper run by hand)",
+            checkpoint_id=self.checkpoint_id)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointManifest:
@@ -64,6 +97,8 @@ class CheckpointManifest:
             criu_options=dict(data.get("criu_options") or {}),
             files=dict(data["files"]),
             format=str(data["format"]),
+            signature=dict(data["signature"]) if isinstance(data.get("signature"), dict)
+            else None,
         )
 
     @property
@@ -278,9 +313,10 @@ def fsync_dir(directory: Path) -> None:
 
 
 def finalize(temp_dir: Path, final_dir: Path, manifest: CheckpointManifest,
-             known: dict[str, KnownDigest] | None = None) -> CheckpointManifest:
-    """Hash every file (except those hashed while written), write the manifest, sync, and
-    rename temp_dir to final_dir."""
+             known: dict[str, KnownDigest] | None = None, *,
+             key: SigningKey) -> CheckpointManifest:
+    """Hash every file (except those hashed while written), write the manifest signed with
+    `key`, sync, and rename temp_dir to final_dir."""
     restrict_permissions(temp_dir)
     # the disk writes back what CRIU left in the page cache while we hash it (both release
     # the GIL): for a 1 GiB checkpoint this overlaps ~0.4 s of fsync with ~0.6 s of sha256
@@ -288,6 +324,7 @@ def finalize(temp_dir: Path, final_dir: Path, manifest: CheckpointManifest,
         synced = pool.submit(fsync_tree, temp_dir)
         manifest.files = hash_files(temp_dir, known)
         synced.result()
+    manifest.sign(key)
     write_json(temp_dir / MANIFEST, manifest.to_dict())  # fsyncs the manifest itself
     fsync_dir(temp_dir)
     if final_dir.exists():
@@ -318,9 +355,11 @@ def load_manifest(directory: Path) -> CheckpointManifest:
     return manifest
 
 
-def verify(directory: Path) -> CheckpointManifest:
-    """Re-hash every file the manifest lists; raise CheckpointCorrupted at the first mismatch."""
+def verify(directory: Path, key: SigningKey) -> CheckpointManifest:
+    """Check the manifest's signature with `key` (CheckpointUntrusted), then re-hash every file
+    it lists (CheckpointCorrupted at the first mismatch)."""
     manifest = load_manifest(directory)
+    manifest.check_signature(key, str(directory))
     base = os.path.realpath(directory)
     for rel, expected in sorted(manifest.files.items()):
         path = Path(base, rel)

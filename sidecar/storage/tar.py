@@ -6,7 +6,10 @@ host's user names mean nothing inside a container) and whole-second times, so th
 gives the same bytes. Extracting: every member confined below the destination
 (storage/paths.py), whatever stands at its place removed first rather than written through
 (a symlink, another name of a hardlinked file), hardlinks only to members inside, and
-directories' own attributes set once everything is written into them.
+directories' own attributes set once everything is written into them. Reading an archive
+from elsewhere: through a CappedReader (at most so many bytes of tar, however well they
+compress) with BoundedTarInfo (no header that tarfile would hold in memory is larger than
+MAX_HEADER_BYTES).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sidecar.errors import HelperError
+from sidecar.errors import ContentTooLarge, HelperError
 from sidecar.storage.paths import ROOTFS, member
 
 # Python >= 3.11.4 takes an extraction filter. Paths are confined here, member by member, and
@@ -93,6 +96,53 @@ def marker(name: str, mtime: float) -> tarfile.TarInfo:
     info.mode = 0o600
     info.mtime = int(mtime)
     return info
+
+
+# --- reading, bounded ------------------------------------------------------------------------
+#: tarfile reads pax headers and GNU long names whole into memory: none may be larger
+MAX_HEADER_BYTES = 1 << 20
+_HEADER_TYPES = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                           tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's member header, refusing extended headers larger than MAX_HEADER_BYTES before
+    tarfile reads them (pass it as `tarinfo=` to tarfile.open)."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> BoundedTarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _HEADER_TYPES and info.size > MAX_HEADER_BYTES:
+            raise ContentTooLarge(
+                f"the archive has an extended header of {info.size} bytes (at most "
+                f"{MAX_HEADER_BYTES} are read)", limit_bytes=MAX_HEADER_BYTES)
+        return info
+
+
+class CappedReader:
+    """A read-only file that passes on at most `limit` bytes of `stream` and raises
+    ContentTooLarge as soon as there are more: what an archive expands to is bounded however
+    well it compresses, and no read asks `stream` for more than one byte past the limit."""
+
+    def __init__(self, stream: Any, limit: int, what: str) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.what = what
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        room = self.limit - self.count + 1
+        want = room if size is None or size < 0 else min(size, room)
+        data: bytes = self.stream.read(want)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise ContentTooLarge(
+                f"{self.what} expands to more than {self.limit} bytes; it is refused (a "
+                "decompression bomb, or a limit to raise)", limit_bytes=self.limit)
+        return data
+
+    def readable(self) -> bool:
+        return True
 
 
 # --- extracting ------------------------------------------------------------------------------

@@ -101,10 +101,13 @@ def test_each_runtime_gets_its_runc_root_and_paths(runtime: str) -> None:
     command = container["command"]
     root = command[command.index("--runtime-root") + 1]
     assert root == RUNTIME_ROOT[runtime]
-    hosts = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    hosts = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["name"]: m for m in container["volumeMounts"] if m["name"] in hosts}
     assert set(hosts) == set(mounts)
-    assert len(hosts) == len(pod["volumes"]) and len(mounts) == len(container["volumeMounts"])
+    # besides host paths: the signing key Secret only
+    assert [v["name"] for v in pod["volumes"] if "hostPath" not in v] == ["signing-key"]
+    assert len(hosts) + 1 == len(pod["volumes"])
+    assert len(mounts) + 1 == len(container["volumeMounts"])
     assert RUNTIME_PATHS[runtime] <= set(hosts.values())
     assert not FOREIGN_PATHS[runtime] & set(hosts.values())
     # the helper sees runc's state where runc wrote it, with mounts below propagating
@@ -150,7 +153,23 @@ def test_install_runtime_and_image_together() -> None:
     objects = install.render_manifests("registry.local/helper:dev", runtime="crio")
     (container,) = daemonset_pod(objects)["containers"]
     assert container["image"] == "registry.local/helper:dev"
-    assert container["command"][-1] == "/run/runc"
+    command = container["command"]
+    assert command[command.index("--runtime-root") + 1] == "/run/runc"
+
+
+@pytest.mark.parametrize("runtime", ["containerd", "k3s", "crio"])
+def test_every_runtime_mounts_the_signing_key_where_the_helper_reads_it(runtime: str) -> None:
+    pod = daemonset_pod(install.render_manifests(runtime=runtime))
+    (container,) = pod["containers"]
+    command = container["command"]
+    key_file = command[command.index("--signing-key") + 1]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "signing-key"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "signing-key"]
+    assert volume["secret"] == {"secretName": install.SIGNING_SECRET, "defaultMode": 0o400,
+                                "items": [{"key": install.SIGNING_SECRET_ITEM,
+                                           "path": "key"}]}
+    assert "optional" not in volume["secret"]  # no key, no helper: never a key of its own
+    assert mount["readOnly"] is True and key_file == f"{mount['mountPath']}/key"
 
 
 def test_an_unknown_runtime_is_a_usage_error() -> None:

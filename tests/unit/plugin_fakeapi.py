@@ -419,6 +419,9 @@ class FakeCluster:
                 user = "alice" if req.peer_cert else "token-user"
                 return self._create(path, req.body, {"username": user, "uid": f"uid-{user}",
                                                      "groups": ["system:authenticated"]})
+            if req.method == "POST" and isinstance(req.body, dict) and \
+                    re.fullmatch(r"/api/v1/namespaces/[^/]+/[a-z]+", path):
+                return self._post(path, req.body, dry_run="dryRun" in req.query)
             if req.method == "DELETE":
                 if path not in self.objects:
                     return 404, status(404, "NotFound", f"{path} not found")
@@ -443,6 +446,18 @@ class FakeCluster:
         meta.update(name=name, uid=str(uuid.uuid4()), resourceVersion=str(self.resource_version),
                     creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self.objects[f"{collection}/{name}"] = obj
+        return 201, copy.deepcopy(obj)
+
+    def _post(self, collection: str, body: dict[str, Any], dry_run: bool) -> tuple[int, Any]:
+        """Create a namespaced object (a Secret): 409 when it exists, kept unless dry run."""
+        obj = copy.deepcopy(body)
+        name = obj["metadata"]["name"]
+        if f"{collection}/{name}" in self.objects:
+            return 409, status(409, "AlreadyExists", f'"{name}" already exists')
+        self.resource_version += 1
+        obj["metadata"].update(uid=str(uuid.uuid4()), resourceVersion=str(self.resource_version))
+        if not dry_run:
+            self.objects[f"{collection}/{name}"] = obj
         return 201, copy.deepcopy(obj)
 
     @staticmethod

@@ -1,6 +1,7 @@
 """install / uninstall apply exactly deploy/base, idempotently."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -103,13 +104,20 @@ def test_daemonset_spec() -> None:
     assert container["securityContext"] == {"privileged": True}
     assert container["command"] == [
         "cedana-helper", "serve", "--host", "$(POD_IP)", "--port", "1324", "--checkpoint-dir",
-        "/var/lib/cedana/checkpoints", "--runtime-root", "/run/containerd/runc/k8s.io"]
+        "/var/lib/cedana/checkpoints", "--runtime-root", "/run/containerd/runc/k8s.io",
+        "--signing-key", "/etc/cedana/signing-key/key"]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 1324}
     assert set(container["resources"]) == {"requests"}
-    volumes = {v["name"]: v["hostPath"] for v in pod["volumes"]}
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    secrets = [v for v in pod["volumes"] if "hostPath" not in v]
+    assert secrets == [{"name": "signing-key", "secret": {
+        "secretName": "cedana-signing-key", "defaultMode": 0o400,
+        "items": [{"key": "key", "path": "key"}]}}]
+    assert {"name": "signing-key", "mountPath": "/etc/cedana/signing-key",
+            "readOnly": True} in container["volumeMounts"]
+    volumes = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["name"]: m for m in container["volumeMounts"] if m["name"] in volumes}
     assert set(volumes) == set(mounts)
     for name, host in volumes.items():
         assert mounts[name]["mountPath"] == host["path"], name  # same path inside and out
@@ -179,7 +187,9 @@ def test_dry_run_json_is_a_list_and_table_names_objects() -> None:
                      "clusterrole.rbac.authorization.k8s.io/cedana-helper created (dry run)",
                      ("clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created "
                       "(dry run)"),
-                     "daemonset.apps/cedana-helper created (dry run)"]
+                     "daemonset.apps/cedana-helper created (dry run)",
+                     "secret/cedana-signing-key created unless it exists (dry run; random "
+                     "bytes, made by install only, never printed)"]
 
 
 def test_empty_image_is_refused() -> None:
@@ -190,8 +200,11 @@ def test_empty_image_is_refused() -> None:
 
 # -- install / uninstall against the fake API server ------------------------------------------
 def stored(cluster: FakeCluster) -> list[dict[str, Any]]:
+    """What install applied from the manifests (the signing key Secret is not one of them)."""
     out = []
     for obj in cluster.objects.values():
+        if obj.get("kind") == "Secret":
+            continue
         clean = json.loads(json.dumps(obj))
         clean.pop("status", None)
         for key in ("resourceVersion", "generation"):
@@ -212,7 +225,9 @@ def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster
         "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer created",
         "clusterrole.rbac.authorization.k8s.io/cedana-helper created",
         "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created",
+        "secret/cedana-signing-key created",
         "daemonset.apps/cedana-helper created", "helper ready on 1/1 nodes"]
+    key = signing_key(cluster)
     assert sorted(map(json.dumps, stored(cluster))) == sorted(map(json.dumps, base_objects()))
     applies = [r for r in cluster.requests if r.method == "PATCH"]
     assert all(r.query["fieldManager"] == ["kubectl-cedana"] and r.query["force"] == ["true"]
@@ -220,8 +235,10 @@ def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster
     second = run_cli(kubeconfig, "install", "-o", "json")
     doc = json.loads(second.stdout)
     assert doc["kind"] == "Install" and doc["image"] == IMAGE
-    assert [o["action"] for o in doc["objects"]] == ["unchanged"] * 8
+    assert [o["action"] for o in doc["objects"]] == ["unchanged"] * 9
     assert doc["ready"] == {"ready": 1, "desired": 1}
+    assert signing_key(cluster) == key  # never replaced, never printed
+    assert base64.b64encode(key).decode() not in first.stdout + second.stdout + first.stderr
     third = run_cli(kubeconfig, "install", "--image", "other/helper:2", "--no-wait")
     assert "daemonset.apps/cedana-helper configured" in third.stdout.splitlines()
     ds = cluster.objects["/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper"]
@@ -242,11 +259,12 @@ def test_server_dry_run_persists_nothing(cluster: FakeCluster, kubeconfig: Path)
 def test_uninstall_removes_everything_by_label(cluster: FakeCluster, kubeconfig: Path) -> None:
     assert run_cli(kubeconfig, "install").exit_code == 0
     dry = run_cli(kubeconfig, "uninstall", "--dry-run")
-    assert dry.exit_code == 0 and len(cluster.objects) == 8
+    assert dry.exit_code == 0 and len(cluster.objects) == 9
     result = run_cli(kubeconfig, "uninstall")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
         "daemonset.apps/cedana-helper deleted",
+        "secret/cedana-signing-key deleted",
         "role.rbac.authorization.k8s.io/cedana-helper-client deleted",
         "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper deleted",
         "clusterrole.rbac.authorization.k8s.io/cedana-caller deleted",
@@ -261,6 +279,53 @@ def test_uninstall_removes_everything_by_label(cluster: FakeCluster, kubeconfig:
     again = run_cli(kubeconfig, "uninstall")
     assert again.exit_code == 0
     assert again.stdout.startswith("nothing to uninstall")
+
+
+SECRET_PATH = "/api/v1/namespaces/cedana-system/secrets/cedana-signing-key"
+
+
+def signing_key(cluster: FakeCluster) -> bytes:
+    """The key install stored, after checking the Secret is the one the helpers mount."""
+    secret = cluster.objects[SECRET_PATH]
+    assert secret["metadata"]["labels"] == LABELS and secret["type"] == "Opaque"
+    key = base64.b64decode(secret["data"]["key"])
+    assert len(key) == 32 and len(set(key)) > 8
+    return key
+
+
+def test_install_makes_the_signing_key_only_when_it_is_missing(cluster: FakeCluster,
+                                                               kubeconfig: Path) -> None:
+    # made by an administrator before install (e.g. restored from a backup): kept as it is
+    cluster.objects[SECRET_PATH] = {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "cedana-signing-key", "namespace": "cedana-system",
+                     "labels": LABELS},
+        "data": {"key": base64.b64encode(b"k" * 40).decode()}}
+    first = run_cli(kubeconfig, "install", "-o", "json")
+    assert first.exit_code == 0, first.stderr
+    entry = next(o for o in json.loads(first.stdout)["objects"] if o["kind"] == "Secret")
+    assert (entry["action"], entry["note"]) == \
+        ("unchanged", "kept: a signing key is never replaced")
+    assert base64.b64decode(cluster.objects[SECRET_PATH]["data"]["key"]) == b"k" * 40
+    assert not [r for r in cluster.requests if "/secrets" in r.path and r.method != "GET"]
+    # one that holds no usable key stops install before the DaemonSet: pods would not start
+    cluster.objects[SECRET_PATH]["data"] = {"key": base64.b64encode(b"short").decode()}
+    del cluster.objects["/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper"]
+    broken = run_cli(kubeconfig, "install")
+    assert broken.exit_code != 0 and "holds no usable signing key" in broken.stderr
+    assert "/apis/apps/v1/namespaces/cedana-system/daemonsets/cedana-helper" not in \
+        cluster.objects
+
+
+def test_a_server_dry_run_makes_no_key(cluster: FakeCluster, kubeconfig: Path) -> None:
+    cluster.objects["/api/v1/namespaces/cedana-system"] = {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cedana-system"}}
+    result = run_cli(kubeconfig, "install", "--dry-run=server")
+    assert result.exit_code == 0, result.stderr
+    assert "secret/cedana-signing-key created (server dry run)" in result.stdout.splitlines()
+    assert SECRET_PATH not in cluster.objects
+    (post,) = [r for r in cluster.requests if r.method == "POST" and "/secrets" in r.path]
+    assert post.query["dryRun"] == ["All"]
 
 
 def _client(kubeconfig: Path) -> KubeClient:

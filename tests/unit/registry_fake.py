@@ -5,7 +5,12 @@ request checks that its token grants the action (401 `insufficient_scope` otherw
 
 Enough of the distribution API for the helper's client: blobs (HEAD, GET, monolithic and
 streamed uploads), manifests, tags. Tests flip `patch_delay_s`, `fail_patch` and
-`opaque_tokens`, and read what happened in `token_requests`, `refused` and `open_connections`.
+`opaque_tokens`, and read what happened in `token_requests`, `refused`, `requests` and
+`open_connections`. A registry that misbehaves: `realm` names a token service elsewhere,
+`upload_location` sends uploads elsewhere, `blob_redirect` sends blob GETs to another server
+(as registries backed by object storage do), `broken` answers a kind of request with a status
+and body of the test's choosing.
+`Elsewhere` is such another server: it records what reaches it.
 """
 from __future__ import annotations
 
@@ -55,6 +60,12 @@ class FakeRegistry:
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, why)
     open_connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # misbehaviour, for the tests of what the client refuses
+    realm: str | None = None  # the token service the challenge names (default: our /token)
+    blob_redirect: str | None = None  # blob GETs answer 307 to this URL + /blobs/DIGEST
+    upload_location: str | None = None  # where a started upload is told to go on
+    broken: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # "GET manifests"
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
 
     def __post_init__(self) -> None:
         self.server = LoopbackServer(type("Handler", (_Handler,), {"registry": self}))
@@ -126,7 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self, scope: str, error: str) -> None:
         self.registry.refused.append((self.command, self.path, error))
         body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": error}]}).encode()
-        value = (f'Bearer realm="{self.registry.url}/token",service="{SERVICE}"'
+        realm = self.registry.realm or f"{self.registry.url}/token"
+        value = (f'Bearer realm="{realm}",service="{SERVICE}"'
                  + (f',scope="{scope}"' if scope else "") + (f',error="{error}"' if error else ""))
         self._answer(401, body, {"WWW-Authenticate": value, "Content-Type": "application/json"})
 
@@ -148,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes -----------------------------------------------------------------------------
     def _serve(self) -> None:
         split = urlsplit(self.path)
+        with self.registry.lock:
+            self.registry.requests.append((self.command, split.path))
         if split.path == "/token":
             return self._token(parse_qs(split.query))
         if split.path == "/v2/":
@@ -166,12 +180,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._refuse(scope, "invalid_token")
         if action not in grant.actions.get(repository, set()):
             return self._refuse(scope, "insufficient_scope")
+        broken = self.registry.broken.get(f"{self.command} {kind.rstrip('/')}")
+        if broken is not None:
+            self._body()
+            return self._answer(broken[0], broken[1], {"Content-Type": "application/json"})
         if kind.startswith("blobs/uploads"):
             return self._upload(repository, rest, parse_qs(split.query))
         if kind == "blobs":
             blob = self.registry.blobs.get((repository, rest))
             if blob is None:
                 return self._answer(404)
+            if self.registry.blob_redirect and self.command == "GET":
+                return self._answer(307, headers={
+                    "Location": f"{self.registry.blob_redirect}/blobs/{rest}?sig=presigned"})
             return self._answer(200, blob, {"Content-Type": "application/octet-stream"})
         if kind == "manifests":
             return self._manifest(repository, rest)
@@ -194,8 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._body()
             ident = uuid.uuid4().hex
             self.registry.uploads[ident] = bytearray()
-            return self._answer(202, headers={"Location": f"/v2/{repository}/blobs/uploads/"
-                                                          f"{ident}"})
+            return self._answer(202, headers={"Location": self.registry.upload_location or
+                                              f"/v2/{repository}/blobs/uploads/{ident}"})
         data = self.registry.uploads.get(session)
         if data is None:
             return self._answer(404)
@@ -233,3 +254,44 @@ class _Handler(BaseHTTPRequestHandler):
         return self._answer(200, found[0], {"Content-Type": found[1]})
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+
+class Elsewhere:
+    """A server on another port (so another origin) that records every request reaching it
+    and answers from `served` (path -> body), or a token for any path when `tokens`."""
+
+    def __init__(self, tokens: bool = False) -> None:
+        self.served: dict[str, bytes] = {}
+        self.tokens = tokens
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers
+        self.server = LoopbackServer(type("Handler", (_ElsewhereHandler,), {"owner": self}))
+        self.host, self.url = self.server.host, self.server.url
+
+    def __enter__(self) -> Self:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+
+
+class _ElsewhereHandler(BaseHTTPRequestHandler):
+    owner: Elsewhere
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+    def _serve(self) -> None:
+        path = urlsplit(self.path).path
+        self.owner.seen.append((self.command, path, dict(self.headers.items())))
+        body = self.owner.served.get(path)
+        if body is None and self.owner.tokens:
+            body = json.dumps({"token": "from-elsewhere", "expires_in": 60}).encode()
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body or b"")
+
+    do_GET = do_HEAD = do_POST = _serve

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from sidecar.config import HelperConfig
 from sidecar.http.app import create_app
+from sidecar.storage import signing
 from tests.unit.sidecar_support import (
     COUNTER,
     FIRST,
@@ -30,7 +31,9 @@ def test_health_and_version(app: HelperApp) -> None:
     assert app.client.get("/version").json() == {
         "helper": "0.1.0", "runc": "1.1.5+fake", "criu": "4.1.1", "node": "node-1",
         "checkpoint_repository": "", "compression": "zstd",
-        "retention": {"max_checkpoints_per_container": 0, "max_total_bytes": 0}}
+        "retention": {"max_checkpoints_per_container": 0, "max_total_bytes": 0},
+        "signing": {"key_id": signing.node_local_key(app.config.checkpoint_dir).key_id,
+                    "shared": False}}
 
 
 def test_list_with_body_query_and_default_root(app: HelperApp, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from sidecar.errors import (
 )
 from sidecar.ops.checkpoint import checkpoint_container
 from sidecar.ops.containers import Containers
-from sidecar.storage import store
+from sidecar.storage import signing, store
 from sidecar.storage.catalogue import Catalogue
 from tests.unit.sidecar_support import (
     COUNTER,
@@ -59,7 +59,11 @@ def test_checkpoint_writes_the_documented_layout(env: tuple[HelperConfig, Path])
     assert config_dump["rootfsImageName"] == "docker.io/library/busybox:1.36"
     assert config_dump["runtime"] == "runc"
     assert config_dump["createdTime"] == "2024-05-02T09:12:44.118522743Z"
-    manifest = store.verify(final)
+    # signed with the node's own key: the helper was started without --signing-key
+    key_file = config.checkpoint_dir / ".signing-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
+    manifest = store.verify(final, signing.node_local_key(config.checkpoint_dir))
+    assert manifest.signature is not None and manifest.signature["algorithm"] == "hmac-sha256"
     assert manifest.checkpoint_id == result.checkpoint_id
     assert manifest.source["container_id"] == COUNTER
     assert manifest.source["pod"] == POD and manifest.source["node"] == "node-1"

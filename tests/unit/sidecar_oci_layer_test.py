@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.errors import ImageUnsupported, RestoreFailed
+from sidecar.errors import ContentTooLarge, ImageUnsupported, RestoreFailed
 from sidecar.storage import oci_layer
 from sidecar.storage.oci_layer import LayerBlob
 
@@ -270,6 +270,45 @@ def test_hostile_layers_are_refused(name: str, tmp_path: Path, outside: Path) ->
     with pytest.raises(RestoreFailed, match=LEADS_OUTSIDE):
         oci_layer.apply_layer(blob, oci_layer.OCI_LAYER_GZIP, rootfs)
     assert _tree(outside) == before
+
+
+def _bomb(path: Path, zeros: int) -> Path:
+    """A gzip'ed layer holding one file of `zeros` zero bytes: a thousandth of it on disk."""
+    info = tarfile.TarInfo("big.img")
+    info.size = zeros
+    with gzip.open(path, "wb", compresslevel=9) as gz, \
+            tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(bytes(zeros)))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    blob = _bomb(tmp_path / "bomb.tar.gz", 10 << 20)
+    assert blob.stat().st_size < 64 << 10
+    with pytest.raises(ContentTooLarge) as err:
+        oci_layer.apply_layer(blob, oci_layer.OCI_LAYER_GZIP, rootfs, max_bytes=1 << 20)
+    assert err.value.status == 422 and err.value.extra["limit_bytes"] == 1 << 20
+    assert list(rootfs.iterdir()) == []  # refused in the first pass, before any write
+    with pytest.raises(ContentTooLarge):
+        oci_layer.uncompressed_digest(blob, oci_layer.OCI_LAYER_GZIP, max_bytes=1 << 20)
+    # under the limit the same layer applies
+    applied = oci_layer.apply_layer(blob, oci_layer.OCI_LAYER_GZIP, rootfs, max_bytes=11 << 20)
+    assert applied.entries == 1 and (rootfs / "big.img").stat().st_size == 10 << 20
+
+
+def test_an_oversized_pax_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    info = tarfile.TarInfo("small.txt")
+    info.size = 3
+    info.pax_headers = {"comment": "x" * (2 << 20)}  # held in memory whole by tarfile
+    with tarfile.open(tmp_path / "layer.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(ContentTooLarge, match="extended header"):
+        oci_layer.apply_layer(tmp_path / "layer.tar", oci_layer.OCI_LAYER_TAR, rootfs)
+    assert list(rootfs.iterdir()) == []
 
 
 def test_dotdot_inside_a_name_is_refused(tmp_path: Path, outside: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from sidecar.config import HelperConfig
 from sidecar.errors import (
     ContainerdUnavailable,
+    ContentTooLarge,
     ImageNotFound,
     InvalidRequest,
     RegistryAuthFailed,
@@ -319,7 +320,14 @@ def test_diff_id_of_plain_gzip_and_unknown_layers(tmp_path: Path) -> None:
     expected = "sha256:" + hashlib.sha256(plain).hexdigest()
     (tmp_path / "l.tar").write_bytes(plain)
     (tmp_path / "l.tgz").write_bytes(gzip.compress(plain))
-    assert _diff_id(tmp_path / "l.tar", "application/vnd.oci.image.layer.v1.tar") == expected
-    assert _diff_id(tmp_path / "l.tgz",
-                    "application/vnd.docker.image.rootfs.diff.tar.gzip") == expected
-    assert _diff_id(tmp_path / "l.tgz", "application/vnd.oci.image.layer.v1.tar+zstd") is None
+    limit = 1 << 20
+    assert _diff_id(tmp_path / "l.tar", "application/vnd.oci.image.layer.v1.tar",
+                    limit) == expected
+    assert _diff_id(tmp_path / "l.tgz", "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    limit) == expected
+    assert _diff_id(tmp_path / "l.tgz", "application/vnd.oci.image.layer.v1.tar+zstd",
+                    limit) is None
+    # what a gzip layer expands to is bounded, however well it compresses
+    with pytest.raises(ContentTooLarge):
+        _diff_id(tmp_path / "l.tgz", "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                 len(plain) - 1)

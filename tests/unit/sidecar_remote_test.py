@@ -16,8 +16,10 @@ from sidecar.node import criu_stats
 from sidecar.ops import retention, transfer
 from sidecar.registry import remote
 from sidecar.storage import store
+from tests.unit.sidecar_support import cluster_key, write_signing_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
+KEY = cluster_key()
 
 
 @pytest.mark.parametrize("kind", remote.COMPRESSIONS)
@@ -28,10 +30,12 @@ def test_streamed_compression_round_trips(kind: str) -> None:
                       for i in range(0, len(data), 65536)) + compressor.flush()
     if kind != "none":
         assert len(packed) < len(data)
-    decompressor = remote._Decompressor(kind)
-    unpacked = b"".join(decompressor.decompress(packed[i:i + 4096])
-                        for i in range(0, len(packed), 4096))
-    assert unpacked == data
+    reader = remote.decompressed(kind, io.BytesIO(packed))
+    pieces = []
+    while piece := reader.read(4096):
+        assert len(piece) <= 4096  # bounded output, however well the input compresses
+        pieces.append(piece)
+    assert b"".join(pieces) == data
 
 
 def _checkpoint_dir(tmp_path: Path) -> Path:
@@ -41,6 +45,7 @@ def _checkpoint_dir(tmp_path: Path) -> Path:
     (d / "config.dump").write_text("{}")
     manifest = store.CheckpointManifest("id-1", "2026-01-01T00:00:00Z", {"pod": "p"}, {}, {})
     manifest.files = store.hash_files(d)
+    manifest.sign(KEY)
     store.write_json(d / store.MANIFEST, manifest.to_dict())
     return d
 
@@ -53,8 +58,7 @@ def test_tar_stream_holds_every_file_and_the_manifest(tmp_path: Path, kind: str)
     chunks = list(body)
     thread.join()
     assert max(len(c) for c in chunks) <= remote.CHUNK
-    decompressor = remote._Decompressor(kind)
-    raw = b"".join(decompressor.decompress(c) for c in chunks)
+    raw = remote.decompressed(kind, io.BytesIO(b"".join(chunks))).read()
     assert writer.uncompressed == len(raw)
     dest = tmp_path / "out"
     dest.mkdir()
@@ -64,7 +68,7 @@ def test_tar_stream_holds_every_file_and_the_manifest(tmp_path: Path, kind: str)
             assert member.uid == 0 and member.uname == ""
             unpack.extract(tar, member)
     unpack.finish()
-    assert store.verify(dest).checkpoint_id == "id-1"
+    assert store.verify(dest, KEY).checkpoint_id == "id-1"
     assert (dest / "checkpoint" / "pages-1.img").stat().st_mode & 0o777 == 0o600
 
 
@@ -119,11 +123,18 @@ def test_where_a_checkpoint_goes(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest) as refused:
         transfer.wants_remote(plain, "remote", "")
     assert "checkpoint-repository" in refused.value.message
-    with_registry = HelperConfig(checkpoint_dir=tmp_path, remote_repository="r.example/c")
+    with_registry = HelperConfig(checkpoint_dir=tmp_path, remote_repository="r.example/c",
+                                 signing_key_file=write_signing_key(tmp_path / "key"))
     assert transfer.wants_remote(with_registry, None, "") is True
     assert transfer.wants_remote(with_registry, None, "some/dir") is False
     assert transfer.wants_remote(with_registry, "local", "") is False
     assert transfer.wants_remote(with_registry, "remote", "some/dir") is True
+    # without the cluster's key nothing goes to the registry: no other node could verify it
+    unkeyed = HelperConfig(checkpoint_dir=tmp_path, remote_repository="r.example/c")
+    for storage, path in ((None, ""), ("remote", "some/dir")):
+        with pytest.raises(InvalidRequest, match="--signing-key"):
+            transfer.wants_remote(unkeyed, storage, path)
+    assert transfer.wants_remote(unkeyed, "local", "") is False
 
 
 def test_criu_dump_statistics() -> None:

@@ -155,6 +155,22 @@ def test_target_without_the_sources_mounts(renv: RestoreEnv) -> None:
     assert not (renv.tools / "criu-report.json").exists()
 
 
+@pytest.mark.parametrize("by", ["id", "path"])
+def test_a_checkpoint_changed_after_signing_never_reaches_criu(renv: RestoreEnv,
+                                                               by: str) -> None:
+    manifest_file = renv.config.checkpoint_dir / "c" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["source"]["namespace"] = "elsewhere"  # consistent sha256s, a stale signature
+    manifest_file.write_text(json.dumps(manifest))
+    answer = renv.restore(**({"checkpoint_id": None, "checkpoint_path": "c"} if by == "path"
+                             else {}))
+    body = assert_error(answer, 422, "checkpoint_untrusted")
+    assert "changed after it was signed" in body["message"]
+    assert not (renv.tools / "criu-report.json").exists()
+    assert list(renv.rootfs.iterdir()) == []  # the placeholder's files untouched
+    assert psutil.Process(renv.target.pid).children()[0].pid == renv.sleeping_child
+
+
 def test_restore_into_the_running_source_is_refused(renv: RestoreEnv) -> None:
     assert_error(renv.restore(container_name="counter", sandbox_name="counter-5f7c9d8b4-x2kqp"),
                  409, "target_not_sleeping")

@@ -12,6 +12,9 @@ from sidecar.errors import CheckpointCorrupted, CheckpointNotFound
 from sidecar.ops.restore import restore_is_live
 from sidecar.storage import store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
+from tests.unit.sidecar_support import cluster_key
+
+KEY = cluster_key()
 
 
 def make_checkpoint(tmp_path: Path, name: str = "ckpt") -> Path:
@@ -28,7 +31,7 @@ def make_checkpoint(tmp_path: Path, name: str = "ckpt") -> Path:
         source={"namespace": "default"}, tools={"helper": "0.1.0"},
         criu_options={"tcp_established": False},
     )
-    store.finalize(temp, final, manifest)
+    store.finalize(temp, final, manifest, key=KEY)
     return final
 
 
@@ -43,7 +46,7 @@ def test_finalize_renames_into_place_with_manifest(tmp_path: Path) -> None:
     }
     pages = manifest["files"]["checkpoint/pages-1.img"]
     assert pages["size"] == 2 * 1024 * 1024 + 17
-    assert store.verify(final).checkpoint_id == "11111111-2222-3333-4444-555555555555"
+    assert store.verify(final, KEY).checkpoint_id == "11111111-2222-3333-4444-555555555555"
 
 
 def test_files_and_dirs_are_private(tmp_path: Path) -> None:
@@ -60,7 +63,7 @@ def test_flipped_byte_is_named(tmp_path: Path) -> None:
     data[1024 * 1024 + 3] ^= 0x01
     pages.write_bytes(bytes(data))
     with pytest.raises(CheckpointCorrupted) as err:
-        store.verify(final)
+        store.verify(final, KEY)
     assert err.value.status == 422
     assert err.value.extra["file"] == "checkpoint/pages-1.img"
     assert "checkpoint/pages-1.img" in err.value.message
@@ -70,17 +73,17 @@ def test_missing_or_truncated_file(tmp_path: Path) -> None:
     final = make_checkpoint(tmp_path)
     (final / "dump.log").unlink()
     with pytest.raises(CheckpointCorrupted, match="dump.log is missing"):
-        store.verify(final)
+        store.verify(final, KEY)
     final2 = make_checkpoint(tmp_path, "ckpt2")
     (final2 / "spec.dump").write_text("{}")
     with pytest.raises(CheckpointCorrupted, match="spec.dump has 2 bytes"):
-        store.verify(final2)
+        store.verify(final2, KEY)
 
 
 def test_missing_manifest_is_corrupted(tmp_path: Path) -> None:
     (tmp_path / "bare").mkdir()
     with pytest.raises(CheckpointCorrupted) as err:
-        store.verify(tmp_path / "bare")
+        store.verify(tmp_path / "bare", KEY)
     assert err.value.extra["file"] == "manifest.json"
 
 
@@ -88,9 +91,11 @@ def test_manifest_cannot_point_outside(tmp_path: Path) -> None:
     final = make_checkpoint(tmp_path)
     manifest = json.loads((final / "manifest.json").read_text())
     manifest["files"]["../outside"] = {"sha256": "0" * 64, "size": 0}
-    (final / "manifest.json").write_text(json.dumps(manifest))
+    signed = store.CheckpointManifest.from_dict(manifest)
+    signed.sign(KEY)  # a helper signed it: the paths are still confined
+    (final / "manifest.json").write_text(json.dumps(signed.to_dict()))
     with pytest.raises(CheckpointCorrupted, match="outside"):
-        store.verify(final)
+        store.verify(final, KEY)
 
 
 def test_cleanup_temporaries(tmp_path: Path) -> None:
@@ -100,7 +105,7 @@ def test_cleanup_temporaries(tmp_path: Path) -> None:
     removed = store.cleanup_temporaries(tmp_path)
     assert {p.name for p in removed} == {".tmp-abandoned", ".tmp-nested"}
     assert not (tmp_path / ".tmp-abandoned").exists()
-    assert store.verify(final)
+    assert store.verify(final, KEY)
 
 
 def entry(checkpoint_id: str, path: Path) -> dict[str, object]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import HelperConfig
+from sidecar.storage.signing import SigningKey
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -199,19 +200,38 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def make_config(tmp_path: Path) -> HelperConfig:
+#: the cluster's signing key of the tests (what the Secret cedana-signing-key holds)
+CLUSTER_KEY = bytes(range(7, 7 + 48))
+
+
+def cluster_key(secret: bytes = CLUSTER_KEY) -> SigningKey:
+    return SigningKey(secret, "tests", shared=True)
+
+
+def write_signing_key(path: Path, secret: bytes = CLUSTER_KEY) -> Path:
+    """A --signing-key file holding `secret`, 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(secret)
+    path.chmod(0o600)
+    return path
+
+
+def make_config(tmp_path: Path, **settings: Any) -> HelperConfig:
+    """A helper with the fake tools below tmp_path; `settings` replace any field (without
+    signing_key_file it signs with its node's own key)."""
     runc_path, criu_path = fake_tools(tmp_path / "tools")
-    return HelperConfig(
-        checkpoint_dir=tmp_path / "checkpoints",
-        runtime_root=tmp_path / "no-default-root",
+    return HelperConfig(**{
+        "checkpoint_dir": tmp_path / "checkpoints",
+        "runtime_root": tmp_path / "no-default-root",
         # the roots install_runc_root lays out: the only ones requests may name
-        runtime_roots=tuple(tmp_path / kind / root for kind, root in RUNC_ROOTS.items()),
-        registry_prefixes=("127.0.0.1:5000/x",),
-        runc_path=str(runc_path),
-        criu_path=str(criu_path),
-        criu_runc_config=tmp_path / "etc" / "criu" / "runc.conf",
-        node_name="node-1",
-    )
+        "runtime_roots": tuple(tmp_path / kind / root for kind, root in RUNC_ROOTS.items()),
+        "registry_prefixes": ("127.0.0.1:5000/x",),
+        "runc_path": str(runc_path),
+        "criu_path": str(criu_path),
+        "criu_runc_config": tmp_path / "etc" / "criu" / "runc.conf",
+        "node_name": "node-1",
+        **settings,
+    })
 
 
 def pod_process() -> subprocess.Popen[str]:
@@ -241,7 +261,7 @@ class HelperApp:
     """The helper's application in-process (TestClient) over a recorded containerd root whose
     COUNTER container is a live process."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **settings: Any) -> None:
         from fastapi.testclient import TestClient
 
         from sidecar.http.app import create_app
@@ -249,9 +269,14 @@ class HelperApp:
 
         self.source = pod_process()
         self.root = install_runc_root("containerd", tmp_path, {COUNTER: self.source.pid})
-        self.config: HelperConfig = make_config(tmp_path)
+        self.config: HelperConfig = make_config(tmp_path, **settings)
         self.locks = ContainerLocks()
-        self.client = TestClient(create_app(self.config, locks=self.locks))
+        self.client = TestClient(create_app(self.config, locks=self.locks,
+                                            **self.app_options()))
+
+    def app_options(self) -> dict[str, Any]:
+        """More arguments of create_app (a subclass may check callers, for one)."""
+        return {}
 
     def checkpoint_body(self, **data: object) -> dict[str, object]:
         base: dict[str, object] = {"container_name": "counter", "sandbox_name": POD,

@@ -31,9 +31,11 @@ def may_restore(helper: HelperDep, body: RestoreRequest, access: CallerAccess) -
 
 
 @router.post(contract.RESTORE, dependencies=[Depends(may_restore)])
-def post_restore(request: Request, helper: HelperDep, body: RestoreRequest) -> dict[str, Any]:
+def post_restore(request: Request, helper: HelperDep, body: RestoreRequest,
+                 access: CallerAccess) -> dict[str, Any]:
     data = body.checkpoint_data
     request_state(request.scope)["checkpoint_id"] = data.checkpoint_id or ""
+    # the operation asks again about the source namespace its verified manifest names
     return logged(request, restore(
         helper, **data.target(), checkpoint_path=data.checkpoint_path,
-        checkpoint_id=data.checkpoint_id))
+        checkpoint_id=data.checkpoint_id, access=access))
