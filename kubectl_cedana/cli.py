@@ -276,7 +276,8 @@ WAIT_TIMEOUT_OPTION = click.option(
     help="How long to wait (exit 124 after; the helper goes on).")
 
 
-def start_and_finish(settings: Settings, kube: KubeClient, start: Callable[[], Any], *,
+def start_and_finish(settings: Settings, kube: KubeClient,
+                     start: Callable[[], operations.Started], *,
                      wait: bool, timeout: float, label: str,
                      text: Callable[[dict[str, Any]], str]) -> None:
     """Create one cedana.io object, then, with `wait`, watch it to its end; print it."""
