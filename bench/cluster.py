@@ -1,5 +1,7 @@
-"""(a) `kubectl cedana checkpoint/restore --into` end to end and (b) the helper's REST calls
-alone (POST /checkpoint and /restore to a helper of this checkout run as a host process).
+"""(a) `kubectl cedana checkpoint/restore --into` end to end (a Checkpoint and a Restore object
+through the API server, reconciled by the helper DaemonSet, watched by the plugin) and (b) the
+helper's REST calls alone (POST /checkpoint and /restore to a helper of this checkout run as a
+host process).
 
 Both checkpoint a memhog pod with leave_running and restore into a sleeping placeholder pod
 made beforehand (outside the timing), as `migrate` does."""
@@ -20,8 +22,6 @@ from tests.e2e.helper import HelperProcess, start_helper, stop_helper
 
 SLEEP_CMD = ["/bin/sh", "-c", "while true; do sleep 3600; done"]
 RUNC_ROOT = "/run/containerd/runc/k8s.io"
-HELPER_NS = "cedana-system"
-HELPER_PORT = 1324
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -37,7 +37,6 @@ class Cluster:
         self.namespace = f"cedana-bench-{uuid.uuid4().hex[:6]}"
         # this machine's own node (the lab may have more): its kubelet's log files are local
         self.node = os.environ.get("BENCH_NODE", "cedana-lab-node1")
-        self.helper_url = ""
         self.helper_version: dict[str, Any] = {}
         self.sources: dict[int, str] = {}
         self.spare: dict[tuple[str, int], list[str]] = {}
@@ -54,25 +53,21 @@ class Cluster:
         self.kubectl("create", "namespace", self.namespace)
 
     def ensure_helper(self) -> None:
-        """`kubectl cedana install` is idempotent; other engineers' tests may uninstall it."""
+        """`kubectl cedana install` is idempotent; other engineers' tests may uninstall it.
+        The helper's readiness and version come from the API (`kubectl cedana version`), as
+        (a) reaches the helper only through the API."""
         run(["kubectl", "cedana", "install", "--timeout", "3m"], env=self.env, timeout=240)
-        pods = json.loads(self.kubectl("-n", HELPER_NS, "get", "pods", "-l",
-                                       "app.kubernetes.io/name=cedana-helper", "-o",
-                                       "json").stdout)["items"]
-        ready = [p for p in pods if p.get("status", {}).get("podIP")
-                 and p["spec"].get("nodeName") == self.node
-                 and not p["metadata"].get("deletionTimestamp")]
-        if not ready:
-            raise BenchError(f"the helper DaemonSet has no ready pod on node {self.node}")
-        self.helper_url = f"http://{ready[0]['status']['podIP']}:{HELPER_PORT}"
-        wait_for("helper /healthz", self._healthy, timeout=60)
-        self.helper_version = requests.get(self.helper_url + "/version", timeout=10).json()
+        wait_for(f"a ready helper on node {self.node}", self._helper_ready, timeout=60)
 
-    def _healthy(self) -> bool:
-        try:
-            return requests.get(self.helper_url + "/healthz", timeout=3).status_code == 200
-        except requests.RequestException:
+    def _helper_ready(self) -> bool:
+        listed = run(["kubectl", "cedana", "version", "-o", "json"], env=self.env, check=False)
+        if listed.returncode != 0:
             return False
+        mine = [n for n in json.loads(listed.stdout)["nodes"]
+                if n["node"] == self.node and n["ready"]]
+        if mine:
+            self.helper_version = {"helper": mine[0]["helper"], "image": mine[0]["image"]}
+        return bool(mine)
 
     def pod(self, name: str, command: list[str]) -> dict[str, Any]:
         return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
@@ -149,7 +144,8 @@ class Cluster:
 
 
 class PluginEndToEnd:
-    """(a): `kubectl cedana checkpoint POD --leave-running` and `restore ID --into PLACEHOLDER`."""
+    """(a): `kubectl cedana checkpoint POD --leave-running` and `restore ID --into PLACEHOLDER`:
+    each creates an object (Checkpoint, Restore) and watches it until the helper is done."""
 
     name = "a"
     label = "kubectl cedana"
@@ -167,8 +163,8 @@ class PluginEndToEnd:
         ms, result = timed_run(self.cluster.cedana("checkpoint", self.cluster.sources[mib],
                                                    "--leave-running", "-o", "json"),
                                env=self.cluster.env)
-        data = json.loads(result.stdout)
-        return ms, int(data["size_bytes"]), str(data["checkpoint_id"])
+        status = json.loads(result.stdout)["status"]  # the Checkpoint object, Succeeded
+        return ms, int(status["sizeBytes"]), str(status["checkpointID"])
 
     def restore(self, mib: int, checkpoint_id: str) -> ReadyTiming:
         target = self.cluster.placeholder(self.name, mib)
@@ -177,9 +173,10 @@ class PluginEndToEnd:
             return until_ready(lambda: run(self.cluster.cedana("restore", checkpoint_id,
                                                                "--into", target, "-o", "json"),
                                            env=self.cluster.env), probe)
-        finally:  # through the plugin: the helper may accept only callers with grants
-            run(self.cluster.cedana("checkpoints", "rm", checkpoint_id), env=self.cluster.env,
-                check=False)
+        finally:  # deleting the object has its helper delete the data; --wait: before the
+            # next run, so that deletion's I/O is not measured with it
+            run(self.cluster.cedana("checkpoints", "rm", checkpoint_id, "--wait"),
+                env=self.cluster.env, check=False)
             self.cluster.delete_pods([target])
 
     def stop_source(self, mib: int) -> None:

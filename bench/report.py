@@ -226,14 +226,15 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
 
     add("## Definitions\n")
     add("- **(a) kubectl cedana**: `kubectl cedana checkpoint POD --leave-running -o json`, then "
-        "`kubectl cedana restore ID --into PLACEHOLDER -o json`, through the real kubectl, the "
-        "API server's pod proxy and the helper DaemonSet pod (the helper's defaults: "
+        "`kubectl cedana restore ID --into PLACEHOLDER -o json`, through the real kubectl and "
+        "the API server: each creates a Checkpoint or Restore object that the helper DaemonSet "
+        "pod reconciles, and watches it to its end (the helper's defaults: "
         "freeze → dump → rootfs diff → thaw, sha256 manifest, fsync).")
     add("- **(b) helper REST**: the same two requests (`POST /checkpoint`, `POST /restore`) "
         "sent by the benchmark to a helper of this checkout that it runs as a host process "
         "on 127.0.0.1 (`cedana-helper serve --authorization none`, started by "
         "tests/e2e/helper.py as in the tests): the same code as the DaemonSet's image, without "
-        "kubectl, the plugin, the API server and the pod proxy.")
+        "kubectl, the plugin, the API server and the objects.")
     add("- **(c) bare runc**: an OCI bundle made from the workload image's layers, "
         "`runc run -d`, `runc checkpoint --leave-running --manage-cgroups-mode soft "
         "--ext-unix-sk --file-locks` (link-remap through /etc/criu/runc.conf, as the helper "

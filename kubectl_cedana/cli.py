@@ -20,12 +20,16 @@ import click
 from click.core import ParameterSource
 
 from kubectl_cedana import operations
-from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
+from kubectl_cedana.contract import (
+    CHECKPOINT_RESOURCE,
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    GROUP_VERSION,
+    is_checkpoint_id,
+)
 from kubectl_cedana.errors import (
     CedanaError,
     ExitCode,
-    HelperFailure,
-    HelperNotInstalled,
     UsageError,
 )
 from kubectl_cedana.kube import KubeClient
@@ -70,7 +74,7 @@ def report_error(exc: BaseException, debug: bool) -> int:
         message, code = exc.one_line(), int(exc.exit_code)
         body = getattr(exc, "body", None)
         if debug and body:
-            stderr_line(f"debug: helper answered {body}")
+            stderr_line(f"debug: status {body}")
     else:
         message = f"{type(exc).__name__}: {exc}"
         if not debug:
@@ -110,8 +114,8 @@ class CedanaGroup(click.Group):
 # -- signals: Ctrl-C and SIGTERM end a command the same way ----------------------------------------
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """Within the block SIGTERM behaves like Ctrl-C (KeyboardInterrupt), so what the command
-    made (a placeholder pod) is cleaned up; the exit status is then 130."""
+    """Within the block SIGTERM behaves like Ctrl-C (KeyboardInterrupt): a command waiting for
+    an object says what goes on without it; the exit status is then 130."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -124,21 +128,6 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Cleanup finishes even if the user presses Ctrl-C again (the shield of operations)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
-                                                                     signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # -- global flags, accepted before and after the command ---------------------------------------
@@ -199,11 +188,12 @@ def main() -> None:
 
     \b
     Examples:
-      kubectl cedana install                       # the node helper on every node
-      kubectl cedana list                          # containers the helpers see
+      kubectl cedana install                       # the API and the node helper on every node
+      kubectl cedana list                          # the namespace's containers
       kubectl cedana checkpoint counter            # prints the checkpoint ID
       kubectl cedana restore ID --new-pod copy     # a new pod continuing from it
       kubectl cedana migrate counter --delete-source
+      kubectl get checkpoints -w                   # the same objects, without the plugin
 
     Global flags can be given before or after the command.
     """
@@ -238,7 +228,7 @@ def progress(settings: Settings, text: str = "") -> Progress:
     return Progress(text, enabled=False if settings.debug else None)
 
 
-def emit(settings: Settings, doc: dict[str, Any], text: Callable[[], str]) -> None:
+def emit(settings: Settings, doc: Any, text: Callable[[], str]) -> None:
     if settings.structured:
         echo(render_structured(doc, settings.output))
     else:
@@ -249,36 +239,6 @@ def emit(settings: Settings, doc: dict[str, Any], text: Callable[[], str]) -> No
 
 def warn(message: str) -> None:
     stderr_line(f"warning: {message}")
-
-
-def raise_partial(errors: list[CedanaError]) -> None:
-    """After printing what could be gathered, fail for the helpers that did not answer."""
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise HelperFailure(f"{len(errors)} helpers failed: "
-                          + "; ".join(e.one_line() for e in errors))
-
-
-def list_from_helpers(settings: Settings, all_namespaces: bool,
-                      gather: Callable[[KubeClient, str | None],
-                                       tuple[list[dict[str, Any]], list[CedanaError]]],
-                      kind: str, columns: list[Column], what: str) -> None:
-    """`list` and `checkpoints ls`: what the helpers answered, then fail for those that did
-    not."""
-    kube = connect(settings)
-    namespace = None if all_namespaces else kube.namespace
-    with progress(settings, "asking the node helpers"):
-        rows, errors = gather(kube, namespace)
-    if all_namespaces:
-        columns = [Column("NAMESPACE", "namespace"), *columns]
-    if rows or settings.structured:
-        emit(settings, document(kind, items=rows),
-             lambda: render_table(rows, columns, wide=settings.output == "wide"))
-    elif not errors:
-        where = "any namespace" if all_namespaces else f"namespace {namespace}"
-        stderr_line(f"No {what} found in {where}.")
-    raise_partial(errors)
 
 
 def short_id(container_id: Any) -> str:
@@ -292,26 +252,85 @@ def duration_timeout(text: str, flag: str) -> float:
         raise click.BadParameter(exc.message, param_hint=flag) from None
 
 
-TIMEOUT_OPTION = click.option("--timeout", default="2m", show_default=True, metavar="DURATION",
-                              help="How long to wait for the new pod to run.")
+def status_of(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("status") or {})
+
+
+def ms(value: Any) -> str:
+    return f"{value} ms" if value is not None else "? ms"
+
+
+DRY_RUN_OPTION = click.option(
+    "--dry-run", type=click.Choice(["none", "client", "server"]), default="none",
+    is_flag=False, flag_value="client", show_default=True,
+    help="--dry-run (=client): print the object instead of creating it (the object itself "
+         "with -o yaml|json); =server: the API server validates and admits it, stores nothing.")
+NAME_OPTION = click.option("--name", metavar="NAME",
+                           help="The object's name (default: generated from the pod's).")
+WAIT_OPTION = click.option(
+    "--wait/--no-wait", default=True, show_default=True,
+    help="Watch the object until the helper has finished it; --no-wait prints its name and "
+         "returns at once (follow it with kubectl get ... -w).")
+WAIT_TIMEOUT_OPTION = click.option(
+    "--timeout", default="1h", show_default=True, metavar="DURATION",
+    help="How long to wait (exit 124 after; the helper goes on).")
+
+
+def start_and_finish(settings: Settings, kube: KubeClient,
+                     start: Callable[[], operations.Started], *,
+                     wait: bool, timeout: float, label: str,
+                     text: Callable[[dict[str, Any]], str]) -> None:
+    """Create one cedana.io object, then, with `wait`, watch it to its end; print it."""
+    from kubectl_cedana.resources import display
+
+    with progress(settings, label) as spinner, sigterm_interrupts():
+        started = start()
+        final: dict[str, Any] | None = None
+        if started.dry_run == "none" and wait:
+            spinner.update(f"{started.resource.singular} {started.obj['metadata']['name']} "
+                           "created")
+            final = operations.wait_for(kube, started, timeout=timeout,
+                                        progress=spinner.update)
+    for message in started.warnings:
+        warn(message)
+    if started.dry_run != "none":
+        note = "server dry run" if started.dry_run == "server" else "dry run"
+        emit(settings, started.obj,
+             lambda: f"{display(started.resource, started.obj)} created ({note})")
+    elif final is None:  # --no-wait
+        emit(settings, started.obj, lambda: str(started.obj["metadata"]["name"]))
+    else:
+        done = final
+        emit(settings, done, lambda: text(done))
 
 
 # -- list -------------------------------------------------------------------------------------
 CONTAINER_COLUMNS = [
     Column("POD", "pod"), Column("CONTAINER", "container"), Column("NODE", "node"),
-    Column("STATUS", "status"), Column("PID", "pid", wide=True),
+    Column("STATUS", "status"), Column("REASON", "reason", wide=True),
+    Column("RESTARTS", "restarts", wide=True),
     Column("CONTAINER-ID", lambda r: short_id(r.get("container_id")), wide=True),
     Column("IMAGE", "image", wide=True),
 ]
 
 
-@command("list", short_help="List the containers the node helpers see.")
+@command("list", short_help="List the containers of the namespace's pods.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
 @click.pass_obj
 def list_command(settings: Settings, all_namespaces: bool) -> None:
-    """List the containers the node helpers see, with their pod, node and status."""
-    list_from_helpers(settings, all_namespaces, operations.list_containers, "ContainerList",
-                      CONTAINER_COLUMNS, "containers")
+    """List the containers of the namespace's pods (every namespace with -A), with their
+    node, state and runtime ID, as the API server knows them."""
+    kube = connect(settings)
+    namespace = None if all_namespaces else kube.namespace
+    rows = operations.list_containers(kube, namespace)
+    columns = [Column("NAMESPACE", "namespace"), *CONTAINER_COLUMNS] if all_namespaces \
+        else CONTAINER_COLUMNS
+    if rows or settings.structured:
+        emit(settings, document("ContainerList", items=rows),
+             lambda: render_table(rows, columns, wide=settings.output == "wide"))
+    else:
+        where = "any namespace" if all_namespaces else f"namespace {namespace}"
+        stderr_line(f"No containers found in {where}.")
 
 
 # -- checkpoint -------------------------------------------------------------------------------
@@ -325,78 +344,107 @@ WITH_ROOTFS_OPTION = click.option(
          "back before a restore. Without them a process holding a file it created cannot be "
          "restored.")
 
+
+def checkpoint_text(settings: Settings, obj: dict[str, Any]) -> str:
+    status = status_of(obj)
+    if settings.output != "wide":
+        return str(status.get("checkpointID") or "")
+    row = operations.checkpoint_row(obj)
+    row["duration_ms"] = status.get("durationMs")
+    return render_table([row], [
+        Column("CHECKPOINT", "checkpoint_id"), Column("NAME", "name"), Column("POD", "pod"),
+        Column("CONTAINER", "container"), Column("NODE", "node"),
+        Column("SIZE", lambda r: human_size(r.get("size_bytes"))),
+        Column("DURATION", lambda r: ms(r.get("duration_ms")).replace(" ", "")),
+        Column("STORAGE", "storage")], wide=True)
+
+
 @command("checkpoint", short_help="Checkpoint a pod's container; prints the checkpoint ID.")
 @click.argument("pod")
 @click.option("-c", "--container", metavar="NAME",
               help="The container (required when the pod has several).")
 @click.option("--leave-running", is_flag=True,
               help="Keep the container running after the checkpoint (default: it stops).")
-@click.option("--path", default="", metavar="DIR",
-              help="Directory on the node for the checkpoint, inside the helper's "
-                   "checkpoint directory (default: a new one there).")
 @WITH_ROOTFS_OPTION
 @click.option("--storage", type=click.Choice(["local", "remote"]),
               help="remote: push to the helpers' checkpoint registry (restorable on any node); "
-                   "default: remote when the helper has a registry and no --path is given.")
+                   "default: remote when the helpers have a registry.")
 @COMPRESSION_OPTION
+@NAME_OPTION
+@WAIT_OPTION
+@WAIT_TIMEOUT_OPTION
+@DRY_RUN_OPTION
 @click.pass_obj
 def checkpoint_command(settings: Settings, pod: str, container: str | None,
-                       leave_running: bool, path: str, with_rootfs: bool, storage: str | None,
-                       compression: str | None) -> None:
+                       leave_running: bool, with_rootfs: bool, storage: str | None,
+                       compression: str | None, name: str | None, wait: bool, timeout: str,
+                       dry_run: str) -> None:
     """Checkpoint a container of POD with CRIU and print the checkpoint ID.
+
+    Creates a Checkpoint object (cedana.io/v1alpha1) that the cedana helper on POD's node
+    carries out, and watches it: the phase and progress on a terminal, nothing when piped.
+    -o json|yaml prints the object.
 
     \b
     Examples:
       kubectl cedana checkpoint counter
       kubectl cedana checkpoint web -c app --leave-running
       ID=$(kubectl cedana checkpoint counter -n demo)
+      kubectl cedana checkpoint counter --no-wait     # prints the Checkpoint's name
     """
+    limit = duration_timeout(timeout, "--timeout")
     kube = connect(settings)
-    with progress(settings, f"checkpointing {pod}"):
-        result = operations.checkpoint_pod(kube, kube.namespace, pod, container,
-                                           leave_running=leave_running, path=path,
-                                           with_rootfs=with_rootfs, storage=storage,
-                                           compression=compression)
-
-    def text() -> str:
-        if settings.output != "wide":
-            return str(result["checkpoint_id"])
-        row = dict(result["source"], **result)
-        return render_table([row], [
-            Column("CHECKPOINT", "checkpoint_id"), Column("POD", "pod"),
-            Column("CONTAINER", "container"), Column("NODE", "node"),
-            Column("SIZE", lambda r: human_size(r.get("size_bytes"))),
-            Column("DURATION", lambda r: f"{r.get('duration_ms')}ms"),
-            Column("PATH", "checkpoint_path")], wide=True)
-    emit(settings, document("Checkpoint", **result), text)
+    start_and_finish(
+        settings, kube, lambda: operations.start_checkpoint(
+            kube, kube.namespace, pod, container, leave_running=leave_running,
+            with_rootfs=with_rootfs, storage=storage, compression=compression,
+            name=name or "", dry_run=dry_run),
+        wait=wait, timeout=limit, label=f"checkpointing {pod}",
+        text=lambda obj: checkpoint_text(settings, obj))
 
 
 # -- restore ----------------------------------------------------------------------------------
+def restore_text(obj: dict[str, Any]) -> str:
+    status = status_of(obj)
+    return (f"restored checkpoint {status.get('checkpointID')} into pod "
+            f"{obj['metadata']['namespace']}/{status.get('podName')} (container "
+            f"{status.get('container')}, node {status.get('node')}, pid {status.get('pid')}) "
+            f"in {ms(status.get('durationMs'))}")
+
+
 @command("restore", short_help="Restore a checkpoint into a sleeping pod or a new one.")
 @click.argument("checkpoint")
 @click.option("--into", metavar="POD", help="An existing pod whose container only sleeps.")
 @click.option("-c", "--container", metavar="NAME", help="The container of --into POD.")
 @click.option("--new-pod", metavar="NAME",
-              help="Create this pod from the checkpoint's source pod and restore into it.")
+              help="A new pod the helper makes from the checkpointed pod's spec.")
 @click.option("--node", metavar="NODE", help="With --new-pod: the node (default: the "
                                              "checkpoint's).")
-@TIMEOUT_OPTION
+@click.option("--checkpoint-namespace", metavar="NS",
+              help="The namespace the checkpoint was taken in (default: -n's); you need get "
+                   "on its checkpoints there.")
+@NAME_OPTION
+@WAIT_OPTION
+@WAIT_TIMEOUT_OPTION
+@DRY_RUN_OPTION
 @click.pass_obj
 def restore_command(settings: Settings, checkpoint: str, into: str | None,
                     container: str | None, new_pod: str | None, node: str | None,
-                    timeout: str) -> None:
-    """Restore CHECKPOINT (an ID, a unique ID prefix, or a path on the node).
+                    checkpoint_namespace: str | None, name: str | None, wait: bool,
+                    timeout: str, dry_run: str) -> None:
+    """Restore CHECKPOINT: a checkpoint ID (a UUID), or the name of a Checkpoint object.
 
-    With --into POD the process tree is restored into POD's container, which must run
-    a command that only sleeps. With --new-pod NAME the plugin builds that pod from the
-    checkpoint's source pod (same image, env, volumes, resources; command replaced by a
-    sleep loop run by /bin/sh; no probes), pins it to the checkpoint's node, waits for it to
-    run and restores into it. Ctrl-C or SIGTERM meanwhile delete the new pod (exit 130).
+    Creates a Restore object (cedana.io/v1alpha1) and watches it. With --into POD the
+    process tree is restored into POD's container, which must run a command that only
+    sleeps. With --new-pod NAME the helper makes that pod from the checkpointed pod's spec
+    (same image, env, volumes, resources; a sleeping shell instead of its command; no
+    probes), on the checkpoint's node or --node, and restores into it.
 
     \b
     Examples:
-      kubectl cedana restore 6f1d2c3b --new-pod counter-copy
-      kubectl cedana restore 6f1d2c3b --into sleeper -c app
+      kubectl cedana restore 6f1d2c3b-... --new-pod counter-copy
+      kubectl cedana restore counter-x7k2p --into sleeper -c app
+      kubectl cedana restore 6f1d2c3b-... --checkpoint-namespace team-a --new-pod copy
     """
     if bool(into) == bool(new_pod):
         raise click.UsageError("give exactly one of --into POD or --new-pod NAME")
@@ -405,25 +453,33 @@ def restore_command(settings: Settings, checkpoint: str, into: str | None,
                                "checkpoint's container name)")
     if node and not new_pod:
         raise click.UsageError("--node goes with --new-pod")
-    wait_limit = duration_timeout(timeout, "--timeout")
+    limit = duration_timeout(timeout, "--timeout")
     kube = connect(settings)
-    with progress(settings, "restoring") as spinner, sigterm_interrupts():
-        if into:
-            result = operations.restore_into_pod(kube, checkpoint, kube.namespace, into, container)
-        else:
-            assert new_pod is not None
-            result = operations.restore_new_pod(kube, checkpoint, new_pod, node=node,
-                                                namespace=settings.namespace,
-                                                timeout=wait_limit, progress=spinner.update,
-                                                shield=signals_held)
-    target = result["target"]
-    emit(settings, document("Restore", **result), lambda: (
-        f"restored checkpoint {result['checkpoint_id']} into pod "
-        f"{target['namespace']}/{target['pod']} (container {target['container']}, node "
-        f"{target['node']}, pid {result.get('pid')}) in {result.get('duration_ms')} ms"))
+    start_and_finish(
+        settings, kube, lambda: operations.start_restore(
+            kube, kube.namespace, checkpoint.lower() if _looks_like_id(checkpoint)
+            else checkpoint, into=into, container=container, new_pod=new_pod, node=node,
+            checkpoint_namespace=checkpoint_namespace, name=name or "", dry_run=dry_run),
+        wait=wait, timeout=limit, label="restoring", text=restore_text)
+
+
+def _looks_like_id(text: str) -> bool:
+    return is_checkpoint_id(text.lower())
 
 
 # -- migrate ----------------------------------------------------------------------------------
+def migration_text(obj: dict[str, Any]) -> str:
+    status, spec = status_of(obj), obj.get("spec") or {}
+    namespace = obj["metadata"]["namespace"]
+    return (f"migrated {namespace}/{spec.get('podName')} (container "
+            f"{status.get('container') or spec.get('container')}) to pod {status.get('podName')}"
+            f" on node {status.get('targetNode') or status.get('node')}\n"
+            f"checkpoint {status.get('checkpointID')}: pause {ms(status.get('pauseMs'))} "
+            f"(checkpoint {ms(status.get('checkpointMs'))}, restore "
+            f"{ms(status.get('restoreMs'))})"
+            + (f"; deleted pod {spec.get('podName')}" if spec.get("deleteSource") else ""))
+
+
 @command("migrate", short_help="Move a pod's container into a new pod (checkpoint + restore).")
 @click.argument("pod")
 @click.option("-c", "--container", metavar="NAME", help="The container (if several).")
@@ -433,57 +489,49 @@ def restore_command(settings: Settings, checkpoint: str, into: str | None,
 @click.option("--delete-source", is_flag=True,
               help="Stop the container at the checkpoint and delete POD after the restore.")
 @click.option("--new-pod", metavar="NAME", help="Name of the new pod (default: POD-migrated).")
-@WITH_ROOTFS_OPTION
-@COMPRESSION_OPTION
-@TIMEOUT_OPTION
+@NAME_OPTION
+@WAIT_OPTION
+@WAIT_TIMEOUT_OPTION
+@DRY_RUN_OPTION
 @click.pass_obj
 def migrate_command(settings: Settings, pod: str, container: str | None,
                     to_node: str | None, delete_source: bool, new_pod: str | None,
-                    with_rootfs: bool, compression: str | None, timeout: str) -> None:
-    """Checkpoint POD's container, restore it into a new pod, and print the pause.
+                    name: str | None, wait: bool, timeout: str, dry_run: str) -> None:
+    """Move POD's container into a new pod and print the pause the workload saw.
 
-    The new pod is created and running before the checkpoint is taken, so the measured
-    pause (checkpoint request sent -> restore answered) is only the dump and the restore.
+    Creates a Migration object (cedana.io/v1alpha1) that the helper of POD's node carries
+    out: the new pod first (from POD's spec, sleeping), then the checkpoint, the restore
+    into the new pod, and with --delete-source the deletion of POD. The pause (status.pauseMs)
+    is measured by the helpers from the freeze of the source to the restored process running.
     Without --delete-source the source keeps running and the new pod is a copy.
     """
-    wait_limit = duration_timeout(timeout, "--timeout")
+    limit = duration_timeout(timeout, "--timeout")
     kube = connect(settings)
-    with progress(settings, f"migrating {pod}") as spinner, sigterm_interrupts():
-        result = operations.migrate_pod(kube, kube.namespace, pod, container, to_node=to_node,
-                                        delete_source=delete_source, new_pod=new_pod,
-                                        timeout=wait_limit, progress=spinner.update,
-                                        with_rootfs=with_rootfs, compression=compression,
-                                        shield=signals_held)
-    for message in result["warnings"]:
-        warn(message)
-    source, target = result["source"], result["target"]
-    emit(settings, document("Migration", **result), lambda: (
-        f"migrated {source['namespace']}/{source['pod']} (container {source['container']}) "
-        f"to pod {target['pod']} on node {target['node']}\n"
-        f"checkpoint {result['checkpoint_id']}: pause {result['pause_ms']} ms "
-        f"(checkpoint {result.get('checkpoint_ms')} ms, restore {result.get('restore_ms')} ms)"
-        + (f"; moved {human_size(result['bytes_moved'])} ({result['compression']}) through "
-           f"{result['remote']}" if result.get("bytes_moved") else "")
-        + (f"; deleted pod {source['pod']}" if result["source_deleted"] else "")))
+    start_and_finish(
+        settings, kube, lambda: operations.start_migration(
+            kube, kube.namespace, pod, container, to_node=to_node, new_pod=new_pod,
+            delete_source=delete_source, name=name or "", dry_run=dry_run),
+        wait=wait, timeout=limit, label=f"migrating {pod}", text=migration_text)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
 CHECKPOINT_COLUMNS = [
-    Column("ID", "id"), Column("POD", "pod"), Column("CONTAINER", "container"),
-    Column("NODE", "node"), Column("SIZE", lambda r: human_size(r.get("size_bytes"))),
-    Column("COMPRESSION", lambda r: r.get("compression") or "none"),
-    Column("AGE", lambda r: human_age(r.get("created"))), Column("WHERE", "where"),
-    Column("PATH", "path", wide=True),
-    Column("REMOTE", lambda r: (r.get("remote") or {}).get("reference", ""), wide=True),
+    Column("NAME", "name"), Column("POD", "pod"), Column("CONTAINER", "container"),
+    Column("NODE", "node"), Column("PHASE", "phase"),
+    Column("SIZE", lambda r: human_size(r.get("size_bytes"))),
+    Column("ID", "checkpoint_id"), Column("AGE", lambda r: human_age(r.get("created"))),
+    Column("STORAGE", "storage", wide=True), Column("COMPRESSION", "compression", wide=True),
+    Column("REQUESTED-BY", "requested_by", wide=True), Column("REASON", "error_code", wide=True),
 ]
 
 
 @main.group("checkpoints", invoke_without_command=True, context_settings=CONTEXT_SETTINGS,
-            short_help="The checkpoints stored on the nodes: ls, inspect, rm.")
+            short_help="The Checkpoint objects: ls, inspect, rm, prune.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="With no subcommand: ls -A.")
 @click.pass_context
 def checkpoints_group(ctx: click.Context, all_namespaces: bool) -> None:
-    """The checkpoints stored on the nodes (default: ls)."""
+    """The namespace's Checkpoint objects (default: ls). Deleting one deletes its data on the
+    node and in the registry (the helper of its node does it, then lets the object go)."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(checkpoints_ls, all_namespaces=all_namespaces)
 
@@ -498,61 +546,99 @@ checkpoints_command = subcommands_of(checkpoints_group)
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
 @click.pass_obj
 def checkpoints_ls(settings: Settings, all_namespaces: bool) -> None:
-    """List checkpoints of the namespace's pods (every namespace with -A)."""
-    list_from_helpers(settings, all_namespaces, operations.list_checkpoints, "CheckpointList",
-                      CHECKPOINT_COLUMNS, "checkpoints")
+    """List the namespace's Checkpoint objects (every namespace with -A), oldest first."""
+    kube = connect(settings)
+    namespace = None if all_namespaces else kube.namespace
+    items = operations.list_checkpoints(kube, namespace)
+    rows = [operations.checkpoint_row(o) for o in items]
+    columns = [Column("NAMESPACE", "namespace"), *CHECKPOINT_COLUMNS] if all_namespaces \
+        else CHECKPOINT_COLUMNS
+    if rows or settings.structured:
+        listing = {"apiVersion": GROUP_VERSION, "kind": f"{CHECKPOINT_RESOURCE.kind}List",
+                   "metadata": {}, "items": items}
+        emit(settings, listing,
+             lambda: render_table(rows, columns, wide=settings.output == "wide"))
+    else:
+        where = "any namespace" if all_namespaces else f"namespace {namespace}"
+        stderr_line(f"No checkpoints found in {where}.")
 
 
 @checkpoints_command("inspect")
 @click.argument("checkpoint")
 @click.pass_obj
 def checkpoints_inspect(settings: Settings, checkpoint: str) -> None:
-    """Everything the node knows about CHECKPOINT (ID or unique prefix)."""
+    """The Checkpoint object CHECKPOINT (a name, or a checkpoint ID), YAML by default."""
     kube = connect(settings)
-    entry = operations.inspect_checkpoint(kube, checkpoint)
-    emit(settings, document("Checkpoint", **entry), lambda: to_yaml(entry).rstrip("\n"))
+    obj = operations.find_checkpoint(kube, kube.namespace, _id_or_name(checkpoint))
+    emit(settings, obj, lambda: to_yaml(obj).rstrip("\n"))
+
+
+def _id_or_name(text: str) -> str:
+    return text.lower() if _looks_like_id(text) else text
 
 
 @checkpoints_command("rm")
 @click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="Wait until the helpers have deleted the data and the objects are gone.")
+@click.option("--timeout", default="2m", show_default=True, metavar="DURATION",
+              help="How long --wait waits.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
 @click.pass_obj
-def checkpoints_rm(settings: Settings, checkpoints: Sequence[str]) -> None:
-    """Delete CHECKPOINT(s) from the node that stores them."""
+def checkpoints_rm(settings: Settings, checkpoints: Sequence[str], wait: bool, timeout: str,
+                   dry_run: bool) -> None:
+    """Delete Checkpoint objects (names or checkpoint IDs): the helper of each one's node
+    deletes its data on the node and in the registry, then the object goes."""
+    limit = duration_timeout(timeout, "--timeout")
     kube = connect(settings)
-    deleted = [operations.delete_checkpoint(kube, wanted) for wanted in checkpoints]
-    emit(settings, document("CheckpointDeletion", items=deleted),
-         lambda: "\n".join(f'checkpoint "{d["id"]}" deleted'
-                           + (" (and its registry image)" if d.get("removed_remote") else "")
-                           for d in deleted))
+    with progress(settings, "deleting") as spinner:
+        rows = operations.delete_checkpoints(kube, kube.namespace,
+                                             [_id_or_name(c) for c in checkpoints], wait=wait,
+                                             timeout=limit, dry_run=dry_run,
+                                             progress=spinner.update)
+
+    def line(row: dict[str, Any]) -> str:
+        what = f'checkpoint "{row["name"]}"' + (f" ({row['checkpoint_id']})"
+                                               if row["checkpoint_id"] else "")
+        if dry_run:
+            return f"{what} deleted (dry run)"
+        if row["deleted"]:
+            return f"{what} deleted"
+        return (f"{what} marked for deletion (the helper on node {row['node'] or '?'} deletes "
+                "its data, then the object goes)")
+    emit(settings, document("CheckpointDeletion", dry_run=dry_run, items=rows),
+         lambda: "\n".join(line(r) for r in rows))
 
 
 @checkpoints_command("prune")
 @click.option("--keep", type=click.IntRange(0), metavar="N",
-              help="Keep the newest N per container (default: each helper's configured limit).")
+              help="Keep the newest N checkpoints of each container.")
 @click.option("--max-bytes", type=click.IntRange(0), metavar="BYTES",
-              help="Keep each node's checkpoints within BYTES, oldest go first.")
+              help="Keep each container's checkpoints within BYTES, the oldest go first.")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
 @click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
 @click.pass_obj
 def checkpoints_prune(settings: Settings, keep: int | None, max_bytes: int | None,
-                      dry_run: bool) -> None:
-    """Apply the retention policy now: oldest checkpoints first, local files and registry
-    images."""
+                      all_namespaces: bool, dry_run: bool) -> None:
+    """Delete the oldest Succeeded Checkpoint objects of each container (namespace, pod,
+    container) beyond --keep and --max-bytes; their helpers delete the data."""
     kube = connect(settings)
-    with progress(settings, "pruning"):
-        rows, errors = operations.prune_checkpoints(kube, keep=keep, max_bytes=max_bytes,
-                                                    dry_run=dry_run)
-    emit(settings, document("CheckpointPrune", items=rows, dry_run=dry_run), lambda: "\n".join(
-        f'checkpoint "{r["id"]}" ({r.get("pod")}/{r.get("container")}, node {r["node"]}) '
+    with progress(settings, "pruning") as spinner:
+        rows = operations.prune_checkpoints(kube, None if all_namespaces else kube.namespace,
+                                            keep=keep, max_bytes=max_bytes, dry_run=dry_run,
+                                            progress=spinner.update)
+    emit(settings, document("CheckpointPrune", dry_run=dry_run, items=rows), lambda: "\n".join(
+        f'checkpoint "{r["name"]}" ({r["checkpoint_id"]}, {r["pod"]}/{r["container"]}, '
+        f'{human_size(r.get("size_bytes"))}) '
         + ("would be deleted" if dry_run else "deleted") for r in rows) or "nothing to prune")
-    raise_partial(errors)
 
 
 # -- version ----------------------------------------------------------------------------------
-@command("version", short_help="Versions of the plugin and of each node's helper, runc, CRIU.")
+@command("version", short_help="Versions of the plugin and of each node's helper.")
 @click.option("--client", is_flag=True, help="Only the plugin (no cluster access).")
 @click.pass_obj
 def version_command(settings: Settings, client: bool) -> None:
-    """The plugin's version and, per node, the helper's, runc's and CRIU's."""
+    """The plugin's version and, per node, the image its helper pod runs."""
     client_info = {"version": __version__, "python": platform.python_version()}
     client_line = f"Client Version: kubectl-cedana {__version__}"
     if client:
@@ -560,24 +646,25 @@ def version_command(settings: Settings, client: bool) -> None:
         return
     kube = connect(settings)
     try:
-        rows, errors = operations.helper_versions(kube)
-    except HelperNotInstalled:
+        rows = operations.helper_versions(kube)
+    except CedanaError:
         emit(settings, document("Version", client=client_info, nodes=[]), lambda: client_line)
         raise
-    columns = [Column("NODE", "node"), Column("HELPER", "helper"), Column("RUNC", "runc"),
-               Column("CRIU", "criu"), Column("POD", "pod", wide=True)]
+    columns = [Column("NODE", "node"), Column("HELPER", "helper"),
+               Column("READY", lambda r: "yes" if r["ready"] else "no"),
+               Column("IMAGE", "image", wide=True), Column("POD", "pod", wide=True)]
     emit(settings, document("Version", client=client_info, nodes=rows),
          lambda: client_line + "\n" + render_table(rows, columns,
                                                    wide=settings.output == "wide").rstrip("\n"))
-    raise_partial(errors)
 
 
 # -- doctor -----------------------------------------------------------------------------------
-@command("doctor", short_help="Check helpers, CRIU and your permissions.")
+@command("doctor", short_help="Check the API, the helpers and your permissions.")
 @click.pass_obj
 def doctor_command(settings: Settings) -> None:
-    """Check that every node has a ready helper with CRIU, and that your kubeconfig user has
-    the permissions the commands need (by SelfSubjectAccessReview)."""
+    """Check that the cedana.io API is installed (CRDs established, admission policy and
+    binding), the helper runs on every node, and your kubeconfig user has the permissions
+    the commands need (by SelfSubjectAccessReview), each with the fix."""
     from kubectl_cedana.doctor import FAIL, run_doctor
 
     kube = connect(settings)
@@ -596,13 +683,14 @@ def doctor_command(settings: Settings) -> None:
 def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
     lines = []
     for result in results:
-        notes = [n for n in (dry_run, result.get("note")) if n]
+        notes = [n for n in (dry_run if result["action"] != "kept" else "", result.get("note"))
+                 if n]
         lines.append(f"{result['object']} {result['action']}"
                      + (f" ({'; '.join(notes)})" if notes else ""))
     return "\n".join(lines)
 
 
-@command("install", short_help="Install the node helper DaemonSet (deploy/base).")
+@command("install", short_help="Install the cedana.io API and the node helper (deploy/base).")
 @click.option("--runtime", type=click.Choice(["containerd", "k3s", "crio"]),
               default="containerd", show_default=True,
               help="The nodes' container runtime: the helper's runc root and host paths come "
@@ -616,7 +704,7 @@ def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until the helper is ready on every node.")
 @click.option("--timeout", default="5m", show_default=True, metavar="DURATION",
-              help="How long to wait for readiness.")
+              help="How long to wait for the CRDs and for readiness.")
 @click.option("--checkpoint-repository", metavar="REGISTRY/REPO",
               help="Registry repository for remote checkpoints (needed by migrate --to-node); "
                    "the helpers push with their node's credentials.")
@@ -632,8 +720,9 @@ def install_command(settings: Settings, runtime: str, image: str | None, dry_run
                     wait: bool, timeout: str, checkpoint_repository: str | None,
                     compression: str | None, max_checkpoints_per_container: int | None,
                     max_total_bytes: int | None) -> None:
-    """Create or update the helper's Namespace, ServiceAccount, RBAC and DaemonSet, the
-    same objects `kubectl apply -k deploy/` creates, then wait until it is ready."""
+    """Create or update the cedana.io CRDs (first, and wait until they are established),
+    the helper's Namespace, ServiceAccount, RBAC, the admission policy and the DaemonSet:
+    the objects `kubectl apply -k deploy/` creates. Then wait until the helper is ready."""
     from kubectl_cedana import install
 
     limit = duration_timeout(timeout, "--timeout")
@@ -666,6 +755,7 @@ def install_command(settings: Settings, runtime: str, image: str | None, dry_run
                 ready = install.wait_daemonset_ready(kube, meta["namespace"], meta["name"],
                                                      limit, spinner.update)
     used_image = image or install.default_image(objects)
+
     def text() -> str:
         lines = _object_lines(results, "server dry run" if dry_run == "server" else "")
         if ready is not None:
@@ -676,93 +766,37 @@ def install_command(settings: Settings, runtime: str, image: str | None, dry_run
                             objects=results, ready=ready), text)
 
 
-@command("uninstall", short_help="Remove everything `install` created.")
+@command("uninstall", short_help="Remove the helper (--purge: the API and its objects too).")
+@click.option("--purge", is_flag=True,
+              help="Also delete every Checkpoint, Restore and Migration (the helpers delete "
+                   "the checkpoints' data first), then the CRDs and the admission policy.")
 @click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until the objects and helper pods are gone.")
 @click.option("--timeout", default="5m", show_default=True, metavar="DURATION")
 @click.pass_obj
-def uninstall_command(settings: Settings, dry_run: bool, wait: bool, timeout: str) -> None:
-    """Delete every object labelled app.kubernetes.io/part-of=kubectl-cedana and wait until
-    it is gone. Checkpoints stay on the nodes' disks (/var/lib/cedana/checkpoints)."""
+def uninstall_command(settings: Settings, purge: bool, dry_run: bool, wait: bool,
+                      timeout: str) -> None:
+    """Delete the objects labelled app.kubernetes.io/part-of=kubectl-cedana and wait until
+    they are gone.
+
+    Without --purge the cedana.io API stays: the CRDs with every Checkpoint, Restore and
+    Migration, the admission policy and the users' ClusterRoles. A Checkpoint's data (on its
+    node, in the registry) can only be deleted by the helper of its node, so delete
+    checkpoints before the helpers go, or reinstall later and delete them then. --purge
+    deletes every cedana.io object first and waits for the helpers to clear their
+    finalizers (--timeout), then everything else, the CRDs last.
+    """
     from kubectl_cedana import install
 
     limit = duration_timeout(timeout, "--timeout")
     kube = connect(settings)
     with progress(settings, "uninstalling") as spinner:
         results = install.uninstall(kube, dry_run=dry_run, wait=wait, timeout=limit,
-                                    progress=spinner.update)
-    emit(settings, document("Uninstall", dry_run=dry_run, objects=results),
+                                    purge=purge, progress=spinner.update)
+    emit(settings, document("Uninstall", dry_run=dry_run, purge=purge, objects=results),
          lambda: _object_lines(results, "dry run" if dry_run else "") if results else
          f"nothing to uninstall (no objects labelled {install.PART_OF_SELECTOR})")
-
-
-# -- rootfs -----------------------------------------------------------------------------------
-@main.group("rootfs", context_settings=CONTEXT_SETTINGS,
-            short_help="Commit a container's changed files to an image, or apply one.")
-def rootfs_group() -> None:
-    """A container's changed files as an image layer in a registry.
-
-    \b
-    rootfs checkpoint: the container's image plus one layer holding what it created, changed
-                       and deleted, pushed with the node's own registry credentials.
-    rootfs restore:    the layers an image adds over a pod's image, applied onto its
-                       (sleeping) container's files, deletions included.
-    """
-
-
-global_options(rootfs_group)
-
-
-rootfs_command = subcommands_of(rootfs_group)
-
-
-@rootfs_command("checkpoint", short_help="Push a container's image plus its changed files.")
-@click.argument("pod")
-@click.option("-c", "--container", metavar="NAME", help="The container (if several).")
-@click.option("--image", required=True, metavar="REF",
-              help="Where to push, e.g. registry.example.com/team/app:snap1.")
-@click.pass_obj
-def rootfs_checkpoint(settings: Settings, pod: str, container: str | None, image: str) -> None:
-    """Commit POD's container's changed files as one layer on its image and push it as REF.
-
-    The container is frozen while its files are read and keeps running. The node's helper
-    pushes with the node's registry credentials (docker config, containerd's registry
-    configuration). Prints the pushed reference with its digest.
-
-    \b
-    Examples:
-      kubectl cedana rootfs checkpoint web --image registry.example.com/web:snap1
-      kubectl run web2 --image registry.example.com/web:snap1
-    """
-    kube = connect(settings)
-    with progress(settings, f"committing {pod}"):
-        result = operations.rootfs_checkpoint(kube, kube.namespace, pod, container, image)
-    emit(settings, document("RootfsCheckpoint", **result), lambda: str(result["pushed"]))
-
-
-@rootfs_command("restore", short_help="Apply an image's added layers onto a pod's files.")
-@click.option("--into", "into", required=True, metavar="POD",
-              help="The pod whose container receives the files (usually a sleeping one).")
-@click.option("-c", "--container", metavar="NAME", help="The container of POD (if several).")
-@click.option("--image", required=True, metavar="REF",
-              help="An image made by `rootfs checkpoint` from the same base image.")
-@click.pass_obj
-def rootfs_restore(settings: Settings, into: str, container: str | None, image: str) -> None:
-    """Apply the layers REF adds over POD's own image onto POD's container files.
-
-    \b
-    Example:
-      kubectl cedana rootfs restore --into sleeper --image registry.example.com/web:snap1
-    """
-    kube = connect(settings)
-    with progress(settings, f"applying {image} to {into}"):
-        result = operations.rootfs_restore(kube, kube.namespace, into, container, image)
-    target = result["target"]
-    emit(settings, document("RootfsRestore", **result), lambda: (
-        f"applied {len(result['applied_layers'])} layer(s) of {result['image']} to pod "
-        f"{target['namespace']}/{target['pod']} (container {target['container']}): "
-        f"{result['entries']} entries written, {len(result['deleted'])} deleted"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""What the plugin and the node helper agree on: where the helper is, its routes, the caller
-proof headers, the error codes and their HTTP statuses, the compression names, and the pod
-annotation and label keys both write.
+"""What the plugin and the node helper agree on: the cedana.io resources (group, version,
+kinds, plurals, phases, and the labels, annotations and finalizer on them), where the helper
+is, its REST routes and caller proof headers, the error codes and their HTTP statuses, the
+compression names, and the pod annotation and label keys both write.
 
 Both programs import this one module (the helper through `kubectl_cedana.contract`, which pulls
 nothing of the plugin but this file and version.py). Standard library only, and Python 3.9
@@ -8,6 +9,7 @@ syntax: it runs in the plugin's zipapp on the oldest Python the plugin supports.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
 from urllib.parse import quote
 
 # -- where the helper runs ---------------------------------------------------------------------
@@ -148,23 +150,74 @@ DEFAULT_COMPRESSION = "zstd"
 # -- what the plugin and the helper write on pods ------------------------------------------------
 ANNOTATION_PREFIX = "cedana.io/"
 CHECKPOINT_ID_KEY = ANNOTATION_PREFIX + "checkpoint-id"  # label and annotation
-SOURCE_POD_KEY = ANNOTATION_PREFIX + "source-pod"  # label (plugin) and annotation
+SOURCE_POD_KEY = ANNOTATION_PREFIX + "source-pod"  # label and annotation
 SOURCE_CONTAINER_KEY = ANNOTATION_PREFIX + "source-container"
 SOURCE_NODE_KEY = ANNOTATION_PREFIX + "source-node"
-RESTORE_SESSION_KEY = ANNOTATION_PREFIX + "restore-session"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kubectl-cedana"}
 
-# -- the Kubernetes-native API: cedana.io objects the helpers reconcile (deploy/base/crds.yaml) --
-GROUP = "cedana.io"
-GROUP_VERSION = "v1alpha1"
-CHECKPOINT_OBJECTS, RESTORE_OBJECTS, MIGRATION_OBJECTS = "checkpoints", "restores", "migrations"
-#: which node's helper acts on an object (set by its creator; the helpers claim unlabelled ones)
+
+# -- the Kubernetes-native API: Checkpoint, Restore, Migration (deploy/base/crds.yaml) ----------
+API_GROUP = "cedana.io"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = API_GROUP + "/" + API_VERSION
+
+
+class Resource(NamedTuple):
+    """One kind of cedana.io object, as its CustomResourceDefinition names it."""
+
+    kind: str
+    plural: str
+    singular: str
+
+    @property
+    def qualified(self) -> str:
+        """`checkpoints.cedana.io`: the CRD's name, and what RBAC and kubectl call it."""
+        return self.plural + "." + API_GROUP
+
+
+CHECKPOINT_RESOURCE = Resource("Checkpoint", "checkpoints", "checkpoint")
+RESTORE_RESOURCE = Resource("Restore", "restores", "restore")
+MIGRATION_RESOURCE = Resource("Migration", "migrations", "migration")
+RESOURCES = (CHECKPOINT_RESOURCE, RESTORE_RESOURCE, MIGRATION_RESOURCE)
+
+
+class Phase:
+    """status.phase of every cedana.io object: Pending until a node helper takes it."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+PHASES = (Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED)
+FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+#: label: the node whose helper must act (an optimization the plugin sets; helpers select on
+#: it but never trust it: an object without it is claimed by the helper of the right node)
 NODE_LABEL = ANNOTATION_PREFIX + "node"
-#: the creating user; admission checks it equals the requesting user (deploy/base/admission.yaml)
-REQUESTED_BY_KEY = ANNOTATION_PREFIX + "requested-by"
-#: on a Checkpoint: its data (node, registry) is removed before the object goes
-CHECKPOINT_FINALIZER = ANNOTATION_PREFIX + "checkpoint-data"
-#: on a Restore a Migration made: the Migration it belongs to
-MIGRATION_KEY = ANNOTATION_PREFIX + "migration"
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
-FINAL_PHASES = (SUCCEEDED, FAILED)
+#: annotation: the creating user's name; admission refuses any other value (admission.yaml)
+REQUESTED_BY_ANNOTATION = ANNOTATION_PREFIX + "requested-by"
+#: label the helper sets on a Checkpoint that succeeded (the same key as on restored pods)
+CHECKPOINT_ID_LABEL = CHECKPOINT_ID_KEY
+#: finalizer the helper puts on a Checkpoint: deleting it deletes the checkpoint's data on the
+#: node and in the registry, then the helper removes the finalizer
+CHECKPOINT_DATA_FINALIZER = ANNOTATION_PREFIX + "checkpoint-data"
+#: the helpers' user name, which admission lets through (it creates a Migration's Restore)
+HELPER_USER = "system:serviceaccount:" + HELPER_NAMESPACE + ":" + HELPER_NAME
+#: the checkpoint id's form (the CRD's pattern for Restore.spec.checkpointID)
+CHECKPOINT_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def is_checkpoint_id(text: str) -> bool:
+    """Whether `text` is a checkpoint id (a UUID) rather than a Checkpoint object's name."""
+    import re  # here: `kubectl cedana --help` compiles nothing
+
+    return re.fullmatch(CHECKPOINT_ID_PATTERN.strip("^$"), text) is not None
+
+#: annotation on a Restore a Migration made: the Migration it belongs to
+MIGRATION_ANNOTATION = ANNOTATION_PREFIX + "migration"
+#: annotation on a pod a helper made for a Restore or a Migration: that object's uid (a pod
+#: of that name made by anyone else is never touched)
+MADE_FOR_ANNOTATION = ANNOTATION_PREFIX + "made-for"
+

@@ -1,21 +1,33 @@
-"""`kubectl cedana doctor`: is everything in place for checkpoint and restore to work?"""
+"""`kubectl cedana doctor`: is everything in place for checkpoint, restore and migrate?
+
+Each check is a row: what, where, ok|warn|fail, and the detail with the fix. What a user may
+not read (the CRDs, the admission policy, the DaemonSet are cluster-level objects most users
+cannot see) is a warning saying so, never a failure: the checks of the user's own rights are
+the ones that decide whether their commands can work.
+"""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from kubectl_cedana.contract import HELPER_NAME, HELPER_NAMESPACE
-from kubectl_cedana.errors import ApiNotFound, CedanaError, PermissionDenied
-from kubectl_cedana.helper import (
-    HelperClient,
-    HelperPod,
-    gather,
-    list_helper_pods,
+from kubectl_cedana.contract import (
+    API_GROUP,
+    GROUP_VERSION,
+    HELPER_NAME,
+    HELPER_NAMESPACE,
+    HELPER_SELECTOR,
+    RESOURCES,
 )
-from kubectl_cedana.install import daemonset_progress
+from kubectl_cedana.errors import ApiNotFound, CedanaError, PermissionDenied
+from kubectl_cedana.install import crd_established, daemonset_progress
 from kubectl_cedana.kube import KubeClient
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+INSTALL_FIX = "run `kubectl cedana install` (cluster admin)"
+#: ValidatingAdmissionPolicy is GA (admissionregistration.k8s.io/v1) from this version on
+MIN_KUBERNETES = (1, 30)
+POLICY = "cedana.io"  # the ValidatingAdmissionPolicy and its binding (admission.yaml)
 
 
 @dataclass(frozen=True)
@@ -25,38 +37,47 @@ class Need:
     verb: str
     resource: str
     namespace: str
-    subresource: str = ""
+    group: str = ""
     why: str = ""
     required: bool = True
 
     def words(self) -> str:
-        what = self.resource + (f"/{self.subresource}" if self.subresource else "")
-        where = f" in namespace {self.namespace}" if self.namespace else \
-            " (cluster)" if self.resource == "nodes" else " (all namespaces)"
+        what = self.resource + (f".{self.group}" if self.group else "")
+        where = f" in namespace {self.namespace}" if self.namespace else " (all namespaces)"
         return f"{self.verb} {what}{where}"
 
 
 def user_needs(namespace: str) -> list[Need]:
-    """What `checkpoint`, `restore` and `migrate` do with the user's credentials."""
-    return [
-        Need("get", "pods", namespace, why="resolve pods and containers"),
-        Need("create", "pods", namespace, why="create placeholder pods (restore --new-pod, "
-                                              "migrate)"),
-        Need("delete", "pods", namespace, why="remove placeholders on failure, "
-                                              "migrate --delete-source"),
-        Need("patch", "pods", namespace, why="migrate: record the checkpoint on the new pod",
-             required=False),
-        Need("list", "pods", HELPER_NAMESPACE, why="find the helper pod of a node"),
-        Need("get", "pods", HELPER_NAMESPACE, "proxy", why="list, version, checkpoints"),
-        Need("create", "pods", HELPER_NAMESPACE, "proxy", why="checkpoint, restore"),
-        Need("delete", "pods", HELPER_NAMESPACE, "proxy", why="checkpoints rm"),
+    """What `checkpoint`, `restore`, `migrate` and `checkpoints` do with the user's
+    credentials (the ClusterRoles of deploy/base/rbac.yaml grant all of it)."""
+    needs = [Need("get", "pods", namespace, why="resolve the pod, its container and node")]
+    for resource in RESOURCES:
+        needs.append(Need("create", resource.plural, namespace, API_GROUP,
+                          why=f"{resource.singular} (the command creates one)"))
+        needs.append(Need("watch", resource.plural, namespace, API_GROUP,
+                          why="follow its progress"))
+    needs += [
+        Need("list", "checkpoints", namespace, API_GROUP, why="checkpoints ls, prune"),
+        Need("delete", "checkpoints", namespace, API_GROUP, why="checkpoints rm, prune"),
+        Need("create", "pods", namespace, why="restore --new-pod and migrate make a pod "
+                                              "(admission checks it is yours to make)"),
+        Need("delete", "pods", namespace, why="migrate --delete-source", required=False),
         Need("list", "pods", "", why="list -A", required=False),
-        Need("list", "nodes", "", why="doctor: every node has a helper", required=False),
     ]
+    return needs
 
 
 def check(name: str, scope: str, result: str, detail: str) -> dict[str, str]:
     return {"check": name, "scope": scope, "result": result, "detail": detail}
+
+
+def _version_tuple(info: dict[str, Any]) -> tuple[int, int] | None:
+    major = re.match(r"\d+", str(info.get("major") or ""))
+    minor = re.match(r"\d+", str(info.get("minor") or ""))
+    if not (major and minor):
+        found = re.match(r"v?(\d+)\.(\d+)", str(info.get("gitVersion") or ""))
+        return (int(found.group(1)), int(found.group(2))) if found else None
+    return int(major.group(0)), int(minor.group(0))
 
 
 def _check_api(kube: KubeClient) -> dict[str, str]:
@@ -64,22 +85,74 @@ def _check_api(kube: KubeClient) -> dict[str, str]:
         version = kube.server_version()
     except CedanaError as exc:
         return check("api-server", kube.host, FAIL, exc.one_line())
-    return check("api-server", kube.host, OK, f"Kubernetes {version.get('gitVersion', '?')}")
+    shown = f"Kubernetes {version.get('gitVersion', '?')}"
+    found = _version_tuple(version)
+    if found is not None and found < MIN_KUBERNETES:
+        return check("api-server", kube.host, FAIL,
+                     f"{shown}: needs {MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]} or newer "
+                     "(ValidatingAdmissionPolicy v1)")
+    return check("api-server", kube.host, OK, shown)
 
 
-def _check_rbac(kube: KubeClient, namespace: str) -> list[dict[str, str]]:
+def _served(kube: KubeClient) -> set[str]:
+    """The cedana.io resources the API server serves (discovery, readable by everyone)."""
+    try:
+        listing = kube.request("GET", f"/apis/{GROUP_VERSION}") or {}
+    except ApiNotFound:
+        return set()
+    return {str(r.get("name")) for r in listing.get("resources") or []}
+
+
+def _check_crds(kube: KubeClient) -> list[dict[str, str]]:
     rows = []
-    for need in user_needs(namespace):
+    served: set[str] | None = None
+    for resource in RESOURCES:
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{resource.qualified}"
+        scope = f"crd/{resource.qualified}"
         try:
-            allowed, _reason = kube.access_review(need.verb, need.resource,
-                                                  namespace=need.namespace,
-                                                  subresource=need.subresource)
-        except CedanaError as exc:
-            rows.append(check("rbac", need.words(), WARN, f"cannot ask: {exc.one_line()}"))
+            done, why = crd_established(dict(kube.request("GET", path)))
+        except ApiNotFound:
+            rows.append(check("crd", scope, FAIL, f"not installed: {INSTALL_FIX}"))
             continue
-        result = OK if allowed else (FAIL if need.required else WARN)
-        rows.append(check("rbac", need.words(), result,
-                          f"{'allowed' if allowed else 'denied'}: {need.why}"))
+        except PermissionDenied:  # most users may not read CRDs: ask discovery instead
+            served = _served(kube) if served is None else served
+            rows.append(check("crd", scope, OK if resource.plural in served else FAIL,
+                              "served (established)" if resource.plural in served else
+                              f"not served by the API server: {INSTALL_FIX}"))
+            continue
+        except CedanaError as exc:
+            rows.append(check("crd", scope, FAIL, exc.one_line()))
+            continue
+        rows.append(check("crd", scope, OK if done else FAIL,
+                          "established" if done else f"{why}: see kubectl describe crd "
+                                                     f"{resource.qualified}"))
+    return rows
+
+
+def _check_admission(kube: KubeClient) -> list[dict[str, str]]:
+    rows = []
+    base = "/apis/admissionregistration.k8s.io/v1"
+    for plural, singular, kind in (
+            ("validatingadmissionpolicies", "validatingadmissionpolicy", "policy"),
+            ("validatingadmissionpolicybindings", "validatingadmissionpolicybinding",
+             "binding")):
+        scope = f"{singular}/{POLICY}"
+        try:
+            kube.request("GET", f"{base}/{plural}/{POLICY}")
+        except ApiNotFound:
+            rows.append(check("admission", scope, FAIL,
+                              f"no admission {kind}: cedana.io/requested-by and "
+                              f"cross-namespace restores go unchecked; {INSTALL_FIX}"))
+            continue
+        except PermissionDenied:
+            rows.append(check("admission", scope, WARN,
+                              "you may not read admission policies: ask an administrator "
+                              "to run `kubectl cedana doctor`"))
+            continue
+        except CedanaError as exc:
+            rows.append(check("admission", scope, FAIL, exc.one_line()))
+            continue
+        rows.append(check("admission", scope, OK, "present"))
     return rows
 
 
@@ -89,79 +162,94 @@ def _check_daemonset(kube: KubeClient) -> dict[str, str]:
     try:
         daemonset = kube.request("GET", path)
     except ApiNotFound:
-        return check("daemonset", scope, FAIL, "not installed: run `kubectl cedana install`")
+        return check("daemonset", scope, FAIL, f"not installed: {INSTALL_FIX}")
+    except PermissionDenied:
+        return check("daemonset", scope, WARN, "you may not read it: ask an administrator "
+                                               "to run `kubectl cedana doctor`")
     except CedanaError as exc:
         return check("daemonset", scope, FAIL, exc.one_line())
     done, ready, desired = daemonset_progress(daemonset)
     image = daemonset["spec"]["template"]["spec"]["containers"][0].get("image", "")
-    return check("daemonset", scope, OK if done else FAIL,
-                 f"{ready}/{desired} ready, image {image}")
+    detail = f"ready on {ready}/{desired} nodes, image {image}"
+    if not done:
+        detail += (f": see kubectl -n {HELPER_NAMESPACE} get pods -l {HELPER_SELECTOR} "
+                   "-o wide")
+    return check("daemonset", scope, OK if done else FAIL, detail)
 
 
-def _node_names(kube: KubeClient, helpers: list[HelperPod]
-                ) -> tuple[list[dict[str, Any]], str | None]:
+def _check_nodes(kube: KubeClient) -> list[dict[str, str]]:
+    """A ready helper pod on every node (warn when the user may not list nodes or pods)."""
     try:
-        return kube.list_nodes(), None
+        helpers = kube.list_pods(HELPER_NAMESPACE, label_selector=HELPER_SELECTOR)
+        nodes = kube.list_nodes()
     except PermissionDenied as exc:
-        nodes = [{"metadata": {"name": n}, "status": {}} for n in sorted({h.node
-                                                                           for h in helpers})]
-        return nodes, exc.one_line()
-
-
-def _check_node(kube: KubeClient, node: dict[str, Any],
-                helpers: list[HelperPod]) -> list[dict[str, str]]:
-    name = node["metadata"]["name"]
-    rows = []
-    runtime = ((node.get("status") or {}).get("nodeInfo") or {}).get(
-        "containerRuntimeVersion", "")
-    if runtime:
-        rows.append(check("runtime", name, OK if runtime.startswith("containerd://") else WARN,
-                          runtime if runtime.startswith("containerd://") else
-                          f"{runtime}: the helper is set up for containerd's runc root"))
-    mine = [h for h in helpers if h.node == name]
-    if not mine:
-        rows.append(check("helper", name, FAIL, "no helper pod on this node"))
-        return rows
-    helper = next((h for h in mine if h.ready), mine[0])
-    if not helper.ready:
-        rows.append(check("helper", name, FAIL, f"pod {helper.name} not ready "
-                                                f"(phase {helper.phase})"))
-        return rows
-    client = HelperClient(kube, helper)
-    try:
-        client.health()
-        version = client.version()
+        return [check("helper", "nodes", WARN, f"cannot check each node: {exc.permission} "
+                                               "is not allowed to you")]
     except CedanaError as exc:
-        rows.append(check("helper", name, FAIL, f"pod {helper.name}: {exc.one_line()}"))
-        return rows
-    rows.append(check("helper", name, OK, f"pod {helper.name}, helper "
-                                          f"{version.get('helper', '?')}, runc "
-                                          f"{version.get('runc', '?')}"))
-    criu = str(version.get("criu") or "")
-    if criu:
-        rows.append(check("criu", name, OK,
-                          f"CRIU {criu} (the helper does not run `criu check` yet)"))
+        return [check("helper", "nodes", WARN, exc.one_line())]
+    rows = []
+    for node in nodes:
+        name = str(node["metadata"]["name"])
+        mine = [p for p in helpers if (p.get("spec") or {}).get("nodeName") == name]
+        ready = [p for p in mine if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                        for c in (p.get("status") or {}).get("conditions")
+                                        or [])]
+        if ready:
+            rows.append(check("helper", name, OK, f"pod {ready[0]['metadata']['name']} ready"))
+        elif mine:
+            pod = mine[0]["metadata"]["name"]
+            rows.append(check("helper", name, FAIL, f"pod {pod} not ready: see kubectl -n "
+                                                    f"{HELPER_NAMESPACE} describe pod {pod}"))
+        else:
+            rows.append(check("helper", name, FAIL,
+                              "no helper pod: objects for this node stay Pending (a taint "
+                              "the DaemonSet does not tolerate?)"))
+        runtime = ((node.get("status") or {}).get("nodeInfo") or {}).get(
+            "containerRuntimeVersion", "")
+        if runtime and not runtime.startswith("containerd://"):
+            rows.append(check("runtime", name, WARN,
+                              f"{runtime}: install with --runtime for it (k3s, crio)"))
+    return rows
+
+
+def _rbac_fix(user: str, namespace: str) -> str:
+    if user.startswith("system:serviceaccount:"):
+        who = "--serviceaccount=" + ":".join(user.split(":")[2:4])
     else:
-        rows.append(check("criu", name, FAIL, "the helper reports no CRIU"))
+        who = f"--user={user or 'YOU'}"
+    return (f"ask for edit in {namespace}, or: kubectl -n {namespace} create rolebinding "
+            f"cedana --clusterrole=cedana-checkpointer {who}")
+
+
+def _check_rbac(kube: KubeClient, namespace: str) -> list[dict[str, str]]:
+    rows = []
+    try:
+        user = kube.user_name()
+    except CedanaError:
+        user = ""
+    fix = _rbac_fix(user, namespace)
+    for need in user_needs(namespace):
+        try:
+            allowed, _reason = kube.access_review(need.verb, need.resource, group=need.group,
+                                                  namespace=need.namespace)
+        except CedanaError as exc:
+            rows.append(check("rbac", need.words(), WARN, f"cannot ask: {exc.one_line()}"))
+            continue
+        result = OK if allowed else (FAIL if need.required else WARN)
+        detail = f"{'allowed' if allowed else 'denied'}: {need.why}"
+        if not allowed:
+            detail += f"; {fix}"
+        rows.append(check("rbac", need.words(), result, detail))
     return rows
 
 
 def run_doctor(kube: KubeClient) -> list[dict[str, str]]:
     rows = [_check_api(kube)]
-    if rows[0]["result"] == FAIL:
-        return rows
-    rows.extend(_check_rbac(kube, kube.namespace))
+    if rows[0]["result"] == FAIL and "needs" not in rows[0]["detail"]:
+        return rows  # unreachable: nothing else can be asked
+    rows += _check_crds(kube)
+    rows += _check_admission(kube)
     rows.append(_check_daemonset(kube))
-    try:
-        helpers = list_helper_pods(kube)
-    except CedanaError as exc:
-        rows.append(check("helper", HELPER_NAMESPACE, FAIL, exc.one_line()))
-        return rows
-    nodes, problem = _node_names(kube, helpers)
-    if problem:
-        rows.append(check("nodes", "cluster", WARN,
-                          f"only nodes with a helper were checked: {problem}"))
-    found, _errors = gather(
-        lambda n: _check_node(kube, n, helpers), nodes,
-        failed=lambda n, error: [check("helper", n["metadata"]["name"], FAIL, error.one_line())])
-    return rows + found
+    rows += _check_nodes(kube)
+    rows += _check_rbac(kube, kube.namespace)
+    return rows

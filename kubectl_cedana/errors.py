@@ -6,7 +6,7 @@ Nothing here imports the Kubernetes client.
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar
+from typing import Any
 
 from kubectl_cedana.contract import Code
 
@@ -93,6 +93,12 @@ class ApiConflict(ApiError):
     exit_code = ExitCode.CONFLICT
 
 
+class ApiInvalid(ApiError):
+    """422: what was asked for does not pass the resource's schema (a bad --name, ...)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class PermissionDenied(ApiError):
     """403 from the API server; `permission` names what the user lacks."""
 
@@ -102,35 +108,43 @@ class PermissionDenied(ApiError):
 
 
 class HelperNotInstalled(NotFoundError):
-    pass
+    """No helper (or no cedana.io API) where one is needed: run `kubectl cedana install`."""
 
 
-class HelperReplyError(HelperFailure):
-    """An error body relayed from the node helper: {"code": ..., "message": ...}."""
+#: how each of the helper's error codes (status.errorCode of a Failed object) maps onto the
+#: plugin's exit statuses; anything else (dump_failed, restore_failed, checkpoint_corrupted,
+#: a code this plugin does not know yet, ...) is REMOTE: the helper or its node failed
+CODE_EXIT: dict[str, ExitCode] = {
+    Code.INVALID_REQUEST: ExitCode.USAGE,
+    Code.PATH_OUTSIDE_CHECKPOINT_DIR: ExitCode.USAGE,
+    Code.CONTAINER_AMBIGUOUS: ExitCode.USAGE,
+    Code.CONTAINER_NOT_FOUND: ExitCode.NOT_FOUND,
+    Code.CHECKPOINT_NOT_FOUND: ExitCode.NOT_FOUND,
+    Code.IMAGE_NOT_FOUND: ExitCode.NOT_FOUND,
+    Code.OPERATION_IN_PROGRESS: ExitCode.CONFLICT,
+    Code.ALREADY_RESTORED: ExitCode.CONFLICT,
+    Code.CONTAINER_NOT_RUNNING: ExitCode.CONFLICT,
+    Code.TARGET_NOT_SLEEPING: ExitCode.CONFLICT,
+    Code.TARGET_INCOMPATIBLE: ExitCode.CONFLICT,
+    Code.CHECKPOINT_EXISTS: ExitCode.CONFLICT,
+    Code.IMAGE_MISMATCH: ExitCode.CONFLICT,
+    Code.FORBIDDEN: ExitCode.ERROR,
+    Code.REGISTRY_NOT_ALLOWED: ExitCode.ERROR,
+}
 
-    # how each documented helper code maps onto the plugin's exit statuses
-    CODE_EXIT: ClassVar[dict[str, ExitCode]] = {
-        Code.INVALID_REQUEST: ExitCode.USAGE,
-        Code.PATH_OUTSIDE_CHECKPOINT_DIR: ExitCode.USAGE,
-        Code.CONTAINER_AMBIGUOUS: ExitCode.USAGE,
-        Code.CONTAINER_NOT_FOUND: ExitCode.NOT_FOUND,
-        Code.CHECKPOINT_NOT_FOUND: ExitCode.NOT_FOUND,
-        Code.OPERATION_IN_PROGRESS: ExitCode.CONFLICT,
-        Code.ALREADY_RESTORED: ExitCode.CONFLICT,
-        Code.CONTAINER_NOT_RUNNING: ExitCode.CONFLICT,
-        Code.TARGET_NOT_SLEEPING: ExitCode.CONFLICT,
-        Code.TARGET_INCOMPATIBLE: ExitCode.CONFLICT,
-        Code.CHECKPOINT_EXISTS: ExitCode.CONFLICT,
-    }  # anything else (dump_failed, restore_failed, checkpoint_corrupted, ...): REMOTE
 
-    def __init__(self, message: str, *, code: str, node: str = "", http_status: int = 0,
+class ResourceFailed(HelperFailure):
+    """A cedana.io object ended in phase Failed: the helper's error code and message, from
+    its status; the exit status follows the code (CODE_EXIT)."""
+
+    def __init__(self, message: str, *, code: str, node: str = "",
                  body: dict[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.code = code
         self.node = node
-        self.http_status = http_status
-        self.body: dict[str, Any] = dict(body or {})
-        self.exit_code = self.CODE_EXIT.get(code, ExitCode.REMOTE)
+        self.body: dict[str, Any] = dict(body or {})  # the object's status, shown by --debug
+        self.exit_code = CODE_EXIT.get(code, ExitCode.REMOTE)
 
     def one_line(self) -> str:
-        return f"{super().one_line()} [{self.code}]"
+        line = super().one_line()
+        return f"{line} [{self.code}]" if self.code else line

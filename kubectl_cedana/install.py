@@ -24,12 +24,22 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from kubectl_cedana.contract import HELPER_NAME, HELPER_NAMESPACE, HELPER_SELECTOR
+from kubectl_cedana.contract import (
+    CHECKPOINT_DATA_FINALIZER,
+    CHECKPOINT_RESOURCE,
+    HELPER_NAME,
+    HELPER_NAMESPACE,
+    HELPER_SELECTOR,
+    MIGRATION_RESOURCE,
+    RESTORE_RESOURCE,
+    Resource,
+)
 from kubectl_cedana.errors import (
     ApiConflict,
     ApiError,
     ApiNotFound,
     CedanaError,
+    HelperNotInstalled,
     OperationTimeout,
     UsageError,
 )
@@ -38,6 +48,7 @@ from kubectl_cedana.kube import KubeClient
 PART_OF_SELECTOR = "app.kubernetes.io/part-of=kubectl-cedana"
 FIELD_MANAGER = "kubectl-cedana"
 POLL_SECONDS = 1.0
+CRD_POLL_SECONDS = 0.2
 ProgressFn = Callable[[str], None]
 
 #: (apiVersion, kind) -> (API prefix, plural, namespaced). Every kind in deploy/base must be
@@ -59,7 +70,19 @@ KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("apps/v1", "DaemonSet"): ("/apis/apps/v1", "daemonsets", True),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"):
         ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"):
+        ("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"):
+        ("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings", False),
 }
+CRD = "CustomResourceDefinition"
+#: what `uninstall` keeps unless --purge: the cedana.io API itself, so the objects stay
+#: readable, deletable and guarded by admission (a kept object holds data on a node, which only
+#: its helper can delete: see uninstall)
+API_KINDS = (CRD, "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+#: the label of the ClusterRoles that give users the cedana.io resources (kept with the API)
+COMPONENT_LABEL = "app.kubernetes.io/component"
+API_COMPONENT = "api"
 _HOPELESS = {"ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff", "CrashLoopBackOff",
              "CreateContainerConfigError"}
 
@@ -257,17 +280,54 @@ def ensure_signing_key(kube: KubeClient, *, server_dry_run: bool = False,
     except ApiConflict:  # made meanwhile by another install: that one is the key
         return {**result, "action": "unchanged", "note": "kept: a signing key is never replaced"}
     return result
+def crd_established(crd: dict[str, Any]) -> tuple[bool, str]:
+    """(Established, why not): the API server serves the CRD's resource once it is."""
+    conditions = {c.get("type"): c for c in (crd.get("status") or {}).get("conditions") or []}
+    names = conditions.get("NamesAccepted") or {}
+    if names.get("status") == "False":
+        raise CedanaError(f"customresourcedefinition {crd['metadata']['name']}: names not "
+                          f"accepted: {names.get('message') or names.get('reason')}")
+    established = conditions.get("Established") or {}
+    return established.get("status") == "True", str(established.get("reason") or
+                                                     "not established yet")
+
+
+def wait_established(kube: KubeClient, crds: list[dict[str, Any]], timeout: float,
+                     progress: ProgressFn) -> None:
+    """Wait until every CRD is Established, so what follows (the admission policy, the
+    helpers' watches) finds its resources served."""
+    deadline = time.monotonic() + timeout
+    for crd in crds:
+        while True:
+            current = dict(kube.request("GET", object_path(crd)))
+            done, why = crd_established(current)
+            if done:
+                break
+            progress(f"waiting for {display_name(crd)} to be established: {why}")
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(f"{display_name(crd)} not established after "
+                                       f"{timeout:.0f}s ({why})",
+                                       hint=f"kubectl get {display_name(crd)} -o yaml")
+            time.sleep(CRD_POLL_SECONDS)
 
 
 def apply_manifests(kube: KubeClient, objects: list[dict[str, Any]], *,
                     server_dry_run: bool = False, timeout: float = 120.0,
                     progress: ProgressFn | None = None) -> list[dict[str, Any]]:
-    """Apply `objects` in order; the signing key Secret is made, if missing, right before the
-    helper DaemonSet that mounts it."""
+    """Apply the objects in order. The CRDs come first (kustomization order); the first
+    object after them waits until they are Established (not in a server dry run, which
+    stores nothing). The signing key Secret is made, if missing, right before the helper
+    DaemonSet that mounts it."""
     progress = progress or (lambda _text: None)
     results: list[dict[str, Any]] = []
     imagined: set[str] = set()  # namespaces a server dry run "created" but did not persist
+    unestablished: list[dict[str, Any]] = []
     for obj in objects:
+        if obj.get("kind") != CRD and unestablished:
+            wait_established(kube, unestablished, timeout, progress)
+            unestablished = []
+        if obj.get("kind") == CRD and not server_dry_run:
+            unestablished.append(obj)
         if obj.get("kind") == "Namespace":
             if not server_dry_run:
                 _wait_namespace_gone(kube, object_path(obj), timeout, progress)
@@ -288,6 +348,8 @@ def apply_manifests(kube: KubeClient, objects: list[dict[str, Any]], *,
         results.append({"kind": obj["kind"], "name": obj["metadata"]["name"],
                         "namespace": obj["metadata"].get("namespace", ""),
                         "object": display_name(obj), "action": action, "note": note})
+    if unestablished:
+        wait_established(kube, unestablished, timeout, progress)
     return results
 
 
@@ -354,21 +416,107 @@ def installed_objects(kube: KubeClient) -> list[dict[str, Any]]:
     return found
 
 
+def is_api_object(obj: dict[str, Any]) -> bool:
+    """Part of the cedana.io API that `uninstall` keeps without --purge."""
+    labels = obj["metadata"].get("labels") or {}
+    return obj.get("kind") in API_KINDS or labels.get(COMPONENT_LABEL) == API_COMPONENT
+
+
 def _deletion_order(obj: dict[str, Any]) -> int:
     order = ["DaemonSet", "Service", "ConfigMap", "Secret", "RoleBinding", "Role",
              "ClusterRoleBinding", "ClusterRole", "ServiceAccount", "Namespace",
-             "CustomResourceDefinition"]
+             "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", CRD]
     kind = str(obj.get("kind"))
     return order.index(kind) if kind in order else 0
 
 
+def cedana_objects(kube: KubeClient) -> list[tuple[Resource, dict[str, Any]]]:
+    """Every Migration, Restore and Checkpoint in the cluster (in that order: a Migration makes
+    a Restore, a Restore reads a Checkpoint); none when the API is not installed."""
+    from kubectl_cedana import resources
+
+    found = []
+    for resource in (MIGRATION_RESOURCE, RESTORE_RESOURCE, CHECKPOINT_RESOURCE):
+        try:
+            found += [(resource, o) for o in resources.list_objects(kube, resource, None)]
+        except HelperNotInstalled:
+            continue
+    return found
+
+
+def _count_objects(objects: list[tuple[Resource, dict[str, Any]]]) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for resource, _obj in objects:
+        counted[resource.qualified] = counted.get(resource.qualified, 0) + 1
+    return counted
+
+
+def purge_objects(kube: KubeClient, objects: list[tuple[Resource, dict[str, Any]]], *,
+                  timeout: float, progress: ProgressFn) -> None:
+    """Delete every cedana.io object while the helpers still run, and wait until they are
+    gone: a Checkpoint goes only once its node's helper has deleted its data and removed
+    the finalizer."""
+    from kubectl_cedana import resources
+
+    for resource, obj in objects:
+        progress(f"deleting {resources.display(resource, obj)}")
+        resources.delete(kube, resource, resources.namespace_of(obj), resources.name_of(obj))
+    deadline = time.monotonic() + timeout
+    while True:
+        left = cedana_objects(kube)
+        if not left:
+            return
+        progress(f"waiting for {len(left)} cedana.io object(s) to go (the helpers delete "
+                 "the checkpoints' data first)")
+        if time.monotonic() >= deadline:
+            held = [o for _r, o in left if (o["metadata"].get("finalizers") or [])]
+            names = ", ".join(f"{r.singular} {resources.namespace_of(o)}/"
+                              f"{resources.name_of(o)}" for r, o in left[:5])
+            raise OperationTimeout(
+                f"{len(left)} cedana.io object(s) still there after {timeout:.0f}s "
+                f"({names}{', ...' if len(left) > 5 else ''}); nothing else was uninstalled",
+                hint=(f"{len(held)} held by finalizer {CHECKPOINT_DATA_FINALIZER}: the helper "
+                      "of their node deletes their data first; is it running? kubectl -n "
+                      f"{HELPER_NAMESPACE} get pods -o wide. To give the data up: kubectl "
+                      "patch checkpoint NAME -n NS --type=merge -p "
+                      "'{\"metadata\":{\"finalizers\":null}}'"))
+        time.sleep(POLL_SECONDS)
+
+
 def uninstall(kube: KubeClient, *, dry_run: bool = False, wait: bool = True,
-              timeout: float = 120.0, progress: ProgressFn | None = None
-              ) -> list[dict[str, Any]]:
+              timeout: float = 120.0, purge: bool = False,
+              progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """Delete what `install` created. Without `purge` the cedana.io API stays (the CRDs, the
+    admission policy and the users' ClusterRoles) and with it every Checkpoint, Restore and
+    Migration: deleting a Checkpoint needs its node's helper to delete its data, and objects
+    left without admission could be made that the helpers would act on once reinstalled.
+    With `purge` every such object is deleted first (waiting for the helpers), then all."""
     progress = progress or (lambda _text: None)
     objects = sorted(installed_objects(kube), key=_deletion_order)
+    kept = [] if purge else [o for o in objects if is_api_object(o)]
+    doomed = [o for o in objects if not any(o is k for k in kept)]
+    cedana = cedana_objects(kube) if objects else []
     results = []
-    for obj in objects:
+    if purge and cedana:
+        from kubectl_cedana import resources
+
+        for resource, obj in cedana:
+            meta = obj["metadata"]
+            results.append({"kind": resource.kind, "name": meta["name"],
+                            "namespace": meta.get("namespace", ""),
+                            "object": resources.display(resource, obj), "action": "deleted",
+                            "note": ""})
+        if not dry_run:
+            purge_objects(kube, cedana, timeout=timeout, progress=progress)
+    counts = _count_objects(cedana)
+    for obj in kept:
+        meta = obj["metadata"]
+        held = counts.get(meta["name"], 0) if obj["kind"] == CRD else 0
+        results.append({"kind": obj["kind"], "name": meta["name"],
+                        "namespace": meta.get("namespace", ""), "object": display_name(obj),
+                        "action": "kept",
+                        "note": f"{held} object(s); --purge deletes them" if held else ""})
+    for obj in doomed:
         meta = obj["metadata"]
         entry = {"kind": obj["kind"], "name": meta["name"],
                  "namespace": meta.get("namespace", ""), "object": display_name(obj),
@@ -382,8 +530,8 @@ def uninstall(kube: KubeClient, *, dry_run: bool = False, wait: bool = True,
             except ApiNotFound:
                 pass
         results.append(entry)
-    if wait and not dry_run and objects:
-        _wait_gone(kube, objects, timeout, progress)
+    if wait and not dry_run and doomed:
+        _wait_gone(kube, doomed, timeout, progress)
     return results
 
 
@@ -405,4 +553,4 @@ def _wait_gone(kube: KubeClient, objects: list[dict[str, Any]], timeout: float,
 
 __all__ = ["DEFAULT_RUNTIME", "HELPER_NAMESPACE", "RUNTIMES", "SIGNING_SECRET", "apply_manifests",
            "default_image", "ensure_signing_key", "load_manifests", "render_manifests",
-           "uninstall", "wait_daemonset_ready"]
+           "uninstall", "wait_daemonset_ready", "wait_established"]

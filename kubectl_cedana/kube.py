@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 from urllib.parse import quote, urlencode
@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 from kubectl_cedana.errors import (
     ApiConflict,
     ApiError,
+    ApiInvalid,
     ApiNotFound,
     CedanaError,
     ConfigError,
@@ -34,10 +35,15 @@ Timeout = Union[float, tuple[float, float]]
 
 #: connect / read limits when the user gave no --request-timeout
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
+#: a watch's read limit is its timeoutSeconds plus this (the server closes it first)
+WATCH_SLACK_S = 15.0
+WATCH_CHUNK = 16 * 1024
 IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
+SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 _CLUSTER_SCOPED = {"nodes", "namespaces", "clusterroles", "clusterrolebindings",
-                   "persistentvolumes", "storageclasses", "customresourcedefinitions"}
+                   "persistentvolumes", "storageclasses", "customresourcedefinitions",
+                   "validatingadmissionpolicies", "validatingadmissionpolicybindings"}
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete",
           "HEAD": "get", "OPTIONS": "get"}
 
@@ -123,6 +129,9 @@ def api_error(method: str, path: str, response: HttpResponse) -> ApiError:
         # NamespaceLifecycle admission answers 403 too, but no permission is missing
         return ApiConflict(message, hint="wait until the namespace is gone, then retry",
                            **common)
+    if response.status == 403 and "ValidatingAdmissionPolicy" in message:
+        # admitted by RBAC, refused by the admission policy (admission.yaml): its own words
+        return PermissionDenied(f"refused by admission: {message}", permission="", **common)
     if response.status == 403:
         permission = required_permission(method, path)
         return PermissionDenied(
@@ -135,6 +144,8 @@ def api_error(method: str, path: str, response: HttpResponse) -> ApiError:
         return ApiNotFound(message, **common)
     if response.status == 409:
         return ApiConflict(message, **common)
+    if response.status == 422:  # the schema's field errors, as the API server words them
+        return ApiInvalid(f"invalid: {message}", **common)
     return ApiError(f"API server: {message} (HTTP {response.status}"
                     f"{', ' + reason if reason else ''})", **common)
 
@@ -159,6 +170,7 @@ class KubeClient:
 
         self._pool = rest.RESTClientObject(self._configuration).pool_manager
         self.host = str(self._configuration.host).rstrip("/")
+        self._user_name: str | None = None
 
     # -- configuration --------------------------------------------------------------------
     @staticmethod
@@ -275,6 +287,53 @@ class KubeClient:
             return ConfigError(f"TLS error talking to {self.host}: {reason}")
         return CedanaError(f"{method} {url} failed: {reason}")
 
+    def watch(self, path: str, *, query: Mapping[str, Any] | None = None,
+              seconds: int = 60) -> Iterator[dict[str, Any]]:
+        """The events of one watch of the collection at `path` ({"type", "object"} each, as
+        the API server streams them), for at most `seconds` (the server's timeoutSeconds):
+        the iteration ends when the server closes the watch. A refused watch raises the
+        typed error of its Status; a broken connection, a CedanaError."""
+        import urllib3
+
+        if self.settings.request_timeout:  # every request within --request-timeout
+            seconds = max(1, min(seconds, int(self.settings.request_timeout * 0.8)))
+        url = self.host + path + "?" + urlencode(
+            {**{k: v for k, v in (query or {}).items() if v is not None},
+             "watch": "true", "timeoutSeconds": str(seconds)})
+        headers = {"Accept": "application/json", "User-Agent": "kubectl-cedana",
+                   **self._auth_headers()}
+        limit: Timeout = (DEFAULT_TIMEOUT[0], seconds + WATCH_SLACK_S)
+        try:
+            raw = self._pool.request("GET", url, headers=headers, timeout=self._timeout(limit),
+                                     preload_content=False,
+                                     retries=urllib3.Retry(total=1, connect=1, read=0,
+                                                           status=0, redirect=0))
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._transport_error("GET", url, exc, limit) from exc
+        _debug(self.settings, f"GET {url} -> {raw.status} (watch)")
+        finished = False
+        try:
+            if raw.status >= 400:
+                response = HttpResponse(raw.status, raw.read() or b"")
+                raise api_error("GET", path + "?watch=true", response)
+            pending = b""
+            try:
+                for chunk in raw.stream(WATCH_CHUNK):
+                    pending += chunk
+                    while b"\n" in pending:
+                        line, pending = pending.split(b"\n", 1)
+                        if line.strip():
+                            yield dict(json.loads(line.decode("utf-8")))
+            except urllib3.exceptions.HTTPError as exc:
+                raise self._transport_error("GET", url, exc, limit) from exc
+            finished = True
+            if pending.strip():
+                yield dict(json.loads(pending.decode("utf-8")))
+        finally:
+            if not finished:  # left before the server ended it: the rest must not be read
+                raw.close()  # as the next answer on this connection
+            raw.release_conn()
+
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                 body: Any = None, content_type: str = "application/json",
                 timeout: Timeout = DEFAULT_TIMEOUT) -> Any:
@@ -337,6 +396,21 @@ class KubeClient:
                               body=review) or {}
         status = result.get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or "")
+
+    def user_name(self) -> str:
+        """Who the API server says the kubeconfig's user is (SelfSubjectReview, GA in 1.28),
+        once per client; '' when this API server cannot tell (no such API)."""
+        if self._user_name is None:
+            review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+            try:
+                answer = self.request("POST", SELF_SUBJECT_REVIEWS, body=review) or {}
+            except (ApiNotFound, PermissionDenied) as exc:
+                _debug(self.settings, f"no SelfSubjectReview ({exc.one_line()}): objects go "
+                                      "without cedana.io/requested-by")
+                answer = {}
+            user = ((answer.get("status") or {}).get("userInfo") or {})
+            self._user_name = str(user.get("username") or "")
+        return self._user_name
 
     def server_version(self) -> dict[str, Any]:
         return dict(self.request("GET", "/version") or {})

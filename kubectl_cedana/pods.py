@@ -1,7 +1,6 @@
-"""Pure functions over pod objects (dicts as the API server returns them).
-
-Picking a container, reading its runtime ID, judging whether it runs, and building the
-placeholder ("sleeping") pod a checkpoint is restored into. No I/O here.
+"""Pure functions over pod objects for the plugin's commands: picking the container a
+command names and judging whether it runs, with the plugin's errors. No I/O here; what the
+node helper needs too is in kubectl_cedana/podspec.py.
 """
 from __future__ import annotations
 
@@ -9,19 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubectl_cedana import podspec
-from kubectl_cedana.contract import (
-    CHECKPOINT_ID_KEY,
+from kubectl_cedana.errors import ConflictError, NotFoundError, UsageError
+from kubectl_cedana.podspec import (
+    container_names,
+    container_status,
+    parse_container_id,
+    pod_name,
+    pod_namespace,
 )
-from kubectl_cedana.errors import CedanaError, ConflictError, NotFoundError, UsageError
-from kubectl_cedana.podspec import SLEEP_COMMAND, valid_label_value
-
-__all__ = ["SLEEP_COMMAND", "build_placeholder_pod", "valid_label_value"]
-
-#: container states that will not turn into "running" by waiting
-_HOPELESS_WAITING = {"ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-                     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
-                     "CrashLoopBackOff"}
 
 
 @dataclass(frozen=True)
@@ -42,28 +36,6 @@ class ContainerRef:
                 "image": self.image}
 
 
-def parse_container_id(container_id: str | None) -> tuple[str, str]:
-    """`containerd://abc...` -> ("containerd", "abc..."); a bare ID has no runtime."""
-    if not container_id:
-        return "", ""
-    runtime, sep, ident = container_id.partition("://")
-    if not sep:
-        return "", container_id
-    return runtime, ident
-
-
-def container_names(pod: Mapping[str, Any]) -> list[str]:
-    return [str(c["name"]) for c in (pod.get("spec") or {}).get("containers") or []]
-
-
-def pod_name(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("name") or "")
-
-
-def pod_namespace(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("namespace") or "")
-
-
 def select_container(pod: Mapping[str, Any], wanted: str | None) -> str:
     """The container named by -c, or the only one; several and no -c is a usage error."""
     names = container_names(pod)
@@ -81,16 +53,9 @@ def select_container(pod: Mapping[str, Any], wanted: str | None) -> str:
                      hint="choose one with -c CONTAINER")
 
 
-def container_status(pod: Mapping[str, Any], container: str) -> dict[str, Any]:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == container:
-            return dict(status)
-    return {}
-
-
-def running_container(pod: Mapping[str, Any], container: str) -> ContainerRef:
-    """The container as a ContainerRef; raises ConflictError unless pod and container run."""
-    name, namespace = pod_name(pod), pod_namespace(pod)
+def running_pod(pod: Mapping[str, Any]) -> str:
+    """The node of a running pod; raises ConflictError unless it is scheduled and running."""
+    name = pod_name(pod)
     node = str((pod.get("spec") or {}).get("nodeName") or "")
     phase = str((pod.get("status") or {}).get("phase") or "Unknown")
     if not node:
@@ -99,6 +64,13 @@ def running_container(pod: Mapping[str, Any], container: str) -> ContainerRef:
         raise ConflictError(f'pod "{name}" is being deleted')
     if phase != "Running":
         raise ConflictError(f'pod "{name}" is not running (phase {phase})')
+    return node
+
+
+def running_container(pod: Mapping[str, Any], container: str) -> ContainerRef:
+    """The container as a ContainerRef; raises ConflictError unless pod and container run."""
+    name, namespace = pod_name(pod), pod_namespace(pod)
+    node = running_pod(pod)
     status = container_status(pod, container)
     state = status.get("state") or {}
     if "running" not in state:
@@ -115,57 +87,27 @@ def running_container(pod: Mapping[str, Any], container: str) -> ContainerRef:
                         container_id=ident, runtime=runtime, image=image)
 
 
-def build_placeholder_pod(source: Mapping[str, Any], container: str, name: str, *, node: str,
-                          checkpoint_id: str = "", namespace: str = "",
-                          session: str = "") -> dict[str, Any]:
-    """kubectl_cedana.podspec.build_placeholder_pod, with the plugin's error."""
-    try:
-        return podspec.build_placeholder_pod(source, container, name, node=node,
-                                             checkpoint_id=checkpoint_id, namespace=namespace,
-                                             session=session)
-    except podspec.NoSuchContainer as exc:
-        raise NotFoundError(str(exc)) from exc
-
-
-def checkpoint_metadata_patch(checkpoint_id: str) -> dict[str, Any]:
-    """The merge patch recording, after the fact, which checkpoint a placeholder holds."""
-    patch: dict[str, Any] = {"metadata": {"annotations": {CHECKPOINT_ID_KEY: checkpoint_id}}}
-    if valid_label_value(checkpoint_id):
-        patch["metadata"]["labels"] = {CHECKPOINT_ID_KEY: checkpoint_id}
-    return patch
-
-
-def placeholder_running(pod: Mapping[str, Any], container: str) -> tuple[bool, str]:
-    """(True, "") once the placeholder's container runs; (False, what it waits for) before.
-
-    Raises CedanaError for states that waiting will not fix (image missing, no /bin/sh, the
-    pod rejected by the kubelet, ...).
-    """
-    name = pod_name(pod)
-    status = pod.get("status") or {}
-    phase = str(status.get("phase") or "Pending")
-    if phase in ("Failed", "Succeeded"):
-        reason = status.get("reason") or ""
-        message = status.get("message") or ""
-        raise CedanaError(f'placeholder pod "{name}" ended (phase {phase}'
-                          f"{', ' + reason if reason else ''}){': ' + message if message else ''}")
-    cstatus = container_status(pod, container)
-    state = cstatus.get("state") or {}
-    if "running" in state and phase == "Running":
-        return True, ""
-    for terminated in (state.get("terminated"), (cstatus.get("lastState") or {})
-                       .get("terminated")):
-        if terminated:
-            raise CedanaError(
-                f'the placeholder\'s container "{container}" exited '
-                f"({terminated.get('reason') or 'exit code ' + str(terminated.get('exitCode'))}"
-                f"{': ' + terminated['message'] if terminated.get('message') else ''})",
-                hint="the placeholder runs /bin/sh; an image without a shell cannot host it: "
-                     "prepare a sleeping pod yourself and use --into")
-    waiting = state.get("waiting") or {}
-    reason = str(waiting.get("reason") or "")
-    if reason in _HOPELESS_WAITING:
-        message = waiting.get("message") or ""
-        raise CedanaError(f'placeholder pod "{name}" cannot start: {reason}'
-                          f"{': ' + message if message else ''}")
-    return False, reason or phase
+def container_rows(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`list`'s rows for one pod: each container with its node, state and runtime ID, as the
+    kubelet reports them in the pod's status."""
+    spec = pod.get("spec") or {}
+    node = str(spec.get("nodeName") or "")
+    deleting = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+    rows = []
+    for container in spec.get("containers") or []:
+        name = str(container.get("name") or "")
+        status = container_status(pod, name)
+        state = status.get("state") or {}
+        what = next(iter(state), "")
+        runtime, ident = parse_container_id(status.get("containerID"))
+        rows.append({
+            "namespace": pod_namespace(pod), "pod": pod_name(pod), "container": name,
+            "node": node, "status": "terminating" if deleting and what == "running"
+            else what or "unknown",
+            "reason": str((state.get(what) or {}).get("reason") or ""),
+            "ready": bool(status.get("ready")),
+            "restarts": int(status.get("restartCount") or 0),
+            "container_id": ident, "runtime": runtime,
+            "image": str(container.get("image") or ""),
+        })
+    return rows

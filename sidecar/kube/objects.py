@@ -55,7 +55,7 @@ class CedanaObjects:
         """Every object of that kind in every namespace matching the selector, and the list's
         resource version (to watch from)."""
         answer: Any = self.custom.list_cluster_custom_object(
-            contract.GROUP, contract.GROUP_VERSION, plural, label_selector=label_selector,
+            contract.API_GROUP, contract.API_VERSION, plural, label_selector=label_selector,
             _request_timeout=REQUEST_TIMEOUT_S * 3)
         return list(answer.get("items") or []), str(answer["metadata"]["resourceVersion"])
 
@@ -69,8 +69,9 @@ class CedanaObjects:
         stream = watch.Watch()
         try:
             for event in stream.stream(
-                    self.custom.list_cluster_custom_object, contract.GROUP, contract.GROUP_VERSION,
-                    plural, label_selector=label_selector, resource_version=resource_version,
+                    self.custom.list_cluster_custom_object, contract.API_GROUP,
+                    contract.API_VERSION, plural, label_selector=label_selector,
+                    resource_version=resource_version,
                     timeout_seconds=timeout_s, allow_watch_bookmarks=True,
                     _request_timeout=timeout_s + 30):
                 kind, obj = str(event["type"]), event["raw_object"]
@@ -89,7 +90,7 @@ class CedanaObjects:
         from kubernetes.client.exceptions import ApiException
         try:
             return _as_dict(self.custom.get_namespaced_custom_object(
-                contract.GROUP, contract.GROUP_VERSION, namespace, plural, name,
+                contract.API_GROUP, contract.API_VERSION, namespace, plural, name,
                 _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as exc:
             if exc.status == 404:
@@ -98,7 +99,7 @@ class CedanaObjects:
 
     def find(self, plural: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         answer: Any = self.custom.list_namespaced_custom_object(
-            contract.GROUP, contract.GROUP_VERSION, namespace, plural,
+            contract.API_GROUP, contract.API_VERSION, namespace, plural,
             label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT_S)
         return list(answer.get("items") or [])
 
@@ -111,7 +112,7 @@ class CedanaObjects:
         body = {"metadata": {**meta, "resourceVersion": md["resourceVersion"]}}
         try:
             return _as_dict(self.custom.patch_namespaced_custom_object(
-                contract.GROUP, contract.GROUP_VERSION, md["namespace"], plural, md["name"], body,
+                contract.API_GROUP, contract.API_VERSION, md["namespace"], plural, md["name"], body,
                 _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as exc:
             _raise_for(exc)
@@ -131,7 +132,7 @@ class CedanaObjects:
             body["metadata"] = {"resourceVersion": md["resourceVersion"]}
         try:
             return _as_dict(self.custom.patch_namespaced_custom_object_status(
-                contract.GROUP, contract.GROUP_VERSION, md["namespace"], plural, md["name"], body,
+                contract.API_GROUP, contract.API_VERSION, md["namespace"], plural, md["name"], body,
                 _request_timeout=REQUEST_TIMEOUT_S))
         except ApiException as exc:
             _raise_for(exc)
@@ -139,7 +140,7 @@ class CedanaObjects:
 
     def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return _as_dict(self.custom.create_namespaced_custom_object(
-            contract.GROUP, contract.GROUP_VERSION, namespace, plural, body,
+            contract.API_GROUP, contract.API_VERSION, namespace, plural, body,
             _request_timeout=REQUEST_TIMEOUT_S))
 
     # -- pods ---------------------------------------------------------------------------------

@@ -6,18 +6,17 @@ import uuid
 from typing import Any
 
 from kubectl_cedana.contract import (
-    CHECKPOINT_FINALIZER,
+    CHECKPOINT_DATA_FINALIZER,
     CHECKPOINT_ID_KEY,
-    CHECKPOINT_OBJECTS,
     FINAL_PHASES,
-    PENDING,
-    RUNNING,
     Code,
+    Phase,
 )
 from sidecar.errors import CheckpointNotFound, HelperError, InvalidRequest, OperationInProgress
 from sidecar.kube.objects import Conflict, Gone
 from sidecar.ops import catalogue, checkpoint
 from sidecar.reconcile.common import (
+    CHECKPOINTS,
     Ctx,
     audit,
     failed,
@@ -62,10 +61,10 @@ def reconcile(ctx: Ctx, obj: dict[str, Any]) -> None:
     if md.get("deletionTimestamp"):
         _remove_data(ctx, obj)
         return
-    phase = st.get("phase") or PENDING
+    phase = st.get("phase") or Phase.PENDING
     if phase in FINAL_PHASES:
         return
-    if phase == RUNNING:
+    if phase == Phase.RUNNING:
         if not ctx.working_on(str(md.get("uid"))):
             _recover(ctx, obj)
         return
@@ -79,16 +78,16 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     try:
         container = container_of(ctx, namespace, pod, str(sp.get("container") or ""))
     except HelperError as exc:
-        ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, failed_with(obj, exc))
+        ctx.objects.patch_status(CHECKPOINTS, obj, failed_with(obj, exc))
         audit("checkpoint", obj, exc.code)
         return
     finalizers = list(md.get("finalizers") or [])
-    if CHECKPOINT_FINALIZER not in finalizers:
-        obj = ctx.objects.set_finalizers(CHECKPOINT_OBJECTS, obj,
-                                         [*finalizers, CHECKPOINT_FINALIZER])
+    if CHECKPOINT_DATA_FINALIZER not in finalizers:
+        obj = ctx.objects.set_finalizers(CHECKPOINTS, obj,
+                                         [*finalizers, CHECKPOINT_DATA_FINALIZER])
     checkpoint_id = str(uuid.uuid4())
     # the precondition makes the start happen once, even when two events race
-    obj = ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, running(
+    obj = ctx.objects.patch_status(CHECKPOINTS, obj, running(
         ctx, obj, checkpointID=checkpoint_id, container=container,
         message=f"checkpointing {pod}/{container or '?'} on node {ctx.node}"), precondition=True)
     ctx.take(uid)
@@ -101,27 +100,27 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
             requested_by=requested_by(obj))
     except OperationInProgress:
         # another operation holds the container: wait for it, nothing was done
-        ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, {
-            "phase": PENDING, "checkpointID": None,
+        ctx.objects.patch_status(CHECKPOINTS, obj, {
+            "phase": Phase.PENDING, "checkpointID": None,
             "message": "waiting for another operation on the container to end"})
         raise Retry(RETRY_S) from None
     except HelperError as exc:
         kept = exc.extra.get("checkpoint_id") == checkpoint_id
-        ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, failed_with(
+        ctx.objects.patch_status(CHECKPOINTS, obj, failed_with(
             obj, exc, checkpointID=checkpoint_id if kept else None))
         audit("checkpoint", obj, exc.code, checkpoint_id=checkpoint_id)
         return
     finally:
         ctx.drop(uid)
     remote = answer.get("remote") or {}
-    ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, succeeded(
+    ctx.objects.patch_status(CHECKPOINTS, obj, succeeded(
         obj, f"checkpoint {checkpoint_id} of {pod}/{container} taken on node {ctx.node}",
         sizeBytes=answer.get("size_bytes"), durationMs=answer.get("duration_ms"),
         storage=answer.get("storage"), imageRef=remote.get("reference"),
         compression=remote.get("compression"), containerID=answer.get("container_id")))
     try:
-        latest = ctx.objects.get(CHECKPOINT_OBJECTS, namespace, md["name"]) or obj
-        ctx.objects.patch_meta(CHECKPOINT_OBJECTS, latest,
+        latest = ctx.objects.get(CHECKPOINTS, namespace, md["name"]) or obj
+        ctx.objects.patch_meta(CHECKPOINTS, latest,
                                {"labels": {CHECKPOINT_ID_KEY: checkpoint_id}})
     except (Conflict, Gone):
         pass  # found by status.checkpointID all the same
@@ -140,12 +139,12 @@ def _recover(ctx: Ctx, obj: dict[str, Any]) -> None:
         except CheckpointNotFound:
             entry = None
     if entry and entry.get("status") == "complete":
-        ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, succeeded(
+        ctx.objects.patch_status(CHECKPOINTS, obj, succeeded(
             obj, f"checkpoint {checkpoint_id} was complete when the node helper restarted",
             sizeBytes=entry.get("size_bytes"), storage=entry.get("storage") or "local"))
         audit("checkpoint", obj, "succeeded", checkpoint_id=checkpoint_id, recovered=True)
         return
-    ctx.objects.patch_status(CHECKPOINT_OBJECTS, obj, failed(
+    ctx.objects.patch_status(CHECKPOINTS, obj, failed(
         obj, Code.HELPER_RESTARTED,
         "the node helper restarted during the checkpoint: nothing was kept, and the container "
         "was left running as it was (create a new Checkpoint)", checkpointID=None))
@@ -154,7 +153,7 @@ def _recover(ctx: Ctx, obj: dict[str, Any]) -> None:
 
 def _remove_data(ctx: Ctx, obj: dict[str, Any]) -> None:
     finalizers = list(meta(obj).get("finalizers") or [])
-    if CHECKPOINT_FINALIZER not in finalizers:
+    if CHECKPOINT_DATA_FINALIZER not in finalizers:
         return
     checkpoint_id = str(status(obj).get("checkpointID") or "")
     if checkpoint_id and not ctx.working_on(str(meta(obj).get("uid"))):
@@ -164,6 +163,6 @@ def _remove_data(ctx: Ctx, obj: dict[str, Any]) -> None:
             pass  # never written, or already removed
     elif checkpoint_id:
         raise Retry(RETRY_S)  # deleted while the checkpoint runs: remove it once done
-    ctx.objects.set_finalizers(CHECKPOINT_OBJECTS, obj,
-                               [f for f in finalizers if f != CHECKPOINT_FINALIZER])
+    ctx.objects.set_finalizers(CHECKPOINTS, obj,
+                               [f for f in finalizers if f != CHECKPOINT_DATA_FINALIZER])
     audit("delete-checkpoint", obj, "removed", checkpoint_id=checkpoint_id)

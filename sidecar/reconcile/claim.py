@@ -7,14 +7,12 @@ from typing import Any
 
 from kubectl_cedana.contract import (
     CHECKPOINT_ID_KEY,
-    CHECKPOINT_OBJECTS,
     FINAL_PHASES,
-    MIGRATION_OBJECTS,
     NODE_LABEL,
     Code,
 )
 from sidecar.kube.objects import Conflict, Gone
-from sidecar.reconcile.common import Ctx, audit, failed, meta, spec, status
+from sidecar.reconcile.common import CHECKPOINTS, MIGRATIONS, Ctx, audit, failed, meta, spec, status
 from sidecar.reconcile.restores import checkpoint_of
 
 #: an unclaimed object whose pod or checkpoint nobody finds is failed after this long
@@ -24,7 +22,7 @@ UNCLAIMED_S = 30.0
 def node_of(ctx: Ctx, plural: str, obj: dict[str, Any]) -> str | None:
     """The node whose helper acts on this object; None when it cannot be known (yet)."""
     namespace, sp = str(meta(obj)["namespace"]), spec(obj)
-    if plural in (CHECKPOINT_OBJECTS, MIGRATION_OBJECTS):
+    if plural in (CHECKPOINTS, MIGRATIONS):
         pod = ctx.objects.get_pod(namespace, str(sp.get("podName") or ""))
         return str((pod or {}).get("spec", {}).get("nodeName") or "") or None
     target = sp.get("target") or {}
@@ -36,7 +34,7 @@ def node_of(ctx: Ctx, plural: str, obj: dict[str, Any]) -> str | None:
         return str(new_pod["node"])
     # the checkpoint's own node
     checkpoint_id, source_namespace = checkpoint_of(ctx, obj)
-    found = ctx.objects.find(CHECKPOINT_OBJECTS, source_namespace,
+    found = ctx.objects.find(CHECKPOINTS, source_namespace,
                              f"{CHECKPOINT_ID_KEY}={checkpoint_id}")
     return str(status(found[0]).get("node") or "") or None if found else None
 

@@ -9,17 +9,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubectl_cedana.contract import (
-    FAILED,
+    CHECKPOINT_RESOURCE,
+    MIGRATION_RESOURCE,
     NODE_LABEL,
-    REQUESTED_BY_KEY,
-    RUNNING,
-    SUCCEEDED,
+    REQUESTED_BY_ANNOTATION,
+    RESTORE_RESOURCE,
+    Phase,
 )
 from sidecar.errors import HelperError
 from sidecar.kube.objects import CedanaObjects
 from sidecar.ops.context import Helper
 
 log = logging.getLogger("sidecar.reconcile")
+
+#: the plurals of the cedana.io resources, as the API paths name them
+CHECKPOINTS = CHECKPOINT_RESOURCE.plural
+RESTORES = RESTORE_RESOURCE.plural
+MIGRATIONS = MIGRATION_RESOURCE.plural
 
 
 def now() -> str:
@@ -65,7 +71,7 @@ def status(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def requested_by(obj: dict[str, Any]) -> str:
-    return str((meta(obj).get("annotations") or {}).get(REQUESTED_BY_KEY, ""))
+    return str((meta(obj).get("annotations") or {}).get(REQUESTED_BY_ANNOTATION, ""))
 
 
 def node_label(obj: dict[str, Any]) -> str:
@@ -85,19 +91,19 @@ def condition(ok: bool, reason: str, message: str, generation: int) -> list[dict
 
 def running(ctx: Ctx, obj: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """The status of an object this helper starts on."""
-    return {"phase": RUNNING, "node": ctx.node, "startedAt": now(),
+    return {"phase": Phase.RUNNING, "node": ctx.node, "startedAt": now(),
             "requestedBy": requested_by(obj),
             "observedGeneration": meta(obj).get("generation", 1), **fields}
 
 
 def succeeded(obj: dict[str, Any], message: str, **fields: Any) -> dict[str, Any]:
-    return {"phase": SUCCEEDED, "completedAt": now(), "errorCode": None, "message": message,
+    return {"phase": Phase.SUCCEEDED, "completedAt": now(), "errorCode": None, "message": message,
             "conditions": condition(True, "Succeeded", message, meta(obj).get("generation", 1)),
             **fields}
 
 
 def failed(obj: dict[str, Any], code: str, message: str, **fields: Any) -> dict[str, Any]:
-    return {"phase": FAILED, "completedAt": now(), "errorCode": code, "message": message,
+    return {"phase": Phase.FAILED, "completedAt": now(), "errorCode": code, "message": message,
             "conditions": condition(False, code, message, meta(obj).get("generation", 1)),
             **fields}
 

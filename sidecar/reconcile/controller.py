@@ -18,24 +18,21 @@ from collections.abc import Callable
 from typing import Any
 
 from kubectl_cedana.contract import (
-    CHECKPOINT_OBJECTS,
-    MIGRATION_OBJECTS,
     NODE_LABEL,
-    RESTORE_OBJECTS,
 )
 from sidecar.errors import HelperError
 from sidecar.kube.objects import CedanaObjects, Conflict, Gone
 from sidecar.ops.context import Helper
 from sidecar.reconcile import checkpoints, claim, migrations, restores
-from sidecar.reconcile.common import Ctx
+from sidecar.reconcile.common import CHECKPOINTS, MIGRATIONS, RESTORES, Ctx
 
 log = logging.getLogger("sidecar.reconcile")
 
 Key = tuple[str, str, str, bool]  # plural, namespace, name, claim (unlabelled)
 HANDLERS: dict[str, Callable[[Ctx, dict[str, Any]], None]] = {
-    CHECKPOINT_OBJECTS: checkpoints.reconcile,
-    RESTORE_OBJECTS: restores.reconcile,
-    MIGRATION_OBJECTS: migrations.reconcile,
+    CHECKPOINTS: checkpoints.reconcile,
+    RESTORES: restores.reconcile,
+    MIGRATIONS: migrations.reconcile,
 }
 #: everything is listed again this often, whatever the watches said
 RESYNC_S = 60.0

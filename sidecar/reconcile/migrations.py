@@ -10,18 +10,13 @@ from typing import Any
 
 from kubectl_cedana import podspec
 from kubectl_cedana.contract import (
-    FAILED,
     FINAL_PHASES,
-    MIGRATION_KEY,
-    MIGRATION_OBJECTS,
+    MADE_FOR_ANNOTATION,
+    MIGRATION_ANNOTATION,
     NODE_LABEL,
-    PENDING,
-    REQUESTED_BY_KEY,
-    RESTORE_OBJECTS,
-    RESTORE_SESSION_KEY,
-    RUNNING,
-    SUCCEEDED,
+    REQUESTED_BY_ANNOTATION,
     Code,
+    Phase,
 )
 from sidecar.errors import (
     ContainerNotFound,
@@ -36,6 +31,8 @@ from sidecar.ops import checkpoint, restore
 from sidecar.ops.access import UNRESTRICTED
 from sidecar.reconcile.checkpoints import RETRY_S, Retry, container_of
 from sidecar.reconcile.common import (
+    MIGRATIONS,
+    RESTORES,
     Ctx,
     audit,
     failed,
@@ -57,13 +54,13 @@ def reconcile(ctx: Ctx, obj: dict[str, Any]) -> None:
     md, st = meta(obj), status(obj)
     if md.get("deletionTimestamp"):
         return
-    phase = st.get("phase") or PENDING
+    phase = st.get("phase") or Phase.PENDING
     if phase in FINAL_PHASES:
         return
-    if phase == RUNNING:
+    if phase == Phase.RUNNING:
         if not ctx.working_on(str(md.get("uid"))):
             _placeholder_gone(ctx, obj)
-            ctx.objects.patch_status(MIGRATION_OBJECTS, obj, failed(
+            ctx.objects.patch_status(MIGRATIONS, obj, failed(
                 obj, Code.HELPER_RESTARTED,
                 "the node helper restarted during the migration: the new pod was removed; the "
                 "source pod is as the checkpoint left it (running unless deleteSource)"))
@@ -77,7 +74,7 @@ def _placeholder_gone(ctx: Ctx, obj: dict[str, Any]) -> None:
     namespace = str(meta(obj)["namespace"])
     pod = ctx.objects.get_pod(namespace, name) if name else None
     annotations = ((pod or {}).get("metadata") or {}).get("annotations") or {}
-    if pod is not None and annotations.get(RESTORE_SESSION_KEY) == meta(obj).get("uid"):
+    if pod is not None and annotations.get(MADE_FOR_ANNOTATION) == meta(obj).get("uid"):
         ctx.objects.delete_pod(namespace, name)
 
 
@@ -102,10 +99,10 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
                 f"moving to node {target_node} needs a checkpoint repository, and the helper "
                 f"of node {ctx.node} has none (kubectl cedana install --checkpoint-repository)")
     except HelperError as exc:
-        ctx.objects.patch_status(MIGRATION_OBJECTS, obj, failed_with(obj, exc))
+        ctx.objects.patch_status(MIGRATIONS, obj, failed_with(obj, exc))
         audit("migrate", obj, exc.code)
         return
-    obj = ctx.objects.patch_status(MIGRATION_OBJECTS, obj, running(
+    obj = ctx.objects.patch_status(MIGRATIONS, obj, running(
         ctx, obj, targetNode=target_node, podName=new_pod, container=container,
         message=f"making pod {new_pod} on node {target_node}"), precondition=True)
     ctx.take(uid)
@@ -113,17 +110,17 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         _migrate(ctx, obj, source, container, new_pod, target_node)
     except OperationInProgress:
         _placeholder_gone(ctx, obj)
-        ctx.objects.patch_status(MIGRATION_OBJECTS, obj, {
-            "phase": PENDING, "message": "waiting for another operation on the pod to end"})
+        ctx.objects.patch_status(MIGRATIONS, obj, {
+            "phase": Phase.PENDING, "message": "waiting for another operation on the pod to end"})
         raise Retry(RETRY_S) from None
     except HelperError as exc:
         _placeholder_gone(ctx, obj)
-        ctx.objects.patch_status(MIGRATION_OBJECTS, obj, failed_with(obj, exc))
+        ctx.objects.patch_status(MIGRATIONS, obj, failed_with(obj, exc))
         audit("migrate", obj, exc.code)
     except Exception as exc:  # noqa: BLE001 - the API: nothing more can be done here
         _placeholder_gone(ctx, obj)
         error = KubernetesUnavailable(f"migration of {namespace}/{pod}: {exc}")
-        ctx.objects.patch_status(MIGRATION_OBJECTS, obj, failed_with(obj, error))
+        ctx.objects.patch_status(MIGRATIONS, obj, failed_with(obj, error))
         audit("migrate", obj, error.code)
     finally:
         ctx.drop(uid)
@@ -138,14 +135,14 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: s
     # the new pod runs before anything stops: the pause is the dump, transfer and restore only
     body = podspec.build_placeholder_pod(source, container, new_pod, node=target_node,
                                          checkpoint_id=checkpoint_id, namespace=namespace,
-                                         session=str(md["uid"]))
+                                         annotations={MADE_FOR_ANNOTATION: str(md["uid"])})
     try:
         ctx.objects.create_pod(namespace, body)
     except Conflict:
         raise InvalidRequest(f"pod {namespace}/{new_pod} already exists: name another "
                              "(spec.newPodName)") from None
     wait_running(ctx, namespace, new_pod, container)
-    ctx.objects.patch_status(MIGRATION_OBJECTS, obj, {
+    ctx.objects.patch_status(MIGRATIONS, obj, {
         "message": f"checkpointing {pod}/{container}", "checkpointID": checkpoint_id})
     paused = time.monotonic()
     dumped = checkpoint.checkpoint(
@@ -165,7 +162,7 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: s
     pause_ms = round((time.monotonic() - paused) * 1000)
     if sp.get("deleteSource"):
         ctx.objects.delete_pod(namespace, pod)
-    ctx.objects.patch_status(MIGRATION_OBJECTS, obj, succeeded(
+    ctx.objects.patch_status(MIGRATIONS, obj, succeeded(
         obj, f"{pod}/{container} moved to {new_pod} on node {target_node} with a pause of "
              f"{pause_ms} ms", pauseMs=pause_ms, checkpointMs=dumped.get("duration_ms"),
         restoreMs=restored.get("duration_ms"), restoreName=restore_name or None,
@@ -178,9 +175,9 @@ def _restore_there(ctx: Ctx, obj: dict[str, Any], checkpoint_id: str, new_pod: s
     """A Restore for the target node's helper; its status once final."""
     md = meta(obj)
     namespace = str(md["namespace"])
-    annotations = {MIGRATION_KEY: str(md["name"])}
+    annotations = {MIGRATION_ANNOTATION: str(md["name"])}
     if requested_by(obj):
-        annotations[REQUESTED_BY_KEY] = requested_by(obj)
+        annotations[REQUESTED_BY_ANNOTATION] = requested_by(obj)
     body: dict[str, Any] = {
         "apiVersion": f"{obj['apiVersion']}", "kind": "Restore",
         "metadata": {"generateName": f"{md['name']}-", "namespace": namespace,
@@ -191,17 +188,17 @@ def _restore_there(ctx: Ctx, obj: dict[str, Any], checkpoint_id: str, new_pod: s
         "spec": {"checkpointID": checkpoint_id,
                  "target": {"podName": new_pod, "container": container}},
     }
-    created = ctx.objects.create(RESTORE_OBJECTS, namespace, body)
+    created = ctx.objects.create(RESTORES, namespace, body)
     name = str(created["metadata"]["name"])
-    ctx.objects.patch_status(MIGRATION_OBJECTS, obj, {
+    ctx.objects.patch_status(MIGRATIONS, obj, {
         "restoreName": name, "message": f"restoring on node {target_node} ({name})"})
     end = time.monotonic() + RESTORE_TIMEOUT_S
     while time.monotonic() < end:
-        current = ctx.objects.get(RESTORE_OBJECTS, namespace, name) or {}
+        current = ctx.objects.get(RESTORES, namespace, name) or {}
         st = status(current)
-        if st.get("phase") == SUCCEEDED:
+        if st.get("phase") == Phase.SUCCEEDED:
             return {"duration_ms": st.get("durationMs"), "pid": st.get("pid")}, name
-        if st.get("phase") == FAILED:
+        if st.get("phase") == Phase.FAILED:
             raise RestoreFailed(f"restore on node {target_node} failed ({st.get('errorCode')}): "
                                 f"{st.get('message')}; checkpoint {checkpoint_id} is kept")
         time.sleep(0.1)

@@ -9,14 +9,10 @@ from typing import Any
 
 from kubectl_cedana import podspec
 from kubectl_cedana.contract import (
-    CHECKPOINT_OBJECTS,
     FINAL_PHASES,
-    PENDING,
-    RESTORE_OBJECTS,
-    RESTORE_SESSION_KEY,
-    RUNNING,
-    SUCCEEDED,
+    MADE_FOR_ANNOTATION,
     Code,
+    Phase,
 )
 from sidecar.errors import (
     CheckpointNotFound,
@@ -31,6 +27,8 @@ from sidecar.ops import restore, transfer
 from sidecar.ops.access import UNRESTRICTED
 from sidecar.reconcile.checkpoints import RETRY_S, Retry
 from sidecar.reconcile.common import (
+    CHECKPOINTS,
+    RESTORES,
     Ctx,
     audit,
     failed,
@@ -57,10 +55,10 @@ def reconcile(ctx: Ctx, obj: dict[str, Any]) -> None:
     md, st = meta(obj), status(obj)
     if md.get("deletionTimestamp"):
         return
-    phase = st.get("phase") or PENDING
+    phase = st.get("phase") or Phase.PENDING
     if phase in FINAL_PHASES:
         return
-    if phase == RUNNING:
+    if phase == Phase.RUNNING:
         if not ctx.working_on(str(md.get("uid"))):
             _recover(ctx, obj)
         return
@@ -74,13 +72,13 @@ def checkpoint_of(ctx: Ctx, obj: dict[str, Any]) -> tuple[str, str]:
     name = sp.get("checkpointName")
     if not name:
         return str(sp.get("checkpointID") or ""), str(sp.get("checkpointNamespace") or namespace)
-    checkpoint = ctx.objects.get(CHECKPOINT_OBJECTS, namespace, str(name))
+    checkpoint = ctx.objects.get(CHECKPOINTS, namespace, str(name))
     if checkpoint is None:
         raise CheckpointNotFound(f"no Checkpoint {name} in namespace {namespace}")
     st = status(checkpoint)
-    if st.get("phase") in (None, PENDING, RUNNING):
+    if st.get("phase") in (None, Phase.PENDING, Phase.RUNNING):
         raise Retry(RETRY_S)  # restore it once it is taken
-    if st.get("phase") != SUCCEEDED or not st.get("checkpointID"):
+    if st.get("phase") != Phase.SUCCEEDED or not st.get("checkpointID"):
         raise CheckpointNotFound(f"Checkpoint {name} failed ({st.get('errorCode')}): "
                                  f"{st.get('message')}")
     return str(st["checkpointID"]), namespace
@@ -134,15 +132,15 @@ def make_placeholder(ctx: Ctx, obj: dict[str, Any], manifest: store.CheckpointMa
     try:
         body = podspec.build_placeholder_pod(
             recorded, container, name, node=node, checkpoint_id=manifest.checkpoint_id,
-            namespace=str(md["namespace"]), session=str(md["uid"]))
-    except podspec.NoSuchContainer as exc:
+            namespace=str(md["namespace"]), annotations={MADE_FOR_ANNOTATION: str(md["uid"])})
+    except podspec.PodSpecError as exc:
         raise InvalidRequest(str(exc)) from exc
     try:
         ctx.objects.create_pod(str(md["namespace"]), body)
     except Conflict:
         existing = ctx.objects.get_pod(str(md["namespace"]), name) or {}
         ours = ((existing.get("metadata") or {}).get("annotations") or {}).get(
-            RESTORE_SESSION_KEY) == md["uid"]
+            MADE_FOR_ANNOTATION) == md["uid"]
         if not ours:
             raise TargetIncompatible(f"pod {md['namespace']}/{name} already exists") from None
     wait_running(ctx, str(md["namespace"]), name, container)
@@ -150,7 +148,7 @@ def make_placeholder(ctx: Ctx, obj: dict[str, Any], manifest: store.CheckpointMa
 
 def _placeholder_is_ours(ctx: Ctx, obj: dict[str, Any], name: str) -> bool:
     pod = ctx.objects.get_pod(str(meta(obj)["namespace"]), name) or {}
-    return ((pod.get("metadata") or {}).get("annotations") or {}).get(RESTORE_SESSION_KEY) == \
+    return ((pod.get("metadata") or {}).get("annotations") or {}).get(MADE_FOR_ANNOTATION) == \
         meta(obj).get("uid")
 
 
@@ -163,12 +161,12 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     try:
         checkpoint_id, source_namespace = checkpoint_of(ctx, obj)
     except HelperError as exc:
-        ctx.objects.patch_status(RESTORE_OBJECTS, obj, failed_with(obj, exc, podName=pod_name))
+        ctx.objects.patch_status(RESTORES, obj, failed_with(obj, exc, podName=pod_name))
         audit("restore", obj, exc.code)
         return
     if new_pod.get("node") and new_pod["node"] != ctx.node:
         return  # another node's helper makes and fills that pod
-    obj = ctx.objects.patch_status(RESTORE_OBJECTS, obj, running(
+    obj = ctx.objects.patch_status(RESTORES, obj, running(
         ctx, obj, checkpointID=checkpoint_id, podName=pod_name,
         message=f"restoring checkpoint {checkpoint_id} into {pod_name}"), precondition=True)
     ctx.take(uid)
@@ -186,25 +184,25 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
                                  # must name the namespace they were checked in
                                  access=UNRESTRICTED, source_namespace=source_namespace)
     except OperationInProgress:
-        ctx.objects.patch_status(RESTORE_OBJECTS, obj, {
-            "phase": PENDING, "message": "waiting for another operation on the pod to end"})
+        ctx.objects.patch_status(RESTORES, obj, {
+            "phase": Phase.PENDING, "message": "waiting for another operation on the pod to end"})
         raise Retry(RETRY_S) from None
     except HelperError as exc:
         if made and _placeholder_is_ours(ctx, obj, pod_name):
             ctx.objects.delete_pod(namespace, pod_name)  # a sleeping pod of no use
-        ctx.objects.patch_status(RESTORE_OBJECTS, obj, failed_with(obj, exc))
+        ctx.objects.patch_status(RESTORES, obj, failed_with(obj, exc))
         audit("restore", obj, exc.code, checkpoint_id=checkpoint_id)
         return
     except Exception as exc:  # noqa: BLE001 - the API: the placeholder could not be made
         if made and _placeholder_is_ours(ctx, obj, pod_name):
             ctx.objects.delete_pod(namespace, pod_name)
         error = KubernetesUnavailable(f"restore into {pod_name}: {exc}")
-        ctx.objects.patch_status(RESTORE_OBJECTS, obj, failed_with(obj, error))
+        ctx.objects.patch_status(RESTORES, obj, failed_with(obj, error))
         audit("restore", obj, error.code, checkpoint_id=checkpoint_id)
         return
     finally:
         ctx.drop(uid)
-    ctx.objects.patch_status(RESTORE_OBJECTS, obj, succeeded(
+    ctx.objects.patch_status(RESTORES, obj, succeeded(
         obj, f"checkpoint {checkpoint_id} restored into {pod_name}/{container} on node "
              f"{ctx.node}", pid=answer.get("pid"), durationMs=answer.get("duration_ms"),
         container=container, containerID=answer.get("container_id")))
@@ -223,14 +221,14 @@ def _recover(ctx: Ctx, obj: dict[str, Any]) -> None:
         container_id = str(cs.get("containerID") or "").partition("://")[2]
         record = registry.live_restore(container_id) if container_id else None
         if record and record.get("checkpoint_id") == checkpoint_id:
-            ctx.objects.patch_status(RESTORE_OBJECTS, obj, succeeded(
+            ctx.objects.patch_status(RESTORES, obj, succeeded(
                 obj, f"checkpoint {checkpoint_id} was restored into {pod_name} when the node "
                      "helper restarted", pid=record.get("pid"), container=cs.get("name")))
             audit("restore", obj, "succeeded", checkpoint_id=checkpoint_id, recovered=True)
             return
     if spec(obj).get("newPod") and _placeholder_is_ours(ctx, obj, pod_name):
         ctx.objects.delete_pod(namespace, pod_name)
-    ctx.objects.patch_status(RESTORE_OBJECTS, obj, failed(
+    ctx.objects.patch_status(RESTORES, obj, failed(
         obj, Code.HELPER_RESTARTED,
         "the node helper restarted during the restore: nothing was restored (create a new "
         "Restore)"))

@@ -144,7 +144,7 @@ def test_checkpoint_and_restore_with_the_krew_installed_plugin(lab: Lab, krew: K
         assert result["image"] == f"docker.io/cedana/helper:{__version__}"
         assert result["ready"]["ready"] == result["ready"]["desired"] >= 1
 
-        # the helper the plugin talks to reports the same version as the plugin
+        # the helper pods run the image of the plugin's version
         versions = krew.kubectl(lab, "cedana", "version", "-o", "json")
         assert versions.returncode == 0, versions.stderr
         nodes = json.loads(versions.stdout)["nodes"]
@@ -160,6 +160,12 @@ def test_checkpoint_and_restore_with_the_krew_installed_plugin(lab: Lab, krew: K
         assert ckpt.returncode == 0, ckpt.stderr
         checkpoint_id = ckpt.stdout.strip().splitlines()[-1]
         assert re.fullmatch(r"[0-9a-f-]{36}", checkpoint_id), ckpt.stdout
+        # the plugin made a Checkpoint object, which kubectl alone sees
+        shown = krew.kubectl(lab, "-n", namespace, "get", "checkpoints", "-l",
+                             f"cedana.io/checkpoint-id={checkpoint_id}", "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        (obj,) = json.loads(shown.stdout)["items"]
+        assert obj["status"]["phase"] == "Succeeded"
 
         restored = krew.kubectl(lab, "cedana", "-n", namespace, "restore", checkpoint_id,
                                 "--new-pod", "restored")

@@ -1,4 +1,5 @@
-"""kubectl cedana through the real kubectl, the helper DaemonSet and the API server's pod proxy.
+"""kubectl cedana through the real kubectl, the API server (the cedana.io objects: CRDs, RBAC,
+admission) and the helper DaemonSet that reconciles them.
 The tests of this file run in order on one worker: install first, uninstall last, holding the
 helper DaemonSet lock throughout (test_krew_install.py installs it too, from another worker)."""
 from __future__ import annotations
@@ -10,13 +11,23 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
+import requests
 
-from tests.e2e.lab import REPO, Lab, counter_pod, pod_manifest, helper_daemonset_lock
+from tests.e2e.lab import (
+    LAB_DIR,
+    REPO,
+    Lab,
+    counter_pod,
+    create_namespace,
+    helper_daemonset_lock,
+    pod_manifest,
+)
 
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+FINAL = ("Succeeded", "Failed")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,14 +36,47 @@ def helper_daemonset_is_this_files() -> Iterator[None]:
         yield
 
 
-def cedana(lab: Lab, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def cedana(lab: Lab, *args: str, timeout: float = 240,
+           kubeconfig: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    if kubeconfig:
+        env["KUBECONFIG"] = kubeconfig
     return subprocess.run(["kubectl", "cedana", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
 def _counts(text: str) -> list[int]:
     return [int(m) for m in re.findall(r"count=(\d+)", text)]
+
+
+def objects(lab: Lab, namespace: str, plural: str) -> list[dict[str, Any]]:
+    out = lab.kubectl("-n", namespace, "get", f"{plural}.cedana.io", "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def wait_final(lab: Lab, namespace: str, plural: str, name: str,
+               timeout: float = 180) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    obj: dict[str, Any] = {}
+    while time.monotonic() < end:
+        got = lab.kubectl("-n", namespace, "get", f"{plural}.cedana.io", name, "-o", "json",
+                          check=False)
+        if got.returncode == 0:
+            obj = json.loads(got.stdout)
+            if obj.get("status", {}).get("phase") in FINAL:
+                return obj
+        time.sleep(0.5)
+    raise AssertionError(f"{plural} {namespace}/{name} not final after {timeout}s: "
+                         f"{json.dumps(obj.get('status', {}))[:1500]}")
+
+
+def _registry_has(lab: Lab, reference: str) -> bool:
+    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
+    answer = requests.get(f"https://{lab.registry}/v2/{repository}/manifests/{tag}",
+                          auth=(lab.registry_user, lab.registry_password),
+                          verify=lab.ca_cert, timeout=60,
+                          headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    return answer.status_code == 200
 
 
 def test_kubectl_finds_the_plugin(lab: Lab) -> None:
@@ -47,10 +91,17 @@ def test_kubectl_finds_the_plugin(lab: Lab) -> None:
 def test_install_checkpoint_restore_migrate(lab: Lab, namespace: str) -> None:
     installed = cedana(lab, "install")
     assert installed.returncode == 0, installed.stderr
+    for plural in ("checkpoints", "restores", "migrations"):
+        crd = json.loads(lab.kubectl("get", "crd", f"{plural}.cedana.io", "-o", "json").stdout)
+        assert {"type": "Established", "status": "True"}.items() <= next(
+            c for c in crd["status"]["conditions"] if c["type"] == "Established").items()
+    lab.kubectl("get", "validatingadmissionpolicy,validatingadmissionpolicybinding", "cedana.io")
     pods = json.loads(lab.kubectl("-n", "cedana-system", "get", "pods", "-l",
                                   "app.kubernetes.io/name=cedana-helper", "-o", "json").stdout)
     assert sorted(p["spec"]["nodeName"] for p in pods["items"]) == [lab.node_name,
                                                                     lab.node2_name]
+    doctor = cedana(lab, "-n", namespace, "doctor", "-o", "json")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
     lab.apply(counter_pod("counter", interval_ms=200), namespace)
     lab.wait_pod_running(namespace, "counter")
@@ -58,16 +109,29 @@ def test_install_checkpoint_restore_migrate(lab: Lab, namespace: str) -> None:
 
     listed = cedana(lab, "-n", namespace, "list", "-o", "json")
     assert listed.returncode == 0, listed.stderr
-    assert "counter" in listed.stdout
+    assert [i["pod"] for i in json.loads(listed.stdout)["items"]] == ["counter"]
 
     before = max(_counts(lab.logs(namespace, "counter")))
     ckpt = cedana(lab, "-n", namespace, "checkpoint", "counter", "--leave-running")
     assert ckpt.returncode == 0, ckpt.stderr
-    checkpoint_id = ckpt.stdout.strip().splitlines()[-1]
+    assert ckpt.stderr == ""  # piped: no progress line
+    checkpoint_id = ckpt.stdout.strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", checkpoint_id)
+    (obj,) = objects(lab, namespace, "checkpoints")
+    assert obj["status"]["phase"] == "Succeeded" and obj["status"]["checkpointID"] == checkpoint_id
+    assert obj["metadata"]["labels"]["cedana.io/node"] == lab.node_name
+    assert obj["metadata"]["labels"]["cedana.io/checkpoint-id"] == checkpoint_id
+    assert obj["metadata"]["finalizers"] == ["cedana.io/checkpoint-data"]
+    user = obj["metadata"]["annotations"]["cedana.io/requested-by"]
+    assert user and obj["status"]["requestedBy"] == user
+    assert obj["spec"] == {"podName": "counter", "container": "main", "leaveRunning": True,
+                           "withRootfs": True}
 
     restored = cedana(lab, "-n", namespace, "restore", checkpoint_id, "--new-pod", "restored")
     assert restored.returncode == 0, restored.stderr
+    assert restored.stdout.startswith(f"restored checkpoint {checkpoint_id} into pod "
+                                      f"{namespace}/restored (container main, node "
+                                      f"{lab.node_name}, pid ")
     lab.wait_log(namespace, "restored", r"count=\d+")
     first = _counts(lab.logs(namespace, "restored"))[0]
     assert first >= before
@@ -79,43 +143,53 @@ def test_install_checkpoint_restore_migrate(lab: Lab, namespace: str) -> None:
     migrated = cedana(lab, "-n", namespace, "migrate", "counter", "-o", "json")
     assert migrated.returncode == 0, migrated.stderr
     result = json.loads(migrated.stdout)
-    assert result["kind"] == "Migration" and result["source"]["pod"] == "counter"
-    assert result["pause_ms"] > 0
-    new_pod = result["target"]["pod"]
+    assert result["kind"] == "Migration" and result["spec"]["podName"] == "counter"
+    assert result["status"]["phase"] == "Succeeded" and result["status"]["pauseMs"] > 0
+    new_pod = result["status"]["podName"]
+    assert new_pod == "counter-migrated"
     lab.wait_log(namespace, new_pod, r"count=\d+")
     assert _counts(lab.logs(namespace, new_pod))[0] >= before_migrate
+    assert result["status"]["restoreName"] in [o["metadata"]["name"]
+                                               for o in objects(lab, namespace, "restores")]
 
 
-def test_rootfs_checkpoint_restore_and_migrate_with_files(lab: Lab, namespace: str) -> None:
-    """The in-cluster helper commits a pod's files with the node's credentials; another pod
-    gets them by rootfs restore; migrate carries a file and a counter together."""
-    lab.apply(pod_manifest("writer", ["/bin/sh", "-c",
-                                      "printf 'plugin-bytes' > /data/new.txt; rm /data/doomed.txt;"
-                                      " while true; do sleep 1; done"]), namespace)
-    lab.wait_pod_running(namespace, "writer")
-    image = f"{lab.registry}/rootfs/{namespace}:plugin"
-    for _ in range(60):  # the shell writes its files right after the pod starts
-        if lab.kubectl("-n", namespace, "exec", "writer", "--", "test", "-f", "/data/new.txt",
-                       check=False).returncode == 0:
-            break
-        time.sleep(0.5)
-    pushed = cedana(lab, "-n", namespace, "rootfs", "checkpoint", "writer", "--image", image)
-    assert pushed.returncode == 0, pushed.stderr
-    assert re.fullmatch(rf"{re.escape(image)}@sha256:[0-9a-f]{{64}}", pushed.stdout.strip())
+def test_checkpoint_with_kubectl_alone(lab: Lab, namespace: str) -> None:
+    """The objects need no plugin: kubectl create, kubectl get -w, kubectl delete."""
+    lab.apply(counter_pod("counter", interval_ms=200), namespace)
+    lab.wait_pod_running(namespace, "counter")
+    manifest = {"apiVersion": "cedana.io/v1alpha1", "kind": "Checkpoint",
+                "metadata": {"name": "by-hand"}, "spec": {"podName": "counter"}}
+    lab.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+    watched = subprocess.Popen(["kubectl", "--kubeconfig", lab.kubeconfig, "get",
+                                "checkpoints", "-A", "-w", "--no-headers"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        obj = wait_final(lab, namespace, "checkpoints", "by-hand")
+    finally:
+        watched.terminate()
+    out, _err = watched.communicate(timeout=30)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert obj["spec"]["leaveRunning"] is True  # the CRD's default
+    assert "Succeeded" in out and "by-hand" in out
+    # the plugin sees and deletes it; its helper deletes the data first
+    shown = cedana(lab, "-n", namespace, "checkpoints", "inspect", "by-hand", "-o", "json")
+    assert json.loads(shown.stdout)["status"]["checkpointID"] == obj["status"]["checkpointID"]
+    lab.kubectl("-n", namespace, "delete", "checkpoint", "by-hand", "--timeout=120s",
+                timeout=150)
+    assert objects(lab, namespace, "checkpoints") == []
+    bad = {"apiVersion": "cedana.io/v1alpha1", "kind": "Checkpoint",
+           "metadata": {"name": "bad"}, "spec": {"container": "main", "storage": "tape"}}
+    refused = lab.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(bad),
+                          check=False)
+    assert refused.returncode != 0
+    assert "spec.podName" in refused.stderr and "spec.storage" in refused.stderr
 
-    lab.apply(pod_manifest("receiver", ["/bin/sh", "-c", "while true; do sleep 1; done"]),
-              namespace)
-    lab.wait_pod_running(namespace, "receiver")
-    applied = cedana(lab, "-n", namespace, "rootfs", "restore", "--into", "receiver", "--image",
-                     image, "-o", "json")
-    assert applied.returncode == 0, applied.stderr
-    assert json.loads(applied.stdout)["deleted"] == ["/data/doomed.txt"]
-    shown = lab.kubectl("-n", namespace, "exec", "receiver", "--", "/bin/sh", "-c",
-                        "cat /data/new.txt; ls /data").stdout
-    assert shown.startswith("plugin-bytes") and "doomed.txt" not in shown
 
-    missing = cedana(lab, "-n", namespace, "rootfs", "checkpoint", "writer", "--image",
-                     f"{lab.registry}/rootfs/{namespace}:x", "--context", "no-such-context")
+def test_migrate_carries_files_with_memory(lab: Lab, namespace: str) -> None:
+    """A file the program appends to and its counter move together (the checkpoint's rootfs
+    diff, the helper's default)."""
+    missing = cedana(lab, "-n", namespace, "checkpoint", "appender", "--context",
+                     "no-such-context")
     assert missing.returncode != 0 and "no-such-context" in missing.stderr
 
     lab.apply(pod_manifest("appender", ["/bin/sh", "-c",
@@ -126,8 +200,8 @@ def test_rootfs_checkpoint_restore_and_migrate_with_files(lab: Lab, namespace: s
     migrated = cedana(lab, "-n", namespace, "migrate", "appender", "--delete-source", "-o", "json")
     assert migrated.returncode == 0, migrated.stderr
     result = json.loads(migrated.stdout)
-    assert result["with_rootfs"] is True and result["source_deleted"] is True
-    new_pod = result["target"]["pod"]
+    assert result["spec"]["deleteSource"] is True
+    new_pod = result["status"]["podName"]
     first = int(lab.wait_log(namespace, new_pod, r"count=(\d+)").group(1))
     lab.wait_log(namespace, new_pod, rf"count={first + 10}\b")
     numbers = [int(n) for n in lab.kubectl("-n", namespace, "exec", new_pod, "--", "cat",
@@ -137,7 +211,8 @@ def test_rootfs_checkpoint_restore_and_migrate_with_files(lab: Lab, namespace: s
 
 def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace: str) -> None:
     """With a checkpoint registry: migrate to node 2, restore a remote checkpoint there with
-    --new-pod --node, list local and remote checkpoints, inspect, prune and rm."""
+    --new-pod --node, list, inspect, prune and rm (the data goes from the node and the
+    registry with the object)."""
     repo = f"{lab.registry}/cedana/plugin-{namespace}"
     installed = cedana(lab, "install", "--checkpoint-repository", repo)
     assert installed.returncode == 0, installed.stderr
@@ -147,13 +222,12 @@ def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace
     lab.wait_log(namespace, "walker", r"count=\d\d")
     before = max(_counts(lab.logs(namespace, "walker")))
     migrated = cedana(lab, "-n", namespace, "migrate", "walker", "--to-node", node2,
-                      "--delete-source", "--compression", "lz4", "-o", "json")
+                      "--delete-source", "-o", "json")
     assert migrated.returncode == 0, migrated.stderr
-    result = json.loads(migrated.stdout)
-    assert result["target"]["node"] == node2 and result["source"]["node"] == lab.node_name
-    assert result["bytes_moved"] > 0 and result["compression"] == "lz4"
-    assert result["remote"].startswith(repo + ":") and result["source_deleted"] is True
-    new_pod = result["target"]["pod"]
+    status = json.loads(migrated.stdout)["status"]
+    assert status["targetNode"] == node2 and status["node"] == lab.node_name
+    assert status["imageRef"].startswith(repo + ":"), status
+    new_pod = status["podName"]
     assert lab.pod(namespace, new_pod)["spec"]["nodeName"] == node2
     first = int(lab.wait_log(namespace, new_pod, r"count=(\d+)").group(1))
     assert first >= before
@@ -167,15 +241,19 @@ def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace
     else:
         raise AssertionError("the source pod walker was not deleted")
     described = lab.kubectl("-n", namespace, "describe", "pod", new_pod).stdout
-    assert "Restored" in described and result["checkpoint_id"] in described
+    assert "Restored" in described and status["checkpointID"] in described
 
     lab.apply(counter_pod("second", interval_ms=200), namespace)
     lab.wait_pod_running(namespace, "second")
     lab.wait_log(namespace, "second", r"count=\d\b")
     ckpt = cedana(lab, "-n", namespace, "checkpoint", "second", "--leave-running",
-                  "--storage", "remote")
+                  "--storage", "remote", "-o", "json")
     assert ckpt.returncode == 0, ckpt.stderr
-    ident = ckpt.stdout.strip()
+    made = json.loads(ckpt.stdout)
+    ident, name = made["status"]["checkpointID"], made["metadata"]["name"]
+    assert made["status"]["storage"] == "remote" and made["status"]["compression"] == "zstd"
+    reference = made["status"]["imageRef"]
+    assert _registry_has(lab, reference)
     restored = cedana(lab, "-n", namespace, "restore", ident, "--new-pod", "second-on-2",
                       "--node", node2)
     assert restored.returncode == 0, restored.stderr
@@ -183,30 +261,29 @@ def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace
     lab.wait_log(namespace, "second-on-2", r"count=\d+")
 
     listed = json.loads(cedana(lab, "-n", namespace, "checkpoints", "ls", "-o", "json").stdout)
-    rows = {r["id"]: r for r in listed["items"]}
-    assert {result["checkpoint_id"], ident} <= set(rows)
-    assert rows[ident]["where"] == "local+remote" and rows[ident]["compression"] == "zstd"
-    assert rows[result["checkpoint_id"]]["compression"] == "lz4"
+    assert listed["kind"] == "CheckpointList"
+    assert ident in [o["status"]["checkpointID"] for o in listed["items"]]
     table = cedana(lab, "-n", namespace, "checkpoints", "ls").stdout.splitlines()
-    assert table[0].split()[-1] == "WHERE"
+    assert table[0].split() == ["NAME", "POD", "CONTAINER", "NODE", "PHASE", "SIZE", "ID", "AGE"]
     inspected = json.loads(cedana(lab, "-n", namespace, "checkpoints", "inspect", ident,
                                   "-o", "json").stdout)
-    assert inspected["processes"][0]["name"] == "counter"
-    assert inspected["criu_stats"]["dump"]["pages_written"] > 0
+    assert inspected["metadata"]["name"] == name
 
     newer = cedana(lab, "-n", namespace, "checkpoint", "second", "--leave-running",
                    "--storage", "local")
     assert newer.returncode == 0, newer.stderr
-    dry = cedana(lab, "checkpoints", "prune", "--keep", "1", "--dry-run", "-o", "json")
+    dry = cedana(lab, "-n", namespace, "checkpoints", "prune", "--keep", "1", "--dry-run",
+                 "-o", "json")
     assert dry.returncode == 0, dry.stderr
-    doomed = {r["id"] for r in json.loads(dry.stdout)["items"]}
+    doomed = {r["checkpoint_id"] for r in json.loads(dry.stdout)["items"]}
     assert ident in doomed and newer.stdout.strip() not in doomed
-    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", ident)
+    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", ident, "--wait")
     assert removed.returncode == 0, removed.stderr
-    assert "registry image" in removed.stdout
-    # gone from node 1 (which took it), node 2 (which pulled it) and the registry
-    gone = json.loads(cedana(lab, "-n", namespace, "checkpoints", "ls", "-o", "json").stdout)
-    assert ident not in {r["id"] for r in gone["items"]}
+    assert removed.stdout == f'checkpoint "{name}" ({ident}) deleted\n'
+    # gone: the object, the registry image (and the files on node 1, which took it)
+    assert ident not in [o.get("status", {}).get("checkpointID")
+                         for o in objects(lab, namespace, "checkpoints")]
+    assert not _registry_has(lab, reference)
     assert cedana(lab, "-n", namespace, "checkpoints", "rm", ident).returncode == 3
 
 
@@ -224,36 +301,42 @@ def test_error_paths(lab: Lab, namespace: str) -> None:
     lab.apply(two, namespace)
     lab.wait_pod_running(namespace, "two")
     ambiguous = cedana(lab, "-n", namespace, "checkpoint", "two")
-    assert ambiguous.returncode != 0
+    assert ambiguous.returncode == 2
     assert "alpha" in ambiguous.stderr and "beta" in ambiguous.stderr
+    assert objects(lab, namespace, "checkpoints") == []
 
     relayed = cedana(lab, "-n", namespace, "restore", "00000000-0000-4000-8000-000000000000",
                      "--into", "two", "-c", "alpha")
-    assert relayed.returncode != 0
-    assert "checkpoint_not_found" in relayed.stderr or "not found" in relayed.stderr
+    assert relayed.returncode == 3, relayed.stderr
+    assert relayed.stderr.rstrip().endswith("[checkpoint_not_found]")
+    (failed,) = objects(lab, namespace, "restores")
+    assert failed["status"]["phase"] == "Failed"
+    assert failed["status"]["errorCode"] == "checkpoint_not_found"
 
 
-def test_ctrl_c_during_restore_leaves_no_placeholder(lab: Lab, namespace: str) -> None:
+def test_ctrl_c_leaves_the_restore_to_its_helper(lab: Lab, namespace: str) -> None:
     lab.apply(counter_pod("counter", interval_ms=200), namespace)
     lab.wait_pod_running(namespace, "counter")
     ckpt = cedana(lab, "-n", namespace, "checkpoint", "counter", "--leave-running")
     assert ckpt.returncode == 0, ckpt.stderr
-    checkpoint_id = ckpt.stdout.strip().splitlines()[-1]
+    checkpoint_id = ckpt.stdout.strip()
     env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     proc = subprocess.Popen(["kubectl", "cedana", "-n", namespace, "restore", checkpoint_id,
                              "--new-pod", "interrupted"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + 60
-    while lab.kubectl("-n", namespace, "get", "pod", "interrupted", check=False).returncode:
+    while not objects(lab, namespace, "restores"):
         assert time.monotonic() < end and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    end = time.monotonic() + 60
-    while lab.kubectl("-n", namespace, "get", "pod", "interrupted", check=False).returncode == 0:
-        assert time.monotonic() < end, "placeholder left behind after Ctrl-C"
-        time.sleep(0.5)
+    (obj,) = objects(lab, namespace, "restores")
+    name = obj["metadata"]["name"]
+    assert err == (f"error: interrupted; restore {namespace}/{name} goes on (follow it: "
+                   f"kubectl -n {namespace} get restores.cedana.io {name} -w)\n")
+    assert wait_final(lab, namespace, "restores", name)["status"]["phase"] == "Succeeded"
+    lab.wait_log(namespace, "interrupted", r"count=\d+")
 
 
 def _service_account_kubeconfig(lab: Lab, namespace: str, name: str, path: Path) -> Path:
@@ -273,116 +356,136 @@ def _service_account_kubeconfig(lab: Lab, namespace: str, name: str, path: Path)
     return path
 
 
-def test_user_without_pods_proxy_is_told_what_is_missing(lab: Lab, namespace: str,
-                                                        tmp_path: Path) -> None:
-    """A ServiceAccount that may read pods but not create pods/proxy gets a clear message."""
+def test_user_without_the_role_gets_403_and_nothing_happens(lab: Lab, namespace: str,
+                                                           tmp_path: Path) -> None:
+    """A ServiceAccount that may read pods but has no cedana.io role: the API server refuses
+    the Checkpoint, the plugin names the permission, no object and nothing on any node."""
     lab.apply(counter_pod("counter"), namespace)
     lab.wait_pod_running(namespace, "counter")
-    role = f"cedana-e2e-read-pods-{namespace}"
     kubeconfig = _service_account_kubeconfig(lab, namespace, "limited",
                                              tmp_path / "limited.kubeconfig")
-    lab.kubectl("create", "clusterrole", role, "--verb=get,list,watch", "--resource=pods,nodes")
-    lab.kubectl("create", "clusterrolebinding", role, f"--clusterrole={role}",
+    lab.kubectl("-n", namespace, "create", "role", "read-pods", "--verb=get,list,watch",
+                "--resource=pods")
+    lab.kubectl("-n", namespace, "create", "rolebinding", "read-pods", "--role=read-pods",
                 f"--serviceaccount={namespace}:limited")
-    try:
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-               "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        denied = subprocess.run(["kubectl", "cedana", "checkpoint", "counter"],
-                                capture_output=True, text=True, env=env, timeout=120)
-        assert denied.returncode != 0
-        assert "pods/proxy" in denied.stderr, denied.stderr
-        assert "Traceback" not in denied.stderr
-        # nothing happened to the pod
-        pod = lab.wait_pod_running(namespace, "counter")
-        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
-    finally:
-        lab.kubectl("delete", "clusterrolebinding,clusterrole", role, check=False)
-
-
-def test_helper_port_wants_proof_and_permission(lab: Lab, namespace: str,
-                                                tmp_path: Path) -> None:
-    """Straight to a helper's port without a proof: 401, from a pod and from the node. With a
-    proof but without the cedana-checkpointer permission: 403 and nothing happens; with the
-    shipped ClusterRole bound in the namespace: the checkpoint is taken."""
-    import requests
-
-    lab.apply(counter_pod("counter"), namespace)
-    lab.apply(pod_manifest("prober", ["/bin/sh", "-c", "while true; do sleep 3600; done"]),
-              namespace)
-    lab.wait_pod_running(namespace, "counter")
-    lab.wait_pod_running(namespace, "prober")
-    helpers = json.loads(lab.kubectl("-n", "cedana-system", "get", "pods", "-l",
-                                     "app.kubernetes.io/name=cedana-helper", "-o",
-                                     "json").stdout)["items"]
-    helper_ip = next(p["status"]["podIP"] for p in helpers
-                     if p["spec"]["nodeName"] == lab.node_name)
-    body = {"checkpoint_data": {"container_name": "main", "sandbox_name": "counter",
-                                "namespace": namespace, "checkpoint_path": ""},
-            "leave_running": True}
-    from_pod = lab.kubectl("-n", namespace, "exec", "prober", "--", "wget", "-q", "-O-",
-                           "--header", "Content-Type: application/json", "--post-data",
-                           json.dumps(body), f"http://{helper_ip}:1324/checkpoint", check=False)
-    assert from_pod.returncode != 0 and "401" in from_pod.stderr, from_pod.stderr
-    direct = requests.post(f"http://{helper_ip}:1324/checkpoint", json=body, timeout=30)
-    assert direct.status_code == 401 and direct.json()["code"] == "unauthenticated"
-    forged = requests.post(f"http://{helper_ip}:1324/checkpoint", json=body, timeout=30,
-                           headers={"X-Cedana-Caller": "cedana-caller-nope",
-                                    "X-Cedana-Proof": "guess"})
-    assert forged.status_code == 401, forged.text
-
-    kubeconfig = _service_account_kubeconfig(lab, namespace, "prober-sa",
-                                             tmp_path / "sa.kubeconfig")
-    subject = f"--serviceaccount={namespace}:prober-sa"
-    read = f"cedana-e2e-read-pods-{namespace}"
-    lab.kubectl("create", "clusterrole", read, "--verb=get,list", "--resource=pods,nodes")
-    bindings = [("clusterrolebinding", read, f"--clusterrole={read}", ""),
-                ("clusterrolebinding", f"{read}-caller", "--clusterrole=cedana-caller", ""),
-                ("rolebinding", f"{read}-client", "--role=cedana-helper-client",
-                 "cedana-system")]
-    try:
-        for kind, name, role, ns in bindings:
-            lab.kubectl(*(["-n", ns] if ns else []), "create", kind, name, role, subject)
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-               "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        denied = subprocess.run(["kubectl", "cedana", "checkpoint", "counter",
-                                 "--leave-running"], capture_output=True, text=True, env=env,
-                                timeout=120)
-        assert denied.returncode != 0
-        assert "forbidden" in denied.stderr and "checkpoints" in denied.stderr, denied.stderr
-        assert "Traceback" not in denied.stderr
-        listed = json.loads(cedana(lab, "-n", namespace, "checkpoints", "ls", "-o",
-                                   "json").stdout)
-        assert listed["items"] == []
-        lab.kubectl("-n", namespace, "create", "rolebinding", "prober-checkpointer",
-                    "--clusterrole=cedana-checkpointer", subject)
-        end = time.monotonic() + 60  # the helper trusts a review answer for 10 s
-        while True:
-            allowed = subprocess.run(["kubectl", "cedana", "checkpoint", "counter",
-                                      "--leave-running"], capture_output=True, text=True,
-                                     env=env, timeout=120)
-            if allowed.returncode == 0 or time.monotonic() > end:
-                break
-            assert "forbidden" in allowed.stderr, allowed.stderr
-            time.sleep(3)
-        assert allowed.returncode == 0, allowed.stderr
-        assert re.fullmatch(r"[0-9a-f-]{36}", allowed.stdout.strip())
-    finally:
-        lab.kubectl("delete", "clusterrolebinding", read, f"{read}-caller", check=False)
-        lab.kubectl("-n", "cedana-system", "delete", "rolebinding", f"{read}-client",
-                    check=False)
-        lab.kubectl("delete", "clusterrole", read, check=False)
+    denied = cedana(lab, "checkpoint", "counter", kubeconfig=str(kubeconfig))
+    assert denied.returncode == 1, denied.stderr
+    assert f'you need "create checkpoints.cedana.io in namespace {namespace}"' in denied.stderr
+    assert f'User "system:serviceaccount:{namespace}:limited" cannot create resource ' \
+           '"checkpoints" in API group "cedana.io"' in denied.stderr
+    assert denied.stderr.count("\n") == 1 and "Traceback" not in denied.stderr
+    assert objects(lab, namespace, "checkpoints") == []
     pod = lab.wait_pod_running(namespace, "counter")
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
-def test_uninstall_then_no_helper(lab: Lab, namespace: str) -> None:
-    removed = cedana(lab, "uninstall")
-    assert removed.returncode == 0, removed.stderr
-    left = lab.kubectl("get", "all,serviceaccounts,clusterroles,clusterrolebindings",
-                       "-A", "-l", "app.kubernetes.io/part-of=kubectl-cedana", "-o", "name")
-    assert left.stdout.strip() == ""
+def test_rbac_and_admission_on_the_resources(lab: Lab, namespace: str, tmp_path: Path) -> None:
+    """cedana-checkpointer bound in a namespace is enough; edit has the resources through
+    aggregation and view sees them; the creator is recorded unforgeably (and in the audit
+    log); a restore of another namespace's checkpoint needs get on its checkpoints there."""
+    lab.apply(counter_pod("counter", interval_ms=200), namespace)
+    lab.wait_pod_running(namespace, "counter")
+    bound = _service_account_kubeconfig(lab, namespace, "bound", tmp_path / "bound.kc")
+    lab.kubectl("-n", namespace, "create", "rolebinding", "bound-cedana",
+                "--clusterrole=cedana-checkpointer", f"--serviceaccount={namespace}:bound")
+    user = f"system:serviceaccount:{namespace}:bound"
+    made = cedana(lab, "checkpoint", "counter", "--leave-running", "-o", "json",
+                  kubeconfig=str(bound))
+    assert made.returncode == 0, made.stderr
+    obj = json.loads(made.stdout)
+    assert obj["metadata"]["annotations"]["cedana.io/requested-by"] == user
+    assert obj["status"]["requestedBy"] == user
+    audit = (LAB_DIR / "logs" / "audit.log").read_text(errors="replace")
+    # (a create by generateName may have no name in objectRef: match the namespace)
+    assert any('"resource":"checkpoints"' in line and f'"namespace":"{namespace}"' in line
+               and f'"username":"{user}"' in line and '"verb":"create"' in line
+               for line in audit.splitlines())
+
+    forged = {"apiVersion": "cedana.io/v1alpha1", "kind": "Checkpoint",
+              "metadata": {"name": "forged", "namespace": namespace,
+                           "annotations": {"cedana.io/requested-by": "someone-else"}},
+              "spec": {"podName": "counter"}}
+    refused = subprocess.run(["kubectl", "--kubeconfig", str(bound), "apply", "-f", "-"],
+                             input=json.dumps(forged), capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0
+    assert "cedana.io/requested-by must be your own user name" in refused.stderr
+
+    editor = _service_account_kubeconfig(lab, namespace, "editor", tmp_path / "editor.kc")
+    lab.kubectl("-n", namespace, "create", "rolebinding", "editor-edit", "--clusterrole=edit",
+                f"--serviceaccount={namespace}:editor")
+    viewer = _service_account_kubeconfig(lab, namespace, "viewer", tmp_path / "viewer.kc")
+    lab.kubectl("-n", namespace, "create", "rolebinding", "viewer-view", "--clusterrole=view",
+                f"--serviceaccount={namespace}:viewer")
+    end = time.monotonic() + 30  # the aggregation controller fills edit/view in
+    while True:
+        by_editor = cedana(lab, "checkpoint", "counter", "--leave-running",
+                           kubeconfig=str(editor))
+        if by_editor.returncode == 0 or time.monotonic() > end:
+            break
+        time.sleep(1)
+    assert by_editor.returncode == 0, by_editor.stderr
+    seen = cedana(lab, "checkpoints", "ls", "-o", "json", kubeconfig=str(viewer))
+    assert seen.returncode == 0 and len(json.loads(seen.stdout)["items"]) == 2, seen.stderr
+    not_viewers = cedana(lab, "checkpoint", "counter", kubeconfig=str(viewer))
+    assert not_viewers.returncode == 1 and "create checkpoints.cedana.io" in not_viewers.stderr
+
+    other = create_namespace(lab, "rbac-other")
+    try:
+        lab.apply(pod_manifest("sleeper", ["/bin/sh", "-c", "while true; do sleep 3600; done"]),
+                  other)
+        lab.wait_pod_running(other, "sleeper")
+        lab.kubectl("-n", other, "create", "rolebinding", "bound-cedana",
+                    "--clusterrole=cedana-checkpointer", f"--serviceaccount={namespace}:bound")
+        # bound may restore in `other` and read checkpoints of `namespace`: admitted
+        ident = obj["status"]["checkpointID"]
+        across = cedana(lab, "-n", other, "restore", ident, "--checkpoint-namespace", namespace,
+                        "--into", "sleeper", kubeconfig=str(bound))
+        assert across.returncode == 0, across.stderr
+        # a user of `other` alone may create Restores there, but not read `namespace`'s
+        # checkpoints: admission refuses, with the stranger's own identity
+        stranger = _service_account_kubeconfig(lab, other, "stranger", tmp_path / "s.kc")
+        lab.kubectl("-n", other, "create", "rolebinding", "stranger-cedana",
+                    "--clusterrole=cedana-checkpointer", f"--serviceaccount={other}:stranger")
+        refused = cedana(lab, "-n", other, "restore", ident, "--checkpoint-namespace",
+                         namespace, "--into", "sleeper", kubeconfig=str(stranger))
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.startswith("error: refused by admission: ")
+        assert f"restoring a checkpoint of namespace {namespace} needs get on " \
+               "checkpoints.cedana.io there" in refused.stderr
+    finally:
+        lab.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_uninstall_keeps_the_api_then_purge_removes_it(lab: Lab, namespace: str) -> None:
     lab.apply(counter_pod("counter"), namespace)
     lab.wait_pod_running(namespace, "counter")
+    ckpt = cedana(lab, "-n", namespace, "checkpoint", "counter", "--leave-running")
+    assert ckpt.returncode == 0, ckpt.stderr
+
+    removed = cedana(lab, "uninstall")
+    assert removed.returncode == 0, removed.stderr
+    assert "customresourcedefinition.apiextensions.k8s.io/checkpoints.cedana.io kept" \
+        in removed.stdout
+    left = lab.kubectl("get", "all,serviceaccounts,clusterroles,clusterrolebindings",
+                       "-A", "-l", "app.kubernetes.io/part-of=kubectl-cedana", "-o", "name")
+    assert sorted(left.stdout.split()) == [
+        "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer",
+        "clusterrole.rbac.authorization.k8s.io/cedana-edit",
+        "clusterrole.rbac.authorization.k8s.io/cedana-view"]
+    assert len(objects(lab, namespace, "checkpoints")) == 1  # and its data on the node
     nohelper = cedana(lab, "-n", namespace, "checkpoint", "counter")
-    assert nohelper.returncode != 0
+    assert nohelper.returncode == 3
     assert "kubectl cedana install" in nohelper.stderr
+    assert len(objects(lab, namespace, "checkpoints")) == 1  # nothing was created
+
+    assert cedana(lab, "install").returncode == 0  # helpers back: they delete the data
+    purged = cedana(lab, "uninstall", "--purge", timeout=400)
+    assert purged.returncode == 0, purged.stderr
+    assert lab.kubectl("get", "crd", "checkpoints.cedana.io", check=False).returncode != 0
+    left = lab.kubectl("get", "all,serviceaccounts,clusterroles,clusterrolebindings,"
+                       "validatingadmissionpolicies,validatingadmissionpolicybindings",
+                       "-A", "-l", "app.kubernetes.io/part-of=kubectl-cedana", "-o", "name")
+    assert left.stdout.strip() == ""
+    gone = cedana(lab, "-n", namespace, "checkpoint", "counter")
+    assert gone.returncode == 3 and "kubectl cedana install" in gone.stderr

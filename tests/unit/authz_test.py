@@ -155,3 +155,25 @@ def test_api_server_unreachable_is_503(cluster: FakeCluster, api: FakeApiServer,
     api.httpd.server_close()
     status, answer = call(helper_url, "GET", "/list/team-a", headers=headers)
     assert (status, answer["code"]) == (503, "authorization_unavailable")
+
+
+def test_every_route_has_a_policy(tmp_path: Path) -> None:
+    """Each route states what its caller needs; an app with a route that does not will not
+    start, so adding a route means saying what it needs."""
+    from fastapi import APIRouter
+
+    from sidecar.http import routes
+    from sidecar.http.app import create_app
+    from sidecar.http.policy import routes_without_policy
+    from tests.unit.sidecar_support import make_config, route_table
+
+    config = make_config(tmp_path)
+    create_app(config, kube=None)
+    assert len(route_table()) >= 12
+    assert routes_without_policy(routes.ROUTERS) == []
+    forgotten = APIRouter()
+    forgotten.get("/unguarded")(lambda: {})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(routes, "ROUTERS", [*routes.ROUTERS, forgotten])
+        with pytest.raises(RuntimeError, match="GET /unguarded"):
+            create_app(config, kube=None)

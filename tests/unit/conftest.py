@@ -1,6 +1,7 @@
 """Fixtures shared by the unit tests; the fakes and helpers they build on live in
-plugin_fakeapi.py (a fake API server with pod proxy) and sidecar_support.py (the helper's
-recorded runc roots, fake tools and processes)."""
+plugin_fakeapi.py (a fake API server serving pods and the cedana.io objects),
+plugin_fakehelpers.py (the node helpers reconciling those objects) and sidecar_support.py (the
+helper's recorded runc roots, fake tools and processes)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,15 +10,22 @@ from pathlib import Path
 import pytest
 
 from tests.unit.plugin_fakeapi import FakeApiServer, FakeCluster, write_kubeconfig
+from tests.unit.plugin_fakehelpers import FakeHelpers
 from tests.unit.sidecar_support import HelperApp, stop
 
 
 @pytest.fixture
 def cluster() -> FakeCluster:
-    """The fake API server's state: one node, node1, with a (fake) helper."""
+    """The fake API server's state: one node, node1, with a helper pod."""
     fake = FakeCluster()
     fake.add_helper("node1")
     return fake
+
+
+@pytest.fixture
+def helpers(cluster: FakeCluster) -> FakeHelpers:
+    """The node helpers, reconciling the cedana.io objects of `cluster`."""
+    return FakeHelpers(cluster)
 
 
 @pytest.fixture

@@ -1,16 +1,18 @@
 """The plugin and the helper share kubectl_cedana/contract.py; these tests hold both sides (and
-docs/api.md) to it: the routes the helper serves, the codes and statuses it answers, the
-compression names it accepts."""
+docs/api.md, the CRDs and the admission policy) to it: the resources' names, phases, labels,
+annotations and finalizer, the routes the helper serves, the codes and statuses it answers,
+the compression names it accepts."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from kubectl_cedana import contract
-from kubectl_cedana.errors import ExitCode, HelperReplyError
+from kubectl_cedana.errors import CODE_EXIT, ExitCode, ResourceFailed
 from sidecar import errors
 from sidecar.http.app import create_app
 from sidecar.registry.remote import LAYER_TYPES
@@ -65,11 +67,83 @@ def test_every_code_has_one_error_class_and_one_row_in_the_docs() -> None:
 
 
 def test_the_plugin_maps_only_codes_the_helper_has() -> None:
-    assert set(HelperReplyError.CODE_EXIT) <= set(contract.HTTP_STATUS)
+    assert set(CODE_EXIT) <= set(contract.HTTP_STATUS)
     for code, status in contract.HTTP_STATUS.items():
-        exit_code = HelperReplyError("x", code=code).exit_code
+        exit_code = ResourceFailed("x", code=code).exit_code
         if status >= 500:  # the helper or its node failed, not the request
             assert exit_code == ExitCode.REMOTE, code
+    assert ResourceFailed("x", code="a_code_of_a_newer_helper").exit_code == ExitCode.REMOTE
+
+
+def _documents(name: str) -> list[dict]:
+    path = REPO / "deploy" / "base" / name
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_the_crds_are_the_contracts_resources() -> None:
+    crds = {d["spec"]["names"]["kind"]: d for d in _documents("crds.yaml")}
+    assert set(crds) == {r.kind for r in contract.RESOURCES}
+    for resource in contract.RESOURCES:
+        crd = crds[resource.kind]
+        assert crd["metadata"]["name"] == resource.qualified
+        assert crd["spec"]["group"] == contract.API_GROUP
+        assert (crd["spec"]["names"]["plural"], crd["spec"]["names"]["singular"]) == \
+            (resource.plural, resource.singular)
+        assert crd["spec"]["scope"] == "Namespaced"
+        (version,) = crd["spec"]["versions"]
+        assert version["name"] == contract.API_VERSION and version["served"]
+        phase = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"][
+            "phase"]
+        assert tuple(phase["enum"]) == contract.PHASES
+    restore_spec = crds["Restore"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"]["spec"]["properties"]
+    assert restore_spec["checkpointID"]["pattern"] == contract.CHECKPOINT_ID_PATTERN
+
+
+#: the keys a CRD's openAPIV3Schema may use (JSONSchemaProps) that ours do
+SCHEMA_KEYS = {"type", "description", "format", "enum", "default", "pattern", "minLength",
+               "maxLength", "properties", "required", "items", "x-kubernetes-validations",
+               "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
+
+
+def test_the_crd_schemas_use_only_schema_keys() -> None:
+    """A comma in an unquoted description of a flow mapping ({type: string, description: a,
+    b}) makes a stray key that `kubectl apply --validate=strict` refuses."""
+    def walk(where: str, schema: dict) -> list[str]:
+        found = [f"{where}: {key!r}" for key in schema if key not in SCHEMA_KEYS]
+        for name, sub in (schema.get("properties") or {}).items():
+            found += walk(f"{where}.{name}", sub)
+        if isinstance(schema.get("items"), dict):
+            found += walk(f"{where}[]", schema["items"])
+        return found
+
+    problems = [p for crd in _documents("crds.yaml")
+                for p in walk(crd["metadata"]["name"],
+                              crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])]
+    assert problems == []
+
+
+def test_the_admission_policy_uses_the_contracts_names() -> None:
+    policy, binding = _documents("admission.yaml")
+    text = (REPO / "deploy" / "base" / "admission.yaml").read_text()
+    assert policy["kind"] == "ValidatingAdmissionPolicy"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == [contract.API_GROUP]
+    assert set(rule["resources"]) == {r.plural for r in contract.RESOURCES}
+    assert f"'{contract.REQUESTED_BY_ANNOTATION}'" in text
+    assert f"'{contract.HELPER_USER}'" in text
+    # folded the same by every YAML parser (go-yaml keeps a more-indented line's break twice)
+    expressions = [v["expression"] for v in policy["spec"]["validations"]]
+    assert expressions and all("\n" not in e for e in expressions)
+
+
+@pytest.mark.parametrize("text,is_id", [
+    ("6f1d2c3b-0000-4000-8000-000000000001", True), ("counter-x7k2p", False),
+    ("6F1D2C3B-0000-4000-8000-000000000001", False), ("6f1d2c3b", False),
+    ("6f1d2c3b-0000-4000-8000-000000000001\n", False)])
+def test_a_checkpoint_id_is_a_uuid_anything_else_a_name(text: str, is_id: bool) -> None:
+    assert contract.is_checkpoint_id(text) is is_id
 
 
 def test_the_helper_accepts_exactly_the_contracts_compressions(app: HelperApp) -> None:

@@ -5,8 +5,10 @@ import counted, at the top of a module or inside a function.
                    sidecar.reconcile ->                sidecar.registry | sidecar.kube
     every layer -> sidecar.errors, sidecar.config, sidecar.logs -> kubectl_cedana.contract
 
-The plugin (kubectl_cedana) and the helper (sidecar) share only kubectl_cedana/contract.py and
-version.py; the plugin imports none of the helper's server stack."""
+The plugin (kubectl_cedana) and the helper (sidecar) share only kubectl_cedana/contract.py,
+version.py and podspec.py (the placeholder pod, which the helper builds for a Restore's
+newPod), all three standard library only; the plugin imports none of the helper's server
+stack."""
 from __future__ import annotations
 
 import ast
@@ -18,6 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+#: the plugin's modules the helper may import: standard library only, Python 3.9 syntax
+SHARED = (["contract"], ["version"], ["podspec"])
 #: layer -> the layers it may import (itself always)
 ALLOWED: dict[str, set[str]] = {
     "entry": {"http", "reconcile", "ops", "node", "storage", "registry", "kube", "base",
@@ -46,7 +50,7 @@ def layer_of(module: str) -> str | None:
     """The layer of one of our modules; None for anything else (stdlib, third party)."""
     parts = module.split(".")
     if parts[0] == "kubectl_cedana":
-        return "contract" if parts[1:2] in (["contract"], ["version"], ["podspec"]) else "plugin"
+        return "contract" if parts[1:2] in SHARED else "plugin"
     if parts[0] != "sidecar":
         return None
     if len(parts) == 1 or parts[1] in ("errors", "config", "logs"):
@@ -133,6 +137,10 @@ def test_every_helper_module_has_a_layer() -> None:
     ("kubectl_cedana.helper", "from sidecar.node import tool", "plugin may import only"),
     ("kubectl_cedana.operations", "import psutil", "server stack"),
     ("kubectl_cedana.contract", "import yaml", "standard library only"),
+    ("kubectl_cedana.podspec", "from kubectl_cedana.errors import CedanaError",
+     "contract may import only"),
+    ("sidecar.ops.restore", "from kubectl_cedana.pods import select_container",
+     "ops may import only"),
     ("sidecar.criu_guard", "from sidecar import errors", "standalone may import only"),
 ])
 def test_a_wrong_import_is_caught(module: str, source: str, problem: str) -> None:
@@ -146,3 +154,5 @@ def test_allowed_imports_pass() -> None:
     assert violations("from . import remote", "sidecar.registry.client") == []
     assert violations("from kubectl_cedana.contract import Code\nimport click",
                       "kubectl_cedana.errors") == []
+    assert violations("from kubectl_cedana.podspec import build_placeholder_pod",
+                      "sidecar.ops.restore") == []

@@ -15,7 +15,7 @@ from kubectl_cedana.version import __version__
 from tests.unit.plugin_fakeapi import runner
 
 COMMANDS = ["checkpoint", "checkpoints", "doctor", "install", "list", "migrate", "restore",
-            "rootfs", "uninstall", "version"]
+            "uninstall", "version"]
 
 
 def invoke(*args: str) -> Result:
@@ -35,7 +35,7 @@ def test_usage_is_shown_as_kubectl_cedana() -> None:
     assert result.stderr == ""
 
 
-@pytest.mark.parametrize("argv", [[], ["rootfs"], ["checkpoints", "--help"]])
+@pytest.mark.parametrize("argv", [[], ["checkpoints", "--help"]])
 def test_bare_group_shows_help_on_stdout(argv: list[str]) -> None:
     result = invoke(*argv)
     assert result.exit_code == 0
@@ -49,7 +49,7 @@ def test_bare_group_shows_help_on_stdout(argv: list[str]) -> None:
     (["migrate", "--help"], "Usage: kubectl cedana migrate [OPTIONS] POD"),
     (["checkpoints", "rm", "--help"],
      "Usage: kubectl cedana checkpoints rm [OPTIONS] CHECKPOINTS..."),
-    (["rootfs", "--help"], "Usage: kubectl cedana rootfs [OPTIONS] COMMAND [ARGS]..."),
+    (["checkpoints", "prune", "--help"], "Usage: kubectl cedana checkpoints prune [OPTIONS]"),
 ])
 def test_subcommand_usage(argv: list[str], usage: str) -> None:
     result = invoke(*argv)
@@ -61,6 +61,15 @@ def test_subcommand_usage(argv: list[str], usage: str) -> None:
 def test_list_and_checkpoints_take_all_namespaces() -> None:
     assert "-A, --all-namespaces" in invoke("list", "--help").stdout
     assert "-A, --all-namespaces" in invoke("checkpoints", "ls", "--help").stdout
+    assert "-A, --all-namespaces" in invoke("checkpoints", "prune", "--help").stdout
+
+
+@pytest.mark.parametrize("command", ["checkpoint", "restore", "migrate"])
+def test_the_object_commands_share_their_flags(command: str) -> None:
+    helptext = invoke(command, "--help").stdout
+    for flag in ("--name NAME", "--wait / --no-wait", "--timeout DURATION",
+                 "--dry-run [none|client|server]"):
+        assert flag in helptext, flag
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -74,6 +83,10 @@ def test_list_and_checkpoints_take_all_namespaces() -> None:
     (["restore", "abc", "--into", "a", "--node", "n"], "--node goes with --new-pod"),
     (["list", "--request-timeout", "soon"], "invalid duration 'soon'"),
     (["restore", "abc", "--new-pod", "b", "--timeout", "1x"], "invalid duration '1x'"),
+    (["checkpoint", "pod", "--dry-run=later"], "Invalid value for '--dry-run'"),
+    (["checkpoint", "pod", "--path", "/x"], "--path"),
+    (["migrate", "pod", "--compression", "lz4"], "--compression"),
+    (["checkpoints", "rm"], "Missing argument 'CHECKPOINTS...'"),
     (["nosuchcommand"], "No such command 'nosuchcommand'"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(argv: list[str], fragment: str) -> None:
@@ -95,17 +108,6 @@ def test_version_client_needs_no_cluster(tmp_path: object) -> None:
     assert yaml.safe_load(invoke("-o", "yaml", "version", "--client").stdout) == doc
 
 
-@pytest.mark.parametrize("argv,missing", [
-    (["rootfs", "checkpoint", "pod"], "--image"),
-    (["rootfs", "restore", "--image", "r/x:1"], "--into"),
-    (["rootfs", "restore", "--into", "pod"], "--image"),
-])
-def test_rootfs_requires_its_options(argv: list[str], missing: str) -> None:
-    result = invoke(*argv)
-    assert result.exit_code == 2
-    assert f"Missing option '{missing}" in result.stderr
-
-
 @pytest.mark.parametrize("exc,code", [
     (errors.CedanaError("x"), 1), (errors.UsageError("x"), 2), (errors.NotFoundError("x"), 3),
     (errors.ConflictError("x"), 4), (errors.HelperFailure("x"), 5),
@@ -113,10 +115,12 @@ def test_rootfs_requires_its_options(argv: list[str], missing: str) -> None:
     (errors.HelperNotInstalled("x"), 3),
     (errors.PermissionDenied("x", permission="get pods", status=403), 1),
     (errors.ApiNotFound("x", status=404), 3), (errors.ApiConflict("x", status=409), 4),
-    (errors.HelperReplyError("x", code="checkpoint_not_found"), 3),
-    (errors.HelperReplyError("x", code="already_restored"), 4),
-    (errors.HelperReplyError("x", code="checkpoint_corrupted"), 5),
-    (errors.HelperReplyError("x", code="some_future_code"), 5),
+    (errors.ResourceFailed("x", code="checkpoint_not_found"), 3),
+    (errors.ResourceFailed("x", code="already_restored"), 4),
+    (errors.ResourceFailed("x", code="container_ambiguous"), 2),
+    (errors.ResourceFailed("x", code="checkpoint_corrupted"), 5),
+    (errors.ResourceFailed("x", code="some_future_code"), 5),
+    (errors.ResourceFailed("x", code=""), 5),
     (KeyboardInterrupt(), 130), (click.exceptions.Abort(), 130),
     (RuntimeError("boom"), 1),
 ])

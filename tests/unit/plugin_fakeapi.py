@@ -1,9 +1,13 @@
-"""A small real HTTP server standing in for a Kubernetes API server and its pod proxy.
+"""A small real HTTP server standing in for a Kubernetes API server.
 
-It keeps pods and the helper's objects in memory, speaks the API's JSON (Status objects on
-errors), checks the bearer token, and routes `/pods/{helper}:1324/proxy/...` to a fake node
-helper that follows the helper's REST contract. Tests drive the real plugin against it and
-assert on what arrived (`cluster.requests`).
+It keeps pods, the objects `install` applies and the cedana.io objects (Checkpoint, Restore,
+Migration) in memory and serves them as the API server does: JSON, Status objects on errors
+(with the API server's own 403 wording), create with generateName and the CRDs' defaults,
+get, list with label and field selectors, watch from a resourceVersion (chunked, one event
+a line; 410 for a version it no longer keeps), delete with finalizers, server-side dry runs,
+the admission policy's checks of admission.yaml, SelfSubjectReview and access reviews.
+FakeHelpers (plugin_fakehelpers.py) plays the node helpers that reconcile the objects.
+Tests drive the real plugin against it and assert on what arrived (`cluster.requests`).
 """
 from __future__ import annotations
 
@@ -11,36 +15,55 @@ import base64
 import copy
 import json
 import re
+import socket
 import ssl
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from click.testing import CliRunner, Result
 
+from kubectl_cedana.contract import (
+    API_GROUP,
+    CHECKPOINT_ID_PATTERN,
+    GROUP_VERSION,
+    HELPER_USER,
+    REQUESTED_BY_ANNOTATION,
+    RESOURCES,
+)
 from tests.unit.loopback import LoopbackServer
-
-if TYPE_CHECKING:  # Self is Python 3.11+; annotations are never evaluated
-    pass
 
 TOKEN = "test-token-123"
 HELPER_NS = "cedana-system"
-CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+KINDS = {r.plural: r.kind for r in RESOURCES}
+CUSTOM = re.compile(rf"/apis/{re.escape(GROUP_VERSION)}(?:/namespaces/([^/]+))?/"
+                    r"(checkpoints|restores|migrations)(?:/([^/]+))?(/status)?")
+#: CRD defaults (deploy/base/crds.yaml), applied on create as the API server does
+DEFAULTS = {"checkpoints": {"leaveRunning": True, "withRootfs": True},
+            "migrations": {"deleteSource": False}}
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
 
 
-def status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+def status(code: int, reason: str, message: str,
+           details: dict[str, Any] | None = None) -> dict[str, Any]:
+    found: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                             "status": "Failure", "message": message, "reason": reason,
+                             "code": code}
+    if details:
+        found["details"] = details
+    return found
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def make_pod(name: str, namespace: str = "default", *, node: str = "node1",
@@ -56,6 +79,7 @@ def make_pod(name: str, namespace: str = "default", *, node: str = "node1",
               "ports": [{"containerPort": 8080, "hostPort": 18080, "protocol": "TCP"}]}
              for c in containers]
     statuses = [{"name": c, "ready": running, "restartCount": 0, "image": image,
+                 "imageID": f"docker.io/library/{image}@sha256:{'ab' * 32}",
                  "containerID": f"containerd://{uuid.uuid4().hex}{uuid.uuid4().hex}",
                  "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}} if running
                  else {"waiting": {"reason": "ContainerCreating"}}}
@@ -73,10 +97,11 @@ def make_pod(name: str, namespace: str = "default", *, node: str = "node1",
     }
 
 
-def helper_pod(node: str, *, ready: bool = True) -> dict[str, Any]:
+def helper_pod(node: str, *, ready: bool = True,
+               image: str = "docker.io/cedana/helper:0.1.0") -> dict[str, Any]:
     pod = make_pod(f"cedana-helper-{node}", HELPER_NS, node=node, containers=("helper",),
-                   labels={"app.kubernetes.io/name": "cedana-helper",
-                           "app.kubernetes.io/part-of": "kubectl-cedana"})
+                   image=image, labels={"app.kubernetes.io/name": "cedana-helper",
+                                        "app.kubernetes.io/part-of": "kubectl-cedana"})
     pod["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
     return pod
 
@@ -92,121 +117,64 @@ class Request:
 
 
 @dataclass
-class FakeHelper:
-    """One node's helper: the REST contract with in-memory checkpoints."""
-
-    node: str
-    cluster: FakeCluster
-    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
-    errors: dict[str, tuple[int, Any]] = field(default_factory=dict)  # route -> answer
-    delays: dict[str, float] = field(default_factory=dict)  # route -> seconds
-    restored: list[dict[str, Any]] = field(default_factory=list)
-
-    def handle(self, method: str, route: str, query: dict[str, list[str]],
-               body: Any) -> tuple[int, Any]:
-        key = route.split("/")[0] or route
-        for name in (route, key):
-            if name in self.delays:
-                time.sleep(self.delays[name])
-            if name in self.errors:
-                return self.errors[name]
-        if route == "healthz":
-            return 200, {"status": "ok"}
-        if route == "version":
-            return 200, {"helper": "0.1.0", "runc": "1.1.5", "criu": "4.1.1", "node": self.node}
-        if route.startswith("list/"):
-            namespace = unquote(route[len("list/"):])
-            return 200, [self._container_entry(p, c)
-                         for p in self.cluster.pods_on(self.node, namespace)
-                         for c in p["status"].get("containerStatuses") or []]
-        if route == "checkpoint" and method == "POST":
-            return self._checkpoint(body)
-        if route == "restore" and method == "POST":
-            return self._restore(body)
-        if route in ("checkpoint/rootfs", "checkpoint/rootfs/crio", "restore/rootfs"):
-            return 501, {"code": "not_implemented", "message": "rootfs is not implemented"}
-        if route == "checkpoints":
-            return 200, {"checkpoints": list(self.checkpoints.values())}
-        if route.startswith("checkpoints/"):
-            ident = unquote(route[len("checkpoints/"):])
-            if ident not in self.checkpoints:
-                return 404, {"code": "checkpoint_not_found", "message": f"no checkpoint {ident}"}
-            if method == "DELETE":
-                del self.checkpoints[ident]
-                return 200, {"deleted": ident}
-            return 200, dict(self.checkpoints[ident], manifest={"files": 3})
-        return 404, {"detail": "Not Found"}
-
-    def _container_entry(self, pod: dict[str, Any], cstatus: dict[str, Any]) -> dict[str, Any]:
-        return {"namespace": pod["metadata"]["namespace"], "sandbox_name": pod["metadata"]["name"],
-                "container_name": cstatus["name"],
-                "container_id": cstatus["containerID"].split("://")[1],
-                "pid": 4000 + len(pod["metadata"]["name"]),
-                "status": "running" if "running" in cstatus["state"] else "created",
-                "image": cstatus.get("image", ""), "sandbox_id": "sb" + pod["metadata"]["uid"][:8]}
-
-    def _find(self, data: dict[str, Any]) -> dict[str, Any] | None:
-        pod = self.cluster.pods.get((str(data.get("namespace")), str(data.get("sandbox_name"))))
-        if not pod or pod["spec"].get("nodeName") != self.node:
-            return None
-        if data.get("container_name") not in [c["name"] for c in pod["spec"]["containers"]]:
-            return None
-        return pod
-
-    def _checkpoint(self, body: Any) -> tuple[int, Any]:
-        data = (body or {}).get("checkpoint_data") or {}
-        if not all(data.get(k) for k in ("container_name", "sandbox_name", "namespace")):
-            return 400, {"code": "invalid_request", "message": "missing fields"}
-        if not self._find(data):
-            return 404, {"code": "container_not_found",
-                         "message": f"no container {data['container_name']} in "
-                                    f"{data['namespace']}/{data['sandbox_name']}"}
-        ident = str(uuid.uuid4())
-        path = data.get("checkpoint_path") or f"/var/lib/cedana/checkpoints/{ident}"
-        self.checkpoints[ident] = {
-            "id": ident, "path": path, "namespace": data["namespace"],
-            "pod": data["sandbox_name"], "container": data["container_name"], "node": self.node,
-            "size_bytes": 123456, "created": "2024-05-01T10:00:00Z", "where": "local",
-            "compression": "none", "leave_running": bool(body.get("leave_running"))}
-        return 200, {"checkpoint_id": ident, "checkpoint_path": path, "size_bytes": 123456,
-                     "duration_ms": 210, "options": {"leave_running": body.get("leave_running")}}
-
-    def _restore(self, body: Any) -> tuple[int, Any]:
-        data = (body or {}).get("checkpoint_data") or {}
-        ident = data.get("checkpoint_id") or ""
-        if data.get("checkpoint_path"):
-            ident = next((k for k, v in self.checkpoints.items()
-                          if v["path"] == data["checkpoint_path"]), "")
-        if ident not in self.checkpoints:
-            return 404, {"code": "checkpoint_not_found", "message": f"no checkpoint {ident!r}"}
-        if not self._find(data):
-            return 404, {"code": "container_not_found", "message": "no such container"}
-        self.restored.append(data)
-        return 200, {"restored": True, "checkpoint_id": ident, "pid": 4242, "duration_ms": 350}
+class Event:
+    version: int
+    plural: str
+    namespace: str
+    type: str
+    obj: dict[str, Any]
 
 
-class ForwardingHelper:
-    """A node whose helper is a real `cedana-helper serve` process on loopback."""
+class WatchStream:
+    """What a watch answers: events, one JSON document a line, until the watch ends."""
 
-    def __init__(self, node: str, base_url: str) -> None:
-        self.node = node
-        self.base_url = base_url
+    def __init__(self, events: Iterator[dict[str, Any]]) -> None:
+        self.events = events
 
-    def handle(self, method: str, route: str, query: dict[str, list[str]],
-               body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        url = f"{self.base_url}/{route}"
-        if query:
-            url += "?" + urlencode({k: v[0] for k, v in query.items()})
-        data = json.dumps(body).encode() if body is not None else None
-        # custom headers pass the pod proxy (the caller's Authorization does not)
-        sent = {k: v for k, v in (headers or {}).items() if k.startswith("x-cedana-")}
-        request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json", **sent})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as answer:
-                return answer.status, json.loads(answer.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
+
+def parse_selector(text: str) -> list[tuple[str, str, str]]:
+    """`a=b,c!=d,e` -> [(a, =, b), (c, !=, d), (e, exists, "")]."""
+    terms = []
+    for term in filter(None, text.split(",")):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            terms.append((key, "!=", value))
+        elif "=" in term:
+            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
+            terms.append((key, "=", value))
+        else:
+            terms.append((term, "exists", ""))
+    return terms
+
+
+def selected(values: dict[str, str], terms: list[tuple[str, str, str]]) -> bool:
+    for key, op, value in terms:
+        if op == "=" and values.get(key) != value:
+            return False
+        if op == "!=" and values.get(key) == value:
+            return False
+        if op == "exists" and key not in values:
+            return False
+    return True
+
+
+def forbidden_message(user: str, method: str, path: str, query: dict[str, list[str]]) -> str:
+    """The API server's wording of an RBAC refusal for this request."""
+    parts = [p for p in path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[:1] == ["api"] else (parts[1], parts[3:])
+    namespace = ""
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0] if rest else ""
+    name = rest[1] if len(rest) > 1 else ""
+    verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete"}[method]
+    if verb == "get" and not name:
+        verb = "watch" if query.get("watch") == ["true"] else "list"
+    what = resource + (f".{group}" if group else "")
+    return (f'{what}{f" {json.dumps(name)}" if name else ""} is forbidden: User "{user}" '
+            f'cannot {verb} resource "{resource}" in API group "{group}"'
+            + (f' in the namespace "{namespace}"' if namespace else " at the cluster scope"))
 
 
 class FakeCluster:
@@ -214,24 +182,32 @@ class FakeCluster:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.objects: dict[str, dict[str, Any]] = {}  # path -> object (install/uninstall)
-        self.helpers: dict[str, FakeHelper] = {}
-        self.forwarded: dict[str, ForwardingHelper] = {}  # nodes served by a real helper
+        self.custom: dict[tuple[str, str, str], dict[str, Any]] = {}  # cedana.io objects
+        self.events: list[Event] = []
+        self.oldest_watchable = 0  # watches from an older resourceVersion get 410
         self.requests: list[Request] = []
-        self.proof_requests: list[Request] = []
         self.forbidden: list[tuple[str, str]] = []  # (method, path regex)
-        self.unreachable: set = set()  # helper nodes whose proxy gives 503
-        self.denied_reviews: set = set()  # (verb, resource, subresource, namespace)
+        self.delays: list[tuple[str, str, float]] = []  # (method, path regex, seconds)
+        self.denied_reviews: set[tuple[str, str, str, str]] = set()  # of SelfSubjectAccessReviews
         # SubjectAccessReviews (the helper asking about a caller) answered no: (user, verb,
         # resource, subresource, namespace), "*" matching anything
-        self.denied_subject_reviews: set = set()
         #: bearer tokens a TokenReview vouches for: token -> user info (username, uid, groups)
         self.review_tokens: dict[str, dict[str, Any]] = {}
-        self.placeholder_mode = "running"  # running | pending | no-shell
+        self.denied_subject_reviews: set[tuple[str, ...]] = set()
+        self.cedana_api = True  # the CRDs are served
+        self.self_subject_review = True  # the SelfSubjectReview API exists
+        self.crd_unestablished_gets = 0  # how many reads of a CRD still find it unestablished
+        self.max_watch_s = 30.0
         self.resource_version = 100
         self.nodes = ["node1"]
         self.token: str | None = TOKEN
+        self.user = "token-user"  # whom a token authenticates (a client certificate: alice)
+        self.closed = False
+        self.on_created: list[Callable[[str, tuple[str, str, str]], None]] = []
+        self.on_deleted: list[Callable[[str, tuple[str, str, str]], None]] = []
 
     # -- setup helpers ----------------------------------------------------------------------
     def add_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
@@ -239,56 +215,96 @@ class FakeCluster:
             self.pods[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = pod
         return pod
 
-    def add_helper(self, node: str, *, ready: bool = True) -> FakeHelper:
-        self.add_pod(helper_pod(node, ready=ready))
-        helper = FakeHelper(node=node, cluster=self)
-        self.helpers[node] = helper
+    def add_helper(self, node: str, *, ready: bool = True) -> dict[str, Any]:
+        """The helper pod of a node (the DaemonSet's); objects are reconciled by FakeHelpers."""
+        pod = self.add_pod(helper_pod(node, ready=ready))
         if node not in self.nodes:
             self.nodes.append(node)
-        return helper
-
-    def add_forwarding_helper(self, node: str, base_url: str) -> ForwardingHelper:
-        self.add_pod(helper_pod(node))
-        helper = ForwardingHelper(node, base_url)
-        self.forwarded[node] = helper
-        if node not in self.nodes:
-            self.nodes.append(node)
-        return helper
-
-    def pods_on(self, node: str, namespace: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [p for (ns, _), p in sorted(self.pods.items())
-                    if ns == namespace and p["spec"].get("nodeName") == node]
+        return pod
 
     def requests_matching(self, method: str, pattern: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and re.search(pattern, r.path)]
 
+    def created(self, plural: str) -> list[dict[str, Any]]:
+        """The bodies POSTed to create cedana.io objects of `plural` (dry runs included)."""
+        return [r.body for r in self.requests_matching("POST", rf"/{plural}$")]
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self.custom[(plural, namespace, name)])
+
+    def objects_of(self, plural: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [copy.deepcopy(o) for (p, _ns, _n), o in sorted(self.custom.items())
+                    if p == plural]
+
+    # -- cedana.io objects: every change bumps the resourceVersion and is an event ----------
+    def _record(self, plural: str, obj: dict[str, Any], kind: str) -> None:
+        self.resource_version += 1
+        obj["metadata"]["resourceVersion"] = str(self.resource_version)
+        self.events.append(Event(self.resource_version, plural, obj["metadata"]["namespace"],
+                                 kind, copy.deepcopy(obj)))
+        self.changed.notify_all()
+
+    def put(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store an object as if created (no helper is told): for tests that need a state."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", now())
+        obj.setdefault("apiVersion", GROUP_VERSION)
+        obj.setdefault("kind", KINDS[plural])
+        with self.lock:
+            self.custom[(plural, meta["namespace"], meta["name"])] = obj
+            self._record(plural, obj, "ADDED")
+        return copy.deepcopy(obj)
+
+    def update(self, plural: str, namespace: str, name: str,
+               change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+        """Change an object in place (as the helper's writes would); None if it is gone. An
+        object being deleted goes once its last finalizer is removed."""
+        with self.lock:
+            key = (plural, namespace, name)
+            obj = self.custom.get(key)
+            if obj is None:
+                return None
+            change(obj)
+            meta = obj["metadata"]
+            if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                del self.custom[key]
+                self._record(plural, obj, "DELETED")
+                return None
+            self._record(plural, obj, "MODIFIED")
+            return copy.deepcopy(obj)
+
+    def forget_history(self) -> None:
+        """Watches from any version seen so far get 410 Gone (as after etcd compaction)."""
+        with self.lock:
+            self.oldest_watchable = self.resource_version + 1
+
     # -- request handling -------------------------------------------------------------------
     def handle(self, req: Request) -> tuple[int, Any]:
-        # the caller proof (a CertificateSigningRequest) goes beside the helper calls; tests of
-        # the call order look at the rest
-        (self.proof_requests if req.path.startswith("/apis/certificates.k8s.io/")
-         else self.requests).append(req)
+        self.requests.append(req)
         if self.token is not None and req.peer_cert is None and \
                 req.headers.get("authorization") != f"Bearer {self.token}":
             return 401, status(401, "Unauthorized", "Unauthorized")
+        user = "alice" if req.peer_cert else self.user
+        for method, pattern, seconds in self.delays:
+            if method == req.method and re.search(pattern, req.path):
+                time.sleep(seconds)
         for method, pattern in self.forbidden:
             if method == req.method and re.search(pattern, req.path):
-                return 403, status(403, "Forbidden",
-                                   f'pods is forbidden: User "bob" cannot {method.lower()} '
-                                   f'resource at {req.path}')
+                return 403, status(403, "Forbidden", forbidden_message(
+                    user, req.method, req.path, req.query))
         path = req.path
         if path == "/version":
-            return 200, {"major": "1", "minor": "20", "gitVersion": "v1.20.2"}
-        proxy = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/:]+):(\d+)/proxy/(.*)", path)
-        if proxy:
-            return self._proxy(req, *proxy.groups())
+            return 200, {"major": "1", "minor": "34", "gitVersion": "v1.34.12"}
         if path == "/api/v1/pods":
             return 200, self._pod_list(None, req.query)
         if path == "/api/v1/nodes":
             return 200, {"kind": "NodeList", "items": [
                 {"metadata": {"name": n}, "status": {"nodeInfo": {
-                    "containerRuntimeVersion": "containerd://1.6.20"}}} for n in self.nodes]}
+                    "containerRuntimeVersion": "containerd://2.4.2"}}} for n in self.nodes]}
         if path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
             review = json.loads(req.body) if isinstance(req.body, str) else req.body
             spec = review["spec"]
@@ -300,50 +316,48 @@ class FakeCluster:
             return 201, dict(review, status={"allowed": not denied})
         if path == "/apis/authentication.k8s.io/v1/tokenreviews":
             review = json.loads(req.body) if isinstance(req.body, str) else req.body
-            user = self.review_tokens.get(review["spec"]["token"])
-            status_ = {"authenticated": True, "user": user} if user else {"authenticated": False}
-            return 201, dict(review, status=status_)
+            vouched = self.review_tokens.get(review["spec"]["token"])
+            answer = {"authenticated": True, "user": vouched} if vouched \
+                else {"authenticated": False}
+            return 201, dict(review, status=answer)
         if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
             attrs = req.body["spec"]["resourceAttributes"]
             key = (attrs.get("verb"), attrs.get("resource"), attrs.get("subresource", ""),
                    attrs.get("namespace", ""))
             return 201, dict(req.body, status={"allowed": key not in self.denied_reviews})
+        if path == "/apis/authentication.k8s.io/v1/selfsubjectreviews":
+            if not self.self_subject_review:
+                return 404, status(404, "NotFound", "the server could not find the requested "
+                                                    "resource")
+            return 201, dict(req.body, status={"userInfo": {
+                "username": user, "uid": f"uid-{user}", "groups": ["system:authenticated"]}})
+        if path == f"/apis/{GROUP_VERSION}":
+            if not self.cedana_api:
+                return 404, status(404, "NotFound", "the server could not find the requested "
+                                                    "resource")
+            return 200, {"kind": "APIResourceList", "groupVersion": GROUP_VERSION,
+                         "resources": [{"name": r.plural, "namespaced": True, "kind": r.kind}
+                                       for r in RESOURCES]}
+        custom = CUSTOM.fullmatch(path)
+        if custom:
+            return self._custom(req, user, *custom.groups())
         pods = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?", path)
         if pods:
             return self._pods(req, pods.group(1), pods.group(2))
         return self._object(req)
 
-    def _proxy(self, req: Request, namespace: str, pod: str, port: str,
-               route: str) -> tuple[int, Any]:
-        helper_obj = self.pods.get((namespace, pod))
-        if helper_obj is None:
-            return 404, status(404, "NotFound", f'pods "{pod}" not found')
-        node = helper_obj["spec"]["nodeName"]
-        if node in self.forwarded:
-            return self.forwarded[node].handle(req.method, route, req.query, req.body,
-                                               req.headers)
-        if node in self.unreachable or node not in self.helpers:
-            # v1.20 answers 500 (later versions 503) with this Status
-            return 500, status(500, "InternalError",
-                               f"error trying to reach service: dial tcp 10.88.0.1:{port}: "
-                               "connect: connection refused")
-        return self.helpers[node].handle(req.method, route, req.query, req.body)
-
     def _pod_list(self, namespace: str | None, query: dict[str, list[str]]) -> dict[str, Any]:
-        labels = dict(kv.split("=", 1) for kv in (query.get("labelSelector", [""])[0]
-                                                  .split(",")) if kv)
-        fields = dict(kv.split("=", 1) for kv in (query.get("fieldSelector", [""])[0]
-                                                  .split(",")) if kv)
+        labels = parse_selector(query.get("labelSelector", [""])[0])
+        fields = parse_selector(query.get("fieldSelector", [""])[0])
         items = []
         with self.lock:
             for (ns, _name), pod in sorted(self.pods.items()):
                 if namespace and ns != namespace:
                     continue
-                pod_labels = pod["metadata"].get("labels") or {}
-                if any(pod_labels.get(k) != v for k, v in labels.items()):
+                if not selected(pod["metadata"].get("labels") or {}, labels):
                     continue
-                if "spec.nodeName" in fields and pod["spec"].get("nodeName") != \
-                        fields["spec.nodeName"]:
+                if not selected({"spec.nodeName": str(pod["spec"].get("nodeName") or ""),
+                                 "metadata.name": pod["metadata"]["name"]}, fields):
                     continue
                 items.append(copy.deepcopy(pod))
         return {"kind": "PodList", "apiVersion": "v1", "items": items}
@@ -360,67 +374,230 @@ class FakeCluster:
                                        f'pods "{key[1]}" already exists')
                 pod["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()),
                                        resourceVersion="1")
-                pod["status"] = self._placeholder_status(pod)
                 self.pods[key] = pod
                 return 201, pod
             key = (namespace, name or "")
             if key not in self.pods:
-                return 404, status(404, "NotFound", f'pods "{name}" not found')
+                return 404, status(404, "NotFound", f'pods "{name}" not found',
+                                   {"name": name, "kind": "pods"})
             if req.method == "GET":
                 return 200, copy.deepcopy(self.pods[key])
             if req.method == "DELETE":
                 return 200, self.pods.pop(key)
-            if req.method == "PATCH":
-                meta = self.pods[key]["metadata"]
-                for part in ("labels", "annotations"):
-                    meta.setdefault(part, {}).update(
-                        (req.body.get("metadata") or {}).get(part) or {})
-                return 200, self.pods[key]
         return 405, status(405, "MethodNotAllowed", "no")
 
-    def _placeholder_status(self, pod: dict[str, Any]) -> dict[str, Any]:
-        name = pod["spec"]["containers"][0]["name"]
-        if self.placeholder_mode == "pending":
-            return {"phase": "Pending", "containerStatuses": [
-                {"name": name, "state": {"waiting": {"reason": "ContainerCreating"}}}]}
-        if self.placeholder_mode == "no-shell":
-            return {"phase": "Running", "containerStatuses": [
-                {"name": name, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                 "lastState": {"terminated": {"reason": "StartError", "exitCode": 128,
-                                              "message": 'exec: "/bin/sh": stat /bin/sh: '
-                                                         "no such file or directory"}}}]}
-        return {"phase": "Running", "containerStatuses": [
-            {"name": name, "ready": True, "containerID": f"containerd://{uuid.uuid4().hex}",
-             "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}}]}
+    # -- cedana.io -------------------------------------------------------------------------
+    def _custom(self, req: Request, user: str, namespace: str | None, plural: str,
+                name: str | None, subresource: str | None) -> tuple[int, Any]:
+        if not self.cedana_api:
+            return 404, status(404, "NotFound", "the server could not find the requested "
+                                                "resource")
+        if req.method == "GET" and name is None and req.query.get("watch") == ["true"]:
+            return 200, self._watch(plural, namespace, req.query)
+        with self.lock:
+            if req.method == "GET" and name is None:
+                return 200, self._custom_list(plural, namespace, req.query)
+            if req.method == "POST" and name is None and namespace:
+                return self._custom_create(req, user, plural, namespace)
+            key = (plural, namespace or "", name or "")
+            missing = status(404, "NotFound", f'{plural}.{API_GROUP} "{name}" not found',
+                             {"name": name, "group": API_GROUP, "kind": plural})
+            if key not in self.custom:
+                return 404, missing
+            if req.method == "GET":
+                return 200, copy.deepcopy(self.custom[key])
+            if req.method == "DELETE" and not subresource:
+                return self._custom_delete(plural, key, dry_run="dryRun" in req.query)
+        return 405, status(405, "MethodNotAllowed", f"{req.method} {req.path}")
 
-    # install/uninstall objects: a generic store keyed by path
+    def _custom_list(self, plural: str, namespace: str | None,
+                     query: dict[str, list[str]]) -> dict[str, Any]:
+        labels = parse_selector(query.get("labelSelector", [""])[0])
+        fields = parse_selector(query.get("fieldSelector", [""])[0])
+        items = []
+        for (p, ns, name), obj in sorted(self.custom.items()):
+            if p != plural or (namespace and ns != namespace):
+                continue
+            if selected(obj["metadata"].get("labels") or {}, labels) and \
+                    selected({"metadata.name": name, "metadata.namespace": ns}, fields):
+                item = copy.deepcopy(obj)
+                item.pop("apiVersion", None)  # as real lists of custom resources keep them,
+                item.pop("kind", None)        # the plugin must not rely on either
+                items.append(item)
+        return {"apiVersion": GROUP_VERSION, "kind": f"{KINDS[plural]}List",
+                "metadata": {"resourceVersion": str(self.resource_version)}, "items": items}
+
+    def _invalid(self, plural: str, body: dict[str, Any]) -> str:
+        """What the CRD's schema refuses (a subset of deploy/base/crds.yaml), or ''."""
+        name = str(body["metadata"].get("name") or body["metadata"].get("generateName") or "")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?-?", name) or len(name) > 253:
+            return (f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain '
+                    "must consist of lower case alphanumeric characters, '-' or '.'")
+        spec = body.get("spec")
+        if not isinstance(spec, dict):
+            return "spec: Required value"
+        if plural in ("checkpoints", "migrations") and not spec.get("podName"):
+            return "spec.podName: Required value"
+        if plural == "restores":
+            if ("checkpointName" in spec) == ("checkpointID" in spec):
+                return ('spec: Invalid value: "object": give exactly one of checkpointName '
+                        "and checkpointID")
+            if ("target" in spec) == ("newPod" in spec):
+                return ('spec: Invalid value: "object": give exactly one of target (an '
+                        "existing sleeping pod) and newPod")
+            if "checkpointName" in spec and "checkpointNamespace" in spec:
+                return ('spec: Invalid value: "object": checkpointName names a Checkpoint of '
+                        "this namespace; use checkpointID with checkpointNamespace")
+            if "checkpointID" in spec and not re.match(CHECKPOINT_ID_PATTERN,
+                                                       str(spec["checkpointID"])):
+                return f'spec.checkpointID: Invalid value: "{spec["checkpointID"]}"'
+        return ""
+
+    def _admission(self, user: str, plural: str, namespace: str, body: dict[str, Any]) -> str:
+        """What the ValidatingAdmissionPolicy of deploy/base/admission.yaml refuses, or ''."""
+        if user == HELPER_USER:
+            return ""
+        spec = body.get("spec") or {}
+        claimed = (body["metadata"].get("annotations") or {}).get(REQUESTED_BY_ANNOTATION)
+        if claimed is not None and claimed not in ("", user):
+            return (f"annotation cedana.io/requested-by must be your own user name ({user}) "
+                    "or absent")
+        other = spec.get("checkpointNamespace")
+        if plural == "restores" and other and other != namespace and \
+                ("get", "checkpoints", "", other) in self.denied_reviews:
+            return (f"restoring a checkpoint of namespace {other} needs get on "
+                    f"checkpoints.cedana.io there, which {user} does not have")
+        if (plural == "migrations" or (plural == "restores" and "newPod" in spec)) and \
+                ("create", "pods", "", namespace) in self.denied_reviews:
+            return f"a new pod is made in {namespace}: {user} needs create on pods there"
+        return ""
+
+    def _custom_create(self, req: Request, user: str, plural: str,
+                       namespace: str) -> tuple[int, Any]:
+        body = copy.deepcopy(req.body)
+        meta = body.setdefault("metadata", {})
+        meta["namespace"] = namespace
+        name = meta.get("name") or f"{meta.get('generateName', '')}{uuid.uuid4().hex[:5]}"
+        invalid = self._invalid(plural, body)
+        if invalid:
+            return 422, status(422, "Invalid", f'{KINDS[plural]}.{API_GROUP} "{name}" is '
+                                               f"invalid: {invalid}",
+                               {"name": name, "group": API_GROUP, "kind": KINDS[plural]})
+        refused = self._admission(user, plural, namespace, body)
+        if refused:
+            return 403, status(403, "Forbidden", f'{plural}.{API_GROUP} "{name}" is forbidden: '
+                                                 "ValidatingAdmissionPolicy 'cedana.io' with "
+                                                 "binding 'cedana.io' denied request: "
+                                                 f"{refused}")
+        if (plural, namespace, name) in self.custom:
+            return 409, status(409, "AlreadyExists", f'{plural}.{API_GROUP} "{name}" already '
+                                                     "exists", {"name": name, "kind": plural})
+        for key, value in DEFAULTS.get(plural, {}).items():
+            body["spec"].setdefault(key, value)
+        meta.update(name=name, uid=str(uuid.uuid4()), generation=1, creationTimestamp=now())
+        if "dryRun" in req.query:
+            meta["resourceVersion"] = ""
+            return 201, body
+        self.custom[(plural, namespace, name)] = body
+        self._record(plural, body, "ADDED")
+        created = copy.deepcopy(body)
+        for hook in self.on_created:
+            hook(plural, (plural, namespace, name))
+        return 201, created
+
+    def _custom_delete(self, plural: str, key: tuple[str, str, str],
+                       dry_run: bool) -> tuple[int, Any]:
+        obj = self.custom[key]
+        if dry_run:
+            return 200, copy.deepcopy(obj)
+        if obj["metadata"].get("finalizers"):
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = now()
+                self._record(plural, obj, "MODIFIED")
+                for hook in self.on_deleted:
+                    hook(plural, key)
+            return 200, copy.deepcopy(obj)
+        del self.custom[key]
+        self._record(plural, obj, "DELETED")
+        return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                     "details": {"name": key[2], "group": API_GROUP, "kind": plural,
+                                 "uid": obj["metadata"]["uid"]}}
+
+    def _watch(self, plural: str, namespace: str | None,
+               query: dict[str, list[str]]) -> WatchStream:
+        labels = parse_selector(query.get("labelSelector", [""])[0])
+        fields = parse_selector(query.get("fieldSelector", [""])[0])
+        since_text = query.get("resourceVersion", [""])[0]
+        seconds = min(float(query.get("timeoutSeconds", ["1800"])[0]), self.max_watch_s)
+
+        def matches(event: Event) -> bool:
+            meta = event.obj["metadata"]
+            return event.plural == plural and (not namespace or event.namespace == namespace) \
+                and selected(meta.get("labels") or {}, labels) \
+                and selected({"metadata.name": meta["name"],
+                              "metadata.namespace": event.namespace}, fields)
+
+        def events() -> Iterator[dict[str, Any]]:
+            deadline = time.monotonic() + seconds
+            with self.lock:
+                cursor = self.resource_version
+                if since_text in ("", "0"):  # the current state first, as ADDED
+                    first = [{"type": "ADDED", "object": copy.deepcopy(o)}
+                             for (p, ns, n), o in sorted(self.custom.items())
+                             if matches(Event(0, p, ns, "ADDED", o))]
+                elif int(since_text) < self.oldest_watchable:
+                    first = [{"type": "ERROR", "object": status(
+                        410, "Expired", f"too old resource version: {since_text} "
+                                        f"({self.oldest_watchable})")}]
+                    deadline = 0
+                else:
+                    cursor = int(since_text)
+                    first = []
+            yield from first
+            while time.monotonic() < deadline and not self.closed:
+                with self.changed:
+                    batch = [e for e in self.events if e.version > cursor]
+                    if not batch:
+                        self.changed.wait(timeout=min(0.1, max(0.0, deadline -
+                                                               time.monotonic())))
+                        continue
+                    cursor = batch[-1].version
+                    chosen = [{"type": e.type, "object": copy.deepcopy(e.obj)}
+                              for e in batch if matches(e)]
+                yield from chosen
+
+        return WatchStream(events())
+
+    # -- install/uninstall objects: a generic store keyed by path --------------------------
     def _object(self, req: Request) -> tuple[int, Any]:
         path = req.path
         with self.lock:
             if req.method == "GET" and path in self.objects:
-                return 200, copy.deepcopy(self.objects[path])
+                found = copy.deepcopy(self.objects[path])
+                if path.startswith(CRD_PATH) and self.crd_unestablished_gets > 0:
+                    self.crd_unestablished_gets -= 1
+                    found["status"] = {"conditions": [
+                        {"type": "NamesAccepted", "status": "True"},
+                        {"type": "Established", "status": "False", "reason": "Installing"}]}
+                return 200, found
             if req.method == "GET" and self._is_collection(path):
-                selector = req.query.get("labelSelector", [""])[0]
-                key, _, value = selector.partition("=")
+                terms = parse_selector(req.query.get("labelSelector", [""])[0])
                 items = [copy.deepcopy(o) for p, o in sorted(self.objects.items())
                          if self._in_collection(p, path)
-                         and (o["metadata"].get("labels") or {}).get(key) == value]
+                         and selected(o["metadata"].get("labels") or {}, terms)]
                 for item in items:  # lists carry kind/apiVersion only at the top
                     item.pop("kind", None)
                     item.pop("apiVersion", None)
                 return 200, {"kind": "List", "items": items}
             if req.method == "GET":
-                return 404, status(404, "NotFound", f"{path} not found")
+                return 404, status(404, "NotFound", f"{path} not found",
+                                   {"name": path.rsplit("/", 1)[-1]})
             if req.method == "PATCH" and req.headers.get("content-type") == \
                     "application/apply-patch+yaml":
                 body = yaml.safe_load(req.body) if isinstance(req.body, str) else req.body
                 return self._apply(path, body, dry_run="dryRun" in req.query)
-            if req.method == "POST" and path == CSR_PATH and isinstance(req.body, dict):
-                user = "alice" if req.peer_cert else "token-user"
-                return self._create(path, req.body, {"username": user, "uid": f"uid-{user}",
-                                                     "groups": ["system:authenticated"]})
             if req.method == "POST" and isinstance(req.body, dict) and \
-                    re.fullmatch(r"/api/v1/namespaces/[^/]+/[a-z]+", path):
+                    re.fullmatch(r"/api/v1/namespaces/[^/]+/secrets", path):
                 return self._post(path, req.body, dry_run="dryRun" in req.query)
             if req.method == "DELETE":
                 if path not in self.objects:
@@ -431,22 +608,6 @@ class FakeCluster:
                         del self.pods[pod_key]
                 return 200, removed
         return 405, status(405, "MethodNotAllowed", f"{req.method} {path}")
-
-    def _create(self, collection: str, body: dict[str, Any],
-                requester: dict[str, Any]) -> tuple[int, Any]:
-        """POST of a CertificateSigningRequest, as the API server does it: generateName, uid,
-        creationTimestamp, and the requester's identity in the spec."""
-        obj = copy.deepcopy(body)
-        obj.setdefault("spec", {}).update(requester)
-        meta = obj.setdefault("metadata", {})
-        name = meta.get("name") or f"{meta.get('generateName', 'obj-')}{uuid.uuid4().hex[:5]}"
-        if f"{collection}/{name}" in self.objects:
-            return 409, status(409, "AlreadyExists", f"{name} already exists")
-        self.resource_version += 1
-        meta.update(name=name, uid=str(uuid.uuid4()), resourceVersion=str(self.resource_version),
-                    creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        self.objects[f"{collection}/{name}"] = obj
-        return 201, copy.deepcopy(obj)
 
     def _post(self, collection: str, body: dict[str, Any], dry_run: bool) -> tuple[int, Any]:
         """Create a namespaced object (a Secret): 409 when it exists, kept unless dry run."""
@@ -484,12 +645,15 @@ class FakeCluster:
         self.resource_version += 1
         merged["metadata"]["resourceVersion"] = str(self.resource_version)
         if merged.get("kind") == "DaemonSet":
+            helpers = len([k for k in self.pods if k[0] == HELPER_NS]) or 1
             generation = int(((before or {}).get("metadata") or {}).get("generation", 0)) + 1
             merged["metadata"]["generation"] = generation
-            merged["status"] = {"desiredNumberScheduled": len(self.helpers) or 1,
-                                "numberReady": len(self.helpers) or 1,
-                                "updatedNumberScheduled": len(self.helpers) or 1,
+            merged["status"] = {"desiredNumberScheduled": helpers, "numberReady": helpers,
+                                "updatedNumberScheduled": helpers,
                                 "observedGeneration": generation}
+        if merged.get("kind") == "CustomResourceDefinition":
+            merged["status"] = {"conditions": [{"type": "NamesAccepted", "status": "True"},
+                                               {"type": "Established", "status": "True"}]}
         if not dry_run:
             self.objects[path] = merged
         return (201 if created else 200), merged
@@ -498,6 +662,12 @@ class FakeCluster:
 class _Handler(BaseHTTPRequestHandler):
     cluster: FakeCluster
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go in two writes: without this, Nagle's algorithm and the client's
+        # delayed ACK add 40 ms to every answer
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -516,12 +686,30 @@ class _Handler(BaseHTTPRequestHandler):
         req = Request(self.command, split.path, parse_qs(split.query),
                       {k.lower(): v for k, v in self.headers.items()}, body, peer)
         code, payload = self.cluster.handle(req)
+        if isinstance(payload, WatchStream):
+            self._stream(payload)
+            return
         data = json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _stream(self, stream: WatchStream) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for event in stream.events:
+                line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:  # the client went away
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
@@ -534,7 +722,14 @@ class FakeApiServer(LoopbackServer):
             context.load_cert_chain(tls.server_crt, tls.server_key)
             context.load_verify_locations(tls.ca_crt)
             context.verify_mode = ssl.CERT_REQUIRED
+        self.cluster = cluster
         super().__init__(type("Handler", (_Handler,), {"cluster": cluster}), context)
+
+    def __exit__(self, *exc: object) -> None:
+        with self.cluster.changed:  # open watches end
+            self.cluster.closed = True
+            self.cluster.changed.notify_all()
+        super().__exit__(*exc)
 
 
 @dataclass
@@ -598,7 +793,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
 
 
 def runner() -> CliRunner:

@@ -1,4 +1,6 @@
-"""install / uninstall apply exactly deploy/base, idempotently."""
+"""install / uninstall apply exactly deploy/base, idempotently: the CRDs first (and established
+before the rest), the users' RBAC, the admission policy, the helper; uninstall keeps the
+cedana.io API and its objects unless --purge."""
 from __future__ import annotations
 
 import base64
@@ -21,8 +23,10 @@ from tests.unit.plugin_fakeapi import (
     HELPER_NS,
     FakeCluster,
     helper_pod,
+    make_pod,
     run_cli,
 )
+from tests.unit.plugin_fakehelpers import FakeHelpers
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "deploy" / "base"
@@ -58,22 +62,88 @@ def test_package_manifests_are_deploy_base() -> None:
     assert install.load_manifests() == base_objects()
 
 
+OBJECTS = [
+    ("CustomResourceDefinition", "checkpoints.cedana.io"),
+    ("CustomResourceDefinition", "restores.cedana.io"),
+    ("CustomResourceDefinition", "migrations.cedana.io"),
+    ("Namespace", "cedana-system"), ("ServiceAccount", "cedana-helper"),
+    ("ClusterRole", "cedana-edit"), ("ClusterRole", "cedana-view"),
+    ("ClusterRole", "cedana-checkpointer"), ("ClusterRole", "cedana-helper"),
+    ("ClusterRoleBinding", "cedana-helper"), ("ValidatingAdmissionPolicy", "cedana.io"),
+    ("ValidatingAdmissionPolicyBinding", "cedana.io"), ("DaemonSet", "cedana-helper")]
+DISPLAYED = [
+    "customresourcedefinition.apiextensions.k8s.io/checkpoints.cedana.io",
+    "customresourcedefinition.apiextensions.k8s.io/restores.cedana.io",
+    "customresourcedefinition.apiextensions.k8s.io/migrations.cedana.io",
+    "namespace/cedana-system", "serviceaccount/cedana-helper",
+    "clusterrole.rbac.authorization.k8s.io/cedana-edit",
+    "clusterrole.rbac.authorization.k8s.io/cedana-view",
+    "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer",
+    "clusterrole.rbac.authorization.k8s.io/cedana-helper",
+    "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper",
+    "validatingadmissionpolicy.admissionregistration.k8s.io/cedana.io",
+    "validatingadmissionpolicybinding.admissionregistration.k8s.io/cedana.io",
+    "daemonset.apps/cedana-helper"]
+
+
 def test_objects_kinds_and_labels() -> None:
     objects = base_objects()
-    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
-        ("Namespace", "cedana-system"),
-        ("ServiceAccount", "cedana-helper"), ("Role", "cedana-helper-client"),
-        ("ClusterRole", "cedana-caller"),
-        ("ClusterRole", "cedana-checkpointer"), ("ClusterRole", "cedana-helper"),
-        ("ClusterRoleBinding", "cedana-helper"), ("DaemonSet", "cedana-helper")]
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == OBJECTS
+    assert [install.display_name(o) for o in objects] == DISPLAYED
     for obj in objects:
         assert (obj["apiVersion"], obj["kind"]) in install.KINDS
         assert obj["metadata"]["labels"].items() >= LABELS.items(), obj["kind"]
     template = daemonset(objects)["spec"]["template"]
     assert template["metadata"]["labels"] == LABELS
-    namespace = objects[0]["metadata"]["labels"]
+    namespace = next(o for o in objects if o["kind"] == "Namespace")["metadata"]["labels"]
     for mode in ("enforce", "audit", "warn"):
         assert namespace[f"pod-security.kubernetes.io/{mode}"] == "privileged"
+
+
+def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+            for r in rule["resources"] for v in rule["verbs"]}
+
+
+def _role(name: str) -> dict[str, Any]:
+    return next(o for o in base_objects()
+                if o["kind"] == "ClusterRole" and o["metadata"]["name"] == name)
+
+
+FULL = {"create", "get", "list", "watch", "delete", "patch", "update"}
+CEDANA = ("checkpoints", "restores", "migrations")
+
+
+def test_users_get_the_resources_through_the_built_in_roles() -> None:
+    """edit and admin (like pods/exec) get everything on the three resources, view reads
+    them; none of them reaches status (the helpers' own) or anything else."""
+    edit, view = _role("cedana-edit"), _role("cedana-view")
+    labels = edit["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in labels
+    assert _grants(edit) == {("cedana.io", r, v) for r in CEDANA for v in FULL}
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert _grants(view) == {("cedana.io", r, v) for r in CEDANA
+                             for v in ("get", "list", "watch")}
+
+
+def test_the_standalone_role_is_what_the_plugin_needs_in_a_namespace() -> None:
+    role = _role("cedana-checkpointer")
+    assert not any(k.startswith("rbac.authorization.k8s.io/aggregate")
+                   for k in role["metadata"]["labels"])
+    assert _grants(role) == {("cedana.io", r, v) for r in CEDANA for v in FULL} | {
+        ("", "pods", v) for v in ("get", "list", "watch", "create", "delete")}
+
+
+def test_the_caller_proof_roles_are_gone() -> None:
+    names = {o["metadata"]["name"] for o in base_objects()}
+    assert not names & {"cedana-caller", "cedana-helper-client"}
+    for obj in base_objects():
+        if obj["kind"] in ("Role", "ClusterRole") and obj["metadata"]["name"] != "cedana-helper":
+            granted = _grants(obj)
+            assert not {g for g in granted if g[0] == "certificates.k8s.io"
+                        or g[1] == "pods/proxy"}, obj["metadata"]["name"]
 
 
 def test_rbac_of_the_helper() -> None:
@@ -148,7 +218,12 @@ def test_kubectl_kustomize_gives_the_same_objects_as_install(tmp_path: Path) -> 
     rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "deploy")], check=True,
                               capture_output=True, text=True, timeout=60,
                               env=dict(os.environ, KUBECONFIG=str(tmp_path / "none"))).stdout
-    assert [d for d in yaml.safe_load_all(rendered) if d] == install.render_manifests()
+    def identity(obj: dict[str, Any]) -> tuple[str, str]:
+        return obj["kind"], obj["metadata"]["name"]
+
+    # kubectl sorts kinds its own way (Namespace first); the plugin applies the CRDs first
+    assert sorted((d for d in yaml.safe_load_all(rendered) if d), key=identity) == \
+        sorted(install.render_manifests(), key=identity)
 
 
 def test_image_tag_is_the_plugin_version() -> None:
@@ -178,18 +253,17 @@ def test_dry_run_json_is_a_list_and_table_names_objects() -> None:
     doc = json.loads(run_cli(None, "install", "--dry-run", "-o", "json").stdout)
     assert doc["kind"] == "List" and doc["items"] == base_objects()
     table = run_cli(None, "install", "--dry-run").stdout.splitlines()
-    assert table == ["namespace/cedana-system created (dry run)",
-                     "serviceaccount/cedana-helper created (dry run)",
-                     "role.rbac.authorization.k8s.io/cedana-helper-client created (dry run)",
-                     "clusterrole.rbac.authorization.k8s.io/cedana-caller created (dry run)",
-                     ("clusterrole.rbac.authorization.k8s.io/cedana-checkpointer created "
-                      "(dry run)"),
-                     "clusterrole.rbac.authorization.k8s.io/cedana-helper created (dry run)",
-                     ("clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created "
-                      "(dry run)"),
-                     "daemonset.apps/cedana-helper created (dry run)",
-                     "secret/cedana-signing-key created unless it exists (dry run; random "
-                     "bytes, made by install only, never printed)"]
+    assert table == [f"{name} created (dry run)" for name in DISPLAYED] + [
+        "secret/cedana-signing-key created unless it exists (dry run; random bytes, made by "
+        "install only, never printed)"]
+
+
+def with_secret(names: list[str]) -> list[str]:
+    """The helper's objects as uninstall deletes them: the signing key right after the
+    DaemonSet that mounts it."""
+    out = list(names)
+    out.insert(out.index("daemonset.apps/cedana-helper") + 1, "secret/cedana-signing-key")
+    return out
 
 
 def test_empty_image_is_refused() -> None:
@@ -217,16 +291,10 @@ def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster
                                                             kubeconfig: Path) -> None:
     first = run_cli(kubeconfig, "install")
     assert first.exit_code == 0, first.stderr
-    assert first.stdout.splitlines() == [
-        "namespace/cedana-system created",
-        "serviceaccount/cedana-helper created",
-        "role.rbac.authorization.k8s.io/cedana-helper-client created",
-        "clusterrole.rbac.authorization.k8s.io/cedana-caller created",
-        "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer created",
-        "clusterrole.rbac.authorization.k8s.io/cedana-helper created",
-        "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper created",
-        "secret/cedana-signing-key created",
-        "daemonset.apps/cedana-helper created", "helper ready on 1/1 nodes"]
+    created = [f"{name} created" for name in DISPLAYED]
+    created.insert(created.index("daemonset.apps/cedana-helper created"),
+                   "secret/cedana-signing-key created")
+    assert first.stdout.splitlines() == created + ["helper ready on 1/1 nodes"]
     key = signing_key(cluster)
     assert sorted(map(json.dumps, stored(cluster))) == sorted(map(json.dumps, base_objects()))
     applies = [r for r in cluster.requests if r.method == "PATCH"]
@@ -235,7 +303,7 @@ def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster
     second = run_cli(kubeconfig, "install", "-o", "json")
     doc = json.loads(second.stdout)
     assert doc["kind"] == "Install" and doc["image"] == IMAGE
-    assert [o["action"] for o in doc["objects"]] == ["unchanged"] * 9
+    assert [o["action"] for o in doc["objects"]] == ["unchanged"] * (len(DISPLAYED) + 1)
     assert doc["ready"] == {"ready": 1, "desired": 1}
     assert signing_key(cluster) == key  # never replaced, never printed
     assert base64.b64encode(key).decode() not in first.stdout + second.stdout + first.stderr
@@ -245,40 +313,142 @@ def test_install_applies_exactly_the_manifests_idempotently(cluster: FakeCluster
     assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "other/helper:2"
 
 
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def test_install_waits_until_the_crds_are_established_before_the_rest(
+        cluster: FakeCluster, kubeconfig: Path) -> None:
+    cluster.crd_unestablished_gets = 4  # the API server takes a moment to serve them
+    result = run_cli(kubeconfig, "install", "--no-wait")
+    assert result.exit_code == 0, result.stderr
+    writes = [(r.method, r.path) for r in cluster.requests
+              if r.method == "PATCH" or (r.method == "GET" and r.path.startswith(CRDS))]
+    first_other = next(i for i, (m, p) in enumerate(writes)
+                       if m == "PATCH" and not p.startswith(CRDS))
+    crd_patches = [i for i, (m, p) in enumerate(writes) if m == "PATCH" and p.startswith(CRDS)]
+    assert len(crd_patches) == 3 and max(crd_patches) < first_other
+    # established: read after the three were applied, until each says so, before the rest
+    waits = [p for m, p in writes[max(crd_patches) + 1:first_other] if m == "GET"]
+    assert len(waits) >= 4 + 3 and waits[-1] == f"{CRDS}/migrations.cedana.io"
+    assert cluster.crd_unestablished_gets == 0
+
+
+def test_install_gives_up_on_a_crd_that_is_never_established(cluster: FakeCluster,
+                                                             kubeconfig: Path) -> None:
+    cluster.crd_unestablished_gets = 10 ** 6
+    result = run_cli(kubeconfig, "install", "--timeout", "1s")
+    assert result.exit_code == 124
+    assert result.stderr.startswith("error: customresourcedefinition.apiextensions.k8s.io/"
+                                    "checkpoints.cedana.io not established after 1s "
+                                    "(Installing)")
+    assert not [r for r in cluster.requests if r.method == "PATCH"
+                and not r.path.startswith(CRDS)]  # nothing else was applied
+
+
 def test_server_dry_run_persists_nothing(cluster: FakeCluster, kubeconfig: Path) -> None:
     result = run_cli(kubeconfig, "install", "--dry-run=server")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "namespace/cedana-system created (server dry run)"
-    assert lines[1] == ("serviceaccount/cedana-helper created (server dry run; not validated: "
+    assert lines[:4] == [f"{name} created (server dry run)" for name in DISPLAYED[:4]]
+    assert lines[4] == ("serviceaccount/cedana-helper created (server dry run; not validated: "
                         "its namespace does not exist yet)")
     assert cluster.objects == {}
     assert all(r.query.get("dryRun") == ["All"] for r in cluster.requests if r.method == "PATCH")
+    reads = [r.path for r in cluster.requests if r.method == "GET" and r.path.startswith(CRDS)]
+    assert sorted(reads) == sorted(f"{CRDS}/{n.rsplit('/', 1)[1]}" for n in DISPLAYED[:3])
+    # (each read once, before its apply: nothing to wait for, nothing was stored)
 
 
-def test_uninstall_removes_everything_by_label(cluster: FakeCluster, kubeconfig: Path) -> None:
+KEPT = ["clusterrole.rbac.authorization.k8s.io/cedana-checkpointer",
+        "clusterrole.rbac.authorization.k8s.io/cedana-edit",
+        "clusterrole.rbac.authorization.k8s.io/cedana-view",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/cedana.io",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/cedana.io",
+        "customresourcedefinition.apiextensions.k8s.io/checkpoints.cedana.io",
+        "customresourcedefinition.apiextensions.k8s.io/migrations.cedana.io",
+        "customresourcedefinition.apiextensions.k8s.io/restores.cedana.io"]
+HELPER_PART = ["daemonset.apps/cedana-helper",
+               "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper",
+               "clusterrole.rbac.authorization.k8s.io/cedana-helper",
+               "serviceaccount/cedana-helper", "namespace/cedana-system"]
+
+
+def _checkpoints(cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path,
+                 count: int) -> list[str]:
+    cluster.add_pod(make_pod("counter"))
+    names = []
+    for _ in range(count):
+        made = run_cli(kubeconfig, "checkpoint", "counter", "--leave-running", "-o", "json")
+        assert made.exit_code == 0, made.stderr
+        names.append(json.loads(made.stdout)["metadata"]["name"])
+    return names
+
+
+def test_uninstall_keeps_the_api_and_its_objects(cluster: FakeCluster, helpers: FakeHelpers,
+                                                 kubeconfig: Path) -> None:
     assert run_cli(kubeconfig, "install").exit_code == 0
+    _checkpoints(cluster, helpers, kubeconfig, 2)
     dry = run_cli(kubeconfig, "uninstall", "--dry-run")
-    assert dry.exit_code == 0 and len(cluster.objects) == 9
+    assert dry.exit_code == 0 and len(cluster.objects) == len(DISPLAYED) + 1  # and the key
     result = run_cli(kubeconfig, "uninstall")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        "daemonset.apps/cedana-helper deleted",
-        "secret/cedana-signing-key deleted",
-        "role.rbac.authorization.k8s.io/cedana-helper-client deleted",
-        "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper deleted",
-        "clusterrole.rbac.authorization.k8s.io/cedana-caller deleted",
-        "clusterrole.rbac.authorization.k8s.io/cedana-checkpointer deleted",
-        "clusterrole.rbac.authorization.k8s.io/cedana-helper deleted",
-        "serviceaccount/cedana-helper deleted", "namespace/cedana-system deleted"]
-    assert cluster.objects == {}
+    lines = result.stdout.splitlines()
+    assert lines == [f"{name} kept" + (" (2 object(s); --purge deletes them)"
+                                       if name.endswith("/checkpoints.cedana.io") else "")
+                     for name in KEPT] + [f"{name} deleted" for name in with_secret(HELPER_PART)]
+    assert sorted(install.display_name(o) for o in cluster.objects.values()) == sorted(KEPT)
+    assert len(cluster.objects_of("checkpoints")) == 2  # and their data, on the nodes
     assert not [k for k in cluster.pods if k[0] == HELPER_NS]
     selectors = {r.query.get("labelSelector", [""])[0] for r in cluster.requests
                  if r.method == "GET" and "labelSelector" in r.query}
     assert "app.kubernetes.io/part-of=kubectl-cedana" in selectors
     again = run_cli(kubeconfig, "uninstall")
     assert again.exit_code == 0
-    assert again.stdout.startswith("nothing to uninstall")
+    assert again.stdout.splitlines() == [f"{name} kept" + (
+        " (2 object(s); --purge deletes them)" if name.endswith("/checkpoints.cedana.io")
+        else "") for name in KEPT]
+
+
+def test_uninstall_purge_deletes_the_objects_first_then_everything(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    assert run_cli(kubeconfig, "install").exit_code == 0
+    names = _checkpoints(cluster, helpers, kubeconfig, 2)
+    ids = [cluster.get("checkpoints", "default", n)["status"]["checkpointID"] for n in names]
+    result = run_cli(kubeconfig, "uninstall", "--purge")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sorted(lines[:2]) == sorted(f"checkpoint.cedana.io/{n} deleted" for n in names)
+    role = "clusterrole.rbac.authorization.k8s.io/cedana-"
+    assert lines[2:] == [f"{name} deleted" for name in with_secret([
+        HELPER_PART[0], HELPER_PART[1], f"{role}checkpointer", f"{role}edit", f"{role}helper",
+        f"{role}view", *HELPER_PART[3:], *KEPT[3:]])]
+    assert cluster.objects == {} and cluster.objects_of("checkpoints") == []
+    assert sorted(helpers.deleted_data) == sorted(ids)  # the helpers removed the data
+    # the objects went (finalizers cleared) before the first object of the install did
+    gone = max(i for i, r in enumerate(cluster.requests) if r.method == "DELETE"
+               and "/cedana.io/" in r.path)
+    first = min(i for i, r in enumerate(cluster.requests) if r.method == "DELETE"
+                and "/cedana.io/" not in r.path)
+    assert gone < first
+    assert [r for r in cluster.requests[gone:first] if r.method == "GET"
+            and r.path == "/apis/cedana.io/v1alpha1/checkpoints"]
+
+
+def test_uninstall_purge_stops_when_the_helpers_do_not_delete_the_data(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    assert run_cli(kubeconfig, "install").exit_code == 0
+    names = _checkpoints(cluster, helpers, kubeconfig, 1)
+    helpers.keep_finalizers = True  # as when no helper runs
+    result = run_cli(kubeconfig, "uninstall", "--purge", "--timeout", "1s")
+    assert result.exit_code == 124
+    line = result.stderr.strip()
+    assert len(result.stderr.splitlines()) == 1
+    assert line.startswith(f"error: 1 cedana.io object(s) still there after 1s (checkpoint "
+                           f"default/{names[0]}); nothing else was uninstalled (1 held by "
+                           "finalizer cedana.io/checkpoint-data")
+    assert "kubectl patch checkpoint NAME" in line
+    # the helper (and its signing key) and the API are still there
+    assert len(cluster.objects) == len(DISPLAYED) + 1
 
 
 SECRET_PATH = "/api/v1/namespaces/cedana-system/secrets/cedana-signing-key"

@@ -1,0 +1,152 @@
+"""The pod logic the plugin and the node helper share (kubectl_cedana/podspec.py): runtime IDs,
+the placeholder a checkpoint is restored into, whether it runs."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from kubectl_cedana.podspec import (
+    SLEEP_COMMAND,
+    PlaceholderFailed,
+    PodSpecError,
+    build_placeholder_pod,
+    checkpoint_metadata_patch,
+    parse_container_id,
+    placeholder_running,
+)
+from tests.unit.plugin_fakeapi import make_pod
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("containerd://0123abcd", ("containerd", "0123abcd")),
+    ("cri-o://ffee", ("cri-o", "ffee")),
+    ("docker://1234", ("docker", "1234")),
+    ("deadbeef", ("", "deadbeef")),
+    ("", ("", "")),
+    (None, ("", "")),
+])
+def test_parse_container_id(raw: Any, expected: Any) -> None:
+    assert parse_container_id(raw) == expected
+
+
+def _source() -> dict[str, Any]:
+    pod = make_pod("counter-5d8f7-abcde", "demo", containers=("app", "sidecar"), node="n1",
+                   labels={"app": "counter", "pod-template-hash": "5d8f7"})
+    pod["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "counter-5d8f7"}]
+    pod["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/app"] = \
+        "runtime/default"
+    pod["spec"]["containers"][0].update(startupProbe={"exec": {"command": ["true"]}},
+                                        lifecycle={"postStart": {"exec": {"command": ["x"]}}},
+                                        workingDir="/work", securityContext={"runAsUser": 1000},
+                                        envFrom=[{"configMapRef": {"name": "cfg"}}])
+    pod["spec"].update(affinity={"nodeAffinity": {}}, priorityClassName="high", priority=1000,
+                       preemptionPolicy="PreemptLowerPriority", serviceAccountName="worker",
+                       tolerations=[{"operator": "Exists"}], hostname="counter")
+    return pod
+
+
+def test_placeholder_keeps_what_the_restore_needs() -> None:
+    source = _source()
+    snapshot = copy.deepcopy(source)
+    pod = build_placeholder_pod(source, "app", "counter-restored", node="n2",
+                                checkpoint_id="1b2c3d4e-0000-4000-8000-000000000001")
+    assert source == snapshot  # the source object is not modified
+    original = source["spec"]["containers"][0]
+    assert pod["apiVersion"] == "v1" and pod["kind"] == "Pod"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
+    container = pod["spec"]["containers"][0]
+    for same in ("image", "env", "envFrom", "resources", "volumeMounts", "workingDir",
+                 "securityContext"):
+        assert container[same] == original[same], same
+    assert pod["spec"]["volumes"] == source["spec"]["volumes"]
+    for same in ("serviceAccountName", "tolerations", "priorityClassName", "restartPolicy",
+                 "hostname"):
+        assert pod["spec"][same] == source["spec"][same], same
+
+
+def test_placeholder_sleeps_without_probes_and_is_pinned() -> None:
+    pod = build_placeholder_pod(_source(), "app", "copy", node="n2")
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == SLEEP_COMMAND == ["/bin/sh", "-c",
+                                                     "while true; do sleep 3600; done"]
+    for gone in ("args", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle"):
+        assert gone not in container
+    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    assert pod["spec"]["nodeName"] == "n2"
+    for gone in ("initContainers", "nodeSelector", "affinity", "priority", "preemptionPolicy"):
+        assert gone not in pod["spec"]
+    assert "status" not in pod
+
+
+def test_placeholder_metadata_records_the_checkpoint_not_the_source_labels() -> None:
+    ident = "1b2c3d4e-0000-4000-8000-000000000001"
+    pod = build_placeholder_pod(_source(), "app", "copy", node="n1", checkpoint_id=ident,
+                                annotations={"cedana.io/restore": "copy-x7k2p"})
+    meta = pod["metadata"]
+    assert meta["name"] == "copy" and meta["namespace"] == "demo"
+    assert meta["labels"] == {"app.kubernetes.io/managed-by": "kubectl-cedana",
+                              "cedana.io/source-pod": "counter-5d8f7-abcde",
+                              "cedana.io/checkpoint-id": ident}
+    assert meta["annotations"] == {
+        "cedana.io/source-pod": "counter-5d8f7-abcde", "cedana.io/source-container": "app",
+        "cedana.io/source-node": "n1", "cedana.io/checkpoint-id": ident,
+        "cedana.io/restore": "copy-x7k2p",
+        "container.apparmor.security.beta.kubernetes.io/app": "runtime/default"}
+    assert "ownerReferences" not in meta
+
+
+def test_placeholder_other_namespace_and_unlabelable_values() -> None:
+    long_name = "p" * 70
+    source = make_pod(long_name, "demo")
+    pod = build_placeholder_pod(source, "main", "copy", node="n1", checkpoint_id="x" * 80,
+                                namespace="other")
+    assert pod["metadata"]["namespace"] == "other"
+    assert "cedana.io/source-pod" not in pod["metadata"]["labels"]
+    assert "cedana.io/checkpoint-id" not in pod["metadata"]["labels"]
+    assert pod["metadata"]["annotations"]["cedana.io/source-pod"] == long_name
+    assert checkpoint_metadata_patch("x" * 80) == {
+        "metadata": {"annotations": {"cedana.io/checkpoint-id": "x" * 80}}}
+
+
+def test_placeholder_unknown_container() -> None:
+    with pytest.raises(PodSpecError, match='container "nope" not found in pod "a"'):
+        build_placeholder_pod(make_pod("a"), "nope", "copy", node="n1")
+
+
+def _placeholder(phase: str, state: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "copy"},
+            "status": {"phase": phase, "containerStatuses": [dict(name="main", state=state,
+                                                                  **extra)]}}
+
+
+def test_placeholder_running_states() -> None:
+    assert placeholder_running(_placeholder("Running", {"running": {}}), "main") == (True, "")
+    assert placeholder_running(_placeholder("Pending", {"waiting": {
+        "reason": "ContainerCreating"}}), "main") == (False, "ContainerCreating")
+    assert placeholder_running({"metadata": {"name": "copy"}, "status": {}}, "main") == \
+        (False, "Pending")
+    with pytest.raises(PlaceholderFailed, match="ErrImageNeverPull"):
+        placeholder_running(_placeholder("Pending", {"waiting": {
+            "reason": "ErrImageNeverPull", "message": "no image"}}), "main")
+    with pytest.raises(PlaceholderFailed, match="ended \\(phase Failed, OutOfcpu\\)"):
+        placeholder_running({"metadata": {"name": "copy"},
+                             "status": {"phase": "Failed", "reason": "OutOfcpu"}}, "main")
+    with pytest.raises(PlaceholderFailed) as no_shell:
+        placeholder_running(_placeholder("Running", {"terminated": {
+            "reason": "StartError", "exitCode": 128,
+            "message": 'exec: "/bin/sh": stat /bin/sh: no such file'}}), "main")
+    assert "/bin/sh" in str(no_shell.value) and "sleeping pod" in str(no_shell.value)
+
+
+def test_the_shared_module_needs_only_the_standard_library() -> None:
+    """The helper imports it (the layering test holds it to the standard library too)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; sys.modules['yaml'] = sys.modules['click'] = None; "
+             "import kubectl_cedana.podspec as p; print(p.SLEEP_COMMAND[0])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "/bin/sh"
