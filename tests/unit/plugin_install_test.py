@@ -173,13 +173,15 @@ def test_daemonset_spec() -> None:
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert container["securityContext"] == {"privileged": True}
     assert container["command"] == [
-        "cedana-helper", "serve", "--host", "$(POD_IP)", "--port", "1324", "--checkpoint-dir",
+        "cedana-helper", "serve", "--host", "127.0.0.1", "--port", "1324", "--checkpoint-dir",
         "/var/lib/cedana/checkpoints", "--runtime-root", "/run/containerd/runc/k8s.io",
         "--signing-key", "/etc/cedana/signing-key/key"]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
-    assert env == {"NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 1324}
-    assert set(container["resources"]) == {"requests"}
+    assert env == {"NODE_NAME": "spec.nodeName"}
+    # the node's loopback only: no pod reaches the port; kubelet probes it there
+    assert container["readinessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/healthz",
+                                                      "port": 1324}
+    assert container["resources"]["limits"] == {"memory": "1Gi"}
     secrets = [v for v in pod["volumes"] if "hostPath" not in v]
     assert secrets == [{"name": "signing-key", "secret": {
         "secretName": "cedana-signing-key", "defaultMode": 0o400,
