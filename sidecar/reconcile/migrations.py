@@ -162,11 +162,14 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: s
     pause_ms = round((time.monotonic() - paused) * 1000)
     if sp.get("deleteSource"):
         ctx.objects.delete_pod(namespace, pod)
+    remote = dumped.get("remote") or {}
     ctx.objects.patch_status(MIGRATIONS, obj, succeeded(
         obj, f"{pod}/{container} moved to {new_pod} on node {target_node} with a pause of "
              f"{pause_ms} ms", pauseMs=pause_ms, checkpointMs=dumped.get("duration_ms"),
         restoreMs=restored.get("duration_ms"), restoreName=restore_name or None,
-        checkpointID=checkpoint_id))
+        checkpointID=checkpoint_id, sizeBytes=dumped.get("size_bytes"),
+        storage=dumped.get("storage"), imageRef=remote.get("reference"),
+        compression=remote.get("compression")))
     audit("migrate", obj, "succeeded", checkpoint_id=checkpoint_id, pause_ms=pause_ms)
 
 

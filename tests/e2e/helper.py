@@ -57,6 +57,30 @@ class RssSampler:
             raise AssertionError(f"RSS sampling failed: {self.error!r}")
 
 
+#: the registry prefixes the host helpers may use the node's credentials for: each test
+#: namespace's rootfs images, and the shared base images the tests push
+HOST_HELPER_REGISTRY_PREFIXES = ("127.0.0.1:5000/rootfs/{namespace}", "127.0.0.1:5000/lab")
+#: runc's root of the CRI-O style containers the tests make with podman
+CRIO_RUNC_ROOT = "/run/runc"
+
+
+def host_helpers_signing_key() -> Path:
+    """The signing key the host helpers of the tests share (made once, 32 random bytes)."""
+    key = LAB_DIR / "test-helpers" / "signing.key"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        tmp = key.with_suffix(f".{os.getpid()}")
+        tmp.write_bytes(os.urandom(32))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, key)  # racing workers: the first key stays, every helper reads it
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return key
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,9 +143,17 @@ def start_helper(name: str, checkpoint_dir: Path | None = None, *,
     extra = list(extra_args or [])
     if "--authorization" not in extra:  # plain requests from the tests: trust them (loopback)
         extra += ["--authorization", "none"]
+    if "--registry-prefix" not in extra:  # where the tests push and pull rootfs images
+        extra += [arg for prefix in HOST_HELPER_REGISTRY_PREFIXES
+                  for arg in ("--registry-prefix", prefix)]
+    if "--reconcile" not in extra:  # the DaemonSet's helpers reconcile the cluster's objects
+        extra += ["--no-reconcile"]
+    if "--signing-key" not in extra:  # one key for every host helper: they verify each other
+        extra += ["--signing-key", str(host_helpers_signing_key())]
+    roots = [runtime_root] + ([CRIO_RUNC_ROOT] if runtime_root == RUNC_ROOT else [])
     cmd = [*(prefix or []), sys.executable, "-m", "sidecar.cli", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--checkpoint-dir", str(cdir), "--runtime-root", runtime_root,
-           *extra]
+           "--port", str(port), "--checkpoint-dir", str(cdir),
+           *[arg for root in roots for arg in ("--runtime-root", root)], *extra]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "NODE_NAME": "cedana-lab-node1",

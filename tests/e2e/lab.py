@@ -156,6 +156,45 @@ class Lab:
         raise AssertionError(f"no container {container} in {namespace}/{pod}")
 
 
+@contextmanager
+def port_forward(lab: Lab, namespace: str, pod: str, port: int) -> Iterator[str]:
+    """`kubectl port-forward pod/POD LOCAL:PORT` for the block; yields http://127.0.0.1:LOCAL."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        local = s.getsockname()[1]
+    proc = subprocess.Popen(["kubectl", "--kubeconfig", lab.kubeconfig, "-n", namespace,
+                             "port-forward", f"pod/{pod}", f"{local}:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", local), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > end:
+                    raise AssertionError(f"kubectl port-forward to {namespace}/{pod}:{port} did "
+                                         f"not listen: {proc.stderr.read() if proc.stderr else ''}")
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{local}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def service_account_token(lab: Lab, namespace: str, name: str,
+                          cluster_role: str | None = None) -> str:
+    """A token of a new ServiceAccount (TokenRequest), bound in its namespace to cluster_role."""
+    lab.kubectl("-n", namespace, "create", "serviceaccount", name)
+    if cluster_role:
+        lab.kubectl("-n", namespace, "create", "rolebinding", f"{name}-{cluster_role}",
+                    f"--clusterrole={cluster_role}", f"--serviceaccount={namespace}:{name}")
+    token = lab.kubectl("-n", namespace, "create", "token", name, "--duration=1h").stdout.strip()
+    assert token.count(".") == 2, f"no token for the service account {name}"
+    return token
+
+
 def pod_manifest(name: str, command: list[str], *, image: str = WORKLOAD_IMAGE,
                  containers: list[dict[str, Any]] | None = None,
                  pull_policy: str = "IfNotPresent", **spec: Any) -> dict[str, Any]:

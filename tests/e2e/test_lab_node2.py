@@ -16,7 +16,8 @@ from typing import Any
 import requests
 
 from tests.e2e.lab import (NODE2_IP, NODE2_POD_SUBNET, NODE2_TAINT_KEY, REPO, Lab,
-                           counter_pod, helper_daemonset_lock, pod_manifest, run, sleeper_pod)
+                           counter_pod, helper_daemonset_lock, pod_manifest, port_forward, run,
+                           service_account_token, sleeper_pod)
 
 CACHE_IMAGES = Path("/var/cache/kubectl-cedana/images")
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
@@ -157,11 +158,6 @@ def _helper_pod(lab: Lab, node: str) -> str:
     raise AssertionError(f"no ready helper pod on {node}")
 
 
-def _helper_get(lab: Lab, pod: str, path: str) -> Any:
-    out = lab.kubectl("get", "--raw", f"/api/v1/namespaces/{HELPER_NS}/pods/{pod}:1324/proxy{path}")
-    return json.loads(out.stdout)
-
-
 def test_helper_daemonset_runs_on_node2_with_node2s_mounts(lab: Lab, namespace: str) -> None:
     lab.apply([_on_node2(lab, counter_pod("on-node2")), counter_pod("on-node1")], namespace)
     lab.wait_pod_running(namespace, "on-node2")
@@ -173,22 +169,24 @@ def test_helper_daemonset_runs_on_node2_with_node2s_mounts(lab: Lab, namespace: 
         try:
             assert installed.returncode == 0, installed.stderr
             helper1, helper2 = _helper_pod(lab, lab.node_name), _helper_pod(lab, lab.node2_name)
-            # through the API server's pod proxy to the helper on 10.88.0.2:1324
-            version = _helper_get(lab, helper2, "/version")
-            assert version["node"] == lab.node2_name
-            assert _helper_get(lab, helper1, "/version")["node"] == lab.node_name
-            # its /run/containerd is node 2's: asked for the namespace, each helper lists the
-            # containers of its own node only (kubectl cedana asks every helper and names the
-            # node of the helper that answered)
-            listed = _plugin(lab, "-n", namespace, "list", "-o", "json")
-            assert listed.returncode == 0, listed.stderr
-            rows = {(r["pod"], r["node"]) for r in json.loads(listed.stdout)["items"]}
+            # each helper's port is its node's loopback, reached with kubectl port-forward; a
+            # token of a service account that may list the namespace's pods (the view role)
+            token = service_account_token(lab, namespace, "lister", "view")
+            auth = {"Authorization": f"Bearer {token}"}
+            seen = {}
+            for pod, node in ((helper2, lab.node2_name), (helper1, lab.node_name)):
+                with port_forward(lab, HELPER_NS, pod, 1324) as url:
+                    assert requests.get(url + "/version", timeout=30).json()["node"] == node
+                    # its /run/containerd is its node's: each lists its own node's containers
+                    listed = requests.get(f"{url}/list/{namespace}", headers=auth, timeout=30)
+                    assert listed.status_code == 200, listed.text
+                    seen[node] = {c["sandbox_name"] for c in listed.json()}
+            assert seen == {lab.node2_name: {"on-node2"}, lab.node_name: {"on-node1"}}, seen
+            # the plugin (through the API) shows each pod on its node
+            listed_rows = _plugin(lab, "-n", namespace, "list", "-o", "json")
+            assert listed_rows.returncode == 0, listed_rows.stderr
+            rows = {(r["pod"], r["node"]) for r in json.loads(listed_rows.stdout)["items"]}
             assert rows == {("on-node2", lab.node2_name), ("on-node1", lab.node_name)}, rows
-            # the same for the helpers' own pods
-            listed = _plugin(lab, "-n", HELPER_NS, "list", "-o", "json")
-            assert listed.returncode == 0, listed.stderr
-            rows = {(r["pod"], r["node"]) for r in json.loads(listed.stdout)["items"]}
-            assert rows == {(helper1, lab.node_name), (helper2, lab.node2_name)}, rows
             # and the node 2 pod's container is in node 2's runc root, not in node 1's
             cid = lab.container_id(namespace, "on-node2")
             assert not Path(lab.runc_root, cid).exists()

@@ -149,8 +149,9 @@ def test_install_checkpoint_restore_migrate(lab: Lab, namespace: str) -> None:
     assert new_pod == "counter-migrated"
     lab.wait_log(namespace, new_pod, r"count=\d+")
     assert _counts(lab.logs(namespace, new_pod))[0] >= before_migrate
-    assert result["status"]["restoreName"] in [o["metadata"]["name"]
-                                               for o in objects(lab, namespace, "restores")]
+    # on the same node the source's helper restores itself: no Restore object in between
+    assert "restoreName" not in result["status"]
+    assert result["status"]["targetNode"] == result["status"]["node"] == lab.node_name
 
 
 def test_checkpoint_with_kubectl_alone(lab: Lab, namespace: str) -> None:
@@ -227,6 +228,12 @@ def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace
     status = json.loads(migrated.stdout)["status"]
     assert status["targetNode"] == node2 and status["node"] == lab.node_name
     assert status["imageRef"].startswith(repo + ":"), status
+    # to another node: a Restore object for that node's helper, owned by the Migration
+    handed = lab.kubectl("-n", namespace, "get", "restores.cedana.io", status["restoreName"],
+                         "-o", "json").stdout
+    restore = json.loads(handed)
+    assert restore["status"]["phase"] == "Succeeded" and restore["status"]["node"] == node2
+    assert restore["metadata"]["ownerReferences"][0]["kind"] == "Migration"
     new_pod = status["podName"]
     assert lab.pod(namespace, new_pod)["spec"]["nodeName"] == node2
     first = int(lab.wait_log(namespace, new_pod, r"count=(\d+)").group(1))

@@ -225,11 +225,10 @@ def test_events_and_provenance_name_the_right_objects(
     described = lab.kubectl("-n", namespace, "describe", "pod", "target").stdout
     assert "Restored" in described and "cedana-helper" in described
 
-    annotations = lab.pod(namespace, "target")["metadata"]["annotations"]
-    assert annotations["cedana.io/checkpoint-id"] == ident
-    assert annotations["cedana.io/source-pod"] == f"{namespace}/counter"
-    assert annotations["cedana.io/source-container"] == "main"
-    assert annotations["cedana.io/source-node"] == lab.node_name
+    # the helper changes no pod (it may not patch pods): the provenance is in the Event
+    assert f"node {lab.node_name}" in restored["message"] and "(container main" in restored["message"]
+    annotations = lab.pod(namespace, "target")["metadata"].get("annotations") or {}
+    assert not [k for k in annotations if k.startswith("cedana.io/")], annotations
 
 
 def test_inspect_shows_processes_and_criu_stats(lab: Lab, namespace: str, helpers: Any) -> None:

@@ -174,12 +174,13 @@ def test_rootfs_commit_pushes_one_layer_the_kubelet_runs_and_restore_applies(
     assert "/data/doomed.txt" in applied.json()["deleted"]
     assert _view(lab, namespace, "target") == from_image
 
-    # an image that does not extend the target's image is refused, the target untouched
+    # an image the node has but no registry prefix of this namespace covers (another tenant's,
+    # say) is refused before anything is read, the target untouched
     refused = helper.post("/restore/rootfs", {
         "container_name": "main", "sandbox_name": "target", "namespace": namespace,
         "address": CONTAINERD_SOCK, "image_ref": "docker.io/cedana-lab/pause:3.2"})
-    assert refused.status_code == 409, refused.text
-    assert refused.json()["code"] == "target_incompatible"
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "registry_not_allowed"
     assert _view(lab, namespace, "target") == from_image
 
 
@@ -364,7 +365,8 @@ def test_crio_route_commits_a_containers_storage_container(
         lab: Lab, namespace: str, helper: HelperProcess, crio_container: dict[str, str]) -> None:
     listed = helper.get(f"/list/{crio_container['namespace']}", params={"root": CRIO_RUNC_ROOT})
     assert [c["runtime"] for c in listed.json()] == ["cri-o"], listed.text
-    ref = _ref(lab, namespace, "crio")
+    crio_ns = crio_container["namespace"]  # the registry prefix is per pod namespace
+    ref = _ref(lab, crio_ns, "crio")
     answer = helper.post("/checkpoint/rootfs/crio", {
         "container_name": "main", "sandbox_name": crio_container["pod"],
         "namespace": crio_container["namespace"], "root": CRIO_RUNC_ROOT,
@@ -394,10 +396,10 @@ def test_crio_route_commits_a_containers_storage_container(
     mismatch = helper.post("/checkpoint/rootfs/crio", {
         "container_name": "main", "sandbox_name": crio_container["pod"],
         "namespace": crio_container["namespace"], "root": CRIO_RUNC_ROOT,
-        "image_ref": ref, "new_image_ref": _ref(lab, namespace, "crio-wrong")})
+        "image_ref": ref, "new_image_ref": _ref(lab, crio_ns, "crio-wrong")})
     assert mismatch.status_code == 409 and mismatch.json()["code"] == "image_mismatch", \
         mismatch.text
-    assert _registry(lab, "GET", f"rootfs/{namespace}/manifests/crio-wrong",
+    assert _registry(lab, "GET", f"rootfs/{crio_ns}/manifests/crio-wrong",
                      headers={"Accept": MANIFEST_ACCEPT}).status_code == 404
 
 
