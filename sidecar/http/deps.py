@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from sidecar.http.caller import access_of
 from sidecar.http.middleware import request_state
 from sidecar.ops.context import Helper
 
@@ -18,10 +19,21 @@ def helper_of(request: Request) -> Helper:
 HelperDep = Annotated[Helper, Depends(helper_of)]
 
 
-def logged(request: Request, answer: dict[str, Any]) -> dict[str, Any]:
-    """The answer, its checkpoint and container ids noted for the request's log line."""
+def logged(request: Request, answer: dict[str, Any],
+           target: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The answer, its checkpoint and container ids (and the pod it acted on) noted for the
+    request's log line."""
     state = request_state(request.scope)
+    for key in ("namespace", "pod", "container"):
+        if target and target.get(key):
+            state[key] = target[key]
     for key in ("checkpoint_id", "container_id"):
         if answer.get(key):
             state[key] = answer[key]
     return answer
+
+
+def requester(request: Request) -> str:
+    """The user name of the request's caller, for Events ("" when callers are not checked)."""
+    caller = access_of(request.scope).caller
+    return caller.username if caller is not None else ""

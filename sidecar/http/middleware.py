@@ -130,7 +130,11 @@ class RequestLogMiddleware:
                 "status": status,
                 "duration_ms": round((time.monotonic() - started) * 1000, 1),
             }
-            for key in ("checkpoint_id", "error_code", "container_id"):
+            for key in ("checkpoint_id", "error_code", "container_id", "namespace", "pod",
+                        "container"):
                 if state.get(key):
                     extra[key] = state[key]
+            caller = getattr(state.get("access"), "caller", None)
+            if caller is not None:  # who asked: every action is attributable
+                extra.update(user=caller.username, uid=caller.uid, groups=list(caller.groups))
             access_log.info("%s %s %s", extra["method"], extra["path"], status, extra=extra)

@@ -80,7 +80,8 @@ def test_no_token_is_401_before_anything_else(cluster: FakeCluster, helper_url: 
     assert call(helper_url, "GET", "/version")[0] == 200
 
 
-def test_a_caller_may_do_what_rbac_lets_it(cluster: FakeCluster, helper_url: str) -> None:
+def test_a_caller_may_do_what_rbac_lets_it(cluster: FakeCluster, helper_url: str,
+                                           helper_dir: Path) -> None:
     cluster.denied_subject_reviews.add(("alice", "*", "*", "*", "team-b"))
     alice = make_token(cluster, "alice")
     status, answer = call(helper_url, "GET", "/list/team-a", headers=alice)
@@ -98,6 +99,13 @@ def test_a_caller_may_do_what_rbac_lets_it(cluster: FakeCluster, helper_url: str
     assert reviews and all(r["user"] == "alice" and r["uid"] == "uid-alice" for r in reviews)
     assert {"namespace": "team-b", "verb": "create", "group": "cedana.io",
             "resource": "checkpoints"} in [r["resourceAttributes"] for r in reviews]
+    # every action is attributable: the helper's log line names the user, uid, groups, namespace
+    lines = [json.loads(line) for line in (helper_dir / "helper.log").read_text().splitlines()
+             if line.startswith("{")]
+    listed = [e for e in lines if e.get("path") == "/list/team-a" and e.get("status") == 200]
+    assert listed and listed[-1]["user"] == "alice" and listed[-1]["uid"] == "uid-alice"
+    assert listed[-1]["groups"] == ["system:authenticated"]
+    assert listed[-1]["namespace"] == "team-a"
     # the same request from bob, whom RBAC allows, passes authorization (and finds no pod)
     status, answer = call(helper_url, "POST", "/checkpoint", body,
                           headers=make_token(cluster, "bob"))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from kubectl_cedana import contract
-from sidecar.http.deps import HelperDep, logged
+from sidecar.http.deps import HelperDep, logged, requester
 from sidecar.http.middleware import request_state
 from sidecar.http.policy import CallerAccess, filtered_by_route, policy
 from sidecar.http.schemas import CheckpointRequest, PruneRequest
@@ -30,7 +30,7 @@ def post_checkpoint(request: Request, helper: HelperDep, body: CheckpointRequest
     return logged(request, checkpoint(
         helper, **data.target(), checkpoint_path=data.checkpoint_path,
         leave_running=body.leave_running, with_rootfs=body.with_rootfs, storage=body.storage,
-        compression=body.compression))
+        compression=body.compression, requested_by=requester(request)), data.target())
 
 
 @router.get(contract.CHECKPOINTS, dependencies=[Depends(filtered_by_route)])

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from kubectl_cedana import contract
-from sidecar.http.deps import HelperDep, logged
+from sidecar.http.deps import HelperDep, logged, requester
 from sidecar.http.middleware import request_state
 from sidecar.http.policy import CallerAccess, policy
 from sidecar.http.schemas import RestoreRequest
@@ -38,4 +38,5 @@ def post_restore(request: Request, helper: HelperDep, body: RestoreRequest,
     # the operation asks again about the source namespace its verified manifest names
     return logged(request, restore(
         helper, **data.target(), checkpoint_path=data.checkpoint_path,
-        checkpoint_id=data.checkpoint_id, access=access))
+        checkpoint_id=data.checkpoint_id, access=access, requested_by=requester(request)),
+        data.target())

@@ -39,18 +39,19 @@ def may_apply(body: RootfsRestoreRequest, access: CallerAccess) -> None:
 def post_checkpoint_rootfs(request: Request, helper: HelperDep, body: RootfsCheckpointRequest
                            ) -> dict[str, Any]:
     return logged(request, rootfs.commit(
-        helper, **body.target(), image_ref=body.image_ref, address=body.address))
+        helper, **body.target(), image_ref=body.image_ref, address=body.address), body.target())
 
 
 @router.post(contract.CHECKPOINT_ROOTFS_CRIO, dependencies=[Depends(may_commit_crio)])
 def post_checkpoint_rootfs_crio(request: Request, helper: HelperDep,
                                 body: CrioRootfsCheckpointRequest) -> dict[str, Any]:
     return logged(request, rootfs.commit_crio(
-        helper, **body.target(), image_ref=body.image_ref, new_image_ref=body.new_image_ref))
+        helper, **body.target(), image_ref=body.image_ref, new_image_ref=body.new_image_ref),
+        body.target())
 
 
 @router.post(contract.RESTORE_ROOTFS, dependencies=[Depends(may_apply)])
 def post_restore_rootfs(request: Request, helper: HelperDep, body: RootfsRestoreRequest
                         ) -> dict[str, Any]:
     return logged(request, rootfs.apply(
-        helper, **body.target(), image_ref=body.image_ref, address=body.address))
+        helper, **body.target(), image_ref=body.image_ref, address=body.address), body.target())
