@@ -715,11 +715,15 @@ def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
               help="Retention: keep at most N checkpoints per container (0: all).")
 @click.option("--max-total-bytes", type=click.IntRange(0), metavar="BYTES",
               help="Retention: at most BYTES of checkpoints on each node (0: no limit).")
+@click.option("--registry-prefix", "registry_prefixes", multiple=True, metavar="HOST[/PATH]",
+              help="Where the helpers may use their node's registry credentials for rootfs "
+                   "images (repeatable); {namespace} stands for the pod's namespace, e.g. "
+                   "registry.example.com/rootfs/{namespace}. None: nowhere.")
 @click.pass_obj
 def install_command(settings: Settings, runtime: str, image: str | None, dry_run: str,
                     wait: bool, timeout: str, checkpoint_repository: str | None,
                     compression: str | None, max_checkpoints_per_container: int | None,
-                    max_total_bytes: int | None) -> None:
+                    max_total_bytes: int | None, registry_prefixes: tuple[str, ...]) -> None:
     """Create or update the cedana.io CRDs (first, and wait until they are established),
     the helper's Namespace, ServiceAccount, RBAC, the admission policy and the DaemonSet:
     the objects `kubectl apply -k deploy/` creates. Then wait until the helper is ready."""
@@ -733,6 +737,8 @@ def install_command(settings: Settings, runtime: str, image: str | None, dry_run
                         ("--max-total-bytes", max_total_bytes)):
         if value is not None:
             helper_args += [flag, str(value)]
+    for prefix in registry_prefixes:
+        helper_args += ["--registry-prefix", prefix]
     objects = install.render_manifests(image, runtime=runtime, helper_args=helper_args)
     if dry_run == "client":
         if settings.output == "yaml":
