@@ -44,21 +44,6 @@ def is_open(path: str) -> bool:
     return "/" + path.split("?", 1)[0].strip("/") in OPEN_ROUTES
 
 
-# -- who calls: a CertificateSigningRequest the API server filled in (docs/security.md) ---------
-CALLER_HEADER = "X-Cedana-Caller"
-PROOF_HEADER = "X-Cedana-Proof"
-SIGNER_PREFIX = "cedana.io/caller-proof-"
-#: the helper accepts a proof this long after its CSR was created
-PROOF_TTL_S = 15 * 60
-
-
-def proof_digest(secret: str) -> str:
-    """What the CSR's signer name carries in place of the secret."""
-    import hashlib  # here: `kubectl cedana --help` makes no proof
-
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
 # -- error codes: every answer that is not 2xx is {"code": CODE, "message": ...} ---------------
 class Code:
     """The stable, machine-readable codes of the helper's errors (docs/api.md)."""

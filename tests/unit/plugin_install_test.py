@@ -151,10 +151,16 @@ def test_rbac_of_the_helper() -> None:
                 if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "cedana-helper")
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
-    assert {("", "pods", "get"), ("", "pods", "list"), ("", "events", "create"),
-            ("authentication.k8s.io", "tokenreviews", "create"),
-            ("authorization.k8s.io", "subjectaccessreviews", "create"),
-            ("certificates.k8s.io", "certificatesigningrequests", "get")} <= granted
+    # exactly this, nothing more: no secrets, no nodes, no pod patches, no update of specs
+    kinds = ("checkpoints", "restores", "migrations")
+    assert granted == (
+        {("cedana.io", r, v) for r in kinds for v in ("get", "list", "watch", "patch")}
+        | {("cedana.io", f"{r}/status", v) for r in kinds for v in ("get", "patch")}
+        | {("cedana.io", "restores", "create")}
+        | {("", "pods", v) for v in ("get", "list", "watch", "create", "delete")}
+        | {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
+        | {("authentication.k8s.io", "tokenreviews", "create"),
+           ("authorization.k8s.io", "subjectaccessreviews", "create")})
     binding = next(o for o in base_objects() if o["kind"] == "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cedana-helper",
                                     "namespace": "cedana-system"}]
