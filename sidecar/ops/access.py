@@ -16,7 +16,8 @@ and the resources follow one policy:
 
 No token (or one Kubernetes does not vouch for) is 401; a token without the permission is 403.
 Requests without a token are refused before any API call; a token the API server refused is
-refused again without asking for NEGATIVE_CACHE_S, and new unknown tokens are rate-limited.
+refused again without asking for NEGATIVE_CACHE_S, and new unknown tokens are rate-limited
+(tokens it vouched for within KNOWN_TOKEN_S are not: a flood does not lock out known callers).
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ NEGATIVE_CACHE_S = 30.0
 #: tokens the helper has not seen before: at most this many TokenReviews per minute (a flood
 #: of made-up tokens costs the API server nothing beyond that)
 NEW_TOKENS_PER_MINUTE = 120
+#: a token the API server vouched for is asked about again when its CACHE_S ends, but outside
+#: that rate limit for this long: a flood of made-up tokens does not lock out known callers
+KNOWN_TOKEN_S = 3600.0
 MODES = ("kubernetes", "none")
 
 CHECKPOINT = Permission("create", "checkpoints")
@@ -142,6 +146,8 @@ class CallerVerifier:
         self._tokens: dict[str, tuple[float, Caller | None]] = {}
         self._answers: dict[tuple[Caller, str, Permission], tuple[float, bool, str]] = {}
         self._new_tokens = TokenBucket(new_tokens_per_minute, clock)
+        #: digests of tokens the API server vouched for, until when they skip the rate limit
+        self._known: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def authenticate(self, headers: Mapping[str, str]) -> Access:
@@ -150,7 +156,9 @@ class CallerVerifier:
         now = self.clock()
         with self._lock:
             cached = self._tokens.get(digest)
-            wait = 0.0 if cached is not None and now < cached[0] else self._new_tokens.take()
+            fresh = cached is not None and now < cached[0]
+            known = now < self._known.get(digest, 0.0)
+            wait = 0.0 if fresh or known else self._new_tokens.take()
         if cached is not None and now < cached[0]:
             if cached[1] is None:
                 raise Unauthenticated("the Kubernetes API does not vouch for this token")
@@ -170,6 +178,12 @@ class CallerVerifier:
             if len(self._tokens) > 4096:
                 self._tokens.clear()
             self._tokens[digest] = (now + (CACHE_S if caller else NEGATIVE_CACHE_S), caller)
+            if caller is not None and caller.username:
+                if len(self._known) > 4096:
+                    self._known = {d: t for d, t in self._known.items() if t > now}
+                self._known[digest] = now + KNOWN_TOKEN_S
+            else:  # revoked, expired: a new token again
+                self._known.pop(digest, None)
         if caller is None or not caller.username:
             raise Unauthenticated("the Kubernetes API does not vouch for this token "
                                   "(TokenReview: not authenticated)")
