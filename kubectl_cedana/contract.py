@@ -84,6 +84,7 @@ class Code:
     QUOTA_EXCEEDED = "quota_exceeded"
     CHECKPOINT_UNTRUSTED = "checkpoint_untrusted"
     CONTENT_TOO_LARGE = "content_too_large"
+    CONTENT_REFUSED = "content_refused"
     # in the status of a cedana.io object only: its helper died during the operation
     HELPER_RESTARTED = "helper_restarted"
 
@@ -114,6 +115,7 @@ HTTP_STATUS = {
     Code.IMAGE_UNSUPPORTED: 422,
     Code.CHECKPOINT_UNTRUSTED: 422,
     Code.CONTENT_TOO_LARGE: 422,
+    Code.CONTENT_REFUSED: 422,
     Code.DUMP_FAILED: 500,
     Code.RESTORE_FAILED: 500,
     Code.INTERNAL_ERROR: 500,

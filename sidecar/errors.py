@@ -169,6 +169,14 @@ class ContentTooLarge(HelperError):
     code = Code.CONTENT_TOO_LARGE
 
 
+class ContentRefused(HelperError):
+    """An image layer or a checkpoint's changed files hold something the helper never writes
+    into a container's root filesystem (a device node); `member` names it. Refused before
+    anything of the archive is written (docs/security.md)."""
+
+    code = Code.CONTENT_REFUSED
+
+
 class AuthorizationUnavailable(HelperError):
     """The Kubernetes API that vouches for callers cannot be asked right now."""
 

@@ -23,7 +23,6 @@ from typing import IO, Any, BinaryIO, cast
 
 from sidecar.config import DEFAULT_MAX_LAYER_BYTES
 from sidecar.errors import DumpFailed, ImageUnsupported, RestoreFailed
-from sidecar.storage.paths import relative_name
 from sidecar.storage.tar import (
     BoundedTarInfo,
     CappedReader,
@@ -32,7 +31,6 @@ from sidecar.storage.tar import (
     is_opaque,
     is_whiteout,
     marker,
-    remove,
     walk,
 )
 
@@ -185,16 +183,10 @@ def _whiteout(rel: str) -> tuple[str, str] | None:
 
 def _apply_whiteout(kind: str, rel: str, layer: Extractor, applied: AppliedLayer) -> None:
     if kind == "delete":
-        target = layer.path(rel)
-        if os.path.lexists(target):
-            remove(target)
+        if layer.delete(rel):
             applied.deleted.append("/" + rel)
-    elif kind == "opaque":
-        directory = layer.path(rel, allow_root=True)
-        if directory.is_dir() and not directory.is_symlink():  # a symlink is replaced later
-            for child in sorted(os.listdir(directory)):
-                remove(directory / child)
-            applied.opaque.append("/" + rel)
+    elif kind == "opaque" and layer.empty(rel):  # a symlink there is replaced later
+        applied.opaque.append("/" + rel)
 
 
 @contextmanager
@@ -237,29 +229,31 @@ def apply_layer(blob: Path, media_type: str, rootfs: Path,
                 max_bytes: int = DEFAULT_MAX_LAYER_BYTES) -> AppliedLayer:
     """Apply layer `blob` onto `rootfs`: its whiteouts first, then its other entries.
 
-    Every path is confined to rootfs: absolute names, `..`, and parents that are symlinks
-    leading out of rootfs are refused with RestoreFailed. The layer is read twice as a
-    stream, each time at most `max_bytes` of tar (ContentTooLarge beyond): the first pass
-    checks every name and the size before anything is touched."""
+    Every path is confined to rootfs: absolute names and `..` are refused with RestoreFailed,
+    and every write, change and deletion is made in a directory reached beneath rootfs
+    (storage/beneath.py), so a symlink leading out, there before or swapped in meanwhile, is
+    refused too (RestoreFailed) and never followed. Setuid and setgid bits are dropped; a
+    device node is refused (ContentRefused). The layer is read twice as a stream, each time at
+    most `max_bytes` of tar (ContentTooLarge beyond): the first pass checks every name, kind
+    and the size before anything is touched."""
     applied = AppliedLayer()
-    layer = Extractor(rootfs, source=_SOURCE, error=RestoreFailed)
     try:
-        # every name checked before anything is touched (symlinked parents: as each
-        # member is written, since earlier members may replace them)
-        with _members(blob, media_type, max_bytes) as tar:
-            names = [relative_name(m.name, source=_SOURCE, error=RestoreFailed) for m in tar]
-        for rel in names:
-            whiteout = _whiteout(rel)
-            if whiteout:
-                _apply_whiteout(*whiteout, layer, applied)
-        with _members(blob, media_type, max_bytes) as tar:
-            for index, info in enumerate(tar):
-                rel = relative_name(info.name, source=_SOURCE, error=RestoreFailed)
-                if index >= len(names) or rel != names[index]:
-                    raise RestoreFailed(f"image layer {blob.name} changed while it was applied")
-                if not _whiteout(rel) and layer.extract(tar, info):
-                    applied.entries += 1
-            layer.finish()
+        with Extractor(rootfs, source=_SOURCE, error=RestoreFailed) as layer:
+            with _members(blob, media_type, max_bytes) as tar:
+                names = [layer.check(m) for m in tar]
+            for rel in names:
+                whiteout = _whiteout(rel)
+                if whiteout:
+                    _apply_whiteout(*whiteout, layer, applied)
+            with _members(blob, media_type, max_bytes) as tar:
+                for index, info in enumerate(tar):
+                    rel = layer.check(info)
+                    if index >= len(names) or rel != names[index]:
+                        raise RestoreFailed(f"image layer {blob.name} changed while it was "
+                                            "applied")
+                    if not _whiteout(rel) and layer.extract(tar, info):
+                        applied.entries += 1
+                layer.finish()
     except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
         raise RestoreFailed(f"cannot apply image layer {blob.name} to {rootfs}: {exc}") from exc
     return applied

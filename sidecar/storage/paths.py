@@ -1,6 +1,8 @@
 """Confinement: every path the helper takes from outside (a request, an archive member, a list
-of deleted files) is resolved here, and refused when it would lead out of the directory it
-belongs to (the checkpoint directory, a checkpoint, a container's root filesystem)."""
+of deleted files) is checked here, and refused when it would lead out of the directory it
+belongs to (the checkpoint directory, a checkpoint, a container's root filesystem). Names are
+checked here (relative_name); the directories of a container's root filesystem are reached
+beneath it, never through a path resolved beforehand (storage/beneath.py, storage/tar.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -62,24 +64,6 @@ def relative_name(name: str, *, source: str, error: type[HelperError],
     if name.startswith("/") or ".." in parts:
         raise error(f"refusing path {name!r} from {source}: it leads outside {outside}")
     return "/".join(parts)
-
-
-def member(root: Path, name: str, *, source: str, error: type[HelperError],
-           container_view: bool = False, allow_root: bool = False, outside: str = ROOTFS
-           ) -> Path:
-    """root/`name` (relative_name), also refused when a parent directory is a symlink leading
-    out of root: root's own content is not trusted (a container controls its rootfs).
-    `allow_root`: a name for root itself ("", ".") is root, else it is refused."""
-    rel = relative_name(name, source=source, error=error, container_view=container_view,
-                        outside=outside)
-    if not rel:
-        if allow_root:
-            return root
-        raise error(f"refusing path {name!r} from {source}")
-    path = root / rel
-    if not within(root, path.parent):
-        raise error(f"refusing path {name!r} from {source}: it leads outside {outside}")
-    return path
 
 
 def client_path(checkpoint_dir: Path | str, namespace: str, requested: str) -> Path:

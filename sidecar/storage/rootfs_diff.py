@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 
 from sidecar.errors import DumpFailed, RestoreFailed
-from sidecar.storage.tar import Extractor, add, is_opaque, is_whiteout, remove, walk
+from sidecar.storage.tar import Extractor, add, is_opaque, is_whiteout, walk
 
 DIFF_TAR = "rootfs-diff.tar"
 DELETED_FILES = "deleted.files"
@@ -43,20 +43,25 @@ def write_diff(upper: Path, dest_dir: Path) -> list[str]:
 
 
 def apply_diff(checkpoint: Path, rootfs: Path) -> bool:
-    """Apply a checkpoint's rootfs diff onto `rootfs`. Returns False when it has none."""
+    """Apply a checkpoint's rootfs diff onto `rootfs`. Returns False when it has none.
+
+    Every member's name and kind is checked before anything is touched (a device node is
+    ContentRefused); then the deletions, then the members, each made in a directory reached
+    beneath rootfs (storage/tar.py), setuid and setgid dropped."""
     tar_path = checkpoint / DIFF_TAR
     if not tar_path.exists():
         return False
     deleted_path = checkpoint / DELETED_FILES
     deleted = json.loads(deleted_path.read_text()) if deleted_path.exists() else []
-    diff = Extractor(rootfs, source=_SOURCE, error=RestoreFailed)
     try:
-        for name in deleted:
-            target = diff.path(str(name), container_view=True)
-            if os.path.lexists(target):
-                remove(target)
-        with tarfile.open(tar_path) as tar:
-            for info in tar:
+        with Extractor(rootfs, source=_SOURCE, error=RestoreFailed) as diff, \
+                tarfile.open(tar_path) as tar:
+            members = tar.getmembers()
+            for info in members:
+                diff.check(info)
+            for name in deleted:
+                diff.delete(str(name), container_view=True)
+            for info in members:
                 diff.extract(tar, info)
             diff.finish()
     except (OSError, tarfile.TarError) as exc:
