@@ -33,6 +33,15 @@ def logged(request: Request, answer: dict[str, Any],
     return answer
 
 
+def aimed_at(request: Request, target: dict[str, Any]) -> None:
+    """Note what a request acts on for its log line before anything is checked, so that a
+    refused request names the namespace and pod it aimed at too."""
+    state = request_state(request.scope)
+    for key in ("namespace", "pod", "container"):
+        if target.get(key):
+            state[key] = target[key]
+
+
 def requester(request: Request) -> str:
     """The user name of the request's caller, for Events ("" when callers are not checked)."""
     caller = access_of(request.scope).caller

@@ -933,3 +933,25 @@ def test_floods_cost_the_api_server_little(world: World) -> None:
     assert set(statuses) == {401}
     time.sleep(2)
     assert _reviews_by(user) - before == 1
+
+
+# -- 7. attribution --------------------------------------------------------------------------------
+def test_every_attempt_is_attributed(world: World) -> None:
+    """The helper's log names the caller of each request (user, uid, groups), the namespace and
+    pod, the status and the error; the Events name the user. Runs after the attacks above."""
+    tenant = f"system:serviceaccount:{world.a}:tenant"
+    lines = [json.loads(line) for line in world.helper.log_text().splitlines()
+             if line.startswith("{")]
+    served = [e for e in lines if e.get("path") and e.get("user") == tenant]
+    assert served, "no request of the tenant in the helper's log"
+    assert all(e.get("uid") and f"system:serviceaccounts:{world.a}" in e.get("groups", [])
+               for e in served)
+    assert any(e["path"] == "/checkpoint/rootfs" and e["status"] == 200
+               and e.get("namespace") == world.a and e.get("pod") == "tenant" for e in served)
+    assert any(e["status"] == 403 and e.get("error_code") == "forbidden"
+               and e.get("namespace") == world.b for e in served), served[-5:]
+    assert any(e["status"] == 403 and e.get("error_code") == "registry_not_allowed"
+               for e in served)
+    events = json.loads(world.lab.kubectl("-n", world.a, "get", "events", "-o", "json").stdout)
+    assert any(f"requested by {tenant}" in (e.get("message") or "") for e in events["items"]), \
+        [e.get("message") for e in events["items"]][-10:]

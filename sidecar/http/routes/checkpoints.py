@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from kubectl_cedana import contract
-from sidecar.http.deps import HelperDep, logged, requester
+from sidecar.http.deps import HelperDep, aimed_at, logged, requester
 from sidecar.http.middleware import request_state
 from sidecar.http.policy import CallerAccess, filtered_by_route, policy
 from sidecar.http.schemas import CheckpointRequest, PruneRequest
@@ -19,7 +19,8 @@ router = APIRouter()
 
 
 @policy
-def may_checkpoint(body: CheckpointRequest, access: CallerAccess) -> None:
+def may_checkpoint(request: Request, body: CheckpointRequest, access: CallerAccess) -> None:
+    aimed_at(request, body.checkpoint_data.target())
     access.require(body.checkpoint_data.namespace, CHECKPOINT, "the pod to checkpoint")
 
 

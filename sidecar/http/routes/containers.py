@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from kubectl_cedana import contract
-from sidecar.http.deps import HelperDep
+from sidecar.http.deps import HelperDep, aimed_at
 from sidecar.http.middleware import request_state
 from sidecar.http.policy import CallerAccess, policy
 from sidecar.http.schemas import ListRequest
@@ -17,7 +17,8 @@ router = APIRouter()
 
 
 @policy
-def may_list(namespace: str, access: CallerAccess) -> None:
+def may_list(request: Request, namespace: str, access: CallerAccess) -> None:
+    aimed_at(request, {"namespace": namespace})
     access.require(namespace, LIST_PODS, "the containers")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from kubectl_cedana import contract
-from sidecar.http.deps import HelperDep, logged, requester
+from sidecar.http.deps import HelperDep, aimed_at, logged, requester
 from sidecar.http.middleware import request_state
 from sidecar.http.policy import CallerAccess, policy
 from sidecar.http.schemas import RestoreRequest
@@ -19,8 +19,10 @@ router = APIRouter()
 
 
 @policy
-def may_restore(helper: HelperDep, body: RestoreRequest, access: CallerAccess) -> None:
+def may_restore(request: Request, helper: HelperDep, body: RestoreRequest,
+                access: CallerAccess) -> None:
     data = body.checkpoint_data
+    aimed_at(request, data.target())
     access.require(data.namespace, RESTORE, "the restore target")
     if access.unrestricted:
         return

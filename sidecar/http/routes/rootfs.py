@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from kubectl_cedana import contract
-from sidecar.http.deps import HelperDep, logged
+from sidecar.http.deps import HelperDep, aimed_at, logged
 from sidecar.http.policy import CallerAccess, policy
 from sidecar.http.schemas import (
     CrioRootfsCheckpointRequest,
@@ -21,17 +21,21 @@ router = APIRouter()
 
 
 @policy
-def may_commit(body: RootfsCheckpointRequest, access: CallerAccess) -> None:
+def may_commit(request: Request, body: RootfsCheckpointRequest, access: CallerAccess) -> None:
+    aimed_at(request, body.target())
     access.require(body.namespace, CHECKPOINT, "the pod")
 
 
 @policy
-def may_commit_crio(body: CrioRootfsCheckpointRequest, access: CallerAccess) -> None:
+def may_commit_crio(request: Request, body: CrioRootfsCheckpointRequest,
+                    access: CallerAccess) -> None:
+    aimed_at(request, body.target())
     access.require(body.namespace, CHECKPOINT, "the pod")
 
 
 @policy
-def may_apply(body: RootfsRestoreRequest, access: CallerAccess) -> None:
+def may_apply(request: Request, body: RootfsRestoreRequest, access: CallerAccess) -> None:
+    aimed_at(request, body.target())
     access.require(body.namespace, RESTORE, "the pod")
 
 
