@@ -719,11 +719,22 @@ def _object_lines(results: list[dict[str, Any]], dry_run: str = "") -> str:
               help="Where the helpers may use their node's registry credentials for rootfs "
                    "images (repeatable); {namespace} stands for the pod's namespace, e.g. "
                    "registry.example.com/rootfs/{namespace}. None: nowhere.")
+# -- resource limits of each helper (docs/security.md#limits); absent: the helper's defaults --
+@click.option("--max-operations", type=click.IntRange(0), metavar="N",
+              help="Checkpoints and restores running at once on each node; beyond, refused "
+                   "with too_many_requests (helper default: 8; 0: no limit).")
+@click.option("--max-operations-per-namespace", type=click.IntRange(0), metavar="N",
+              help="... of them for pods of one namespace (helper default: 4; 0: no limit).")
+@click.option("--max-checkpoint-dir-bytes", type=click.IntRange(0), metavar="BYTES",
+              help="Quota of each node's checkpoint directory; a checkpoint beyond is refused "
+                   "with quota_exceeded (helper default: 25% of its filesystem; 0: none).")
 @click.pass_obj
 def install_command(settings: Settings, runtime: str, image: str | None, dry_run: str,
                     wait: bool, timeout: str, checkpoint_repository: str | None,
                     compression: str | None, max_checkpoints_per_container: int | None,
-                    max_total_bytes: int | None, registry_prefixes: tuple[str, ...]) -> None:
+                    max_total_bytes: int | None, registry_prefixes: tuple[str, ...],
+                    max_operations: int | None, max_operations_per_namespace: int | None,
+                    max_checkpoint_dir_bytes: int | None) -> None:
     """Create or update the cedana.io CRDs (first, and wait until they are established),
     the helper's Namespace, ServiceAccount, RBAC, the admission policy and the DaemonSet:
     the objects `kubectl apply -k deploy/` creates. Then wait until the helper is ready."""
@@ -734,7 +745,10 @@ def install_command(settings: Settings, runtime: str, image: str | None, dry_run
     for flag, value in (("--checkpoint-repository", checkpoint_repository),
                         ("--compression", compression),
                         ("--max-checkpoints-per-container", max_checkpoints_per_container),
-                        ("--max-total-bytes", max_total_bytes)):
+                        ("--max-total-bytes", max_total_bytes),
+                        ("--max-operations", max_operations),
+                        ("--max-operations-per-namespace", max_operations_per_namespace),
+                        ("--max-checkpoint-dir-bytes", max_checkpoint_dir_bytes)):
         if value is not None:
             helper_args += [flag, str(value)]
     for prefix in registry_prefixes:

@@ -82,6 +82,7 @@ class Code:
     REGISTRY_NOT_ALLOWED = "registry_not_allowed"
     TOO_MANY_REQUESTS = "too_many_requests"
     QUOTA_EXCEEDED = "quota_exceeded"
+    REQUEST_TIMEOUT = "request_timeout"
     CHECKPOINT_UNTRUSTED = "checkpoint_untrusted"
     CONTENT_TOO_LARGE = "content_too_large"
     CONTENT_REFUSED = "content_refused"
@@ -127,6 +128,7 @@ HTTP_STATUS = {
     Code.REGISTRY_NOT_ALLOWED: 403,
     Code.TOO_MANY_REQUESTS: 429,
     Code.QUOTA_EXCEEDED: 507,
+    Code.REQUEST_TIMEOUT: 408,
     Code.HELPER_RESTARTED: 500,
 }
 

@@ -9,12 +9,20 @@ import click
 from kubectl_cedana.contract import COMPRESSIONS, DEFAULT_COMPRESSION
 from sidecar import logs, version
 from sidecar.config import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_CERTS_DIRS,
+    DEFAULT_CHECKPOINT_DIR_SHARE,
     DEFAULT_CONTAINERD_CONFIG,
     DEFAULT_CRIU_RUNC_CONFIG,
     DEFAULT_DOCKER_CONFIGS,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     DEFAULT_MAX_CHECKPOINT_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_LAYER_BYTES,
+    DEFAULT_MAX_OPERATIONS,
+    DEFAULT_MAX_OPERATIONS_PER_NAMESPACE,
     DEFAULT_RUNTIME_ROOT,
     HelperConfig,
     NodeRegistrySettings,
@@ -103,6 +111,37 @@ def main() -> None:
 @click.option("--max-layer-bytes", default=DEFAULT_MAX_LAYER_BYTES, show_default=True,
               type=click.IntRange(1), help="Most bytes one image layer of /restore/rootfs may "
                                            "take, downloaded and unpacked.")
+# -- resource limits (docs/security.md#limits) --
+@click.option("--max-operations", default=DEFAULT_MAX_OPERATIONS, show_default=True,
+              type=click.IntRange(0),
+              help="Checkpoints, restores and rootfs commits/applies running at once on this "
+                   "helper; beyond, 429 too_many_requests (0: no limit).")
+@click.option("--max-operations-per-namespace", default=DEFAULT_MAX_OPERATIONS_PER_NAMESPACE,
+              show_default=True, type=click.IntRange(0),
+              help="... of them for pods of one namespace (0: no limit).")
+@click.option("--max-checkpoint-dir-bytes", default=None, type=click.IntRange(0),
+              metavar="BYTES",
+              help="Quota of the checkpoint directory: a checkpoint or pull that would take it "
+                   "beyond is refused with 507 quota_exceeded (0: no quota). Default: "
+                   f"{DEFAULT_CHECKPOINT_DIR_SHARE:.0%} of its filesystem, computed at start.")
+@click.option("--header-timeout", "header_timeout_s", default=DEFAULT_HEADER_TIMEOUT_S,
+              show_default=True, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="A connection that has not sent a request's complete headers this long "
+                   "after it opened (or after the request's first byte) is closed.")
+@click.option("--body-timeout", "body_timeout_s", default=DEFAULT_BODY_TIMEOUT_S,
+              show_default=True, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="A request body not received this long after the helper began to read it "
+                   "is answered 408 request_timeout and its connection closed.")
+@click.option("--keep-alive-timeout", "keep_alive_timeout_s",
+              default=DEFAULT_KEEP_ALIVE_TIMEOUT_S, show_default=True, type=click.IntRange(1),
+              metavar="SECONDS", help="Idle keep-alive connections are closed after this long.")
+@click.option("--max-connections", default=DEFAULT_MAX_CONNECTIONS, show_default=True,
+              type=click.IntRange(0),
+              help="Connections open at once: while as many are open, requests are answered "
+                   "503 (0: no limit).")
+@click.option("--max-header-bytes", default=DEFAULT_MAX_HEADER_BYTES, show_default=True,
+              type=click.IntRange(1024),
+              help="Most bytes of a request's line and headers; beyond, 400 and closed.")
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path, ...],
           containerd_addresses: tuple[str, ...], registry_prefixes: tuple[str, ...], runc_path: str,
           criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
@@ -111,11 +150,12 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
           max_total_bytes: int, authorization: str, reconcile: bool, log_level: str,
           signing_key_file: Path | None, max_checkpoint_bytes: int,
-          max_layer_bytes: int) -> None:
+          max_layer_bytes: int, max_operations: int, max_operations_per_namespace: int,
+          max_checkpoint_dir_bytes: int | None, header_timeout_s: float, body_timeout_s: float,
+          keep_alive_timeout_s: int, max_connections: int, max_header_bytes: int) -> None:
     """Serve the REST API."""
-    import uvicorn
-
     from sidecar.http.app import create_app
+    from sidecar.http.server import serve as serve_http
 
     logs.configure(log_level)
     cgroups.join_node_cgroup_namespace()  # first: before any thread
@@ -135,8 +175,14 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
         max_total_bytes=max_total_bytes,
         signing_key_file=signing_key_file, max_checkpoint_bytes=max_checkpoint_bytes,
         max_layer_bytes=max_layer_bytes,
+        max_operations=max_operations, max_operations_per_namespace=max_operations_per_namespace,
+        max_checkpoint_dir_bytes=checkpoint_dir_quota(checkpoint_dir, max_checkpoint_dir_bytes),
+        header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+        keep_alive_timeout_s=keep_alive_timeout_s, max_connections=max_connections,
+        max_header_bytes=max_header_bytes,
     )
     check_signing_key(config)
+    check_retention_below_quota(config)
     from sidecar.kube.api import KubeAPI
     from sidecar.ops.access import build_verifier
 
@@ -156,8 +202,45 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
         from sidecar.reconcile.controller import Controller
 
         Controller(app.state.helper, CedanaObjects(kube.api_client)).start()
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
-                log_level=log_level.lower())
+    serve_http(app, config, host, port, log_level)
+
+
+def check_retention_below_quota(config: HelperConfig) -> None:
+    """Retention frees space only if it starts below the quota, which stops checkpoints."""
+    quota, retained = config.max_checkpoint_dir_bytes, config.max_total_bytes
+    if quota and retained >= quota:
+        logging.getLogger("sidecar.cli").warning(
+            "--max-total-bytes %d is not below the checkpoint directory's quota %d: new "
+            "checkpoints are refused (quota_exceeded) before retention removes old ones; keep "
+            "it below the quota", retained, quota,
+            extra={"max_total_bytes": retained, "max_checkpoint_dir_bytes": quota})
+
+
+def checkpoint_dir_quota(checkpoint_dir: Path, given: int | None) -> int:
+    """--max-checkpoint-dir-bytes, or (not given) a share of the checkpoint directory's
+    filesystem; logged either way."""
+    from sidecar.ops.limits import default_quota
+
+    log = logging.getLogger("sidecar.cli")
+    if given is not None:
+        if given:
+            log.info("checkpoint directory quota: %d bytes (--max-checkpoint-dir-bytes)", given,
+                     extra={"max_checkpoint_dir_bytes": given})
+        else:
+            log.info("checkpoint directory quota: none (--max-checkpoint-dir-bytes 0)",
+                     extra={"max_checkpoint_dir_bytes": 0})
+        return given
+    try:
+        quota, filesystem = default_quota(checkpoint_dir)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the size of the filesystem of {checkpoint_dir} "
+                                   f"for its default quota ({exc}); pass "
+                                   "--max-checkpoint-dir-bytes") from exc
+    log.info("checkpoint directory quota: %d bytes, %.0f%% of the %d bytes of its filesystem "
+             "(--max-checkpoint-dir-bytes to choose)", quota, DEFAULT_CHECKPOINT_DIR_SHARE * 100,
+             filesystem, extra={"max_checkpoint_dir_bytes": quota,
+                                "filesystem_bytes": filesystem})
+    return quota
 
 
 def check_signing_key(config: HelperConfig) -> None:

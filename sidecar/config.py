@@ -46,6 +46,26 @@ DEFAULT_MAX_CHECKPOINT_BYTES = 64 * GIB
 #: most bytes one image layer of /restore/rootfs may take, downloaded and unpacked
 DEFAULT_MAX_LAYER_BYTES = 16 * GIB
 
+# resource limits (docs/security.md#limits)
+#: checkpoints, restores and rootfs commits/applies running at once on one helper
+DEFAULT_MAX_OPERATIONS = 8
+#: ... of which for pods of one namespace
+DEFAULT_MAX_OPERATIONS_PER_NAMESPACE = 4
+#: the checkpoint directory's default quota: this share of its filesystem (cedana-helper serve)
+DEFAULT_CHECKPOINT_DIR_SHARE = 0.25
+#: a connection must deliver a request's complete headers this soon after it opens (or after
+#: the first byte of a later request on it)
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+#: a request's body must have arrived this soon after the helper starts reading it
+DEFAULT_BODY_TIMEOUT_S = 60.0
+#: an idle keep-alive connection is closed after this long
+DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5
+#: connections open at once (uvicorn's limit_concurrency: while as many are open, or as many
+#: requests run, requests are answered 503)
+DEFAULT_MAX_CONNECTIONS = 64
+#: a request's line and headers (beyond: 400); a bearer token may take 16 KiB of it
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+
 
 @dataclass(frozen=True)
 class HelperConfig:
@@ -91,6 +111,20 @@ class HelperConfig:
     signing_key_file: Path | None = None
     max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES
+    # -- resource limits (docs/security.md#limits); 0: no limit --
+    # heavy operations (checkpoint, restore, rootfs commit/apply) at once: on this helper, and
+    # for pods of one namespace (ops/limits.py)
+    max_operations: int = DEFAULT_MAX_OPERATIONS
+    max_operations_per_namespace: int = DEFAULT_MAX_OPERATIONS_PER_NAMESPACE
+    # bytes the checkpoint directory may hold (checked before a dump or a pull); 0: no quota.
+    # `cedana-helper serve` defaults it to DEFAULT_CHECKPOINT_DIR_SHARE of the filesystem
+    max_checkpoint_dir_bytes: int = 0
+    # the HTTP server (sidecar/http/server.py)
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    keep_alive_timeout_s: int = DEFAULT_KEEP_ALIVE_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
 
     @property
     def allowed_runtime_roots(self) -> tuple[Path, ...]:

@@ -196,13 +196,27 @@ class RegistryNotAllowed(HelperError):
 
 
 class TooManyRequests(HelperError):
+    """Over a rate or concurrency limit; `retry_after_s` becomes the Retry-After header."""
+
     code = Code.TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        retry_after = extra.get("retry_after_s")
+        if isinstance(retry_after, (int, float)):
+            self.headers = {"Retry-After": str(max(1, round(retry_after)))}
 
 
 class QuotaExceeded(HelperError):
     """The checkpoint directory's quota is used up."""
 
     code = Code.QUOTA_EXCEEDED
+
+
+class RequestTimeout(HelperError):
+    """A request's body did not arrive in time (--body-timeout)."""
+
+    code = Code.REQUEST_TIMEOUT
 
 
 class HelperRestarted(HelperError):

@@ -37,7 +37,8 @@ def create_app(config: HelperConfig, *, locks: ContainerLocks | None = None,
     app.state.helper = helper
     install_error_handlers(app)
     # the last added is the outermost: log every request, including those refused for size
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes,
+                       timeout_s=config.body_timeout_s)
     # callers without a valid proof get 401 before their body is even read
     app.add_middleware(AuthorizationMiddleware, verifier=verifier)
     app.add_middleware(RequestLogMiddleware)

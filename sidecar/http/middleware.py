@@ -1,4 +1,5 @@
-"""ASGI middleware of the helper: a request body limit and one JSON log line per request.
+"""ASGI middleware of the helper: a request body limit (size and time) and one JSON log line
+per request.
 
 Both write JSON error bodies ({"code", "message"}) themselves, because they answer before (or
 instead of) the application's own exception handlers.
@@ -10,9 +11,16 @@ import logging
 import time
 from typing import Any
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sidecar.errors import BodyTooLarge, HelperError, InternalError, InvalidRequest
+from sidecar.errors import (
+    BodyTooLarge,
+    HelperError,
+    InternalError,
+    InvalidRequest,
+    RequestTimeout,
+)
 
 access_log = logging.getLogger("sidecar.access")
 log = logging.getLogger(__name__)
@@ -27,30 +35,60 @@ def request_state(scope: Scope) -> dict[str, Any]:
 async def send_error(scope: Scope, send: Send, error: HelperError) -> None:
     request_state(scope)["error_code"] = error.code
     body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    # the error's own (Retry-After of a 429, Connection: close of a 408)
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in (error.headers or {}).items()]
     await send({
         "type": "http.response.start",
         "status": error.status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
+        "headers": headers,
     })
     await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over `limit` bytes with 413, whether announced or streamed.
+    """Refuse bodies over `limit` bytes with 413, whether announced or streamed, and bodies
+    that have not arrived `timeout_s` after the helper began to read them with 408 (None: no
+    deadline).
 
     The body is read here in full (it is small by construction) and replayed to the app.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     def _too_large(self) -> BodyTooLarge:
         return BodyTooLarge(
             f"request body is larger than {self.limit} bytes; the helper's requests are small "
             "JSON documents", limit_bytes=self.limit,
         )
+
+    def _too_slow(self) -> RequestTimeout:
+        error = RequestTimeout(
+            f"the request body did not arrive within {self.timeout_s:g} s; send it at once "
+            "(the helper's requests are small JSON documents)", timeout_s=self.timeout_s)
+        error.headers = {"Connection": "close"}
+        return error
+
+    async def _read(self, receive: Receive) -> bytes | HelperError | None:
+        """The whole body; the error to answer; None when the client went away."""
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,21 +105,17 @@ class BodyLimitMiddleware:
             if length > self.limit:
                 await send_error(scope, send, self._too_large())
                 return
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await send_error(scope, send, self._too_large())
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            with anyio.fail_after(self.timeout_s):
+                outcome = await self._read(receive)
+        except TimeoutError:
+            outcome = self._too_slow()
+        if outcome is None:  # the client went away
+            return
+        if isinstance(outcome, HelperError):
+            await send_error(scope, send, outcome)
+            return
+        body = outcome
         replayed = False
 
         async def replay() -> Message:

@@ -43,6 +43,20 @@ def process_tree(pid: int) -> list[TreeProcess]:
     return tree
 
 
+def tree_rss(tree: list[TreeProcess]) -> int:
+    """The resident memory of a process tree, in bytes: the sum of its processes' RSS. An
+    estimate of what a dump writes of its memory: CRIU writes the anonymous and changed pages,
+    most of RSS; RSS also counts unchanged file pages (not dumped) and pages shared between
+    the processes in each, and leaves out pages swapped out (dumped)."""
+    total = 0
+    for member in tree:
+        try:
+            total += int(psutil.Process(member.pid).memory_info().rss)
+        except psutil.Error:
+            continue  # exited while we looked
+    return total
+
+
 def fd_links(pid: int, proc: Path = Path("/proc")) -> dict[int, str]:
     links = {}
     fd_dir = proc / str(pid) / "fd"

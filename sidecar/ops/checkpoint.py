@@ -29,6 +29,7 @@ from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, retention, transfer
 from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
+from sidecar.ops.limits import Limits, admit, dump_estimate
 from sidecar.storage import rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue
 from sidecar.storage.paths import client_path
@@ -162,7 +163,11 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                          container: str, checkpoint_path: str | None, leave_running: bool,
                          *, locks: ContainerLocks = DEFAULT_LOCKS,
                          with_rootfs: bool = True,
-                         checkpoint_id: str | None = None) -> CheckpointResult:
+                         checkpoint_id: str | None = None,
+                         limits: Limits | None = None) -> CheckpointResult:
+    """Dump one container into the checkpoint directory and list it. `limits`: where the
+    checkpoint directory's quota is reserved (the helper's, with what its other operations
+    hold; None: only what the catalogue lists counts)."""
     started = time.monotonic()
     target = containers.find(namespace, sandbox, container)
     checkpoint_id = checkpoint_id or str(uuid.uuid4())
@@ -192,13 +197,19 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                 pid=uring.pid, process_name=uring.name,
             )
         options = choose_options(config, target, tree, leave_running)
-        store.make_private_dirs(final_dir.parent, Path("/"))
-        temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
-        temp_dir.mkdir(mode=store.DIR_MODE)
-        # without leave_running the container is stopped only once its checkpoint is complete
-        # and listed: until then it is frozen, and thawed (alive) whatever fails, even the
-        # helper itself (the freezer journal)
+        # the quota before anything is frozen or written: about what the dump adds, held
+        # until the checkpoint is listed (507 quota_exceeded otherwise)
+        estimate = dump_estimate(tree, proctree.upper_dir(target.pid) if with_rootfs else None)
         with ExitStack() as until_stopped:
+            until_stopped.enter_context((limits or Limits()).reserve(
+                config, estimate, f"checkpoint of {namespace}/{sandbox}/{container}",
+                container_id=target.container_id))
+            store.make_private_dirs(final_dir.parent, Path("/"))
+            temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
+            temp_dir.mkdir(mode=store.DIR_MODE)
+            # without leave_running the container is stopped only once its checkpoint is
+            # complete and listed: until then it is frozen, and thawed (alive) whatever fails,
+            # even the helper itself (the freezer journal)
             try:
                 manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
                                           checkpoint_id, options, with_rootfs, until_stopped,
@@ -315,30 +326,32 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
     dumped; a failed push keeps the checkpoint on the node (the error says which)."""
     config = helper.config
     remote = transfer.wants_remote(config, storage, checkpoint_path)
-    try:
-        result = checkpoint_container(config, containers_of(helper, root), namespace, pod,
-                                      container, checkpoint_path or None, leave_running,
-                                      locks=helper.locks, with_rootfs=with_rootfs,
-                                      checkpoint_id=checkpoint_id)
-    except HelperError as exc:
-        events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
-        raise
-    answer = result.to_dict()
-    pushed = None
-    if remote:
+    # one of at most so many operations at once (429 too_many_requests), until the answer
+    with admit(helper, namespace, "checkpoint"):
         try:
-            pushed = transfer.push(config, result.checkpoint_id, result.checkpoint_path,
-                                   compression or config.default_compression)
+            result = checkpoint_container(config, containers_of(helper, root), namespace, pod,
+                                          container, checkpoint_path or None, leave_running,
+                                          locks=helper.locks, with_rootfs=with_rootfs,
+                                          checkpoint_id=checkpoint_id, limits=helper.limits)
         except HelperError as exc:
-            exc.extra.update(checkpoint_id=result.checkpoint_id,
-                             checkpoint_path=str(result.checkpoint_path))
-            exc.message += f" (checkpoint {result.checkpoint_id} is kept on this node)"
             events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
             raise
-        answer["remote"] = pushed.to_dict()
-    answer["storage"] = "remote" if remote else "local"
-    events.checkpointed(helper.kube, result, pushed, requested_by)
-    removed = retention.apply_retention(config)
-    if removed:
-        answer["retention_removed"] = [r["id"] for r in removed]
-    return answer
+        answer = result.to_dict()
+        pushed = None
+        if remote:
+            try:
+                pushed = transfer.push(config, result.checkpoint_id, result.checkpoint_path,
+                                       compression or config.default_compression)
+            except HelperError as exc:
+                exc.extra.update(checkpoint_id=result.checkpoint_id,
+                                 checkpoint_path=str(result.checkpoint_path))
+                exc.message += f" (checkpoint {result.checkpoint_id} is kept on this node)"
+                events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
+                raise
+            answer["remote"] = pushed.to_dict()
+        answer["storage"] = "remote" if remote else "local"
+        events.checkpointed(helper.kube, result, pushed, requested_by)
+        removed = retention.apply_retention(config)
+        if removed:
+            answer["retention_removed"] = [r["id"] for r in removed]
+        return answer

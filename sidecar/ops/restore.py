@@ -51,6 +51,7 @@ from sidecar.ops.catalogue import source_of
 from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
 from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
+from sidecar.ops.limits import admit
 from sidecar.storage import rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 from sidecar.storage.paths import client_path
@@ -405,19 +406,23 @@ def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: s
     name (may_read_source)."""
     config = helper.config
     authorize = may_read_source(access, source_namespace)
-    try:
-        pulled = None
-        if checkpoint_id and not checkpoint_path:
-            pulled = transfer.ensure_local(config, checkpoint_id, authorize=authorize)
-        result = restore_into(config, containers_of(helper, root), namespace, pod, container,
-                              checkpoint_path or None, checkpoint_id or None, locks=helper.locks,
-                              authorize=authorize)
-    except HelperError as exc:
-        events.restore_failed(helper.kube, namespace, pod, container,
-                              checkpoint_id or checkpoint_path or "?", exc, requested_by)
-        raise
-    events.restored(helper.kube, result, source_of(config, result.checkpoint_id), requested_by)
-    answer = result.to_dict()
-    if pulled is not None:
-        answer["pulled"] = pulled
-    return answer
+    # one of at most so many operations at once (429 too_many_requests), until the answer
+    with admit(helper, namespace, "restore"):
+        try:
+            pulled = None
+            if checkpoint_id and not checkpoint_path:
+                pulled = transfer.ensure_local(config, checkpoint_id, authorize=authorize,
+                                               limits=helper.limits)
+            result = restore_into(config, containers_of(helper, root), namespace, pod,
+                                  container, checkpoint_path or None, checkpoint_id or None,
+                                  locks=helper.locks, authorize=authorize)
+        except HelperError as exc:
+            events.restore_failed(helper.kube, namespace, pod, container,
+                                  checkpoint_id or checkpoint_path or "?", exc, requested_by)
+            raise
+        events.restored(helper.kube, result, source_of(config, result.checkpoint_id),
+                        requested_by)
+        answer = result.to_dict()
+        if pulled is not None:
+            answer["pulled"] = pulled
+        return answer

@@ -42,6 +42,7 @@ from sidecar.node.locks import ContainerLocks
 from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
 from sidecar.ops.images import BaseImage, containerd_image, registry_image
+from sidecar.ops.limits import admit
 from sidecar.registry.client import ImageReference, RegistryClient
 from sidecar.registry.credentials import node_access
 from sidecar.storage import oci_layer, store
@@ -388,9 +389,10 @@ def commit(helper: Helper, *, namespace: str, pod: str, container: str, root: st
     usual socket)."""
     config = helper.config
     allowed_image(config, namespace, image_ref, "push")
-    return checkpoint_rootfs(config, containers_of(helper, root), namespace, pod, container,
-                             allowed_address(config, address), image_ref,
-                             locks=helper.locks).to_dict()
+    with admit(helper, namespace, "rootfs checkpoint"):
+        return checkpoint_rootfs(config, containers_of(helper, root), namespace, pod, container,
+                                 allowed_address(config, address), image_ref,
+                                 locks=helper.locks).to_dict()
 
 
 def commit_crio(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
@@ -399,8 +401,10 @@ def commit_crio(helper: Helper, *, namespace: str, pod: str, container: str, roo
     config = helper.config
     allowed_image(config, namespace, image_ref, "pull")
     allowed_image(config, namespace, new_image_ref, "push")
-    return checkpoint_rootfs_crio(config, containers_of(helper, root), namespace, pod, container,
-                                  image_ref, new_image_ref, locks=helper.locks).to_dict()
+    with admit(helper, namespace, "rootfs checkpoint"):
+        return checkpoint_rootfs_crio(config, containers_of(helper, root), namespace, pod,
+                                      container, image_ref, new_image_ref,
+                                      locks=helper.locks).to_dict()
 
 
 def apply(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
@@ -408,6 +412,8 @@ def apply(helper: Helper, *, namespace: str, pod: str, container: str, root: str
     """POST /restore/rootfs: images from containerd when it has them, else their registry."""
     config = helper.config
     allowed_image(config, namespace, image_ref, "pull")
-    return restore_rootfs(config, containers_of(helper, root), namespace, pod, container,
-                          allowed_address(config, address) if address else _usual_address(config),
-                          image_ref, locks=helper.locks).to_dict()
+    with admit(helper, namespace, "rootfs restore"):
+        return restore_rootfs(config, containers_of(helper, root), namespace, pod, container,
+                              allowed_address(config, address) if address
+                              else _usual_address(config),
+                              image_ref, locks=helper.locks).to_dict()

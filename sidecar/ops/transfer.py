@@ -5,12 +5,13 @@ key neither pushes nor pulls."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointNotFound, CheckpointUntrusted, InvalidRequest
+from sidecar.ops.limits import Limits
 from sidecar.registry.remote import (
     ANN,
     Authorize,
@@ -119,10 +120,12 @@ def push(config: HelperConfig, checkpoint_id: str, directory: Path, compression:
 
 
 def ensure_local(config: HelperConfig, checkpoint_id: str, *,
-                 authorize: Authorize | None = None) -> dict[str, Any] | None:
+                 authorize: Authorize | None = None,
+                 limits: Limits | None = None) -> dict[str, Any] | None:
     """Pull a checkpoint this node does not hold from the registry; returns what was pulled.
-    Its signatures are checked, and `authorize` sees its signed manifest, before any of its
-    layer is fetched."""
+    Its signatures are checked, `authorize` sees its signed manifest, and its signed size is
+    reserved against the checkpoint directory's quota (in `limits`: the helper's, with what its
+    other operations hold), before any of its layer is fetched."""
     catalogue = Catalogue(config.checkpoint_dir)
     try:
         entry = catalogue.get(checkpoint_id)
@@ -141,12 +144,30 @@ def ensure_local(config: HelperConfig, checkpoint_id: str, *,
                       f"it cannot verify checkpoint {checkpoint_id} from the registry",
                       checkpoint_id=checkpoint_id)
     final_dir = config.checkpoint_dir / checkpoint_id
-    with checkpoint_registry(config) as remote:
-        assert remote is not None
-        manifest, image, digest = remote.pull(checkpoint_id, final_dir, key,
-                                              authorize=authorize,
-                                              max_bytes=config.max_checkpoint_bytes)
-        reference = remote.name(checkpoint_id)
+    with ExitStack() as until_listed:
+        def authorize_and_reserve(signed: store.CheckpointManifest) -> None:
+            if authorize is not None:
+                authorize(signed)
+            # 507 quota_exceeded before anything is downloaded; held until it is listed
+            until_listed.enter_context((limits or Limits()).reserve(
+                config, signed.size_bytes, f"pull of checkpoint {checkpoint_id}",
+                checkpoint_id=checkpoint_id))
+
+        with checkpoint_registry(config) as remote:
+            assert remote is not None
+            manifest, image, digest = remote.pull(checkpoint_id, final_dir, key,
+                                                  authorize=authorize_and_reserve,
+                                                  max_bytes=config.max_checkpoint_bytes)
+            reference = remote.name(checkpoint_id)
+        _list_pulled(catalogue, config, checkpoint_id, final_dir, manifest, image, digest,
+                     reference)
+    layer = image["layers"][0]
+    return {"reference": reference, "digest": digest, "size_bytes": int(layer.get("size") or 0)}
+
+
+def _list_pulled(catalogue: Catalogue, config: HelperConfig, checkpoint_id: str,
+                 final_dir: Path, manifest: store.CheckpointManifest, image: dict[str, Any],
+                 digest: str, reference: str) -> None:
     layer = image["layers"][0]
     source = manifest.source
     catalogue.add({
@@ -161,7 +182,6 @@ def ensure_local(config: HelperConfig, checkpoint_id: str, *,
                    "compression": (image.get("annotations") or {}).get(
                        ANN + "compression", "")},
     })
-    return {"reference": reference, "digest": digest, "size_bytes": int(layer.get("size") or 0)}
 
 
 def _check_id(checkpoint_id: str) -> None:

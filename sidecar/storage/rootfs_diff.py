@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -40,6 +41,21 @@ def write_diff(upper: Path, dest_dir: Path) -> list[str]:
     os.chmod(dest_dir / DIFF_TAR, 0o600)
     os.chmod(dest_dir / DELETED_FILES, 0o600)
     return deleted
+
+
+def diff_size_estimate(upper: Path) -> int:
+    """About how many bytes write_diff will write for `upper`, at most: a tar header per entry
+    plus each regular file's content rounded up to tar's blocks (hard links counted in full),
+    from lstat alone (nothing is read). 0 when `upper` cannot be read."""
+    total = 0
+    try:
+        for _rel, st in walk(upper):
+            total += 3 * tarfile.BLOCKSIZE  # the header, and a pax header with long names
+            if stat.S_ISREG(st.st_mode):
+                total += -(-st.st_size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    except OSError:
+        return total
+    return total
 
 
 def apply_diff(checkpoint: Path, rootfs: Path) -> bool:

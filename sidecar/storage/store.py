@@ -392,6 +392,16 @@ def directory_size(directory: Path) -> int:
     return total
 
 
+def filesystem_bytes(path: Path) -> int:
+    """The size of the filesystem holding `path` (or, while it does not exist yet, its nearest
+    existing parent)."""
+    current = path
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    st = os.statvfs(current)
+    return st.f_blocks * st.f_frsize
+
+
 def cleanup_temporaries(checkpoint_dir: Path) -> list[Path]:
     """Remove `.tmp-*` directories left by interrupted checkpoints; return what was removed."""
     removed: list[Path] = []

@@ -257,6 +257,22 @@ def test_dry_run_with_image_replaces_only_the_image() -> None:
     assert printed == expected
 
 
+def test_install_passes_the_helpers_limits_only_when_given() -> None:
+    result = run_cli(None, "-o", "yaml", "install", "--dry-run", "--max-operations", "3",
+                     "--max-operations-per-namespace", "2", "--max-checkpoint-dir-bytes", "0",
+                     "--max-total-bytes", "1000")
+    assert result.exit_code == 0, result.stderr
+    printed = [d for d in yaml.safe_load_all(result.stdout) if d]
+    (container,) = daemonset(printed)["spec"]["template"]["spec"]["containers"]
+    (base,) = daemonset(base_objects())["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == [*base["command"], "--max-total-bytes", "1000",
+                                    "--max-operations", "3",
+                                    "--max-operations-per-namespace", "2",
+                                    "--max-checkpoint-dir-bytes", "0"]
+    refused = run_cli(None, "install", "--dry-run", "--max-operations", "-1")
+    assert refused.exit_code == 2
+
+
 def test_dry_run_json_is_a_list_and_table_names_objects() -> None:
     doc = json.loads(run_cli(None, "install", "--dry-run", "-o", "json").stdout)
     assert doc["kind"] == "List" and doc["items"] == base_objects()

@@ -28,6 +28,26 @@ def test_serve_defaults_in_help() -> None:
     assert "1324" in result.output and "/run/containerd/runc/k8s.io" in result.output
 
 
+def test_serve_limits_in_help() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for flag, default in (("--max-operations", "8"), ("--max-operations-per-namespace", "4"),
+                          ("--header-timeout", "10.0"), ("--body-timeout", "60.0"),
+                          ("--keep-alive-timeout", "5"), ("--max-connections", "64"),
+                          ("--max-header-bytes", "32768")):
+        after = text.split(flag + " ", 1)[1]  # its own default is the first that follows
+        assert after.split("[default: ", 1)[1].startswith((default + "]", default + ";")), flag
+    assert "--max-checkpoint-dir-bytes" in text and "25% of its filesystem" in text
+
+
+def test_serve_refuses_limits_out_of_range() -> None:
+    for args in (["--header-timeout", "0"], ["--max-operations", "-1"],
+                 ["--max-header-bytes", "100"], ["--keep-alive-timeout", "0"]):
+        result = CliRunner().invoke(main, ["serve", "--checkpoint-dir", "/nonexistent", *args])
+        assert result.exit_code == 2, args
+
+
 def test_json_log_line_carries_extra_fields() -> None:
     record = logging.makeLogRecord({
         "name": "sidecar.access", "levelname": "INFO", "msg": "POST /checkpoint %s",

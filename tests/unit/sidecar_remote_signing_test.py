@@ -322,3 +322,16 @@ def test_restoring_across_namespaces_needs_both_by_the_signed_namespace(
                if r.path.endswith("/subjectaccessreviews")]
     assert {"namespace": "team-a", "verb": "get", "group": "cedana.io",
             "resource": "checkpoints"} in reviews
+
+
+def test_a_pull_beyond_the_quota_is_507_before_any_layer_is_fetched(
+        nodes: list[Node], tmp_path: Path, registry: FakeRegistry) -> None:
+    checkpoint_id = pushed_by_a_helper(nodes, tmp_path, registry)
+    b = node(nodes, tmp_path / "b", registry, max_checkpoint_dir_bytes=1024)
+    answer = b.client.post("/restore", json=b.restore_body(checkpoint_id))
+    body = assert_error(answer, 507, "quota_exceeded")
+    assert body["checkpoint_id"] == checkpoint_id and body["limit_bytes"] == 1024
+    assert body["needed_bytes"] > 1024  # the checkpoint's signed size
+    assert f"pull of checkpoint {checkpoint_id}" in body["message"]
+    assert layer_fetches(registry) == []
+    assert b.left_behind() == [] and not b.criu_ran()
