@@ -12,7 +12,13 @@ from kubectl_cedana.contract import (
     Code,
     Phase,
 )
-from sidecar.errors import CheckpointNotFound, HelperError, InvalidRequest, OperationInProgress
+from sidecar.errors import (
+    CheckpointNotFound,
+    HelperError,
+    InvalidRequest,
+    OperationInProgress,
+    TooManyRequests,
+)
 from sidecar.kube.objects import Conflict, Gone
 from sidecar.ops import catalogue, checkpoint
 from sidecar.reconcile.common import (
@@ -32,6 +38,12 @@ from sidecar.storage.catalogue import Catalogue
 
 #: an operation on the same container is under way: look again after this long
 RETRY_S = 2.0
+
+
+def retry_after(exc: HelperError) -> float:
+    """When to try again after a limit's refusal (its Retry-After), at least RETRY_S."""
+    wait = exc.extra.get("retry_after_s")
+    return max(RETRY_S, float(wait)) if isinstance(wait, (int, float)) else RETRY_S
 
 
 class Retry(Exception):
@@ -104,6 +116,11 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
             "phase": Phase.PENDING, "checkpointID": None,
             "message": "waiting for another operation on the container to end"})
         raise Retry(RETRY_S) from None
+    except TooManyRequests as exc:
+        # the node (or the namespace) runs as many operations as it may: nothing was done
+        ctx.objects.patch_status(CHECKPOINTS, obj, {
+            "phase": Phase.PENDING, "checkpointID": None, "message": f"waiting: {exc}"})
+        raise Retry(retry_after(exc)) from None
     except HelperError as exc:
         kept = exc.extra.get("checkpoint_id") == checkpoint_id
         ctx.objects.patch_status(CHECKPOINTS, obj, failed_with(

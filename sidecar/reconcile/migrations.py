@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from kubectl_cedana import podspec
@@ -25,11 +26,12 @@ from sidecar.errors import (
     KubernetesUnavailable,
     OperationInProgress,
     RestoreFailed,
+    TooManyRequests,
 )
 from sidecar.kube.objects import Conflict
 from sidecar.ops import checkpoint, restore
 from sidecar.ops.access import UNRESTRICTED
-from sidecar.reconcile.checkpoints import RETRY_S, Retry, container_of
+from sidecar.reconcile.checkpoints import RETRY_S, Retry, container_of, retry_after
 from sidecar.reconcile.common import (
     MIGRATIONS,
     RESTORES,
@@ -113,6 +115,11 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         ctx.objects.patch_status(MIGRATIONS, obj, {
             "phase": Phase.PENDING, "message": "waiting for another operation on the pod to end"})
         raise Retry(RETRY_S) from None
+    except TooManyRequests as exc:  # refused before the dump: nothing was done
+        _placeholder_gone(ctx, obj)
+        ctx.objects.patch_status(MIGRATIONS, obj, {"phase": Phase.PENDING,
+                                                   "message": f"waiting: {exc}"})
+        raise Retry(retry_after(exc)) from None
     except HelperError as exc:
         _placeholder_gone(ctx, obj)
         ctx.objects.patch_status(MIGRATIONS, obj, failed_with(obj, exc))
@@ -155,10 +162,10 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: s
                                                 target_node)
     else:
         restore_name = ""
-        restored = restore.restore(ctx.helper, namespace=namespace, pod=new_pod,
-                                   container=container, root=None, checkpoint_path=None,
-                                   checkpoint_id=checkpoint_id, access=UNRESTRICTED,
-                                   requested_by=requested_by(obj), source_namespace=namespace)
+        restored = _once_admitted(lambda: restore.restore(
+            ctx.helper, namespace=namespace, pod=new_pod, container=container, root=None,
+            checkpoint_path=None, checkpoint_id=checkpoint_id, access=UNRESTRICTED,
+            requested_by=requested_by(obj), source_namespace=namespace))
     pause_ms = round((time.monotonic() - paused) * 1000)
     if sp.get("deleteSource"):
         ctx.objects.delete_pod(namespace, pod)
@@ -171,6 +178,24 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: s
         storage=dumped.get("storage"), imageRef=remote.get("reference"),
         compression=remote.get("compression")))
     audit("migrate", obj, "succeeded", checkpoint_id=checkpoint_id, pause_ms=pause_ms)
+
+
+#: how long the restore half of a migration waits for a place among the node's operations
+ADMISSION_WAIT_S = 600.0
+
+
+def _once_admitted(operation: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`operation`, tried again while the node's operation limits refuse it: the checkpoint
+    half of the migration is done (with deleteSource its source has stopped), so the restore
+    waits for a place rather than failing the migration."""
+    deadline = time.monotonic() + ADMISSION_WAIT_S
+    while True:
+        try:
+            return operation()
+        except TooManyRequests as exc:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(retry_after(exc))
 
 
 def _restore_there(ctx: Ctx, obj: dict[str, Any], checkpoint_id: str, new_pod: str,

@@ -21,11 +21,12 @@ from sidecar.errors import (
     KubernetesUnavailable,
     OperationInProgress,
     TargetIncompatible,
+    TooManyRequests,
 )
 from sidecar.kube.objects import Conflict
 from sidecar.ops import restore, transfer
 from sidecar.ops.access import UNRESTRICTED
-from sidecar.reconcile.checkpoints import RETRY_S, Retry
+from sidecar.reconcile.checkpoints import RETRY_S, Retry, retry_after
 from sidecar.reconcile.common import (
     CHECKPOINTS,
     RESTORES,
@@ -187,6 +188,10 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         ctx.objects.patch_status(RESTORES, obj, {
             "phase": Phase.PENDING, "message": "waiting for another operation on the pod to end"})
         raise Retry(RETRY_S) from None
+    except TooManyRequests as exc:  # the node is busy: nothing was done, the placeholder stays
+        ctx.objects.patch_status(RESTORES, obj, {"phase": Phase.PENDING,
+                                                 "message": f"waiting: {exc}"})
+        raise Retry(retry_after(exc)) from None
     except HelperError as exc:
         if made and _placeholder_is_ours(ctx, obj, pod_name):
             ctx.objects.delete_pod(namespace, pod_name)  # a sleeping pod of no use
