@@ -181,7 +181,9 @@ def test_checkpoint_dir_full_after_the_dump(lab: Lab, namespace: str) -> None:
     lab.wait_pod_running(namespace, "filled")
     lab.wait_log(namespace, "filled", r"count=3\b", timeout=60)
     with tmpfs(LAB_DIR / "test-helpers" / f"fullafter-{namespace[-6:]}", "16m") as mount:
-        helper = start_helper(f"fullafter-{namespace[-6:]}", mount / "checkpoints")
+        # no quota: the disk itself runs full (the quota's refusal is test_checkpoint_dir_full's)
+        helper = start_helper(f"fullafter-{namespace[-6:]}", mount / "checkpoints",
+                              extra_args=["--max-checkpoint-dir-bytes", "0"])
         try:
             answer = helper.checkpoint(namespace, "filled", leave_running=False,
                                        with_rootfs=True)
@@ -222,7 +224,23 @@ def test_checkpoint_dir_full(lab: Lab, namespace: str) -> None:
     lab.wait_pod_running(namespace, "hog")
     lab.wait_log(namespace, "hog", r"beat=2\b", timeout=60)
     with tmpfs(LAB_DIR / "test-helpers" / f"full-{namespace[-6:]}", "16m") as mount:
-        helper = start_helper(f"full-{namespace[-6:]}", mount / "checkpoints")
+        # the default quota (a quarter of the 16 MiB) refuses before anything is frozen
+        quota = start_helper(f"full-quota-{namespace[-6:]}", mount / "checkpoints")
+        try:
+            for leave_running in (True, False):
+                answer = quota.checkpoint(namespace, "hog", leave_running=leave_running)
+                assert answer.status_code == 507, answer.text
+                body = answer.json()
+                assert body["code"] == "quota_exceeded" and body["limit_bytes"] == 4 << 20
+                assert body["needed_bytes"] > 128 << 20, body  # the hog's resident memory
+                assert_survives(lab, namespace, "hog")
+                assert entries(quota, namespace) == []
+                assert shutil.disk_usage(mount).used < 1 << 20
+        finally:
+            stop_helper(quota)
+        # no quota: the disk itself runs full, and the dump fails cleanly
+        helper = start_helper(f"full-{namespace[-6:]}", mount / "checkpoints",
+                              extra_args=["--max-checkpoint-dir-bytes", "0"])
         try:
             for leave_running, with_rootfs in ((True, True), (False, True), (False, False)):
                 answer = helper.checkpoint(namespace, "hog", leave_running=leave_running,

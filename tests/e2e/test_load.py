@@ -27,7 +27,11 @@ def test_load(lab: Lab, namespace: str) -> None:
     for pod in pods:
         lab.wait_pod_running(namespace, pod)
         lab.wait_log(namespace, pod, r"count=3\b")
-    helper = start_helper(f"load-{namespace[-6:]}")
+    # the load itself is measured here, above the default limits (64 connections, 4 operations
+    # a namespace: their refusals are tests/unit/sidecar_limits_test.py's and
+    # sidecar_http_limits_test.py's)
+    helper = start_helper(f"load-{namespace[-6:]}", extra_args=[
+        "--max-connections", "256", "--max-operations-per-namespace", "8"])
     try:
         process = psutil.Process(helper.proc.pid)
         assert helper.get(f"/list/{namespace}").status_code == 200  # warm
