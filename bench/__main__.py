@@ -1,6 +1,6 @@
 """Run the benchmark and write docs/benchmarks.md, docs/benchmarks/*.png and results.json.
 
-Environment: BENCH_RUNS (5), BENCH_SIZES (64,256,1024 MiB), BENCH_METHODS (a,b,c,d,e),
+Environment: BENCH_RUNS (5), BENCH_SIZES (64,256,1024 MiB), BENCH_METHODS (a,b,c,d,e,f,g),
 BENCH_OUT (docs), BENCH_WORK (/var/lib/kubectl-cedana-bench), KUBECONFIG (the lab's)."""
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ from typing import Any
 
 from bench import extras, report
 from bench.bare_runc import BareRunc
-from bench.cluster import Cluster, HelperRest, KubeletCheckpointApi, PluginEndToEnd
+from bench.cluster import (
+    Cluster,
+    HelperRest,
+    KubeletCheckpointApi,
+    PluginEndToEnd,
+    ResourcePath,
+    RestSameHelper,
+)
 from bench.podman import Podman
 from bench.procs import BenchError, loadavg, run
 
@@ -127,7 +134,7 @@ def compression_input(cluster: Cluster | None, helper: HelperRest | None, runc: 
 def main() -> int:
     runs = int(os.environ.get("BENCH_RUNS", "5"))
     sizes = [int(s) for s in env_list("BENCH_SIZES", "64,256,1024")]
-    wanted = env_list("BENCH_METHODS", "a,b,c,d,e")
+    wanted = env_list("BENCH_METHODS", "a,b,c,d,e,f,g")
     out = Path(os.environ.get("BENCH_OUT", REPO / "docs"))
     work = Path(os.environ.get("BENCH_WORK", "/var/lib/kubectl-cedana-bench"))
     kubeconfig = os.environ.get("KUBECONFIG", "/var/lib/kubectl-cedana-lab/admin.kubeconfig")
@@ -148,13 +155,13 @@ def main() -> int:
     say(f"bench: runs={runs} sizes={sizes} methods={wanted} load={loadavg()}")
 
     cluster = Cluster(kubeconfig, venv_bin, IMAGE, INTERVAL_MS) \
-        if {"a", "b", "e"} & set(wanted) else None
+        if {"a", "b", "e", "f", "g"} & set(wanted) else None
     methods: dict[str, Any] = {}
     if cluster:
         try:
             cluster.setup()
         except BenchError as exc:
-            for name in ("a", "b", "e"):
+            for name in ("a", "b", "e", "f", "g"):
                 results["method_errors"][name] = str(exc)
             cluster = None
     if cluster and "a" in wanted:
@@ -173,6 +180,14 @@ def main() -> int:
             helper.teardown()
     if cluster and "e" in wanted:
         methods["e"] = KubeletCheckpointApi(cluster)
+    for name, kind in (("f", ResourcePath), ("g", RestSameHelper)):
+        if cluster and name in wanted:  # the DaemonSet's helper of this node, both
+            try:
+                paired = kind(cluster)
+                paired.setup()
+                methods[name] = paired
+            except (BenchError, OSError) as exc:
+                results["method_errors"][name] = str(exc)
     runc = BareRunc(work, IMAGE_TAR, INTERVAL_MS) if "c" in wanted else None
     podman = Podman(work, IMAGE_TAR, IMAGE, INTERVAL_MS) if "d" in wanted else None
     for method in (runc, podman):
@@ -231,7 +246,7 @@ def main() -> int:
                             f"{'-' if restore is None else f'{restore:.0f} ms'}, "
                             f"{figures['size_bytes'] / 2**20:.0f} MiB")
                         break
-            if mib == comp_mib:
+            if mib == comp_mib and ("b" in methods or "c" in methods):
                 say(f"compression on a {mib} MiB checkpoint")
                 source, files, cleanup = compression_input(
                     cluster, methods.get("b"), methods.get("c"), mib, work)

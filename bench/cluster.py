@@ -300,3 +300,131 @@ class KubeletCheckpointApi:
     def teardown(self) -> None:
         return None
 
+
+
+class ResourcePath:
+    """(f): a Checkpoint object created with the Kubernetes client (no kubectl, no plugin start-up)
+    and watched until its helper reports it final: the API server, admission, the watch and the
+    reconciler are what it adds. Dump only, paired with (g) on the same helper."""
+
+    name = "f"
+    label = "Checkpoint object"
+    dump_only = True
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.api: Any = None
+
+    def setup(self) -> None:
+        from kubernetes import client, config
+
+        self.cluster.ensure_helper()
+        self.api = client.CustomObjectsApi(
+            config.new_client_from_config(config_file=self.cluster.kubeconfig))
+
+    def start_source(self, mib: int) -> None:
+        return None
+
+    def checkpoint(self, mib: int, run_no: int) -> tuple[float, int, str]:
+        from kubernetes import watch
+
+        ns = self.cluster.namespace
+        body = {"apiVersion": "cedana.io/v1alpha1", "kind": "Checkpoint",
+                "metadata": {"generateName": f"bench-{mib}-",
+                             "labels": {"cedana.io/node": self.cluster.node}},
+                "spec": {"podName": self.cluster.sources[mib], "leaveRunning": True}}
+        start = time.monotonic()
+        created = self.api.create_namespaced_custom_object("cedana.io", "v1alpha1", ns,
+                                                           "checkpoints", body)
+        name = created["metadata"]["name"]
+        final: dict[str, Any] = {}
+        stream = watch.Watch()
+        for event in stream.stream(self.api.list_namespaced_custom_object, "cedana.io",
+                                   "v1alpha1", ns, "checkpoints",
+                                   field_selector=f"metadata.name={name}",
+                                   resource_version=created["metadata"]["resourceVersion"],
+                                   timeout_seconds=600):
+            status = event["object"].get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed"):
+                final = status
+                stream.stop()
+        ms = (time.monotonic() - start) * 1000.0
+        if final.get("phase") != "Succeeded":
+            raise BenchError(f"Checkpoint {name}: {final.get('phase') or 'no final phase'} "
+                             f"{final.get('errorCode', '')} {final.get('message', '')}")
+        return ms, int(final["sizeBytes"]), str(name)
+
+    def discard(self, name: str) -> None:
+        """Delete the object and wait until its helper removed the data (the finalizer)."""
+        ns = self.cluster.namespace
+        self.api.delete_namespaced_custom_object("cedana.io", "v1alpha1", ns, "checkpoints",
+                                                 name)
+        wait_for(f"Checkpoint {name} gone", lambda: not self.cluster.kubectl(
+            "-n", ns, "get", "checkpoints.cedana.io", name, "--ignore-not-found", "-o",
+            "name").stdout.strip(), timeout=120, interval=0.2)
+
+    def stop_source(self, mib: int) -> None:
+        return None
+
+    def teardown(self) -> None:
+        return None
+
+
+class RestSameHelper:
+    """(g): POST /checkpoint to the same DaemonSet helper as (f), on its node's loopback (this
+    machine is the lab's first node), with a ServiceAccount's bearer token as a REST client
+    sends it: the helper's TokenReview and SubjectAccessReview are in the figure, the API
+    server's object path is not."""
+
+    name = "g"
+    label = "helper REST, same helper"
+    dump_only = True
+    url = "http://127.0.0.1:1324"
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.token = ""
+
+    def setup(self) -> None:
+        self.cluster.ensure_helper()
+        ns = self.cluster.namespace
+        self.cluster.kubectl("-n", ns, "create", "serviceaccount", "bench")
+        self.cluster.kubectl("-n", ns, "create", "rolebinding", "bench",
+                             "--clusterrole=cedana-checkpointer", f"--serviceaccount={ns}:bench")
+        self.token = self.cluster.kubectl("-n", ns, "create", "token", "bench",
+                                          "--duration=6h").stdout.strip()
+        wait_for("the helper on 127.0.0.1:1324", self._healthy, timeout=60)
+
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(self.url + "/healthz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start_source(self, mib: int) -> None:
+        return None
+
+    def checkpoint(self, mib: int, run_no: int) -> tuple[float, int, str]:
+        body: dict[str, Any] = {"checkpoint_data": {"container_name": "main",
+                                                    "sandbox_name": self.cluster.sources[mib],
+                                                    "namespace": self.cluster.namespace,
+                                                    "root": RUNC_ROOT},
+                                "leave_running": True}
+        start = time.monotonic()
+        answer = requests.post(self.url + "/checkpoint", json=body, timeout=600,
+                               headers={"Authorization": f"Bearer {self.token}"})
+        ms = (time.monotonic() - start) * 1000.0
+        if answer.status_code != 200:
+            raise BenchError(f"POST /checkpoint: {answer.status_code} {answer.text[:1500]}")
+        data = answer.json()
+        return ms, int(data["size_bytes"]), str(data["checkpoint_id"])
+
+    def discard(self, checkpoint_id: str) -> None:
+        requests.delete(f"{self.url}/checkpoints/{checkpoint_id}", timeout=120,
+                        headers={"Authorization": f"Bearer {self.token}"})
+
+    def stop_source(self, mib: int) -> None:
+        return None
+
+    def teardown(self) -> None:
+        return None

@@ -8,9 +8,13 @@ from bench.stats import Summary, Target, linear_fit, overhead_ms, ratio, summari
     throughput_mb_s
 
 METHODS = {"a": "(a) kubectl cedana", "b": "(b) helper REST", "c": "(c) bare runc",
-           "d": "(d) podman", "e": "(e) kubelet checkpoint API (dump only)"}
+           "d": "(d) podman", "e": "(e) kubelet checkpoint API (dump only)",
+           "f": "(f) Checkpoint object (dump only)",
+           "g": "(g) helper REST, same helper as (f) (dump only)"}
 TARGET_AC = Target("(a)/(c) at 1 GiB", 1.15)
 TARGET_AD = Target("(a)/(d)", 0.67)
+#: what a checkpoint through a resource may add over the same checkpoint through the REST API
+TARGET_FG = Target("(f)−(g), a Checkpoint object over REST on the same helper", 100.0)
 TARGET_HELP = Target("`kubectl cedana --help` first byte", 300.0)
 HELP_LABEL = "kubectl cedana --help"
 RATIO_PAIRS = (("a", "c"), ("b", "c"), ("a", "d"))
@@ -87,6 +91,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             value = ratio(figure(results, "a", mib, phase), figure(results, "d", mib, phase))
             rows.append((f"{TARGET_AD.name} at {mib} MiB, {phase} ≤ {TARGET_AD.limit}",
                          _ratio(value), TARGET_AD.verdict(value), ""))
+    for mib in sizes(results):
+        value = overhead_ms(figure(results, "f", mib, "checkpoint"),
+                            figure(results, "g", mib, "checkpoint"))
+        rows.append((f"{TARGET_FG.name} at {mib} MiB, checkpoint ≤ {TARGET_FG.limit:.0f} ms",
+                     "–" if value is None else f"{value:,.0f} ms", TARGET_FG.verdict(value), ""))
     helptime = results.get("startup", {}).get(HELP_LABEL)
     value = helptime["ttfb_ms"]["median"] if helptime else None
     rows.append((f"{TARGET_HELP.name} ≤ {TARGET_HELP.limit / 1000:.1f} s",
@@ -235,6 +244,18 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         "on 127.0.0.1 (`cedana-helper serve --authorization none`, started by "
         "tests/e2e/helper.py as in the tests): the same code as the DaemonSet's image, without "
         "kubectl, the plugin, the API server and the objects.")
+    add("- **(e) kubelet checkpoint API**: `kubectl create --raw "
+        "/api/v1/nodes/NODE/proxy/checkpoint/NS/POD/main`: the kubelet has containerd dump the "
+        "container into an archive; Kubernetes has no restore API, so dump only.")
+    add("- **(f) Checkpoint object** and **(g) helper REST, same helper**: the cost of the "
+        "resource path. (f) creates a Checkpoint object with the Kubernetes Python client and "
+        "watches it (from the create's resourceVersion) until the DaemonSet's helper of this "
+        "node reports it Succeeded; (g) sends `POST /checkpoint` to that same helper on the "
+        "node's loopback with a ServiceAccount's bearer token (its TokenReview and "
+        "SubjectAccessReview included). Same pod, same options (leave running, changed files, "
+        "local), interleaved; dump only (each checkpoint is deleted after it is measured, "
+        "through its object or `DELETE /checkpoints/ID`). (f)−(g) is what the API server, "
+        "admission, the watch and the reconciler add.")
     add("- **(c) bare runc**: an OCI bundle made from the workload image's layers, "
         "`runc run -d`, `runc checkpoint --leave-running --manage-cgroups-mode soft "
         "--ext-unix-sk --file-locks` (link-remap through /etc/criu/runc.conf, as the helper "
