@@ -187,7 +187,7 @@ def test_daemonset_spec() -> None:
     # the node's loopback only: no pod reaches the port; kubelet probes it there
     assert container["readinessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/healthz",
                                                       "port": 1324}
-    assert container["resources"]["limits"] == {"memory": "1Gi"}
+    assert container["resources"]["limits"] == {"memory": "4Gi"}
     secrets = [v for v in pod["volumes"] if "hostPath" not in v]
     assert secrets == [{"name": "signing-key", "secret": {
         "secretName": "cedana-signing-key", "defaultMode": 0o400,
