@@ -55,6 +55,15 @@ def helper_daemonset_lock() -> Iterator[None]:
         yield
 
 
+def install_helpers(lab: "Lab", *args: str) -> None:
+    """`kubectl cedana install ARGS` with this checkout's plugin; hold helper_daemonset_lock."""
+    venv_bin = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+    env = {**lab.env(), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    installed = subprocess.run(["kubectl", "cedana", "install", *args], capture_output=True,
+                               text=True, timeout=300, env=env)
+    assert installed.returncode == 0, installed.stderr
+
+
 def ensure_lab_up() -> None:
     """Bring the lab up unless it runs; a file lock keeps parallel test workers from racing."""
     LAB_DIR.mkdir(parents=True, exist_ok=True)

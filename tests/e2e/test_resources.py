@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.e2e.lab import (
     Lab,
     counter_pod,
     helper_daemonset_lock,
+    install_helpers,
     pod_manifest,
 )
 
@@ -34,10 +34,7 @@ CHECKPOINT_DIRS = {"cedana-lab-node1": Path("/var/lib/cedana/checkpoints"),
 @pytest.fixture(scope="module", autouse=True)
 def installed_helpers(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
-        env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        done = subprocess.run(["kubectl", "cedana", "install"], capture_output=True, text=True,
-                              timeout=300, env=env)
-        assert done.returncode == 0, done.stderr
+        install_helpers(lab, "--registry-prefix", f"{lab.registry}/rootfs/{{namespace}}")
         yield
 
 

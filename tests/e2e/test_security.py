@@ -46,6 +46,7 @@ from tests.e2e.lab import (
     counter_pod,
     create_namespace,
     helper_daemonset_lock,
+    install_helpers,
     pod_manifest,
     port_forward,
     run,
@@ -791,12 +792,7 @@ def test_forged_checkpoints_in_the_registry_are_refused_before_criu(world: World
 def daemonset(lab: Lab) -> Iterator[dict[str, str]]:
     """The helper DaemonSet as `kubectl cedana install` makes it: its pod per node."""
     with helper_daemonset_lock():
-        env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        installed = subprocess.run(
-            ["kubectl", "cedana", "install", "--registry-prefix",
-             f"{lab.registry}/rootfs/{{namespace}}"], capture_output=True, text=True,
-            timeout=300, env=env)
-        assert installed.returncode == 0, installed.stderr
+        install_helpers(lab, "--registry-prefix", f"{lab.registry}/rootfs/{{namespace}}")
         pods = json.loads(lab.kubectl("-n", HELPER_NS, "get", "pods", "-l",
                                       "app.kubernetes.io/name=cedana-helper", "-o",
                                       "json").stdout)["items"]

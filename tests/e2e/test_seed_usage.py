@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from tests.e2e.lab import (
     Lab,
     counter_pod,
     helper_daemonset_lock,
+    install_helpers,
     pod_manifest,
     port_forward,
     run,
@@ -40,12 +40,7 @@ SEED_SLEEP = ["/bin/sh", "-c", "while true; do sleep infinity; done;"]
 @pytest.fixture(scope="module", autouse=True)
 def helper_daemonset_is_this_files(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
-        env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        installed = subprocess.run(
-            ["kubectl", "cedana", "install", "--registry-prefix",
-             f"{lab.registry}/rootfs/{{namespace}}"], capture_output=True, text=True,
-            timeout=300, env=env)
-        assert installed.returncode == 0, installed.stderr
+        install_helpers(lab, "--registry-prefix", f"{lab.registry}/rootfs/{{namespace}}")
         yield
 
 
