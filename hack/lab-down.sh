@@ -40,6 +40,9 @@ while iptables -t nat -C OUTPUT $LAB_API_SERVICE_RULE 2>/dev/null; do iptables -
 rm -rf /var/lib/cni/networks/cedana-lab "$CNI_CONF" "$CONTAINERD_CONFIG" "$CONTAINERD_CERTS_DIR/$REGISTRY_ADDR"
 # Cluster state goes; certificates, images and caches stay.
 rm -rf "$LAB_DIR/etcd" /var/lib/kubelet/pods /var/lib/kubelet/cpu_manager_state /var/lib/kubelet/memory_manager_state
+# The nodes' checkpoint directories (the helper DaemonSet's hostPath on node 1, node 2's own):
+# with etcd gone no Checkpoint object refers to them any more, and they fill disks fast.
+rm -rf /var/lib/cedana/checkpoints "$NODE2_DIR/checkpoints"
 for f in /root/.docker/config.json /var/lib/kubelet/config.json; do
   python3 "$here/docker_config.py" --config "$f" remove "$REGISTRY_ADDR"
 done

@@ -241,4 +241,13 @@ def fresh_namespace(lab: Lab, prefix: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        lab.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        delete_namespace(lab, name)
+
+
+def delete_namespace(lab: Lab, name: str) -> None:
+    """A test's namespace: its Checkpoints first, while their helpers run, so their data goes
+    with them (the finalizer; bounded, as a test may have removed the helpers), then the rest
+    in the background."""
+    lab.kubectl("-n", name, "delete", "checkpoints.cedana.io", "--all", "--wait=true",
+                "--timeout=60s", check=False, timeout=90)
+    lab.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -22,6 +22,7 @@ from tests.e2e.lab import (
     Lab,
     counter_pod,
     create_namespace,
+    delete_namespace,
     helper_daemonset_lock,
     pod_manifest,
 )
@@ -461,7 +462,7 @@ def test_rbac_and_admission_on_the_resources(lab: Lab, namespace: str, tmp_path:
         assert f"restoring a checkpoint of namespace {namespace} needs get on " \
                "checkpoints.cedana.io there" in refused.stderr
     finally:
-        lab.kubectl("delete", "namespace", other, "--wait=false", check=False)
+        delete_namespace(lab, other)
 
 
 def test_uninstall_keeps_the_api_then_purge_removes_it(lab: Lab, namespace: str) -> None:

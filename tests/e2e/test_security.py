@@ -45,6 +45,7 @@ from tests.e2e.lab import (
     Lab,
     counter_pod,
     create_namespace,
+    delete_namespace,
     helper_daemonset_lock,
     install_helpers,
     pod_manifest,
@@ -387,7 +388,7 @@ def world(lab: Lab) -> Iterator[World]:
             cleanup()
         lab.kubectl("delete", "clusterrolebinding", f"{a}-sec-helper", check=False)
         for ns in (a, b):
-            lab.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+            delete_namespace(lab, ns)
         shutil.rmtree(home, ignore_errors=True)
 
 
