@@ -173,6 +173,12 @@ def test_checkpoint_with_kubectl_alone(lab: Lab, namespace: str) -> None:
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
     assert obj["spec"]["leaveRunning"] is True  # the CRD's default
     assert "Succeeded" in out and "by-hand" in out
+    # the short name and the printer columns read well; kubectl explain knows the schema
+    table = lab.kubectl("-n", namespace, "get", "ckpt").stdout
+    assert table.split()[:4] == ["NAME", "POD", "CONTAINER", "NODE"], table
+    assert "by-hand" in table and "Succeeded" in table
+    explained = lab.kubectl("explain", "checkpoints.spec.podName").stdout
+    assert "podName" in explained and "pod" in explained.lower()
     # the plugin sees and deletes it; its helper deletes the data first
     shown = cedana(lab, "-n", namespace, "checkpoints", "inspect", "by-hand", "-o", "json")
     assert json.loads(shown.stdout)["status"]["checkpointID"] == obj["status"]["checkpointID"]
@@ -331,7 +337,10 @@ def test_ctrl_c_leaves_the_restore_to_its_helper(lab: Lab, namespace: str) -> No
     env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     proc = subprocess.Popen(["kubectl", "cedana", "-n", namespace, "restore", checkpoint_id,
                              "--new-pod", "interrupted"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # as a terminal's Ctrl-C finds it (a CI shell's background job
+                            # inherits SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     end = time.monotonic() + 60
     while not objects(lab, namespace, "restores"):
         assert time.monotonic() < end and proc.poll() is None, proc.communicate()

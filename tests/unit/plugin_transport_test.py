@@ -294,7 +294,9 @@ def test_interrupting_the_wait_leaves_the_object_to_its_helper(
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubectl_cedana", "--kubeconfig", str(kubeconfig), "checkpoint",
          "counter"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=dict(os.environ, PYTHONPATH=str(REPO)))
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        # as a terminal's Ctrl-C finds it: a shell's background job (CI) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_for(lambda: bool(_watches(cluster)), timeout=30)
         proc.send_signal(sig)
