@@ -287,10 +287,16 @@ def _as(lab: Lab, token: str) -> list[str]:
 
 
 def _helper_kubeconfig(lab: Lab, namespace: str, name: str, path: Path) -> str:
-    """A kubeconfig for a new ServiceAccount bound (cluster-wide) to cedana-helper only."""
+    """A kubeconfig for a new ServiceAccount bound (cluster-wide) to nothing but the rules of
+    the shipped cedana-helper ClusterRole (deploy/base/rbac.yaml), under a name of this test's
+    own: other tests install and uninstall the shipped one."""
+    role = next(o for o in yaml.safe_load_all((REPO / "deploy/base/rbac.yaml").read_text())
+                if o and o["kind"] == "ClusterRole" and o["metadata"]["name"] == "cedana-helper")
+    role["metadata"] = {"name": f"{namespace}-{name}"}
+    lab.kubectl("apply", "-f", "-", input=json.dumps(role))
     lab.kubectl("-n", namespace, "create", "serviceaccount", name)
     lab.kubectl("create", "clusterrolebinding", f"{namespace}-{name}",
-                "--clusterrole=cedana-helper", f"--serviceaccount={namespace}:{name}")
+                f"--clusterrole={namespace}-{name}", f"--serviceaccount={namespace}:{name}")
     token = lab.kubectl("-n", namespace, "create", "token", name, "--duration=2h").stdout.strip()
     admin = yaml.safe_load(Path(lab.kubeconfig).read_text())
     cluster = admin["clusters"][0]["cluster"]
@@ -310,7 +316,16 @@ def _docker_config(path: Path, lab: Lab, hosts: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(lab: Lab) -> Iterator[World]:
+def installed(lab: Lab) -> Iterator[None]:
+    """The cedana.io API, the users' roles and the helper DaemonSet, as `kubectl cedana install`
+    makes them, for the whole module: no other test uninstalls them meanwhile."""
+    with helper_daemonset_lock():
+        install_helpers(lab, "--registry-prefix", f"{lab.registry}/rootfs/{{namespace}}")
+        yield
+
+
+@pytest.fixture(scope="module")
+def world(lab: Lab, installed: None) -> Iterator[World]:
     tag = uuid.uuid4().hex[:6]
     home = LAB_DIR / "test-helpers" / f"security-{tag}"
     home.mkdir(parents=True)
@@ -387,6 +402,7 @@ def world(lab: Lab) -> Iterator[World]:
         for cleanup in cleanups:
             cleanup()
         lab.kubectl("delete", "clusterrolebinding", f"{a}-sec-helper", check=False)
+        lab.kubectl("delete", "clusterrole", f"{a}-sec-helper", check=False)
         for ns in (a, b):
             delete_namespace(lab, ns)
         shutil.rmtree(home, ignore_errors=True)
@@ -790,15 +806,13 @@ def test_forged_checkpoints_in_the_registry_are_refused_before_criu(world: World
 
 # -- 5. tokens: replay, other audiences, the port's reach -------------------------------------------
 @pytest.fixture
-def daemonset(lab: Lab) -> Iterator[dict[str, str]]:
-    """The helper DaemonSet as `kubectl cedana install` makes it: its pod per node."""
-    with helper_daemonset_lock():
-        install_helpers(lab, "--registry-prefix", f"{lab.registry}/rootfs/{{namespace}}")
-        pods = json.loads(lab.kubectl("-n", HELPER_NS, "get", "pods", "-l",
-                                      "app.kubernetes.io/name=cedana-helper", "-o",
-                                      "json").stdout)["items"]
-        yield {p["spec"]["nodeName"]: p["metadata"]["name"] for p in pods
-               if not p["metadata"].get("deletionTimestamp")}
+def daemonset(lab: Lab, installed: None) -> dict[str, str]:
+    """The helper DaemonSet's pod per node."""
+    pods = json.loads(lab.kubectl("-n", HELPER_NS, "get", "pods", "-l",
+                                  "app.kubernetes.io/name=cedana-helper", "-o",
+                                  "json").stdout)["items"]
+    return {p["spec"]["nodeName"]: p["metadata"]["name"] for p in pods
+            if not p["metadata"].get("deletionTimestamp")}
 
 
 def test_no_pod_reaches_a_helper_port(world: World, daemonset: dict[str, str]) -> None:
