@@ -40,7 +40,9 @@ tools_key=$(for b in "${node_tools[@]}"; do readlink -f "$LAB_BIN/$b"; done | sh
 src_key=$( (cd "$repo" && echo "$tools_key" && cat hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
 tar_out="$CEDANA_CACHE/images/helper-$version-$base_key-$src_key.tar"
 mkdir -p "$CEDANA_CACHE/images"
+rebuilt=0
 if [ ! -f "$tar_out" ]; then
+  rebuilt=1
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   log "assembling helper image $image"
@@ -73,3 +75,9 @@ for sock in $(lab_containerd_socks); do  # every running lab node
   ctr --address "$sock" -n k8s.io images import "$tar_out" >/dev/null
   log "image $image loaded into containerd ($sock)"
 done
+# a running lab's helper pods still run the old image under the same tag: have the DaemonSet
+# replace them, so a warm `make test` tests the sources as they are
+if [ "$rebuilt" = 1 ] && [ -f "$LAB_DIR/admin.kubeconfig" ]; then
+  kubectl --kubeconfig "$LAB_DIR/admin.kubeconfig" --request-timeout=10s -n cedana-system delete pods \
+    -l app.kubernetes.io/name=cedana-helper --ignore-not-found --wait=false >/dev/null 2>&1 || true
+fi

@@ -362,7 +362,8 @@ def checkpoint_text(settings: Settings, obj: dict[str, Any]) -> str:
 @command("checkpoint", short_help="Checkpoint a pod's container; prints the checkpoint ID.")
 @click.argument("pod")
 @click.option("-c", "--container", metavar="NAME",
-              help="The container (required when the pod has several).")
+              help="One container (default: every container of the pod, native sidecars "
+                   "included, in one freeze).")
 @click.option("--leave-running", is_flag=True,
               help="Keep the container running after the checkpoint (default: it stops).")
 @WITH_ROOTFS_OPTION
@@ -482,7 +483,8 @@ def migration_text(obj: dict[str, Any]) -> str:
 
 @command("migrate", short_help="Move a pod's container into a new pod (checkpoint + restore).")
 @click.argument("pod")
-@click.option("-c", "--container", metavar="NAME", help="The container (if several).")
+@click.option("-c", "--container", metavar="NAME",
+              help="One container (default: the whole pod, every container in one freeze).")
 @click.option("--to-node", metavar="NODE",
               help="Target node (default: the pod's own); another node goes through the "
                    "helpers' checkpoint registry.")

@@ -204,6 +204,18 @@ def is_checkpoint_id(text: str) -> bool:
 
     return re.fullmatch(CHECKPOINT_ID_PATTERN.strip("^$"), text) is not None
 
+
+def member_checkpoint_id(pod_checkpoint_id: str, index: int, container: str) -> str:
+    """The id of one container's checkpoint within a whole-pod checkpoint: the first container
+    (index 0) has the pod checkpoint's own id, the others a UUID derived from it and their
+    name. So the pod checkpoint's id finds its first member anywhere (on a node, in the
+    registry), whose signed manifest lists the containers, and their ids follow."""
+    if index == 0:
+        return pod_checkpoint_id
+    import uuid  # here: `kubectl cedana --help` imports little
+
+    return str(uuid.uuid5(uuid.UUID(pod_checkpoint_id), container))
+
 #: annotation on a Restore a Migration made: the Migration it belongs to
 MIGRATION_ANNOTATION = ANNOTATION_PREFIX + "migration"
 #: annotation on a pod a helper made for a Restore or a Migration: that object's uid (a pod

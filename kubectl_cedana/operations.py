@@ -36,13 +36,12 @@ from kubectl_cedana.errors import (
 )
 from kubectl_cedana.kube import KubeClient
 from kubectl_cedana.pods import (
-    ContainerRef,
     container_rows,
     running_container,
     running_pod,
     select_container,
 )
-from kubectl_cedana.podspec import container_names, pod_name
+from kubectl_cedana.podspec import container_names, pod_containers, pod_name
 
 ProgressFn = Callable[[str], None]
 DRY_RUNS = ("none", "client", "server")
@@ -63,12 +62,20 @@ class Started:
 
 
 # -- pods and containers ----------------------------------------------------------------------
-def resolve_running_container(kube: KubeClient, namespace: str, pod: str,
-                              container: str | None) -> tuple[ContainerRef, dict[str, Any]]:
-    """The pod's container (by -c or the only one), its node and runtime ID; must be running."""
+def resolve_checkpointed(kube: KubeClient, namespace: str, pod: str,
+                         container: str | None) -> tuple[str, str]:
+    """(node, container) of what a checkpoint or migration takes: the container -c names, the
+    pod's only one, or "" for every container of the pod (native sidecars too), which must
+    all run."""
     obj = kube.get_pod(namespace, pod)
-    name = select_container(obj, container)
-    return running_container(obj, name), obj
+    names = pod_containers(obj)
+    if container or len(names) <= 1:
+        ref = running_container(obj, select_container(obj, container))
+        return ref.node, ref.container
+    node = running_pod(obj)
+    for name in names:
+        running_container(obj, name)
+    return node, ""
 
 
 def list_containers(kube: KubeClient, namespace: str | None) -> list[dict[str, Any]]:
@@ -117,16 +124,19 @@ def start_checkpoint(kube: KubeClient, namespace: str, pod: str, container: str 
                      leave_running: bool, with_rootfs: bool = True, storage: str | None = None,
                      compression: str | None = None, name: str = "",
                      dry_run: str = "none") -> Started:
-    """A Checkpoint of the pod's running container, labelled with the pod's node."""
-    ref, _pod = resolve_running_container(kube, namespace, pod, container)
-    spec: dict[str, Any] = {"podName": pod, "container": ref.container,
-                            "leaveRunning": leave_running, "withRootfs": with_rootfs}
+    """A Checkpoint of the pod's running container (or, without -c on a pod of several, of
+    all of them in one freeze), labelled with the pod's node."""
+    node, chosen = resolve_checkpointed(kube, namespace, pod, container)
+    spec: dict[str, Any] = {"podName": pod, "leaveRunning": leave_running,
+                            "withRootfs": with_rootfs}
+    if chosen:
+        spec["container"] = chosen
     if storage:
         spec["storage"] = storage
     if compression:
         spec["compression"] = compression
     return _start(kube, CHECKPOINT_RESOURCE, namespace, spec, name=name, generate_from=pod,
-                  node=ref.node, dry_run=dry_run)
+                  node=node, dry_run=dry_run)
 
 
 def start_restore(kube: KubeClient, namespace: str, checkpoint: str, *, into: str | None,
@@ -205,10 +215,13 @@ def start_migration(kube: KubeClient, namespace: str, pod: str, container: str |
                     to_node: str | None = None, new_pod: str | None = None,
                     delete_source: bool = False, name: str = "",
                     dry_run: str = "none") -> Started:
-    """A Migration of the pod's running container, labelled with the source's node."""
-    ref, source = resolve_running_container(kube, namespace, pod, container)
-    spec: dict[str, Any] = {"podName": pod, "container": ref.container,
-                            "deleteSource": delete_source}
+    """A Migration of the pod's running container (or of the whole pod), labelled with the
+    source's node."""
+    node, chosen = resolve_checkpointed(kube, namespace, pod, container)
+    source = kube.get_pod(namespace, pod)
+    spec: dict[str, Any] = {"podName": pod, "deleteSource": delete_source}
+    if chosen:
+        spec["container"] = chosen
     if to_node:
         spec["targetNode"] = to_node
     if new_pod:
@@ -219,7 +232,7 @@ def start_migration(kube: KubeClient, namespace: str, pod: str, container: str |
         warnings.append(f"pod {pod} is managed by {owners[0].get('kind')} "
                         f"{owners[0].get('name')}, which will create a fresh replacement")
     started = _start(kube, MIGRATION_RESOURCE, namespace, spec, name=name, generate_from=pod,
-                     node=ref.node, dry_run=dry_run)
+                     node=node, dry_run=dry_run)
     started.warnings = warnings
     return started
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from kubectl_cedana.errors import ConflictError, NotFoundError, UsageError
 from kubectl_cedana.podspec import (
-    container_names,
     container_status,
     parse_container_id,
+    pod_containers,
     pod_name,
     pod_namespace,
 )
@@ -37,8 +37,9 @@ class ContainerRef:
 
 
 def select_container(pod: Mapping[str, Any], wanted: str | None) -> str:
-    """The container named by -c, or the only one; several and no -c is a usage error."""
-    names = container_names(pod)
+    """The container named by -c (a native sidecar too), or the only one; several and no -c
+    is a usage error."""
+    names = pod_containers(pod)
     name = pod_name(pod)
     if wanted:
         if wanted not in names:
@@ -80,7 +81,8 @@ def running_container(pod: Mapping[str, Any], container: str) -> ContainerRef:
                             f"({what}{': ' + reason if reason else ''})")
     runtime, ident = parse_container_id(status.get("containerID"))
     image = ""
-    for spec_container in (pod.get("spec") or {}).get("containers") or []:
+    spec = pod.get("spec") or {}
+    for spec_container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
         if spec_container.get("name") == container:
             image = str(spec_container.get("image") or "")
     return ContainerRef(namespace=namespace, pod=name, container=container, node=node,

@@ -76,10 +76,27 @@ def container_names(pod: Mapping[str, Any]) -> list[str]:
     return [str(c["name"]) for c in (pod.get("spec") or {}).get("containers") or []]
 
 
+def is_native_sidecar(container: Mapping[str, Any]) -> bool:
+    """An init container that keeps running beside the pod's containers (restartPolicy
+    Always, GA in Kubernetes 1.33)."""
+    return container.get("restartPolicy") == "Always"
+
+
+def pod_containers(pod: Mapping[str, Any]) -> list[str]:
+    """Every container that runs for the pod's lifetime, in the order the kubelet starts them:
+    its native sidecars, then its containers. What a whole-pod checkpoint takes."""
+    spec = pod.get("spec") or {}
+    sidecars = [str(c["name"]) for c in spec.get("initContainers") or []
+                if is_native_sidecar(c)]
+    return sidecars + [str(c["name"]) for c in spec.get("containers") or []]
+
+
 def container_status(pod: Mapping[str, Any], container: str) -> dict[str, Any]:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == container:
-            return dict(status)
+    status = pod.get("status") or {}
+    for item in (status.get("containerStatuses") or []) + \
+            (status.get("initContainerStatuses") or []):
+        if item.get("name") == container:
+            return dict(item)
     return {}
 
 
@@ -87,14 +104,27 @@ def valid_label_value(value: str) -> bool:
     return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
 
 
-def build_placeholder_pod(source: Mapping[str, Any], container: str, name: str, *, node: str,
-                          checkpoint_id: str = "", namespace: str = "",
-                          annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """A pod that can receive a checkpoint of `container` of `source`: same image, env,
-    mounts, volumes, resources and security settings, but the command only sleeps.
+def _sleeper(template: Mapping[str, Any]) -> dict[str, Any]:
+    sleeper = dict(template)
+    for key in _DROPPED_CONTAINER_FIELDS:
+        sleeper.pop(key, None)
+    sleeper["command"] = list(SLEEP_COMMAND)
+    if sleeper.get("ports"):
+        sleeper["ports"] = [{k: v for k, v in port.items() if k not in ("hostPort", "hostIP")}
+                            for port in sleeper["ports"]]
+    return sleeper
 
-    - only the checkpointed container is kept (init containers already ran in the source;
-      other containers would start afresh, not restored);
+
+def build_placeholder_pod(source: Mapping[str, Any], container: str | None, name: str, *,
+                          node: str, checkpoint_id: str = "", namespace: str = "",
+                          annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A pod that can receive a checkpoint of `container` of `source` (None: of every container
+    of a whole-pod checkpoint): same images, env, mounts, volumes, resources and security
+    settings, but the commands only sleep.
+
+    - only the checkpointed containers are kept: one container, or for a whole pod its
+      containers and native sidecars (restartable init containers, kept as such); ordinary init
+      containers already ran in the source, other containers would start afresh, not restored;
     - probes and lifecycle hooks are removed: they would judge or poke a sleeping shell;
     - hostPort is removed from ports (the source may still hold it on the same node);
     - the pod is pinned to `node` with spec.nodeName (a local checkpoint lives on that node's
@@ -104,24 +134,27 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str, name: str, 
     `annotations` are added to the placeholder's own (e.g. the Restore it was made for).
     """
     source_spec = copy.deepcopy(dict(source.get("spec") or {}))
-    template = next((c for c in source_spec.get("containers") or []
-                     if c.get("name") == container), None)
-    if template is None:
-        raise PodSpecError(f'container "{container}" not found in pod "{pod_name(source)}"')
-    sleeper = dict(template)
-    for key in _DROPPED_CONTAINER_FIELDS:
-        sleeper.pop(key, None)
-    sleeper["command"] = list(SLEEP_COMMAND)
-    if sleeper.get("ports"):
-        sleeper["ports"] = [{k: v for k, v in port.items() if k not in ("hostPort", "hostIP")}
-                            for port in sleeper["ports"]]
     spec = {k: v for k, v in source_spec.items() if k not in _DROPPED_SPEC_FIELDS}
-    spec["containers"] = [sleeper]
+    if container is None:
+        spec["containers"] = [_sleeper(c) for c in source_spec.get("containers") or []]
+        sidecars = [_sleeper(c) for c in source_spec.get("initContainers") or []
+                    if is_native_sidecar(c)]
+        if sidecars:
+            spec["initContainers"] = sidecars
+        if not spec["containers"]:
+            raise PodSpecError(f'pod "{pod_name(source)}" has no containers')
+    else:
+        template = next((c for c in source_spec.get("containers") or []
+                         if c.get("name") == container), None)
+        if template is None:
+            raise PodSpecError(f'container "{container}" not found in pod "{pod_name(source)}"')
+        spec["containers"] = [_sleeper(template)]
     spec["nodeName"] = node
 
     source_name = pod_name(source)
     labels: dict[str, str] = dict(MANAGED_BY)
-    notes: dict[str, str] = {SOURCE_POD_KEY: source_name, SOURCE_CONTAINER_KEY: container}
+    notes: dict[str, str] = {SOURCE_POD_KEY: source_name,
+                             SOURCE_CONTAINER_KEY: container or ",".join(pod_containers(source))}
     source_node = str(source_spec.get("nodeName") or "")
     if source_node:
         notes[SOURCE_NODE_KEY] = source_node

@@ -84,8 +84,10 @@ def checkpoint(runc_path: str, criu_path: str, root: str | Path, container_id: s
     args = checkpoint_args(runc_path, root, container_id, image_path, work_path, options)
     result = tool.run(args, timeout=timeout, die_with_helper=True, env=env)
     if not result.ok:
+        cause = tool.first_criu_error(work_path / DUMP_LOG)
         raise DumpFailed(
-            f"checkpoint of container {container_id} failed: {result.describe()}",
+            f"checkpoint of container {container_id} failed: "
+            + (f"CRIU: {cause}" if cause else result.describe()),
             log_tail=tool.log_tail(work_path / DUMP_LOG),
             stderr_tail=tool.last_lines(result.stderr, 10),
         )

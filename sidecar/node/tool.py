@@ -150,6 +150,26 @@ def log_tail(path: Path, count: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
+#: errors CRIU logs and goes on from (not the cause of a failure): without CAP_SYS_RESOURCE it
+#: cannot raise its own open-file limit and keeps the one it has (criu/util.c)
+BENIGN_CRIU_ERRORS = ("rlimit: Can't setup RLIMIT_NOFILE for self",)
+
+
+def first_criu_error(path: Path) -> str:
+    """CRIU's first error in its log (the cause; later ones are its consequences, ending in
+    "Dumping FAILED."), without the time stamp, passing over errors CRIU goes on from; "" if
+    the log has none or is missing."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                _, found, rest = line.partition("Error (")
+                if found and not any(b in rest for b in BENIGN_CRIU_ERRORS):
+                    return ("Error (" + rest).strip()[:500]
+    except OSError:
+        pass
+    return ""
+
+
 def find_criu_guard(choice: str) -> str:
     """The CRIU guard to give runc: `auto` looks beside the helper's Python, then on PATH;
     `none` (or nothing found) gives "" and runc runs CRIU itself."""

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kubectl_cedana.contract import member_checkpoint_id
 from sidecar.config import HelperConfig
 from sidecar.errors import (
     CheckpointExists,
@@ -176,26 +177,7 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
     # which must read as "in progress", not as "not running"
     with locks.hold(target.container_id, "checkpoint"):
         target = containers.find(namespace, sandbox, container)
-        if target.status != RUNNING:
-            raise ContainerNotRunning(
-                f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
-                f"{target.status}; only a running container can be checkpointed",
-                container_id=target.container_id,
-            )
-        tree = processes = proctree.process_tree(target.pid)
-        if not tree:
-            raise ContainerNotRunning(
-                f"the init process {target.pid} of container {target.container_id} has exited",
-                container_id=target.container_id,
-            )
-        uring = proctree.find_io_uring(tree)
-        if uring is not None:
-            raise IoUringUnsupported(
-                f"process {uring.pid} ({uring.name}) in container {namespace}/{sandbox}/"
-                f"{container} holds an io_uring instance, which CRIU cannot checkpoint; "
-                "checkpoint before the program sets up io_uring",
-                pid=uring.pid, process_name=uring.name,
-            )
+        tree = processes = _runnable(target, namespace, sandbox, container)
         options = choose_options(config, target, tree, leave_running)
         # the quota before anything is frozen or written: about what the dump adds, held
         # until the checkpoint is listed (507 quota_exceeded otherwise)
@@ -246,10 +228,13 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
 
 def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
           final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
-          until_stopped: ExitStack, pod: dict[str, Any] | None = None
+          until_stopped: ExitStack, pod: dict[str, Any] | None = None,
+          held: _Stopper | bool = False, pod_checkpoint: dict[str, Any] | None = None
           ) -> tuple[store.CheckpointManifest, _Stopper | None]:
     """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
-    left frozen until `until_stopped` is closed; the caller stops it with the _Stopper."""
+    left frozen until `until_stopped` is closed; the caller stops it with the _Stopper.
+    `held`: the caller keeps the container frozen around this call (a whole-pod checkpoint);
+    without leave_running, the _Stopper it made."""
     images_dir = temp_dir / store.IMAGES_DIR
     work_dir = temp_dir / "work"
     images_dir.mkdir(mode=store.DIR_MODE)
@@ -272,7 +257,12 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
         with ExitStack() as while_read:
             # freeze -> dump -> diff -> thaw: the files match the memory image (CRIU leaves a
             # cgroup it found frozen as it was, and runc accepts a paused container)
-            if stop:
+            if isinstance(held, _Stopper):  # frozen by the caller, stopped by it
+                dump_options = replace(options, leave_running=True)
+                stopper = held
+            elif held:
+                pass  # frozen by the caller until every container of the pod is dumped
+            elif stop:
                 found = _Stopper(target.pid, what)
                 until_stopped.callback(found.wait)  # after the thaw
                 if until_stopped.enter_context(freezer.frozen(target.pid, what, journal)):
@@ -308,6 +298,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                 "image": target.image,
                 "runtime": target.runtime,
                 **({"pod_object": pod} if pod else {}),
+                **({"pod_checkpoint": pod_checkpoint} if pod_checkpoint else {}),
             },
             tools=versions.tool_versions(config),
             criu_options={**options.to_dict(), "with_rootfs": upper is not None},
@@ -354,4 +345,196 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
         removed = retention.apply_retention(config)
         if removed:
             answer["retention_removed"] = [r["id"] for r in removed]
+        return answer
+
+
+@dataclass(frozen=True)
+class PodCheckpointResult:
+    """A whole-pod checkpoint: one checkpoint per container, taken in one freeze."""
+
+    checkpoint_id: str  # the pod checkpoint's id, which is also its first member's
+    members: list[CheckpointResult]
+    duration_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint_id": self.checkpoint_id,
+            "size_bytes": sum(m.size_bytes for m in self.members),
+            "duration_ms": self.duration_ms,
+            "containers": [{"name": m.container.container_name, **m.to_dict()}
+                           for m in self.members],
+        }
+
+
+def _runnable(target: RuncContainer, namespace: str, sandbox: str, container: str
+              ) -> list[proctree.TreeProcess]:
+    """The container's process tree, once it is known to run and to be dumpable."""
+    if target.status != RUNNING:
+        raise ContainerNotRunning(
+            f"container {namespace}/{sandbox}/{container} ({target.container_id}) is "
+            f"{target.status}; only a running container can be checkpointed",
+            container_id=target.container_id,
+        )
+    tree = proctree.process_tree(target.pid)
+    if not tree:
+        raise ContainerNotRunning(
+            f"the init process {target.pid} of container {target.container_id} has exited",
+            container_id=target.container_id,
+        )
+    uring = proctree.find_io_uring(tree)
+    if uring is not None:
+        raise IoUringUnsupported(
+            f"process {uring.pid} ({uring.name}) in container {namespace}/{sandbox}/"
+            f"{container} holds an io_uring instance, which CRIU cannot checkpoint; "
+            "checkpoint before the program sets up io_uring",
+            pid=uring.pid, process_name=uring.name,
+        )
+    return tree
+
+
+def checkpoint_pod_containers(config: HelperConfig, containers: Containers, namespace: str,
+                              sandbox: str, names: list[str], leave_running: bool, *,
+                              locks: ContainerLocks = DEFAULT_LOCKS, with_rootfs: bool = True,
+                              checkpoint_id: str | None = None,
+                              limits: Limits | None = None) -> PodCheckpointResult:
+    """Dump every container `names` lists (a pod's native sidecars and containers) in one
+    freeze: all are frozen before the first dump and thawed after the last, so the checkpoint
+    is one moment of the whole pod. Each container gets a checkpoint of its own (ids:
+    contract.member_checkpoint_id), listed only when all are complete; a failure removes the
+    ones already written and leaves every container running."""
+    started = time.monotonic()
+    if not names:
+        raise DumpFailed(f"pod {namespace}/{sandbox} has no containers to checkpoint")
+    pod_id = checkpoint_id or str(uuid.uuid4())
+    ids = [member_checkpoint_id(pod_id, i, name) for i, name in enumerate(names)]
+    finals = [destination(config, None, cid, namespace) for cid in ids]
+    group = {"id": pod_id, "containers": [{"name": name, "checkpoint_id": cid}
+                                          for name, cid in zip(names, ids)]}
+    with ExitStack() as held_locks:
+        for name in names:
+            found = containers.find(namespace, sandbox, name)
+            held_locks.enter_context(locks.hold(found.container_id, "checkpoint"))
+        targets = [containers.find(namespace, sandbox, name) for name in names]
+        trees = [_runnable(t, namespace, sandbox, name) for t, name in zip(targets, names)]
+        options = [choose_options(config, t, tree, leave_running)
+                   for t, tree in zip(targets, trees)]
+        estimate = sum(dump_estimate(tree, proctree.upper_dir(t.pid) if with_rootfs else None)
+                       for t, tree in zip(targets, trees))
+        pod_record = recorded_pod(containers.pods.get((namespace, sandbox)))
+        journal = config.checkpoint_dir / freezer.JOURNAL_NAME
+        with ExitStack() as until_stopped:
+            until_stopped.enter_context((limits or Limits()).reserve(
+                config, estimate, f"checkpoint of pod {namespace}/{sandbox}",
+                container_id=targets[0].container_id))
+            store.make_private_dirs(config.checkpoint_dir, Path("/"))
+            stoppers: list[_Stopper] = []
+            if not leave_running:  # waited for after the thaw (callbacks run last-in first)
+                for t in targets:
+                    stopper = _Stopper(t.pid, f"container {namespace}/{sandbox}/"
+                                               f"{t.container_name}")
+                    until_stopped.callback(stopper.wait)
+                    stoppers.append(stopper)
+            # the one freeze: every container, before the first dump, until the last is done
+            for t in targets:
+                what = f"container {namespace}/{sandbox}/{t.container_name}"
+                if not until_stopped.enter_context(freezer.frozen(t.pid, what, journal)):
+                    raise DumpFailed(f"{what} has no freezer cgroup: a whole pod is "
+                                     "checkpointed in one freeze, which needs one; name one "
+                                     "container instead")
+            written: list[Path] = []
+            manifests: list[store.CheckpointManifest] = []
+            try:
+                for index, target in enumerate(targets):
+                    temp_dir = config.checkpoint_dir / f"{store.TEMP_PREFIX}{ids[index]}"
+                    temp_dir.mkdir(mode=store.DIR_MODE)
+                    try:
+                        manifest, _ = _dump(
+                            config, containers.root, target, temp_dir, finals[index],
+                            ids[index], options[index], with_rootfs, until_stopped, pod_record,
+                            held=stoppers[index] if stoppers else True, pod_checkpoint=group)
+                    except BaseException:
+                        shutil.rmtree(temp_dir, ignore_errors=True)
+                        raise
+                    written.append(finals[index])
+                    manifests.append(manifest)
+            except BaseException:
+                for directory in written:  # never visible as complete: nothing was listed
+                    shutil.rmtree(directory, ignore_errors=True)
+                raise
+            results = []
+            entries = []
+            for target, tree, option, manifest, final_dir in zip(targets, trees, options,
+                                                                  manifests, finals):
+                size = store.directory_size(final_dir)
+                entries.append({
+                    "id": manifest.checkpoint_id,
+                    "path": str(final_dir),
+                    "namespace": namespace,
+                    "pod": sandbox,
+                    "container": target.container_name,
+                    "container_id": target.container_id,
+                    "image": target.image,
+                    "node": config.node_name,
+                    "size_bytes": size,
+                    "created": manifest.created,
+                    "leave_running": leave_running,
+                    "status": "complete",
+                    "options": option.to_dict(),
+                    "with_rootfs": with_rootfs,
+                    "processes": [{"pid": p.pid, "name": p.name} for p in tree],
+                    "restores": [],
+                    "pod_checkpoint": pod_id,
+                })
+                results.append(CheckpointResult(manifest.checkpoint_id, final_dir, size, 0,
+                                                option.to_dict(), target))
+            Catalogue(config.checkpoint_dir).add_all(entries)  # all members, or none
+            for stopper in stoppers:
+                stopper.kill()  # each dies as it is thawed, on leaving the block
+    duration_ms = int((time.monotonic() - started) * 1000)
+    results = [replace(r, duration_ms=duration_ms) for r in results]
+    log.info("checkpointed pod %s/%s (%s) in one freeze", namespace, sandbox, ", ".join(names),
+             extra={"checkpoint_id": pod_id})
+    return PodCheckpointResult(pod_id, results, duration_ms)
+
+
+def checkpoint_pod(helper: Helper, *, namespace: str, pod: str, containers: list[str],
+                   leave_running: bool, with_rootfs: bool = True, storage: str | None = None,
+                   compression: str | None = None, checkpoint_id: str | None = None,
+                   requested_by: str = "") -> dict[str, Any]:
+    """A whole-pod checkpoint (a Checkpoint or Migration without a container); its answer, in
+    the shape of checkpoint()'s with the members under "containers"."""
+    config = helper.config
+    remote = transfer.wants_remote(config, storage, None)
+    what = "every container (" + ", ".join(containers) + ")"
+    with admit(helper, namespace, "checkpoint"):
+        try:
+            result = checkpoint_pod_containers(
+                config, containers_of(helper, None), namespace, pod, containers, leave_running,
+                locks=helper.locks, with_rootfs=with_rootfs, checkpoint_id=checkpoint_id,
+                limits=helper.limits)
+        except HelperError as exc:
+            events.checkpoint_failed(helper.kube, namespace, pod, what, exc, requested_by)
+            raise
+        answer = result.to_dict()
+        pushed_refs: list[str] = []
+        for member, row in zip(result.members, answer["containers"]):
+            pushed = None
+            if remote:
+                try:
+                    pushed = transfer.push(config, member.checkpoint_id, member.checkpoint_path,
+                                           compression or config.default_compression)
+                except HelperError as exc:
+                    exc.extra.update(checkpoint_id=result.checkpoint_id)
+                    exc.message += (f" (pod checkpoint {result.checkpoint_id} is kept on this "
+                                    "node)")
+                    events.checkpoint_failed(helper.kube, namespace, pod, what, exc,
+                                             requested_by)
+                    raise
+                row["remote"] = pushed.to_dict()
+                pushed_refs.append(pushed.reference)
+            events.checkpointed(helper.kube, member, pushed, requested_by)
+        answer["storage"] = "remote" if remote else "local"
+        if pushed_refs:
+            answer["remote"] = {"reference": pushed_refs[0],
+                                "compression": answer["containers"][0]["remote"]["compression"]}
         return answer

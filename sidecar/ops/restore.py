@@ -41,6 +41,7 @@ from sidecar.errors import (
     RestoreFailed,
     TargetIncompatible,
     TargetNotSleeping,
+    TooManyRequests,
 )
 from sidecar.node import cgroups, criu, proctree, tool
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
@@ -375,9 +376,11 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
             os.close(fd)
     log_path = work_dir / criu.RESTORE_LOG
     if not outcome.ok:
+        cause = tool.first_criu_error(log_path)
         raise RestoreFailed(
             f"restore of checkpoint {manifest.checkpoint_id} into {target.container_id} "
-            f"failed: {outcome.describe()}; the placeholder was left as it was",
+            f"failed: {f'CRIU: {cause}' if cause else outcome.describe()}; the placeholder "
+            "was left as it was",
             log_tail=tool.log_tail(log_path),
             stderr_tail=tool.last_lines(outcome.stderr, 10),
             log_path=str(log_path),
@@ -426,3 +429,54 @@ def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: s
         if pulled is not None:
             answer["pulled"] = pulled
         return answer
+
+
+def pod_members(manifest: store.CheckpointManifest) -> list[tuple[str, str]]:
+    """(container, checkpoint id) of each member of the whole-pod checkpoint a (verified)
+    manifest belongs to, in the order they are restored; [] for a one-container checkpoint."""
+    group = manifest.source.get("pod_checkpoint") or {}
+    members = group.get("containers") if isinstance(group, dict) else None
+    return [(str(m["name"]), str(m["checkpoint_id"])) for m in members or []
+            if isinstance(m, dict) and m.get("name") and m.get("checkpoint_id")]
+
+
+#: how long a whole-pod restore waits for a place among the node's operations once its first
+#: container is restored
+MEMBER_ADMISSION_WAIT_S = 600.0
+
+
+def restore_pod(helper: Helper, *, namespace: str, pod: str, members: Sequence[tuple[str, str]],
+                access: Access, requested_by: str = "",
+                source_namespace: str | None = None) -> dict[str, Any]:
+    """Restore each member of a whole-pod checkpoint into the container of the same name of
+    `pod` (native sidecars first, as the kubelet starts them). Each is verified, pulled if
+    need be, and authorized like a one-container restore. A failure names the containers
+    already restored; the others' placeholders are left as they were."""
+    started = time.monotonic()
+    answers: list[dict[str, Any]] = []
+    for name, member_id in members:
+        deadline = time.monotonic() + MEMBER_ADMISSION_WAIT_S
+        try:
+            while True:
+                try:
+                    answer = restore(helper, namespace=namespace, pod=pod, container=name,
+                                     root=None, checkpoint_path=None, checkpoint_id=member_id,
+                                     access=access, requested_by=requested_by,
+                                     source_namespace=source_namespace)
+                    break
+                except TooManyRequests as exc:
+                    # before the first, nothing is done: the caller retries the whole; after
+                    # it, the rest waits for a place rather than leaving the pod half restored
+                    if not answers or time.monotonic() > deadline:
+                        raise
+                    time.sleep(max(1.0, float(exc.extra.get("retry_after_s") or 1.0)))
+        except HelperError as exc:
+            if answers:
+                exc.message += ("; already restored: "
+                                + ", ".join(str(a["container"]) for a in answers))
+            raise
+        answers.append({"container": name, **answer})
+    return {"restored": True, "checkpoint_id": members[0][1] if members else "",
+            "pid": answers[0]["pid"] if answers else 0,
+            "container_id": answers[0].get("container_id") if answers else "",
+            "duration_ms": int((time.monotonic() - started) * 1000), "containers": answers}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from kubectl_cedana import podspec
 from kubectl_cedana.contract import (
     CHECKPOINT_DATA_FINALIZER,
     CHECKPOINT_ID_KEY,
@@ -14,6 +15,7 @@ from kubectl_cedana.contract import (
 )
 from sidecar.errors import (
     CheckpointNotFound,
+    ContainerNotFound,
     HelperError,
     InvalidRequest,
     OperationInProgress,
@@ -54,18 +56,18 @@ class Retry(Exception):
         self.after = after
 
 
-def container_of(ctx: Ctx, namespace: str, pod_name: str, wanted: str) -> str:
-    """The container a request names, or the pod's only one."""
+def containers_of(ctx: Ctx, namespace: str, pod_name: str, wanted: str) -> list[str]:
+    """The container a request names, else every container of the pod (its native sidecars
+    and containers: a whole-pod checkpoint, or the pod's only container)."""
     if wanted:
-        return wanted
+        return [wanted]
     pod = ctx.objects.get_pod(namespace, pod_name)
-    names = [c.get("name") for c in ((pod or {}).get("spec") or {}).get("containers") or []]
     if pod is None:
-        return ""  # the checkpoint answers container_not_found with the details
-    if len(names) != 1:
-        raise InvalidRequest(f"pod {namespace}/{pod_name} has {len(names)} containers "
-                             f"({', '.join(str(n) for n in names)}): name one in spec.container")
-    return str(names[0])
+        raise ContainerNotFound(f"no pod {namespace}/{pod_name}")
+    names = podspec.pod_containers(pod)
+    if not names:
+        raise InvalidRequest(f"pod {namespace}/{pod_name} has no containers")
+    return names
 
 
 def reconcile(ctx: Ctx, obj: dict[str, Any]) -> None:
@@ -88,11 +90,13 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     namespace, pod = str(md["namespace"]), str(sp.get("podName", ""))
     uid = str(md["uid"])
     try:
-        container = container_of(ctx, namespace, pod, str(sp.get("container") or ""))
+        names = containers_of(ctx, namespace, pod, str(sp.get("container") or ""))
     except HelperError as exc:
         ctx.objects.patch_status(CHECKPOINTS, obj, failed_with(obj, exc))
         audit("checkpoint", obj, exc.code)
         return
+    whole_pod = len(names) > 1
+    container = ",".join(names)
     finalizers = list(md.get("finalizers") or [])
     if CHECKPOINT_DATA_FINALIZER not in finalizers:
         obj = ctx.objects.set_finalizers(CHECKPOINTS, obj,
@@ -104,12 +108,20 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         message=f"checkpointing {pod}/{container or '?'} on node {ctx.node}"), precondition=True)
     ctx.take(uid)
     try:
-        answer = checkpoint.checkpoint(
-            ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
-            checkpoint_path=None, leave_running=bool(sp.get("leaveRunning", True)),
-            with_rootfs=bool(sp.get("withRootfs", True)), storage=sp.get("storage") or None,
-            compression=sp.get("compression") or None, checkpoint_id=checkpoint_id,
-            requested_by=requested_by(obj))
+        if whole_pod:
+            answer = checkpoint.checkpoint_pod(
+                ctx.helper, namespace=namespace, pod=pod, containers=names,
+                leave_running=bool(sp.get("leaveRunning", True)),
+                with_rootfs=bool(sp.get("withRootfs", True)), storage=sp.get("storage") or None,
+                compression=sp.get("compression") or None, checkpoint_id=checkpoint_id,
+                requested_by=requested_by(obj))
+        else:
+            answer = checkpoint.checkpoint(
+                ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
+                checkpoint_path=None, leave_running=bool(sp.get("leaveRunning", True)),
+                with_rootfs=bool(sp.get("withRootfs", True)), storage=sp.get("storage") or None,
+                compression=sp.get("compression") or None, checkpoint_id=checkpoint_id,
+                requested_by=requested_by(obj))
     except OperationInProgress:
         # another operation holds the container: wait for it, nothing was done
         ctx.objects.patch_status(CHECKPOINTS, obj, {
@@ -130,11 +142,17 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     finally:
         ctx.drop(uid)
     remote = answer.get("remote") or {}
+    members = [{"name": m["name"], "checkpointID": m["checkpoint_id"],
+                "containerID": m["container_id"], "sizeBytes": m["size_bytes"],
+                **({"imageRef": m["remote"]["reference"]} if m.get("remote") else {})}
+               for m in answer.get("containers") or []]
+    what = f"pod {pod} ({container}) in one freeze" if whole_pod else f"{pod}/{container}"
     ctx.objects.patch_status(CHECKPOINTS, obj, succeeded(
-        obj, f"checkpoint {checkpoint_id} of {pod}/{container} taken on node {ctx.node}",
+        obj, f"checkpoint {checkpoint_id} of {what} taken on node {ctx.node}",
         sizeBytes=answer.get("size_bytes"), durationMs=answer.get("duration_ms"),
         storage=answer.get("storage"), imageRef=remote.get("reference"),
-        compression=remote.get("compression"), containerID=answer.get("container_id")))
+        compression=remote.get("compression"), containerID=answer.get("container_id"),
+        **({"containers": members} if members else {})))
     try:
         latest = ctx.objects.get(CHECKPOINTS, namespace, md["name"]) or obj
         ctx.objects.patch_meta(CHECKPOINTS, latest,
@@ -156,9 +174,16 @@ def _recover(ctx: Ctx, obj: dict[str, Any]) -> None:
         except CheckpointNotFound:
             entry = None
     if entry and entry.get("status") == "complete":
+        # a whole pod's members are listed together (all or none)
+        members = [{"name": e.get("container"), "checkpointID": e.get("id"),
+                    "containerID": e.get("container_id"), "sizeBytes": e.get("size_bytes")}
+                   for e in Catalogue(ctx.helper.config.checkpoint_dir).list()
+                   if entry.get("pod_checkpoint") and e.get("pod_checkpoint") == checkpoint_id]
         ctx.objects.patch_status(CHECKPOINTS, obj, succeeded(
             obj, f"checkpoint {checkpoint_id} was complete when the node helper restarted",
-            sizeBytes=entry.get("size_bytes"), storage=entry.get("storage") or "local"))
+            sizeBytes=sum(int(m["sizeBytes"] or 0) for m in members) if members
+            else entry.get("size_bytes"), storage=entry.get("storage") or "local",
+            **({"containers": members} if members else {})))
         audit("checkpoint", obj, "succeeded", checkpoint_id=checkpoint_id, recovered=True)
         return
     ctx.objects.patch_status(CHECKPOINTS, obj, failed(
@@ -174,10 +199,12 @@ def _remove_data(ctx: Ctx, obj: dict[str, Any]) -> None:
         return
     checkpoint_id = str(status(obj).get("checkpointID") or "")
     if checkpoint_id and not ctx.working_on(str(meta(obj).get("uid"))):
-        try:
-            catalogue.delete(ctx.helper.config, checkpoint_id)
-        except CheckpointNotFound:
-            pass  # never written, or already removed
+        members = [str(m.get("checkpointID") or "") for m in status(obj).get("containers") or []]
+        for one in [checkpoint_id, *[m for m in members if m and m != checkpoint_id]]:
+            try:
+                catalogue.delete(ctx.helper.config, one)
+            except CheckpointNotFound:
+                pass  # never written, or already removed
     elif checkpoint_id:
         raise Retry(RETRY_S)  # deleted while the checkpoint runs: remove it once done
     ctx.objects.set_finalizers(CHECKPOINTS, obj,

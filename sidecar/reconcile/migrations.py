@@ -31,7 +31,7 @@ from sidecar.errors import (
 from sidecar.kube.objects import Conflict
 from sidecar.ops import checkpoint, restore
 from sidecar.ops.access import UNRESTRICTED
-from sidecar.reconcile.checkpoints import RETRY_S, Retry, container_of, retry_after
+from sidecar.reconcile.checkpoints import RETRY_S, Retry, containers_of, retry_after
 from sidecar.reconcile.common import (
     MIGRATIONS,
     RESTORES,
@@ -92,7 +92,8 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     target_node = str(sp.get("targetNode") or ctx.node)
     new_pod = _new_pod_name(pod, str(sp.get("newPodName") or ""))
     try:
-        container = container_of(ctx, namespace, pod, str(sp.get("container") or ""))
+        names = containers_of(ctx, namespace, pod, str(sp.get("container") or ""))
+        container = ",".join(names)
         source = ctx.objects.get_pod(namespace, pod)
         if source is None or (source.get("spec") or {}).get("nodeName") != ctx.node:
             raise ContainerNotFound(f"pod {namespace}/{pod} does not run on node {ctx.node}")
@@ -109,7 +110,7 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         message=f"making pod {new_pod} on node {target_node}"), precondition=True)
     ctx.take(uid)
     try:
-        _migrate(ctx, obj, source, container, new_pod, target_node)
+        _migrate(ctx, obj, source, names, new_pod, target_node)
     except OperationInProgress:
         _placeholder_gone(ctx, obj)
         ctx.objects.patch_status(MIGRATIONS, obj, {
@@ -133,14 +134,18 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         ctx.drop(uid)
 
 
-def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: str,
+def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[str],
              new_pod: str, target_node: str) -> None:
+    """Move one container, or a whole pod (several `names`: one freeze, every container)."""
     md, sp = meta(obj), spec(obj)
     namespace, pod = str(md["namespace"]), str(sp["podName"])
     cross = target_node != ctx.node
     checkpoint_id = str(uuid.uuid4())
+    whole_pod = len(names) > 1
+    container = ",".join(names)
     # the new pod runs before anything stops: the pause is the dump, transfer and restore only
-    body = podspec.build_placeholder_pod(source, container, new_pod, node=target_node,
+    body = podspec.build_placeholder_pod(source, None if whole_pod else names[0], new_pod,
+                                         node=target_node,
                                          checkpoint_id=checkpoint_id, namespace=namespace,
                                          annotations={MADE_FOR_ANNOTATION: str(md["uid"])})
     try:
@@ -148,18 +153,31 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], container: s
     except Conflict:
         raise InvalidRequest(f"pod {namespace}/{new_pod} already exists: name another "
                              "(spec.newPodName)") from None
-    wait_running(ctx, namespace, new_pod, container)
+    wait_running(ctx, namespace, new_pod, names)
     ctx.objects.patch_status(MIGRATIONS, obj, {
         "message": f"checkpointing {pod}/{container}", "checkpointID": checkpoint_id})
     paused = time.monotonic()
-    dumped = checkpoint.checkpoint(
-        ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
-        checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
-        storage="remote" if cross else "local", checkpoint_id=checkpoint_id,
-        requested_by=requested_by(obj))
-    if cross:
-        restored, restore_name = _restore_there(ctx, obj, checkpoint_id, new_pod, container,
-                                                target_node)
+    if whole_pod:
+        dumped = checkpoint.checkpoint_pod(
+            ctx.helper, namespace=namespace, pod=pod, containers=names,
+            leave_running=not sp.get("deleteSource", False),
+            storage="remote" if cross else "local", checkpoint_id=checkpoint_id,
+            requested_by=requested_by(obj))
+    else:
+        dumped = checkpoint.checkpoint(
+            ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
+            checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
+            storage="remote" if cross else "local", checkpoint_id=checkpoint_id,
+            requested_by=requested_by(obj))
+    members = [(str(m["name"]), str(m["checkpoint_id"])) for m in dumped.get("containers") or []]
+    if cross:  # the target's helper restores every member of a whole-pod checkpoint
+        restored, restore_name = _restore_there(ctx, obj, checkpoint_id, new_pod,
+                                                "" if whole_pod else container, target_node)
+    elif whole_pod:
+        restore_name = ""
+        restored = _once_admitted(lambda: restore.restore_pod(
+            ctx.helper, namespace=namespace, pod=new_pod, members=members,
+            access=UNRESTRICTED, requested_by=requested_by(obj), source_namespace=namespace))
     else:
         restore_name = ""
         restored = _once_admitted(lambda: restore.restore(
@@ -214,7 +232,8 @@ def _restore_there(ctx: Ctx, obj: dict[str, Any], checkpoint_id: str, new_pod: s
                      "ownerReferences": [{"apiVersion": obj["apiVersion"], "kind": "Migration",
                                           "name": md["name"], "uid": md["uid"]}]},
         "spec": {"checkpointID": checkpoint_id,
-                 "target": {"podName": new_pod, "container": container}},
+                 "target": {"podName": new_pod, **({"container": container} if container
+                                                   else {})}},
     }
     created = ctx.objects.create(RESTORES, namespace, body)
     name = str(created["metadata"]["name"])

@@ -93,7 +93,9 @@ def _local_manifest(ctx: Ctx, checkpoint_id: str) -> store.CheckpointManifest:
     return store.verify(Path(str(entry["path"])), signing.helper_key(config))
 
 
-def wait_running(ctx: Ctx, namespace: str, name: str, container: str) -> None:
+def wait_running(ctx: Ctx, namespace: str, name: str, containers: str | list[str]) -> None:
+    """Until every one of the placeholder's `containers` runs (native sidecars included)."""
+    wanted = {containers} if isinstance(containers, str) else set(containers)
     end = time.monotonic() + PLACEHOLDER_TIMEOUT_S
     why = "not scheduled yet"
     while time.monotonic() < end:
@@ -103,18 +105,22 @@ def wait_running(ctx: Ctx, namespace: str, name: str, container: str) -> None:
         st = pod.get("status") or {}
         if st.get("phase") in ("Failed", "Succeeded"):
             raise TargetIncompatible(f"placeholder pod {namespace}/{name} ended ({st['phase']})")
-        for cs in st.get("containerStatuses") or []:
-            if cs.get("name") != container:
+        running_now = set()
+        for cs in (st.get("containerStatuses") or []) + (st.get("initContainerStatuses") or []):
+            if cs.get("name") not in wanted:
                 continue
             state = cs.get("state") or {}
             if "running" in state:
-                return
+                running_now.add(cs.get("name"))
+                continue
             waiting = state.get("waiting") or {}
-            why = str(waiting.get("reason") or "waiting")
-            if why in HOPELESS:
+            why = f"{cs.get('name')}: {waiting.get('reason') or 'waiting'}"
+            if waiting.get("reason") in HOPELESS:
                 raise TargetIncompatible(
-                    f"placeholder pod {namespace}/{name} cannot start its sleeping container: "
+                    f"placeholder pod {namespace}/{name} cannot start its sleeping container "
                     f"{why}: {waiting.get('message', '')}".rstrip(": "))
+        if running_now == wanted:
+            return
         time.sleep(0.5)
     raise TargetIncompatible(f"placeholder pod {namespace}/{name} did not run within "
                              f"{PLACEHOLDER_TIMEOUT_S:.0f} s ({why})")
@@ -125,7 +131,8 @@ def make_placeholder(ctx: Ctx, obj: dict[str, Any], manifest: store.CheckpointMa
     """The new pod of spec.newPod (or a Migration), from the pod the checkpoint recorded."""
     md = meta(obj)
     recorded = manifest.source.get("pod_object")
-    container = str(manifest.source.get("container") or "")
+    members = restore.pod_members(manifest)
+    container = None if members else str(manifest.source.get("container") or "")
     if not recorded:
         raise InvalidRequest(
             f"checkpoint {manifest.checkpoint_id} records no pod spec to make a new pod from; "
@@ -144,7 +151,8 @@ def make_placeholder(ctx: Ctx, obj: dict[str, Any], manifest: store.CheckpointMa
             MADE_FOR_ANNOTATION) == md["uid"]
         if not ours:
             raise TargetIncompatible(f"pod {md['namespace']}/{name} already exists") from None
-    wait_running(ctx, str(md["namespace"]), name, container)
+    wait_running(ctx, str(md["namespace"]), name,
+                 [m for m, _ in members] if container is None else container)
 
 
 def _placeholder_is_ours(ctx: Ctx, obj: dict[str, Any], name: str) -> bool:
@@ -174,16 +182,25 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     made = False
     try:
         manifest = _local_manifest(ctx, checkpoint_id)
-        container = str(target.get("container") or manifest.source.get("container") or "")
+        # a whole-pod checkpoint restores all its containers, unless the target names one
+        members = [] if target.get("container") else restore.pod_members(manifest)
+        container = ",".join(m for m, _ in members) if members else \
+            str(target.get("container") or manifest.source.get("container") or "")
         if new_pod:
             made = True
             make_placeholder(ctx, obj, manifest, pod_name, ctx.node)
-        answer = restore.restore(ctx.helper, namespace=namespace, pod=pod_name,
-                                 container=container, root=None, checkpoint_path=None,
-                                 checkpoint_id=checkpoint_id, requested_by=requested_by(obj),
-                                 # rights were checked at admission; the signed manifest
-                                 # must name the namespace they were checked in
-                                 access=UNRESTRICTED, source_namespace=source_namespace)
+        if members:
+            answer = restore.restore_pod(ctx.helper, namespace=namespace, pod=pod_name,
+                                         members=members, requested_by=requested_by(obj),
+                                         access=UNRESTRICTED, source_namespace=source_namespace)
+        else:
+            answer = restore.restore(ctx.helper, namespace=namespace, pod=pod_name,
+                                     container=container, root=None, checkpoint_path=None,
+                                     checkpoint_id=checkpoint_id,
+                                     requested_by=requested_by(obj),
+                                     # rights were checked at admission; the signed manifest
+                                     # must name the namespace they were checked in
+                                     access=UNRESTRICTED, source_namespace=source_namespace)
     except OperationInProgress:
         ctx.objects.patch_status(RESTORES, obj, {
             "phase": Phase.PENDING, "message": "waiting for another operation on the pod to end"})
@@ -210,7 +227,10 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     ctx.objects.patch_status(RESTORES, obj, succeeded(
         obj, f"checkpoint {checkpoint_id} restored into {pod_name}/{container} on node "
              f"{ctx.node}", pid=answer.get("pid"), durationMs=answer.get("duration_ms"),
-        container=container, containerID=answer.get("container_id")))
+        container=container, containerID=answer.get("container_id"),
+        **({"containers": [{"name": a["container"], "checkpointID": a["checkpoint_id"],
+                            "containerID": a["container_id"], "pid": a["pid"]}
+                           for a in answer["containers"]]} if members else {})))
     audit("restore", obj, "succeeded", checkpoint_id=checkpoint_id)
 
 

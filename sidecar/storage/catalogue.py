@@ -118,8 +118,13 @@ class Catalogue:
         self._file = JsonStateFile(checkpoint_dir / CATALOGUE_FILE)
 
     def add(self, entry: dict[str, Any]) -> None:
+        self.add_all([entry])
+
+    def add_all(self, entries: list[dict[str, Any]]) -> None:
+        """List every entry in one write (a whole-pod checkpoint's members: all or none)."""
         def change(data: dict[str, Any]) -> None:
-            data[entry["id"]] = entry
+            for entry in entries:
+                data[entry["id"]] = entry
         self._file.update(change)
 
     def list(self) -> list[dict[str, Any]]:

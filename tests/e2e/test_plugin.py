@@ -314,9 +314,13 @@ def test_error_paths(lab: Lab, namespace: str) -> None:
                for n in ("alpha", "beta")]}}
     lab.apply(two, namespace)
     lab.wait_pod_running(namespace, "two")
-    ambiguous = cedana(lab, "-n", namespace, "checkpoint", "two")
-    assert ambiguous.returncode == 2
-    assert "alpha" in ambiguous.stderr and "beta" in ambiguous.stderr
+    # no -c on a pod of two: the whole pod (no spec.container); a dry run creates nothing
+    whole = cedana(lab, "-n", namespace, "checkpoint", "two", "--dry-run=server", "-o", "json")
+    assert whole.returncode == 0, whole.stderr
+    assert "container" not in json.loads(whole.stdout)["spec"]
+    unknown = cedana(lab, "-n", namespace, "checkpoint", "two", "-c", "gamma")
+    assert unknown.returncode == 3
+    assert "alpha" in unknown.stderr and "beta" in unknown.stderr
     assert objects(lab, namespace, "checkpoints") == []
 
     relayed = cedana(lab, "-n", namespace, "restore", "00000000-0000-4000-8000-000000000000",

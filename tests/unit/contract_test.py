@@ -166,3 +166,13 @@ def test_open_routes(path: str, is_open: bool) -> None:
 
 def test_route_parameters_are_one_quoted_segment() -> None:
     assert contract.route(contract.LIST, namespace="a/b c") == "/list/a%2Fb%20c"
+
+
+def test_member_checkpoint_ids_follow_from_the_pod_checkpoints_id() -> None:
+    pod_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    first = contract.member_checkpoint_id(pod_id, 0, "side")
+    second = contract.member_checkpoint_id(pod_id, 1, "app")
+    assert first == pod_id
+    assert contract.is_checkpoint_id(second) and second != pod_id
+    assert second == contract.member_checkpoint_id(pod_id, 1, "app")  # anywhere, any time
+    assert second != contract.member_checkpoint_id(pod_id, 1, "db")

@@ -124,9 +124,36 @@ def test_checkpoint_server_dry_run_is_admitted_and_not_stored(
     assert cluster.objects_of("checkpoints") == []
 
 
+def _half_running(name: str) -> dict[str, Any]:
+    """A pod of two containers, the second still being created."""
+    pod = make_pod(name, containers=("app", "proxy"))
+    pod["status"]["containerStatuses"][1]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    return pod
+
+
+def test_checkpoint_without_c_takes_the_whole_pod(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    """A pod of several containers (a native sidecar counts) and no -c: one Checkpoint of
+    every container (spec.container left out); -c still picks one, the sidecar too."""
+    pod = make_pod("web", containers=("app", "proxy"))
+    pod["spec"]["initContainers"].append({"name": "mesh", "image": "busybox:1.36",
+                                          "restartPolicy": "Always"})
+    pod["status"]["initContainerStatuses"] = [{
+        "name": "mesh", "containerID": "containerd://" + "c" * 64,
+        "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}}]
+    cluster.add_pod(pod)
+    result = run_cli(kubeconfig, "checkpoint", "web", "--no-wait")
+    assert result.exit_code == 0, result.stderr
+    result = run_cli(kubeconfig, "checkpoint", "web", "-c", "mesh", "--no-wait")
+    assert result.exit_code == 0, result.stderr
+    whole, one = cluster.created("checkpoints")
+    assert "container" not in whole["spec"] and whole["spec"]["podName"] == "web"
+    assert one["spec"]["container"] == "mesh"
+
+
 @pytest.mark.parametrize("setup,args,code,fragment", [
-    (lambda c: c.add_pod(make_pod("web", containers=("app", "proxy"))), ["web"], 2,
-     'pod "web" has 2 containers: app, proxy (choose one with -c CONTAINER)'),
+    (lambda c: c.add_pod(_half_running("web")), ["web"], 4,
+     'container "proxy" of pod "web" is not running'),
     (lambda c: None, ["ghost"], 3, 'pod "ghost" not found in namespace "default"'),
     (lambda c: c.add_pod(make_pod("counter")), ["counter", "-c", "nope"], 3,
      "containers: main"),

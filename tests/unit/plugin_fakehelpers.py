@@ -129,7 +129,9 @@ class FakeHelpers:
         spec = obj["spec"]
         pod = self._pod(namespace, spec["podName"])
         container = spec.get("container") or pod["spec"]["containers"][0]["name"]
-        cstatus = next(s for s in pod["status"]["containerStatuses"] if s["name"] == container)
+        statuses = pod["status"]["containerStatuses"] + \
+            pod["status"].get("initContainerStatuses", [])
+        cstatus = next(s for s in statuses if s["name"] == container)
         return {"checkpointID": str(uuid.uuid4()), "container": container,
                 "containerID": cstatus["containerID"].split("://")[1], "sizeBytes": 123456,
                 "storage": spec.get("storage") or "local",

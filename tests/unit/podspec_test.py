@@ -15,6 +15,7 @@ from kubectl_cedana.podspec import (
     checkpoint_metadata_patch,
     parse_container_id,
     placeholder_running,
+    pod_containers,
 )
 from tests.unit.plugin_fakeapi import make_pod
 
@@ -150,3 +151,37 @@ def test_the_shared_module_needs_only_the_standard_library() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "/bin/sh"
+
+
+def _with_sidecar() -> dict[str, Any]:
+    pod = _source()
+    pod["spec"]["initContainers"] = [
+        {"name": "setup", "image": "busybox:1.36", "command": ["true"]},
+        {"name": "mesh", "image": "mesh:1", "restartPolicy": "Always",
+         "readinessProbe": {"exec": {"command": ["true"]}}},
+    ]
+    return pod
+
+
+def test_pod_containers_are_native_sidecars_then_containers() -> None:
+    assert pod_containers(_with_sidecar()) == ["mesh", "app", "sidecar"]
+    assert pod_containers(make_pod("one")) == ["main"]
+
+
+def test_a_whole_pod_placeholder_keeps_every_container_and_native_sidecar() -> None:
+    body = build_placeholder_pod(_with_sidecar(), None, "counter-restored", node="n2")
+    spec = body["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["app", "sidecar"]
+    # the native sidecar stays one (restartPolicy Always); the plain init container ran already
+    assert [(c["name"], c.get("restartPolicy")) for c in spec["initContainers"]] == \
+        [("mesh", "Always")]
+    for container in spec["containers"] + spec["initContainers"]:
+        assert container["command"] == SLEEP_COMMAND
+        assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+    assert body["metadata"]["annotations"]["cedana.io/source-container"] == "mesh,app,sidecar"
+
+
+def test_a_one_container_placeholder_has_no_init_containers() -> None:
+    body = build_placeholder_pod(_with_sidecar(), "app", "counter-restored", node="n2")
+    assert [c["name"] for c in body["spec"]["containers"]] == ["app"]
+    assert "initContainers" not in body["spec"]

@@ -197,3 +197,19 @@ def test_thaw_remembered_thaws_what_a_dead_helper_froze(cgroup_member: subproces
     # running again: it answers a signal that needs it to run
     os.kill(pid, signal.SIGTERM)
     assert cgroup_member.wait(10) == -signal.SIGTERM
+
+
+def test_first_criu_error_is_the_cause_not_a_benign_line(tmp_path: Path) -> None:
+    log = tmp_path / "dump.log"
+    log.write_text(
+        "(00.000100) Version: 4.2\n"
+        "(00.000200) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: "
+        "Operation not permitted\n"
+        "(00.100000) Error (criu/image.c:210): Unable to write 4096 bytes: No space left on "
+        "device\n"
+        "(00.100100) Error (criu/cr-dump.c:1975): Dumping FAILED.\n")
+    assert tool.first_criu_error(log) == \
+        "Error (criu/image.c:210): Unable to write 4096 bytes: No space left on device"
+    log.write_text("(00.1) Dumping finished successfully\n")
+    assert tool.first_criu_error(log) == ""
+    assert tool.first_criu_error(tmp_path / "missing.log") == ""
