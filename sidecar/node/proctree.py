@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -134,6 +135,22 @@ def upper_dir(pid: int, proc: Path = Path("/proc")) -> Path | None:
             if opt.startswith("upperdir="):
                 return Path(opt.split("=", 1)[1])
     return None
+
+
+def tmpfs_mount_points(pid: int, proc: Path = Path("/proc")) -> set[str]:
+    """Where process `pid` sees a tmpfs mounted, as paths in its own root."""
+    try:
+        lines = (proc / str(pid) / "mountinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    found = set()
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and right.split()[:1] == ["tmpfs"]:
+            # mountinfo escapes space, tab, newline and backslash as octal
+            found.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return found
 
 
 def nspid(pid: int, proc: Path = Path("/proc")) -> list[int]:

@@ -25,13 +25,13 @@ from sidecar.errors import (
     IoUringUnsupported,
 )
 from sidecar.node import criu, freezer, proctree, runc, versions
-from sidecar.node.discovery import RUNNING, RuncContainer
+from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, retention, transfer
 from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
 from sidecar.ops.limits import Limits, admit, dump_estimate
-from sidecar.storage import rootfs_diff, signing, store
+from sidecar.storage import memory_volumes, rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue
 from sidecar.storage.paths import client_path
 
@@ -86,6 +86,19 @@ class _Stopper:
                           self.what)
         finally:
             os.close(self.pidfd)
+
+
+def memory_volumes_of(target: RuncContainer) -> list[tuple[str, str]]:
+    """(destination, host source) of the container's memory-backed volumes (/dev/shm, emptyDir
+    with medium Memory), which go with its checkpoint (storage/memory_volumes.py). None for a
+    process that shares the helper's own root: its /dev/shm is not a container's."""
+    try:
+        if os.path.samestat(os.stat(f"/proc/{target.pid}/root"), os.stat("/")):
+            return []
+        spec = load_spec(target)
+    except (OSError, ValueError):
+        return []
+    return memory_volumes.memory_backed(spec, proctree.tmpfs_mount_points(target.pid))
 
 
 def utc_now() -> str:
@@ -181,7 +194,8 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
         options = choose_options(config, target, tree, leave_running)
         # the quota before anything is frozen or written: about what the dump adds, held
         # until the checkpoint is listed (507 quota_exceeded otherwise)
-        estimate = dump_estimate(tree, proctree.upper_dir(target.pid) if with_rootfs else None)
+        estimate = dump_estimate(tree, proctree.upper_dir(target.pid) if with_rootfs else None) \
+            + memory_volumes.size_estimate(target.pid, [d for d, _ in memory_volumes_of(target)])
         with ExitStack() as until_stopped:
             until_stopped.enter_context((limits or Limits()).reserve(
                 config, estimate, f"checkpoint of {namespace}/{sandbox}/{container}",
@@ -229,12 +243,14 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
 def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
           final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
           until_stopped: ExitStack, pod: dict[str, Any] | None = None,
-          held: _Stopper | bool = False, pod_checkpoint: dict[str, Any] | None = None
+          held: _Stopper | bool = False, pod_checkpoint: dict[str, Any] | None = None,
+          volumes: list[tuple[str, str]] | None = None
           ) -> tuple[store.CheckpointManifest, _Stopper | None]:
     """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
     left frozen until `until_stopped` is closed; the caller stops it with the _Stopper.
     `held`: the caller keeps the container frozen around this call (a whole-pod checkpoint);
-    without leave_running, the _Stopper it made."""
+    without leave_running, the _Stopper it made. `volumes`: the memory-backed volumes to carry
+    (None: all the container has)."""
     images_dir = temp_dir / store.IMAGES_DIR
     work_dir = temp_dir / "work"
     images_dir.mkdir(mode=store.DIR_MODE)
@@ -247,6 +263,9 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
         raise DumpFailed(f"cannot read the container's spec {spec_source}: {exc}") from exc
     # found while the process lives: without leave_running it is gone after the dump
     upper = proctree.upper_dir(target.pid) if with_rootfs else None
+    if volumes is None:
+        volumes = memory_volumes_of(target)
+    destinations = [destination for destination, _source in volumes]
     what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
     journal = config.checkpoint_dir / freezer.JOURNAL_NAME
     stop = not options.leave_running
@@ -269,7 +288,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                     # CRIU leaves it alive (and frozen); stopped once its checkpoint is listed
                     dump_options = replace(options, leave_running=True)
                     stopper = found
-            elif upper is not None:
+            elif upper is not None or destinations:
                 while_read.enter_context(freezer.frozen(target.pid, what, journal))
             else:
                 while_read.enter_context(freezer.remembered(target.pid, journal))
@@ -280,6 +299,8 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             # the container's changed files go with its memory, so open files exist on restore
             if upper is not None and upper.is_dir():
                 rootfs_diff.write_diff(upper, temp_dir)
+            # and its memory-backed volumes (/dev/shm, emptyDir medium Memory)
+            memory_volumes.write_volumes(target.pid, destinations, temp_dir)
         # thawed (unless it is to be stopped): the hashing of the last pages is not a pause
         pages_digests = pages_hasher.finish()
     try:
@@ -301,7 +322,8 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                 **({"pod_checkpoint": pod_checkpoint} if pod_checkpoint else {}),
             },
             tools=versions.tool_versions(config),
-            criu_options={**options.to_dict(), "with_rootfs": upper is not None},
+            criu_options={**options.to_dict(), "with_rootfs": upper is not None,
+                          "memory_volumes": destinations},
         )
         return store.finalize(temp_dir, final_dir, manifest, known=pages_digests,
                               key=signing.helper_key(config)), stopper
@@ -418,8 +440,16 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
         trees = [_runnable(t, namespace, sandbox, name) for t, name in zip(targets, names)]
         options = [choose_options(config, t, tree, leave_running)
                    for t, tree in zip(targets, trees)]
+        # a volume several containers share (the pod's /dev/shm) goes with the first of them
+        carried: set[str] = set()
+        volumes = []
+        for t in targets:
+            mine = [(d, src) for d, src in memory_volumes_of(t) if src not in carried]
+            carried.update(src for _d, src in mine)
+            volumes.append(mine)
         estimate = sum(dump_estimate(tree, proctree.upper_dir(t.pid) if with_rootfs else None)
-                       for t, tree in zip(targets, trees))
+                       + memory_volumes.size_estimate(t.pid, [d for d, _ in mine])
+                       for t, tree, mine in zip(targets, trees, volumes))
         pod_record = recorded_pod(containers.pods.get((namespace, sandbox)))
         journal = config.checkpoint_dir / freezer.JOURNAL_NAME
         with ExitStack() as until_stopped:
@@ -451,7 +481,8 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
                         manifest, _ = _dump(
                             config, containers.root, target, temp_dir, finals[index],
                             ids[index], options[index], with_rootfs, until_stopped, pod_record,
-                            held=stoppers[index] if stoppers else True, pod_checkpoint=group)
+                            held=stoppers[index] if stoppers else True, pod_checkpoint=group,
+                            volumes=volumes[index])
                     except BaseException:
                         shutil.rmtree(temp_dir, ignore_errors=True)
                         raise

@@ -1,0 +1,110 @@
+"""Memory-backed data travels with a checkpoint (storage/memory_volumes.py): a process keeps a
+1 MiB segment in the pod's /dev/shm and state in an emptyDir with `medium: Memory`, both held
+open; after `restore --new-pod` on the same node, and after `migrate --to-node` to node 2, the
+files are there with the same bytes and the restored process still holds them open. Without
+them CRIU cannot restore the process at all (the files it holds do not exist)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.lab import (
+    REPO,
+    Lab,
+    helper_daemonset_lock,
+    install_helpers,
+    pod_manifest,
+)
+
+VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+CHECKPOINT_DIR = Path("/var/lib/cedana/checkpoints")  # node 1's helper's, as the host sees it
+SCRIPT = ("head -c 1048576 /dev/urandom > /dev/shm/segment && "
+          "head -c 65536 /dev/urandom > /mem/state && "
+          "exec 3</dev/shm/segment 4</mem/state && exec /usr/local/bin/counter /mem/counter 100")
+FILES = ("/dev/shm/segment", "/mem/state")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed(lab: Lab) -> Iterator[None]:
+    with helper_daemonset_lock():
+        install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/cedana/memory-volumes")
+        yield
+
+
+def cedana(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    return subprocess.run(["kubectl", "cedana", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def memory_pod(name: str) -> dict[str, Any]:
+    pod = pod_manifest(name, ["/bin/sh", "-c", SCRIPT])
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "mem", "mountPath": "/mem"}]
+    pod["spec"]["volumes"] = [{"name": "mem", "emptyDir": {"medium": "Memory"}}]
+    return pod
+
+
+def sums(lab: Lab, namespace: str, pod: str) -> dict[str, str]:
+    out = lab.kubectl("-n", namespace, "exec", pod, "--", "sha256sum", *FILES).stdout
+    return {path: digest for digest, path in (line.split() for line in out.splitlines())}
+
+
+def held_open(lab: Lab, namespace: str, pod: str) -> list[str]:
+    """What the counter process holds as fds 3 and 4, as its container sees it."""
+    out = lab.kubectl("-n", namespace, "exec", pod, "--", "sh", "-c",
+                      "for p in $(pidof counter); do readlink /proc/$p/fd/3; readlink /proc/$p/fd/4; "
+                      "done").stdout
+    return out.split()
+
+
+def started(lab: Lab, namespace: str, name: str) -> tuple[dict[str, str], int]:
+    lab.apply(memory_pod(name), namespace)
+    lab.wait_pod_running(namespace, name)
+    lab.wait_log(namespace, name, r"count=5\b")
+    assert held_open(lab, namespace, name) == list(FILES)
+    count = max(int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, name)))
+    return sums(lab, namespace, name), count
+
+
+def assert_carried(lab: Lab, namespace: str, pod: str, before: dict[str, str],
+                   count: int) -> None:
+    first = int(lab.wait_log(namespace, pod, r"count=(\d+)").group(1))
+    assert first >= count  # memory: it goes on, not from 0
+    lab.wait_log(namespace, pod, rf"count={first + 3}\b")
+    assert sums(lab, namespace, pod) == before  # the bytes, in /dev/shm and the memory volume
+    assert held_open(lab, namespace, pod) == list(FILES)  # and the restored process holds them
+
+
+def test_dev_shm_and_memory_volumes_come_back_with_the_process(lab: Lab,
+                                                                namespace: str) -> None:
+    before, count = started(lab, namespace, "keeper")
+    taken = cedana(lab, "-n", namespace, "checkpoint", "keeper", "--leave-running",
+                   "--storage", "local", "-o", "json")
+    assert taken.returncode == 0, taken.stderr
+    status = json.loads(taken.stdout)["status"]
+    listed = json.loads((CHECKPOINT_DIR / status["checkpointID"] / "memory-volumes.json")
+                        .read_text())
+    assert sorted(v["destination"] for v in listed) == ["/dev/shm", "/mem"]
+    restored = cedana(lab, "-n", namespace, "restore", json.loads(taken.stdout)["metadata"]
+                      ["name"], "--new-pod", "keeper-2")
+    assert restored.returncode == 0, restored.stderr
+    assert_carried(lab, namespace, "keeper-2", before, count)
+    # the source is untouched by the restore: its files are its own
+    assert sums(lab, namespace, "keeper") == before
+
+
+def test_memory_volumes_move_to_the_second_node(lab: Lab, namespace: str) -> None:
+    before, count = started(lab, namespace, "mover")
+    moved = cedana(lab, "-n", namespace, "migrate", "mover", "--to-node", lab.node2_name,
+                   "--delete-source", "-o", "json")
+    assert moved.returncode == 0, moved.stderr
+    new_pod = json.loads(moved.stdout)["status"]["podName"]
+    assert lab.pod(namespace, new_pod)["spec"]["nodeName"] == lab.node2_name
+    assert_carried(lab, namespace, new_pod, before, count)
