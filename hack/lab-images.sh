@@ -44,3 +44,12 @@ printf 'this file is deleted by the rootfs test\n' >"$w/data/doomed.txt"
 python3 "$here/build_image.py" --tree "$w" --name "$WORKLOAD_IMAGE" --out "$out/workload.tar" \
   --cmd '["/bin/sh"]' >/dev/null
 import "$out/workload.tar" "$WORKLOAD_IMAGE"
+
+# static: one static binary and nothing else (no shell, no sleep), like a Go or Rust service
+# on scratch or distroless; its entrypoint is the counter
+s="$work/static"
+mkdir -p "$s"
+gcc -static -O2 -o "$s/counter" "$here/images/counter.c"
+python3 "$here/build_image.py" --tree "$s" --name "$STATIC_IMAGE" --out "$out/static.tar" \
+  --entrypoint '["/counter", "/counter.txt", "200"]' >/dev/null
+import "$out/static.tar" "$STATIC_IMAGE"

@@ -74,7 +74,16 @@ def report_error(exc: BaseException, debug: bool) -> int:
         message, code = exc.one_line(), int(exc.exit_code)
         body = getattr(exc, "body", None)
         if debug and body:
-            stderr_line(f"debug: status {body}")
+            criu_log = body.get("criuLog") if isinstance(body, dict) else None
+            shown = {k: v for k, v in body.items() if k != "criuLog"} \
+                if isinstance(body, dict) else body
+            stderr_line(f"debug: status {shown}")
+            if criu_log:
+                where = body.get("criuLogPath") or "the helper's checkpoint directory"
+                stderr_line(f"debug: the end of CRIU's log ({where} on node "
+                            f"{body.get('node') or '?'}):")
+                for line in str(criu_log).splitlines():
+                    stderr_line(f"debug:   {line}")
     else:
         message = f"{type(exc).__name__}: {exc}"
         if not debug:

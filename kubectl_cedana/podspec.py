@@ -1,6 +1,6 @@
 """Pure functions over pod objects (dicts as the API server returns them), shared by the plugin
-and the node helper: reading a container's status and runtime ID, building the placeholder
-("sleeping") pod a checkpoint is restored into, and judging whether that placeholder runs.
+and the node helper: reading a container's status and runtime ID, and building the placeholder
+("sleeping") pod a checkpoint is restored into.
 
 The node helper creates the placeholder of a Restore with `newPod` (and of a Migration) from
 the pod spec it recorded when it took the checkpoint; it imports this module through
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubectl_cedana.contract import (
@@ -22,8 +22,19 @@ from kubectl_cedana.contract import (
     SOURCE_POD_KEY,
 )
 
-#: the placeholder's command: a shell that only sleeps (the image must contain /bin/sh)
+#: the placeholder's command without a pause image: a shell that only sleeps (the workload's
+#: image must then contain /bin/sh)
 SLEEP_COMMAND = ["/bin/sh", "-c", "while true; do sleep 3600; done"]
+#: with a pause image (the node helper's): an init container copies its static cedana-pause
+#: into an emptyDir every placeholder container mounts here, and runs it; nothing is needed
+#: from the workload's image (sidecar/pause/cedana-pause.c)
+PAUSE_DIR = "/.cedana"
+PAUSE_VOLUME = "cedana-placeholder"
+PAUSE_PROGRAM = PAUSE_DIR + "/cedana-pause"
+PAUSE_SOURCE = "/usr/local/bin/cedana-pause"
+#: how long the startup probe gives the restore (then the kubelet restarts the container,
+#: which runs the program afresh)
+RESTORE_WINDOW_S = 3600
 
 #: pod annotations that change how the container is confined; the restored process inherits
 #: the placeholder's confinement, so these follow the spec
@@ -39,19 +50,11 @@ _DROPPED_SPEC_FIELDS = ("initContainers", "ephemeralContainers", "nodeSelector",
                         "schedulingGates")
 _DROPPED_CONTAINER_FIELDS = ("args", "livenessProbe", "readinessProbe", "startupProbe",
                              "lifecycle")
-#: container states that will not turn into "running" by waiting
-_HOPELESS_WAITING = {"ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-                     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
-                     "CrashLoopBackOff"}
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 class PodSpecError(ValueError):
     """A pod object cannot serve what was asked (no such container, ...)."""
-
-
-class PlaceholderFailed(PodSpecError):
-    """The placeholder pod will not run, whatever one waits for."""
 
 
 def parse_container_id(container_id: str | None) -> tuple[str, str]:
@@ -104,20 +107,67 @@ def valid_label_value(value: str) -> bool:
     return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
 
 
-def _sleeper(template: Mapping[str, Any]) -> dict[str, Any]:
+def _sleeper(template: Mapping[str, Any], pause: bool = False,
+             command: Sequence[str] | None = None, sidecar: bool = False) -> dict[str, Any]:
+    """The placeholder of one container. With `pause`: cedana-pause sleeps in it until the
+    helper restores the program beside it; its startup probe holds the source's liveness and
+    readiness probes back until then; a restart of the container runs `command` (the program
+    as the source ran it) afresh. preStop hooks stay; postStart hooks would poke the placeholder.
+    A native `sidecar` gets no probes: the kubelet starts the pod's containers only once its
+    startup probe passed, which would be never before the restore.
+    Without: a sleeping /bin/sh, no probes, no hooks."""
     sleeper = dict(template)
-    for key in _DROPPED_CONTAINER_FIELDS:
-        sleeper.pop(key, None)
-    sleeper["command"] = list(SLEEP_COMMAND)
+    if not pause:
+        for key in _DROPPED_CONTAINER_FIELDS:
+            sleeper.pop(key, None)
+        sleeper["command"] = list(SLEEP_COMMAND)
+    else:
+        name = str(template.get("name") or "")
+        if command is None:
+            command = [*(template.get("command") or []), *(template.get("args") or [])]
+        for key in ("args", "startupProbe"):
+            sleeper.pop(key, None)
+        pre_stop = (template.get("lifecycle") or {}).get("preStop")
+        sleeper.pop("lifecycle", None)
+        if pre_stop:
+            sleeper["lifecycle"] = {"preStop": pre_stop}
+        sleeper["command"] = [PAUSE_PROGRAM, "run", name,
+                              *(["--", *command] if command else [])]
+        if sidecar:
+            for key in ("livenessProbe", "readinessProbe"):
+                sleeper.pop(key, None)
+        else:
+            sleeper["startupProbe"] = {"exec": {"command": [PAUSE_PROGRAM, "restored"]},
+                                       "periodSeconds": 1, "timeoutSeconds": 5,
+                                       "failureThreshold": RESTORE_WINDOW_S}
+        sleeper["volumeMounts"] = [*(template.get("volumeMounts") or []),
+                                   {"name": PAUSE_VOLUME, "mountPath": PAUSE_DIR}]
     if sleeper.get("ports"):
         sleeper["ports"] = [{k: v for k, v in port.items() if k not in ("hostPort", "hostIP")}
                             for port in sleeper["ports"]]
     return sleeper
 
 
+def _pause_init(image: str) -> dict[str, Any]:
+    """The init container that puts cedana-pause where the placeholder's containers run it."""
+    return {"name": PAUSE_VOLUME, "image": image, "imagePullPolicy": "IfNotPresent",
+            "command": ["cp", PAUSE_SOURCE, PAUSE_PROGRAM],
+            "volumeMounts": [{"name": PAUSE_VOLUME, "mountPath": PAUSE_DIR}],
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                          "limits": {"memory": "64Mi"}},
+            "securityContext": {"runAsUser": 65534, "runAsGroup": 65534, "runAsNonRoot": True,
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"}}}
+
+
 def build_placeholder_pod(source: Mapping[str, Any], container: str | None, name: str, *,
                           node: str, checkpoint_id: str = "", namespace: str = "",
-                          annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+                          annotations: Mapping[str, str] | None = None,
+                          pause_image: str = "",
+                          commands: Mapping[str, Sequence[str]] | None = None
+                          ) -> dict[str, Any]:
     """A pod that can receive a checkpoint of `container` of `source` (None: of every container
     of a whole-pod checkpoint): same images, env, mounts, volumes, resources and security
     settings, but the commands only sleep.
@@ -125,7 +175,13 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str | None, name
     - only the checkpointed containers are kept: one container, or for a whole pod its
       containers and native sidecars (restartable init containers, kept as such); ordinary init
       containers already ran in the source, other containers would start afresh, not restored;
-    - probes and lifecycle hooks are removed: they would judge or poke a sleeping shell;
+    - with `pause_image` (what the node helpers do) the containers run cedana-pause, copied by
+      an init container from that image, so the workload's image needs nothing (no shell);
+      the source's liveness and readiness probes are kept behind a startup probe that passes
+      once the restored program runs; a restart runs the program afresh (`commands`: each
+      container's program as the source ran it; default its spec's command and args);
+    - without it the containers run a sleeping /bin/sh, and probes and lifecycle hooks are
+      removed: they would judge or poke a sleeping shell;
     - hostPort is removed from ports (the source may still hold it on the same node);
     - the pod is pinned to `node` with spec.nodeName (a local checkpoint lives on that node's
       disk), so scheduling constraints are dropped;
@@ -135,12 +191,18 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str | None, name
     """
     source_spec = copy.deepcopy(dict(source.get("spec") or {}))
     spec = {k: v for k, v in source_spec.items() if k not in _DROPPED_SPEC_FIELDS}
+    pause = bool(pause_image)
+    commands = commands or {}
+
+    def sleeper(template: Mapping[str, Any]) -> dict[str, Any]:
+        return _sleeper(template, pause, commands.get(str(template.get("name") or "")),
+                        sidecar=is_native_sidecar(template))
+
+    sidecars: list[dict[str, Any]] = []
     if container is None:
-        spec["containers"] = [_sleeper(c) for c in source_spec.get("containers") or []]
-        sidecars = [_sleeper(c) for c in source_spec.get("initContainers") or []
+        spec["containers"] = [sleeper(c) for c in source_spec.get("containers") or []]
+        sidecars = [sleeper(c) for c in source_spec.get("initContainers") or []
                     if is_native_sidecar(c)]
-        if sidecars:
-            spec["initContainers"] = sidecars
         if not spec["containers"]:
             raise PodSpecError(f'pod "{pod_name(source)}" has no containers')
     else:
@@ -148,7 +210,13 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str | None, name
                          if c.get("name") == container), None)
         if template is None:
             raise PodSpecError(f'container "{container}" not found in pod "{pod_name(source)}"')
-        spec["containers"] = [_sleeper(template)]
+        spec["containers"] = [sleeper(template)]
+    if pause:
+        spec["volumes"] = [*(spec.get("volumes") or []),
+                           {"name": PAUSE_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}}]
+        sidecars = [_pause_init(pause_image), *sidecars]
+    if sidecars:
+        spec["initContainers"] = sidecars
     spec["nodeName"] = node
 
     source_name = pod_name(source)
@@ -183,40 +251,3 @@ def checkpoint_metadata_patch(checkpoint_id: str) -> dict[str, Any]:
     if valid_label_value(checkpoint_id):
         patch["metadata"]["labels"] = {CHECKPOINT_ID_KEY: checkpoint_id}
     return patch
-
-
-def placeholder_running(pod: Mapping[str, Any], container: str) -> tuple[bool, str]:
-    """(True, "") once the placeholder's container runs; (False, what it waits for) before.
-
-    Raises PlaceholderFailed for states that waiting will not fix (image missing, no /bin/sh,
-    the pod rejected by the kubelet, ...).
-    """
-    name = pod_name(pod)
-    status = pod.get("status") or {}
-    phase = str(status.get("phase") or "Pending")
-    if phase in ("Failed", "Succeeded"):
-        reason = status.get("reason") or ""
-        message = status.get("message") or ""
-        raise PlaceholderFailed(f'placeholder pod "{name}" ended (phase {phase}'
-                                f"{', ' + reason if reason else ''})"
-                                f"{': ' + message if message else ''}")
-    cstatus = container_status(pod, container)
-    state = cstatus.get("state") or {}
-    if "running" in state and phase == "Running":
-        return True, ""
-    for terminated in (state.get("terminated"), (cstatus.get("lastState") or {})
-                       .get("terminated")):
-        if terminated:
-            raise PlaceholderFailed(
-                f'the placeholder\'s container "{container}" exited '
-                f"({terminated.get('reason') or 'exit code ' + str(terminated.get('exitCode'))}"
-                f"{': ' + terminated['message'] if terminated.get('message') else ''}); "
-                "the placeholder runs /bin/sh, which an image without a shell cannot host: "
-                "prepare a sleeping pod yourself and restore into it")
-    waiting = state.get("waiting") or {}
-    reason = str(waiting.get("reason") or "")
-    if reason in _HOPELESS_WAITING:
-        message = waiting.get("message") or ""
-        raise PlaceholderFailed(f'placeholder pod "{name}" cannot start: {reason}'
-                                f"{': ' + message if message else ''}")
-    return False, reason or phase

@@ -1,8 +1,11 @@
 """`cedana-helper`: the node helper's command line (serve, version)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,6 +33,23 @@ from sidecar.config import (
 from sidecar.node import cgroups, tool
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def own_image(kube: Any) -> str | None:
+    """The image of this helper's own container, from its pod (POD_NAMESPACE and POD_NAME,
+    which the DaemonSet sets from the downward API); None outside a pod or unreadable."""
+    namespace, name = os.environ.get("POD_NAMESPACE"), os.environ.get("POD_NAME")
+    if not namespace or not name:
+        return None
+    try:
+        pod = kube.get_pod(namespace, name) or {}
+    except Exception as exc:  # noqa: BLE001 - the API may be unreachable at start
+        logging.getLogger("sidecar").warning("cannot read this helper's pod: %s", exc)
+        return None
+    containers = (pod.get("spec") or {}).get("containers") or []
+    chosen = next((c for c in containers if c.get("name") == "helper"), None) or \
+        (containers[0] if containers else {})
+    return str(chosen.get("image") or "") or None
 
 
 @click.group()
@@ -96,6 +116,12 @@ def main() -> None:
 @click.option("--reconcile/--no-reconcile", default=True, show_default=True,
               help="Act on the cedana.io Checkpoint, Restore and Migration objects of this node "
                    "(needs the Kubernetes API).")
+@click.option("--placeholder-image", default="", envvar="CEDANA_PLACEHOLDER_IMAGE",
+              metavar="IMAGE",
+              help="Image holding /usr/local/bin/cedana-pause, which placeholder pods run so "
+                   "that they need nothing from the workload's image. Default: this helper's "
+                   "own image, read from its pod (POD_NAMESPACE, POD_NAME); none: placeholders "
+                   "run /bin/sh from the workload's image.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 # -- checkpoint authenticity and size limits (docs/security.md) --
@@ -148,7 +174,8 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
           docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
-          max_total_bytes: int, authorization: str, reconcile: bool, log_level: str,
+          max_total_bytes: int, authorization: str, reconcile: bool, placeholder_image: str,
+          log_level: str,
           signing_key_file: Path | None, max_checkpoint_bytes: int,
           max_layer_bytes: int, max_operations: int, max_operations_per_namespace: int,
           max_checkpoint_dir_bytes: int | None, header_timeout_s: float, body_timeout_s: float,
@@ -192,6 +219,9 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
         logging.getLogger("sidecar").warning(
             "no Kubernetes API: containers are known by their runtime's annotations only, "
             "not checked against their pods")
+    if kube is not None:
+        config = dataclasses.replace(
+            config, placeholder_image=placeholder_image or own_image(kube) or "")
     try:
         verifier = build_verifier(authorization, kube)
     except RuntimeError as exc:
@@ -268,3 +298,4 @@ def show_version() -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -125,6 +125,8 @@ class HelperConfig:
     keep_alive_timeout_s: int = DEFAULT_KEEP_ALIVE_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    # the image placeholder pods copy cedana-pause from ("": they run /bin/sh of the workload)
+    placeholder_image: str = ""
 
     @property
     def allowed_runtime_roots(self) -> tuple[Path, ...]:

@@ -101,6 +101,34 @@ def memory_volumes_of(target: RuncContainer) -> list[tuple[str, str]]:
     return memory_volumes.memory_backed(spec, proctree.tmpfs_mount_points(target.pid))
 
 
+#: where the CRIU logs of failed dumps are kept (the checkpoint directory's own subdirectory),
+#: and how many of them
+FAILED_LOGS_DIR = ".failed-logs"
+FAILED_LOGS_KEPT = 20
+
+
+def keep_failed_log(config: HelperConfig, temp_dir: Path, checkpoint_id: str,
+                    exc: BaseException) -> None:
+    """Before a failed dump's directory goes: keep CRIU's log (the newest FAILED_LOGS_KEPT
+    are kept) and name it in the error (`log_path`), so it stays reachable."""
+    source = temp_dir / "work" / runc.DUMP_LOG
+    if not isinstance(exc, HelperError) or not source.is_file():
+        return
+    logs = config.checkpoint_dir / FAILED_LOGS_DIR
+    try:
+        logs.mkdir(mode=store.DIR_MODE, exist_ok=True)
+        kept = logs / f"{checkpoint_id}-dump.log"
+        shutil.copyfile(source, kept)
+        os.chmod(kept, 0o600)
+        for old in sorted(logs.glob("*-dump.log"), key=lambda p: p.stat().st_mtime)[
+                :-FAILED_LOGS_KEPT]:
+            old.unlink(missing_ok=True)
+    except OSError as error:  # a full disk, say: the error keeps the tail
+        log.warning("cannot keep the failed dump's log %s: %s", source, error)
+        return
+    exc.extra.setdefault("log_path", str(kept))
+
+
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -210,7 +238,8 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                 manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
                                           checkpoint_id, options, with_rootfs, until_stopped,
                                           recorded_pod(containers.pods.get((namespace, sandbox))))
-            except BaseException:
+            except BaseException as exc:
+                keep_failed_log(config, temp_dir, checkpoint_id, exc)
                 shutil.rmtree(temp_dir, ignore_errors=True)
                 raise
             size = store.directory_size(final_dir)
@@ -483,7 +512,8 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
                             ids[index], options[index], with_rootfs, until_stopped, pod_record,
                             held=stoppers[index] if stoppers else True, pod_checkpoint=group,
                             volumes=volumes[index])
-                    except BaseException:
+                    except BaseException as exc:
+                        keep_failed_log(config, temp_dir, ids[index], exc)
                         shutil.rmtree(temp_dir, ignore_errors=True)
                         raise
                     written.append(finals[index])

@@ -18,12 +18,19 @@ from sidecar.config import HelperConfig
 from sidecar.errors import (
     ContainerNotFound,
     ContainerNotRunning,
+    HelperError,
     InvalidRequest,
     KubernetesUnavailable,
 )
 from sidecar.kube.api import KubeAPI
 from sidecar.node import proctree
-from sidecar.node.discovery import RuncContainer, find_container, list_containers, validate_root
+from sidecar.node.discovery import (
+    RuncContainer,
+    find_container,
+    list_containers,
+    load_spec,
+    validate_root,
+)
 from sidecar.ops.context import Helper
 
 log = logging.getLogger(__name__)
@@ -146,3 +153,20 @@ def recorded_pod(pod: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"metadata": {k: meta[k] for k in ("name", "namespace", "uid", "labels",
                                                "annotations", "ownerReferences") if k in meta},
             "spec": pod.get("spec") or {}}
+
+
+def programs_of(helper: Helper, namespace: str, pod: str, names: list[str]
+                ) -> dict[str, list[str]]:
+    """Each named container's program as it runs (its OCI spec's process.args, the image's
+    entrypoint included), for those found: what a placeholder runs afresh when restarted."""
+    found = {}
+    containers = containers_of(helper, None)
+    for name in names:
+        try:
+            process = load_spec(containers.find(namespace, pod, name)).get("process") or {}
+        except (HelperError, OSError, ValueError, AttributeError):
+            continue
+        args = process.get("args") if isinstance(process, dict) else None
+        if isinstance(args, list) and args:
+            found[name] = [str(a) for a in args]
+    return found

@@ -432,6 +432,18 @@ def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: s
         return answer
 
 
+def program_of(config: HelperConfig, checkpoint_id: str) -> list[str] | None:
+    """The program a checkpointed container ran (its OCI spec's process.args, which include the
+    image's entrypoint): what its placeholder runs afresh when the kubelet restarts it. None
+    when the checkpoint is not on this node or has no spec."""
+    try:
+        directory = Path(str(Catalogue(config.checkpoint_dir).get(checkpoint_id)["path"]))
+        args = (store.read_json(directory / "spec.dump").get("process") or {}).get("args")
+    except (CheckpointNotFound, OSError, ValueError, AttributeError):
+        return None
+    return [str(a) for a in args] if isinstance(args, list) and args else None
+
+
 def pod_members(manifest: store.CheckpointManifest) -> list[tuple[str, str]]:
     """(container, checkpoint id) of each member of the whole-pod checkpoint a (verified)
     manifest belongs to, in the order they are restored; [] for a one-container checkpoint."""

@@ -108,7 +108,18 @@ def failed(obj: dict[str, Any], code: str, message: str, **fields: Any) -> dict[
             **fields}
 
 
+#: at most this much of CRIU's log goes into an object's status (its end: the failure)
+STATUS_LOG_BYTES = 8192
+
+
 def failed_with(obj: dict[str, Any], exc: HelperError, **fields: Any) -> dict[str, Any]:
+    """Failed with the helper's error; a CRIU failure also carries the end of CRIU's log
+    (`criuLog`) and where the whole log is kept on the node (`criuLogPath`)."""
+    tail = str(exc.extra.get("log_tail") or "")
+    if tail:
+        fields.setdefault("criuLog", tail[-STATUS_LOG_BYTES:])
+    if exc.extra.get("log_path"):
+        fields.setdefault("criuLogPath", str(exc.extra["log_path"]))
     return failed(obj, exc.code, exc.message, **fields)
 
 

@@ -31,6 +31,7 @@ from sidecar.errors import (
 from sidecar.kube.objects import Conflict
 from sidecar.ops import checkpoint, restore
 from sidecar.ops.access import UNRESTRICTED
+from sidecar.ops.containers import programs_of
 from sidecar.reconcile.checkpoints import RETRY_S, Retry, containers_of, retry_after
 from sidecar.reconcile.common import (
     MIGRATIONS,
@@ -146,6 +147,8 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
     # the new pod runs before anything stops: the pause is the dump, transfer and restore only
     body = podspec.build_placeholder_pod(source, None if whole_pod else names[0], new_pod,
                                          node=target_node,
+                                         pause_image=ctx.helper.config.placeholder_image,
+                                         commands=programs_of(ctx.helper, namespace, pod, names),
                                          checkpoint_id=checkpoint_id, namespace=namespace,
                                          annotations={MADE_FOR_ANNOTATION: str(md["uid"])})
     try:

@@ -130,9 +130,18 @@ def make_placeholder(ctx: Ctx, obj: dict[str, Any], manifest: store.CheckpointMa
                      name: str, node: str) -> None:
     """The new pod of spec.newPod (or a Migration), from the pod the checkpoint recorded."""
     md = meta(obj)
+    config = ctx.helper.config
     recorded = manifest.source.get("pod_object")
     members = restore.pod_members(manifest)
     container = None if members else str(manifest.source.get("container") or "")
+    # each container's program, for a restart of the placeholder (members pulled here first)
+    commands = {}
+    for member, member_id in members or [(str(container), manifest.checkpoint_id)]:
+        if member_id != manifest.checkpoint_id:
+            transfer.ensure_local(config, member_id)
+        program = restore.program_of(config, member_id)
+        if program:
+            commands[member] = program
     if not recorded:
         raise InvalidRequest(
             f"checkpoint {manifest.checkpoint_id} records no pod spec to make a new pod from; "
@@ -140,7 +149,8 @@ def make_placeholder(ctx: Ctx, obj: dict[str, Any], manifest: store.CheckpointMa
     try:
         body = podspec.build_placeholder_pod(
             recorded, container, name, node=node, checkpoint_id=manifest.checkpoint_id,
-            namespace=str(md["namespace"]), annotations={MADE_FOR_ANNOTATION: str(md["uid"])})
+            namespace=str(md["namespace"]), annotations={MADE_FOR_ANNOTATION: str(md["uid"])},
+            pause_image=config.placeholder_image, commands=commands)
     except podspec.PodSpecError as exc:
         raise InvalidRequest(str(exc)) from exc
     try:

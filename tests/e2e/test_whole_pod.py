@@ -102,8 +102,9 @@ def assert_restored_as_one_moment(lab: Lab, namespace: str, pod: str,
     """Each container goes on from its own state, and the states are of one moment."""
     obj = lab.pod(namespace, pod)
     assert [c["name"] for c in obj["spec"]["containers"]] == ["writer", "ballast", "reader"]
+    # first the init container that brings the placeholder's cedana-pause, then the sidecar
     assert [(c["name"], c.get("restartPolicy")) for c in obj["spec"]["initContainers"]] == \
-        [("side", "Always")]
+        [("cedana-placeholder", None), ("side", "Always")]
     writer = first_after_restore(lab, namespace, pod, "writer", "count")
     reader = first_after_restore(lab, namespace, pod, "reader", "seen")
     side = first_after_restore(lab, namespace, pod, "side", "count")

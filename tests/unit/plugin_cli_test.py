@@ -184,3 +184,24 @@ def test_debug_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hint_and_message_are_joined_on_one_line() -> None:
     error = errors.CedanaError("first\nsecond", hint="do\nthis")
     assert error.one_line() == "first second (do this)"
+
+
+def test_debug_shows_the_end_of_criu_s_log(capsys: pytest.CaptureFixture[str]) -> None:
+    status = {"phase": "Failed", "node": "n1", "errorCode": "dump_failed",
+              "message": "CRIU: Error (criu/namespaces.c:1): Can't dump nested pid namespace",
+              "criuLog": "(00.1) Error (criu/namespaces.c:1): Can't dump nested pid namespace\n"
+                         "(00.2) Error (criu/cr-dump.c:2): Dumping FAILED.",
+              "criuLogPath": "/var/lib/cedana/checkpoints/.failed-logs/x-dump.log"}
+    failed = errors.ResourceFailed("checkpoint ns/c failed", code="dump_failed", node="n1",
+                                   body=status)
+    report_error(failed, debug=False)
+    quiet = capsys.readouterr().err
+    assert "CRIU's log" not in quiet and len(quiet.splitlines()) == 1
+    report_error(failed, debug=True)
+    lines = capsys.readouterr().err.splitlines()
+    start = lines.index("debug: the end of CRIU's log "
+                        "(/var/lib/cedana/checkpoints/.failed-logs/x-dump.log on node n1):")
+    assert lines[start + 1:start + 3] == [
+        "debug:   (00.1) Error (criu/namespaces.c:1): Can't dump nested pid namespace",
+        "debug:   (00.2) Error (criu/cr-dump.c:2): Dumping FAILED."]
+    assert not any("criuLog'" in line for line in lines)  # not twice, in the status dump

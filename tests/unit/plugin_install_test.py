@@ -183,7 +183,8 @@ def test_daemonset_spec() -> None:
         "/var/lib/cedana/checkpoints", "--runtime-root", "/run/containerd/runc/k8s.io",
         "--signing-key", "/etc/cedana/signing-key/key"]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
-    assert env == {"NODE_NAME": "spec.nodeName"}
+    assert env == {"NODE_NAME": "spec.nodeName", "POD_NAMESPACE": "metadata.namespace",
+                   "POD_NAME": "metadata.name"}
     # the node's loopback only: no pod reaches the port; kubelet probes it there
     assert container["readinessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/healthz",
                                                       "port": 1324}

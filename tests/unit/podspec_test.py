@@ -9,12 +9,10 @@ import pytest
 
 from kubectl_cedana.podspec import (
     SLEEP_COMMAND,
-    PlaceholderFailed,
     PodSpecError,
     build_placeholder_pod,
     checkpoint_metadata_patch,
     parse_container_id,
-    placeholder_running,
     pod_containers,
 )
 from tests.unit.plugin_fakeapi import make_pod
@@ -116,31 +114,6 @@ def test_placeholder_unknown_container() -> None:
         build_placeholder_pod(make_pod("a"), "nope", "copy", node="n1")
 
 
-def _placeholder(phase: str, state: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"metadata": {"name": "copy"},
-            "status": {"phase": phase, "containerStatuses": [dict(name="main", state=state,
-                                                                  **extra)]}}
-
-
-def test_placeholder_running_states() -> None:
-    assert placeholder_running(_placeholder("Running", {"running": {}}), "main") == (True, "")
-    assert placeholder_running(_placeholder("Pending", {"waiting": {
-        "reason": "ContainerCreating"}}), "main") == (False, "ContainerCreating")
-    assert placeholder_running({"metadata": {"name": "copy"}, "status": {}}, "main") == \
-        (False, "Pending")
-    with pytest.raises(PlaceholderFailed, match="ErrImageNeverPull"):
-        placeholder_running(_placeholder("Pending", {"waiting": {
-            "reason": "ErrImageNeverPull", "message": "no image"}}), "main")
-    with pytest.raises(PlaceholderFailed, match="ended \\(phase Failed, OutOfcpu\\)"):
-        placeholder_running({"metadata": {"name": "copy"},
-                             "status": {"phase": "Failed", "reason": "OutOfcpu"}}, "main")
-    with pytest.raises(PlaceholderFailed) as no_shell:
-        placeholder_running(_placeholder("Running", {"terminated": {
-            "reason": "StartError", "exitCode": 128,
-            "message": 'exec: "/bin/sh": stat /bin/sh: no such file'}}), "main")
-    assert "/bin/sh" in str(no_shell.value) and "sleeping pod" in str(no_shell.value)
-
-
 def test_the_shared_module_needs_only_the_standard_library() -> None:
     """The helper imports it (the layering test holds it to the standard library too)."""
     import subprocess
@@ -185,3 +158,39 @@ def test_a_one_container_placeholder_has_no_init_containers() -> None:
     body = build_placeholder_pod(_with_sidecar(), "app", "counter-restored", node="n2")
     assert [c["name"] for c in body["spec"]["containers"]] == ["app"]
     assert "initContainers" not in body["spec"]
+
+
+def test_a_pause_placeholder_needs_nothing_from_the_image_and_keeps_the_probes() -> None:
+    source = _with_sidecar()
+    app = source["spec"]["containers"][0]
+    app["lifecycle"] = {"preStop": {"exec": {"command": ["drain"]}},
+                        "postStart": {"exec": {"command": ["warm"]}}}
+    body = build_placeholder_pod(source, None, "copy", node="n2",
+                                 pause_image="reg/cedana/helper:1",
+                                 commands={"app": ["/app", "--serve"]})
+    spec = body["spec"]
+    init, mesh = spec["initContainers"]
+    # the init container copies cedana-pause from the helper's image, as nobody, read-only
+    assert init["image"] == "reg/cedana/helper:1"
+    assert init["command"] == ["cp", "/usr/local/bin/cedana-pause", "/.cedana/cedana-pause"]
+    assert init["securityContext"]["runAsNonRoot"] is True
+    assert {"name": "cedana-placeholder", "emptyDir": {"sizeLimit": "16Mi"}} in spec["volumes"]
+    app_sleeper, sidecar_container = spec["containers"]
+    # runs cedana-pause; a restart runs the program as the source ran it (the OCI args given)
+    assert app_sleeper["command"] == ["/.cedana/cedana-pause", "run", "app", "--",
+                                      "/app", "--serve"]
+    assert "args" not in app_sleeper
+    # the source's probes stay, behind a startup probe that waits for the restored program
+    assert app_sleeper["livenessProbe"] == app["livenessProbe"]
+    assert app_sleeper["readinessProbe"] == app["readinessProbe"]
+    assert app_sleeper["startupProbe"]["exec"]["command"] == ["/.cedana/cedana-pause",
+                                                              "restored"]
+    assert app_sleeper["lifecycle"] == {"preStop": {"exec": {"command": ["drain"]}}}
+    assert {"name": "cedana-placeholder", "mountPath": "/.cedana"} in \
+        app_sleeper["volumeMounts"]
+    # without a given program: the spec's command and args
+    assert sidecar_container["command"][:4] == ["/.cedana/cedana-pause", "run", "sidecar", "--"]
+    assert sidecar_container["command"][4:] == ["/bin/counter", "--fast"]
+    # a native sidecar gets no probes: the kubelet would hold the pod's containers back
+    assert mesh["restartPolicy"] == "Always" and "startupProbe" not in mesh
+    assert "readinessProbe" not in mesh

@@ -110,9 +110,32 @@ def test_failed_dump_leaves_nothing_and_carries_the_log_tail(
     assert "consider using --tcp-established" in tail[-1]
     assert "criu failed" in err.value.extra["stderr_tail"]
     assert err.value.status == 500
-    assert list(config.checkpoint_dir.iterdir()) == [] or \
-        all(p.name.startswith(".catalogue") for p in config.checkpoint_dir.iterdir())
+    # the message names CRIU's first error, not runc's closing line
+    assert "CRIU: Error (criu/sk-inet.c:188): inet: Connected TCP socket" in err.value.message
+    # nothing of the checkpoint is left; CRIU's whole log is kept, and the error says where
+    kept = Path(err.value.extra["log_path"])
+    assert kept.parent == config.checkpoint_dir / ".failed-logs"
+    whole = kept.read_text().splitlines()
+    assert len(whole) == 101 and "consider using --tcp-established" in whole[-1]
+    assert all(p.name.startswith((".catalogue", ".failed-logs"))
+               for p in config.checkpoint_dir.iterdir())
     assert Catalogue(config.checkpoint_dir).list() == []
+
+
+def test_only_the_newest_failed_logs_are_kept(env: tuple[HelperConfig, Path]) -> None:
+    config, root = env
+    (Path(config.runc_path).parent / "runc-fail").touch()
+    logs = config.checkpoint_dir / ".failed-logs"
+    logs.mkdir(parents=True)
+    for i in range(25):
+        old = logs / f"old-{i:02d}-dump.log"
+        old.write_text("old")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    with pytest.raises(DumpFailed) as err:
+        checkpoint_container(config, Containers(root), "default", POD, "counter", None, True)
+    left = sorted(p.name for p in logs.iterdir())
+    assert len(left) == 20 and Path(err.value.extra["log_path"]).name in left
+    assert "old-05-dump.log" not in left and "old-24-dump.log" in left
 
 
 def test_existing_destination_is_refused(env: tuple[HelperConfig, Path]) -> None:

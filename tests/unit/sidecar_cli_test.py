@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 from click.testing import CliRunner
 
 from sidecar.cli import main
@@ -58,3 +59,19 @@ def test_json_log_line_carries_extra_fields() -> None:
     assert line["message"] == "POST /checkpoint 200"
     assert (line["method"], line["status"], line["checkpoint_id"]) == ("POST", 200, "abc")
     assert line["level"] == "info" and "color_message" not in line
+
+
+def test_the_placeholder_image_is_the_helpers_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.cli import own_image
+
+    class Kube:
+        def get_pod(self, namespace: str, name: str) -> dict[str, object]:
+            assert (namespace, name) == ("cedana-system", "cedana-helper-x1")
+            return {"spec": {"containers": [{"name": "log", "image": "busybox"},
+                                            {"name": "helper", "image": "reg/helper:2"}]}}
+
+    monkeypatch.delenv("POD_NAME", raising=False)
+    assert own_image(Kube()) is None  # not in a pod: placeholders run /bin/sh
+    monkeypatch.setenv("POD_NAMESPACE", "cedana-system")
+    monkeypatch.setenv("POD_NAME", "cedana-helper-x1")
+    assert own_image(Kube()) == "reg/helper:2"
