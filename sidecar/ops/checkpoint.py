@@ -129,6 +129,32 @@ def keep_failed_log(config: HelperConfig, temp_dir: Path, checkpoint_id: str,
     exc.extra.setdefault("log_path", str(kept))
 
 
+def catalogue_entry(config: HelperConfig, manifest: store.CheckpointManifest, final_dir: Path,
+                    target: RuncContainer, size: int, options: runc.DumpOptions,
+                    processes: list[proctree.TreeProcess], *, leave_running: bool,
+                    with_rootfs: bool, **extra: Any) -> dict[str, Any]:
+    """What the catalogue lists of a complete checkpoint."""
+    return {
+        "id": manifest.checkpoint_id,
+        "path": str(final_dir),
+        "namespace": target.namespace,
+        "pod": target.sandbox_name,
+        "container": target.container_name,
+        "container_id": target.container_id,
+        "image": target.image,
+        "node": config.node_name,
+        "size_bytes": size,
+        "created": manifest.created,
+        "leave_running": leave_running,
+        "status": "complete",
+        "options": options.to_dict(),
+        "with_rootfs": with_rootfs,
+        "processes": [{"pid": p.pid, "name": p.name} for p in processes],
+        "restores": [],
+        **extra,
+    }
+
+
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -243,24 +269,9 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                 shutil.rmtree(temp_dir, ignore_errors=True)
                 raise
             size = store.directory_size(final_dir)
-            Catalogue(config.checkpoint_dir).add({
-                "id": checkpoint_id,
-                "path": str(final_dir),
-                "namespace": namespace,
-                "pod": sandbox,
-                "container": container,
-                "container_id": target.container_id,
-                "image": target.image,
-                "node": config.node_name,
-                "size_bytes": size,
-                "created": manifest.created,
-                "leave_running": leave_running,
-                "status": "complete",
-                "options": options.to_dict(),
-                "with_rootfs": with_rootfs,
-                "processes": [{"pid": p.pid, "name": p.name} for p in processes],
-                "restores": [],
-            })
+            Catalogue(config.checkpoint_dir).add(catalogue_entry(
+                config, manifest, final_dir, target, size, options, processes,
+                leave_running=leave_running, with_rootfs=with_rootfs))
             if stopper is not None:
                 stopper.kill()  # dies as it is thawed, on leaving the block
     duration_ms = int((time.monotonic() - started) * 1000)
@@ -527,25 +538,9 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
             for target, tree, option, manifest, final_dir in zip(targets, trees, options,
                                                                   manifests, finals):
                 size = store.directory_size(final_dir)
-                entries.append({
-                    "id": manifest.checkpoint_id,
-                    "path": str(final_dir),
-                    "namespace": namespace,
-                    "pod": sandbox,
-                    "container": target.container_name,
-                    "container_id": target.container_id,
-                    "image": target.image,
-                    "node": config.node_name,
-                    "size_bytes": size,
-                    "created": manifest.created,
-                    "leave_running": leave_running,
-                    "status": "complete",
-                    "options": option.to_dict(),
-                    "with_rootfs": with_rootfs,
-                    "processes": [{"pid": p.pid, "name": p.name} for p in tree],
-                    "restores": [],
-                    "pod_checkpoint": pod_id,
-                })
+                entries.append(catalogue_entry(
+                    config, manifest, final_dir, target, size, option, tree,
+                    leave_running=leave_running, with_rootfs=with_rootfs, pod_checkpoint=pod_id))
                 results.append(CheckpointResult(manifest.checkpoint_id, final_dir, size, 0,
                                                 option.to_dict(), target))
             Catalogue(config.checkpoint_dir).add_all(entries)  # all members, or none

@@ -64,6 +64,14 @@ def install_helpers(lab: "Lab", *args: str) -> None:
     assert installed.returncode == 0, installed.stderr
 
 
+def cedana(lab: "Lab", *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`kubectl cedana ARGS` with this checkout's plugin, as a user runs it."""
+    venv_bin = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+    env = {**lab.env(), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    return subprocess.run(["kubectl", "cedana", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
 def ensure_lab_up() -> None:
     """Bring the lab up unless it runs; a file lock keeps parallel test workers from racing."""
     LAB_DIR.mkdir(parents=True, exist_ok=True)

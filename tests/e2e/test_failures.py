@@ -4,17 +4,14 @@ keeps it and names where the whole log is kept on the node, and the workload run
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.lab import REPO, Lab, helper_daemonset_lock, install_helpers, pod_manifest
+from tests.e2e.lab import Lab, cedana, helper_daemonset_lock, install_helpers, pod_manifest
 
-VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 #: what CRIU 4.x says of a process tree with a pid namespace of its own inside the container
 NESTED = "Can't dump nested pid namespace"
 
@@ -24,12 +21,6 @@ def installed(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
         install_helpers(lab)
         yield
-
-
-def cedana(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    return subprocess.run(["kubectl", "cedana", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def test_criu_s_reason_reaches_the_user_and_its_log_stays(lab: Lab, namespace: str) -> None:

@@ -6,9 +6,7 @@ them CRIU cannot restore the process at all (the files it holds do not exist).""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +14,13 @@ from typing import Any
 import pytest
 
 from tests.e2e.lab import (
-    REPO,
+    cedana,
     Lab,
     helper_daemonset_lock,
     install_helpers,
     pod_manifest,
 )
 
-VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 CHECKPOINT_DIR = Path("/var/lib/cedana/checkpoints")  # node 1's helper's, as the host sees it
 SCRIPT = ("head -c 1048576 /dev/urandom > /dev/shm/segment && "
           "head -c 65536 /dev/urandom > /mem/state && "
@@ -36,12 +33,6 @@ def installed(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
         install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/cedana/memory-volumes")
         yield
-
-
-def cedana(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    return subprocess.run(["kubectl", "cedana", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def memory_pod(name: str) -> dict[str, Any]:

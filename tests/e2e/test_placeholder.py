@@ -6,19 +6,15 @@ kubelet restart the container, which then runs the program afresh."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.lab import REPO, Lab, helper_daemonset_lock, install_helpers, pod_manifest
+from tests.e2e.lab import Lab, cedana, helper_daemonset_lock, install_helpers, pod_manifest
 
-VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 STATIC_IMAGE = "docker.io/cedana-lab/static:1"  # hack/lab-images.sh: /counter and nothing else
 PAUSE = "/.cedana/cedana-pause"
 
@@ -28,12 +24,6 @@ def installed(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
         install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/cedana/placeholder")
         yield
-
-
-def cedana(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    return subprocess.run(["kubectl", "cedana", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def counts(lab: Lab, namespace: str, pod: str) -> list[int]:

@@ -13,9 +13,7 @@ pod-wide freeze is taken out.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +27,8 @@ from sidecar.ops.checkpoint import checkpoint_pod_containers
 from sidecar.ops.containers import Containers
 from sidecar.storage.catalogue import Catalogue
 from tests.e2e.lab import (
+    cedana,
     LAB_DIR,
-    REPO,
     RUNC_ROOT,
     WORKLOAD_IMAGE,
     Lab,
@@ -40,7 +38,6 @@ from tests.e2e.lab import (
 )
 from tests.e2e.test_faults import tmpfs
 
-VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 CHECKPOINT_DIR = Path("/var/lib/cedana/checkpoints")  # node 1's helper's, as the host sees it
 READER = ("seen=0; while true; do echo seen=$seen; "
           "read v < /shared/a && [ -n \"$v\" ] && seen=$v; sleep 0.02; done")
@@ -51,12 +48,6 @@ def installed(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
         install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/cedana/whole-pod")
         yield
-
-
-def cedana(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**lab.env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    return subprocess.run(["kubectl", "cedana", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def whole_pod(name: str) -> dict[str, Any]:
