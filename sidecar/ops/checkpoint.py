@@ -31,7 +31,7 @@ from sidecar.ops import events, retention, transfer
 from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
 from sidecar.ops.limits import Limits, admit, dump_estimate
-from sidecar.storage import memory_volumes, rootfs_diff, signing, store
+from sidecar.storage import pod_volumes, rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue
 from sidecar.storage.paths import client_path
 
@@ -88,17 +88,17 @@ class _Stopper:
             os.close(self.pidfd)
 
 
-def memory_volumes_of(target: RuncContainer) -> list[tuple[str, str]]:
-    """(destination, host source) of the container's memory-backed volumes (/dev/shm, emptyDir
-    with medium Memory), which go with its checkpoint (storage/memory_volumes.py). None for a
-    process that shares the helper's own root: its /dev/shm is not a container's."""
+def volumes_of(target: RuncContainer) -> list[tuple[str, str]]:
+    """(destination, host source) of the container's emptyDir volumes and /dev/shm, which go
+    with its checkpoint (storage/pod_volumes.py). None for a process that shares the helper's
+    own root: its /dev/shm is not a container's."""
     try:
         if os.path.samestat(os.stat(f"/proc/{target.pid}/root"), os.stat("/")):
             return []
         spec = load_spec(target)
     except (OSError, ValueError):
         return []
-    return memory_volumes.memory_backed(spec, proctree.tmpfs_mount_points(target.pid))
+    return pod_volumes.carried(spec, proctree.tmpfs_mount_points(target.pid))
 
 
 #: where the CRIU logs of failed dumps are kept (the checkpoint directory's own subdirectory),
@@ -249,7 +249,7 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
         # the quota before anything is frozen or written: about what the dump adds, held
         # until the checkpoint is listed (507 quota_exceeded otherwise)
         estimate = dump_estimate(tree, proctree.upper_dir(target.pid) if with_rootfs else None) \
-            + memory_volumes.size_estimate(target.pid, [d for d, _ in memory_volumes_of(target)])
+            + pod_volumes.size_estimate(target.pid, [d for d, _ in volumes_of(target)])
         with ExitStack() as until_stopped:
             until_stopped.enter_context((limits or Limits()).reserve(
                 config, estimate, f"checkpoint of {namespace}/{sandbox}/{container}",
@@ -289,7 +289,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
     left frozen until `until_stopped` is closed; the caller stops it with the _Stopper.
     `held`: the caller keeps the container frozen around this call (a whole-pod checkpoint);
-    without leave_running, the _Stopper it made. `volumes`: the memory-backed volumes to carry
+    without leave_running, the _Stopper it made. `volumes`: the pod volumes to carry
     (None: all the container has)."""
     images_dir = temp_dir / store.IMAGES_DIR
     work_dir = temp_dir / "work"
@@ -304,7 +304,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     # found while the process lives: without leave_running it is gone after the dump
     upper = proctree.upper_dir(target.pid) if with_rootfs else None
     if volumes is None:
-        volumes = memory_volumes_of(target)
+        volumes = volumes_of(target)
     destinations = [destination for destination, _source in volumes]
     what = f"container {target.namespace}/{target.sandbox_name}/{target.container_name}"
     journal = config.checkpoint_dir / freezer.JOURNAL_NAME
@@ -339,8 +339,8 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             # the container's changed files go with its memory, so open files exist on restore
             if upper is not None and upper.is_dir():
                 rootfs_diff.write_diff(upper, temp_dir)
-            # and its memory-backed volumes (/dev/shm, emptyDir medium Memory)
-            memory_volumes.write_volumes(target.pid, destinations, temp_dir)
+            # and its pod volumes (emptyDirs, /dev/shm)
+            pod_volumes.write_volumes(target.pid, destinations, temp_dir)
         # thawed (unless it is to be stopped): the hashing of the last pages is not a pause
         pages_digests = pages_hasher.finish()
     try:
@@ -363,7 +363,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             },
             tools=versions.tool_versions(config),
             criu_options={**options.to_dict(), "with_rootfs": upper is not None,
-                          "memory_volumes": destinations},
+                          "volumes": destinations},
         )
         return store.finalize(temp_dir, final_dir, manifest, known=pages_digests,
                               key=signing.helper_key(config)), stopper
@@ -484,11 +484,11 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
         carried: set[str] = set()
         volumes = []
         for t in targets:
-            mine = [(d, src) for d, src in memory_volumes_of(t) if src not in carried]
+            mine = [(d, src) for d, src in volumes_of(t) if src not in carried]
             carried.update(src for _d, src in mine)
             volumes.append(mine)
         estimate = sum(dump_estimate(tree, proctree.upper_dir(t.pid) if with_rootfs else None)
-                       + memory_volumes.size_estimate(t.pid, [d for d, _ in mine])
+                       + pod_volumes.size_estimate(t.pid, [d for d, _ in mine])
                        for t, tree, mine in zip(targets, trees, volumes))
         pod_record = recorded_pod(containers.pods.get((namespace, sandbox)))
         journal = config.checkpoint_dir / freezer.JOURNAL_NAME

@@ -53,7 +53,7 @@ from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
 from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
 from sidecar.ops.limits import admit
-from sidecar.storage import memory_volumes, rootfs_diff, signing, store
+from sidecar.storage import pod_volumes, rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue, RestoredRegistry
 from sidecar.storage.paths import client_path
 
@@ -350,7 +350,7 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
             container_id=target.container_id) from exc
     # files first: the restored processes reopen the files they held
     rootfs_diff.apply_diff(checkpoint, Path(target.rootfs))
-    memory_volumes.apply_volumes(checkpoint, target.pid)  # /dev/shm, emptyDir medium Memory
+    pod_volumes.apply_volumes(checkpoint, target.pid)  # emptyDirs and /dev/shm
     netns_fd, stdio_fds, opened = _open_target_fds(target.pid, inherits)
     try:
         plan = criu.RestorePlan(

@@ -49,8 +49,8 @@ def test_checkpoint_writes_the_documented_layout(env: tuple[HelperConfig, Path])
     assert result.checkpoint_path == final
     assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()) == [
         "checkpoint/descriptors.json", "checkpoint/inventory.img", "checkpoint/pages-1.img",
-        "config.dump", "dump.log", "manifest.json", "memory-volumes.json", "spec.dump",
-        "stats-dump",
+        "config.dump", "dump.log", "manifest.json", "spec.dump", "stats-dump",
+        "volumes.json",
     ]
     assert (final / "spec.dump").read_bytes() == \
         (bundle_of(root, COUNTER) / "config.json").read_bytes()
@@ -73,7 +73,7 @@ def test_checkpoint_writes_the_documented_layout(env: tuple[HelperConfig, Path])
     assert manifest.criu_options["tcp_established"] is False
     recorded = dict(manifest.criu_options)
     assert recorded.pop("with_rootfs") is False  # the fake container has no overlay rootfs
-    assert recorded.pop("memory_volumes") == []  # nor a root (nor /dev/shm) of its own
+    assert recorded.pop("volumes") == []  # nor a root (nor /dev/shm) of its own
     assert result.options == recorded
     assert result.size_bytes == store.directory_size(final)
     assert not list(final.parent.glob(".tmp-*")) and not (final / "work").exists()

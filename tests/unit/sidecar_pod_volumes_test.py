@@ -1,8 +1,9 @@
-"""Which volumes count as memory-backed (the parsers of storage/memory_volumes.py and
+"""Which volumes go with a checkpoint (the parsers of storage/pod_volumes.py and
 proctree.tmpfs_mount_points); the real archive and restore run on the lab
-(tests/e2e/test_memory_volumes.py)."""
+(tests/e2e/test_pod_volumes.py)."""
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -10,12 +11,12 @@ import pytest
 
 from sidecar.errors import RestoreFailed
 from sidecar.node import proctree
-from sidecar.storage import memory_volumes
+from sidecar.storage import pod_volumes
 
 EMPTY_DIR = "/var/lib/kubelet/pods/0f8f/volumes/kubernetes.io~empty-dir/"
 
 
-def test_shm_and_memory_empty_dirs_count_secrets_and_disk_volumes_do_not() -> None:
+def test_shm_and_empty_dirs_go_secrets_and_the_nodes_shm_do_not() -> None:
     spec = {"mounts": [
         {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/sb/shm"},
         {"destination": "/cache", "type": "bind", "source": EMPTY_DIR + "cache"},
@@ -24,10 +25,14 @@ def test_shm_and_memory_empty_dirs_count_secrets_and_disk_volumes_do_not() -> No
          "source": "/var/lib/kubelet/pods/0f8f/volumes/kubernetes.io~projected/token"},
         {"destination": "/proc", "type": "proc", "source": "proc"},
     ]}
-    # /scratch is a disk emptyDir (not a tmpfs); the token is a tmpfs but not ours to carry
+    # /cache is a memory emptyDir, /scratch one on disk; the token is a tmpfs, not ours to carry
     tmpfs = {"/dev/shm", "/cache", "/dev", "/var/run/secrets/kubernetes.io/serviceaccount"}
-    assert memory_volumes.memory_backed(spec, tmpfs) == [
-        ("/dev/shm", "/run/containerd/sb/shm"), ("/cache", EMPTY_DIR + "cache")]
+    assert pod_volumes.carried(spec, tmpfs) == [
+        ("/dev/shm", "/run/containerd/sb/shm"), ("/cache", EMPTY_DIR + "cache"),
+        ("/scratch", EMPTY_DIR + "scratch")]
+    # hostIPC: /dev/shm is the node's own
+    host_ipc = {"mounts": [{"destination": "/dev/shm", "type": "bind", "source": "/dev/shm"}]}
+    assert pod_volumes.carried(host_ipc, tmpfs) == []
 
 
 def test_tmpfs_mount_points_from_mountinfo(tmp_path: Path) -> None:
@@ -49,11 +54,24 @@ def test_a_member_that_climbs_out_of_its_volume_is_refused(name: str, link: str)
     if link:
         member.type, member.linkname = tarfile.LNKTYPE, link
     with pytest.raises(RestoreFailed):
-        memory_volumes._below(member, "dev/shm")
+        pod_volumes._below(member, "dev/shm")
 
 
 def test_members_are_named_below_the_volume() -> None:
     member = tarfile.TarInfo("dir/file")
-    assert memory_volumes._below(member, "mem").name == "mem/dir/file"
+    assert pod_volumes._below(member, "mem").name == "mem/dir/file"
     with pytest.raises(RestoreFailed):
-        memory_volumes._rel("/..")
+        pod_volumes._rel("/..")
+
+
+def test_the_size_estimate_counts_the_files_not_the_filesystem(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 1000)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b").write_bytes(b"y" * 513)
+    (tmp_path / "link").symlink_to("/etc/passwd")  # counted as an entry, never followed
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        # 4 entries' headers, 1000 bytes in 2 blocks, 513 in 2
+        assert pod_volumes._tree_bytes(fd) == 4 * 3 * 512 + 2 * 512 + 2 * 512
+    finally:
+        os.close(fd)

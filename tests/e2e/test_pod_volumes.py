@@ -1,8 +1,9 @@
-"""Memory-backed data travels with a checkpoint (storage/memory_volumes.py): a process keeps a
-1 MiB segment in the pod's /dev/shm and state in an emptyDir with `medium: Memory`, both held
-open; after `restore --new-pod` on the same node, and after `migrate --to-node` to node 2, the
-files are there with the same bytes and the restored process still holds them open. Without
-them CRIU cannot restore the process at all (the files it holds do not exist)."""
+"""The pod's own volumes travel with a checkpoint (storage/pod_volumes.py): a process keeps a
+1 MiB segment in the pod's /dev/shm, state in an emptyDir with `medium: Memory` and a log in an
+emptyDir on disk, all held open; after `restore --new-pod` on the same node, and after `migrate
+--to-node` to node 2, the files are there with the same bytes and the restored process still
+holds them open. Without them CRIU cannot restore the process at all (the files it holds do not
+exist in a new pod)."""
 from __future__ import annotations
 
 import json
@@ -23,9 +24,10 @@ from tests.e2e.lab import (
 
 CHECKPOINT_DIR = Path("/var/lib/cedana/checkpoints")  # node 1's helper's, as the host sees it
 SCRIPT = ("head -c 1048576 /dev/urandom > /dev/shm/segment && "
-          "head -c 65536 /dev/urandom > /mem/state && "
-          "exec 3</dev/shm/segment 4</mem/state && exec /usr/local/bin/counter /mem/counter 100")
-FILES = ("/dev/shm/segment", "/mem/state")
+          "head -c 65536 /dev/urandom > /mem/state && head -c 65536 /dev/urandom > /disk/log && "
+          "exec 3</dev/shm/segment 4</mem/state 5>>/disk/log && "
+          "exec /usr/local/bin/counter /mem/counter 100")
+FILES = ("/dev/shm/segment", "/mem/state", "/disk/log")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,8 +39,10 @@ def installed(lab: Lab) -> Iterator[None]:
 
 def memory_pod(name: str) -> dict[str, Any]:
     pod = pod_manifest(name, ["/bin/sh", "-c", SCRIPT])
-    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "mem", "mountPath": "/mem"}]
-    pod["spec"]["volumes"] = [{"name": "mem", "emptyDir": {"medium": "Memory"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "mem", "mountPath": "/mem"},
+                                                    {"name": "disk", "mountPath": "/disk"}]
+    pod["spec"]["volumes"] = [{"name": "mem", "emptyDir": {"medium": "Memory"}},
+                              {"name": "disk", "emptyDir": {}}]
     return pod
 
 
@@ -48,9 +52,10 @@ def sums(lab: Lab, namespace: str, pod: str) -> dict[str, str]:
 
 
 def held_open(lab: Lab, namespace: str, pod: str) -> list[str]:
-    """What the counter process holds as fds 3 and 4, as its container sees it."""
+    """What the counter process holds as fds 3, 4 and 5, as its container sees it."""
     out = lab.kubectl("-n", namespace, "exec", pod, "--", "sh", "-c",
-                      "for p in $(pidof counter); do readlink /proc/$p/fd/3; readlink /proc/$p/fd/4; "
+                      "for p in $(pidof counter); do for fd in 3 4 5; do readlink /proc/$p/fd/$fd; "
+                      "done; "
                       "done").stdout
     return out.split()
 
@@ -69,20 +74,20 @@ def assert_carried(lab: Lab, namespace: str, pod: str, before: dict[str, str],
     first = int(lab.wait_log(namespace, pod, r"count=(\d+)").group(1))
     assert first >= count  # memory: it goes on, not from 0
     lab.wait_log(namespace, pod, rf"count={first + 3}\b")
-    assert sums(lab, namespace, pod) == before  # the bytes, in /dev/shm and the memory volume
+    assert sums(lab, namespace, pod) == before  # the bytes, in /dev/shm and both emptyDirs
     assert held_open(lab, namespace, pod) == list(FILES)  # and the restored process holds them
 
 
-def test_dev_shm_and_memory_volumes_come_back_with_the_process(lab: Lab,
+def test_dev_shm_and_pod_volumes_come_back_with_the_process(lab: Lab,
                                                                 namespace: str) -> None:
     before, count = started(lab, namespace, "keeper")
     taken = cedana(lab, "-n", namespace, "checkpoint", "keeper", "--leave-running",
                    "--storage", "local", "-o", "json")
     assert taken.returncode == 0, taken.stderr
     status = json.loads(taken.stdout)["status"]
-    listed = json.loads((CHECKPOINT_DIR / status["checkpointID"] / "memory-volumes.json")
+    listed = json.loads((CHECKPOINT_DIR / status["checkpointID"] / "volumes.json")
                         .read_text())
-    assert sorted(v["destination"] for v in listed) == ["/dev/shm", "/mem"]
+    assert sorted(v["destination"] for v in listed) == ["/dev/shm", "/disk", "/mem"]
     restored = cedana(lab, "-n", namespace, "restore", json.loads(taken.stdout)["metadata"]
                       ["name"], "--new-pod", "keeper-2")
     assert restored.returncode == 0, restored.stderr
@@ -91,7 +96,7 @@ def test_dev_shm_and_memory_volumes_come_back_with_the_process(lab: Lab,
     assert sums(lab, namespace, "keeper") == before
 
 
-def test_memory_volumes_move_to_the_second_node(lab: Lab, namespace: str) -> None:
+def test_pod_volumes_move_to_the_second_node(lab: Lab, namespace: str) -> None:
     before, count = started(lab, namespace, "mover")
     moved = cedana(lab, "-n", namespace, "migrate", "mover", "--to-node", lab.node2_name,
                    "--delete-source", "-o", "json")

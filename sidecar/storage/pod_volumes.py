@@ -1,19 +1,22 @@
-"""Memory-backed volumes of a checkpointed container: its `/dev/shm` and its `emptyDir` volumes
-with `medium: Memory`. Their files live in RAM (tmpfs), outside the container's root filesystem
-and outside CRIU's images, and programs keep state there (PostgreSQL's shared memory segment,
-an inference server's cache, a lock file another container waits on).
+"""The pod's own volumes a checkpointed container uses: its `/dev/shm` (the pod's shared memory)
+and its `emptyDir` volumes, on disk or with `medium: Memory`. They belong to the pod, so a new
+pod starts with them empty, and they are outside both the container's root filesystem and CRIU's
+images; programs keep state there (PostgreSQL's shared memory segment, an inference server's
+cache, a log or lock file held open), and CRIU cannot restore a process holding a file that is
+not there.
 
-At checkpoint, in the freeze, each one's files are written to `memory-volume-N.tar` and listed
-in `memory-volumes.json` (`[{"destination": "/dev/shm", "archive": "memory-volume-0.tar"}]`);
-at restore they are put back into the target container's mounts at the same destinations
-before CRIU runs, so a file a restored process holds open is there with its bytes.
+At checkpoint, in the freeze, each one's files are written to `volume-N.tar` and listed in
+`volumes.json` (`[{"destination": "/dev/shm", "archive": "volume-0.tar"}]`); at restore they are
+put back into the target container's mounts at the same destinations before CRIU runs, so a file
+a restored process holds open is there with its bytes.
 
 Both sides go through the container's own root (`/proc/PID/root`), opened once; the mount is
 reached beneath it (storage/beneath.py), so a symlink in the image on the way to a mount point
 never leads to a host path. Files are read one directory descriptor at a time without following
 symlinks, and written with the one extractor (storage/tar.py): confined, setuid and setgid
 dropped, device nodes refused. Sockets, fifos and devices are not carried (CRIU handles those it
-can).
+can). Secrets, ConfigMaps, projected and persistent volumes come from the target pod's own
+objects and are never copied.
 """
 from __future__ import annotations
 
@@ -29,24 +32,24 @@ from sidecar.errors import DumpFailed, RestoreFailed
 from sidecar.storage.beneath import Root, open_dir
 from sidecar.storage.tar import Extractor
 
-MEMORY_VOLUMES = "memory-volumes.json"
-#: the mount of the pod's shared memory, and where the kubelet keeps emptyDir volumes
+VOLUMES_LIST = "volumes.json"
+#: the mount of the pod's shared memory (a bind of the sandbox's own), and where the kubelet
+#: keeps emptyDir volumes
 SHM = "/dev/shm"
 EMPTY_DIR_MARK = "/volumes/kubernetes.io~empty-dir/"
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def memory_backed(spec: dict[str, Any], tmpfs_mount_points: set[str]) -> list[tuple[str, str]]:
-    """(destination, host source) of the container's memory-backed volumes: a bind mount at
-    /dev/shm or of an emptyDir, which the container sees as a tmpfs. Secrets, ConfigMaps and
-    projected volumes are tmpfs too, but come from the target pod's own objects: never carried."""
+def carried(spec: dict[str, Any], tmpfs_mount_points: set[str]) -> list[tuple[str, str]]:
+    """(destination, host source) of the volumes that go with the container's checkpoint: its
+    emptyDir bind mounts, and /dev/shm when the container sees a tmpfs there (the pod's shared
+    memory; with hostIPC it would be the node's, and is not carried)."""
     found = []
     for mount in spec.get("mounts") or []:
         destination = posixpath.normpath(str(mount.get("destination") or ""))
         source = str(mount.get("source") or "")
-        if destination not in tmpfs_mount_points:
-            continue
-        if destination == SHM or EMPTY_DIR_MARK in source:
+        if EMPTY_DIR_MARK in source or (destination == SHM and SHM in tmpfs_mount_points
+                                        and source.rstrip("/") != SHM):
             found.append((destination, source))
     return found
 
@@ -55,21 +58,22 @@ def _rel(destination: str) -> str:
     """A destination as a normalised relative path below the container's root."""
     rel = posixpath.normpath("/" + destination).lstrip("/")
     if not rel or rel.startswith(".."):
-        raise RestoreFailed(f"memory volume destination {destination!r} is not a directory "
+        raise RestoreFailed(f"volume destination {destination!r} is not a directory "
                             "inside the container")
     return rel
 
 
 def size_estimate(pid: int, destinations: list[str]) -> int:
-    """About how many bytes the volumes' archives take: what their filesystems use."""
+    """About how many bytes the volumes' archives take: their regular files' sizes, rounded up
+    to tar's blocks, plus a header per entry (read beneath the container's root; nothing is
+    opened but directories)."""
     total = 0
     try:
         with Root(f"/proc/{pid}/root") as root:
             for destination in destinations:
                 fd = root.directory(_rel(destination))
                 try:
-                    vfs = os.fstatvfs(fd)
-                    total += (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
+                    total += _tree_bytes(fd)
                 finally:
                     os.close(fd)
     except (OSError, RestoreFailed):
@@ -77,14 +81,38 @@ def size_estimate(pid: int, destinations: list[str]) -> int:
     return total
 
 
+def _tree_bytes(dir_fd: int) -> int:
+    total = 0
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    total += 3 * tarfile.BLOCKSIZE
+                    if stat.S_ISREG(st.st_mode):
+                        total += -(-st.st_size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                    elif stat.S_ISDIR(st.st_mode):
+                        sub = open_dir(fd, entry.name)
+                        try:
+                            total += _tree_bytes(sub)
+                        finally:
+                            os.close(sub)
+                except OSError:
+                    continue  # gone or replaced meanwhile
+    finally:
+        os.close(fd)
+    return total
+
+
 def write_volumes(pid: int, destinations: list[str], dest_dir: Path) -> list[dict[str, str]]:
     """Archive each volume of process `pid` (seen from its root) into dest_dir; the list goes to
-    memory-volumes.json (written even when empty, so a restore knows there was nothing)."""
+    volumes.json (written even when empty, so a restore knows there was nothing)."""
     entries = []
     try:
         with Root(f"/proc/{pid}/root") if destinations else _Nothing() as root:
             for index, destination in enumerate(destinations):
-                archive = f"memory-volume-{index}.tar"
+                archive = f"volume-{index}.tar"
                 fd = root.directory(_rel(destination))
                 try:
                     with tarfile.open(dest_dir / archive, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -94,10 +122,10 @@ def write_volumes(pid: int, destinations: list[str], dest_dir: Path) -> list[dic
                 os.chmod(dest_dir / archive, 0o600)
                 entries.append({"destination": destination, "archive": archive})
     except (OSError, tarfile.TarError, RestoreFailed) as exc:
-        raise DumpFailed(f"cannot copy the container's memory-backed volumes "
+        raise DumpFailed(f"cannot copy the container's emptyDir and /dev/shm volumes "
                          f"({', '.join(destinations)}) into the checkpoint: {exc}") from exc
-    (dest_dir / MEMORY_VOLUMES).write_text(json.dumps(entries))
-    os.chmod(dest_dir / MEMORY_VOLUMES, 0o600)
+    (dest_dir / VOLUMES_LIST).write_text(json.dumps(entries))
+    os.chmod(dest_dir / VOLUMES_LIST, 0o600)
     return entries
 
 
@@ -161,16 +189,16 @@ def _add_file(tar: tarfile.TarFile, dir_fd: int, name: str, arcname: str) -> Non
 
 
 def apply_volumes(checkpoint: Path, pid: int) -> list[str]:
-    """Put a checkpoint's memory-backed volumes back into the target process's mounts at the
+    """Put a checkpoint's volumes back into the target process's mounts at the
     same destinations; returns the destinations. Every member is checked before anything is
     written; each is written beneath the target's root."""
-    listing = checkpoint / MEMORY_VOLUMES
+    listing = checkpoint / VOLUMES_LIST
     if not listing.exists():
         return []
     try:
         entries = json.loads(listing.read_text())
         restored = []
-        with Extractor(Path(f"/proc/{pid}/root"), source="the checkpoint's memory volumes",
+        with Extractor(Path(f"/proc/{pid}/root"), source="the checkpoint's volumes",
                        error=RestoreFailed) as into:
             for entry in entries:
                 rel = _rel(str(entry["destination"]))
@@ -184,7 +212,7 @@ def apply_volumes(checkpoint: Path, pid: int) -> list[str]:
                 restored.append("/" + rel)
             into.finish()
     except (OSError, ValueError, KeyError, TypeError, tarfile.TarError) as exc:
-        raise RestoreFailed(f"cannot put the checkpoint's memory-backed volumes back into the "
+        raise RestoreFailed(f"cannot put the checkpoint's volumes back into the "
                             f"target: {exc}") from exc
     return restored
 
@@ -195,12 +223,12 @@ def _below(member: tarfile.TarInfo, rel: str) -> tarfile.TarInfo:
     leaves the root, so `..` is refused here)."""
     parts = member.name.split("/")
     if member.name.startswith("/") or ".." in parts:
-        raise RestoreFailed(f"refusing path {member.name!r} from the checkpoint's memory volume "
+        raise RestoreFailed(f"refusing path {member.name!r} from the checkpoint's volume "
                             f"/{rel}: it leads outside the volume")
     member.name = f"{rel}/{member.name}"
     if member.islnk():
         if member.linkname.startswith("/") or ".." in member.linkname.split("/"):
             raise RestoreFailed(f"refusing hard link {member.name!r} to {member.linkname!r} "
-                                f"from the checkpoint's memory volume /{rel}")
+                                f"from the checkpoint's volume /{rel}")
         member.linkname = f"{rel}/{member.linkname}"
     return member
