@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,42 @@ def test_pod_volumes_move_to_the_second_node(lab: Lab, namespace: str) -> None:
     new_pod = json.loads(moved.stdout)["status"]["podName"]
     assert lab.pod(namespace, new_pod)["spec"]["nodeName"] == lab.node2_name
     assert_carried(lab, namespace, new_pod, before, count)
+
+
+def test_a_symlink_in_an_empty_dir_never_carries_a_host_file(lab: Lab, namespace: str) -> None:
+    """A tenant plants symlinks in its emptyDir to the host's files (through /proc/1/root, and
+    absolute ones, which the helper would resolve against the node's root if it followed them):
+    the checkpoint holds the links as links, not the files' bytes, and the restored pod gets
+    the same links back; nothing of the host is read into the checkpoint or written out."""
+    secret = Path("/etc/shadow").read_bytes().splitlines()[0]  # the node's, root's line
+    script = ("ln -s /proc/1/root/etc/shadow /disk/shadow && ln -s /etc/hostname /disk/host && "
+              "mkdir /disk/d && ln -s ../../../../../etc/hostname /disk/d/up && "
+              "exec /usr/local/bin/counter /mem/counter 100")
+    pod = memory_pod("planter")
+    pod["spec"]["containers"][0]["command"] = ["/bin/sh", "-c", script]
+    lab.apply(pod, namespace)
+    lab.wait_pod_running(namespace, "planter")
+    lab.wait_log(namespace, "planter", r"count=3\b")
+    taken = cedana(lab, "-n", namespace, "checkpoint", "planter", "--leave-running",
+                   "--storage", "local", "-o", "json")
+    assert taken.returncode == 0, taken.stderr
+    directory = CHECKPOINT_DIR / json.loads(taken.stdout)["status"]["checkpointID"]
+    (disk,) = [v for v in json.loads((directory / "volumes.json").read_text())
+               if v["destination"] == "/disk"]
+    with tarfile.open(directory / disk["archive"]) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["shadow"].issym() and members["shadow"].linkname == \
+            "/proc/1/root/etc/shadow"
+        assert members["host"].issym() and members["d/up"].issym()
+        assert all(not m.isfile() for m in members.values())
+    for archive in directory.glob("volume-*.tar"):
+        assert secret not in archive.read_bytes()
+    restored = cedana(lab, "-n", namespace, "restore", json.loads(taken.stdout)["metadata"]
+                      ["name"], "--new-pod", "planter-2")
+    assert restored.returncode == 0, restored.stderr
+    lab.wait_log(namespace, "planter-2", r"count=\d+")
+    links = lab.kubectl("-n", namespace, "exec", "planter-2", "--", "sh", "-c",
+                        "readlink /disk/shadow /disk/host /disk/d/up 2>/dev/null || "
+                        "for l in /disk/shadow /disk/host /disk/d/up; do readlink $l; done"
+                        ).stdout.split()
+    assert links == ["/proc/1/root/etc/shadow", "/etc/hostname", "../../../../../etc/hostname"]

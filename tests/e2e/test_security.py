@@ -627,7 +627,9 @@ def test_a_decompression_bomb_is_refused_with_nothing_written(world: World) -> N
     bomb = _bomb(4 * MAX_LAYER_BYTES)
     assert len(bomb[0]) < MAX_LAYER_BYTES // 64  # small on the wire
     ref = _crafted(world, "bomb", bomb)
-    disk_before = shutil.disk_usage(world.helper.checkpoint_dir).used
+    # what the helper and the container hold, not the whole disk (other tests write there)
+    rootfs_before = _rootfs_kib(world, target)
+    helper_before = _tree_bytes(world.helper.checkpoint_dir)
     answer = _apply(world, target, ref)
     assert _code(answer) == (422, "content_too_large"), answer.text
     assert answer.json()["limit_bytes"] == MAX_LAYER_BYTES
@@ -636,7 +638,18 @@ def test_a_decompression_bomb_is_refused_with_nothing_written(world: World) -> N
     leftovers = [p for p in world.helper.checkpoint_dir.rglob("*")
                  if p.is_file() and p.stat().st_size > 1 << 20]
     assert leftovers == []
-    assert shutil.disk_usage(world.helper.checkpoint_dir).used < disk_before + (8 << 20)
+    assert _tree_bytes(world.helper.checkpoint_dir) < helper_before + (8 << 20)
+    # and nothing of it in the container's root filesystem either
+    assert _rootfs_kib(world, target) < rootfs_before + 8 * 1024
+
+
+def _rootfs_kib(world: World, target: str) -> int:
+    """KiB the target container's root filesystem holds, as it sees it."""
+    return int(_exec(world, world.a, target, "du -sxk / | cut -f1").strip())
+
+
+def _tree_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
 # -- another namespace's containers --------------------------------------------------------------
