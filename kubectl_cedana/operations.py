@@ -63,19 +63,19 @@ class Started:
 
 # -- pods and containers ----------------------------------------------------------------------
 def resolve_checkpointed(kube: KubeClient, namespace: str, pod: str,
-                         container: str | None) -> tuple[str, str]:
-    """(node, container) of what a checkpoint or migration takes: the container -c names, the
-    pod's only one, or "" for every container of the pod (native sidecars too), which must
-    all run."""
+                         container: str | None) -> tuple[str, str, dict[str, Any]]:
+    """(node, container, the pod) of what a checkpoint or migration takes: the container -c
+    names, the pod's only one, or "" for every container of the pod (native sidecars too),
+    which must all run."""
     obj = kube.get_pod(namespace, pod)
     names = pod_containers(obj)
     if container or len(names) <= 1:
         ref = running_container(obj, select_container(obj, container))
-        return ref.node, ref.container
+        return ref.node, ref.container, obj
     node = running_pod(obj)
     for name in names:
         running_container(obj, name)
-    return node, ""
+    return node, "", obj
 
 
 def list_containers(kube: KubeClient, namespace: str | None) -> list[dict[str, Any]]:
@@ -126,7 +126,7 @@ def start_checkpoint(kube: KubeClient, namespace: str, pod: str, container: str 
                      dry_run: str = "none") -> Started:
     """A Checkpoint of the pod's running container (or, without -c on a pod of several, of
     all of them in one freeze), labelled with the pod's node."""
-    node, chosen = resolve_checkpointed(kube, namespace, pod, container)
+    node, chosen, _pod = resolve_checkpointed(kube, namespace, pod, container)
     spec: dict[str, Any] = {"podName": pod, "leaveRunning": leave_running,
                             "withRootfs": with_rootfs}
     if chosen:
@@ -217,8 +217,7 @@ def start_migration(kube: KubeClient, namespace: str, pod: str, container: str |
                     dry_run: str = "none") -> Started:
     """A Migration of the pod's running container (or of the whole pod), labelled with the
     source's node."""
-    node, chosen = resolve_checkpointed(kube, namespace, pod, container)
-    source = kube.get_pod(namespace, pod)
+    node, chosen, source = resolve_checkpointed(kube, namespace, pod, container)
     spec: dict[str, Any] = {"podName": pod, "deleteSource": delete_source}
     if chosen:
         spec["container"] = chosen

@@ -248,8 +248,9 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
         options = choose_options(config, target, tree, leave_running)
         # the quota before anything is frozen or written: about what the dump adds, held
         # until the checkpoint is listed (507 quota_exceeded otherwise)
+        volumes = volumes_of(target)
         estimate = dump_estimate(tree, proctree.upper_dir(target.pid) if with_rootfs else None) \
-            + pod_volumes.size_estimate(target.pid, [d for d, _ in volumes_of(target)])
+            + pod_volumes.size_estimate(target.pid, [d for d, _ in volumes])
         with ExitStack() as until_stopped:
             until_stopped.enter_context((limits or Limits()).reserve(
                 config, estimate, f"checkpoint of {namespace}/{sandbox}/{container}",
@@ -263,7 +264,8 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
             try:
                 manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
                                           checkpoint_id, options, with_rootfs, until_stopped,
-                                          recorded_pod(containers.pods.get((namespace, sandbox))))
+                                          recorded_pod(containers.pods.get((namespace, sandbox))),
+                                          volumes=volumes)
             except BaseException as exc:
                 keep_failed_log(config, temp_dir, checkpoint_id, exc)
                 shutil.rmtree(temp_dir, ignore_errors=True)
@@ -371,6 +373,19 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
         raise DumpFailed(f"cannot complete the checkpoint in {temp_dir}: {exc}") from exc
 
 
+def _push_or_keep(config: HelperConfig, checkpoint_id: str, path: Path, compression: str | None,
+                  kept: str, kept_id: str | None = None) -> transfer.RemoteCheckpoint:
+    """Push a listed checkpoint to the registry; a failure says that `kept` stays on this node
+    (and carries its id), for the caller to report."""
+    try:
+        return transfer.push(config, checkpoint_id, path,
+                             compression or config.default_compression)
+    except HelperError as exc:
+        exc.extra.update(checkpoint_id=kept_id or checkpoint_id)
+        exc.message += f" ({kept} is kept on this node)"
+        raise
+
+
 def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
                checkpoint_path: str | None, leave_running: bool, with_rootfs: bool = True,
                storage: str | None = None, compression: str | None = None,
@@ -393,12 +408,10 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
         pushed = None
         if remote:
             try:
-                pushed = transfer.push(config, result.checkpoint_id, result.checkpoint_path,
-                                       compression or config.default_compression)
+                pushed = _push_or_keep(config, result.checkpoint_id, result.checkpoint_path,
+                                       compression, f"checkpoint {result.checkpoint_id}")
             except HelperError as exc:
-                exc.extra.update(checkpoint_id=result.checkpoint_id,
-                                 checkpoint_path=str(result.checkpoint_path))
-                exc.message += f" (checkpoint {result.checkpoint_id} is kept on this node)"
+                exc.extra.update(checkpoint_path=str(result.checkpoint_path))
                 events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
                 raise
             answer["remote"] = pushed.to_dict()
@@ -577,12 +590,10 @@ def checkpoint_pod(helper: Helper, *, namespace: str, pod: str, containers: list
             pushed = None
             if remote:
                 try:
-                    pushed = transfer.push(config, member.checkpoint_id, member.checkpoint_path,
-                                           compression or config.default_compression)
+                    pushed = _push_or_keep(config, member.checkpoint_id, member.checkpoint_path,
+                                           compression, f"pod checkpoint {result.checkpoint_id}",
+                                           kept_id=result.checkpoint_id)
                 except HelperError as exc:
-                    exc.extra.update(checkpoint_id=result.checkpoint_id)
-                    exc.message += (f" (pod checkpoint {result.checkpoint_id} is kept on this "
-                                    "node)")
                     events.checkpoint_failed(helper.kube, namespace, pod, what, exc,
                                              requested_by)
                     raise

@@ -25,10 +25,10 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sidecar.config import DEFAULT_CHECKPOINT_DIR_SHARE, HelperConfig
-from sidecar.errors import QuotaExceeded, TooManyRequests
+from sidecar.errors import HelperError, QuotaExceeded, TooManyRequests
 from sidecar.node import proctree
 from sidecar.storage import rootfs_diff, store
 from sidecar.storage.catalogue import Catalogue
@@ -81,9 +81,7 @@ class Limits:
                 self._running += 1
                 self._by_namespace[namespace] += 1
         if refusal is not None:
-            log.warning("%s refused: %s", what, refusal.message,
-                        extra={"error_code": refusal.code, **refusal.extra})
-            raise refusal
+            _refuse(what, refusal)
         try:
             yield
         finally:
@@ -137,14 +135,19 @@ class Limits:
                 token = next(self._tokens)
                 self._reserved[token] = nbytes
         if refusal is not None:
-            log.warning("%s refused: %s", what, refusal.message,
-                        extra={"error_code": refusal.code, **refusal.extra})
-            raise refusal
+            _refuse(what, refusal)
         try:
             yield
         finally:
             with self._space_lock:
                 del self._reserved[token]
+
+
+def _refuse(what: str, refusal: HelperError) -> NoReturn:
+    """Log a limit's refusal (the helper's own record of who was turned away) and raise it."""
+    log.warning("%s refused: %s", what, refusal.message,
+                extra={"error_code": refusal.code, **refusal.extra})
+    raise refusal
 
 
 def quota_exceeded(config: HelperConfig, what: str, stored: int, reserved: int, needed: int,
