@@ -27,8 +27,10 @@ from sidecar.reconcile.common import (
     CHECKPOINTS,
     Ctx,
     audit,
+    describe,
     failed,
     failed_with,
+    log,
     meta,
     requested_by,
     running,
@@ -138,9 +140,16 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         ctx.objects.patch_status(CHECKPOINTS, obj, failed_with(
             obj, exc, checkpointID=checkpoint_id if kept else None))
         audit("checkpoint", obj, exc.code, checkpoint_id=checkpoint_id)
+        ctx.forget_failures(uid)
+        return
+    except Exception as exc:  # noqa: BLE001 - a defect or a passing fault: said, then retried
+        # the dump thawed the container and removed its partial files on the way out; left
+        # Running, the object would read as "the helper restarted" on the next pass
+        _unexpected(ctx, obj, exc)
         return
     finally:
         ctx.drop(uid)
+    ctx.forget_failures(uid)
     remote = answer.get("remote") or {}
     members = [{"name": m["name"], "checkpointID": m["checkpoint_id"],
                 "containerID": m["container_id"], "sizeBytes": m["size_bytes"],
@@ -160,6 +169,31 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     except (Conflict, Gone):
         pass  # found by status.checkpointID all the same
     audit("checkpoint", obj, "succeeded", checkpoint_id=checkpoint_id)
+
+
+#: unexpected errors (not the helper's own) on one object before it is Failed
+UNEXPECTED_ATTEMPTS = 3
+
+
+def _unexpected(ctx: Ctx, obj: dict[str, Any], exc: Exception) -> None:
+    """An error that is not one of the helper's (a defect, or a fault of the moment): logged
+    with its traceback, the object back to Pending to be tried again, and Failed with
+    internal_error and the error's own words after UNEXPECTED_ATTEMPTS."""
+    uid = str(meta(obj).get("uid"))
+    what = f"{type(exc).__name__}: {exc}"
+    log.error("checkpoint %s: unexpected error: %s", describe(obj), what, exc_info=exc)
+    attempts = ctx.count_failure(uid)
+    if attempts < UNEXPECTED_ATTEMPTS:
+        ctx.objects.patch_status(CHECKPOINTS, obj, {
+            "phase": Phase.PENDING, "checkpointID": None,
+            "message": f"trying again after an unexpected error in the node helper: {what}"})
+        raise Retry(RETRY_S * attempts) from None
+    ctx.forget_failures(uid)
+    ctx.objects.patch_status(CHECKPOINTS, obj, failed(
+        obj, Code.INTERNAL_ERROR, f"the node helper failed {attempts} times: {what} (nothing "
+        "was kept, and the container was left running as it was; the helper's log has the "
+        "traceback)", checkpointID=None))
+    audit("checkpoint", obj, Code.INTERNAL_ERROR)
 
 
 def _recover(ctx: Ctx, obj: dict[str, Any]) -> None:

@@ -39,6 +39,8 @@ class Ctx:
     #: uids of the objects this process is working on: one left Running by another process
     #: (a helper that died) is not among them
     mine: set[str] = field(default_factory=set)
+    #: unexpected failures so far, by object uid (sidecar/reconcile/checkpoints.py)
+    failures: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -56,6 +58,16 @@ class Ctx:
     def working_on(self, uid: str) -> bool:
         with self.lock:
             return uid in self.mine
+
+    def count_failure(self, uid: str) -> int:
+        """One more unexpected failure of the object's operation; how many so far."""
+        with self.lock:
+            self.failures[uid] = self.failures.get(uid, 0) + 1
+            return self.failures[uid]
+
+    def forget_failures(self, uid: str) -> None:
+        with self.lock:
+            self.failures.pop(uid, None)
 
 
 def meta(obj: dict[str, Any]) -> dict[str, Any]:
