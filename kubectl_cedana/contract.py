@@ -221,4 +221,6 @@ MIGRATION_ANNOTATION = ANNOTATION_PREFIX + "migration"
 #: annotation on a pod a helper made for a Restore or a Migration: that object's uid (a pod
 #: of that name made by anyone else is never touched)
 MADE_FOR_ANNOTATION = ANNOTATION_PREFIX + "made-for"
+#: Kubernetes' own: of a ReplicaSet's pods, the one with the lowest cost is removed first
+POD_DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 

@@ -28,6 +28,7 @@ INSTALL_FIX = "run `kubectl cedana install` (cluster admin)"
 #: ValidatingAdmissionPolicy is GA (admissionregistration.k8s.io/v1) from this version on
 MIN_KUBERNETES = (1, 30)
 POLICY = "cedana.io"  # the ValidatingAdmissionPolicy and its binding (admission.yaml)
+HELPER_PODS_POLICY = "cedana.io-helper-pods"  # what the helpers may patch on pods
 
 
 @dataclass(frozen=True)
@@ -129,30 +130,35 @@ def _check_crds(kube: KubeClient) -> list[dict[str, str]]:
     return rows
 
 
+#: what goes unchecked without each admission policy (admission.yaml)
+POLICIES = {POLICY: "cedana.io/requested-by and cross-namespace restores go unchecked",
+            HELPER_PODS_POLICY: "nothing limits the helpers' pod patches to taking a place"}
+
+
 def _check_admission(kube: KubeClient) -> list[dict[str, str]]:
     rows = []
     base = "/apis/admissionregistration.k8s.io/v1"
-    for plural, singular, kind in (
-            ("validatingadmissionpolicies", "validatingadmissionpolicy", "policy"),
-            ("validatingadmissionpolicybindings", "validatingadmissionpolicybinding",
-             "binding")):
-        scope = f"{singular}/{POLICY}"
-        try:
-            kube.request("GET", f"{base}/{plural}/{POLICY}")
-        except ApiNotFound:
-            rows.append(check("admission", scope, FAIL,
-                              f"no admission {kind}: cedana.io/requested-by and "
-                              f"cross-namespace restores go unchecked; {INSTALL_FIX}"))
-            continue
-        except PermissionDenied:
-            rows.append(check("admission", scope, WARN,
-                              "you may not read admission policies: ask an administrator "
-                              "to run `kubectl cedana doctor`"))
-            continue
-        except CedanaError as exc:
-            rows.append(check("admission", scope, FAIL, exc.one_line()))
-            continue
-        rows.append(check("admission", scope, OK, "present"))
+    for name, unchecked in POLICIES.items():
+        for plural, singular, kind in (
+                ("validatingadmissionpolicies", "validatingadmissionpolicy", "policy"),
+                ("validatingadmissionpolicybindings", "validatingadmissionpolicybinding",
+                 "binding")):
+            scope = f"{singular}/{name}"
+            try:
+                kube.request("GET", f"{base}/{plural}/{name}")
+            except ApiNotFound:
+                rows.append(check("admission", scope, FAIL,
+                                  f"no admission {kind}: {unchecked}; {INSTALL_FIX}"))
+                continue
+            except PermissionDenied:
+                rows.append(check("admission", scope, WARN,
+                                  "you may not read admission policies: ask an administrator "
+                                  "to run `kubectl cedana doctor`"))
+                continue
+            except CedanaError as exc:
+                rows.append(check("admission", scope, FAIL, exc.one_line()))
+                continue
+            rows.append(check("admission", scope, OK, "present"))
     return rows
 
 

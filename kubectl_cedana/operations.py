@@ -41,7 +41,7 @@ from kubectl_cedana.pods import (
     running_pod,
     select_container,
 )
-from kubectl_cedana.podspec import container_names, pod_containers, pod_name
+from kubectl_cedana.podspec import container_names, pod_containers, pod_name, take_place_refusal
 
 ProgressFn = Callable[[str], None]
 DRY_RUNS = ("none", "client", "server")
@@ -225,11 +225,10 @@ def start_migration(kube: KubeClient, namespace: str, pod: str, container: str |
         spec["targetNode"] = to_node
     if new_pod:
         spec["newPodName"] = new_pod
-    warnings = []
-    owners = (source.get("metadata") or {}).get("ownerReferences") or []
-    if delete_source and owners:
-        warnings.append(f"pod {pod} is managed by {owners[0].get('kind')} "
-                        f"{owners[0].get('name')}, which will create a fresh replacement")
+    refusal = take_place_refusal(source) if delete_source else None
+    if refusal:  # the helper refuses it too (a Migration made with plain kubectl)
+        raise UsageError(refusal)
+    warnings: list[str] = []
     started = _start(kube, MIGRATION_RESOURCE, namespace, spec, name=name, generate_from=pod,
                      node=node, dry_run=dry_run)
     started.warnings = warnings

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubectl_cedana.contract import (
+    ANNOTATION_PREFIX,
     CHECKPOINT_ID_KEY,
     MANAGED_BY,
     SOURCE_CONTAINER_KEY,
@@ -243,6 +244,45 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str | None, name
                      "labels": labels, "annotations": notes},
         "spec": spec,
     }
+
+
+#: controllers that count their pods by labels and owner, not by name or node: a pod of theirs
+#: restored elsewhere can take its source's place (migrate --delete-source)
+REPLACEABLE_OWNERS = ("ReplicaSet",)
+
+
+def controller_of(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The owner reference marked as the pod's controller, if any."""
+    for owner in (pod.get("metadata") or {}).get("ownerReferences") or []:
+        if owner.get("controller"):
+            return dict(owner)
+    return None
+
+
+def take_place_refusal(pod: Mapping[str, Any]) -> str | None:
+    """Why a restored copy cannot take this pod's place once it is deleted (None: it can).
+    A StatefulSet starts a pod of the same name again, a DaemonSet one on the same node, a Job
+    counts its pods' completions: each would run the workload twice."""
+    owner = controller_of(pod)
+    if owner is None or owner.get("kind") in REPLACEABLE_OWNERS:
+        return None
+    return (f'pod "{pod_name(pod)}" is run by {owner.get("kind")} {owner.get("name")}, which '
+            "would start it again once it is deleted: only a pod of a ReplicaSet (a "
+            "Deployment) or of no controller can be replaced by its restored copy; migrate "
+            "without deleting the source to make a copy")
+
+
+def take_place_patch(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that puts a restored pod in its source's place: the source's labels
+    (so its Services and its ReplicaSet's selector find it) and owners (so the ReplicaSet
+    counts it instead of starting a fresh replica). Our own cedana.io/ labels stay ours."""
+    meta = source.get("metadata") or {}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items()
+              if not str(k).startswith(ANNOTATION_PREFIX)}
+    patch: dict[str, Any] = {"metadata": {"labels": labels}}
+    if meta.get("ownerReferences"):
+        patch["metadata"]["ownerReferences"] = copy.deepcopy(meta["ownerReferences"])
+    return patch
 
 
 def checkpoint_metadata_patch(checkpoint_id: str) -> dict[str, Any]:

@@ -166,6 +166,20 @@ class CedanaObjects:
             raise
         return dict(json.loads(pod.data))
 
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """A JSON merge patch of the pod; None when there is no such pod."""
+        from kubernetes.client.exceptions import ApiException
+        try:
+            pod: Any = self.core.patch_namespaced_pod(
+                name, namespace, patch, _content_type="application/merge-patch+json",
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            _raise_for(exc)
+            raise
+        return dict(json.loads(pod.data))
+
     def delete_pod(self, namespace: str, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
         try:

@@ -15,6 +15,7 @@ from kubectl_cedana.contract import (
     MADE_FOR_ANNOTATION,
     MIGRATION_ANNOTATION,
     NODE_LABEL,
+    POD_DELETION_COST_ANNOTATION,
     REQUESTED_BY_ANNOTATION,
     Code,
     Phase,
@@ -98,6 +99,9 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         source = ctx.objects.get_pod(namespace, pod)
         if source is None or (source.get("spec") or {}).get("nodeName") != ctx.node:
             raise ContainerNotFound(f"pod {namespace}/{pod} does not run on node {ctx.node}")
+        refusal = podspec.take_place_refusal(source) if sp.get("deleteSource") else None
+        if refusal:
+            raise InvalidRequest(refusal, fields=["spec.deleteSource"])
         if target_node != ctx.node and not config.remote_repository:
             raise InvalidRequest(
                 f"moving to node {target_node} needs a checkpoint repository, and the helper "
@@ -189,6 +193,7 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
             requested_by=requested_by(obj), source_namespace=namespace))
     pause_ms = round((time.monotonic() - paused) * 1000)
     if sp.get("deleteSource"):
+        _take_place(ctx, obj, source, new_pod)
         ctx.objects.delete_pod(namespace, pod)
     remote = dumped.get("remote") or {}
     ctx.objects.patch_status(MIGRATIONS, obj, succeeded(
@@ -199,6 +204,38 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
         storage=dumped.get("storage"), imageRef=remote.get("reference"),
         compression=remote.get("compression")))
     audit("migrate", obj, "succeeded", checkpoint_id=checkpoint_id, pause_ms=pause_ms)
+
+
+#: how long the restored pod may take to be Ready before it takes its source's place anyway
+READY_TIMEOUT_S = 60.0
+
+
+def _take_place(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], new_pod: str) -> None:
+    """Before the source is deleted, the restored pod takes its place: it gets the source's
+    labels and owners once Ready, and the source the lowest deletion cost. A ReplicaSet that
+    sees both for a moment removes the source (the lowest cost), never the restored pod, and
+    never starts a fresh replica: it counts the restored pod as its own. Services select the
+    restored pod by the same labels (docs/cli.md, "Migrating a Deployment's pod")."""
+    namespace, name = str(meta(obj)["namespace"]), str(meta(obj)["name"])
+    source_name = str((source.get("metadata") or {}).get("name"))
+    ctx.objects.patch_pod(namespace, source_name, {"metadata": {"annotations": {
+        POD_DELETION_COST_ANNOTATION: str(-(2 ** 31))}}})
+    ctx.objects.patch_status(MIGRATIONS, obj, {
+        "message": f"{new_pod} takes the place of {source_name}"})
+    end = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < end and not _ready(ctx.objects.get_pod(namespace, new_pod)):
+        time.sleep(0.2)
+    current = ctx.objects.get_pod(namespace, new_pod)
+    notes = ((current or {}).get("metadata") or {}).get("annotations") or {}
+    if notes.get(MADE_FOR_ANNOTATION) != meta(obj).get("uid"):
+        raise RestoreFailed(f"pod {namespace}/{new_pod} is not the one migration {name} made")
+    ctx.objects.patch_pod(namespace, new_pod, podspec.take_place_patch(source))
+    audit("take-place", obj, "labelled", pod=new_pod, source=source_name)
+
+
+def _ready(pod: dict[str, Any] | None) -> bool:
+    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 #: how long the restore half of a migration waits for a place among the node's operations

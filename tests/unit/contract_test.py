@@ -4,6 +4,7 @@ annotations and finalizer, the routes the helper serves, the codes and statuses 
 the compression names it accepts."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -124,8 +125,12 @@ def test_the_crd_schemas_use_only_schema_keys() -> None:
 
 
 def test_the_admission_policy_uses_the_contracts_names() -> None:
-    policy, binding = _documents("admission.yaml")
+    policy, binding, pods_policy, pods_binding = _documents("admission.yaml")
     text = (REPO / "deploy" / "base" / "admission.yaml").read_text()
+    assert pods_binding["spec"]["policyName"] == pods_policy["metadata"]["name"]
+    for name in (contract.MADE_FOR_ANNOTATION, contract.POD_DELETION_COST_ANNOTATION,
+                 contract.HELPER_USER):
+        assert f"'{name}'" in json.dumps(pods_policy["spec"]).replace('"', "'"), name
     assert policy["kind"] == "ValidatingAdmissionPolicy"
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]

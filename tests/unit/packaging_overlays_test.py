@@ -86,7 +86,7 @@ def test_kubectl_kustomize_equals_install_dry_run(runtime: str, tmp_path: Path) 
     assert printed.exit_code == 0, printed.stderr
     objects = [d for d in yaml.safe_load_all(printed.stdout) if d]
     assert by_identity(objects) == by_identity(rendered)
-    assert len(objects) == len(rendered) == 13
+    assert len(objects) == len(rendered) == 15
     assert [o["kind"] for o in objects][:3] == ["CustomResourceDefinition"] * 3
 
 

@@ -366,15 +366,29 @@ def test_migrate_defaults_and_json(cluster: FakeCluster, helpers: FakeHelpers,
     assert ("default", "counter") in cluster.pods
 
 
-def test_migrate_warns_when_a_controller_will_replace_the_source(
+def test_migrate_of_a_replicaset_pod_lets_the_helper_take_its_place(
         cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
     pod = make_pod("counter-5d8f7-abcde")
-    pod["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "counter-5d8f7"}]
+    pod["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "counter-5d8f7",
+                                           "controller": True}]
     cluster.add_pod(pod)
     result = run_cli(kubeconfig, "migrate", "counter-5d8f7-abcde", "--delete-source")
     assert result.exit_code == 0, result.stderr
-    assert result.stderr == ("warning: pod counter-5d8f7-abcde is managed by ReplicaSet "
-                             "counter-5d8f7, which will create a fresh replacement\n")
+    assert result.stderr == ""  # no "a fresh replacement": the restored pod is the replica
+    assert cluster.created("migrations")[0]["spec"]["deleteSource"] is True
+
+
+def test_migrate_delete_source_of_a_statefulset_pod_is_refused_before_anything(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    pod = make_pod("web-0")
+    pod["metadata"]["ownerReferences"] = [{"kind": "StatefulSet", "name": "web",
+                                           "controller": True}]
+    cluster.add_pod(pod)
+    result = run_cli(kubeconfig, "migrate", "web-0", "--delete-source")
+    assert result.exit_code == 2, result.stderr
+    assert "run by StatefulSet web, which would start it again" in result.stderr
+    assert not cluster.created("migrations")
+    assert run_cli(kubeconfig, "migrate", "web-0").exit_code == 0  # a copy is fine
 
 
 def test_a_failed_migration_keeps_its_message(cluster: FakeCluster, helpers: FakeHelpers,

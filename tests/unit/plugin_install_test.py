@@ -70,7 +70,9 @@ OBJECTS = [
     ("ClusterRole", "cedana-edit"), ("ClusterRole", "cedana-view"),
     ("ClusterRole", "cedana-checkpointer"), ("ClusterRole", "cedana-helper"),
     ("ClusterRoleBinding", "cedana-helper"), ("ValidatingAdmissionPolicy", "cedana.io"),
-    ("ValidatingAdmissionPolicyBinding", "cedana.io"), ("DaemonSet", "cedana-helper")]
+    ("ValidatingAdmissionPolicyBinding", "cedana.io"),
+    ("ValidatingAdmissionPolicy", "cedana.io-helper-pods"),
+    ("ValidatingAdmissionPolicyBinding", "cedana.io-helper-pods"), ("DaemonSet", "cedana-helper")]
 DISPLAYED = [
     "customresourcedefinition.apiextensions.k8s.io/checkpoints.cedana.io",
     "customresourcedefinition.apiextensions.k8s.io/restores.cedana.io",
@@ -83,6 +85,8 @@ DISPLAYED = [
     "clusterrolebinding.rbac.authorization.k8s.io/cedana-helper",
     "validatingadmissionpolicy.admissionregistration.k8s.io/cedana.io",
     "validatingadmissionpolicybinding.admissionregistration.k8s.io/cedana.io",
+    "validatingadmissionpolicy.admissionregistration.k8s.io/cedana.io-helper-pods",
+    "validatingadmissionpolicybinding.admissionregistration.k8s.io/cedana.io-helper-pods",
     "daemonset.apps/cedana-helper"]
 
 
@@ -151,13 +155,15 @@ def test_rbac_of_the_helper() -> None:
                 if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "cedana-helper")
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
-    # exactly this, nothing more: no secrets, no nodes, no pod patches, no update of specs
+    # exactly this, nothing more: no secrets, no nodes, no update of pods; patch of pods only
+    # as admission (cedana.io-helper-pods) allows: labels and owners of the pods it made, a
+    # pod-deletion-cost on others
     kinds = ("checkpoints", "restores", "migrations")
     assert granted == (
         {("cedana.io", r, v) for r in kinds for v in ("get", "list", "watch", "patch")}
         | {("cedana.io", f"{r}/status", v) for r in kinds for v in ("get", "patch")}
         | {("cedana.io", "restores", "create")}
-        | {("", "pods", v) for v in ("get", "list", "watch", "create", "delete")}
+        | {("", "pods", v) for v in ("get", "list", "watch", "create", "delete", "patch")}
         | {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
         | {("authentication.k8s.io", "tokenreviews", "create"),
            ("authorization.k8s.io", "subjectaccessreviews", "create")})
@@ -388,7 +394,9 @@ KEPT = ["clusterrole.rbac.authorization.k8s.io/cedana-checkpointer",
         "clusterrole.rbac.authorization.k8s.io/cedana-edit",
         "clusterrole.rbac.authorization.k8s.io/cedana-view",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/cedana.io",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/cedana.io-helper-pods",
         "validatingadmissionpolicy.admissionregistration.k8s.io/cedana.io",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/cedana.io-helper-pods",
         "customresourcedefinition.apiextensions.k8s.io/checkpoints.cedana.io",
         "customresourcedefinition.apiextensions.k8s.io/migrations.cedana.io",
         "customresourcedefinition.apiextensions.k8s.io/restores.cedana.io"]

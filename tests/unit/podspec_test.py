@@ -14,6 +14,8 @@ from kubectl_cedana.podspec import (
     checkpoint_metadata_patch,
     parse_container_id,
     pod_containers,
+    take_place_patch,
+    take_place_refusal,
 )
 from tests.unit.plugin_fakeapi import make_pod
 
@@ -194,3 +196,36 @@ def test_a_pause_placeholder_needs_nothing_from_the_image_and_keeps_the_probes()
     # a native sidecar gets no probes: the kubelet would hold the pod's containers back
     assert mesh["restartPolicy"] == "Always" and "startupProbe" not in mesh
     assert "readinessProbe" not in mesh
+
+
+def test_a_restored_pod_takes_the_source_labels_and_owners_but_keeps_its_own() -> None:
+    source = make_pod("web-5d8f7-abcde")
+    source["metadata"]["labels"] = {"app": "web", "pod-template-hash": "5d8f7",
+                                    "cedana.io/source-pod": "older"}
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f7", "uid": "u-1",
+             "controller": True, "blockOwnerDeletion": True}
+    source["metadata"]["ownerReferences"] = [owner]
+    patch = take_place_patch(source)
+    assert patch == {"metadata": {"labels": {"app": "web", "pod-template-hash": "5d8f7"},
+                                  "ownerReferences": [owner]}}
+    patch["metadata"]["ownerReferences"][0]["name"] = "changed"
+    assert owner["name"] == "web-5d8f7"  # a copy, not the source's own list
+    bare = make_pod("bare")
+    bare["metadata"]["labels"] = {"app": "bare"}
+    assert take_place_patch(bare) == {"metadata": {"labels": {"app": "bare"}}}
+
+
+@pytest.mark.parametrize("kind,refused", [
+    (None, False), ("ReplicaSet", False), ("StatefulSet", True), ("DaemonSet", True),
+    ("Job", True),
+])
+def test_which_pods_a_restored_copy_may_replace(kind: str | None, refused: bool) -> None:
+    pod = make_pod("p")
+    if kind:
+        pod["metadata"]["ownerReferences"] = [
+            {"kind": "Other", "name": "not-the-controller"},
+            {"kind": kind, "name": "owner", "controller": True}]
+    why = take_place_refusal(pod)
+    assert (why is not None) == refused
+    if why:
+        assert f"run by {kind} owner" in why
