@@ -149,6 +149,48 @@ def _sleeper(template: Mapping[str, Any], pause: bool = False,
     return sleeper
 
 
+def unwrap_command(args: Sequence[str]) -> list[str]:
+    """The program a placeholder's `cedana-pause run NAME -- PROGRAM...` runs; other commands
+    as they are."""
+    args = list(args)
+    if args[:2] == [PAUSE_PROGRAM, "run"]:
+        return args[args.index("--") + 1:] if "--" in args else []
+    return args
+
+
+def unwrap_placeholder(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod as it was before a restore made it a placeholder (its own containers' commands,
+    without cedana-pause, its init container, volume and startup probe), so that a placeholder
+    made from a restored pod (a checkpoint of a checkpoint) is like the first. The source's
+    own startup probe, which the first placeholder dropped, stays dropped. Other pods as
+    they are."""
+    copied = copy.deepcopy(dict(pod))
+    spec = copied.get("spec") or {}
+    if not any(v.get("name") == PAUSE_VOLUME for v in spec.get("volumes") or []):
+        return copied
+    spec["volumes"] = [v for v in spec.get("volumes") or [] if v.get("name") != PAUSE_VOLUME]
+    init = [c for c in spec.get("initContainers") or [] if c.get("name") != PAUSE_VOLUME]
+    if init:
+        spec["initContainers"] = init
+    else:
+        spec.pop("initContainers", None)
+    ours = {"exec": {"command": [PAUSE_PROGRAM, "restored"]}}
+    for container in [*(spec.get("containers") or []), *init]:
+        command = unwrap_command(container.get("command") or [])
+        if command:
+            container["command"] = command
+        else:
+            container.pop("command", None)
+        container["volumeMounts"] = [m for m in container.get("volumeMounts") or []
+                                     if m.get("name") != PAUSE_VOLUME]
+        if not container["volumeMounts"]:
+            del container["volumeMounts"]
+        probe = container.get("startupProbe") or {}
+        if probe.get("exec") == ours["exec"]:
+            container.pop("startupProbe")
+    return copied
+
+
 def _pause_init(image: str) -> dict[str, Any]:
     """The init container that puts cedana-pause where the placeholder's containers run it."""
     return {"name": PAUSE_VOLUME, "image": image, "imagePullPolicy": "IfNotPresent",
@@ -190,6 +232,7 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str | None, name
       Services and let its ReplicaSet adopt (and possibly delete) it.
     `annotations` are added to the placeholder's own (e.g. the Restore it was made for).
     """
+    source = unwrap_placeholder(source)  # a restored pod's own placeholder: as its source was
     source_spec = copy.deepcopy(dict(source.get("spec") or {}))
     spec = {k: v for k, v in source_spec.items() if k not in _DROPPED_SPEC_FIELDS}
     pause = bool(pause_image)

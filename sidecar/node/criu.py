@@ -7,7 +7,9 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from sidecar.errors import DumpFailed
 from sidecar.node import tool
 
 VERSION_TIMEOUT_S = 10.0
@@ -114,3 +116,84 @@ def restore_args(criu_path: str, plan: RestorePlan) -> list[str]:
                        ("--ext-unix-sk", plan.ext_unix_sk), ("--link-remap", plan.link_remap))
     args += list(plan.extra_args)
     return args
+
+
+DUMP_LOG = "dump.log"  # the name runc gives CRIU's log, which a direct dump keeps
+
+
+@dataclass(frozen=True)
+class DumpPlan:
+    """`criu dump` of a process tree that is not a runc container's own: the tree a restore
+    put beneath a placeholder's cedana-pause, in its own pid namespace, dumped from its root as
+    runc dumps a container from its init (runc would dump the cedana-pause, and CRIU refuses
+    the nested pid namespace below it)."""
+
+    pid: int  # the tree's root, in our pid namespace
+    images_dir: Path
+    work_dir: Path
+    netns_inode: int  # the pod's network namespace: external, joined again on restore
+    ext_mounts: Sequence[tuple[str, str]] = ()  # (mount point, key recorded for the restore)
+    freezer: str = ""  # the container's freezer cgroup (cgroup v1), frozen or not
+    leave_running: bool = True
+    tcp_established: bool = False
+    ext_unix_sk: bool = True
+    file_locks: bool = True
+    link_remap: bool = False
+    skip_in_flight: bool = False
+    manage_cgroups_mode: str = "ignore"
+
+
+def dump_args(criu_path: str, plan: DumpPlan) -> list[str]:
+    args = [
+        criu_path, "dump", "--tree", str(plan.pid),
+        "--images-dir", str(plan.images_dir), "--work-dir", str(plan.work_dir),
+        "--log-file", DUMP_LOG, "-v4",
+        f"--manage-cgroups={plan.manage_cgroups_mode}",
+        "--external", f"net[{plan.netns_inode}]:extRootNetNS",
+    ]
+    for mount_point, key in plan.ext_mounts:
+        args += ["--external", f"mnt[{mount_point}]:{key}"]
+    if plan.freezer:
+        args += ["--freeze-cgroup", plan.freezer]
+    args += tool.flags(("--leave-running", plan.leave_running),
+                       ("--tcp-established", plan.tcp_established),
+                       ("--ext-unix-sk", plan.ext_unix_sk), ("--file-locks", plan.file_locks),
+                       ("--link-remap", plan.link_remap),
+                       ("--skip-in-flight", plan.skip_in_flight))
+    return args
+
+
+def external_dump_mounts(spec: dict[str, Any], mounts: Sequence[Any]) -> list[tuple[str, str]]:
+    """The external mounts of a tree restored into the container `spec` describes, keyed as
+    runc keys a container's: its bind mounts by their destination, masked files (bound from a
+    null device) as /dev/null, its cgroup mounts by their mount point. Only those the tree
+    really has (`mounts`: proctree.mounts of its root)."""
+    binds = set()
+    for mount in spec.get("mounts") or []:
+        options = mount.get("options") or []
+        if mount.get("type") == "bind" or "bind" in options or "rbind" in options:
+            binds.add(str(mount.get("destination") or "").rstrip("/") or "/")
+    masked = set((spec.get("linux") or {}).get("maskedPaths") or [])
+    found = []
+    for mount in mounts:
+        if mount.mount_point in binds:
+            found.append((mount.mount_point, mount.mount_point))
+        elif mount.mount_point in masked and mount.root != "/":
+            found.append((mount.mount_point, "/dev/null"))
+        elif mount.fstype in ("cgroup", "cgroup2"):
+            found.append((mount.mount_point, mount.mount_point))
+    return found
+
+
+def dump(criu_path: str, plan: DumpPlan, timeout: float, what: str) -> tool.ToolResult:
+    """Run `criu dump`; raises DumpFailed with CRIU's first error and its log's tail. CRIU
+    dies with the helper."""
+    result = tool.run(dump_args(criu_path, plan), timeout=timeout, die_with_helper=True,
+                      cwd=plan.work_dir)
+    if not result.ok:
+        log_path = plan.work_dir / DUMP_LOG
+        cause = tool.first_criu_error(log_path)
+        raise DumpFailed(
+            f"checkpoint of {what} failed: " + (f"CRIU: {cause}" if cause else result.describe()),
+            log_tail=tool.log_tail(log_path), stderr_tail=tool.last_lines(result.stderr, 10))
+    return result

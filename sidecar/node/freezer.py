@@ -46,6 +46,12 @@ def _freezer(pid: int) -> tuple[Path, str, str, str] | None:
     return None
 
 
+def cgroup_dir(pid: int) -> str:
+    """The directory of pid's freezer cgroup (v1, or v2's own), "" when it has none."""
+    found = _freezer(pid)
+    return str(found[0].parent) if found else ""
+
+
 def _is_frozen(readback: str, frozen: str) -> bool:
     text = Path(readback).read_text()
     if readback.endswith("cgroup.events"):

@@ -137,6 +137,35 @@ def upper_dir(pid: int, proc: Path = Path("/proc")) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/PID/mountinfo: where, what part of its filesystem, which type."""
+
+    mount_point: str  # as the process sees it, in its own root
+    root: str  # the part of the filesystem mounted there ("/": all of it; a bind: less)
+    fstype: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounts(pid: int, proc: Path = Path("/proc")) -> list[Mount]:
+    """The mounts process `pid` sees, in mountinfo's order (parents before children)."""
+    try:
+        lines = (proc / str(pid) / "mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, kind = left.split(), right.split()[:1]
+        if len(fields) >= 5 and kind:
+            found.append(Mount(_unescape(fields[4]), _unescape(fields[3]), kind[0]))
+    return found
+
+
 def tmpfs_mount_points(pid: int, proc: Path = Path("/proc")) -> set[str]:
     """Where process `pid` sees a tmpfs mounted, as paths in its own root."""
     try:
@@ -148,8 +177,7 @@ def tmpfs_mount_points(pid: int, proc: Path = Path("/proc")) -> set[str]:
         left, _, right = line.partition(" - ")
         fields = left.split()
         if len(fields) >= 5 and right.split()[:1] == ["tmpfs"]:
-            # mountinfo escapes space, tab, newline and backslash as octal
-            found.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+            found.add(_unescape(fields[4]))
     return found
 
 

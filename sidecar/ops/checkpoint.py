@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from kubectl_cedana.contract import member_checkpoint_id
 from sidecar.config import HelperConfig
 from sidecar.errors import (
@@ -32,7 +34,7 @@ from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
 from sidecar.ops.limits import Limits, admit, dump_estimate
 from sidecar.storage import pod_volumes, rootfs_diff, signing, store
-from sidecar.storage.catalogue import Catalogue
+from sidecar.storage.catalogue import RESTORED_FILE, Catalogue, RestoredRegistry
 from sidecar.storage.paths import client_path
 
 log = logging.getLogger(__name__)
@@ -282,6 +284,64 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
     return CheckpointResult(checkpoint_id, final_dir, size, duration_ms, options.to_dict(), target)
 
 
+def restore_is_live(record: dict[str, Any]) -> bool:
+    """Whether the process tree a `.restored.json` record names still runs."""
+    pid = int(record.get("pid") or 0)
+    if pid <= 0:
+        return False
+    started = proctree.start_time(pid)
+    if started is None:
+        return False
+    recorded = record.get("pid_start_time")
+    # a different start time means the pid now belongs to an unrelated process
+    return recorded is None or abs(float(recorded) - started) < 1.0
+
+
+def restored_root(config: HelperConfig, target: RuncContainer) -> int | None:
+    """The root of the process tree a restore put into this container (a placeholder), while
+    it runs: what a checkpoint of the container dumps. None for a container whose init is its
+    own program. The helper's record says which process; the kernel must agree: a child of
+    the container's init, in a pid namespace of its own (nested in the container's)."""
+    if not (config.checkpoint_dir / RESTORED_FILE).exists():
+        return None  # no restore ever: nothing to lock or read
+    record = RestoredRegistry(config.checkpoint_dir, restore_is_live).live_restore(
+        target.container_id)
+    pid = int((record or {}).get("pid") or 0)
+    if pid <= 0:
+        return None
+    try:
+        nested = (psutil.Process(pid).ppid() == target.pid
+                  and os.readlink(f"/proc/{pid}/ns/pid") != os.readlink(
+                      f"/proc/{target.pid}/ns/pid"))
+    except (OSError, psutil.Error):
+        return None
+    return pid if nested else None
+
+
+def _dump_restored_tree(config: HelperConfig, target: RuncContainer, pid: int,
+                        images_dir: Path, work_dir: Path, options: runc.DumpOptions,
+                        what: str) -> None:
+    """Dump the tree a restore put into the placeholder `target` from its root, with what
+    runc would say of a container (its external mounts and network namespace, its freezer),
+    and runc's descriptors.json of the root's stdio, so the checkpoint is like any other."""
+    try:
+        spec = load_spec(target)
+        netns = os.stat(f"/proc/{pid}/ns/net").st_ino
+        stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in range(3)]
+    except (OSError, ValueError) as exc:
+        raise DumpFailed(f"cannot read {what}'s restored process {pid}: {exc}") from exc
+    store.write_json(images_dir / "descriptors.json", stdio)
+    plan = criu.DumpPlan(
+        pid=pid, images_dir=images_dir, work_dir=work_dir, netns_inode=netns,
+        ext_mounts=criu.external_dump_mounts(spec, proctree.mounts(pid)),
+        freezer=freezer.cgroup_dir(target.pid), leave_running=options.leave_running,
+        tcp_established=options.tcp_established, ext_unix_sk=options.ext_unix_sk,
+        file_locks=options.file_locks, link_remap=options.link_remap,
+        skip_in_flight=options.skip_in_flight, manage_cgroups_mode="ignore")
+    criu.dump(config.criu_path, plan, timeout=config.dump_timeout_s,
+              what=f"{what} (its restored process {pid})")
+
+
 def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
           final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
           until_stopped: ExitStack, pod: dict[str, Any] | None = None,
@@ -334,9 +394,14 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                 while_read.enter_context(freezer.frozen(target.pid, what, journal))
             else:
                 while_read.enter_context(freezer.remembered(target.pid, journal))
-            runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
-                            images_dir, work_dir, dump_options, timeout=config.dump_timeout_s,
-                            criu_guard=config.criu_guard)
+            restored = restored_root(config, target)
+            if restored is None:
+                runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
+                                images_dir, work_dir, dump_options,
+                                timeout=config.dump_timeout_s, criu_guard=config.criu_guard)
+            else:
+                _dump_restored_tree(config, target, restored, images_dir, work_dir,
+                                    dump_options, what)
             checkpointed = utc_now()
             # the container's changed files go with its memory, so open files exist on restore
             if upper is not None and upper.is_dir():

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kubectl_cedana import podspec
 from sidecar.config import HelperConfig
 from sidecar.errors import (
     ContainerNotFound,
@@ -168,5 +169,8 @@ def programs_of(helper: Helper, namespace: str, pod: str, names: list[str]
             continue
         args = process.get("args") if isinstance(process, dict) else None
         if isinstance(args, list) and args:
-            found[name] = [str(a) for a in args]
+            # a restored pod runs its program under cedana-pause: the program alone
+            program = podspec.unwrap_command([str(a) for a in args])
+            if program:
+                found[name] = program
     return found

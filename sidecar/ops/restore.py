@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubectl_cedana import podspec
 from sidecar.config import HelperConfig
 from sidecar.errors import (
     AlreadyRestored,
@@ -49,7 +50,7 @@ from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, transfer
 from sidecar.ops.access import READ_CHECKPOINT, Access
 from sidecar.ops.catalogue import source_of
-from sidecar.ops.checkpoint import DEFAULT_LOCKS, utc_now
+from sidecar.ops.checkpoint import DEFAULT_LOCKS, restore_is_live, utc_now
 from sidecar.ops.containers import Containers, containers_of
 from sidecar.ops.context import Helper
 from sidecar.ops.limits import admit
@@ -82,19 +83,6 @@ class RestoreResult:
             "container_id": self.container.container_id,
             "duration_ms": self.duration_ms,
         }
-
-
-def restore_is_live(record: dict[str, Any]) -> bool:
-    """Whether the process tree a `.restored.json` record names still runs."""
-    pid = int(record.get("pid") or 0)
-    if pid <= 0:
-        return False
-    started = proctree.start_time(pid)
-    if started is None:
-        return False
-    recorded = record.get("pid_start_time")
-    # a different start time means the pid now belongs to an unrelated process
-    return recorded is None or abs(float(recorded) - started) < 1.0
 
 
 def resolve_checkpoint(config: HelperConfig, checkpoint_path: str | None,
@@ -441,7 +429,10 @@ def program_of(config: HelperConfig, checkpoint_id: str) -> list[str] | None:
         args = (store.read_json(directory / "spec.dump").get("process") or {}).get("args")
     except (CheckpointNotFound, OSError, ValueError, AttributeError):
         return None
-    return [str(a) for a in args] if isinstance(args, list) and args else None
+    if not isinstance(args, list) or not args:
+        return None
+    # a checkpoint of a restored pod: its program, not the cedana-pause that ran it
+    return podspec.unwrap_command([str(a) for a in args]) or None
 
 
 def pod_members(manifest: store.CheckpointManifest) -> list[tuple[str, str]]:

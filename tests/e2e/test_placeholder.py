@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.lab import Lab, cedana, helper_daemonset_lock, install_helpers, pod_manifest
+from tests.e2e.lab import (
+    Lab,
+    cedana,
+    counter_pod,
+    helper_daemonset_lock,
+    install_helpers,
+    pod_manifest,
+)
 
 STATIC_IMAGE = "docker.io/cedana-lab/static:1"  # hack/lab-images.sh: /counter and nothing else
 PAUSE = "/.cedana/cedana-pause"
@@ -123,3 +130,45 @@ def test_probes_come_back_and_really_run(lab: Lab, namespace: str) -> None:
     again = _wait(lab, namespace, "served-2", "Ready after the restart", _ready)
     assert again["status"]["containerStatuses"][0]["restartCount"] == 1
     assert counts(lab, namespace, "served-2")[0] == 0
+
+
+def test_a_restored_pod_is_checkpointed_again_for_generations(lab: Lab, namespace: str) -> None:
+    """Chains: checkpoint -> restore -> checkpoint the restored pod (twice periodically, while
+    it runs, then stopping it) -> restore -> migrate to node 2 -> checkpoint again there ->
+    restore: four generations after the first, one process whose count never starts again."""
+    lab.apply(counter_pod("gen0", interval_ms=100), namespace)
+    lab.wait_pod_running(namespace, "gen0")
+    lab.wait_log(namespace, "gen0", r"count=20\b")
+    pod = "gen0"
+    for gen in (1, 2):
+        if gen == 2:  # periodic checkpoints of a restored workload, which keeps running
+            for n in range(2):
+                periodic = cedana(lab, "-n", namespace, "checkpoint", pod, "--leave-running",
+                                  "--name", f"periodic-{n}")
+                assert periodic.returncode == 0, periodic.stderr
+            lab.wait_log(namespace, pod, rf"count={max(counts(lab, namespace, pod)) + 3}\b")
+        before = max(counts(lab, namespace, pod))
+        taken = cedana(lab, "-n", namespace, "checkpoint", pod, "--name", f"gen{gen}")
+        assert taken.returncode == 0, taken.stderr
+        restored = cedana(lab, "-n", namespace, "restore", f"gen{gen}", "--new-pod",
+                          f"gen{gen}")
+        assert restored.returncode == 0, restored.stderr
+        goes_on(lab, namespace, f"gen{gen}", before)
+        pod = f"gen{gen}"
+    before = max(counts(lab, namespace, pod))
+    moved = cedana(lab, "-n", namespace, "migrate", pod, "--to-node", lab.node2_name,
+                   "--delete-source", "--new-pod", "gen3")
+    assert moved.returncode == 0, moved.stderr
+    goes_on(lab, namespace, "gen3", before)
+    before = max(counts(lab, namespace, "gen3"))
+    taken = cedana(lab, "-n", namespace, "checkpoint", "gen3", "--name", "gen4")
+    assert taken.returncode == 0, taken.stderr
+    restored = cedana(lab, "-n", namespace, "restore", "gen4", "--new-pod", "gen4")
+    assert restored.returncode == 0, restored.stderr
+    goes_on(lab, namespace, "gen4", before)
+    assert lab.pod(namespace, "gen4")["spec"]["nodeName"] == lab.node2_name
+    # one placeholder, not a placeholder of a placeholder
+    spec = lab.pod(namespace, "gen4")["spec"]
+    assert spec["containers"][0]["command"] == [PAUSE, "run", "main", "--",
+                                                "/usr/local/bin/counter", "/tmp/counter", "100"]
+    assert [c["name"] for c in spec["initContainers"]] == ["cedana-placeholder"]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from kubectl_cedana.podspec import (
+    PAUSE_PROGRAM,
     SLEEP_COMMAND,
     PodSpecError,
     build_placeholder_pod,
@@ -16,6 +17,8 @@ from kubectl_cedana.podspec import (
     pod_containers,
     take_place_patch,
     take_place_refusal,
+    unwrap_command,
+    unwrap_placeholder,
 )
 from tests.unit.plugin_fakeapi import make_pod
 
@@ -229,3 +232,25 @@ def test_which_pods_a_restored_copy_may_replace(kind: str | None, refused: bool)
     assert (why is not None) == refused
     if why:
         assert f"run by {kind} owner" in why
+
+
+def test_a_placeholder_made_from_a_restored_pod_is_like_the_first() -> None:
+    """A chain: a checkpoint of a restored pod is restored into a placeholder made from that
+    restored pod, which is itself a placeholder: cedana-pause is not wrapped twice, its volume,
+    init container and startup probe not doubled, the program the same."""
+    source = make_pod("counter")
+    container = source["spec"]["containers"][0]
+    container["command"] = ["/usr/local/bin/counter", "/tmp/c"]
+    container.pop("args", None)
+    container["readinessProbe"] = {"exec": {"command": ["true"]}}
+    first = build_placeholder_pod(source, None, "gen1", node="n1", pause_image="helper:1")
+    second = build_placeholder_pod(first, None, "gen2", node="n1", pause_image="helper:1")
+    assert second["spec"] == first["spec"]
+    (again,) = second["spec"]["containers"]
+    assert again["command"] == [PAUSE_PROGRAM, "run", "main", "--", "/usr/local/bin/counter",
+                                "/tmp/c"]
+    assert unwrap_placeholder(first)["spec"]["containers"][0]["command"] == container["command"]
+    assert "initContainers" not in unwrap_placeholder(first)["spec"]
+    assert unwrap_command(again["command"]) == ["/usr/local/bin/counter", "/tmp/c"]
+    assert unwrap_command(["/bin/sh", "-c", "x"]) == ["/bin/sh", "-c", "x"]
+    assert unwrap_command([PAUSE_PROGRAM, "run", "main"]) == []

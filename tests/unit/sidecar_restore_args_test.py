@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import HelperConfig
-from sidecar.node import cgroups, criu, runc
+from sidecar.node import cgroups, criu, proctree, runc
 from sidecar.ops.restore import (
     cgroup_mount_map,
     external_mount_map,
@@ -198,3 +198,33 @@ def test_runc_config_file_written_once_and_admin_file_respected(tmp_path: Path) 
     path.write_text("# site policy\ntcp-established\n--ghost-limit 10M\n")
     assert criu.ensure_runc_config(path) == {"tcp-established", "ghost-limit"}
     assert path.read_text().startswith("# site policy")
+
+
+def test_a_restored_tree_is_dumped_with_the_keys_its_restore_maps() -> None:
+    """A tree restored into a placeholder is dumped from its root with runc's keys, so the
+    next restore maps it like any checkpoint: bind mounts by destination, masked files as
+    /dev/null, cgroup mounts by mount point; nothing the tree does not have."""
+    spec = {"mounts": [{"destination": "/etc/hosts", "type": "bind", "source": "/x/hosts"},
+                       {"destination": "/data", "type": "none", "options": ["rbind", "rw"]},
+                       {"destination": "/.cedana", "type": "bind", "source": "/x/pause"},
+                       {"destination": "/proc", "type": "proc"}],
+            "linux": {"maskedPaths": ["/proc/keys", "/proc/acpi"]}}
+    mounts = [proctree.Mount("/", "/", "overlay"), proctree.Mount("/etc/hosts", "/x", "ext4"),
+              proctree.Mount("/data", "/d", "ext4"), proctree.Mount("/proc", "/", "proc"),
+              proctree.Mount("/proc/keys", "/null", "tmpfs"),
+              proctree.Mount("/proc/acpi", "/", "tmpfs"),
+              proctree.Mount("/sys/fs/cgroup/cpu", "/kubepods/x", "cgroup")]
+    found = criu.external_dump_mounts(spec, mounts)
+    assert found == [("/etc/hosts", "/etc/hosts"), ("/data", "/data"),
+                     ("/proc/keys", "/dev/null"),
+                     ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu")]
+    plan = criu.DumpPlan(pid=42, images_dir=Path("/i"), work_dir=Path("/w"), netns_inode=7,
+                         ext_mounts=found[:1], freezer="/sys/fs/cgroup/freezer/k/c",
+                         leave_running=True, tcp_established=True, link_remap=True)
+    args = criu.dump_args("criu", plan)
+    assert args[:4] == ["criu", "dump", "--tree", "42"]
+    assert "net[7]:extRootNetNS" in args and "mnt[/etc/hosts]:/etc/hosts" in args
+    assert args[args.index("--freeze-cgroup") + 1] == "/sys/fs/cgroup/freezer/k/c"
+    assert {"--leave-running", "--tcp-established", "--link-remap", "--ext-unix-sk",
+            "--file-locks", "--manage-cgroups=ignore"} <= set(args)
+    assert "--skip-in-flight" not in args
