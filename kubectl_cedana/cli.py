@@ -670,15 +670,53 @@ def version_command(settings: Settings, client: bool) -> None:
 
 
 # -- doctor -----------------------------------------------------------------------------------
-@command("doctor", short_help="Check the API, the helpers and your permissions.")
+PREFLIGHT_COLUMNS = [Column("CONTAINER", "container"), Column("CHECK", "check"),
+                     Column("RESULT", lambda r: "ok" if r.get("ok") else "fail"),
+                     Column("DETAIL", "message")]
+
+
+@command("doctor", short_help="Check the API, the helpers and your permissions; or a pod.")
+@click.argument("pod", required=False)
+@click.option("-c", "--container", metavar="NAME",
+              help="With POD: one container (default: every container of the pod).")
+@WAIT_TIMEOUT_OPTION
 @click.pass_obj
-def doctor_command(settings: Settings) -> None:
+def doctor_command(settings: Settings, pod: str | None, container: str | None,
+                   timeout: str) -> None:
     """Check that the cedana.io API is installed (CRDs established, admission policy and
     binding), the helper runs on every node, and your kubeconfig user has the permissions
-    the commands need (by SelfSubjectAccessReview), each with the fix."""
+    the commands need (by SelfSubjectAccessReview), each with the fix.
+
+    With POD: whether its containers can be checkpointed, and why not (io_uring, user
+    namespaces, GPU devices, unix sockets connected outside, mounts CRIU cannot dump), asked
+    of the helper on POD's node without freezing or dumping anything. Exit code 1 when not.
+
+    \b
+    Examples:
+      kubectl cedana doctor
+      kubectl cedana doctor web -c app
+    """
     from kubectl_cedana.doctor import FAIL, run_doctor
 
+    if container and not pod:
+        raise UsageError("-c needs a POD")
     kube = connect(settings)
+    if pod:
+        limit = duration_timeout(timeout, "--timeout")
+        with progress(settings, f"looking at {pod}") as spinner:
+            final = operations.preflight(kube, kube.namespace, pod, container, timeout=limit,
+                                         progress=spinner.update)
+        status = status_of(final)
+        findings = list(status.get("findings") or [])
+        emit(settings, document("PreflightReport", pod=pod, node=status.get("node"),
+                                checkpointable=bool(status.get("checkpointable")),
+                                findings=findings),
+             lambda: render_table(findings, PREFLIGHT_COLUMNS).rstrip("\n"))
+        if not status.get("checkpointable"):
+            blocked = ", ".join(f"{f.get('container')}: {f.get('check')}" for f in findings
+                                if not f.get("ok"))
+            raise CedanaError(f"pod {pod} cannot be checkpointed ({blocked or 'see the helper'})")
+        return
     with progress(settings, "checking"):
         rows = run_doctor(kube)
     failed = [r for r in rows if r["result"] == FAIL]

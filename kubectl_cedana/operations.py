@@ -139,6 +139,31 @@ def start_checkpoint(kube: KubeClient, namespace: str, pod: str, container: str 
                   node=node, dry_run=dry_run)
 
 
+def preflight(kube: KubeClient, namespace: str, pod: str, container: str | None, *,
+              timeout: float, progress: ProgressFn = _no_progress) -> dict[str, Any]:
+    """Whether the pod's containers (or one) can be checkpointed, and why not: a Checkpoint
+    with spec.preflight that the node's helper answers without freezing or dumping anything,
+    removed once read. Its final object (status.checkpointable, status.findings)."""
+    node, chosen, _pod = resolve_checkpointed(kube, namespace, pod, container)
+    spec: dict[str, Any] = {"podName": pod, "preflight": True}
+    if chosen:
+        spec["container"] = chosen
+    # CRDs older than this plugin drop the field they do not know, and the helper would then
+    # take a real checkpoint: the API server says first what it would keep
+    tried = _start(kube, CHECKPOINT_RESOURCE, namespace, spec, name="",
+                   generate_from=f"{pod}-preflight", node=node, dry_run="server")
+    if not (tried.obj.get("spec") or {}).get("preflight"):
+        raise ConflictError("the installed Checkpoint resource has no spec.preflight (older "
+                            "than this plugin): run `kubectl cedana install` to update it")
+    started = _start(kube, CHECKPOINT_RESOURCE, namespace, spec, name="",
+                     generate_from=f"{pod}-preflight", node=node, dry_run="none")
+    try:
+        return wait_for(kube, started, timeout=timeout, progress=progress)
+    finally:
+        resources.delete(kube, CHECKPOINT_RESOURCE, namespace,
+                         str(started.obj["metadata"]["name"]))
+
+
 def start_restore(kube: KubeClient, namespace: str, checkpoint: str, *, into: str | None,
                   container: str | None = None, new_pod: str | None = None,
                   node: str | None = None, checkpoint_namespace: str | None = None,

@@ -22,7 +22,7 @@ from sidecar.errors import (
     TooManyRequests,
 )
 from sidecar.kube.objects import Conflict, Gone
-from sidecar.ops import catalogue, checkpoint
+from sidecar.ops import catalogue, checkpoint, preflight
 from sidecar.reconcile.common import (
     CHECKPOINTS,
     Ctx,
@@ -97,6 +97,9 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         ctx.objects.patch_status(CHECKPOINTS, obj, failed_with(obj, exc))
         audit("checkpoint", obj, exc.code)
         return
+    if sp.get("preflight"):
+        _preflight(ctx, obj, names)
+        return
     whole_pod = len(names) > 1
     container = ",".join(names)
     finalizers = list(md.get("finalizers") or [])
@@ -169,6 +172,24 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     except (Conflict, Gone):
         pass  # found by status.checkpointID all the same
     audit("checkpoint", obj, "succeeded", checkpoint_id=checkpoint_id)
+
+
+def _preflight(ctx: Ctx, obj: dict[str, Any], names: list[str]) -> None:
+    """Whether the pod's containers can be checkpointed, and why not: nothing is frozen,
+    dumped or kept (sidecar/ops/preflight.py)."""
+    md, sp = meta(obj), spec(obj)
+    namespace, pod = str(md["namespace"]), str(sp.get("podName", ""))
+    findings = preflight.preflight(ctx.helper, namespace=namespace, pod=pod, containers=names,
+                                   pod_object=ctx.objects.get_pod(namespace, pod))
+    blockers = [f for f in findings if not f.ok]
+    message = (f"pod {pod} ({', '.join(names)}) can be checkpointed" if not blockers else
+               f"pod {pod} cannot be checkpointed: "
+               + "; ".join(f"{f.container}: {f.message}" for f in blockers))
+    ctx.objects.patch_status(CHECKPOINTS, obj, succeeded(
+        obj, message, node=ctx.node, container=",".join(names),
+        checkpointable=not blockers, findings=[f.to_dict() for f in findings]))
+    audit("preflight", obj, "checkpointable" if not blockers else "not checkpointable",
+          blockers=[f.check for f in blockers])
 
 
 #: unexpected errors (not the helper's own) on one object before it is Failed

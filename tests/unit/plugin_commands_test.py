@@ -402,6 +402,49 @@ def test_a_failed_migration_keeps_its_message(cluster: FakeCluster, helpers: Fak
                                   "is kept on node node1 [restore_failed]\n")
 
 
+# -- doctor POD (preflight) --------------------------------------------------------------------
+def test_doctor_pod_asks_the_helper_and_removes_its_question(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    cluster.add_pod(make_pod("counter"))
+    result = run_cli(kubeconfig, "doctor", "counter", "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["kind"] == "PreflightReport" and report["checkpointable"] is True
+    assert report["findings"] == helpers.preflight_findings
+    (sent,) = [r.body for r in cluster.requests_matching("POST", r"/checkpoints$")
+               if "dryRun" not in r.query]
+    assert sent["spec"] == {"podName": "counter", "container": "main", "preflight": True}
+    assert cluster.objects_of("checkpoints") == []  # the question is removed once answered
+    assert [w for _, _, w in helpers.log if w == "preflight"] == ["preflight"]
+
+
+def test_doctor_pod_names_what_stands_in_the_way(cluster: FakeCluster, helpers: FakeHelpers,
+                                                kubeconfig: Path) -> None:
+    cluster.add_pod(make_pod("counter"))
+    helpers.preflight_findings = [
+        {"container": "main", "check": "io_uring", "ok": False, "message": "holds io_uring"},
+        {"container": "main", "check": "gpu", "ok": True, "message": "no GPU"}]
+    result = run_cli(kubeconfig, "doctor", "counter")
+    assert result.exit_code == 1
+    assert result.stderr == "error: pod counter cannot be checkpointed (main: io_uring)\n"
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["CONTAINER", "CHECK", "RESULT", "DETAIL"]
+    assert lines[1].split()[:3] == ["main", "io_uring", "fail"]
+    assert run_cli(kubeconfig, "doctor", "-c", "main").exit_code == 2  # -c needs a POD
+
+
+def test_doctor_pod_never_becomes_a_checkpoint_on_an_older_crd(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    """An older Checkpoint CRD drops spec.preflight: the helper would take a real checkpoint.
+    The plugin asks the API server first (a server dry run) and creates nothing."""
+    cluster.add_pod(make_pod("counter"))
+    cluster.pruned_spec_fields.add("preflight")
+    result = run_cli(kubeconfig, "doctor", "counter")
+    assert result.exit_code != 0
+    assert "run `kubectl cedana install`" in result.stderr
+    assert cluster.objects_of("checkpoints") == [] and helpers.log == []
+
+
 # -- checkpoints ls / inspect / rm / prune ----------------------------------------------------
 def test_checkpoints_ls_table_wide_all_and_json(cluster: FakeCluster, helpers: FakeHelpers,
                                                 kubeconfig: Path) -> None:

@@ -207,6 +207,8 @@ class FakeCluster:
         self.user = "token-user"  # whom a token authenticates (a client certificate: alice)
         self.closed = False
         self.on_created: list[Callable[[str, tuple[str, str, str]], None]] = []
+        #: spec fields the installed CRDs do not know (the API server prunes them)
+        self.pruned_spec_fields: set[str] = set()
         self.on_deleted: list[Callable[[str, tuple[str, str, str]], None]] = []
 
     # -- setup helpers ----------------------------------------------------------------------
@@ -494,6 +496,8 @@ class FakeCluster:
                                                      "exists", {"name": name, "kind": plural})
         for key, value in DEFAULTS.get(plural, {}).items():
             body["spec"].setdefault(key, value)
+        for field_name in self.pruned_spec_fields:  # an older CRD: what it does not know goes
+            body["spec"].pop(field_name, None)
         meta.update(name=name, uid=str(uuid.uuid4()), generation=1, creationTimestamp=now())
         if "dryRun" in req.query:
             meta["resourceVersion"] = ""

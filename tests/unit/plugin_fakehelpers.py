@@ -38,6 +38,9 @@ class FakeHelpers:
     #: what the helpers did, in order: (plural, name, what)
     log: list[tuple[str, str, str]] = field(default_factory=list)
     deleted_data: list[str] = field(default_factory=list)  # checkpoint ids
+    #: what a preflight answers (Checkpoint spec.preflight)
+    preflight_findings: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"container": "main", "check": "io_uring", "ok": True, "message": "none"}])
 
     def __post_init__(self) -> None:
         self.cluster.on_created.append(self._created)
@@ -64,7 +67,7 @@ class FakeHelpers:
                            .get(REQUESTED_BY_ANNOTATION, ""),
                            "conditions": [{"type": "Taken", "status": "True",
                                            "message": f"taken by the helper on {node}"}]}
-            if plural == "checkpoints":
+            if plural == "checkpoints" and not o["spec"].get("preflight"):  # holds no data
                 o["metadata"].setdefault("finalizers", []).append(CHECKPOINT_DATA_FINALIZER)
 
         time.sleep(self.step_s)
@@ -86,7 +89,7 @@ class FakeHelpers:
                                    message=failure[1])
                 return
             o["status"].update(result, phase=Phase.SUCCEEDED)
-            if plural == "checkpoints":
+            if plural == "checkpoints" and "checkpointID" in result:
                 o["metadata"].setdefault("labels", {})[CHECKPOINT_ID_LABEL] = \
                     result["checkpointID"]
 
@@ -128,6 +131,10 @@ class FakeHelpers:
     def _checkpoint(self, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
         spec = obj["spec"]
         pod = self._pod(namespace, spec["podName"])
+        if spec.get("preflight"):
+            self.log.append(("checkpoints", obj["metadata"]["name"], "preflight"))
+            findings = [dict(f) for f in self.preflight_findings]
+            return {"checkpointable": all(f["ok"] for f in findings), "findings": findings}
         container = spec.get("container") or pod["spec"]["containers"][0]["name"]
         statuses = pod["status"]["containerStatuses"] + \
             pod["status"].get("initContainerStatuses", [])
