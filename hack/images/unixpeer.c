@@ -2,7 +2,13 @@
  * usage: unixpeer listen PATH   accept connections on PATH and answer each line with its count
  *        unixpeer connect PATH  connect to PATH (retrying until it exists), then every 200 ms
  *                               send a line and print "peer count=N" with the answer
- * For the lab's tests of a connection to a process outside the checkpointed container. */
+ *        unixpeer tcp PORT      one process serving TCP connections on PORT: each line gets
+ *                               "served=N", N counting every answer of the process (its state,
+ *                               in memory); a connection that breaks is dropped, the rest go on
+ * For the lab's tests of connections to a process outside the checkpointed container, and of
+ * TCP connections across a restore. */
+#include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,10 +24,48 @@ static int address(const char *path, struct sockaddr_un *sa) {
     return socket(AF_UNIX, SOCK_STREAM, 0);
 }
 
+static int serve_tcp(int port) {
+    struct sockaddr_in sin;
+    struct pollfd fds[65];
+    int n = 1, one = 1;
+    unsigned long served = 0;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port);
+    fds[0].fd = socket(AF_INET, SOCK_STREAM, 0);
+    fds[0].events = POLLIN;
+    setsockopt(fds[0].fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fds[0].fd, (struct sockaddr *)&sin, sizeof(sin)) || listen(fds[0].fd, 16)) {
+        perror("tcp listen");
+        return 1;
+    }
+    printf("serving tcp port %d\n", port);
+    for (;;) {
+        if (poll(fds, n, -1) < 0) continue;
+        if ((fds[0].revents & POLLIN) && n < 65) {
+            int c = accept(fds[0].fd, NULL, NULL);
+            if (c >= 0) { fds[n].fd = c; fds[n].events = POLLIN; fds[n].revents = 0; n++; }
+        }
+        for (int i = 1; i < n; i++) {
+            if (!fds[i].revents) continue;
+            char buf[64];
+            ssize_t r = read(fds[i].fd, buf, sizeof(buf));
+            int len = r > 0 ? snprintf(buf, sizeof(buf), "served=%lu\n", ++served) : 0;
+            if (r <= 0 || write(fds[i].fd, buf, len) != len) {
+                printf("connection dropped (%s)\n", r == 0 ? "closed" : "error");
+                close(fds[i].fd);
+                fds[i] = fds[--n];
+                i--;
+            }
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     struct sockaddr_un sa;
-    if (argc != 3) { fprintf(stderr, "usage: unixpeer listen|connect PATH\n"); return 2; }
+    if (argc != 3) { fprintf(stderr, "usage: unixpeer listen|connect PATH | tcp PORT\n"); return 2; }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (strcmp(argv[1], "tcp") == 0) return serve_tcp(atoi(argv[2]));
     int fd = address(argv[2], &sa);
     if (strcmp(argv[1], "listen") == 0) {
         unlink(argv[2]);

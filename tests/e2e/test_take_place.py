@@ -7,12 +7,17 @@ kube-proxy, so the client does what kube-proxy would: each call goes to a ready 
 Service's EndpointSlices, read afresh from the API (so "behind the Service" is the endpoints
 controller's own verdict, not ours).
 
+A client's TCP connection to a pod migrated to another node is closed (not left hanging), and
+the client reconnects to the same server in the new pod.
+
 A StatefulSet's pod cannot take its source's place (the StatefulSet would start a pod of the
 same name again): a Migration with deleteSource is refused and the source is left untouched.
 """
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import threading
 import time
@@ -258,3 +263,60 @@ def test_the_helpers_account_may_not_rewrite_a_pod(lab: Lab, namespace: str) -> 
     assert after["metadata"]["annotations"] == {
         **before["metadata"].get("annotations", {}),
         "controller.kubernetes.io/pod-deletion-cost": "-5"}
+
+
+def _ask(connection: socket.socket) -> bytes:
+    connection.sendall(b"x\n")
+    return connection.recv(64)
+
+
+def _served(answer: bytes) -> int:
+    match = re.match(rb"served=(\d+)", answer)
+    assert match, answer
+    return int(match.group(1))
+
+
+def test_a_migration_to_node_2_closes_tcp_connections_and_clients_reconnect(
+        lab: Lab, namespace: str) -> None:
+    """A client holding a TCP connection to a pod migrated to another node is told (the
+    connection is closed or reset, not left hanging), reconnects to the new pod, and finds the
+    same server, whose count went on; the server drops the connection it had (restored closed,
+    CRIU's --tcp-close) and goes on serving."""
+    lab.apply(pod_manifest("tcp", ["/usr/local/bin/unixpeer", "tcp", "7000"]), namespace)
+    address = lab.wait_pod_running(namespace, "tcp")["status"]["podIP"]
+    lab.wait_log(namespace, "tcp", r"serving tcp port 7000")
+    connection = socket.create_connection((address, 7000), timeout=10)
+    connection.settimeout(1)
+    answers = [_served(_ask(connection)) for _ in range(5)]
+    moved: dict[str, subprocess.CompletedProcess[str]] = {}
+    mover = threading.Thread(target=lambda: moved.update(result=cedana(
+        lab, "-n", namespace, "migrate", "tcp", "--to-node", lab.node2_name, "--delete-source",
+        "--new-pod", "tcp-moved")))
+    mover.start()
+    ended, silent = "", 0
+    while not ended and silent < 300:
+        try:
+            answer = _ask(connection)
+        except TimeoutError:
+            silent += 1  # frozen for the dump: the answer waits
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            ended = "reset"
+            break
+        if not answer:
+            ended = "closed"
+        else:
+            answers.append(_served(answer))
+            time.sleep(0.1)
+    connection.close()
+    mover.join(300)
+    assert moved["result"].returncode == 0, moved["result"].stderr
+    assert ended in ("closed", "reset"), f"no close after {silent} s of silence"
+    again = socket.create_connection(
+        (lab.pod(namespace, "tcp-moved")["status"]["podIP"], 7000), timeout=10)
+    again.settimeout(10)
+    first = _served(_ask(again))
+    assert first > max(answers), (first, answers[-3:])  # a fresh server would say 1
+    assert _served(_ask(again)) == first + 1
+    again.close()
+    lab.wait_log(namespace, "tcp-moved", r"connection dropped")
