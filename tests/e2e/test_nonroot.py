@@ -1,0 +1,85 @@
+"""Non-root workloads (issue 22, point 1): a pod that passes the restricted Pod Security profile
+(its own user, no privilege escalation, every capability dropped, a read-only root filesystem
+with a writable emptyDir) is checkpointed, restored and migrated to node 2, in a namespace that
+enforces that profile, and its process goes on as the same user with its state.
+
+The lab's root lacks CAP_SYS_RESOURCE, which CRIU's prlimit() on another user's process needs
+("Can't get rlimit 0: Operation not permitted"); our CRIU carries a patch that reads
+/proc/PID/limits instead (hack/patches/criu-rlimit-from-proc.patch, docs/lab.md).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.lab import Lab, cedana, helper_daemonset_lock, install_helpers, pod_manifest
+
+UID = 1000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed(lab: Lab) -> Iterator[None]:
+    with helper_daemonset_lock():
+        install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/cedana/nonroot")
+        yield
+
+
+def restricted_pod(name: str) -> dict[str, Any]:
+    pod = pod_manifest(name, ["/usr/local/bin/counter", "/work/counter", "100"])
+    pod["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": UID,
+                                      "runAsGroup": UID, "fsGroup": UID,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    container = pod["spec"]["containers"][0]
+    container["securityContext"] = {"allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]},
+                                    "readOnlyRootFilesystem": True}
+    container["volumeMounts"] = [{"name": "work", "mountPath": "/work"}]
+    pod["spec"]["volumes"] = [{"name": "work", "emptyDir": {}}]
+    return pod
+
+
+def counts(lab: Lab, namespace: str, pod: str) -> list[int]:
+    return [int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, pod))]
+
+
+def goes_on(lab: Lab, namespace: str, pod: str, before: int) -> None:
+    first = int(lab.wait_log(namespace, pod, r"count=(\d+)").group(1))
+    assert counts(lab, namespace, pod)[0] >= before, (counts(lab, namespace, pod)[:3], before)
+    lab.wait_log(namespace, pod, rf"count={first + 3}\b")
+    # the program runs as its own user, not as root, and writes where it may
+    uids = lab.kubectl("-n", namespace, "exec", pod, "--", "/bin/sh", "-c",
+                       "grep -h '^Uid:' /proc/[0-9]*/status | sort -u").stdout
+    assert {line.split()[1] for line in uids.splitlines()} == {str(UID)}, uids
+    written = lab.kubectl("-n", namespace, "exec", pod, "--", "cat", "/work/counter").stdout
+    assert int(written) >= first
+
+
+def test_a_restricted_pod_is_checkpointed_restored_and_migrated(lab: Lab,
+                                                                namespace: str) -> None:
+    for mode in ("enforce", "warn"):
+        lab.kubectl("label", "namespace", namespace,
+                    f"pod-security.kubernetes.io/{mode}=restricted", "--overwrite")
+    lab.apply(restricted_pod("app"), namespace)
+    lab.wait_pod_running(namespace, "app")
+    lab.wait_log(namespace, "app", r"count=10\b")
+    # the root filesystem is read-only indeed
+    refused = lab.kubectl("-n", namespace, "exec", "app", "--", "/bin/sh", "-c",
+                          "echo x > /tmp/x", check=False)
+    assert refused.returncode != 0
+    before = max(counts(lab, namespace, "app"))
+    taken = cedana(lab, "-n", namespace, "checkpoint", "app", "--leave-running", "-o", "json")
+    assert taken.returncode == 0, taken.stderr
+    name = json.loads(taken.stdout)["metadata"]["name"]
+    restored = cedana(lab, "-n", namespace, "restore", name, "--new-pod", "app-2")
+    assert restored.returncode == 0, restored.stderr
+    goes_on(lab, namespace, "app-2", before)
+    before = max(counts(lab, namespace, "app-2"))
+    moved = cedana(lab, "-n", namespace, "migrate", "app-2", "--to-node", lab.node2_name,
+                   "--delete-source", "--new-pod", "app-3")
+    assert moved.returncode == 0, moved.stderr
+    goes_on(lab, namespace, "app-3", before)
+    assert lab.pod(namespace, "app-3")["spec"]["nodeName"] == lab.node2_name
