@@ -53,3 +53,6 @@ gcc -static -O2 -o "$s/counter" "$here/images/counter.c"
 python3 "$here/build_image.py" --tree "$s" --name "$STATIC_IMAGE" --out "$out/static.tar" \
   --entrypoint '["/counter", "/counter.txt", "200"]' >/dev/null
 import "$out/static.tar" "$STATIC_IMAGE"
+
+# postgres: Debian's PostgreSQL 15 with its defaults (hack/lab-image-postgres.sh, cached)
+import "$("$here/lab-image-postgres.sh" "$out")" "$POSTGRES_IMAGE"

@@ -35,6 +35,7 @@ KUBECONFIG_ADMIN="$LAB_DIR/admin.kubeconfig"
 PAUSE_IMAGE=docker.io/cedana-lab/pause:3.2
 WORKLOAD_IMAGE=docker.io/cedana-lab/workload:1
 STATIC_IMAGE=docker.io/cedana-lab/static:1
+POSTGRES_IMAGE=docker.io/cedana-lab/postgres:15  # hack/lab-image-postgres.sh
 CONTAINERD_SOCK=/run/containerd/containerd.sock
 CONTAINERD_CONFIG=/etc/containerd/config.toml   # where node tools (and the helper) look for it
 CONTAINERD_CERTS_DIR=/etc/containerd/certs.d    # hosts.toml per registry (config_path)
