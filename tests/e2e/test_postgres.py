@@ -53,12 +53,20 @@ def wait_serving(lab: Lab, namespace: str, pod: str, timeout: float = 120) -> No
         time.sleep(1)
 
 
+def shared_memory(lab: Lab, namespace: str, pod: str) -> set[str]:
+    """The server's dynamic shared memory segments: files in the pod's /dev/shm."""
+    names = lab.kubectl("-n", namespace, "exec", pod, "--", "ls", "/dev/shm").stdout.split()
+    return {name for name in names if name.startswith("PostgreSQL.")}
+
+
 def same_server_with_every_row(lab: Lab, namespace: str, pod: str, started: str,
-                               rows: int) -> int:
+                               rows: int, segments: set[str]) -> int:
     """The restored server answers on its unix socket and on TCP, is the same postmaster,
-    has every committed row, and commits new ones; the row count now."""
+    found its shared memory segments in the new pod's /dev/shm, has every committed row, and
+    commits new ones; the row count now."""
     wait_serving(lab, namespace, pod)
     assert sql(lab, namespace, pod, "select pg_postmaster_start_time()") == started
+    assert segments <= shared_memory(lab, namespace, pod)
     assert sql(lab, namespace, pod, "select count(*), sum(v) from t") == \
         f"{rows}|{sum(range(1, rows + 1))}"
     sql(lab, namespace, pod, f"insert into t (v) values ({rows + 1})", tcp=True)
@@ -81,18 +89,18 @@ def test_postgres_keeps_every_committed_row_across_restore_and_migration(
     # its defaults: several processes, dynamic shared memory in /dev/shm, running as postgres
     assert int(sql(lab, namespace, "db", "select count(*) from pg_stat_activity")) >= 4
     assert sql(lab, namespace, "db", "show dynamic_shared_memory_type") == "posix"
-    shm = lab.kubectl("-n", namespace, "exec", "db", "--", "ls", "/dev/shm").stdout.split()
-    assert any(f.startswith("PostgreSQL.") for f in shm), shm
+    segments = shared_memory(lab, namespace, "db")
+    assert segments, "no PostgreSQL.NNN segment in /dev/shm"
     assert lab.kubectl("-n", namespace, "exec", "db", "--", "id", "-u").stdout.strip() == "999"
 
     taken = cedana(lab, "-n", namespace, "checkpoint", "db", "--name", "db-1")
     assert taken.returncode == 0, taken.stderr
     restored = cedana(lab, "-n", namespace, "restore", "db-1", "--new-pod", "db-2")
     assert restored.returncode == 0, restored.stderr
-    rows = same_server_with_every_row(lab, namespace, "db-2", started, rows)
+    rows = same_server_with_every_row(lab, namespace, "db-2", started, rows, segments)
 
     moved = cedana(lab, "-n", namespace, "migrate", "db-2", "--to-node", lab.node2_name,
                    "--delete-source", "--new-pod", "db-3")
     assert moved.returncode == 0, moved.stderr
     assert lab.pod(namespace, "db-3")["spec"]["nodeName"] == lab.node2_name
-    same_server_with_every_row(lab, namespace, "db-3", started, rows)
+    same_server_with_every_row(lab, namespace, "db-3", started, rows, segments)
