@@ -136,6 +136,15 @@ def test_checkpoint_and_restore_a_whole_pod(lab: Lab, namespace: str) -> None:
     rst = json.loads(restored.stdout)["status"]
     assert [c["name"] for c in rst["containers"]] == ["side", "writer", "ballast", "reader"]
     assert_restored_as_one_moment(lab, namespace, "trio-2", before)
+    # the restored pod is checkpointed whole again, and comes back whole again
+    again = {c: max(numbers(lab.logs(namespace, "trio-2", c), k))
+             for c, k in (("writer", "count"), ("reader", "seen"), ("side", "count"))}
+    retaken = cedana(lab, "-n", namespace, "checkpoint", "trio-2", "--leave-running",
+                     "--storage", "local", "--name", "trio-2-again")
+    assert retaken.returncode == 0, retaken.stderr
+    rerestored = cedana(lab, "-n", namespace, "restore", "trio-2-again", "--new-pod", "trio-3")
+    assert rerestored.returncode == 0, rerestored.stderr
+    assert_restored_as_one_moment(lab, namespace, "trio-3", again)
     # the source ran on (--leave-running), every container of it, none restarted
     lab.wait_log(namespace, "trio", rf"(?m)^count={before['writer'] + 100}$",
                  container="writer")
