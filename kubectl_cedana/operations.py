@@ -304,8 +304,10 @@ def checkpoint_row(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def list_checkpoints(kube: KubeClient, namespace: str | None) -> list[dict[str, Any]]:
-    """The Checkpoint objects of `namespace` (None: every namespace), oldest first."""
-    items = resources.list_objects(kube, CHECKPOINT_RESOURCE, namespace)
+    """The Checkpoint objects of `namespace` (None: every namespace), oldest first; not the
+    preflight questions (`doctor POD`), which hold no checkpoint."""
+    items = [o for o in resources.list_objects(kube, CHECKPOINT_RESOURCE, namespace)
+             if not (o.get("spec") or {}).get("preflight")]
     items.sort(key=lambda o: (resources.namespace_of(o), str(
         (o.get("metadata") or {}).get("creationTimestamp") or ""), resources.name_of(o)))
     return items

@@ -23,6 +23,8 @@ from kubectl_cedana.contract import (
     SOURCE_POD_KEY,
 )
 
+#: kubectl's own: the container `kubectl logs` and `exec` pick when none is named
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 #: the placeholder's command without a pause image: a shell that only sleeps (the workload's
 #: image must then contain /bin/sh)
 SLEEP_COMMAND = ["/bin/sh", "-c", "while true; do sleep 3600; done"]
@@ -270,6 +272,8 @@ def build_placeholder_pod(source: Mapping[str, Any], container: str | None, name
     source_node = str(source_spec.get("nodeName") or "")
     if source_node:
         notes[SOURCE_NODE_KEY] = source_node
+    # `kubectl logs/exec PLACEHOLDER` go to the restored program, not the pause's init container
+    notes[DEFAULT_CONTAINER_ANNOTATION] = str(spec["containers"][0].get("name") or "")
     if valid_label_value(source_name):
         labels[SOURCE_POD_KEY] = source_name
     if checkpoint_id:

@@ -224,6 +224,20 @@ def pod_manifest(name: str, command: list[str], *, image: str = WORKLOAD_IMAGE,
                      "automountServiceAccountToken": False, **spec}}
 
 
+def counts(lab: Lab, namespace: str, pod: str) -> list[int]:
+    """Every count=N the pod's counter printed, oldest first."""
+    return [int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, pod))]
+
+
+def goes_on(lab: Lab, namespace: str, pod: str, before: int) -> int:
+    """The restored counter's first value is at least `before` (memory, not a fresh start)
+    and it keeps counting; that first value."""
+    first = int(lab.wait_log(namespace, pod, r"count=(\d+)").group(1))
+    assert counts(lab, namespace, pod)[0] >= before, (counts(lab, namespace, pod)[:3], before)
+    lab.wait_log(namespace, pod, rf"count={first + 3}\b")
+    return first
+
+
 def counter_pod(name: str, interval_ms: int = 500) -> dict[str, Any]:
     return pod_manifest(name, ["/usr/local/bin/counter", "/tmp/counter", str(interval_ms)])
 

@@ -10,13 +10,20 @@ The lab's root lacks CAP_SYS_RESOURCE, which CRIU's prlimit() on another user's 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.lab import Lab, cedana, helper_daemonset_lock, install_helpers, pod_manifest
+from tests.e2e.lab import (
+    Lab,
+    cedana,
+    counts,
+    goes_on,
+    helper_daemonset_lock,
+    install_helpers,
+    pod_manifest,
+)
 
 UID = 1000
 
@@ -42,14 +49,8 @@ def restricted_pod(name: str) -> dict[str, Any]:
     return pod
 
 
-def counts(lab: Lab, namespace: str, pod: str) -> list[int]:
-    return [int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, pod))]
-
-
-def goes_on(lab: Lab, namespace: str, pod: str, before: int) -> None:
-    first = int(lab.wait_log(namespace, pod, r"count=(\d+)").group(1))
-    assert counts(lab, namespace, pod)[0] >= before, (counts(lab, namespace, pod)[:3], before)
-    lab.wait_log(namespace, pod, rf"count={first + 3}\b")
+def goes_on_as_its_user(lab: Lab, namespace: str, pod: str, before: int) -> None:
+    first = goes_on(lab, namespace, pod, before)
     # the program runs as its own user, not as root, and writes where it may
     uids = lab.kubectl("-n", namespace, "exec", pod, "--", "/bin/sh", "-c",
                        "grep -h '^Uid:' /proc/[0-9]*/status | sort -u").stdout
@@ -76,10 +77,10 @@ def test_a_restricted_pod_is_checkpointed_restored_and_migrated(lab: Lab,
     name = json.loads(taken.stdout)["metadata"]["name"]
     restored = cedana(lab, "-n", namespace, "restore", name, "--new-pod", "app-2")
     assert restored.returncode == 0, restored.stderr
-    goes_on(lab, namespace, "app-2", before)
+    goes_on_as_its_user(lab, namespace, "app-2", before)
     before = max(counts(lab, namespace, "app-2"))
     moved = cedana(lab, "-n", namespace, "migrate", "app-2", "--to-node", lab.node2_name,
                    "--delete-source", "--new-pod", "app-3")
     assert moved.returncode == 0, moved.stderr
-    goes_on(lab, namespace, "app-3", before)
+    goes_on_as_its_user(lab, namespace, "app-3", before)
     assert lab.pod(namespace, "app-3")["spec"]["nodeName"] == lab.node2_name

@@ -6,7 +6,6 @@ kubelet restart the container, which then runs the program afresh."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,8 @@ from tests.e2e.lab import (
     Lab,
     cedana,
     counter_pod,
+    counts,
+    goes_on,
     helper_daemonset_lock,
     install_helpers,
     pod_manifest,
@@ -31,16 +32,6 @@ def installed(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
         install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/cedana/placeholder")
         yield
-
-
-def counts(lab: Lab, namespace: str, pod: str) -> list[int]:
-    return [int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, pod))]
-
-
-def goes_on(lab: Lab, namespace: str, pod: str, before: int) -> None:
-    first = int(lab.wait_log(namespace, pod, r"count=(\d+)").group(1))
-    assert counts(lab, namespace, pod)[0] >= before, (counts(lab, namespace, pod)[:3], before)
-    lab.wait_log(namespace, pod, rf"count={first + 3}\b")
 
 
 def test_an_image_with_only_a_static_binary(lab: Lab, namespace: str) -> None:

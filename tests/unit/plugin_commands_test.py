@@ -416,6 +416,16 @@ def test_doctor_pod_asks_the_helper_and_removes_its_question(
     assert sent["spec"] == {"podName": "counter", "container": "main", "preflight": True}
     assert cluster.objects_of("checkpoints") == []  # the question is removed once answered
     assert [w for _, _, w in helpers.log if w == "preflight"] == ["preflight"]
+    # one left behind (made with plain kubectl) is not a checkpoint to list
+    cluster.add_pod(make_pod("other"))
+    _checkpoint(kubeconfig, "other")
+    cluster.put("checkpoints", {
+        "apiVersion": "cedana.io/v1alpha1", "kind": "Checkpoint",
+        "metadata": {"name": "question", "namespace": "default"},
+        "spec": {"podName": "counter", "preflight": True},
+        "status": {"phase": "Succeeded", "checkpointable": True}})
+    listed = run_cli(kubeconfig, "checkpoints", "-o", "json")
+    assert [o["spec"]["podName"] for o in json.loads(listed.stdout)["items"]] == ["other"]
 
 
 def test_doctor_pod_names_what_stands_in_the_way(cluster: FakeCluster, helpers: FakeHelpers,

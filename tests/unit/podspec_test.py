@@ -97,6 +97,7 @@ def test_placeholder_metadata_records_the_checkpoint_not_the_source_labels() -> 
         "cedana.io/source-pod": "counter-5d8f7-abcde", "cedana.io/source-container": "app",
         "cedana.io/source-node": "n1", "cedana.io/checkpoint-id": ident,
         "cedana.io/restore": "copy-x7k2p",
+        "kubectl.kubernetes.io/default-container": "app",
         "container.apparmor.security.beta.kubernetes.io/app": "runtime/default"}
     assert "ownerReferences" not in meta
 
