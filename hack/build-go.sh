@@ -6,6 +6,7 @@
 #   containerd  containerd, containerd-shim-runc-v2, ctr
 #   runc        runc (with seccomp, like the release builds)
 #   helm        helm
+#   checkpointctl  checkpointctl (reads checkpoint archives as CRI-O and kubelet write them)
 # Each is a module of ours under hack/gobuild/NAME whose go.mod pins the upstream version and
 # whose go.sum pins every dependency. The binaries go to $CEDANA_CACHE/go-bin/NAME-KEY (KEY: a
 # hash of that module and this script), and $LAB_BIN holds a link to each current binary.
@@ -57,6 +58,9 @@ build() {  # build NAME: build hack/gobuild/NAME unless its binaries are cached
         v=$(mod_version "$dir" helm.sh/helm/v3)
         ld="-X helm.sh/helm/v3/internal/version.version=$v -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
         pkgs=(helm.sh/helm/v3/cmd/helm) ;;
+      checkpointctl)
+        # checkpointctl 1.7 needs go-criu v8.5.0, which the module proxy does not serve
+        ld="" pkgs=(github.com/checkpoint-restore/checkpointctl) ;;
       *) die "unknown Go build $name" ;;
     esac
     rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
@@ -78,5 +82,5 @@ build() {  # build NAME: build hack/gobuild/NAME unless its binaries are cached
 }
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(kubernetes etcd containerd runc helm)
+[ ${#names[@]} -gt 0 ] || names=(kubernetes etcd containerd runc helm checkpointctl)
 for n in "${names[@]}"; do build "$n"; done

@@ -57,5 +57,5 @@ fi
 # of the same name (podman pulls in Debian's runc): kubectl and helm matching the lab, runc and
 # CRIU (runc runs "criu" from PATH), containerd and its shim, ctr.
 for b in runc criu containerd containerd-shim-runc-v2; do ln -sfn "$LAB_BIN/$b" "/usr/local/sbin/$b"; done
-for b in kubectl helm ctr; do ln -sfn "$LAB_BIN/$b" "/usr/local/bin/$b"; done
+for b in kubectl helm ctr checkpointctl; do ln -sfn "$LAB_BIN/$b" "/usr/local/bin/$b"; done
 log "dependencies ready: $(kubectl version --client 2>/dev/null | head -1), runc $(runc --version | head -1 | cut -d' ' -f3), $(criu --version | head -1), containerd $(containerd --version | cut -d' ' -f3)"
