@@ -76,9 +76,8 @@ def sockets_here() -> list[dict[str, object]]:
             chunk = nl.recv(1 << 16)
             if not chunk:
                 return found
-            kind = _HEADER.unpack_from(chunk)[1]
             found.extend(parse(chunk))
-            if kind in (NLMSG_DONE, NLMSG_ERROR) or _done(chunk):
+            if _done(chunk):
                 return found
 
 

@@ -67,9 +67,13 @@ def preflight(helper: Helper, *, namespace: str, pod: str, containers: list[str]
                                 if root != target.pid else "")))
         found.append(_io_uring(name, tree))
         found.append(_user_namespace(name, target))
-        found.append(_gpu(name, target, pod_object))
+        try:
+            spec = load_spec(target)  # read once for the device and mount checks
+        except (OSError, ValueError):
+            spec = {}
+        found.append(_gpu(name, spec, pod_object))
         found.append(_unix_sockets(name, tree, helper.config.nsenter_path))
-        found.append(_mounts(name, target, root))
+        found.append(_mounts(name, spec, root))
     return found
 
 
@@ -96,11 +100,7 @@ def _user_namespace(name: str, target: RuncContainer) -> Finding:
                    "restore its id-mapped mounts; checkpoint pods with hostUsers: true")
 
 
-def _gpu(name: str, target: RuncContainer, pod: dict[str, Any] | None) -> Finding:
-    try:
-        spec = load_spec(target)
-    except (OSError, ValueError):
-        spec = {}
+def _gpu(name: str, spec: dict[str, Any], pod: dict[str, Any] | None) -> Finding:
     paths = [str(d.get("path") or "") for d in (spec.get("linux") or {}).get("devices") or []]
     paths += [str(m.get("destination") or "") for m in spec.get("mounts") or []]
     devices = sorted({p for p in paths if GPU_DEVICES.match(p)})
@@ -162,11 +162,7 @@ def _unix_sockets(name: str, tree: list[proctree.TreeProcess], nsenter: str) -> 
                    "or have both ends in one container")
 
 
-def _mounts(name: str, target: RuncContainer, root: int) -> Finding:
-    try:
-        spec = load_spec(target)
-    except (OSError, ValueError):
-        spec = {}
+def _mounts(name: str, spec: dict[str, Any], root: int) -> Finding:
     external = {str(m.get("destination") or "").rstrip("/") or "/"
                 for m in spec.get("mounts") or []}
     made = [m for m in proctree.mounts(root)

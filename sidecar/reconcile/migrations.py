@@ -223,9 +223,10 @@ def _take_place(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], new_pod: 
     ctx.objects.patch_status(MIGRATIONS, obj, {
         "message": f"{new_pod} takes the place of {source_name}"})
     end = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < end and not _ready(ctx.objects.get_pod(namespace, new_pod)):
-        time.sleep(0.2)
     current = ctx.objects.get_pod(namespace, new_pod)
+    while time.monotonic() < end and not _ready(current):
+        time.sleep(0.2)
+        current = ctx.objects.get_pod(namespace, new_pod)
     notes = ((current or {}).get("metadata") or {}).get("annotations") or {}
     if notes.get(MADE_FOR_ANNOTATION) != meta(obj).get("uid"):
         raise RestoreFailed(f"pod {namespace}/{new_pod} is not the one migration {name} made")
