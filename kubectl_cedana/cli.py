@@ -375,6 +375,10 @@ def checkpoint_text(settings: Settings, obj: dict[str, Any]) -> str:
                    "included, in one freeze).")
 @click.option("--leave-running", is_flag=True,
               help="Keep the container running after the checkpoint (default: it stops).")
+@click.option("--hold-connections", is_flag=True,
+              help="Stop the container with its TCP connections held open for a restore into "
+                   "the same pod (restore --into POD), which takes them over: its clients see "
+                   "a pause, not a reset. One container; not with --leave-running.")
 @WITH_ROOTFS_OPTION
 @click.option("--storage", type=click.Choice(["local", "remote"]),
               help="remote: push to the helpers' checkpoint registry (restorable on any node); "
@@ -386,9 +390,9 @@ def checkpoint_text(settings: Settings, obj: dict[str, Any]) -> str:
 @DRY_RUN_OPTION
 @click.pass_obj
 def checkpoint_command(settings: Settings, pod: str, container: str | None,
-                       leave_running: bool, with_rootfs: bool, storage: str | None,
-                       compression: str | None, name: str | None, wait: bool, timeout: str,
-                       dry_run: str) -> None:
+                       leave_running: bool, hold_connections: bool, with_rootfs: bool,
+                       storage: str | None, compression: str | None, name: str | None,
+                       wait: bool, timeout: str, dry_run: str) -> None:
     """Checkpoint a container of POD with CRIU and print the checkpoint ID.
 
     Creates a Checkpoint object (cedana.io/v1alpha1) that the cedana helper on POD's node
@@ -399,16 +403,19 @@ def checkpoint_command(settings: Settings, pod: str, container: str | None,
     Examples:
       kubectl cedana checkpoint counter
       kubectl cedana checkpoint web -c app --leave-running
+      kubectl cedana checkpoint web -c app --hold-connections   # then: restore --into web
       ID=$(kubectl cedana checkpoint counter -n demo)
       kubectl cedana checkpoint counter --no-wait     # prints the Checkpoint's name
     """
     limit = duration_timeout(timeout, "--timeout")
+    if hold_connections and leave_running:
+        raise click.UsageError("--hold-connections stops the container: drop --leave-running")
     kube = connect(settings)
     start_and_finish(
         settings, kube, lambda: operations.start_checkpoint(
             kube, kube.namespace, pod, container, leave_running=leave_running,
-            with_rootfs=with_rootfs, storage=storage, compression=compression,
-            name=name or "", dry_run=dry_run),
+            hold_connections=hold_connections, with_rootfs=with_rootfs, storage=storage,
+            compression=compression, name=name or "", dry_run=dry_run),
         wait=wait, timeout=limit, label=f"checkpointing {pod}",
         text=lambda obj: checkpoint_text(settings, obj))
 

@@ -123,12 +123,17 @@ def _start(kube: KubeClient, resource: Resource, namespace: str, spec: dict[str,
 def start_checkpoint(kube: KubeClient, namespace: str, pod: str, container: str | None, *,
                      leave_running: bool, with_rootfs: bool = True, storage: str | None = None,
                      compression: str | None = None, name: str = "",
-                     dry_run: str = "none") -> Started:
+                     dry_run: str = "none", hold_connections: bool = False) -> Started:
     """A Checkpoint of the pod's running container (or, without -c on a pod of several, of
-    all of them in one freeze), labelled with the pod's node."""
+    all of them in one freeze), labelled with the pod's node. `hold_connections`: one
+    container, stopped with its TCP connections held for a restore into the same pod."""
     node, chosen, _pod = resolve_checkpointed(kube, namespace, pod, container)
     spec: dict[str, Any] = {"podName": pod, "leaveRunning": leave_running,
                             "withRootfs": with_rootfs}
+    if hold_connections:
+        if not chosen:
+            raise UsageError("--hold-connections takes one container: name it with -c")
+        spec["holdConnections"] = True
     if chosen:
         spec["container"] = chosen
     if storage:

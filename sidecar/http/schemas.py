@@ -54,6 +54,9 @@ class CheckpointRequest(_Body):
     # remote when checkpoint_path is empty and the helper has a registry (the seed's rule)
     storage: Literal["local", "remote"] | None = None
     compression: Compression | None = None
+    # stop the container with its TCP connections held open for a restore into the same pod
+    # (needs leave_running false)
+    hold_connections: bool = False
 
 
 class RestoreData(ContainerBody):

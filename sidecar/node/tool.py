@@ -57,25 +57,26 @@ def _has_setpriv() -> bool:
 
 def run(args: Sequence[str], *, timeout: float, pass_fds: Sequence[int] = (),
         cwd: str | Path | None = None, die_with_helper: bool = False,
-        env: dict[str, str] | None = None) -> ToolResult:
+        env: dict[str, str] | None = None, input_text: str | None = None) -> ToolResult:
     """Run `args` (never through a shell) and return what happened; never raises for failure.
 
     `die_with_helper`: through setpriv --pdeathsig, when the node has it. `env`: added to the
-    helper's environment."""
+    helper's environment. `input_text`: written to its standard input."""
     argv = [str(a) for a in args]
     if die_with_helper and _has_setpriv():
         argv = [*DIE_WITH_HELPER, *argv]
     log.debug("running %s", argv)
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            argv, stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, errors="replace", pass_fds=tuple(pass_fds), cwd=cwd,
             env={**os.environ, **env} if env else None,
         )
     except OSError as exc:
         return ToolResult(argv, None, "", "", start_error=str(exc))
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(input_text, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.terminate()
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from contextlib import ExitStack
@@ -24,9 +25,10 @@ from sidecar.errors import (
     ContainerNotRunning,
     DumpFailed,
     HelperError,
+    InvalidRequest,
     IoUringUnsupported,
 )
-from sidecar.node import criu, freezer, proctree, runc, versions
+from sidecar.node import criu, freezer, proctree, runc, tcp_hold, versions
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, retention, transfer
@@ -62,14 +64,25 @@ class CheckpointResult:
         }
 
 
+#: tells a placeholder's cedana-pause that the end of its restored tree is not the program's
+#: (sidecar/pause/cedana-pause.c)
+PAUSE_HOLD_SIGNAL = signal.SIGUSR1
+
+
 class _Stopper:
     """Stops a container after its dump, in place of CRIU: the processes are signalled while
-    still frozen (kill) and die when thawed; wait then sees the init process gone."""
+    still frozen (kill) and die when thawed; wait then sees the init process gone.
+
+    `hold`: the connections held for a restore into the same pod, put in repair mode before
+    the kill so that they close without a word to the peers; with `keeper` (a placeholder's
+    cedana-pause, and `pid` the root of the tree restored beneath it) only that tree dies, and
+    the placeholder, told first, stays to take the restore."""
 
     EXIT_TIMEOUT_S = 30.0
 
-    def __init__(self, pid: int, what: str) -> None:
-        self.pid, self.what = pid, what
+    def __init__(self, pid: int, what: str, *, hold: list[tcp_hold.Connection] | None = None,
+                 keeper: int | None = None) -> None:
+        self.pid, self.what, self.hold, self.keeper = pid, what, hold, keeper
         try:  # the same process to the end, even if its PID is reused
             self.pidfd = os.pidfd_open(pid)
         except ProcessLookupError as exc:
@@ -78,7 +91,19 @@ class _Stopper:
 
     def kill(self) -> None:
         # only reached with the checkpoint renamed into place and listed
-        freezer.kill_frozen(self.pid, self.what)
+        if self.hold:
+            try:
+                tcp_hold.repair(proctree.process_tree(self.pid), self.hold)
+            except OSError as exc:  # the peers will see the connections end
+                log.error("cannot put the held TCP connections of %s in repair mode: %s",
+                          self.what, exc)
+        if self.keeper is not None:
+            # frozen: the pause handles it on the thaw, before it can see its child gone
+            os.kill(self.keeper, PAUSE_HOLD_SIGNAL)
+            # the root of a pid namespace: its death takes every process of the namespace
+            os.kill(self.pid, signal.SIGKILL)
+        else:
+            freezer.kill_frozen(self.pid, self.what)
         self.signalled = True
 
     def wait(self) -> None:
@@ -234,10 +259,16 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                          *, locks: ContainerLocks = DEFAULT_LOCKS,
                          with_rootfs: bool = True,
                          checkpoint_id: str | None = None,
-                         limits: Limits | None = None) -> CheckpointResult:
+                         limits: Limits | None = None,
+                         hold_connections: bool = False) -> CheckpointResult:
     """Dump one container into the checkpoint directory and list it. `limits`: where the
     checkpoint directory's quota is reserved (the helper's, with what its other operations
-    hold; None: only what the catalogue lists counts)."""
+    hold; None: only what the catalogue lists counts). `hold_connections` (with leave_running
+    false): the container's TCP connections are held open for a restore into the same pod
+    (node/tcp_hold.py); a failed checkpoint lets them go on."""
+    if hold_connections and leave_running:
+        raise InvalidRequest("hold_connections stops the container: it needs leave_running "
+                             "false")
     started = time.monotonic()
     target = containers.find(namespace, sandbox, container)
     checkpoint_id = checkpoint_id or str(uuid.uuid4())
@@ -248,6 +279,8 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
         target = containers.find(namespace, sandbox, container)
         tree = processes = _runnable(target, namespace, sandbox, container)
         options = choose_options(config, target, tree, leave_running)
+        what = f"container {namespace}/{sandbox}/{container}"
+        held = tcp_hold.connections(tree) if hold_connections else []
         # the quota before anything is frozen or written: about what the dump adds, held
         # until the checkpoint is listed (507 quota_exceeded otherwise)
         volumes = volumes_of(target)
@@ -260,6 +293,13 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
             store.make_private_dirs(final_dir.parent, Path("/"))
             temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
             temp_dir.mkdir(mode=store.DIR_MODE)
+            if held:
+                # from before the dump to the restore: nothing arrives that it does not hold
+                try:
+                    tcp_hold.lock(target.pid, held, what)
+                except tcp_hold.HoldError as exc:
+                    shutil.rmtree(temp_dir, ignore_errors=True)
+                    raise DumpFailed(str(exc)) from exc
             # without leave_running the container is stopped only once its checkpoint is
             # complete and listed: until then it is frozen, and thawed (alive) whatever fails,
             # even the helper itself (the freezer journal)
@@ -267,10 +307,12 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                 manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
                                           checkpoint_id, options, with_rootfs, until_stopped,
                                           recorded_pod(containers.pods.get((namespace, sandbox))),
-                                          volumes=volumes)
+                                          volumes=volumes, hold=held if hold_connections else None)
             except BaseException as exc:
                 keep_failed_log(config, temp_dir, checkpoint_id, exc)
                 shutil.rmtree(temp_dir, ignore_errors=True)
+                if held:  # the container goes on, and so do its connections
+                    _unlock_quietly(target.pid, held, what)
                 raise
             size = store.directory_size(final_dir)
             Catalogue(config.checkpoint_dir).add(catalogue_entry(
@@ -282,6 +324,13 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
     log.info("checkpointed %s/%s/%s into %s", namespace, sandbox, container, final_dir,
              extra={"checkpoint_id": checkpoint_id})
     return CheckpointResult(checkpoint_id, final_dir, size, duration_ms, options.to_dict(), target)
+
+
+def _unlock_quietly(pid: int, held: list[tcp_hold.Connection], what: str) -> None:
+    try:
+        tcp_hold.unlock(pid, held, what)
+    except tcp_hold.HoldError as exc:
+        log.error("%s", exc)
 
 
 def restore_is_live(record: dict[str, Any]) -> bool:
@@ -346,13 +395,15 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
           final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
           until_stopped: ExitStack, pod: dict[str, Any] | None = None,
           held: _Stopper | bool = False, pod_checkpoint: dict[str, Any] | None = None,
-          volumes: list[tuple[str, str]] | None = None
+          volumes: list[tuple[str, str]] | None = None,
+          hold: list[tcp_hold.Connection] | None = None
           ) -> tuple[store.CheckpointManifest, _Stopper | None]:
     """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
     left frozen until `until_stopped` is closed; the caller stops it with the _Stopper.
     `held`: the caller keeps the container frozen around this call (a whole-pod checkpoint);
     without leave_running, the _Stopper it made. `volumes`: the pod volumes to carry
-    (None: all the container has)."""
+    (None: all the container has). `hold`: the TCP connections held for a restore into the
+    same pod (recorded in the manifest; the _Stopper closes them in repair mode)."""
     images_dir = temp_dir / store.IMAGES_DIR
     work_dir = temp_dir / "work"
     images_dir.mkdir(mode=store.DIR_MODE)
@@ -373,6 +424,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
     stop = not options.leave_running
     dump_options = options
     stopper: _Stopper | None = None
+    restored = restored_root(config, target)
     # the pages images are hashed while CRIU writes them, not after
     with store.FollowingHasher(images_dir) as pages_hasher:
         with ExitStack() as while_read:
@@ -384,7 +436,10 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             elif held:
                 pass  # frozen by the caller until every container of the pod is dumped
             elif stop:
-                found = _Stopper(target.pid, what)
+                # a placeholder whose connections are held keeps its pause for the restore
+                found = _Stopper(restored, what, hold=hold, keeper=target.pid) \
+                    if hold is not None and restored is not None \
+                    else _Stopper(target.pid, what, hold=hold)
                 until_stopped.callback(found.wait)  # after the thaw
                 if until_stopped.enter_context(freezer.frozen(target.pid, what, journal)):
                     # CRIU leaves it alive (and frozen); stopped once its checkpoint is listed
@@ -394,7 +449,6 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                 while_read.enter_context(freezer.frozen(target.pid, what, journal))
             else:
                 while_read.enter_context(freezer.remembered(target.pid, journal))
-            restored = restored_root(config, target)
             if restored is None:
                 runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
                                 images_dir, work_dir, dump_options,
@@ -430,7 +484,9 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             },
             tools=versions.tool_versions(config),
             criu_options={**options.to_dict(), "with_rootfs": upper is not None,
-                          "volumes": destinations},
+                          "volumes": destinations,
+                          **({"held_connections": [c.to_dict() for c in hold]}
+                             if hold is not None else {})},
         )
         return store.finalize(temp_dir, final_dir, manifest, known=pages_digests,
                               key=signing.helper_key(config)), stopper
@@ -454,7 +510,8 @@ def _push_or_keep(config: HelperConfig, checkpoint_id: str, path: Path, compress
 def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
                checkpoint_path: str | None, leave_running: bool, with_rootfs: bool = True,
                storage: str | None = None, compression: str | None = None,
-               checkpoint_id: str | None = None, requested_by: str = "") -> dict[str, Any]:
+               checkpoint_id: str | None = None, requested_by: str = "",
+               hold_connections: bool = False) -> dict[str, Any]:
     """The whole of POST /checkpoint; its answer. Where it goes is decided before anything is
     dumped; a failed push keeps the checkpoint on the node (the error says which)."""
     config = helper.config
@@ -465,7 +522,8 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
             result = checkpoint_container(config, containers_of(helper, root), namespace, pod,
                                           container, checkpoint_path or None, leave_running,
                                           locks=helper.locks, with_rootfs=with_rootfs,
-                                          checkpoint_id=checkpoint_id, limits=helper.limits)
+                                          checkpoint_id=checkpoint_id, limits=helper.limits,
+                                          hold_connections=hold_connections)
         except HelperError as exc:
             events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
             raise

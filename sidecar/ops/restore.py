@@ -44,7 +44,7 @@ from sidecar.errors import (
     TargetNotSleeping,
     TooManyRequests,
 )
-from sidecar.node import cgroups, criu, proctree, tool
+from sidecar.node import cgroups, criu, proctree, tcp_hold, tool
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, transfer
@@ -233,7 +233,10 @@ def _check_target(target: RuncContainer, manifest: store.CheckpointManifest) -> 
             f"({target.container_id}) is {target.status}; it must be a running, sleeping "
             "container", container_id=target.container_id,
         )
-    if target.container_id == manifest.source.get("container_id"):
+    # a placeholder stopped with its connections held keeps its pause, sleeping again, for
+    # this very restore (a live restore in it is refused below, as in any placeholder)
+    if target.container_id == manifest.source.get("container_id") \
+            and "held_connections" not in manifest.criu_options:
         raise TargetNotSleeping(
             f"container {target.container_id} is the checkpoint's own source and still runs; "
             "restore into a sleeping placeholder container instead",
@@ -312,6 +315,7 @@ def restore_into(config: HelperConfig, containers: Containers, namespace: str, s
             "target_pid": target.pid,
             "restored_at": restored_at,
         })
+        _release_held(manifest, target)
     Catalogue(config.checkpoint_dir).record_restore(manifest.checkpoint_id, {
         "namespace": namespace, "pod": sandbox, "container": container,
         "container_id": target.container_id, "pid": host_pid, "restored_at": restored_at,
@@ -319,6 +323,22 @@ def restore_into(config: HelperConfig, containers: Containers, namespace: str, s
     duration_ms = int((time.monotonic() - started) * 1000)
     return RestoreResult(manifest.checkpoint_id, host_pid or vpid, vpid, target, duration_ms,
                          log_path)
+
+
+def _release_held(manifest: store.CheckpointManifest, target: RuncContainer) -> None:
+    """The connections a checkpoint held for a restore into the same pod (node/tcp_hold.py),
+    now taken over by the restored process: their packets flow again. A restore elsewhere
+    leaves them held (the source pod's network namespace, on its node)."""
+    recorded = manifest.criu_options.get("held_connections") or []
+    if not recorded or target.sandbox_id != manifest.source.get("sandbox_id"):
+        return
+    what = f"pod {target.namespace}/{target.sandbox_name}"
+    try:
+        held = [tcp_hold.Connection.from_dict(c) for c in recorded]
+        tcp_hold.unlock(target.pid, held, what)
+    except (ValueError, KeyError, TypeError, tcp_hold.HoldError) as exc:
+        # restored all the same: the peers time out instead of going on
+        log.error("the restored process of %s cannot take over its connections: %s", what, exc)
 
 
 def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.CheckpointManifest,

@@ -8,7 +8,10 @@
  *       of the same container (the kubelet restarted it: a liveness probe failed, the restored
  *       program exited) runs COMMAND, the program as the source pod ran it, afresh. SIGTERM and
  *       SIGINT are passed on to the restored processes; it exits when they have, or at once
- *       when there are none. It reaps whatever is reparented to it.
+ *       when there are none. It reaps whatever is reparented to it. SIGUSR1 (the node helper,
+ *       before it stops the restored processes for a restore into this same container, their
+ *       TCP connections held): the next end of the restored processes is not the program's
+ *       end; wait for the next restore.
  *   cedana-pause restored
  *       Exit 0 when PID 1 of this container has a child (the restore is done), else 1: the
  *       placeholder's startup probe, which holds the source's liveness and readiness probes
@@ -25,10 +28,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t stopping;
+static volatile sig_atomic_t stopping, held;
 
 static void on_stop(int sig) {
     stopping = sig;
+}
+
+static void on_hold(int sig) {
+    (void)sig;
+    held = 1;
 }
 
 /* Whether some process other than `self` has `parent` as its parent. */
@@ -79,6 +87,8 @@ static int run(const char *name, int argc, char **argv) {
     sa.sa_handler = on_stop;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_hold;
+    sigaction(SIGUSR1, &sa, NULL);
     sa.sa_handler = on_child;
     sa.sa_flags = SA_NOCLDSTOP;
     sigaction(SIGCHLD, &sa, NULL);
@@ -93,6 +103,10 @@ static int run(const char *name, int argc, char **argv) {
         if (reaped == 0) {
             had_child = 1; /* the restored processes, reparented to this one */
         } else if (errno == ECHILD) {
+            if (had_child && held && !stopping) {
+                held = had_child = 0; /* stopped to be restored here again: wait for it */
+                continue;
+            }
             if (had_child) return status_out; /* the restored program ended: so does this */
             if (stopping) return 0;
         }

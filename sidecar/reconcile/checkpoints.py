@@ -102,6 +102,11 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         return
     whole_pod = len(names) > 1
     container = ",".join(names)
+    if whole_pod and sp.get("holdConnections"):
+        refused = InvalidRequest("holdConnections takes one container: set spec.container")
+        ctx.objects.patch_status(CHECKPOINTS, obj, failed_with(obj, refused))
+        audit("checkpoint", obj, refused.code)
+        return
     finalizers = list(md.get("finalizers") or [])
     if CHECKPOINT_DATA_FINALIZER not in finalizers:
         obj = ctx.objects.set_finalizers(CHECKPOINTS, obj,
@@ -126,7 +131,8 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
                 checkpoint_path=None, leave_running=bool(sp.get("leaveRunning", True)),
                 with_rootfs=bool(sp.get("withRootfs", True)), storage=sp.get("storage") or None,
                 compression=sp.get("compression") or None, checkpoint_id=checkpoint_id,
-                requested_by=requested_by(obj))
+                requested_by=requested_by(obj),
+                hold_connections=bool(sp.get("holdConnections", False)))
     except OperationInProgress:
         # another operation holds the container: wait for it, nothing was done
         ctx.objects.patch_status(CHECKPOINTS, obj, {

@@ -723,3 +723,20 @@ def test_doctor_for_a_user_who_may_not_read_cluster_objects(cluster: FakeCluster
         "detail": "served (established)"}  # from discovery, which everyone may read
     assert rows[("daemonset", "cedana-system/cedana-helper")]["result"] == "warn"
     assert rows[("helper", "nodes")]["result"] == "warn"
+
+
+def test_checkpoint_hold_connections_goes_into_the_spec_for_one_container(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    cluster.add_pod(make_pod("web", containers=("app", "proxy")))
+    result = run_cli(kubeconfig, "checkpoint", "web", "-c", "app", "--hold-connections")
+    assert result.exit_code == 0, result.stderr
+    (sent,) = cluster.created("checkpoints")
+    assert sent["spec"] == {"podName": "web", "container": "app", "leaveRunning": False,
+                            "withRootfs": True, "holdConnections": True}
+    # not with --leave-running, and not for a whole pod: nothing is created
+    both = run_cli(kubeconfig, "checkpoint", "web", "-c", "app", "--hold-connections",
+                   "--leave-running")
+    assert both.exit_code == 2 and "drop --leave-running" in both.stderr
+    whole = run_cli(kubeconfig, "checkpoint", "web", "--hold-connections")
+    assert whole.exit_code == 2 and "name it with -c" in whole.stderr
+    assert len(cluster.created("checkpoints")) == 1

@@ -31,7 +31,8 @@ def post_checkpoint(request: Request, helper: HelperDep, body: CheckpointRequest
     return logged(request, checkpoint(
         helper, **data.target(), checkpoint_path=data.checkpoint_path,
         leave_running=body.leave_running, with_rootfs=body.with_rootfs, storage=body.storage,
-        compression=body.compression, requested_by=requester(request)), data.target())
+        compression=body.compression, requested_by=requester(request),
+        hold_connections=body.hold_connections), data.target())
 
 
 @router.get(contract.CHECKPOINTS, dependencies=[Depends(filtered_by_route)])
