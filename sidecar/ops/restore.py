@@ -315,7 +315,7 @@ def restore_into(config: HelperConfig, containers: Containers, namespace: str, s
             "target_pid": target.pid,
             "restored_at": restored_at,
         })
-        _release_held(manifest, target)
+        _release_held(manifest, target, containers)
     Catalogue(config.checkpoint_dir).record_restore(manifest.checkpoint_id, {
         "namespace": namespace, "pod": sandbox, "container": container,
         "container_id": target.container_id, "pid": host_pid, "restored_at": restored_at,
@@ -325,20 +325,30 @@ def restore_into(config: HelperConfig, containers: Containers, namespace: str, s
                          log_path)
 
 
-def _release_held(manifest: store.CheckpointManifest, target: RuncContainer) -> None:
-    """The connections a checkpoint held for a restore into the same pod (node/tcp_hold.py),
-    now taken over by the restored process: their packets flow again. A restore elsewhere
-    leaves them held (the source pod's network namespace, on its node)."""
+def _release_held(manifest: store.CheckpointManifest, target: RuncContainer,
+                  containers: Containers) -> None:
+    """The connections a checkpoint held for a restore into the same pod (node/tcp_hold.py)
+    flow again once it is restored: taken over by the restored process in that pod; restored
+    elsewhere (closed there), their peers in the source pod, if it still runs on this node, are
+    told at their next packet (a reset) instead of waiting for their timeouts."""
     recorded = manifest.criu_options.get("held_connections") or []
-    if not recorded or target.sandbox_id != manifest.source.get("sandbox_id"):
+    if not recorded:
         return
-    what = f"pod {target.namespace}/{target.sandbox_name}"
+    source_sandbox = manifest.source.get("sandbox_id")
+    holder = target
+    if target.sandbox_id != source_sandbox:
+        found = next((c for c in containers.list(str(manifest.source.get("namespace") or ""))
+                      if c.sandbox_id == source_sandbox and c.alive and c.pid > 0), None)
+        if found is None:
+            return  # the source pod is gone, or on another node
+        holder = found
+    what = f"pod {holder.namespace}/{holder.sandbox_name}"
     try:
         held = [tcp_hold.Connection.from_dict(c) for c in recorded]
-        tcp_hold.unlock(target.pid, held, what)
+        tcp_hold.unlock(holder.pid, held, what)
     except (ValueError, KeyError, TypeError, tcp_hold.HoldError) as exc:
         # restored all the same: the peers time out instead of going on
-        log.error("the restored process of %s cannot take over its connections: %s", what, exc)
+        log.error("the held connections of %s stay held: %s", what, exc)
 
 
 def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.CheckpointManifest,

@@ -150,7 +150,8 @@ def test_a_restore_into_the_same_pod_keeps_a_clients_connection(
 def test_a_restore_elsewhere_of_a_held_checkpoint_closes_the_connection(
         lab: Lab, namespace: str) -> None:
     """The held connections are taken over only in their own pod: restored into a new pod,
-    the server finds them closed (CRIU's --tcp-close) and serves new ones."""
+    the server finds them closed (CRIU's --tcp-close) and serves new ones, and the client of
+    the old pod is told (its next request is reset) instead of waiting for its timeout."""
     address = _restored_server(lab, namespace)
     connection = socket.create_connection((address, PORT), timeout=10)
     connection.sendall(b"x\n")
@@ -166,6 +167,11 @@ def test_a_restore_elsewhere_of_a_held_checkpoint_closes_the_connection(
     again.sendall(b"x\n")
     assert again.recv(64) == f"served={served + 1}\n".encode()
     again.close()
+    # the hold in srv-1 is lifted: no socket answers there any more
+    connection.settimeout(30)
+    with pytest.raises(ConnectionResetError):
+        connection.sendall(b"x\n")
+        connection.recv(64)
     connection.close()
     lab.wait_log(namespace, "srv-2", r"connection dropped")
 
