@@ -544,7 +544,7 @@ CHECKPOINT_COLUMNS = [
 
 
 @main.group("checkpoints", invoke_without_command=True, context_settings=CONTEXT_SETTINGS,
-            short_help="The Checkpoint objects: ls, inspect, rm, prune.")
+            short_help="The Checkpoint objects: ls, inspect, rm, prune, import.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="With no subcommand: ls -A.")
 @click.pass_context
 def checkpoints_group(ctx: click.Context, all_namespaces: bool) -> None:
@@ -626,6 +626,43 @@ def checkpoints_rm(settings: Settings, checkpoints: Sequence[str], wait: bool, t
                 "its data, then the object goes)")
     emit(settings, document("CheckpointDeletion", dry_run=dry_run, items=rows),
          lambda: "\n".join(line(r) for r in rows))
+
+
+@checkpoints_command("import")
+@click.argument("archive")
+@click.option("--node", required=True, metavar="NODE",
+              help="The node whose kubelet wrote the archive.")
+@click.option("--storage", type=click.Choice(["local", "remote"]),
+              help="remote: also push it to the helpers' checkpoint registry (restorable on any "
+                   "node); default: remote when the helpers have a registry.")
+@COMPRESSION_OPTION
+@NAME_OPTION
+@WAIT_OPTION
+@WAIT_TIMEOUT_OPTION
+@DRY_RUN_OPTION
+@click.pass_obj
+def checkpoints_import(settings: Settings, archive: str, node: str, storage: str | None,
+                       compression: str | None, name: str | None, wait: bool, timeout: str,
+                       dry_run: str) -> None:
+    """Take in an archive the kubelet's checkpoint API wrote on NODE (its file name in the
+    kubelet's checkpoint directory, checkpoint-POD_NAMESPACE-CONTAINER-TIME.tar, or that path)
+    as a Checkpoint of this namespace; prints the checkpoint ID. It is then restored, migrated
+    and listed like any checkpoint.
+
+    \b
+    Examples:
+      kubectl cedana checkpoints import checkpoint-web_shop-app-2026-11-30T10:00:00Z.tar \\
+          --node worker-1 --name web-forensic
+      kubectl cedana restore web-forensic --new-pod web-copy
+    """
+    limit = duration_timeout(timeout, "--timeout")
+    kube = connect(settings)
+    start_and_finish(
+        settings, kube, lambda: operations.start_import(
+            kube, kube.namespace, archive, node, storage=storage, compression=compression,
+            name=name or "", dry_run=dry_run),
+        wait=wait, timeout=limit, label=f"importing {archive.rsplit('/', 1)[-1]}",
+        text=lambda obj: checkpoint_text(settings, obj))
 
 
 @checkpoints_command("prune")

@@ -9,6 +9,7 @@ shapes, minus apiVersion/kind), and raise errors from kubectl_cedana.errors.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -142,6 +143,36 @@ def start_checkpoint(kube: KubeClient, namespace: str, pod: str, container: str 
         spec["compression"] = compression
     return _start(kube, CHECKPOINT_RESOURCE, namespace, spec, name=name, generate_from=pod,
                   node=node, dry_run=dry_run)
+
+
+#: the kubelet's archive names: checkpoint-POD_NAMESPACE-CONTAINER-TIME.tar
+KUBELET_ARCHIVE = re.compile(
+    r"checkpoint-([a-z0-9][a-z0-9.-]*)_([a-z0-9-]+)-[A-Za-z0-9._:+-]+\.tar")
+KUBELET_CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints/"
+
+
+def start_import(kube: KubeClient, namespace: str, archive: str, node: str, *,
+                 storage: str | None = None, compression: str | None = None, name: str = "",
+                 dry_run: str = "none") -> Started:
+    """A Checkpoint of the kubelet archive `archive` on `node` (spec.kubeletArchive), of the
+    pod the archive's name gives, in `namespace`, which the name must give too."""
+    base = archive[len(KUBELET_CHECKPOINT_DIR):] if archive.startswith(KUBELET_CHECKPOINT_DIR) \
+        else archive
+    found = KUBELET_ARCHIVE.fullmatch(base)
+    if not found or "/" in base:
+        raise UsageError(f"{archive!r} is not a kubelet checkpoint archive's name "
+                         "(checkpoint-POD_NAMESPACE-CONTAINER-TIME.tar)")
+    pod = found.group(1)
+    if not base.startswith(f"checkpoint-{pod}_{namespace}-"):
+        raise UsageError(f"{base} is not of a pod in namespace {namespace}: use -n with the "
+                         "pod's namespace")
+    spec: dict[str, Any] = {"podName": pod, "kubeletArchive": base}
+    if storage:
+        spec["storage"] = storage
+    if compression:
+        spec["compression"] = compression
+    return _start(kube, CHECKPOINT_RESOURCE, namespace, spec, name=name,
+                  generate_from=f"{pod}-import", node=node, dry_run=dry_run)
 
 
 def preflight(kube: KubeClient, namespace: str, pod: str, container: str | None, *,

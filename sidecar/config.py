@@ -119,6 +119,9 @@ class HelperConfig:
     # bytes the checkpoint directory may hold (checked before a dump or a pull); 0: no quota.
     # `cedana-helper serve` defaults it to DEFAULT_CHECKPOINT_DIR_SHARE of the filesystem
     max_checkpoint_dir_bytes: int = 0
+    # where the kubelet's checkpoint API writes its archives (a Checkpoint's kubeletArchive
+    # names one there)
+    kubelet_checkpoint_dir: Path = Path("/var/lib/kubelet/checkpoints")
     # the HTTP server (sidecar/http/server.py)
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S

@@ -494,7 +494,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
         raise DumpFailed(f"cannot complete the checkpoint in {temp_dir}: {exc}") from exc
 
 
-def _push_or_keep(config: HelperConfig, checkpoint_id: str, path: Path, compression: str | None,
+def push_or_keep(config: HelperConfig, checkpoint_id: str, path: Path, compression: str | None,
                   kept: str, kept_id: str | None = None) -> transfer.RemoteCheckpoint:
     """Push a listed checkpoint to the registry; a failure says that `kept` stays on this node
     (and carries its id), for the caller to report."""
@@ -531,7 +531,7 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
         pushed = None
         if remote:
             try:
-                pushed = _push_or_keep(config, result.checkpoint_id, result.checkpoint_path,
+                pushed = push_or_keep(config, result.checkpoint_id, result.checkpoint_path,
                                        compression, f"checkpoint {result.checkpoint_id}")
             except HelperError as exc:
                 exc.extra.update(checkpoint_path=str(result.checkpoint_path))
@@ -713,7 +713,7 @@ def checkpoint_pod(helper: Helper, *, namespace: str, pod: str, containers: list
             pushed = None
             if remote:
                 try:
-                    pushed = _push_or_keep(config, member.checkpoint_id, member.checkpoint_path,
+                    pushed = push_or_keep(config, member.checkpoint_id, member.checkpoint_path,
                                            compression, f"pod checkpoint {result.checkpoint_id}",
                                            kept_id=result.checkpoint_id)
                 except HelperError as exc:

@@ -22,7 +22,7 @@ from sidecar.errors import (
     TooManyRequests,
 )
 from sidecar.kube.objects import Conflict, Gone
-from sidecar.ops import catalogue, checkpoint, preflight
+from sidecar.ops import catalogue, checkpoint, kubelet_archive, preflight
 from sidecar.reconcile.common import (
     CHECKPOINTS,
     Ctx,
@@ -91,8 +91,11 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     md, sp = meta(obj), spec(obj)
     namespace, pod = str(md["namespace"]), str(sp.get("podName", ""))
     uid = str(md["uid"])
+    archive = str(sp.get("kubeletArchive") or "")
     try:
-        names = containers_of(ctx, namespace, pod, str(sp.get("container") or ""))
+        # an archive names its own container (its spec.dump); the pod may be gone
+        names = [str(sp.get("container") or "")] if archive else \
+            containers_of(ctx, namespace, pod, str(sp.get("container") or ""))
     except HelperError as exc:
         ctx.objects.patch_status(CHECKPOINTS, obj, failed_with(obj, exc))
         audit("checkpoint", obj, exc.code)
@@ -118,7 +121,14 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         message=f"checkpointing {pod}/{container or '?'} on node {ctx.node}"), precondition=True)
     ctx.take(uid)
     try:
-        if whole_pod:
+        if archive:
+            answer = kubelet_archive.import_checkpoint(
+                ctx.helper, namespace=namespace, pod=pod, name=archive,
+                checkpoint_id=checkpoint_id, storage=sp.get("storage") or None,
+                compression=sp.get("compression") or None,
+                pod_object=ctx.objects.get_pod(namespace, pod))
+            container = str(answer.get("container") or container)
+        elif whole_pod:
             answer = checkpoint.checkpoint_pod(
                 ctx.helper, namespace=namespace, pod=pod, containers=names,
                 leave_running=bool(sp.get("leaveRunning", True)),
@@ -165,8 +175,10 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
                 **({"imageRef": m["remote"]["reference"]} if m.get("remote") else {})}
                for m in answer.get("containers") or []]
     what = f"pod {pod} ({container}) in one freeze" if whole_pod else f"{pod}/{container}"
+    taken = f"imported from the kubelet's archive {archive}" if archive else "taken"
     ctx.objects.patch_status(CHECKPOINTS, obj, succeeded(
-        obj, f"checkpoint {checkpoint_id} of {what} taken on node {ctx.node}",
+        obj, f"checkpoint {checkpoint_id} of {what} {taken} on node {ctx.node}",
+        **({"container": container} if archive else {}),
         sizeBytes=answer.get("size_bytes"), durationMs=answer.get("duration_ms"),
         storage=answer.get("storage"), imageRef=remote.get("reference"),
         compression=remote.get("compression"), containerID=answer.get("container_id"),

@@ -740,3 +740,21 @@ def test_checkpoint_hold_connections_goes_into_the_spec_for_one_container(
     whole = run_cli(kubeconfig, "checkpoint", "web", "--hold-connections")
     assert whole.exit_code == 2 and "name it with -c" in whole.stderr
     assert len(cluster.created("checkpoints")) == 1
+
+
+def test_checkpoints_import_makes_a_checkpoint_of_the_archives_pod_on_its_node(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    cluster.add_helper("node2")
+    name = "checkpoint-web_default-app-2026-11-30T10:00:00Z.tar"
+    result = run_cli(kubeconfig, "checkpoints", "import", f"/var/lib/kubelet/checkpoints/{name}",
+                     "--node", "node2", "--storage", "local", "--no-wait")
+    assert result.exit_code == 0, result.stderr
+    (sent,) = cluster.created("checkpoints")
+    assert sent["metadata"]["labels"] == {NODE_LABEL: "node2"}
+    assert sent["spec"] == {"podName": "web", "kubeletArchive": name, "storage": "local"}
+    # another namespace's archive, and names that are not the kubelet's, create nothing
+    for bad in ("checkpoint-web_shop-app-2026-11-30T10:00:00Z.tar", "../../etc/shadow",
+                "/tmp/" + name):
+        refused = run_cli(kubeconfig, "checkpoints", "import", bad, "--node", "node2")
+        assert refused.exit_code == 2, (bad, refused.stderr)
+    assert len(cluster.created("checkpoints")) == 1
