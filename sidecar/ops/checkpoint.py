@@ -280,6 +280,12 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
         tree = processes = _runnable(target, namespace, sandbox, container)
         options = choose_options(config, target, tree, leave_running)
         what = f"container {namespace}/{sandbox}/{container}"
+        if hold_connections and restored_root(config, target) is None:
+            # its program is its init: stopped, the container ends (and is restarted)
+            raise InvalidRequest(
+                f"{what} runs its program as its own init, so the container would end with "
+                "it: hold_connections needs a restored pod, whose pause process keeps it for "
+                "the restore (restore --new-pod or migrate it first)")
         held = tcp_hold.connections(tree) if hold_connections else []
         # the quota before anything is frozen or written: about what the dump adds, held
         # until the checkpoint is listed (507 quota_exceeded otherwise)

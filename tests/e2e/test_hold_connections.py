@@ -192,6 +192,11 @@ def test_hold_connections_is_refused_with_leave_running_and_to_another_tenant(
     refused_cli = cedana(lab, "-n", namespace, "checkpoint", "private", "--hold-connections",
                          "--leave-running")
     assert refused_cli.returncode == 2 and "drop --leave-running" in refused_cli.stderr
+    # a container whose program is its init would end with it: refused, nothing stopped
+    not_restored = cedana(lab, "-n", namespace, "checkpoint", "private", "-c", "main",
+                          "--hold-connections", "--name", "not-restored")
+    assert not_restored.returncode != 0
+    assert "needs a restored pod" in not_restored.stderr, not_restored.stderr
     tenant = create_namespace(lab, "hold-tenant")
     try:
         lab.kubectl("-n", tenant, "create", "rolebinding", "cedana", "--clusterrole=cedana-edit",
@@ -206,8 +211,12 @@ def test_hold_connections_is_refused_with_leave_running_and_to_another_tenant(
     pod = lab.pod(namespace, "private")
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
     assert pod["status"]["containerStatuses"][0].get("state", {}).get("running")
-    listed = lab.kubectl("-n", namespace, "get", "checkpoints.cedana.io", "-o", "name")
-    assert listed.stdout.strip() == ""
+    # only the refused one, Failed with nothing kept
+    listed = json.loads(lab.kubectl("-n", namespace, "get", "checkpoints.cedana.io", "-o",
+                                    "json").stdout)["items"]
+    assert [(o["metadata"]["name"], o["status"]["phase"], o["status"]["errorCode"])
+            for o in listed] == [("not-restored", "Failed", "invalid_request")]
+    assert not listed[0]["status"].get("checkpointID")
 
 
 class PsqlSession:
