@@ -130,6 +130,13 @@ SPEC_MAX_BYTES = 4 << 20
 
 def read_spec(archive: Path) -> dict[str, Any]:
     """The archive's spec.dump, read before anything of it is written."""
+    try:
+        return _read_spec(archive)
+    except (OSError, tarfile.TarError) as exc:
+        raise InvalidRequest(f"cannot read {archive.name}: {exc}") from exc
+
+
+def _read_spec(archive: Path) -> dict[str, Any]:
     fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
         for member in tar:
@@ -195,7 +202,10 @@ def import_archive(config: HelperConfig, *, namespace: str, pod: str, name: str,
         temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
         temp_dir.mkdir(mode=store.DIR_MODE)
         try:
-            unpack(path, temp_dir, config.max_checkpoint_bytes)
+            try:
+                unpack(path, temp_dir, config.max_checkpoint_bytes)
+            except (OSError, tarfile.TarError) as exc:  # corrupt, or a member twice
+                raise InvalidRequest(f"cannot take in {name}: {exc}") from exc
             try:
                 dumped = store.read_json(temp_dir / "config.dump")
             except (OSError, ValueError) as exc:

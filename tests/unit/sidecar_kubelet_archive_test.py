@@ -131,3 +131,20 @@ def test_links_bad_names_and_missing_archives_are_refused(config: Any) -> None:
             kubelet_archive.archive_path(config, bad)
     with pytest.raises(CheckpointNotFound):
         kubelet_archive.archive_path(config, NAME.replace("counter", "gone"))
+
+
+def test_a_corrupt_archive_or_a_member_twice_is_a_clear_refusal(config: Any) -> None:
+    (config.kubelet_checkpoint_dir / NAME).write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(InvalidRequest, match=f"cannot read {NAME}"):
+        kubelet_archive.import_archive(config, namespace="shop", pod="counter", name=NAME,
+                                       checkpoint_id="id-4")
+    members = _members()
+    path = _archive(config.kubelet_checkpoint_dir / NAME, members)
+    with tarfile.open(path, "a") as tar:  # the same file again
+        info = tarfile.TarInfo("checkpoint/pages-1.img")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(InvalidRequest, match="cannot take in"):
+        kubelet_archive.import_archive(config, namespace="shop", pod="counter", name=NAME,
+                                       checkpoint_id="id-5")
+    assert not list(config.checkpoint_dir.glob(".tmp-*"))
