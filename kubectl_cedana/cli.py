@@ -343,6 +343,10 @@ def list_command(settings: Settings, all_namespaces: bool) -> None:
 
 
 # -- checkpoint -------------------------------------------------------------------------------
+STORAGE_OPTION = click.option(
+    "--storage", type=click.Choice(["local", "remote"]),
+    help="remote: also push it to the helpers' checkpoint registry (restorable on any node); "
+         "default: remote when the helpers have a registry.")
 COMPRESSION_OPTION = click.option(
     "--compression", type=click.Choice(COMPRESSIONS),
     help="Compression of a checkpoint pushed to the registry (default: the helper's, "
@@ -380,9 +384,7 @@ def checkpoint_text(settings: Settings, obj: dict[str, Any]) -> str:
                    "the same pod (restore --into POD), which takes them over: its clients see "
                    "a pause, not a reset. One container; not with --leave-running.")
 @WITH_ROOTFS_OPTION
-@click.option("--storage", type=click.Choice(["local", "remote"]),
-              help="remote: push to the helpers' checkpoint registry (restorable on any node); "
-                   "default: remote when the helpers have a registry.")
+@STORAGE_OPTION
 @COMPRESSION_OPTION
 @NAME_OPTION
 @WAIT_OPTION
@@ -632,9 +634,7 @@ def checkpoints_rm(settings: Settings, checkpoints: Sequence[str], wait: bool, t
 @click.argument("archive")
 @click.option("--node", required=True, metavar="NODE",
               help="The node whose kubelet wrote the archive.")
-@click.option("--storage", type=click.Choice(["local", "remote"]),
-              help="remote: also push it to the helpers' checkpoint registry (restorable on any "
-                   "node); default: remote when the helpers have a registry.")
+@STORAGE_OPTION
 @COMPRESSION_OPTION
 @NAME_OPTION
 @WAIT_OPTION
