@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,6 @@ import psutil
 log = logging.getLogger(__name__)
 
 IO_URING_LINK = "anon_inode:[io_uring]"
-# /proc/net/tcp `st` values of sockets CRIU dumps without --tcp-established: LISTEN and CLOSE
-TCP_UNCONNECTED_STATES = {"0A", "07"}
 
 
 @dataclass(frozen=True)
@@ -80,40 +79,18 @@ def find_io_uring(tree: list[TreeProcess], proc: Path = Path("/proc")) -> TreePr
     return None
 
 
-def _socket_inodes(pid: int, proc: Path) -> set[str]:
-    inodes = set()
-    for link in fd_links(pid, proc).values():
-        if link.startswith("socket:[") and link.endswith("]"):
-            inodes.add(link[len("socket:["):-1])
-    return inodes
+SOCKET_LINK = "socket:["
 
 
-def _connected_tcp_inodes(pid: int, proc: Path) -> set[str]:
-    """Inodes of connected TCP sockets in the network namespace `pid` lives in."""
-    connected = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = (proc / str(pid) / "net" / name).read_text(encoding="ascii").splitlines()
-        except OSError:
-            continue
-        for line in lines[1:]:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] not in TCP_UNCONNECTED_STATES:
-                connected.add(fields[9])
-    return connected
-
-
-def has_connected_tcp(tree: list[TreeProcess], proc: Path = Path("/proc")) -> bool:
-    """Whether any process of the tree holds a TCP socket that is neither listening nor closed.
-
-    Reads /proc/PID/net/tcp{,6}, which show the process's own network namespace (psutil's
-    connection API reads the caller's namespace instead).
-    """
+def socket_fds(tree: Sequence[TreeProcess], proc: Path = Path("/proc")
+               ) -> dict[str, tuple[int, int]]:
+    """The sockets the tree's processes hold: inode -> (pid, fd) of the first holding it."""
+    held: dict[str, tuple[int, int]] = {}
     for member in tree:
-        mine = _socket_inodes(member.pid, proc)
-        if mine and mine & _connected_tcp_inodes(member.pid, proc):
-            return True
-    return False
+        for fd, link in fd_links(member.pid, proc).items():
+            if link.startswith(SOCKET_LINK) and link.endswith("]"):
+                held.setdefault(link[len(SOCKET_LINK):-1], (member.pid, fd))
+    return held
 
 
 def upper_dir(pid: int, proc: Path = Path("/proc")) -> Path | None:

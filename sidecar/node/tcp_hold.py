@@ -36,6 +36,8 @@ TCP_REPAIR = 19  # linux/tcp.h
 TCP_REPAIR_ON = 1
 SYS_PIDFD_GETFD = 438  # the same number on every architecture since 5.6
 RULES_TIMEOUT_S = 30.0
+# /proc/net/tcp `st` values of sockets CRIU dumps without --tcp-established: LISTEN and CLOSE
+TCP_UNCONNECTED_STATES = {"0A", "07"}
 
 
 class HoldError(Exception):
@@ -88,7 +90,7 @@ def parse_tcp_table(text: str) -> list[Connection]:
     found = []
     for line in text.splitlines()[1:]:
         fields = line.split()
-        if len(fields) <= 9 or fields[3] in proctree.TCP_UNCONNECTED_STATES:
+        if len(fields) <= 9 or fields[3] in TCP_UNCONNECTED_STATES:
             continue
         family, local, local_port = _address(fields[1])
         _, remote, remote_port = _address(fields[2])
@@ -103,18 +105,15 @@ def parse_tcp_table(text: str) -> list[Connection]:
 
 def connections(tree: Sequence[proctree.TreeProcess], proc: Path = Path("/proc")
                 ) -> list[Connection]:
-    """The connected TCP sockets the tree's processes hold, each once."""
+    """The connected TCP sockets (neither listening nor closed) the tree's processes hold, each
+    once. Reads /proc/PID/net/tcp{,6} of the tree's root, which show its own network namespace
+    (psutil's connection API reads the caller's)."""
     if not tree:
         return []
-    tables = [parse_tcp_table(_read(proc / str(tree[0].pid) / "net" / name))
-              for name in ("tcp", "tcp6")]
-    by_inode = {c.inode: c for found in tables for c in found}
-    held: dict[str, Connection] = {}
-    for member in tree:
-        for link in proctree.fd_links(member.pid, proc).values():
-            if link.startswith("socket:[") and link[8:-1] in by_inode:
-                held.setdefault(link[8:-1], by_inode[link[8:-1]])
-    return list(held.values())
+    held = proctree.socket_fds(tree, proc)
+    return [c for name in ("tcp", "tcp6")
+            for c in parse_tcp_table(_read(proc / str(tree[0].pid) / "net" / name))
+            if c.inode in held]
 
 
 def _read(path: Path) -> str:
@@ -190,27 +189,19 @@ def repair(tree: Sequence[proctree.TreeProcess], held: Sequence[Connection],
     on each), so that they close without telling the peer when the tree is killed. Call with
     the tree frozen. Returns how many were put in repair mode; raises OSError if one cannot."""
     wanted = {c.inode for c in held if c.inode}
-    for member in tree:
-        if not wanted:
-            break
-        links = proctree.fd_links(member.pid, proc)
-        mine = {fd: link[8:-1] for fd, link in links.items()
-                if link.startswith("socket:[") and link[8:-1] in wanted}
-        if not mine:
-            continue
-        pidfd = os.pidfd_open(member.pid)
+    found = proctree.socket_fds(tree, proc)
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise OSError(f"sockets {missing} were not found in the tree")
+    for inode in wanted:
+        pid, fd = found[inode]
+        pidfd = os.pidfd_open(pid)
         try:
-            for fd, inode in mine.items():
-                if inode not in wanted:
-                    continue
-                copy = socket.socket(fileno=_pidfd_getfd(pidfd, fd))
-                try:
-                    copy.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
-                finally:
-                    copy.close()  # the tree's descriptor keeps the socket
-                wanted.discard(inode)
+            copy = socket.socket(fileno=_pidfd_getfd(pidfd, fd))
         finally:
             os.close(pidfd)
-    if wanted:
-        raise OSError(f"sockets {sorted(wanted)} were not found in the tree")
-    return len({c.inode for c in held if c.inode})
+        try:
+            copy.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
+        finally:
+            copy.close()  # the tree's descriptor keeps the socket
+    return len(wanted)

@@ -204,7 +204,7 @@ def destination(config: HelperConfig, checkpoint_path: str | None, checkpoint_id
 
 def choose_options(config: HelperConfig, container: RuncContainer,
                    tree: list[proctree.TreeProcess], leave_running: bool) -> runc.DumpOptions:
-    tcp = proctree.has_connected_tcp(tree)
+    tcp = bool(tcp_hold.connections(tree))
     if criu.RUNC_CONFIG_ANNOTATION in container.annotations:
         # runc hands CRIU the container's own config file instead of ours
         in_config: set[str] = set()

@@ -118,26 +118,9 @@ def _gpu(name: str, spec: dict[str, Any], pod: dict[str, Any] | None) -> Finding
                    "which CRIU does not checkpoint (that needs the vendor's CRIU plugin)")
 
 
-def _socket_inodes(tree: list[proctree.TreeProcess]) -> dict[int, int]:
-    """socket inode -> a pid of the tree holding it."""
-    held: dict[int, int] = {}
-    for process in tree:
-        try:
-            fds = os.listdir(f"/proc/{process.pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{process.pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                held.setdefault(int(link[8:-1]), process.pid)
-    return held
-
-
 def _unix_sockets(name: str, tree: list[proctree.TreeProcess], nsenter: str) -> Finding:
-    held = _socket_inodes(tree)
+    # socket inode -> a pid of the tree holding it
+    held = {int(inode): pid for inode, (pid, _fd) in proctree.socket_fds(tree).items()}
     if not held or not tree:
         return Finding(name, "unix_socket", True, "no unix socket connected outside")
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import OperationInProgress
-from sidecar.node import proctree
+from sidecar.node import proctree, tcp_hold
 from sidecar.node.locks import ContainerLocks
 from tests.unit.sidecar_support import IO_URING_HOLDER, process, wait_for
 
@@ -65,10 +65,10 @@ def test_connected_tcp_is_detected_listening_is_not(tmp_path: Path) -> None:
     try:
         with process(sys.executable, str(client_script), str(port), ready="ready") as client:
             conn, _ = server.accept()
-            assert proctree.has_connected_tcp(proctree.process_tree(client.pid))
+            assert tcp_hold.connections(proctree.process_tree(client.pid))
             conn.close()
         with process(sys.executable, str(listener_script), ready="ready") as listener:
-            assert not proctree.has_connected_tcp(proctree.process_tree(listener.pid))
+            assert not tcp_hold.connections(proctree.process_tree(listener.pid))
     finally:
         server.close()
 
