@@ -164,6 +164,12 @@ class Resource(NamedTuple):
         return self.plural + "." + API_GROUP
 
 
+#: Checkpoint spec.kubeletArchive: the file names the kubelet's checkpoint API gives its
+#: archives, checkpoint-POD_NAMESPACE-CONTAINER-TIME.tar (the CRD's pattern says the same), and
+#: where it writes them
+KUBELET_ARCHIVE_PATTERN = r"checkpoint-([a-z0-9][a-z0-9.-]*)_([a-z0-9-]+)-[A-Za-z0-9._:+-]+\.tar"
+KUBELET_CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints"
+
 CHECKPOINT_RESOURCE = Resource("Checkpoint", "checkpoints", "checkpoint")
 RESTORE_RESOURCE = Resource("Restore", "restores", "restore")
 MIGRATION_RESOURCE = Resource("Migration", "migrations", "migration")

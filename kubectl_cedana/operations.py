@@ -19,6 +19,8 @@ from kubectl_cedana.contract import (
     CHECKPOINT_RESOURCE,
     HELPER_NAMESPACE,
     HELPER_SELECTOR,
+    KUBELET_ARCHIVE_PATTERN,
+    KUBELET_CHECKPOINT_DIR,
     MIGRATION_RESOURCE,
     REQUESTED_BY_ANNOTATION,
     RESTORE_RESOURCE,
@@ -145,10 +147,7 @@ def start_checkpoint(kube: KubeClient, namespace: str, pod: str, container: str 
                   node=node, dry_run=dry_run)
 
 
-#: the kubelet's archive names: checkpoint-POD_NAMESPACE-CONTAINER-TIME.tar
-KUBELET_ARCHIVE = re.compile(
-    r"checkpoint-([a-z0-9][a-z0-9.-]*)_([a-z0-9-]+)-[A-Za-z0-9._:+-]+\.tar")
-KUBELET_CHECKPOINT_DIR = "/var/lib/kubelet/checkpoints/"
+KUBELET_ARCHIVE = re.compile(KUBELET_ARCHIVE_PATTERN)
 
 
 def start_import(kube: KubeClient, namespace: str, archive: str, node: str, *,
@@ -156,8 +155,8 @@ def start_import(kube: KubeClient, namespace: str, archive: str, node: str, *,
                  dry_run: str = "none") -> Started:
     """A Checkpoint of the kubelet archive `archive` on `node` (spec.kubeletArchive), of the
     pod the archive's name gives, in `namespace`, which the name must give too."""
-    base = archive[len(KUBELET_CHECKPOINT_DIR):] if archive.startswith(KUBELET_CHECKPOINT_DIR) \
-        else archive
+    where = KUBELET_CHECKPOINT_DIR + "/"
+    base = archive[len(where):] if archive.startswith(where) else archive
     found = KUBELET_ARCHIVE.fullmatch(base)
     if not found or "/" in base:
         raise UsageError(f"{archive!r} is not a kubelet checkpoint archive's name "

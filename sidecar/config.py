@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubectl_cedana.contract import DEFAULT_COMPRESSION
+from kubectl_cedana.contract import DEFAULT_COMPRESSION, KUBELET_CHECKPOINT_DIR
 
 DEFAULT_RUNTIME_ROOT = Path("/run/containerd/runc/k8s.io")
 DEFAULT_CRIU_RUNC_CONFIG = Path("/etc/criu/runc.conf")
@@ -121,7 +121,7 @@ class HelperConfig:
     max_checkpoint_dir_bytes: int = 0
     # where the kubelet's checkpoint API writes its archives (a Checkpoint's kubeletArchive
     # names one there)
-    kubelet_checkpoint_dir: Path = Path("/var/lib/kubelet/checkpoints")
+    kubelet_checkpoint_dir: Path = Path(KUBELET_CHECKPOINT_DIR)
     # the HTTP server (sidecar/http/server.py)
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S

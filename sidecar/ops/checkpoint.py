@@ -157,24 +157,26 @@ def keep_failed_log(config: HelperConfig, temp_dir: Path, checkpoint_id: str,
 
 
 def catalogue_entry(config: HelperConfig, manifest: store.CheckpointManifest, final_dir: Path,
-                    target: RuncContainer, size: int, options: runc.DumpOptions,
+                    size: int, options: dict[str, Any],
                     processes: list[proctree.TreeProcess], *, leave_running: bool,
                     with_rootfs: bool, **extra: Any) -> dict[str, Any]:
-    """What the catalogue lists of a complete checkpoint."""
+    """What the catalogue lists of a complete checkpoint (its container: the signed
+    manifest's source)."""
+    source = manifest.source
     return {
         "id": manifest.checkpoint_id,
         "path": str(final_dir),
-        "namespace": target.namespace,
-        "pod": target.sandbox_name,
-        "container": target.container_name,
-        "container_id": target.container_id,
-        "image": target.image,
+        "namespace": source.get("namespace", ""),
+        "pod": source.get("pod", ""),
+        "container": source.get("container", ""),
+        "container_id": source.get("container_id", ""),
+        "image": source.get("image", ""),
         "node": config.node_name,
         "size_bytes": size,
         "created": manifest.created,
         "leave_running": leave_running,
         "status": "complete",
-        "options": options.to_dict(),
+        "options": options,
         "with_rootfs": with_rootfs,
         "processes": [{"pid": p.pid, "name": p.name} for p in processes],
         "restores": [],
@@ -322,7 +324,7 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                 raise
             size = store.directory_size(final_dir)
             Catalogue(config.checkpoint_dir).add(catalogue_entry(
-                config, manifest, final_dir, target, size, options, processes,
+                config, manifest, final_dir, size, options.to_dict(), processes,
                 leave_running=leave_running, with_rootfs=with_rootfs))
             if stopper is not None:
                 stopper.kill()  # dies as it is thawed, on leaving the block
@@ -681,7 +683,7 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
                                                                   manifests, finals):
                 size = store.directory_size(final_dir)
                 entries.append(catalogue_entry(
-                    config, manifest, final_dir, target, size, option, tree,
+                    config, manifest, final_dir, size, option.to_dict(), tree,
                     leave_running=leave_running, with_rootfs=with_rootfs, pod_checkpoint=pod_id))
                 results.append(CheckpointResult(manifest.checkpoint_id, final_dir, size, 0,
                                                 option.to_dict(), target))

@@ -12,7 +12,6 @@ helper: from then on it is verified like every checkpoint.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -21,30 +20,34 @@ import shutil
 import stat
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kubectl_cedana.contract import KUBELET_ARCHIVE_PATTERN
 from sidecar.config import HelperConfig
 from sidecar.errors import CheckpointNotFound, ContentRefused, DumpFailed, Forbidden, InvalidRequest
 from sidecar.node import versions
 from sidecar.ops import retention, transfer
-from sidecar.ops.checkpoint import destination, push_or_keep
+from sidecar.ops.checkpoint import catalogue_entry, destination, push_or_keep
 from sidecar.ops.containers import recorded_pod
 from sidecar.ops.context import Helper
 from sidecar.ops.limits import Limits, admit
+from sidecar.registry.remote import checkpoint_extractor
 from sidecar.storage import signing, store
 from sidecar.storage.catalogue import Catalogue
+from sidecar.storage.paths import relative_name
+from sidecar.storage.rootfs_diff import DELETED_FILES, DIFF_TAR
+from sidecar.storage.tar import BoundedTarInfo
 
 log = logging.getLogger(__name__)
 
-#: the kubelet's names: checkpoint-POD_NAMESPACE-CONTAINER-TIMESTAMP.tar
-ARCHIVE_NAME = re.compile(r"checkpoint-[a-z0-9][a-z0-9.-]*_[a-z0-9-]+-[A-Za-z0-9._:+-]+\.tar")
+ARCHIVE_NAME = re.compile(KUBELET_ARCHIVE_PATTERN)
 #: what the kubelet's layout holds (containerd and CRI-O); other members are left out
-TOP_FILES = {"config.dump", "spec.dump", "status.dump", "status", "rootfs-diff.tar",
-             "deleted.files", "dump.log", "stats-dump", "container.log", "network.status",
-             "bind.mounts"}
-GZIP_MAGIC = b"\x1f\x8b"
-COPY_CHUNK = 1 << 20
+TOP_FILES = {"config.dump", "spec.dump", "status.dump", "status", DIFF_TAR, DELETED_FILES,
+             "dump.log", "stats-dump", "container.log", "network.status", "bind.mounts"}
+SPEC_MAX_BYTES = 4 << 20
 
 # the annotations each runtime puts in a container's OCI spec
 _NAMESPACE_KEYS = ("io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace")
@@ -78,97 +81,64 @@ def identity(spec: dict[str, Any]) -> dict[str, str]:
 def member_path(name: str) -> PurePosixPath | None:
     """Where a member goes in the checkpoint directory, or None for a member left out; raises
     ContentRefused for a name that climbs out."""
-    path = PurePosixPath(name)
-    parts = [p for p in path.parts if p not in ("", ".")]
-    if path.is_absolute() or ".." in parts:
-        raise ContentRefused(f"archive member {name!r} climbs out of the checkpoint",
-                             member=name)
-    if not parts:
-        return None
-    if parts[0] == store.IMAGES_DIR and len(parts) <= 2:
-        return PurePosixPath(*parts)
+    rel = relative_name(name, source="the kubelet archive", error=ContentRefused,
+                        outside="the checkpoint")
+    parts = PurePosixPath(rel).parts if rel else ()
+    if parts and parts[0] == store.IMAGES_DIR and len(parts) <= 2:
+        return PurePosixPath(rel)
     if len(parts) == 1 and parts[0] in TOP_FILES:
-        return PurePosixPath(parts[0])
+        return PurePosixPath(rel)
     return None
 
 
-def unpack(archive: Path, into: Path, limit: int) -> int:
-    """Unpack the kubelet archive's members into `into` (a fresh directory of ours): regular
-    files and directories only, at most `limit` bytes (0: no limit). Returns the bytes
-    written."""
-    written = 0
-    fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as raw:
-        if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
-            raise InvalidRequest(f"{archive.name} is not a regular file")
-        with tarfile.open(fileobj=raw, mode="r:*") as tar:
-            for member in tar:
-                where = member_path(member.name)
-                if where is None:
-                    continue
-                if member.isdir():
-                    (into / where).mkdir(mode=store.DIR_MODE, parents=True, exist_ok=True)
-                    continue
-                if not member.isreg():
-                    raise ContentRefused(f"archive member {member.name!r} is not a regular file",
-                                         member=member.name)
-                written += member.size
-                if limit and written > limit:
-                    raise DumpFailed(f"{archive.name} holds more than {limit} bytes")
-                (into / where).parent.mkdir(mode=store.DIR_MODE, parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file
-                out = os.open(into / where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                              | os.O_CLOEXEC, 0o600)
-                with os.fdopen(out, "wb") as sink:
-                    shutil.copyfileobj(source, sink, COPY_CHUNK)
-    return written
-
-
-SPEC_MAX_BYTES = 4 << 20
-
-
-def read_spec(archive: Path) -> dict[str, Any]:
-    """The archive's spec.dump, read before anything of it is written."""
+@contextmanager
+def _opened(archive: Path) -> Iterator[tarfile.TarFile]:
+    """The archive, opened once (no link followed, a regular file), its headers bounded; what
+    cannot be read is invalid_request."""
     try:
-        return _read_spec(archive)
+        fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as raw:
+            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+                raise InvalidRequest(f"{archive.name} is not a regular file")
+            with tarfile.open(fileobj=raw, mode="r:*", tarinfo=BoundedTarInfo) as tar:
+                yield tar
     except (OSError, tarfile.TarError) as exc:
         raise InvalidRequest(f"cannot read {archive.name}: {exc}") from exc
 
 
-def _read_spec(archive: Path) -> dict[str, Any]:
-    fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
-        for member in tar:
-            if member_path(member.name) == PurePosixPath("spec.dump"):
-                if not member.isreg() or member.size > SPEC_MAX_BYTES:
-                    raise InvalidRequest(f"{archive.name}: spec.dump is not a small file")
-                source = tar.extractfile(member)
-                assert source is not None
-                try:
-                    spec = json.loads(source.read())
-                except ValueError as exc:
-                    raise InvalidRequest(f"{archive.name}: spec.dump is not JSON: {exc}") \
-                        from exc
-                if not isinstance(spec, dict):
-                    raise InvalidRequest(f"{archive.name}: spec.dump is not an OCI spec")
-                return spec
-    raise InvalidRequest(f"{archive.name} is not a kubelet checkpoint archive (no spec.dump)")
+def kept_members(tar: tarfile.TarFile, name: str) -> dict[str, tarfile.TarInfo]:
+    """The members the kubelet's layout has, by their place in the checkpoint: regular files
+    and directories only (ContentRefused), each once. Headers only: nothing is read or
+    written."""
+    kept: dict[str, tarfile.TarInfo] = {}
+    for member in tar.getmembers():
+        where = member_path(member.name)
+        if where is None:
+            continue
+        if not (member.isreg() or member.isdir()):
+            raise ContentRefused(f"archive member {member.name!r} is not a regular file",
+                                 member=member.name)
+        if str(where) in kept and not member.isdir():
+            raise InvalidRequest(f"cannot take in {name}: it holds {where} twice")
+        kept[str(where)] = member
+    return kept
 
 
-def _plain_rootfs_diff(directory: Path) -> None:
-    """containerd writes the changed files gzipped under the name rootfs-diff.tar; ours is a
-    plain tar."""
-    diff = directory / "rootfs-diff.tar"
-    if not diff.is_file():
-        return
-    with diff.open("rb") as f:
-        if f.read(2) != GZIP_MAGIC:
-            return
-    plain = directory / "rootfs-diff.tar.plain"
-    with gzip.open(diff, "rb") as source, plain.open("xb") as sink:
-        shutil.copyfileobj(source, sink, COPY_CHUNK)
-    os.replace(plain, diff)
+def _spec(tar: tarfile.TarFile, kept: dict[str, tarfile.TarInfo], name: str) -> dict[str, Any]:
+    member = kept.get("spec.dump")
+    if member is None or not member.isreg():
+        raise InvalidRequest(f"{name} is not a kubelet checkpoint archive (no spec.dump)")
+    if member.size > SPEC_MAX_BYTES:
+        raise InvalidRequest(f"{name}: spec.dump is not a small file")
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file
+    try:
+        spec = json.loads(source.read())
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}: spec.dump is not JSON: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise InvalidRequest(f"{name}: spec.dump is not an OCI spec")
+    return spec
 
 
 def archive_path(config: HelperConfig, name: str) -> Path:
@@ -186,75 +156,72 @@ def import_archive(config: HelperConfig, *, namespace: str, pod: str, name: str,
                    checkpoint_id: str, pod_object: dict[str, Any] | None = None,
                    limits: Limits | None = None) -> dict[str, Any]:
     """Make checkpoint `checkpoint_id` of the kubelet archive `name`, which must be one of pod
-    `namespace`/`pod`; its catalogue entry."""
+    `namespace`/`pod`; its catalogue entry. The archive's members are checked (layout, kinds,
+    size, its spec.dump's pod) before anything is written, and written through the helper's
+    one extractor (storage/tar.py). containerd's rootfs-diff.tar is gzipped: kept as it is,
+    the restore reads either."""
     started = time.monotonic()
     path = archive_path(config, name)
     final_dir = destination(config, None, checkpoint_id, namespace)
-    size = path.stat().st_size
-    found = identity(read_spec(path))
-    if (found["namespace"], found["pod"]) != (namespace, pod):
-        raise Forbidden(
-            f"{name} is a checkpoint of pod {found['namespace'] or '?'}/{found['pod'] or '?'}, "
-            f"not of {namespace}/{pod}: import it as a Checkpoint of that pod, in its namespace",
-            namespace=namespace)
-    with (limits or Limits()).reserve(config, 2 * size, f"import of {name}"):
-        store.make_private_dirs(final_dir.parent, Path("/"))
-        temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
-        temp_dir.mkdir(mode=store.DIR_MODE)
-        try:
+    with _opened(path) as tar:
+        kept = kept_members(tar, name)
+        found = identity(_spec(tar, kept, name))
+        if (found["namespace"], found["pod"]) != (namespace, pod):
+            raise Forbidden(
+                f"{name} is a checkpoint of pod {found['namespace'] or '?'}/"
+                f"{found['pod'] or '?'}, not of {namespace}/{pod}: import it as a Checkpoint "
+                "of that pod, in its namespace", namespace=namespace)
+        if f"{store.IMAGES_DIR}/inventory.img" not in kept or "config.dump" not in kept:
+            raise InvalidRequest(f"{name} holds no CRIU images ({store.IMAGES_DIR}/) or no "
+                                 "config.dump")
+        size = sum(m.size for m in kept.values())
+        if config.max_checkpoint_bytes and size > config.max_checkpoint_bytes:
+            raise DumpFailed(f"{name} holds more than {config.max_checkpoint_bytes} bytes")
+        with (limits or Limits()).reserve(config, size, f"import of {name}"):
+            store.make_private_dirs(final_dir.parent, Path("/"))
+            temp_dir = final_dir.parent / f"{store.TEMP_PREFIX}{checkpoint_id}"
+            temp_dir.mkdir(mode=store.DIR_MODE)
             try:
-                unpack(path, temp_dir, config.max_checkpoint_bytes)
-            except (OSError, tarfile.TarError) as exc:  # corrupt, or a member twice
-                raise InvalidRequest(f"cannot take in {name}: {exc}") from exc
-            try:
-                dumped = store.read_json(temp_dir / "config.dump")
-            except (OSError, ValueError) as exc:
-                raise InvalidRequest(f"{name} is not a kubelet checkpoint archive: {exc}") \
-                    from exc
-            if identity(store.read_json(temp_dir / "spec.dump")) != found:
-                raise InvalidRequest(f"{name} changed while it was read")
-            if not (temp_dir / store.IMAGES_DIR / "inventory.img").is_file():
-                raise InvalidRequest(f"{name} holds no CRIU images ({store.IMAGES_DIR}/)")
-            _plain_rootfs_diff(temp_dir)
-            live = pod_object if pod_object and found["pod_uid"] and \
-                (pod_object.get("metadata") or {}).get("uid") == found["pod_uid"] else None
-            config_dump = dumped if isinstance(dumped, dict) else {}
-            manifest = store.CheckpointManifest(
-                checkpoint_id=checkpoint_id,
-                created=str(config_dump.get("checkpointedTime") or ""),
-                source={
-                    "namespace": namespace, "pod": pod, "container": found["container"],
-                    "container_id": str(config_dump.get("id") or ""),
-                    "sandbox_id": found["sandbox_id"], "node": config.node_name,
-                    "image": found["image"] or str(config_dump.get("rootfsImageName") or ""),
-                    "runtime": str(config_dump.get("runtime") or "runc"),
-                    "kubelet_archive": name,
-                    **({"pod_object": recorded_pod(live)} if live else {}),
-                },
-                tools=versions.tool_versions(config),
-                # what the runtimes' runc checkpoint uses: no TCP, no external unix sockets,
-                # no file locks
-                criu_options={"leave_running": True, "tcp_established": False,
-                              "ext_unix_sk": False, "file_locks": False, "link_remap": False,
-                              "skip_in_flight": False,
-                              "with_rootfs": (temp_dir / "rootfs-diff.tar").is_file(),
-                              "volumes": []},
-            )
-            store.finalize(temp_dir, final_dir, manifest, key=signing.helper_key(config))
-        except BaseException:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            raise
-        checkpoint_size = store.directory_size(final_dir)
-        entry = {
-            "id": checkpoint_id, "path": str(final_dir), "namespace": namespace, "pod": pod,
-            "container": found["container"], "container_id": manifest.source["container_id"],
-            "image": manifest.source["image"], "node": config.node_name,
-            "size_bytes": checkpoint_size, "created": manifest.created, "leave_running": True,
-            "status": "complete", "options": manifest.criu_options,
-            "with_rootfs": manifest.criu_options["with_rootfs"], "processes": [],
-            "restores": [], "kubelet_archive": name,
-        }
-        Catalogue(config.checkpoint_dir).add(entry)
+                with checkpoint_extractor(temp_dir) as out:
+                    for member in kept.values():
+                        out.extract(tar, member)
+                    out.finish()
+                try:
+                    dumped = store.read_json(temp_dir / "config.dump")
+                except (OSError, ValueError) as exc:
+                    raise InvalidRequest(f"{name}: config.dump is unreadable: {exc}") from exc
+                config_dump = dumped if isinstance(dumped, dict) else {}
+                live = pod_object if pod_object and found["pod_uid"] and \
+                    (pod_object.get("metadata") or {}).get("uid") == found["pod_uid"] else None
+                manifest = store.CheckpointManifest(
+                    checkpoint_id=checkpoint_id,
+                    created=str(config_dump.get("checkpointedTime") or ""),
+                    source={
+                        "namespace": namespace, "pod": pod, "container": found["container"],
+                        "container_id": str(config_dump.get("id") or ""),
+                        "sandbox_id": found["sandbox_id"], "node": config.node_name,
+                        "image": found["image"] or str(config_dump.get("rootfsImageName") or ""),
+                        "runtime": str(config_dump.get("runtime") or "runc"),
+                        "kubelet_archive": name,
+                        **({"pod_object": recorded_pod(live)} if live else {}),
+                    },
+                    tools=versions.tool_versions(config),
+                    # what the runtimes' runc checkpoint uses: no TCP, no external unix
+                    # sockets, no file locks
+                    criu_options={"leave_running": True, "tcp_established": False,
+                                  "ext_unix_sk": False, "file_locks": False,
+                                  "link_remap": False, "skip_in_flight": False,
+                                  "with_rootfs": DIFF_TAR in kept, "volumes": []},
+                )
+                store.finalize(temp_dir, final_dir, manifest, key=signing.helper_key(config))
+            except BaseException:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                raise
+            # listed while its quota is still reserved
+            entry = catalogue_entry(config, manifest, final_dir, store.directory_size(final_dir),
+                                    manifest.criu_options, [], leave_running=True,
+                                    with_rootfs=DIFF_TAR in kept, kubelet_archive=name)
+            Catalogue(config.checkpoint_dir).add(entry)
     log.info("imported kubelet archive %s as checkpoint %s", name, checkpoint_id,
              extra={"checkpoint_id": checkpoint_id})
     return {**entry, "duration_ms": int((time.monotonic() - started) * 1000)}

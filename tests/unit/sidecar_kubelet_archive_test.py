@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from kubectl_cedana import contract
 from sidecar.errors import CheckpointNotFound, ContentRefused, Forbidden, InvalidRequest
 from sidecar.ops import kubelet_archive
-from sidecar.storage import signing, store
+from sidecar.storage import rootfs_diff, signing, store
 from sidecar.storage.catalogue import Catalogue
 from tests.unit.sidecar_support import make_config
 
+REPO = Path(__file__).resolve().parents[2]
 NAME = "checkpoint-counter_shop-main-2026-11-30T10:00:00Z.tar"
 CONTAINERD = {"io.kubernetes.cri.sandbox-namespace": "shop",
               "io.kubernetes.cri.sandbox-name": "counter",
@@ -100,9 +103,11 @@ def test_an_archive_becomes_a_signed_checkpoint(config: Any) -> None:
     assert manifest.source["container"] == "main" and manifest.source["sandbox_id"] == "abc"
     assert manifest.source["pod_object"]["metadata"]["uid"] == "u-1"
     assert manifest.criu_options["with_rootfs"] and not manifest.criu_options["tcp_established"]
-    # containerd's gzipped changed files became a plain tar
-    with tarfile.open(final / "rootfs-diff.tar", "r:") as diff:
-        assert diff.getnames() == ["tmp/made"]
+    # containerd's gzipped changed files, kept as they came, are what a restore applies
+    rootfs = config.checkpoint_dir.parent / "rootfs"
+    rootfs.mkdir()
+    assert rootfs_diff.apply_diff(final, rootfs)
+    assert (rootfs / "tmp" / "made").read_bytes() == b"hi"
     assert (final / "checkpoint" / "pages-1.img").read_bytes() == b"p" * 100
     assert Catalogue(config.checkpoint_dir).get("id-1")["kubelet_archive"] == NAME
     assert (config.kubelet_checkpoint_dir / NAME).is_file()  # left where it was
@@ -148,3 +153,12 @@ def test_a_corrupt_archive_or_a_member_twice_is_a_clear_refusal(config: Any) -> 
         kubelet_archive.import_archive(config, namespace="shop", pod="counter", name=NAME,
                                        checkpoint_id="id-5")
     assert not list(config.checkpoint_dir.glob(".tmp-*"))
+
+
+def test_the_crd_the_plugin_and_the_helper_accept_the_same_names() -> None:
+    crds = list(yaml.safe_load_all((REPO / "deploy" / "base" / "crds.yaml").read_text()))
+    (checkpoint,) = [c for c in crds if c["spec"]["names"]["kind"] == "Checkpoint"]
+    spec = checkpoint["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["properties"]["kubeletArchive"]["pattern"] == \
+        f"^{contract.KUBELET_ARCHIVE_PATTERN}$"
+    assert kubelet_archive.ARCHIVE_NAME.pattern == contract.KUBELET_ARCHIVE_PATTERN
