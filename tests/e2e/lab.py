@@ -273,3 +273,24 @@ def delete_namespace(lab: Lab, name: str) -> None:
     lab.kubectl("-n", name, "delete", "checkpoints.cedana.io", "--all", "--wait=true",
                 "--timeout=60s", check=False, timeout=90)
     lab.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+#: the phases after which a cedana.io object does not change
+FINAL = ("Succeeded", "Failed")
+
+
+def wait_final(lab: "Lab", namespace: str, plural: str, name: str,
+               timeout: float = 180) -> dict[str, Any]:
+    """The object once its phase is final (an AssertionError with its status after timeout)."""
+    end = time.monotonic() + timeout
+    obj: dict[str, Any] = {}
+    while time.monotonic() < end:
+        got = lab.kubectl("-n", namespace, "get", f"{plural}.cedana.io", name, "-o", "json",
+                          check=False)
+        if got.returncode == 0:
+            obj = json.loads(got.stdout)
+            if obj.get("status", {}).get("phase") in FINAL:
+                return obj
+        time.sleep(0.5)
+    raise AssertionError(f"{plural} {namespace}/{name} not final after {timeout}s: "
+                         f"{json.dumps(obj.get('status', {}))[:1500]}")

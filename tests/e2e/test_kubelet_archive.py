@@ -6,7 +6,6 @@ going on from the kubelet's checkpoint. A tenant cannot take in another namespac
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.e2e.lab import (
     goes_on,
     helper_daemonset_lock,
     install_helpers,
+    wait_final,
 )
 
 
@@ -97,14 +97,7 @@ def test_another_namespace_cannot_take_in_the_archive(
                 "spec": {"podName": "counter", "kubeletArchive": path.name,
                          "storage": "local"}}
         lab.kubectl("--as", user, "-n", tenant, "create", "-f", "-", input=json.dumps(body))
-        obj: dict = {}
-        for _ in range(120):
-            obj = json.loads(lab.kubectl("-n", tenant, "get", "checkpoints.cedana.io", "steal",
-                                         "-o", "json").stdout)
-            if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                break
-            time.sleep(0.5)
-        status = obj["status"]
+        status = wait_final(lab, tenant, "checkpoints", "steal", timeout=60)["status"]
         assert status["phase"] == "Failed" and status["errorCode"] == "forbidden", status
         assert f"pod {namespace}/counter" in status["message"]
         assert not status.get("checkpointID")

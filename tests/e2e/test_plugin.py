@@ -25,10 +25,10 @@ from tests.e2e.lab import (
     delete_namespace,
     helper_daemonset_lock,
     pod_manifest,
+    wait_final,
 )
 
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
-FINAL = ("Succeeded", "Failed")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,22 +53,6 @@ def _counts(text: str) -> list[int]:
 def objects(lab: Lab, namespace: str, plural: str) -> list[dict[str, Any]]:
     out = lab.kubectl("-n", namespace, "get", f"{plural}.cedana.io", "-o", "json").stdout
     return list(json.loads(out)["items"])
-
-
-def wait_final(lab: Lab, namespace: str, plural: str, name: str,
-               timeout: float = 180) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    obj: dict[str, Any] = {}
-    while time.monotonic() < end:
-        got = lab.kubectl("-n", namespace, "get", f"{plural}.cedana.io", name, "-o", "json",
-                          check=False)
-        if got.returncode == 0:
-            obj = json.loads(got.stdout)
-            if obj.get("status", {}).get("phase") in FINAL:
-                return obj
-        time.sleep(0.5)
-    raise AssertionError(f"{plural} {namespace}/{name} not final after {timeout}s: "
-                         f"{json.dumps(obj.get('status', {}))[:1500]}")
 
 
 def _registry_has(lab: Lab, reference: str) -> bool:
