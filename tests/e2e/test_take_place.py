@@ -37,9 +37,10 @@ from tests.e2e.lab import (
     pod_manifest,
 )
 
-#: the server: counts in memory (the counter, every 100 ms, into a file httpd serves)
-SERVE = ("mkdir -p /www && /usr/local/bin/counter /www/count 100 > /dev/null & "
-         "exec httpd -f -p 8080 -h /www")
+#: the server: counts in memory (the counter, every 100 ms, into a file httpd serves); /www
+#: is made before either starts (httpd exits at once when its home is missing)
+SERVE = ("mkdir -p /www && { /usr/local/bin/counter /www/count 100 > /dev/null & "
+         "exec httpd -f -p 8080 -h /www; }")
 
 
 #: a call the server answered while the counter was rewriting its file (empty)
