@@ -494,8 +494,10 @@ def migration_text(obj: dict[str, Any]) -> str:
             f"{status.get('container') or spec.get('container')}) to pod {status.get('podName')}"
             f" on node {status.get('targetNode') or status.get('node')}\n"
             f"checkpoint {status.get('checkpointID')}: pause {ms(status.get('pauseMs'))} "
-            f"(checkpoint {ms(status.get('checkpointMs'))}, restore "
-            f"{ms(status.get('restoreMs'))})"
+            f"(checkpoint {ms(status.get('checkpointMs'))}, "
+            + (f"transfer {ms(status.get('transferMs'))} {status['transfer']}, "
+               if status.get("transfer") else "")
+            + f"restore {ms(status.get('restoreMs'))})"
             + (f"; deleted pod {spec.get('podName')}" if spec.get("deleteSource") else ""))
 
 

@@ -168,6 +168,14 @@ def main() -> None:
 @click.option("--max-header-bytes", default=DEFAULT_MAX_HEADER_BYTES, show_default=True,
               type=click.IntRange(1024),
               help="Most bytes of a request's line and headers; beyond, 400 and closed.")
+@click.option("--peer-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Receive checkpoints from the other helpers of the cluster on this port, "
+                   "and send a migration's checkpoint straight to the target node's helper "
+                   "(every helper of a cluster uses the same; 0: neither, migrations go "
+                   "through the checkpoint registry).")
+@click.option("--peer-address", default="", metavar="ADDRESS",
+              help="Address the peer port listens on (the DaemonSet gives its pod's, which is "
+                   "the node's). Default: every address.")
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path, ...],
           containerd_addresses: tuple[str, ...], registry_prefixes: tuple[str, ...], runc_path: str,
           criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
@@ -179,7 +187,8 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
           signing_key_file: Path | None, max_checkpoint_bytes: int,
           max_layer_bytes: int, max_operations: int, max_operations_per_namespace: int,
           max_checkpoint_dir_bytes: int | None, header_timeout_s: float, body_timeout_s: float,
-          keep_alive_timeout_s: int, max_connections: int, max_header_bytes: int) -> None:
+          keep_alive_timeout_s: int, max_connections: int, max_header_bytes: int,
+          peer_port: int, peer_address: str) -> None:
     """Serve the REST API."""
     from sidecar.http.app import create_app
     from sidecar.http.server import serve as serve_http
@@ -206,7 +215,8 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
         max_checkpoint_dir_bytes=checkpoint_dir_quota(checkpoint_dir, max_checkpoint_dir_bytes),
         header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
         keep_alive_timeout_s=keep_alive_timeout_s, max_connections=max_connections,
-        max_header_bytes=max_header_bytes,
+        max_header_bytes=max_header_bytes, peer_port=peer_port,
+        peer_address=peer_address,
     )
     check_signing_key(config)
     check_retention_below_quota(config)
@@ -227,6 +237,15 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_app(config, kube=kube, verifier=verifier)
+    if peer_port:
+        from sidecar.ops.peer import PeerServer
+
+        try:
+            PeerServer(app.state.helper, peer_address or "0.0.0.0", peer_port).start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot receive checkpoints on "
+                                       f"{peer_address or '0.0.0.0'}:{peer_port}: {exc}"
+                                       ) from exc
     if reconcile and kube is not None:
         from sidecar.kube.objects import CedanaObjects
         from sidecar.reconcile.controller import Controller

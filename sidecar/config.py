@@ -130,6 +130,10 @@ class HelperConfig:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     # the image placeholder pods copy cedana-pause from ("": they run /bin/sh of the workload)
     placeholder_image: str = ""
+    # checkpoints from other helpers (ops/peer.py): the port every helper of the cluster
+    # receives on (0: none) and the address it listens on
+    peer_port: int = 0
+    peer_address: str = ""
 
     @property
     def allowed_runtime_roots(self) -> tuple[Path, ...]:

@@ -139,7 +139,7 @@ def ensure_local(config: HelperConfig, checkpoint_id: str, *,
                 f"no checkpoint with id {checkpoint_id} on node {config.node_name}, and this "
                 "helper has no checkpoint registry to look in", checkpoint_id=checkpoint_id)
         return None
-    _check_id(checkpoint_id)
+    check_id(checkpoint_id)
     key = cluster_key(config, CheckpointUntrusted,
                       f"it cannot verify checkpoint {checkpoint_id} from the registry",
                       checkpoint_id=checkpoint_id)
@@ -169,22 +169,27 @@ def _list_pulled(catalogue: Catalogue, config: HelperConfig, checkpoint_id: str,
                  final_dir: Path, manifest: store.CheckpointManifest, image: dict[str, Any],
                  digest: str, reference: str) -> None:
     layer = image["layers"][0]
+    list_arrived(catalogue, config, checkpoint_id, final_dir, manifest, pulled=True, remote={
+        "reference": reference, "digest": digest, "size_bytes": int(layer.get("size") or 0),
+        "compression": (image.get("annotations") or {}).get(ANN + "compression", "")})
+
+
+def list_arrived(catalogue: Catalogue, config: HelperConfig, checkpoint_id: str,
+                 final_dir: Path, manifest: store.CheckpointManifest, **extra: Any) -> None:
+    """List a verified checkpoint that came from elsewhere (the registry, another helper) as
+    its signed manifest describes it; `extra` says how it came."""
     source = manifest.source
     catalogue.add({
         "id": checkpoint_id, "path": str(final_dir), "namespace": source.get("namespace", ""),
         "pod": source.get("pod", ""), "container": source.get("container", ""),
         "container_id": source.get("container_id", ""), "image": source.get("image", ""),
         "node": source.get("node", ""), "size_bytes": store.directory_size(final_dir),
-        "created": manifest.created, "status": "complete", "pulled": True,
-        "pulled_to": config.node_name, "options": manifest.criu_options, "restores": [],
-        "remote": {"reference": reference, "digest": digest,
-                   "size_bytes": int(layer.get("size") or 0),
-                   "compression": (image.get("annotations") or {}).get(
-                       ANN + "compression", "")},
+        "created": manifest.created, "status": "complete", "pulled_to": config.node_name,
+        "options": manifest.criu_options, "restores": [], **extra,
     })
 
 
-def _check_id(checkpoint_id: str) -> None:
+def check_id(checkpoint_id: str) -> None:
     if not checkpoint_id or "/" in checkpoint_id or checkpoint_id.startswith(".") or len(
             checkpoint_id) > 128 or not all(c.isalnum() or c in "-_." for c in checkpoint_id):
         raise InvalidRequest(f"checkpoint_id {checkpoint_id!r} is not a checkpoint id",

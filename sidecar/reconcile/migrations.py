@@ -4,9 +4,11 @@ restore into the placeholder (here, or through a Restore object for the target n
 the checkpoint crossing through the checkpoint registry); the source deleted when asked."""
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kubectl_cedana import podspec
@@ -30,7 +32,7 @@ from sidecar.errors import (
     TooManyRequests,
 )
 from sidecar.kube.objects import Conflict
-from sidecar.ops import checkpoint, restore
+from sidecar.ops import checkpoint, peer, restore
 from sidecar.ops.access import UNRESTRICTED
 from sidecar.ops.containers import programs_of
 from sidecar.reconcile.checkpoints import RETRY_S, Retry, containers_of, retry_after
@@ -49,6 +51,8 @@ from sidecar.reconcile.common import (
     succeeded,
 )
 from sidecar.reconcile.restores import wait_running
+
+log = logging.getLogger(__name__)
 
 #: the target node's helper has this long to restore (it may first pull the checkpoint)
 RESTORE_TIMEOUT_S = 900.0
@@ -102,10 +106,16 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         refusal = podspec.take_place_refusal(source) if sp.get("deleteSource") else None
         if refusal:
             raise InvalidRequest(refusal, fields=["spec.deleteSource"])
-        if target_node != ctx.node and not config.remote_repository:
+        # straight to the target's helper when both take part (ops/peer.py), else (or when
+        # that fails) through the checkpoint registry
+        target_peer = peer.peer_of(ctx.helper, target_node) if target_node != ctx.node \
+            else None
+        if target_node != ctx.node and target_peer is None and not config.remote_repository:
             raise InvalidRequest(
-                f"moving to node {target_node} needs a checkpoint repository, and the helper "
-                f"of node {ctx.node} has none (kubectl cedana install --checkpoint-repository)")
+                f"moving to node {target_node} needs its helper to receive checkpoints "
+                f"(cedana-helper serve --peer-port, as kubectl cedana install sets it) or a "
+                f"checkpoint repository, and the helper of node {ctx.node} has neither "
+                "(kubectl cedana install --checkpoint-repository)")
     except HelperError as exc:
         ctx.objects.patch_status(MIGRATIONS, obj, failed_with(obj, exc))
         audit("migrate", obj, exc.code)
@@ -115,7 +125,7 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         message=f"making pod {new_pod} on node {target_node}"), precondition=True)
     ctx.take(uid)
     try:
-        _migrate(ctx, obj, source, names, new_pod, target_node)
+        _migrate(ctx, obj, source, names, new_pod, target_node, target_peer)
     except OperationInProgress:
         _placeholder_gone(ctx, obj)
         ctx.objects.patch_status(MIGRATIONS, obj, {
@@ -140,7 +150,7 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
 
 
 def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[str],
-             new_pod: str, target_node: str) -> None:
+             new_pod: str, target_node: str, target_peer: tuple[str, int] | None) -> None:
     """Move one container, or a whole pod (several `names`: one freeze, every container)."""
     md, sp = meta(obj), spec(obj)
     namespace, pod = str(md["namespace"]), str(sp["podName"])
@@ -163,20 +173,27 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
     wait_running(ctx, namespace, new_pod, names)
     ctx.objects.patch_status(MIGRATIONS, obj, {
         "message": f"checkpointing {pod}/{container}", "checkpointID": checkpoint_id})
+    storage = "remote" if cross and target_peer is None else "local"
     paused = time.monotonic()
     if whole_pod:
         dumped = checkpoint.checkpoint_pod(
             ctx.helper, namespace=namespace, pod=pod, containers=names,
             leave_running=not sp.get("deleteSource", False),
-            storage="remote" if cross else "local", checkpoint_id=checkpoint_id,
+            storage=storage, checkpoint_id=checkpoint_id,
             requested_by=requested_by(obj))
     else:
         dumped = checkpoint.checkpoint(
             ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
             checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
-            storage="remote" if cross else "local", checkpoint_id=checkpoint_id,
+            storage=storage, checkpoint_id=checkpoint_id,
             requested_by=requested_by(obj))
     members = [(str(m["name"]), str(m["checkpoint_id"])) for m in dumped.get("containers") or []]
+    copies = [(str(m["checkpoint_id"]), Path(str(m["checkpoint_path"])))
+              for m in dumped.get("containers") or [dumped]]
+    sent = "registry" if cross else None
+    transfer_ms = None
+    if target_peer is not None:
+        sent, transfer_ms = _send(ctx, obj, copies, target_peer, target_node)
     if cross:  # the target's helper restores every member of a whole-pod checkpoint
         restored, restore_name = _restore_there(ctx, obj, checkpoint_id, new_pod,
                                                 "" if whole_pod else container, target_node)
@@ -196,14 +213,56 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
         _take_place(ctx, obj, source, new_pod)
         ctx.objects.delete_pod(namespace, pod)
     remote = dumped.get("remote") or {}
+    note = ""
+    if sent == "direct" and ctx.helper.config.remote_repository:
+        # the registry's copy, for later restores anywhere: after the pause, never in it
+        ctx.objects.patch_status(MIGRATIONS, obj, {
+            "message": f"restored on node {target_node}; copying the checkpoint to the registry"})
+        try:
+            remote = _push_copies(ctx, copies)
+        except HelperError as exc:
+            note = f"; its copy in the registry failed ({exc.code}): {exc.message}"
     ctx.objects.patch_status(MIGRATIONS, obj, succeeded(
         obj, f"{pod}/{container} moved to {new_pod} on node {target_node} with a pause of "
-             f"{pause_ms} ms", pauseMs=pause_ms, checkpointMs=dumped.get("duration_ms"),
+             f"{pause_ms} ms{note}", pauseMs=pause_ms, checkpointMs=dumped.get("duration_ms"),
         restoreMs=restored.get("duration_ms"), restoreName=restore_name or None,
         checkpointID=checkpoint_id, sizeBytes=dumped.get("size_bytes"),
-        storage=dumped.get("storage"), imageRef=remote.get("reference"),
-        compression=remote.get("compression")))
-    audit("migrate", obj, "succeeded", checkpoint_id=checkpoint_id, pause_ms=pause_ms)
+        storage="remote" if remote else dumped.get("storage"),
+        imageRef=remote.get("reference"), compression=remote.get("compression"),
+        transfer=sent, transferMs=transfer_ms))
+    audit("migrate", obj, "succeeded", checkpoint_id=checkpoint_id, pause_ms=pause_ms,
+          transfer=sent)
+
+
+def _send(ctx: Ctx, obj: dict[str, Any], copies: list[tuple[str, Path]],
+          target_peer: tuple[str, int], target_node: str) -> tuple[str, int]:
+    """Send the checkpoint (each member of a whole-pod one) to the target's helper; when that
+    fails and there is a checkpoint registry, push it there instead (the target's helper pulls
+    it). How it went ("direct" or "registry") and how long it took."""
+    config = ctx.helper.config
+    started = time.monotonic()
+    try:
+        for _, directory in copies:
+            peer.send(config, directory, *target_peer, target_node)
+        return "direct", round((time.monotonic() - started) * 1000)
+    except HelperError as exc:
+        if not config.remote_repository:
+            raise RestoreFailed(f"the checkpoint could not be sent to node {target_node} "
+                                f"({exc.message}) and this helper has no checkpoint registry "
+                                f"to send it through; it is kept on node {config.node_name}"
+                                ) from exc
+        log.warning("sending the checkpoint to node %s failed, through the registry instead: "
+                    "%s", target_node, exc.message, extra={"migration": meta(obj).get("name")})
+    _push_copies(ctx, copies)
+    return "registry", round((time.monotonic() - started) * 1000)
+
+
+def _push_copies(ctx: Ctx, copies: list[tuple[str, Path]]) -> dict[str, Any]:
+    """Push each checkpoint to the registry; the first one's reference and compression."""
+    pushed = [checkpoint.push_or_keep(ctx.helper.config, checkpoint_id, directory, None,
+                                      f"checkpoint {checkpoint_id}")
+              for checkpoint_id, directory in copies]
+    return pushed[0].to_dict()
 
 
 #: how long the restored pod may take to be Ready before it takes its source's place anyway

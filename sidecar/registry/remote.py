@@ -200,12 +200,17 @@ class _QueueWriter:
         self.put(None)
 
 
+def write_archive(out: IO[bytes], directory: Path) -> None:
+    """The archive of a checkpoint directory (what its image's one layer holds), streamed to
+    `out`: the directory, every file its manifest lists, the manifest last."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for rel in ["", *store.list_files(directory), store.MANIFEST]:
+            add(tar, directory / rel if rel else directory, rel or ".", root_owner=True)
+
+
 def _tar_producer(directory: Path, writer: _QueueWriter) -> None:
     try:
-        with tarfile.open(fileobj=cast(IO[bytes], writer), mode="w|",
-                          format=tarfile.PAX_FORMAT) as tar:
-            for rel in ["", *store.list_files(directory), store.MANIFEST]:
-                add(tar, directory / rel if rel else directory, rel or ".", root_owner=True)
+        write_archive(cast(IO[bytes], writer), directory)
         writer.close_stream()
     except _Cancelled:
         return
@@ -437,21 +442,12 @@ class RemoteStore:
     def _download_unpack(self, signed: SignedImage, kind: str, dest: Path) -> None:
         digest = str(signed.layer["digest"])
         declared = int(signed.layer["size"])
-        members = _SignedMembers(signed.manifest, dest)
         response = self.client.open_blob(self.repository, digest, max_bytes=declared)
         raw = _BlobReader(response.iter_content(CHUNK), declared, digest)
         try:
             with response:
                 stream = decompressed(kind, cast(IO[bytes], raw))
-                tar_bytes = CappedReader(stream, members.limit,
-                                         f"checkpoint {signed.manifest.checkpoint_id}")
-                with tarfile.open(fileobj=cast(IO[bytes], tar_bytes), mode="r|",
-                                  tarinfo=BoundedTarInfo) as tar:
-                    unpack = checkpoint_extractor(dest)
-                    for member in tar:
-                        members.check(member)
-                        unpack.extract(tar, member)
-                    unpack.finish()
+                unpack_signed_archive(signed.manifest, stream, dest)
                 if stream is not raw:
                     stream.close()
                 raw.drain()  # the rest of the blob still counts for its digest
@@ -619,6 +615,23 @@ class _SignedMembers:
                 f"signed manifest {problem}: refused before it was written",
                 checkpoint_id=self.checkpoint_id)
         self.seen.add(rel)
+
+
+def unpack_signed_archive(manifest: store.CheckpointManifest, stream: IO[bytes],
+                          dest: Path) -> None:
+    """Unpack the tar of a checkpoint whose signed manifest is `manifest` from `stream` into
+    dest: each member checked against the manifest before it is written, at most as many
+    bytes of tar as the manifest adds up to. The caller verifies the files afterwards
+    (store.verify) and removes dest on any error."""
+    members = _SignedMembers(manifest, dest)
+    tar_bytes = CappedReader(stream, members.limit, f"checkpoint {manifest.checkpoint_id}")
+    with tarfile.open(fileobj=cast(IO[bytes], tar_bytes), mode="r|",
+                      tarinfo=BoundedTarInfo) as tar:
+        unpack = checkpoint_extractor(dest)
+        for member in tar:
+            members.check(member)
+            unpack.extract(tar, member)
+        unpack.finish()
 
 
 def checkpoint_extractor(dest: Path) -> Extractor:

@@ -218,7 +218,10 @@ def test_remote_checkpoints_and_migration_to_the_second_node(lab: Lab, namespace
     assert migrated.returncode == 0, migrated.stderr
     status = json.loads(migrated.stdout)["status"]
     assert status["targetNode"] == node2 and status["node"] == lab.node_name
+    # straight to node 2's helper in the pause; the registry's copy written after it
+    assert status["transfer"] == "direct", status
     assert status["imageRef"].startswith(repo + ":"), status
+    assert status["storage"] == "remote" and _registry_has(lab, status["imageRef"])
     # to another node: a Restore object for that node's helper, owned by the Migration
     handed = lab.kubectl("-n", namespace, "get", "restores.cedana.io", status["restoreName"],
                          "-o", "json").stdout

@@ -43,7 +43,8 @@ ALLOWED: dict[str, set[str]] = {
 #: the HTTP framework stays in the HTTP layer (and the entry point that serves it)
 HTTP_FRAMEWORK = {"fastapi", "starlette", "pydantic", "uvicorn", "anyio"}
 #: what only the helper's extra installs (setup.cfg [helper]); the plugin must not need it
-SERVER_STACK = HTTP_FRAMEWORK | {"docker", "psutil", "zstandard", "lz4", "requests"}
+SERVER_STACK = HTTP_FRAMEWORK | {"docker", "psutil", "zstandard", "lz4", "requests",
+                                 "cryptography"}
 
 
 def layer_of(module: str) -> str | None:

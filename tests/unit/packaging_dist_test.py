@@ -129,7 +129,7 @@ def test_the_zipapp_has_sorted_timeless_entries_and_nothing_machine_made(
             assert f"{package}/__init__.py" in names
         # the plugin alone: neither the helper nor its server stack
         for package in ("sidecar", "fastapi", "starlette", "pydantic", "uvicorn", "docker",
-                        "psutil", "zstandard", "lz4"):
+                        "psutil", "zstandard", "lz4", "cryptography"):
             assert not [n for n in names if n.startswith(f"{package}/")], package
         # the dependencies' licences travel with them
         assert any(n.startswith("kubernetes-") and "LICENSE" in n for n in names)

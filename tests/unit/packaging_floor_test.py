@@ -40,7 +40,7 @@ DISTRIBUTIONS = {"yaml": "pyyaml", "docker": "docker", "kubernetes": "kubernetes
                  "click": "click", "urllib3": "urllib3", "fastapi": "fastapi",
                  "starlette": "fastapi", "anyio": "fastapi", "pydantic": "pydantic",
                  "uvicorn": "uvicorn", "requests": "requests", "psutil": "psutil",
-                 "zstandard": "zstandard", "lz4": "lz4"}
+                 "zstandard": "zstandard", "lz4": "lz4", "cryptography": "cryptography"}
 
 
 def setup_cfg() -> configparser.ConfigParser:

@@ -187,11 +187,14 @@ def test_daemonset_spec() -> None:
     assert container["command"] == [
         "cedana-helper", "serve", "--host", "127.0.0.1", "--port", "1324", "--checkpoint-dir",
         "/var/lib/cedana/checkpoints", "--runtime-root", "/run/containerd/runc/k8s.io",
-        "--signing-key", "/etc/cedana/signing-key/key"]
+        "--signing-key", "/etc/cedana/signing-key/key",
+        "--peer-port", "1325", "--peer-address", "$(POD_IP)"]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"NODE_NAME": "spec.nodeName", "POD_NAMESPACE": "metadata.namespace",
-                   "POD_NAME": "metadata.name"}
-    # the node's loopback only: no pod reaches the port; kubelet probes it there
+                   "POD_NAME": "metadata.name", "POD_IP": "status.podIP"}
+    # other helpers send checkpoints to the node's address (sealed with the cluster's key)
+    assert container["ports"] == [{"name": "peer", "containerPort": 1325, "protocol": "TCP"}]
+    # the REST API on the node's loopback only: no pod reaches the port; kubelet probes it there
     assert container["readinessProbe"]["httpGet"] == {"host": "127.0.0.1", "path": "/healthz",
                                                       "port": 1324}
     assert container["resources"]["limits"] == {"memory": "4Gi"}

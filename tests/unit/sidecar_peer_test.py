@@ -1,0 +1,207 @@
+"""Checkpoints sent from one helper to another (sidecar/ops/peer.py), over real sockets on the
+loopback: what arrives is the checkpoint byte for byte and listed; a stream the cluster's key
+did not seal, changed, cut short, meant for another node, stale or played twice is refused and
+leaves nothing on the receiving node."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.config import HelperConfig
+from sidecar.errors import CheckpointCorrupted, CheckpointUntrusted, HelperError, InvalidRequest
+from sidecar.ops import peer
+from sidecar.ops.context import Helper
+from sidecar.storage import store
+from sidecar.storage.catalogue import CATALOGUE_FILE, Catalogue
+from tests.unit.sidecar_support import CLUSTER_KEY, cluster_key, write_signing_key
+
+CHECKPOINT_ID = "0b6a3c6e-2f7e-4a43-9a4c-6f3f0f1d2e11"
+
+
+def _config(tmp_path: Path, node: str, secret: bytes = CLUSTER_KEY) -> HelperConfig:
+    return HelperConfig(checkpoint_dir=tmp_path / node / "checkpoints", node_name=node,
+                        signing_key_file=write_signing_key(tmp_path / node / "key", secret))
+
+
+def _checkpoint(config: HelperConfig, checkpoint_id: str = CHECKPOINT_ID,
+                pages: int = 3_000_000) -> Path:
+    """A signed checkpoint in the sender's directory, of several frames."""
+    d = config.checkpoint_dir / checkpoint_id
+    (d / "checkpoint").mkdir(parents=True)
+    (d / "checkpoint" / "pages-1.img").write_bytes(os.urandom(pages))
+    (d / "checkpoint" / "core-1.img").write_bytes(b"core")
+    (d / "config.dump").write_text("{}")
+    manifest = store.CheckpointManifest(
+        checkpoint_id, "2026-11-30T00:00:00Z",
+        {"namespace": "ns", "pod": "p", "container": "c", "node": config.node_name}, {}, {})
+    manifest.files = store.hash_files(d)
+    manifest.sign(cluster_key())
+    store.write_json(d / store.MANIFEST, manifest.to_dict())
+    return d
+
+
+@pytest.fixture()
+def receiver(tmp_path: Path) -> Iterator[tuple[Helper, int]]:
+    helper = Helper(_config(tmp_path, "node-2"))
+    helper.config.checkpoint_dir.mkdir(parents=True)
+    server = peer.PeerServer(helper, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield helper, int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _left(helper: Helper) -> list[str]:
+    """What the receiving node holds: its checkpoint directory and its catalogue."""
+    names = sorted(p.name for p in helper.config.checkpoint_dir.iterdir()
+                   if not p.name.startswith(CATALOGUE_FILE))
+    return names + [e["id"] for e in Catalogue(helper.config.checkpoint_dir).list()]
+
+
+def test_a_checkpoint_arrives_whole_and_listed(tmp_path: Path,
+                                               receiver: tuple[Helper, int]) -> None:
+    helper, port = receiver
+    sender = _config(tmp_path, "node-1")
+    source = _checkpoint(sender)
+    sent = peer.send(sender, source, "127.0.0.1", port, "node-2")
+    assert sent.checkpoint_id == CHECKPOINT_ID
+    arrived = helper.config.checkpoint_dir / CHECKPOINT_ID
+    for rel in ("checkpoint/pages-1.img", "checkpoint/core-1.img", "config.dump",
+                store.MANIFEST):
+        assert (arrived / rel).read_bytes() == (source / rel).read_bytes()
+    assert sent.size_bytes == store.directory_size(arrived)
+    entry = Catalogue(helper.config.checkpoint_dir).get(CHECKPOINT_ID)
+    assert (entry["namespace"], entry["pod"], entry["container"]) == ("ns", "p", "c")
+    assert entry["received_from"] == "node-1" and entry["pulled"] is True
+    assert entry["status"] == "complete" and Path(entry["path"]) == arrived
+    store.verify(arrived, cluster_key())  # what is listed verifies with the cluster's key
+    # the same checkpoint again (a recorded stream played twice) is refused, the first kept
+    with pytest.raises(InvalidRequest, match="already on node node-2"):
+        peer.send(sender, source, "127.0.0.1", port, "node-2")
+    assert (arrived / "checkpoint/pages-1.img").read_bytes() == \
+        (source / "checkpoint/pages-1.img").read_bytes()
+
+
+def test_a_helper_without_the_clusters_key_is_refused(tmp_path: Path,
+                                                      receiver: tuple[Helper, int]) -> None:
+    helper, port = receiver
+    stranger = _config(tmp_path, "node-1", secret=os.urandom(32))
+    source = _checkpoint(stranger)
+    with pytest.raises(CheckpointUntrusted, match="not sealed with the cluster's key"):
+        peer.send(stranger, source, "127.0.0.1", port, "node-2")
+    assert _left(helper) == []
+
+
+def test_a_transfer_for_another_node_or_stale_is_refused(tmp_path: Path,
+                                                         receiver: tuple[Helper, int]) -> None:
+    helper, port = receiver
+    sender = _config(tmp_path, "node-1")
+    source = _checkpoint(sender)
+    with pytest.raises(InvalidRequest, match="is for node 'node-3'"):
+        peer.send(sender, source, "127.0.0.1", port, "node-3")
+    stale = dict(_hello(), expires=time.time() - 1)
+    answer = _raw_exchange(port, json.dumps(stale).encode() + b"\n")
+    assert answer["ok"] is False and answer["code"] == "invalid_request"
+    assert "expired" in answer["message"]
+    assert _left(helper) == []
+
+
+def _hello(**changes: Any) -> dict[str, Any]:
+    return {"v": 1, "checkpoint_id": CHECKPOINT_ID, "from": "node-1", "to": "node-2",
+            "expires": round(time.time() + 60, 3), "salt": "ab" * 16, **changes}
+
+
+def _raw_exchange(port: int, data: bytes) -> dict[str, Any]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        answer = sock.makefile("rb").readline()
+    return dict(json.loads(answer))
+
+
+def _recorded(tmp_path: Path, source: Path, config: HelperConfig) -> tuple[bytes, list[bytes]]:
+    """The bytes a sender writes for `source`: its hello line and its frames."""
+    class Recorder:
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def write(self, b: bytes) -> int:
+            self.data += b
+            return len(b)
+
+        def flush(self) -> None:
+            pass
+
+    hello = _hello()
+    out = Recorder()
+    frames = peer.FrameWriter(out, peer.frame_key(CLUSTER_KEY, hello))  # type: ignore[arg-type]
+    frames.message(json.dumps(store.load_manifest(source).to_dict()).encode())
+    from sidecar.registry.remote import write_archive
+    write_archive(frames, source)  # type: ignore[arg-type]
+    frames.close()
+    chunks, data = [], bytes(out.data)
+    while data:
+        (size,) = struct.unpack(">I", data[:4])
+        chunks.append(data[:4 + size])
+        data = data[4 + size:]
+    return json.dumps(hello).encode() + b"\n", chunks
+
+
+def test_a_changed_reordered_or_cut_stream_leaves_nothing(tmp_path: Path,
+                                                          receiver: tuple[Helper, int]) -> None:
+    helper, port = receiver
+    sender = _config(tmp_path, "node-1")
+    hello, frames = _recorded(tmp_path, _checkpoint(sender), sender)
+    assert len(frames) >= 4  # manifest, at least two frames of archive, the last
+    changed = bytearray(frames[2])
+    changed[100] ^= 1
+    cases = {
+        "changed": [*frames[:2], bytes(changed), *frames[3:]],
+        "reordered": [frames[0], frames[2], frames[1], *frames[3:]],
+        "cut": frames[:-2],
+        "without its last frame": frames[:-1],
+    }
+    for what, chosen in cases.items():
+        answer = _raw_exchange(port, hello + b"".join(chosen))
+        assert answer["ok"] is False, what
+        assert answer["code"] in (CheckpointUntrusted.code, CheckpointCorrupted.code), what
+        assert _left(helper) == [], what
+    # a hello changed on the way changes the key: its frames no longer open
+    other = hello.replace(b'"from": "node-1"', b'"from": "node-9"')
+    answer = _raw_exchange(port, other + b"".join(frames))
+    assert (answer["ok"], answer["code"]) == (False, CheckpointUntrusted.code)
+    # the untouched recording is taken (the cases above were refused for what they changed)
+    assert _raw_exchange(port, hello + b"".join(frames))["ok"] is True
+    assert _left(helper) == [CHECKPOINT_ID, CHECKPOINT_ID]
+
+
+def test_a_checkpoint_changed_after_it_was_signed_is_refused(
+        tmp_path: Path, receiver: tuple[Helper, int]) -> None:
+    helper, port = receiver
+    sender = _config(tmp_path, "node-1")
+    source = _checkpoint(sender)
+    (source / "checkpoint" / "core-1.img").write_bytes(b"evil")  # same size, other bytes
+    with pytest.raises(HelperError) as refused:
+        peer.send(sender, source, "127.0.0.1", port, "node-2")
+    assert refused.value.code in (CheckpointCorrupted.code, CheckpointUntrusted.code)
+    assert _left(helper) == []
+
+
+def test_an_unreachable_helper_is_said_so(tmp_path: Path) -> None:
+    sender = _config(tmp_path, "node-1")
+    source = _checkpoint(sender, pages=10)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(peer.PeerUnreachable, match="cannot reach the helper of node node-2"):
+        peer.send(sender, source, "127.0.0.1", port, "node-2")
