@@ -1,6 +1,6 @@
 """Run the benchmark and write docs/benchmarks.md, docs/benchmarks/*.png and results.json.
 
-Environment: BENCH_RUNS (5), BENCH_SIZES (64,256,1024 MiB), BENCH_METHODS (a,b,c,d,e,f,g),
+Environment: BENCH_RUNS (5), BENCH_SIZES (64,256,1024 MiB), BENCH_METHODS (a,b,c,d,e,f,g,m),
 BENCH_OUT (docs), BENCH_WORK (/var/lib/kubectl-cedana-bench), KUBECONFIG (the lab's)."""
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any
 
 from bench import extras, report
 from bench.bare_runc import BareRunc
+from bench.migration import Migration, link_mb_s
 from bench.cluster import (
     Cluster,
     HelperRest,
@@ -131,10 +132,38 @@ def compression_input(cluster: Cluster | None, helper: HelperRest | None, runc: 
     raise BenchError("no method that makes a checkpoint is selected")
 
 
+def migrations(cluster: Cluster, sizes: list[int], runs: int, results: dict[str, Any]) -> None:
+    """(m): stop-and-copy migrations to node 2, and the link's speed they are judged by."""
+    mover = Migration(cluster)
+    try:
+        mover.setup()
+        say("link speed to node 2")
+        results["migration"] = {"link_mb_s": link_mb_s(), "sizes": {}}
+    except (BenchError, OSError) as exc:
+        results["method_errors"]["m"] = str(exc)
+        return
+    for mib in sizes:
+        cell: dict[str, Any] = {"failures": []}
+        results["migration"]["sizes"][str(mib)] = cell
+        for run_no in range(runs):
+            os.sync()
+            try:
+                figures = mover.once(mib)
+            except (BenchError, OSError, ValueError, KeyError) as exc:
+                cell["failures"].append(f"{type(exc).__name__}: {exc}"[:600])
+                say(f"{mib} MiB (m) run {run_no} failed: {exc}")
+                continue
+            for key, value in figures.items():
+                cell.setdefault(key, []).append(value)
+            say(f"{mib} MiB (m) run {run_no}: pause {figures['pause_ms']} ms (checkpoint "
+                f"{figures['checkpoint_ms']}, transfer {figures['transfer_ms']} "
+                f"{figures['transfer']}, restore {figures['restore_ms']})")
+
+
 def main() -> int:
     runs = int(os.environ.get("BENCH_RUNS", "5"))
     sizes = [int(s) for s in env_list("BENCH_SIZES", "64,256,1024")]
-    wanted = env_list("BENCH_METHODS", "a,b,c,d,e,f,g")
+    wanted = env_list("BENCH_METHODS", "a,b,c,d,e,f,g,m")
     out = Path(os.environ.get("BENCH_OUT", REPO / "docs"))
     work = Path(os.environ.get("BENCH_WORK", "/var/lib/kubectl-cedana-bench"))
     kubeconfig = os.environ.get("KUBECONFIG", "/var/lib/kubectl-cedana-lab/admin.kubeconfig")
@@ -155,13 +184,13 @@ def main() -> int:
     say(f"bench: runs={runs} sizes={sizes} methods={wanted} load={loadavg()}")
 
     cluster = Cluster(kubeconfig, venv_bin, IMAGE, INTERVAL_MS) \
-        if {"a", "b", "e", "f", "g"} & set(wanted) else None
+        if {"a", "b", "e", "f", "g", "m"} & set(wanted) else None
     methods: dict[str, Any] = {}
     if cluster:
         try:
             cluster.setup()
         except BenchError as exc:
-            for name in ("a", "b", "e", "f", "g"):
+            for name in ("a", "b", "e", "f", "g", "m"):
                 results["method_errors"][name] = str(exc)
             cluster = None
     if cluster and "a" in wanted:
@@ -264,6 +293,8 @@ def main() -> int:
                 method.stop_source(mib)
             if cluster:
                 cluster.finish_size(mib)
+        if cluster and "m" in wanted:
+            migrations(cluster, sizes, runs, results)
         say("machine limits")
         results["machine"] = {"write": extras.sequential_write(work, max(sizes)),
                               "memcpy": extras.memcpy_speed()}

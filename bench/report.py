@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.migration import ALLOWANCE_MS, LINK_MIB, floor_ms
 from bench.stats import Summary, Target, linear_fit, overhead_ms, ratio, summarize, \
     throughput_mb_s
 
@@ -11,6 +12,8 @@ METHODS = {"a": "(a) kubectl cedana", "b": "(b) helper REST", "c": "(c) bare run
            "d": "(d) podman", "e": "(e) kubelet checkpoint API (dump only)",
            "f": "(f) Checkpoint object (dump only)",
            "g": "(g) helper REST, same helper as (f) (dump only)"}
+#: methods measured apart from the checkpoint/restore table
+OTHER_METHODS = {"m": "(m) migrate --to-node"}
 TARGET_AC = Target("(a)/(c) at 1 GiB", 1.15)
 TARGET_AD = Target("(a)/(d)", 0.67)
 #: what a checkpoint through a resource may add over the same checkpoint through the REST API
@@ -96,11 +99,45 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                             figure(results, "g", mib, "checkpoint"))
         rows.append((f"{TARGET_FG.name} at {mib} MiB, checkpoint ≤ {TARGET_FG.limit:.0f} ms",
                      "–" if value is None else f"{value:,.0f} ms", TARGET_FG.verdict(value), ""))
+    for row in migration_rows(results):
+        rows.append((f"{TARGET_PAUSE} at {row['mib']} MiB ≤ dump + size / link + restore + "
+                     f"{ALLOWANCE_MS / 1000:.1f} s",
+                     f"{row['pause'].median:,.0f} ms (floor {row['floor'].median:,.0f} ms)",
+                     "met" if row["pause"].median <= row["floor"].median else "missed", ""))
     helptime = results.get("startup", {}).get(HELP_LABEL)
     value = helptime["ttfb_ms"]["median"] if helptime else None
     rows.append((f"{TARGET_HELP.name} ≤ {TARGET_HELP.limit / 1000:.1f} s",
                  "–" if value is None else f"{value / 1000:.3f} s", TARGET_HELP.verdict(value),
                  ""))
+    return rows
+
+
+TARGET_PAUSE = "(m) pause of `migrate --to-node --delete-source`"
+
+
+def migration_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per memory size: summaries of the pause, its parts and the floor (per run)."""
+    mig = results.get("migration") or {}
+    link = mig.get("link_mb_s")
+    rows = []
+    for mib, cell in sorted((mig.get("sizes") or {}).items(), key=lambda kv: int(kv[0])):
+        runs = list(zip(cell.get("pause_ms", []), cell.get("checkpoint_ms", []),
+                        cell.get("restore_ms", []), cell.get("size_bytes", [])))
+        if not runs or not link:
+            continue
+        floors = [floor_ms({"checkpoint_ms": c, "restore_ms": r, "size_bytes": b}, link)
+                  for _p, c, r, b in runs]
+        pause = summarize([p for p, _c, _r, _b in runs])
+        floor = summarize(floors)
+        assert pause is not None and floor is not None
+        rows.append({"mib": int(mib), "pause": pause, "floor": floor,
+                     "checkpoint": summarize(cell.get("checkpoint_ms", [])),
+                     "transfer": summarize([t for t in cell.get("transfer_ms", [])
+                                            if t is not None]),
+                     "restore": summarize(cell.get("restore_ms", [])),
+                     "size": summarize(cell.get("size_bytes", [])),
+                     "how": sorted(set(cell.get("transfer", []))),
+                     "link": link})
     return rows
 
 
@@ -179,6 +216,29 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
             add(f"- {phase}: fixed overhead of (a) over (c) ≈ **{fit[0]:,.0f} ms** plus "
                 f"{fit[1]:,.0f} ms per GiB (least-squares line through the sizes)")
     add("")
+
+    mrows = migration_rows(results)
+    if mrows:
+        add("## Migration to another node (stop-and-copy)\n")
+        add("`kubectl cedana migrate POD --to-node cedana-lab-node2 --delete-source` of a fresh "
+            "memhog pod on node 1, as the helpers report it in the Migration's status: the "
+            "pause from the freeze of the source to the restored process running, and its "
+            "parts. The floor is the issue's: dump + size at the link's measured speed + "
+            f"restore + {ALLOWANCE_MS / 1000:.1f} s, per run. Link: one TCP stream from node 1 "
+            f"to node 2's address, {mrows[0]['link']:,.0f} MB/s (best of 3, "
+            f"{LINK_MIB} MiB).\n")
+        add("| memory | pause | checkpoint | transfer | restore | size MiB | floor | how |")
+        add("|---|---|---|---|---|---|---|---|")
+        for row in mrows:
+            size = row["size"]
+            add(f"| {row['mib']} MiB | {_cell(row['pause'])} | {_cell(row['checkpoint'])} | "
+                f"{_cell(row['transfer'])} | {_cell(row['restore'])} | "
+                f"{_fmt(size.median / 2**20 if size else None, 1)} | {_cell(row['floor'])} | "
+                f"{', '.join(row['how'])} |")
+        add("")
+        for plot in plots:
+            if plot.startswith("migration"):
+                add(f"![migration pause](benchmarks/{plot})\n")
 
     comp = results.get("compression")
     if comp:
@@ -282,13 +342,18 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         add(notes.strip() + "\n")
     failures = [(m, mib, f) for m, cells in results.get("cr", {}).items()
                 for mib, cell in cells.items() for f in cell.get("failures", [])]
+    failures += [("m", mib, f) for mib, cell in
+                 ((results.get("migration") or {}).get("sizes") or {}).items()
+                 for f in cell.get("failures", [])]
     errors = {m: e for m, e in results.get("method_errors", {}).items() if e}
     if failures or errors:
         add("## Failures during this run\n")
         for method, error in errors.items():
-            add(f"- {METHODS.get(method, method)}: could not run: `{_one_line(error)}`")
+            label = {**METHODS, **OTHER_METHODS}.get(method, method)
+            add(f"- {label}: could not run: `{_one_line(error)}`")
         for method, mib, failure in failures:
-            add(f"- {METHODS.get(method, method)} at {mib} MiB (retried): `{_one_line(failure)}`")
+            label = {**METHODS, **OTHER_METHODS}.get(method, method)
+            add(f"- {label} at {mib} MiB (retried): `{_one_line(failure)}`")
         add("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -332,6 +397,28 @@ def plot(results: dict[str, Any], outdir: Path) -> list[str]:
     fig.savefig(outdir / "cr-times.png", dpi=110)
     plt.close(fig)
     written.append("cr-times.png")
+
+    mrows = migration_rows(results)
+    if mrows:
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        xs = [r["mib"] for r in mrows]
+        for key, label in (("pause", "pause"), ("floor", "floor (dump + link + restore + "
+                                                          "0.3 s)"),
+                           ("checkpoint", "dump"), ("transfer", "transfer"),
+                           ("restore", "restore")):
+            ys = [(r[key].median / 1000 if r[key] else float("nan")) for r in mrows]
+            ax.plot(xs, ys, marker="o", label=label,
+                    linestyle="--" if key == "floor" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{x} MiB" for x in xs])
+        ax.set_ylabel("seconds (median)")
+        ax.set_title("migration to node 2: pause against memory size")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(outdir / "migration-pause.png", dpi=110)
+        plt.close(fig)
+        written.append("migration-pause.png")
 
     comp = results.get("compression")
     if comp and comp.get("checkpoint"):

@@ -71,6 +71,8 @@ MAX_HELLO_BYTES = 4096
 MAX_ANSWER_BYTES = 64 << 10
 #: tar pads its stream with zeros to a whole record after the end of the archive
 MAX_PADDING_BYTES = 64 << 10
+#: how long a refused sender may go on sending before the connection is closed
+DRAIN_S = 10.0
 #: connections served at once; more are closed at once
 MAX_CONNECTIONS = 16
 #: a hello is accepted this long after it was made (clocks of nodes agree to seconds)
@@ -132,7 +134,8 @@ class FrameReader:
 
     def __init__(self, raw: IO[bytes], key: bytes, what: str) -> None:
         self.raw, self.aead, self.what = raw, AESGCM(key), what
-        self.number, self.buffer, self.ended = 0, b"", False
+        self.number, self.ended = 0, False
+        self.buffer, self.offset = bytearray(), 0
 
     def _exactly(self, n: int) -> bytes:
         data = b""
@@ -165,11 +168,14 @@ class FrameReader:
             "transfer (not sent by a helper of this cluster, or changed on the way)")
 
     def read(self, size: int = -1) -> bytes:
-        while not self.ended and (size < 0 or len(self.buffer) < size):
+        # a bytearray with a read offset: tar reads in small pieces, a frame is 1 MiB
+        while not self.ended and (size < 0 or len(self.buffer) - self.offset < size):
+            del self.buffer[:self.offset]
+            self.offset = 0
             self.buffer += self.frame()
-        if size < 0:
-            size = len(self.buffer)
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        end = len(self.buffer) if size < 0 else self.offset + size
+        data = bytes(self.buffer[self.offset:end])
+        self.offset += len(data)
         return data
 
     def readable(self) -> bool:
@@ -178,11 +184,9 @@ class FrameReader:
     def finish(self) -> None:
         """The stream must end with the archive: its last frame, after at most tar's own
         padding of zeros."""
-        rest = b""
+        rest = self.read(len(self.buffer) - self.offset)
         while not self.ended and len(rest) <= MAX_PADDING_BYTES:
             rest += self.read(FRAME_BYTES)
-        rest += self.buffer
-        self.buffer = b""
         if not self.ended or len(rest) > MAX_PADDING_BYTES or rest.strip(b"\0"):
             raise CheckpointUntrusted(f"{self.what} holds more than its checkpoint's archive")
 
@@ -260,11 +264,11 @@ def receive(helper: Helper, raw: IO[bytes]) -> dict[str, Any]:
         try:
             unpack_signed_archive(manifest, cast(IO[bytes], frames), temp)
             frames.finish()
+            store.restrict_permissions(temp)  # before the check, which seals the files
             verified = store.verify(temp, key)
             if verified.signed_payload() != manifest.signed_payload():
                 raise CheckpointUntrusted(f"the manifest inside the transfer of checkpoint "
                                           f"{checkpoint_id} is not the one it was sent with")
-            store.restrict_permissions(temp)
             temp.rename(final_dir)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
@@ -306,8 +310,24 @@ class _Handler(socketserver.StreamRequestHandler):
             answer = {"ok": False, "code": InternalError.code, "message": str(exc)[:500]}
         try:
             self.wfile.write(json.dumps(answer).encode() + b"\n")
+            self.wfile.flush()
+            if not answer["ok"]:
+                self._drain()
         except OSError:
             pass
+
+    def _drain(self) -> None:
+        """After a refusal, read (and drop) what the sender still sends, for a while: closing
+        with unread bytes would reset the connection, and the sender would lose the answer."""
+        self.connection.shutdown(socket.SHUT_WR)
+        self.connection.settimeout(1.0)
+        end = time.monotonic() + DRAIN_S
+        while time.monotonic() < end:
+            try:
+                if not self.connection.recv(FRAME_BYTES):
+                    return
+            except TimeoutError:
+                continue
 
 
 class PeerServer(socketserver.ThreadingTCPServer):

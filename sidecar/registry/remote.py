@@ -425,12 +425,12 @@ class RemoteStore:
         store.make_private_dirs(temp, final_dir.parent)
         try:
             self._download_unpack(signed, kind, temp)
+            store.restrict_permissions(temp)  # before the check, which seals the files as they are
             manifest = store.verify(temp, key)  # every file against our manifest, before use
             if manifest.signed_payload() != signed.manifest.signed_payload():
                 raise CheckpointUntrusted(f"the manifest inside {self.name(checkpoint_id)} is "
                                           "not the one its image signature names",
                                           checkpoint_id=checkpoint_id)
-            store.restrict_permissions(temp)
             if final_dir.exists():
                 shutil.rmtree(final_dir)
             temp.rename(final_dir)

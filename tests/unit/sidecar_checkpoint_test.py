@@ -48,9 +48,9 @@ def test_checkpoint_writes_the_documented_layout(env: tuple[HelperConfig, Path])
     final = config.checkpoint_dir / "runs" / "first"
     assert result.checkpoint_path == final
     assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()) == [
-        "checkpoint/descriptors.json", "checkpoint/inventory.img", "checkpoint/pages-1.img",
-        "config.dump", "dump.log", "manifest.json", "spec.dump", "stats-dump",
-        "volumes.json",
+        ".seal.json", "checkpoint/descriptors.json", "checkpoint/inventory.img",
+        "checkpoint/pages-1.img", "config.dump", "dump.log", "manifest.json", "spec.dump",
+        "stats-dump", "volumes.json",
     ]
     assert (final / "spec.dump").read_bytes() == \
         (bundle_of(root, COUNTER) / "config.json").read_bytes()

@@ -221,3 +221,56 @@ def test_a_catalogue_locked_elsewhere_is_waited_for_then_refused(tmp_path: Path,
         holder.wait(timeout=10)
     Catalogue(tmp_path).add({"id": "b", "created": "2"})  # free again
     assert [e["id"] for e in Catalogue(tmp_path).list()] == ["a", "b"]
+
+
+def test_a_sealed_checkpoint_is_not_hashed_again_while_untouched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    final = make_checkpoint(tmp_path)  # finalize hashed every file and sealed them
+    assert (final / store.SEAL).is_file()
+    assert store.SEAL not in store.list_files(final)  # never archived, pushed or sent
+    hashed: list[str] = []
+    real = store.hash_file
+
+    def counting(path: Path) -> tuple[str, int]:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(store, "hash_file", counting)
+    assert store.verify(final, KEY).checkpoint_id == "11111111-2222-3333-4444-555555555555"
+    assert hashed == ["manifest.json"]  # only the manifest, to match the seal
+
+
+def test_a_file_changed_behind_the_seal_is_found(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    pages = final / "checkpoint" / "pages-1.img"
+    before = pages.stat()
+    data = bytearray(pages.read_bytes())
+    data[5] ^= 0x01
+    with open(pages, "r+b") as f:  # the same file, size and (put back) modification time
+        f.write(bytes(data))
+    os.utime(pages, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (pages.stat().st_size, pages.stat().st_ino, pages.stat().st_mtime_ns) == \
+        (before.st_size, before.st_ino, before.st_mtime_ns)
+    with pytest.raises(CheckpointCorrupted, match="pages-1.img does not match its sha256"):
+        store.verify(final, KEY)
+
+
+def test_a_forged_or_foreign_seal_is_not_trusted(tmp_path: Path) -> None:
+    final = make_checkpoint(tmp_path)
+    other = make_checkpoint(tmp_path, "other")
+    # dump.log changed (same size), and the seal edited to say it stands as it does now: its
+    # signature no longer fits, so every file is hashed and the change found
+    (final / "dump.log").write_text("evil\n")
+    forged = json.loads((final / store.SEAL).read_text())
+    now = os.stat(final / "dump.log")
+    forged["files"]["dump.log"] = [now.st_size, now.st_ino, now.st_mtime_ns, now.st_ctime_ns]
+    (final / store.SEAL).write_text(json.dumps(forged))
+    with pytest.raises(CheckpointCorrupted, match="dump.log does not match"):
+        store.verify(final, KEY)
+    # another checkpoint's valid seal copied in does not vouch for this one: hashed in full
+    # (intact again) and sealed anew
+    (final / "dump.log").write_text("done\n")
+    (final / store.SEAL).write_bytes((other / store.SEAL).read_bytes())
+    store.verify(final, KEY)
+    assert json.loads((final / store.SEAL).read_text())["files"]["dump.log"][3] == \
+        os.stat(final / "dump.log").st_ctime_ns
