@@ -264,11 +264,14 @@ def receive(helper: Helper, raw: IO[bytes]) -> dict[str, Any]:
         try:
             unpack_signed_archive(manifest, cast(IO[bytes], frames), temp)
             frames.finish()
-            store.restrict_permissions(temp)  # before the check, which seals the files
-            verified = store.verify(temp, key)
+            store.restrict_permissions(temp)  # before the seal, which records the files as
+            verified = store.load_manifest(temp)  # they stand
             if verified.signed_payload() != manifest.signed_payload():
                 raise CheckpointUntrusted(f"the manifest inside the transfer of checkpoint "
                                           f"{checkpoint_id} is not the one it was sent with")
+            # not hashed again: the sender verified its copy against this signed manifest
+            # before it sent it, and every byte came sealed with the cluster's key
+            store.seal(temp, verified, key)
             temp.rename(final_dir)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
@@ -364,7 +367,9 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
     `target_node`); PeerUnreachable when it could not be reached or the connection broke, the
     receiver's own error when it refused."""
     key = cluster_key(config, InvalidRequest, "it does not send checkpoints to other nodes")
-    manifest = store.load_manifest(directory)
+    # what is sent is what the signed manifest says (the seal makes this cheap): the receiver
+    # takes the bytes as sent, each frame sealed with the cluster's key
+    manifest = store.verify(directory, key)
     checkpoint_id = manifest.checkpoint_id
     hello = {"v": VERSION, "checkpoint_id": checkpoint_id, "from": config.node_name,
              "to": target_node, "expires": round(time.time() + HELLO_TTL_S, 3),

@@ -616,13 +616,24 @@ class _SignedMembers:
                 checkpoint_id=self.checkpoint_id)
         self.seen.add(rel)
 
+    def complete(self) -> None:
+        """Every file the manifest lists, and the manifest, were in the archive."""
+        missing = sorted(set(self.files) - self.seen) + \
+            ([] if store.MANIFEST in self.seen else [store.MANIFEST])
+        if missing:
+            raise CheckpointCorrupted(
+                f"the archive of checkpoint {self.checkpoint_id} lacks {len(missing)} file(s) "
+                f"its manifest lists: {', '.join(missing[:5])}", checkpoint_id=self.checkpoint_id)
+
 
 def unpack_signed_archive(manifest: store.CheckpointManifest, stream: IO[bytes],
                           dest: Path) -> None:
     """Unpack the tar of a checkpoint whose signed manifest is `manifest` from `stream` into
-    dest: each member checked against the manifest before it is written, at most as many
-    bytes of tar as the manifest adds up to. The caller verifies the files afterwards
-    (store.verify) and removes dest on any error."""
+    dest: each member checked against the manifest before it is written (a name it lists, its
+    size, once), at most as many bytes of tar as the manifest adds up to, and every file it
+    lists there at the end. Their bytes are the caller's to vouch for (a pull verifies each
+    file's sha256; a transfer from another helper was sealed with the cluster's key); the
+    caller removes dest on any error."""
     members = _SignedMembers(manifest, dest)
     tar_bytes = CappedReader(stream, members.limit, f"checkpoint {manifest.checkpoint_id}")
     with tarfile.open(fileobj=cast(IO[bytes], tar_bytes), mode="r|",
@@ -632,6 +643,7 @@ def unpack_signed_archive(manifest: store.CheckpointManifest, stream: IO[bytes],
             members.check(member)
             unpack.extract(tar, member)
         unpack.finish()
+    members.complete()
 
 
 def checkpoint_extractor(dest: Path) -> Extractor:

@@ -32,7 +32,7 @@ def _config(tmp_path: Path, node: str, secret: bytes = CLUSTER_KEY) -> HelperCon
 
 
 def _checkpoint(config: HelperConfig, checkpoint_id: str = CHECKPOINT_ID,
-                pages: int = 3_000_000) -> Path:
+                pages: int = 3_000_000, secret: bytes = CLUSTER_KEY) -> Path:
     """A signed checkpoint in the sender's directory, of several frames."""
     d = config.checkpoint_dir / checkpoint_id
     (d / "checkpoint").mkdir(parents=True)
@@ -43,7 +43,7 @@ def _checkpoint(config: HelperConfig, checkpoint_id: str = CHECKPOINT_ID,
         checkpoint_id, "2026-11-30T00:00:00Z",
         {"namespace": "ns", "pod": "p", "container": "c", "node": config.node_name}, {}, {})
     manifest.files = store.hash_files(d)
-    manifest.sign(cluster_key())
+    manifest.sign(cluster_key(secret))
     store.write_json(d / store.MANIFEST, manifest.to_dict())
     return d
 
@@ -95,8 +95,9 @@ def test_a_checkpoint_arrives_whole_and_listed(tmp_path: Path,
 def test_a_helper_without_the_clusters_key_is_refused(tmp_path: Path,
                                                       receiver: tuple[Helper, int]) -> None:
     helper, port = receiver
-    stranger = _config(tmp_path, "node-1", secret=os.urandom(32))
-    source = _checkpoint(stranger)
+    secret = os.urandom(32)  # a key of its own, with which its checkpoint verifies
+    stranger = _config(tmp_path, "node-1", secret=secret)
+    source = _checkpoint(stranger, secret=secret)
     with pytest.raises(CheckpointUntrusted, match="not sealed with the cluster's key"):
         peer.send(stranger, source, "127.0.0.1", port, "node-2")
     assert _left(helper) == []
@@ -191,6 +192,8 @@ def test_a_checkpoint_changed_after_it_was_signed_is_refused(
     sender = _config(tmp_path, "node-1")
     source = _checkpoint(sender)
     (source / "checkpoint" / "core-1.img").write_bytes(b"evil")  # same size, other bytes
+    # the sender checks its copy against the signed manifest before a byte goes out (the
+    # receiver takes the bytes as sent: they come sealed with the cluster's key)
     with pytest.raises(HelperError) as refused:
         peer.send(sender, source, "127.0.0.1", port, "node-2")
     assert refused.value.code in (CheckpointCorrupted.code, CheckpointUntrusted.code)
@@ -205,3 +208,16 @@ def test_an_unreachable_helper_is_said_so(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     with pytest.raises(peer.PeerUnreachable, match="cannot reach the helper of node node-2"):
         peer.send(sender, source, "127.0.0.1", port, "node-2")
+
+
+def test_an_archive_without_every_listed_file_leaves_nothing(
+        tmp_path: Path, receiver: tuple[Helper, int]) -> None:
+    helper, port = receiver
+    sender = _config(tmp_path, "node-1")
+    source = _checkpoint(sender)
+    (source / "checkpoint" / "core-1.img").unlink()  # sealed frames of an archive without it
+    hello, frames = _recorded(tmp_path, source, sender)
+    answer = _raw_exchange(port, hello + b"".join(frames))
+    assert (answer["ok"], answer["code"]) == (False, CheckpointCorrupted.code), answer
+    assert "lacks 1 file(s) its manifest lists: checkpoint/core-1.img" in answer["message"]
+    assert _left(helper) == []
