@@ -15,6 +15,7 @@ same name again): a Migration with deleteSource is refused and the source is lef
 """
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -100,7 +101,7 @@ class Client:
                         body = r.read().decode().strip()
                     # answered; the counter may be rewriting the file (empty): no value then
                     value = int(body) if body.isdigit() else ANSWERED
-                except OSError:
+                except (OSError, http.client.HTTPException):  # refused, reset, cut short
                     value = None
             self.calls.append((time.monotonic(), address, value))
             self.stop.wait(0.1)
