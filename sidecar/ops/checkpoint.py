@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -67,6 +68,29 @@ class CheckpointResult:
 #: tells a placeholder's cedana-pause that the end of its restored tree is not the program's
 #: (sidecar/pause/cedana-pause.c)
 PAUSE_HOLD_SIGNAL = signal.SIGUSR1
+
+
+#: run with the container still frozen once its checkpoint is listed, before it is stopped
+#: (without leave_running): (checkpoint id, directory) of each checkpoint listed
+AfterListed = Callable[[list[tuple[str, Path]]], None]
+
+
+class SourceKept(Exception):
+    """The after_listed step failed: the checkpoint is listed, and the container was not
+    stopped (thawed, it goes on). `cause` is the step's own error."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _after_listed(step: AfterListed | None, listed: list[tuple[str, Path]]) -> None:
+    if step is None:
+        return
+    try:
+        step(listed)
+    except Exception as exc:  # the caller's step: its error, with the source kept
+        raise SourceKept(exc) from exc
 
 
 class _Stopper:
@@ -262,12 +286,15 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                          with_rootfs: bool = True,
                          checkpoint_id: str | None = None,
                          limits: Limits | None = None,
-                         hold_connections: bool = False) -> CheckpointResult:
+                         hold_connections: bool = False,
+                         after_listed: AfterListed | None = None) -> CheckpointResult:
     """Dump one container into the checkpoint directory and list it. `limits`: where the
     checkpoint directory's quota is reserved (the helper's, with what its other operations
     hold; None: only what the catalogue lists counts). `hold_connections` (with leave_running
     false): the container's TCP connections are held open for a restore into the same pod
-    (node/tcp_hold.py); a failed checkpoint lets them go on."""
+    (node/tcp_hold.py); a failed checkpoint lets them go on. `after_listed` runs once the
+    checkpoint is listed, the container still frozen: if it fails (SourceKept), the container
+    is not stopped and goes on."""
     if hold_connections and leave_running:
         raise InvalidRequest("hold_connections stops the container: it needs leave_running "
                              "false")
@@ -326,9 +353,10 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
             Catalogue(config.checkpoint_dir).add(catalogue_entry(
                 config, manifest, final_dir, size, options.to_dict(), processes,
                 leave_running=leave_running, with_rootfs=with_rootfs))
+            duration_ms = int((time.monotonic() - started) * 1000)
+            _after_listed(after_listed, [(checkpoint_id, final_dir)])
             if stopper is not None:
                 stopper.kill()  # dies as it is thawed, on leaving the block
-    duration_ms = int((time.monotonic() - started) * 1000)
     log.info("checkpointed %s/%s/%s into %s", namespace, sandbox, container, final_dir,
              extra={"checkpoint_id": checkpoint_id})
     return CheckpointResult(checkpoint_id, final_dir, size, duration_ms, options.to_dict(), target)
@@ -519,7 +547,8 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
                checkpoint_path: str | None, leave_running: bool, with_rootfs: bool = True,
                storage: str | None = None, compression: str | None = None,
                checkpoint_id: str | None = None, requested_by: str = "",
-               hold_connections: bool = False) -> dict[str, Any]:
+               hold_connections: bool = False,
+               after_listed: AfterListed | None = None) -> dict[str, Any]:
     """The whole of POST /checkpoint; its answer. Where it goes is decided before anything is
     dumped; a failed push keeps the checkpoint on the node (the error says which)."""
     config = helper.config
@@ -531,7 +560,8 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
                                           container, checkpoint_path or None, leave_running,
                                           locks=helper.locks, with_rootfs=with_rootfs,
                                           checkpoint_id=checkpoint_id, limits=helper.limits,
-                                          hold_connections=hold_connections)
+                                          hold_connections=hold_connections,
+                                          after_listed=after_listed)
         except HelperError as exc:
             events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
             raise
@@ -602,7 +632,8 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
                               sandbox: str, names: list[str], leave_running: bool, *,
                               locks: ContainerLocks = DEFAULT_LOCKS, with_rootfs: bool = True,
                               checkpoint_id: str | None = None,
-                              limits: Limits | None = None) -> PodCheckpointResult:
+                              limits: Limits | None = None,
+                              after_listed: AfterListed | None = None) -> PodCheckpointResult:
     """Dump every container `names` lists (a pod's native sidecars and containers) in one
     freeze: all are frozen before the first dump and thawed after the last, so the checkpoint
     is one moment of the whole pod. Each container gets a checkpoint of its own (ids:
@@ -688,9 +719,10 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
                 results.append(CheckpointResult(manifest.checkpoint_id, final_dir, size, 0,
                                                 option.to_dict(), target))
             Catalogue(config.checkpoint_dir).add_all(entries)  # all members, or none
+            duration_ms = int((time.monotonic() - started) * 1000)
+            _after_listed(after_listed, [(r.checkpoint_id, r.checkpoint_path) for r in results])
             for stopper in stoppers:
                 stopper.kill()  # each dies as it is thawed, on leaving the block
-    duration_ms = int((time.monotonic() - started) * 1000)
     results = [replace(r, duration_ms=duration_ms) for r in results]
     log.info("checkpointed pod %s/%s (%s) in one freeze", namespace, sandbox, ", ".join(names),
              extra={"checkpoint_id": pod_id})
@@ -700,7 +732,8 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
 def checkpoint_pod(helper: Helper, *, namespace: str, pod: str, containers: list[str],
                    leave_running: bool, with_rootfs: bool = True, storage: str | None = None,
                    compression: str | None = None, checkpoint_id: str | None = None,
-                   requested_by: str = "") -> dict[str, Any]:
+                   requested_by: str = "",
+                   after_listed: AfterListed | None = None) -> dict[str, Any]:
     """A whole-pod checkpoint (a Checkpoint or Migration without a container); its answer, in
     the shape of checkpoint()'s with the members under "containers"."""
     config = helper.config
@@ -711,7 +744,7 @@ def checkpoint_pod(helper: Helper, *, namespace: str, pod: str, containers: list
             result = checkpoint_pod_containers(
                 config, containers_of(helper, None), namespace, pod, containers, leave_running,
                 locks=helper.locks, with_rootfs=with_rootfs, checkpoint_id=checkpoint_id,
-                limits=helper.limits)
+                limits=helper.limits, after_listed=after_listed)
         except HelperError as exc:
             events.checkpoint_failed(helper.kube, namespace, pod, what, exc, requested_by)
             raise

@@ -71,7 +71,8 @@ def reconcile(ctx: Ctx, obj: dict[str, Any]) -> None:
             ctx.objects.patch_status(MIGRATIONS, obj, failed(
                 obj, Code.HELPER_RESTARTED,
                 "the node helper restarted during the migration: the new pod was removed; the "
-                "source pod is as the checkpoint left it (running unless deleteSource)"))
+                "source pod goes on unless the migration had already stopped it (deleteSource, "
+                "once the restored process ran)"))
             audit("migrate", obj, Code.HELPER_RESTARTED)
         return
     _take(ctx, obj)
@@ -173,30 +174,54 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
     wait_running(ctx, namespace, new_pod, names)
     ctx.objects.patch_status(MIGRATIONS, obj, {
         "message": f"checkpointing {pod}/{container}", "checkpointID": checkpoint_id})
-    storage = "remote" if cross and target_peer is None else "local"
+    # to another node the checkpoint is handed over (sent, or pushed to the registry, and
+    # restored there) while the source is still frozen: it is stopped only once the restored
+    # process runs, and goes on if the hand-over fails (checkpoint.SourceKept)
+    handed: dict[str, Any] = {}
+
+    def hand_over(listed: list[tuple[str, Path]]) -> None:
+        started = time.monotonic()
+        try:
+            if target_peer is not None:
+                handed["sent"], handed["remote"] = _send(ctx, obj, listed, target_peer,
+                                                         target_node)
+            else:
+                handed["sent"], handed["remote"] = "registry", _push_copies(ctx, listed)
+            handed["transfer_ms"] = round((time.monotonic() - started) * 1000)
+            # the target's helper restores every member of a whole-pod checkpoint
+            handed["restored"], handed["restore_name"] = _restore_there(
+                ctx, obj, checkpoint_id, new_pod, "" if whole_pod else container, target_node)
+            handed["at"] = time.monotonic()
+        except BaseException:
+            try:  # before the source goes on: never two of it
+                _placeholder_gone(ctx, obj)
+            except Exception as exc:  # noqa: BLE001 - the API; the hand-over's error matters
+                log.warning("cannot remove the new pod of migration %s: %s",
+                            meta(obj).get("name"), exc)
+            raise
+
     paused = time.monotonic()
-    if whole_pod:
-        dumped = checkpoint.checkpoint_pod(
-            ctx.helper, namespace=namespace, pod=pod, containers=names,
-            leave_running=not sp.get("deleteSource", False),
-            storage=storage, checkpoint_id=checkpoint_id,
-            requested_by=requested_by(obj))
-    else:
-        dumped = checkpoint.checkpoint(
-            ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
-            checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
-            storage=storage, checkpoint_id=checkpoint_id,
-            requested_by=requested_by(obj))
+    try:
+        if whole_pod:
+            dumped = checkpoint.checkpoint_pod(
+                ctx.helper, namespace=namespace, pod=pod, containers=names,
+                leave_running=not sp.get("deleteSource", False), storage="local",
+                checkpoint_id=checkpoint_id, requested_by=requested_by(obj),
+                after_listed=hand_over if cross else None)
+        else:
+            dumped = checkpoint.checkpoint(
+                ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
+                checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
+                storage="local", checkpoint_id=checkpoint_id, requested_by=requested_by(obj),
+                after_listed=hand_over if cross else None)
+    except checkpoint.SourceKept as kept:
+        raise _kept(kept.cause, pod, checkpoint_id, ctx.node) from kept.cause
     members = [(str(m["name"]), str(m["checkpoint_id"])) for m in dumped.get("containers") or []]
     copies = [(str(m["checkpoint_id"]), Path(str(m["checkpoint_path"])))
               for m in dumped.get("containers") or [dumped]]
-    sent = "registry" if cross else None
-    transfer_ms = None
-    if target_peer is not None:
-        sent, transfer_ms = _send(ctx, obj, copies, target_peer, target_node)
-    if cross:  # the target's helper restores every member of a whole-pod checkpoint
-        restored, restore_name = _restore_there(ctx, obj, checkpoint_id, new_pod,
-                                                "" if whole_pod else container, target_node)
+    sent, transfer_ms = handed.get("sent"), handed.get("transfer_ms")
+    if cross:
+        restored, restore_name = handed["restored"], handed["restore_name"]
     elif whole_pod:
         restore_name = ""
         restored = _once_admitted(lambda: restore.restore_pod(
@@ -208,11 +233,11 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
             ctx.helper, namespace=namespace, pod=new_pod, container=container, root=None,
             checkpoint_path=None, checkpoint_id=checkpoint_id, access=UNRESTRICTED,
             requested_by=requested_by(obj), source_namespace=namespace))
-    pause_ms = round((time.monotonic() - paused) * 1000)
+    pause_ms = round((handed.get("at", time.monotonic()) - paused) * 1000)
     if sp.get("deleteSource"):
         _take_place(ctx, obj, source, new_pod)
         ctx.objects.delete_pod(namespace, pod)
-    remote = dumped.get("remote") or {}
+    remote = handed.get("remote") or {}
     note = ""
     if sent == "direct" and ctx.helper.config.remote_repository:
         # the registry's copy, for later restores anywhere: after the pause, never in it
@@ -234,27 +259,33 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
           transfer=sent)
 
 
+def _kept(cause: BaseException, pod: str, checkpoint_id: str, node: str) -> HelperError:
+    """The hand-over's error, saying the source goes on and where its checkpoint is."""
+    error = cause if isinstance(cause, HelperError) else \
+        RestoreFailed(f"the hand-over to the target node failed: {cause}")
+    error.message += (f"; pod {pod} was not stopped and goes on (checkpoint {checkpoint_id} "
+                      f"is kept on node {node})")
+    return error
+
+
 def _send(ctx: Ctx, obj: dict[str, Any], copies: list[tuple[str, Path]],
-          target_peer: tuple[str, int], target_node: str) -> tuple[str, int]:
+          target_peer: tuple[str, int], target_node: str) -> tuple[str, dict[str, Any]]:
     """Send the checkpoint (each member of a whole-pod one) to the target's helper; when that
     fails and there is a checkpoint registry, push it there instead (the target's helper pulls
-    it). How it went ("direct" or "registry") and how long it took."""
+    it). How it went ("direct" or "registry") and the registry's copy ({} when none)."""
     config = ctx.helper.config
-    started = time.monotonic()
     try:
         for _, directory in copies:
             peer.send(config, directory, *target_peer, target_node)
-        return "direct", round((time.monotonic() - started) * 1000)
+        return "direct", {}
     except HelperError as exc:
         if not config.remote_repository:
             raise RestoreFailed(f"the checkpoint could not be sent to node {target_node} "
                                 f"({exc.message}) and this helper has no checkpoint registry "
-                                f"to send it through; it is kept on node {config.node_name}"
-                                ) from exc
+                                "to send it through") from exc
         log.warning("sending the checkpoint to node %s failed, through the registry instead: "
                     "%s", target_node, exc.message, extra={"migration": meta(obj).get("name")})
-    _push_copies(ctx, copies)
-    return "registry", round((time.monotonic() - started) * 1000)
+    return "registry", _push_copies(ctx, copies)
 
 
 def _push_copies(ctx: Ctx, copies: list[tuple[str, Path]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tests.e2e.lab import (
 )
 
 HELPER_NAMESPACE = "cedana-system"
+NODE2_NETNS = "cedana-lab-node2"
 CHECKPOINT_DIR = "/var/lib/cedana/checkpoints"
 PEER_PORT = 1325
 
@@ -112,3 +114,68 @@ def test_a_tenant_cannot_put_a_checkpoint_on_a_node(lab: Lab, namespace: str) ->
     after = _node_holds(lab, node2)
     assert forged not in after and not [n for n in after if n.startswith(".tmp-")]
     assert [n for n in after if n not in before and not n.startswith(".catalogue")] == []
+
+
+def _node2_iptables(*rule: str) -> None:
+    subprocess.run(["ip", "netns", "exec", NODE2_NETNS, "iptables", *rule], check=True,
+                   capture_output=True, timeout=30)
+
+
+def test_a_failed_hand_over_leaves_the_source_running(lab: Lab, namespace: str) -> None:
+    """The network between the nodes cut (node 2's peer port refuses): with no registry to
+    fall back on, the migration fails, and its source, frozen until the target would have
+    restored it, goes on: the same process, its count continuing, never restarted."""
+    lab.apply(counter_pod("stay", interval_ms=200), namespace)
+    lab.wait_pod_running(namespace, "stay")
+    lab.wait_log(namespace, "stay", r"count=\d\d")
+    reject = ["INPUT", "-p", "tcp", "--dport", str(PEER_PORT), "-j", "REJECT",
+              "--reject-with", "tcp-reset"]
+    _node2_iptables("-I", *reject)
+    try:
+        migrated = cedana(lab, "-n", namespace, "migrate", "stay", "--to-node",
+                          lab.node2_name, "--delete-source", "--name", "cut")
+    finally:
+        _node2_iptables("-D", *reject)
+    assert migrated.returncode != 0
+    status = json.loads(lab.kubectl("-n", namespace, "get", "migration", "cut", "-o",
+                                    "json").stdout)["status"]
+    assert status["phase"] == "Failed" and status["errorCode"] == "restore_failed", status
+    assert "could not be sent to node" in status["message"], status["message"]
+    assert "pod stay was not stopped and goes on" in status["message"], status["message"]
+    assert status["checkpointID"] in status["message"]  # kept on node 1, said where
+    # the source: not deleted, not restarted, its count goes on from where it was
+    source = lab.pod(namespace, "stay")
+    assert not source["metadata"].get("deletionTimestamp")
+    assert source["status"]["containerStatuses"][0]["restartCount"] == 0
+    before = max(int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, "stay")))
+    lab.wait_log(namespace, "stay", rf"count={before + 3}\b")
+    counts = [int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, "stay"))]
+    assert counts == list(range(counts[0], counts[0] + len(counts)))  # one process, no gap
+    # the new pod made for it is gone (or going)
+    gone = lab.kubectl("-n", namespace, "get", "pod", "stay-migrated", "-o", "json",
+                       check=False)
+    assert gone.returncode != 0 or json.loads(gone.stdout)["metadata"].get("deletionTimestamp")
+
+
+def test_with_a_registry_a_refused_transfer_goes_through_it(lab: Lab, namespace: str) -> None:
+    """Last in this file: the helpers are installed again, with a checkpoint registry. Node 2's
+    peer port refusing, the migration goes through the registry and succeeds."""
+    install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/cedana/peer-fallback")
+    lab.apply(counter_pod("detour", interval_ms=200), namespace)
+    lab.wait_pod_running(namespace, "detour")
+    lab.wait_log(namespace, "detour", r"count=\d\d")
+    before = max(int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, "detour")))
+    reject = ["INPUT", "-p", "tcp", "--dport", str(PEER_PORT), "-j", "REJECT",
+              "--reject-with", "tcp-reset"]
+    _node2_iptables("-I", *reject)
+    try:
+        migrated = cedana(lab, "-n", namespace, "migrate", "detour", "--to-node",
+                          lab.node2_name, "--delete-source", "-o", "json")
+    finally:
+        _node2_iptables("-D", *reject)
+    assert migrated.returncode == 0, migrated.stderr
+    status = json.loads(migrated.stdout)["status"]
+    assert status["transfer"] == "registry" and status["storage"] == "remote", status
+    assert status["imageRef"].startswith(f"{lab.registry}/cedana/peer-fallback:"), status
+    assert lab.pod(namespace, status["podName"])["spec"]["nodeName"] == lab.node2_name
+    goes_on(lab, namespace, status["podName"], before)
