@@ -1,7 +1,8 @@
 """Migration objects, run by the helper of the source pod's node: a placeholder on the target
 node (made from the running source, before anything stops), then the pause: checkpoint, and
 restore into the placeholder (here, or through a Restore object for the target node's helper,
-the checkpoint crossing through the checkpoint registry); the source deleted when asked."""
+the checkpoint sent straight to it, or through the checkpoint registry when that fails; the
+source frozen until the restored process runs there); the source deleted when asked."""
 from __future__ import annotations
 
 import logging
