@@ -79,6 +79,8 @@ MAX_CONNECTIONS = 16
 HELLO_TTL_S = 120.0
 #: a connection that sends nothing for this long is closed
 IDLE_TIMEOUT_S = 60.0
+#: a sender has this long from connecting to its first frame opened with the cluster's key
+HELLO_TIMEOUT_S = 10.0
 _MORE, _LAST = b"more", b"last"
 
 
@@ -226,8 +228,10 @@ def _check_hello(config: HelperConfig, hello: dict[str, Any], now: float) -> str
     return checkpoint_id
 
 
-def receive(helper: Helper, raw: IO[bytes]) -> dict[str, Any]:
-    """One checkpoint from another helper, read from `raw`; listed on this node when whole."""
+def receive(helper: Helper, raw: IO[bytes],
+            authenticated: Callable[[], None] | None = None) -> dict[str, Any]:
+    """One checkpoint from another helper, read from `raw`; listed on this node when whole.
+    `authenticated` is called once the first frame opened with the cluster's key."""
     config = helper.config
     hello = _read_line(raw, MAX_HELLO_BYTES, "the transfer's hello")
     checkpoint_id = _check_hello(config, hello, time.time())
@@ -235,8 +239,11 @@ def receive(helper: Helper, raw: IO[bytes]) -> dict[str, Any]:
                       "nodes", checkpoint_id=checkpoint_id)
     frames = FrameReader(raw, frame_key(key.secret, hello), f"the transfer of checkpoint "
                                                               f"{checkpoint_id}")
+    first = frames.frame()
+    if authenticated is not None:
+        authenticated()
     try:
-        manifest = store.CheckpointManifest.from_dict(json.loads(frames.frame()))
+        manifest = store.CheckpointManifest.from_dict(json.loads(first))
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointCorrupted(f"the transfer of checkpoint {checkpoint_id} has no "
                                   f"manifest: {exc}") from None
@@ -254,7 +261,9 @@ def receive(helper: Helper, raw: IO[bytes]) -> dict[str, Any]:
     if checkpoint_id in {e["id"] for e in catalogue.list()} or final_dir.exists():
         raise InvalidRequest(f"checkpoint {checkpoint_id} is already on node "
                              f"{config.node_name}", checkpoint_id=checkpoint_id)
-    temp = config.checkpoint_dir / f"{store.TEMP_PREFIX}peer-{checkpoint_id}"
+    # a name of its own: two transfers of one id cannot write into each other (the second
+    # rename finds the first in place and fails)
+    temp = config.checkpoint_dir / f"{store.TEMP_PREFIX}peer-{checkpoint_id}-{secrets.token_hex(4)}"
     with ExitStack() as until_listed:
         until_listed.enter_context(helper.limits.reserve(
             config, manifest.size_bytes, f"transfer of checkpoint {checkpoint_id}",
@@ -297,10 +306,14 @@ class _Handler(socketserver.StreamRequestHandler):
             self.server.slots.release()
 
     def _handle(self) -> None:
+        # the sender has HELLO_TIMEOUT_S to prove it holds the cluster's key (its hello and
+        # first frame), however slowly it sends them: strangers do not keep the slots long
         self.connection.settimeout(IDLE_TIMEOUT_S)
+        deadline = threading.Timer(HELLO_TIMEOUT_S, self._cut)
+        deadline.start()
         peer = self.client_address[0] if self.client_address else ""
         try:
-            answer = receive(self.server.helper, cast(IO[bytes], self.rfile))
+            answer = receive(self.server.helper, cast(IO[bytes], self.rfile), deadline.cancel)
         except HelperError as exc:
             log.warning("checkpoint transfer refused", extra={
                 "peer": peer, "code": exc.code, "reason": exc.message})
@@ -311,11 +324,19 @@ class _Handler(socketserver.StreamRequestHandler):
         except Exception as exc:  # one connection's failure, said to its peer
             log.exception("checkpoint transfer failed", extra={"peer": peer})
             answer = {"ok": False, "code": InternalError.code, "message": str(exc)[:500]}
+        finally:
+            deadline.cancel()
         try:
             self.wfile.write(json.dumps(answer).encode() + b"\n")
             self.wfile.flush()
             if not answer["ok"]:
                 self._drain()
+        except OSError:
+            pass
+
+    def _cut(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 

@@ -221,3 +221,29 @@ def test_an_archive_without_every_listed_file_leaves_nothing(
     assert (answer["ok"], answer["code"]) == (False, CheckpointCorrupted.code), answer
     assert "lacks 1 file(s) its manifest lists: checkpoint/core-1.img" in answer["message"]
     assert _left(helper) == []
+
+
+def test_a_stranger_that_does_not_prove_itself_in_time_is_cut_off(
+        receiver: tuple[Helper, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    helper, port = receiver
+    monkeypatch.setattr(peer, "HELLO_TIMEOUT_S", 0.5)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        started = time.monotonic()
+        cut = False
+        for byte in json.dumps(_hello()).encode():  # a hello, a byte at a time, never done
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.05)
+            if time.monotonic() - started > 5:
+                break
+        if not cut:
+            sock.settimeout(5)
+            try:
+                cut = sock.recv(4096) == b""
+            except OSError:
+                cut = True
+        assert cut and time.monotonic() - started < 5
+    assert _left(helper) == []
