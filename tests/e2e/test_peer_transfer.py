@@ -5,6 +5,7 @@ checkpoint on a node through the helpers' peer port: a tenant's pod that talks t
 refused and the node's checkpoint directory is left as it was."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -54,10 +55,7 @@ def _node_holds(lab: Lab, node: str) -> list[str]:
 
 def test_a_migration_to_another_node_needs_no_registry(lab: Lab, namespace: str) -> None:
     node2 = lab.node2_name
-    lab.apply(counter_pod("walker", interval_ms=200), namespace)
-    lab.wait_pod_running(namespace, "walker")
-    lab.wait_log(namespace, "walker", r"count=\d\d")
-    before = max(int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, "walker")))
+    before = _counting(lab, namespace, "walker")
     migrated = cedana(lab, "-n", namespace, "migrate", "walker", "--to-node", node2,
                       "--delete-source", "-o", "json")
     assert migrated.returncode == 0, migrated.stderr
@@ -116,26 +114,36 @@ def test_a_tenant_cannot_put_a_checkpoint_on_a_node(lab: Lab, namespace: str) ->
     assert [n for n in after if n not in before and not n.startswith(".catalogue")] == []
 
 
-def _node2_iptables(*rule: str) -> None:
-    subprocess.run(["ip", "netns", "exec", NODE2_NETNS, "iptables", *rule], check=True,
-                   capture_output=True, timeout=30)
+@contextlib.contextmanager
+def _peer_port_refused() -> Iterator[None]:
+    """Node 2's peer port answers every connection with a reset (its network namespace's
+    firewall), for the length of the block."""
+    rule = ["INPUT", "-p", "tcp", "--dport", str(PEER_PORT), "-j", "REJECT",
+            "--reject-with", "tcp-reset"]
+    iptables = ["ip", "netns", "exec", NODE2_NETNS, "iptables"]
+    subprocess.run([*iptables, "-I", *rule], check=True, capture_output=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run([*iptables, "-D", *rule], check=True, capture_output=True, timeout=30)
+
+
+def _counting(lab: Lab, namespace: str, name: str) -> int:
+    """A counter pod on node 1, counting; its latest count."""
+    lab.apply(counter_pod(name, interval_ms=200), namespace)
+    lab.wait_pod_running(namespace, name)
+    lab.wait_log(namespace, name, r"count=\d\d")
+    return max(int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, name)))
 
 
 def test_a_failed_hand_over_leaves_the_source_running(lab: Lab, namespace: str) -> None:
     """The network between the nodes cut (node 2's peer port refuses): with no registry to
     fall back on, the migration fails, and its source, frozen until the target would have
     restored it, goes on: the same process, its count continuing, never restarted."""
-    lab.apply(counter_pod("stay", interval_ms=200), namespace)
-    lab.wait_pod_running(namespace, "stay")
-    lab.wait_log(namespace, "stay", r"count=\d\d")
-    reject = ["INPUT", "-p", "tcp", "--dport", str(PEER_PORT), "-j", "REJECT",
-              "--reject-with", "tcp-reset"]
-    _node2_iptables("-I", *reject)
-    try:
+    _counting(lab, namespace, "stay")
+    with _peer_port_refused():
         migrated = cedana(lab, "-n", namespace, "migrate", "stay", "--to-node",
                           lab.node2_name, "--delete-source", "--name", "cut")
-    finally:
-        _node2_iptables("-D", *reject)
     assert migrated.returncode != 0
     status = json.loads(lab.kubectl("-n", namespace, "get", "migration", "cut", "-o",
                                     "json").stdout)["status"]
@@ -161,18 +169,10 @@ def test_with_a_registry_a_refused_transfer_goes_through_it(lab: Lab, namespace:
     """Last in this file: the helpers are installed again, with a checkpoint registry. Node 2's
     peer port refusing, the migration goes through the registry and succeeds."""
     install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/cedana/peer-fallback")
-    lab.apply(counter_pod("detour", interval_ms=200), namespace)
-    lab.wait_pod_running(namespace, "detour")
-    lab.wait_log(namespace, "detour", r"count=\d\d")
-    before = max(int(n) for n in re.findall(r"count=(\d+)", lab.logs(namespace, "detour")))
-    reject = ["INPUT", "-p", "tcp", "--dport", str(PEER_PORT), "-j", "REJECT",
-              "--reject-with", "tcp-reset"]
-    _node2_iptables("-I", *reject)
-    try:
+    before = _counting(lab, namespace, "detour")
+    with _peer_port_refused():
         migrated = cedana(lab, "-n", namespace, "migrate", "detour", "--to-node",
                           lab.node2_name, "--delete-source", "-o", "json")
-    finally:
-        _node2_iptables("-D", *reject)
     assert migrated.returncode == 0, migrated.stderr
     status = json.loads(migrated.stdout)["status"]
     assert status["transfer"] == "registry" and status["storage"] == "remote", status

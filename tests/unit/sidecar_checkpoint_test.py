@@ -16,7 +16,7 @@ from sidecar.errors import (
     DumpFailed,
     IoUringUnsupported,
 )
-from sidecar.ops.checkpoint import checkpoint_container
+from sidecar.ops.checkpoint import SourceKept, checkpoint_container
 from sidecar.ops.containers import Containers
 from sidecar.storage import signing, store
 from sidecar.storage.catalogue import Catalogue
@@ -174,3 +174,34 @@ def test_io_uring_is_refused_naming_the_process(tmp_path: Path) -> None:
     assert err.value.status == 422
     assert f"process {holder.pid} (python" in err.value.message
     assert not (Path(config.runc_path).parent / "runc-args.json").exists()
+
+
+def test_after_listed_sees_the_listed_checkpoint_and_its_error_comes_back_kept(
+        tmp_path: Path) -> None:
+    proc = pod_process()
+    try:
+        root = install_runc_root("containerd", tmp_path, {COUNTER: proc.pid})
+        config = make_config(tmp_path)
+        seen: list[tuple[str, Path]] = []
+
+        def hand_over(listed: list[tuple[str, Path]]) -> None:
+            seen.extend(listed)
+            # listed, complete and verifiable before the step runs
+            assert Catalogue(config.checkpoint_dir).get(listed[0][0])["status"] == "complete"
+            store.verify(listed[0][1], signing.helper_key(config))
+            raise DumpFailed("the target is unreachable")
+
+        with pytest.raises(SourceKept) as kept:
+            checkpoint_container(config, Containers(root), "default", POD, "counter", None,
+                                 False, after_listed=hand_over)
+        assert isinstance(kept.value.cause, DumpFailed)
+        (checkpoint_id, path), = seen
+        assert path == config.checkpoint_dir / checkpoint_id and path.is_dir()  # kept
+        # (that the container then goes on, not stopped, needs a real freezer and CRIU:
+        # tests/e2e/test_peer_transfer.py, test_a_failed_hand_over_leaves_the_source_running)
+        done: list[str] = []
+        result = checkpoint_container(config, Containers(root), "default", POD, "counter", None,
+                                      False, after_listed=lambda listed: done.append(listed[0][0]))
+        assert done == [result.checkpoint_id]
+    finally:
+        stop(proc)
