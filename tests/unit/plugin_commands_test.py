@@ -346,8 +346,8 @@ def test_migrate_creates_a_migration_and_prints_the_pause(cluster: FakeCluster,
     ident = obj["status"]["checkpointID"]
     assert result.stdout.splitlines() == [
         "migrated default/counter (container main) to pod moved on node node2",
-        f"checkpoint {ident}: pause 480 ms (checkpoint 210 ms, restore 270 ms); deleted pod "
-        "counter"]
+        f"checkpoint {ident}: pause 480 ms (checkpoint 210 ms, transfer 12 ms direct, restore "
+        "270 ms); deleted pod counter"]
     assert ("default", "counter") not in cluster.pods  # the helper deleted it
     assert not cluster.requests_matching("DELETE", r"/pods/counter$")  # not the plugin
 

@@ -167,10 +167,13 @@ class FakeHelpers:
         new_pod = spec.get("newPodName") or f"{spec['podName']}-migrated"
         if spec.get("deleteSource"):
             self.cluster.pods.pop((namespace, spec["podName"]), None)
-        return {"targetNode": spec.get("targetNode") or node, "podName": new_pod,
+        target = spec.get("targetNode") or node
+        return {"targetNode": target, "podName": new_pod,
                 "restoreName": f"{obj['metadata']['name']}-restore",
                 "checkpointID": str(uuid.uuid4()), "container": spec.get("container") or "",
-                "pauseMs": 480, "checkpointMs": 210, "restoreMs": 270, "durationMs": 900}
+                "pauseMs": 480, "checkpointMs": 210, "restoreMs": 270, "durationMs": 900,
+                # to another node, as the helpers report it (sidecar/reconcile/migrations.py)
+                **({"transfer": "direct", "transferMs": 12} if target != node else {})}
 
     # -- deleting ---------------------------------------------------------------------------
     def _finalize(self, key: Key) -> None:
