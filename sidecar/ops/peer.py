@@ -54,6 +54,7 @@ from sidecar.errors import (
     HelperError,
     InternalError,
     InvalidRequest,
+    QuotaExceeded,
 )
 from sidecar.ops.context import Helper
 from sidecar.ops.transfer import check_id, cluster_key, list_arrived
@@ -401,6 +402,7 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
         sock = connect((address, port), timeout=timeout_s)
     except OSError as exc:
         raise PeerUnreachable(f"cannot reach {where}: {exc}") from None
+    broke: OSError | None = None
     with sock, sock.makefile("wb", buffering=FRAME_BYTES) as out, sock.makefile("rb") as answers:
         try:
             out.write(signing.canonical(hello) + b"\n")
@@ -409,17 +411,14 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
             write_archive(cast(IO[bytes], frames), directory)
             frames.close()
             sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            # the receiver may have refused early and closed: its answer says why
-            answer = _answer(answers, where)
-            if answer is None:
-                raise PeerUnreachable(f"the transfer to {where} broke: {exc}") from None
-            _raise_refusal(answer, where, checkpoint_id)
-            raise PeerUnreachable(f"the transfer to {where} broke: {exc}") from None
+        except OSError as exc:  # the receiver may have refused early: its answer says why
+            broke = exc
         answer = _answer(answers, where)
-    if answer is None:
-        raise PeerUnreachable(f"{where} closed the connection without an answer")
-    _raise_refusal(answer, where, checkpoint_id)
+    if answer is not None:
+        _raise_refusal(answer, where, checkpoint_id)
+    if broke is not None or answer is None:
+        raise PeerUnreachable(f"the transfer to {where} broke: {broke}" if broke is not None
+                              else f"{where} closed the connection without an answer")
     return Sent(checkpoint_id, int(answer.get("size_bytes") or 0),
                 round((time.monotonic() - started) * 1000))
 
@@ -440,8 +439,10 @@ def _raise_refusal(answer: dict[str, Any], where: str, checkpoint_id: str) -> No
                 f"{str(answer.get('message'))[:500]}", checkpoint_id=checkpoint_id)
 
 
+#: what receive() refuses with, by code: the sender raises the same
 _ERRORS: tuple[type[HelperError], ...] = (
-    InvalidRequest, CheckpointUntrusted, CheckpointCorrupted, ContentTooLarge, InternalError)
+    InvalidRequest, CheckpointUntrusted, CheckpointCorrupted, ContentTooLarge, QuotaExceeded,
+    InternalError)
 
 
 # -- where the other helpers listen ----------------------------------------------------------

@@ -75,3 +75,23 @@ def test_render_has_every_section_and_names_failures() -> None:
     assert "![checkpoint and restore times](benchmarks/cr-times.png)" in text
     assert "(b) helper REST: could not run: `helper gone`" in text
     assert "| `kubectl cedana --help` | 120 (110–130) | 140 (130–150) |" in text
+
+
+def test_a_migrations_pause_is_judged_against_its_floor_per_run() -> None:
+    results = _results()
+    # link 1000 MB/s: 1 GB takes 1000 ms; floor = dump + 1000 + restore + 300, per run
+    results["migration"] = {"link_mb_s": 1000.0, "sizes": {
+        "1024": {"pause_ms": [2100, 2300, 2150], "checkpoint_ms": [500, 600, 550],
+                 "transfer_ms": [900, 950, 1000], "restore_ms": [400, 400, 400],
+                 "size_bytes": [10**9] * 3, "transfer": ["direct"] * 3, "failures": []},
+        "64": {"pause_ms": [900, 950, 1000], "checkpoint_ms": [100] * 3,
+               "transfer_ms": [60] * 3, "restore_ms": [100] * 3,
+               "size_bytes": [64 * 10**6] * 3, "transfer": ["registry"] * 3,
+               "failures": ["BenchError: once"]}}}
+    rows = report.migration_rows(results)
+    assert [r["mib"] for r in rows] == [64, 1024]
+    assert rows[1]["floor"].median == 550 + 1000 + 400 + 300 and rows[1]["pause"].median == 2150
+    assert rows[0]["floor"].median == 100 + 64 + 100 + 300 and rows[0]["how"] == ["registry"]
+    verdicts = {name: verdict for name, _value, verdict, _ in report.targets(results)
+                if name.startswith(report.TARGET_PAUSE)}
+    assert list(verdicts.values()) == ["missed", "met"]  # 64 MiB: 950 > 564; 1 GiB: 2150 ≤ 2250

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from sidecar.config import HelperConfig
-from sidecar.errors import CheckpointCorrupted, CheckpointUntrusted, HelperError, InvalidRequest
+from sidecar.errors import (
+    CheckpointCorrupted,
+    CheckpointUntrusted,
+    HelperError,
+    InvalidRequest,
+    QuotaExceeded,
+)
 from sidecar.ops import peer
 from sidecar.ops.context import Helper
 from sidecar.storage import store
@@ -247,3 +253,21 @@ def test_a_stranger_that_does_not_prove_itself_in_time_is_cut_off(
                 cut = True
         assert cut and time.monotonic() - started < 5
     assert _left(helper) == []
+
+
+def test_a_transfer_beyond_the_receivers_quota_is_refused_with_its_code(tmp_path: Path) -> None:
+    import dataclasses
+    helper = Helper(dataclasses.replace(_config(tmp_path, "node-2"),
+                                        max_checkpoint_dir_bytes=1_000_000))
+    helper.config.checkpoint_dir.mkdir(parents=True)
+    server = peer.PeerServer(helper, "127.0.0.1", 0)
+    server.start()
+    try:
+        sender = _config(tmp_path, "node-1")
+        with pytest.raises(QuotaExceeded, match="refused checkpoint"):
+            peer.send(sender, _checkpoint(sender), "127.0.0.1", int(server.server_address[1]),
+                      "node-2")
+        assert _left(helper) == []
+    finally:
+        server.shutdown()
+        server.server_close()
