@@ -498,6 +498,8 @@ def migration_text(obj: dict[str, Any]) -> str:
             + (f"transfer {ms(status.get('transferMs'))} {status['transfer']}, "
                if status.get("transfer") else "")
             + f"restore {ms(status.get('restoreMs'))})"
+            + (f"; post-copy: its memory followed in {ms(status.get('memoryMs'))}"
+               if status.get("postCopy") else "")
             + (f"; deleted pod {spec.get('podName')}" if spec.get("deleteSource") else ""))
 
 
@@ -506,11 +508,16 @@ def migration_text(obj: dict[str, Any]) -> str:
 @click.option("-c", "--container", metavar="NAME",
               help="One container (default: the whole pod, every container in one freeze).")
 @click.option("--to-node", metavar="NODE",
-              help="Target node (default: the pod's own); another node goes through the "
-                   "helpers' checkpoint registry.")
+              help="Target node (default: the pod's own); the checkpoint goes from helper to "
+                   "helper (or through the checkpoint registry when that fails).")
 @click.option("--delete-source", is_flag=True,
               help="Stop the container at the checkpoint and delete POD after the restore.")
 @click.option("--new-pod", metavar="NAME", help="Name of the new pod (default: POD-migrated).")
+@click.option("--lazy/--no-lazy", default=None,
+              help="Post-copy: the container runs on the target node at once and its memory "
+                   "follows, the source frozen until the last page arrived (one container, "
+                   "another node). Default: post-copy for a container holding at least the "
+                   "helper's --post-copy-above of memory (1 GiB).")
 @NAME_OPTION
 @WAIT_OPTION
 @WAIT_TIMEOUT_OPTION
@@ -518,7 +525,8 @@ def migration_text(obj: dict[str, Any]) -> str:
 @click.pass_obj
 def migrate_command(settings: Settings, pod: str, container: str | None,
                     to_node: str | None, delete_source: bool, new_pod: str | None,
-                    name: str | None, wait: bool, timeout: str, dry_run: str) -> None:
+                    lazy: bool | None, name: str | None, wait: bool, timeout: str,
+                    dry_run: str) -> None:
     """Move POD's container into a new pod and print the pause the workload saw.
 
     Creates a Migration object (cedana.io/v1alpha1) that the helper of POD's node carries
@@ -532,7 +540,7 @@ def migrate_command(settings: Settings, pod: str, container: str | None,
     start_and_finish(
         settings, kube, lambda: operations.start_migration(
             kube, kube.namespace, pod, container, to_node=to_node, new_pod=new_pod,
-            delete_source=delete_source, name=name or "", dry_run=dry_run),
+            delete_source=delete_source, lazy=lazy, name=name or "", dry_run=dry_run),
         wait=wait, timeout=limit, label=f"migrating {pod}", text=migration_text)
 
 

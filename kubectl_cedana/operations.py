@@ -273,7 +273,7 @@ def _restore_target(kube: KubeClient, namespace: str, pod: str, container: str |
 
 def start_migration(kube: KubeClient, namespace: str, pod: str, container: str | None, *,
                     to_node: str | None = None, new_pod: str | None = None,
-                    delete_source: bool = False, name: str = "",
+                    delete_source: bool = False, lazy: bool | None = None, name: str = "",
                     dry_run: str = "none") -> Started:
     """A Migration of the pod's running container (or of the whole pod), labelled with the
     source's node."""
@@ -285,6 +285,8 @@ def start_migration(kube: KubeClient, namespace: str, pod: str, container: str |
         spec["targetNode"] = to_node
     if new_pod:
         spec["newPodName"] = new_pod
+    if lazy is not None:
+        spec["lazy"] = lazy
     refusal = take_place_refusal(source) if delete_source else None
     if refusal:  # the helper refuses it too (a Migration made with plain kubectl)
         raise UsageError(refusal)

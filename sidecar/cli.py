@@ -26,6 +26,7 @@ from sidecar.config import (
     DEFAULT_MAX_LAYER_BYTES,
     DEFAULT_MAX_OPERATIONS,
     DEFAULT_MAX_OPERATIONS_PER_NAMESPACE,
+    DEFAULT_POST_COPY_ABOVE_BYTES,
     DEFAULT_RUNTIME_ROOT,
     HelperConfig,
     NodeRegistrySettings,
@@ -176,6 +177,12 @@ def main() -> None:
 @click.option("--peer-address", default="", metavar="ADDRESS",
               help="Address the peer port listens on (the DaemonSet gives its pod's, which is "
                    "the node's). Default: every address.")
+@click.option("--post-copy-above", "post_copy_above_bytes",
+              default=DEFAULT_POST_COPY_ABOVE_BYTES, show_default=True, type=click.IntRange(0),
+              metavar="BYTES",
+              help="A migration to another node of a container holding this much memory or "
+                   "more goes post-copy (its memory follows the restored process) unless it "
+                   "says otherwise (Migration spec.lazy); 0: only when it asks.")
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path, ...],
           containerd_addresses: tuple[str, ...], registry_prefixes: tuple[str, ...], runc_path: str,
           criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
@@ -188,7 +195,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
           max_layer_bytes: int, max_operations: int, max_operations_per_namespace: int,
           max_checkpoint_dir_bytes: int | None, header_timeout_s: float, body_timeout_s: float,
           keep_alive_timeout_s: int, max_connections: int, max_header_bytes: int,
-          peer_port: int, peer_address: str) -> None:
+          peer_port: int, peer_address: str, post_copy_above_bytes: int) -> None:
     """Serve the REST API."""
     from sidecar.http.app import create_app
     from sidecar.http.server import serve as serve_http
@@ -216,7 +223,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
         header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
         keep_alive_timeout_s=keep_alive_timeout_s, max_connections=max_connections,
         max_header_bytes=max_header_bytes, peer_port=peer_port,
-        peer_address=peer_address,
+        peer_address=peer_address, post_copy_above_bytes=post_copy_above_bytes,
     )
     check_signing_key(config)
     check_retention_below_quota(config)

@@ -30,6 +30,10 @@ def default_node_name() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
 
 
+#: a container holding 1 GiB or more migrates post-copy by default
+DEFAULT_POST_COPY_ABOVE_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class NodeRegistrySettings:
     """Where the node keeps registry settings (read by sidecar/registry/credentials.py)."""
@@ -134,6 +138,9 @@ class HelperConfig:
     # receives on (0: none) and the address it listens on
     peer_port: int = 0
     peer_address: str = ""
+    # a migration to another node whose container holds this much memory (resident) or more
+    # goes post-copy unless it says otherwise (0: only when it asks, spec.lazy)
+    post_copy_above_bytes: int = DEFAULT_POST_COPY_ABOVE_BYTES
 
     @property
     def allowed_runtime_roots(self) -> tuple[Path, ...]:

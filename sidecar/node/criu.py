@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,9 @@ class RestorePlan:
     file_locks: bool = True
     ext_unix_sk: bool = True
     link_remap: bool = False
+    # post-copy: the memory comes from a `criu lazy-pages` daemon (lazy_pages_args), which
+    # must be listening on the work directory's lazy-pages.socket before the restore starts
+    lazy_pages: bool = False
     extra_args: Sequence[str] = field(default_factory=tuple)
 
     @property
@@ -113,9 +119,23 @@ def restore_args(criu_path: str, plan: RestorePlan) -> list[str]:
         args += ["--ext-mount-map", f"{key}:{value}"]
     args += tool.flags(("--tcp-established", plan.tcp_established),
                        ("--tcp-close", plan.tcp_close), ("--file-locks", plan.file_locks),
-                       ("--ext-unix-sk", plan.ext_unix_sk), ("--link-remap", plan.link_remap))
+                       ("--ext-unix-sk", plan.ext_unix_sk), ("--link-remap", plan.link_remap),
+                       ("--lazy-pages", plan.lazy_pages))
     args += list(plan.extra_args)
     return args
+
+
+LAZY_LOG = "lazy-pages.log"
+
+
+def lazy_pages_args(criu_path: str, images_dir: Path, work_dir: Path, socket_fd: int
+                    ) -> list[str]:
+    """`criu lazy-pages`: the daemon that feeds a post-copy restore's memory, page by page as
+    the restored process touches it and the rest in the background, from the page server at
+    the other end of the connected socket `socket_fd` (never a listening port)."""
+    return [criu_path, "lazy-pages", "--page-server", "--ps-socket", str(socket_fd),
+            "--images-dir", str(images_dir), "--work-dir", str(work_dir),
+            "--log-file", LAZY_LOG, "-v4"]
 
 
 DUMP_LOG = "dump.log"  # the name runc gives CRIU's log, which a direct dump keeps
@@ -141,6 +161,16 @@ class DumpPlan:
     link_remap: bool = False
     skip_in_flight: bool = False
     manage_cgroups_mode: str = "ignore"
+    # post-copy: the memory is left behind and served, once the rest is dumped (said by a
+    # byte on status_fd), to the `criu lazy-pages` at the other end of the connected socket
+    # lazy_socket_fd; the dump ends once every page went (or the transfer failed: then CRIU
+    # resumes the tree, which stays frozen if its freezer was)
+    lazy_socket_fd: int = -1
+    status_fd: int = -1
+
+    @property
+    def passed_fds(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.lazy_socket_fd, self.status_fd) if fd >= 0)
 
 
 def dump_args(criu_path: str, plan: DumpPlan) -> list[str]:
@@ -160,6 +190,10 @@ def dump_args(criu_path: str, plan: DumpPlan) -> list[str]:
                        ("--ext-unix-sk", plan.ext_unix_sk), ("--file-locks", plan.file_locks),
                        ("--link-remap", plan.link_remap),
                        ("--skip-in-flight", plan.skip_in_flight))
+    if plan.lazy_socket_fd >= 0:
+        args += ["--lazy-pages", "--ps-socket", str(plan.lazy_socket_fd)]
+        if plan.status_fd >= 0:
+            args += ["--status-fd", str(plan.status_fd)]
     return args
 
 
@@ -197,3 +231,76 @@ def dump(criu_path: str, plan: DumpPlan, timeout: float, what: str) -> tool.Tool
             f"checkpoint of {what} failed: " + (f"CRIU: {cause}" if cause else result.describe()),
             log_tail=tool.log_tail(log_path), stderr_tail=tool.last_lines(result.stderr, 10))
     return result
+
+
+class LazyDump:
+    """A `criu dump --lazy-pages` past the point where everything but the memory is dumped,
+    serving the memory until the other side has every page. wait() for its end."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], plan: DumpPlan, what: str) -> None:
+        self.proc, self.plan, self.what = proc, plan, what
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until every page went; DumpFailed with CRIU's reason when the transfer failed (CRIU
+        then resumed the tree: it stays frozen if its freezer was) or `timeout` passed."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()  # CRIU resumes the tree as it goes
+            code = self.proc.wait()
+            raise DumpFailed(f"the memory of {self.what} did not all go within "
+                             f"{timeout:.0f} s: the transfer was stopped",
+                             log_tail=tool.log_tail(self.plan.work_dir / DUMP_LOG)) from None
+        if code != 0:
+            log_path = self.plan.work_dir / DUMP_LOG
+            cause = tool.first_criu_error(log_path)
+            raise DumpFailed(f"the memory of {self.what} could not all be sent: "
+                             + (f"CRIU: {cause}" if cause else f"criu exited with status {code}"),
+                             log_tail=tool.log_tail(log_path))
+
+
+def start_lazy_dump(criu_path: str, plan: DumpPlan, timeout: float, what: str) -> LazyDump:
+    """Start `criu dump --lazy-pages` (plan.lazy_socket_fd set) and return once everything but
+    the memory is in the images (CRIU's status byte), or raise DumpFailed with CRIU's reason
+    (nothing was left behind then: CRIU resumed the tree). CRIU dies with the helper."""
+    ready_r, ready_w = os.pipe()
+    plan = replace(plan, status_fd=ready_w)
+    argv = [str(a) for a in dump_args(criu_path, plan)]
+    if tool.has_setpriv():
+        argv = [*tool.DIE_WITH_HELPER, *argv]
+    try:
+        with open(plan.work_dir / "dump.stderr", "wb") as stderr:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                                    pass_fds=plan.passed_fds, cwd=plan.work_dir)
+    except OSError as exc:
+        os.close(ready_r)
+        raise DumpFailed(f"checkpoint of {what} failed: criu could not be started: {exc}"
+                         ) from exc
+    finally:
+        os.close(ready_w)
+    dump = LazyDump(proc, plan, what)
+    try:
+        end = time.monotonic() + timeout
+        ready = b""
+        while not ready and time.monotonic() < end:
+            readable, _, _ = select.select([ready_r], [], [], min(1.0, end - time.monotonic()))
+            if readable:
+                ready = os.read(ready_r, 1) or b"EOF"
+        if ready != b"\0":
+            if ready == b"":  # never said ready: stopped (it resumes the tree)
+                proc.terminate()
+            proc.wait()
+            log_path = plan.work_dir / DUMP_LOG
+            cause = tool.first_criu_error(log_path)
+            raise DumpFailed(
+                f"checkpoint of {what} failed: "
+                + (f"CRIU: {cause}" if cause else
+                   f"criu exited with status {proc.returncode}" if ready else
+                   f"criu did not finish in {timeout:.0f} s and was stopped"),
+                log_tail=tool.log_tail(log_path))
+    finally:
+        os.close(ready_r)
+    return dump

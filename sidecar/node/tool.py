@@ -51,7 +51,7 @@ class ToolResult:
 
 
 @functools.cache
-def _has_setpriv() -> bool:
+def has_setpriv() -> bool:
     return shutil.which(DIE_WITH_HELPER[0]) is not None
 
 
@@ -63,7 +63,7 @@ def run(args: Sequence[str], *, timeout: float, pass_fds: Sequence[int] = (),
     `die_with_helper`: through setpriv --pdeathsig, when the node has it. `env`: added to the
     helper's environment. `input_text`: written to its standard input."""
     argv = [str(a) for a in args]
-    if die_with_helper and _has_setpriv():
+    if die_with_helper and has_setpriv():
         argv = [*DIE_WITH_HELPER, *argv]
     log.debug("running %s", argv)
     try:

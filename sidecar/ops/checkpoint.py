@@ -33,6 +33,7 @@ from sidecar.node import criu, freezer, proctree, runc, tcp_hold, versions
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, retention, transfer
+from sidecar.ops import lazy as lazy_dump
 from sidecar.ops.containers import Containers, containers_of, recorded_pod
 from sidecar.ops.context import Helper
 from sidecar.ops.limits import Limits, admit, dump_estimate
@@ -287,14 +288,20 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                          checkpoint_id: str | None = None,
                          limits: Limits | None = None,
                          hold_connections: bool = False,
-                         after_listed: AfterListed | None = None) -> CheckpointResult:
+                         after_listed: AfterListed | None = None,
+                         lazy: bool = False) -> CheckpointResult:
     """Dump one container into the checkpoint directory and list it. `limits`: where the
     checkpoint directory's quota is reserved (the helper's, with what its other operations
     hold; None: only what the catalogue lists counts). `hold_connections` (with leave_running
     false): the container's TCP connections are held open for a restore into the same pod
     (node/tcp_hold.py); a failed checkpoint lets them go on. `after_listed` runs once the
     checkpoint is listed, the container still frozen: if it fails (SourceKept), the container
-    is not stopped and goes on."""
+    is not stopped and goes on. `lazy` (post-copy, ops/lazy.py): the memory is not written
+    but served under the checkpoint's id while `after_listed` runs, the container frozen until
+    every page went (or the transfer failed: then it goes on)."""
+    if lazy and (hold_connections or after_listed is None):
+        raise InvalidRequest("a post-copy checkpoint is taken only by a migration, which "
+                             "restores it while its memory follows")
     if hold_connections and leave_running:
         raise InvalidRequest("hold_connections stops the container: it needs leave_running "
                              "false")
@@ -342,7 +349,8 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
                 manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
                                           checkpoint_id, options, with_rootfs, until_stopped,
                                           recorded_pod(containers.pods.get((namespace, sandbox))),
-                                          volumes=volumes, hold=held if hold_connections else None)
+                                          volumes=volumes, hold=held if hold_connections else None,
+                                          lazy=lazy)
             except BaseException as exc:
                 keep_failed_log(config, temp_dir, checkpoint_id, exc)
                 shutil.rmtree(temp_dir, ignore_errors=True)
@@ -406,9 +414,18 @@ def restored_root(config: HelperConfig, target: RuncContainer) -> int | None:
 def _dump_restored_tree(config: HelperConfig, target: RuncContainer, pid: int,
                         images_dir: Path, work_dir: Path, options: runc.DumpOptions,
                         what: str) -> None:
-    """Dump the tree a restore put into the placeholder `target` from its root, with what
-    runc would say of a container (its external mounts and network namespace, its freezer),
-    and runc's descriptors.json of the root's stdio, so the checkpoint is like any other."""
+    """Dump the tree a restore put into the placeholder `target` from its root, as runc
+    dumps a container (_tree_plan)."""
+    criu.dump(config.criu_path, _tree_plan(target, pid, images_dir, work_dir, options, what),
+              timeout=config.dump_timeout_s, what=f"{what} (its restored process {pid})")
+
+
+def _tree_plan(target: RuncContainer, pid: int, images_dir: Path, work_dir: Path,
+               options: runc.DumpOptions, what: str) -> criu.DumpPlan:
+    """`criu dump` of the tree rooted at `pid` in the container `target` (its init, or the
+    root of what a restore put into it) with what runc would say of the container (its
+    external mounts and network namespace, its freezer), and runc's descriptors.json of the
+    root's stdio, so the checkpoint is like any other."""
     try:
         spec = load_spec(target)
         netns = os.stat(f"/proc/{pid}/ns/net").st_ino
@@ -416,15 +433,13 @@ def _dump_restored_tree(config: HelperConfig, target: RuncContainer, pid: int,
     except (OSError, ValueError) as exc:
         raise DumpFailed(f"cannot read {what}'s restored process {pid}: {exc}") from exc
     store.write_json(images_dir / "descriptors.json", stdio)
-    plan = criu.DumpPlan(
+    return criu.DumpPlan(
         pid=pid, images_dir=images_dir, work_dir=work_dir, netns_inode=netns,
         ext_mounts=criu.external_dump_mounts(spec, proctree.mounts(pid)),
         freezer=freezer.cgroup_dir(target.pid), leave_running=options.leave_running,
         tcp_established=options.tcp_established, ext_unix_sk=options.ext_unix_sk,
         file_locks=options.file_locks, link_remap=options.link_remap,
         skip_in_flight=options.skip_in_flight, manage_cgroups_mode="ignore")
-    criu.dump(config.criu_path, plan, timeout=config.dump_timeout_s,
-              what=f"{what} (its restored process {pid})")
 
 
 def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
@@ -432,14 +447,16 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
           until_stopped: ExitStack, pod: dict[str, Any] | None = None,
           held: _Stopper | bool = False, pod_checkpoint: dict[str, Any] | None = None,
           volumes: list[tuple[str, str]] | None = None,
-          hold: list[tcp_hold.Connection] | None = None
+          hold: list[tcp_hold.Connection] | None = None, lazy: bool = False
           ) -> tuple[store.CheckpointManifest, _Stopper | None]:
     """Dump into temp_dir and rename it to final_dir. Without leave_running the container is
     left frozen until `until_stopped` is closed; the caller stops it with the _Stopper.
     `held`: the caller keeps the container frozen around this call (a whole-pod checkpoint);
     without leave_running, the _Stopper it made. `volumes`: the pod volumes to carry
     (None: all the container has). `hold`: the TCP connections held for a restore into the
-    same pod (recorded in the manifest; the _Stopper closes them in repair mode)."""
+    same pod (recorded in the manifest; the _Stopper closes them in repair mode). `lazy`:
+    the memory is served (ops/lazy.py) until `until_stopped` is closed, the container frozen
+    until then."""
     images_dir = temp_dir / store.IMAGES_DIR
     work_dir = temp_dir / "work"
     images_dir.mkdir(mode=store.DIR_MODE)
@@ -481,11 +498,20 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                     # CRIU leaves it alive (and frozen); stopped once its checkpoint is listed
                     dump_options = replace(options, leave_running=True)
                     stopper = found
+            elif lazy:  # frozen while its memory goes, then it goes on
+                until_stopped.enter_context(freezer.frozen(target.pid, what, journal))
             elif upper is not None or destinations:
                 while_read.enter_context(freezer.frozen(target.pid, what, journal))
             else:
                 while_read.enter_context(freezer.remembered(target.pid, journal))
-            if restored is None:
+            if lazy:
+                # after the freeze: ends (CRIU resumes the tree) before the thaw
+                plan = _tree_plan(target, restored or target.pid, images_dir, work_dir,
+                                  dump_options, what)
+                lazy_dump.start(config.criu_path, plan, checkpoint_id, config.dump_timeout_s,
+                                what)
+                until_stopped.callback(lazy_dump.SERVING.end, checkpoint_id)
+            elif restored is None:
                 runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
                                 images_dir, work_dir, dump_options,
                                 timeout=config.dump_timeout_s, criu_guard=config.criu_guard)
@@ -521,6 +547,7 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
             tools=versions.tool_versions(config),
             criu_options={**options.to_dict(), "with_rootfs": upper is not None,
                           "volumes": destinations,
+                          **({"lazy_pages": True} if lazy else {}),
                           **({"held_connections": [c.to_dict() for c in hold]}
                              if hold is not None else {})},
         )
@@ -548,7 +575,7 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
                storage: str | None = None, compression: str | None = None,
                checkpoint_id: str | None = None, requested_by: str = "",
                hold_connections: bool = False,
-               after_listed: AfterListed | None = None) -> dict[str, Any]:
+               after_listed: AfterListed | None = None, lazy: bool = False) -> dict[str, Any]:
     """The whole of POST /checkpoint; its answer. Where it goes is decided before anything is
     dumped; a failed push keeps the checkpoint on the node (the error says which)."""
     config = helper.config
@@ -561,7 +588,7 @@ def checkpoint(helper: Helper, *, namespace: str, pod: str, container: str, root
                                           locks=helper.locks, with_rootfs=with_rootfs,
                                           checkpoint_id=checkpoint_id, limits=helper.limits,
                                           hold_connections=hold_connections,
-                                          after_listed=after_listed)
+                                          after_listed=after_listed, lazy=lazy)
         except HelperError as exc:
             events.checkpoint_failed(helper.kube, namespace, pod, container, exc, requested_by)
             raise

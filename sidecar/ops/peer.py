@@ -56,6 +56,7 @@ from sidecar.errors import (
     InvalidRequest,
     QuotaExceeded,
 )
+from sidecar.ops import lazy
 from sidecar.ops.context import Helper
 from sidecar.ops.transfer import check_id, cluster_key, list_arrived
 from sidecar.registry.remote import unpack_signed_archive, write_archive
@@ -65,6 +66,10 @@ from sidecar.storage.catalogue import Catalogue
 log = logging.getLogger(__name__)
 
 PURPOSE = b"cedana-helper peer transfer v1\n"
+PAGES_PURPOSE = b"cedana-helper post-copy pages v1\n"
+#: what a connection is for (its hello's "op"): a checkpoint sent, or a checkpoint's memory
+#: relayed to the restore that takes it (post-copy)
+OP_CHECKPOINT, OP_PAGES = "checkpoint", "pages"
 VERSION = 1
 FRAME_BYTES = 1 << 20
 TAG_BYTES = 16
@@ -230,11 +235,14 @@ def _check_hello(config: HelperConfig, hello: dict[str, Any], now: float) -> str
 
 
 def receive(helper: Helper, raw: IO[bytes],
-            authenticated: Callable[[], None] | None = None) -> dict[str, Any]:
-    """One checkpoint from another helper, read from `raw`; listed on this node when whole.
-    `authenticated` is called once the first frame opened with the cluster's key."""
+            authenticated: Callable[[], None] | None = None,
+            hello: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One checkpoint from another helper, read from `raw` (after its `hello`, if read
+    already); listed on this node when whole. `authenticated` is called once the first frame
+    opened with the cluster's key."""
     config = helper.config
-    hello = _read_line(raw, MAX_HELLO_BYTES, "the transfer's hello")
+    if hello is None:
+        hello = _read_line(raw, MAX_HELLO_BYTES, "the transfer's hello")
     checkpoint_id = _check_hello(config, hello, time.time())
     key = cluster_key(config, CheckpointUntrusted, "it cannot receive checkpoints from other "
                       "nodes", checkpoint_id=checkpoint_id)
@@ -314,7 +322,15 @@ class _Handler(socketserver.StreamRequestHandler):
         deadline.start()
         peer = self.client_address[0] if self.client_address else ""
         try:
-            answer = receive(self.server.helper, cast(IO[bytes], self.rfile), deadline.cancel)
+            hello = _read_line(cast(IO[bytes], self.rfile), MAX_HELLO_BYTES,
+                               "the transfer's hello")
+            if hello.get("op", OP_CHECKPOINT) == OP_PAGES:
+                # answered, then relayed until the memory has gone
+                serve_pages(self.server.helper, hello, self.connection,
+                            cast(IO[bytes], self.rfile), deadline.cancel)
+                return
+            answer = receive(self.server.helper, cast(IO[bytes], self.rfile), deadline.cancel,
+                             hello=hello)
         except HelperError as exc:
             log.warning("checkpoint transfer refused", extra={
                 "peer": peer, "code": exc.code, "reason": exc.message})
@@ -443,6 +459,201 @@ def _raise_refusal(answer: dict[str, Any], where: str, checkpoint_id: str) -> No
 _ERRORS: tuple[type[HelperError], ...] = (
     InvalidRequest, CheckpointUntrusted, CheckpointCorrupted, ContentTooLarge, QuotaExceeded,
     InternalError)
+
+
+# -- post-copy: a checkpoint's memory, relayed ----------------------------------------------
+#: a page transfer that moves nothing either way for this long is broken (the lazy-pages
+#: daemon asks for pages until it has them all, so a live one is never quiet)
+PAGES_IDLE_S = 30.0
+
+
+def pages_keys(secret: bytes, hello: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The frames' keys of a page transfer: (towards the node serving, towards the restore)."""
+    base = PAGES_PURPOSE + signing.canonical(hello)
+    return (hmac.new(secret, base + b"\nup", hashlib.sha256).digest(),
+            hmac.new(secret, base + b"\ndown", hashlib.sha256).digest())
+
+
+class _SocketOut:
+    """What FrameWriter writes to: each frame goes at once (CRIU waits for its answers)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def write(self, data: bytes) -> int:
+        self.sock.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+#: a page transfer's frames begin with their kind: CRIU's bytes, or (last, from the restoring
+#: side) how the restore's lazy-pages daemon ended: CRIU's page server takes the end of its
+#: connection for the end of the transfer, whether or not the daemon had every page
+_DATA, _OUTCOME = b"\0", b"\1"
+
+
+def _pump_out(local: socket.socket, frames: FrameWriter,
+              outcome: Callable[[], dict[str, Any]] | None) -> None:
+    while data := local.recv(FRAME_BYTES - 1):
+        frames.message(_DATA + data)
+    if outcome is not None:
+        frames.message(_OUTCOME + json.dumps(outcome()).encode())
+    frames.close()
+
+
+def _pump_in(frames: FrameReader, local: socket.socket,
+             on_outcome: Callable[[dict[str, Any]], None] | None) -> None:
+    while True:
+        data = frames.frame()
+        if frames.ended:
+            break
+        if data[:1] == _OUTCOME and on_outcome is not None:
+            on_outcome(json.loads(data[1:]))
+        elif data[:1] == _DATA:
+            local.sendall(data[1:])
+        else:
+            raise CheckpointUntrusted("a page transfer frame of no known kind")
+    local.shutdown(socket.SHUT_WR)
+
+
+def relay(local: socket.socket, remote: socket.socket, reader: FrameReader,
+          writer: FrameWriter, what: str, *,
+          outcome: Callable[[], dict[str, Any]] | None = None,
+          on_outcome: Callable[[dict[str, Any]], None] | None = None) -> bool:
+    """Between a CRIU's connected socket (`local`) and the other helper, both ways, until both
+    ended. Any failure closes both sides: each CRIU then sees its transfer end (the source
+    resumes, the lazy-pages daemon ends and its guard kills what it fed). The restoring side
+    sends `outcome()` (how its daemon ended) once its CRIU has closed; the serving side hears
+    it through `on_outcome`. Whether it all went."""
+    failed: list[BaseException] = []
+
+    def cut() -> None:
+        for sock in (local, remote):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def run(pump: Callable[..., None], *args: Any) -> None:
+        try:
+            pump(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure ends the transfer
+            failed.append(exc)
+            cut()
+
+    inbound = threading.Thread(target=run, args=(_pump_in, reader, local, on_outcome),
+                               daemon=True, name="pages-in")
+    inbound.start()
+    run(_pump_out, local, writer, outcome)
+    inbound.join()
+    cut()
+    local.close()
+    remote.close()
+    if failed:
+        reason = failed[0].message if isinstance(failed[0], HelperError) else str(failed[0])
+        log.warning("%s broke: %s", what, reason)
+    return not failed
+
+
+def serve_pages(helper: Helper, hello: dict[str, Any], conn: socket.socket, raw: IO[bytes],
+                authenticated: Callable[[], None]) -> None:
+    """The memory this helper serves for a checkpoint (ops/lazy.py), relayed to the helper
+    that restores it: once, to the first connection that proves it holds the cluster's key."""
+    config = helper.config
+    checkpoint_id = _check_hello(config, hello, time.time())
+    key = cluster_key(config, CheckpointUntrusted, "it serves no memory to other nodes",
+                      checkpoint_id=checkpoint_id)
+    up, down = pages_keys(key.secret, hello)
+    what = f"the page transfer of checkpoint {checkpoint_id}"
+    reader = FrameReader(raw, up, what)
+    if reader.frame() != OP_PAGES.encode():
+        raise InvalidRequest(f"{what} does not begin as one")
+    authenticated()
+    served = lazy.SERVING.claim(checkpoint_id)
+    if served is None:
+        raise InvalidRequest(f"node {config.node_name} serves no memory of checkpoint "
+                             f"{checkpoint_id}: its migration has ended, or another restore "
+                             "has it", checkpoint_id=checkpoint_id)
+    conn.sendall(json.dumps({"ok": True}).encode() + b"\n")
+    conn.settimeout(PAGES_IDLE_S)
+    log.info("serving the memory of a checkpoint", extra={
+        "checkpoint_id": checkpoint_id, "to_node": str(hello.get("from"))[:253]})
+    relayed = relay(served.relay_end, conn, reader,
+                    FrameWriter(cast(IO[bytes], _SocketOut(conn)), down), what,
+                    on_outcome=served.heard)
+    served.relayed(relayed)
+
+
+class PageStream:
+    """The memory of a checkpoint arriving: `daemon_end` is for `criu lazy-pages --ps-socket`;
+    report() how the daemon ended, which the serving helper waits for before it lets its
+    source go (the relay waits for it once the daemon closed its end)."""
+
+    #: how long the relay waits, once the daemon closed its end, to hear how it ended
+    REPORT_WAIT_S = 60.0
+
+    def __init__(self, daemon_end: socket.socket) -> None:
+        self.daemon_end = daemon_end
+        self._outcome: dict[str, Any] | None = None
+        self._reported = threading.Event()
+
+    def report(self, ok: bool, reason: str = "") -> None:
+        if not self._reported.is_set():
+            self._outcome = {"ok": ok, "reason": reason[:500]}
+            self._reported.set()
+
+    def outcome(self) -> dict[str, Any]:
+        if not self._reported.wait(self.REPORT_WAIT_S):
+            return {"ok": False, "reason": "the restoring helper never said how its lazy-pages "
+                                           "daemon ended"}
+        return dict(self._outcome or {})
+
+    def close(self) -> None:
+        self.daemon_end.close()
+
+
+def open_pages(config: HelperConfig, address: str, port: int, source_node: str,
+               checkpoint_id: str, *,
+               connect: Callable[..., socket.socket] = socket.create_connection
+               ) -> PageStream:
+    """The memory of checkpoint `checkpoint_id`, served by the helper of `source_node` at
+    address:port: a PageStream (a thread relays the other end of its socket). PeerUnreachable,
+    or the serving helper's refusal."""
+    key = cluster_key(config, InvalidRequest, "it cannot take memory from other nodes")
+    hello = {"v": VERSION, "op": OP_PAGES, "checkpoint_id": checkpoint_id,
+             "from": config.node_name, "to": source_node,
+             "expires": round(time.time() + HELLO_TTL_S, 3), "salt": secrets.token_hex(16)}
+    up, down = pages_keys(key.secret, hello)
+    where = f"the helper of node {source_node} ({address}:{port})"
+    try:
+        sock = connect((address, port), timeout=PAGES_IDLE_S)
+    except OSError as exc:
+        raise PeerUnreachable(f"cannot reach {where}: {exc}") from None
+    raw = sock.makefile("rb")
+    try:
+        writer = FrameWriter(cast(IO[bytes], _SocketOut(sock)), up)
+        try:
+            sock.sendall(signing.canonical(hello) + b"\n")
+            writer.message(OP_PAGES.encode())
+        except OSError:
+            pass  # refused early: its answer says why
+        answer = _answer(raw, where)
+        if answer is None:
+            raise PeerUnreachable(f"{where} closed the connection without an answer")
+        _raise_refusal(answer, where, checkpoint_id)
+    except BaseException:
+        raw.close()
+        sock.close()
+        raise
+    ours, theirs = socket.socketpair()
+    stream = PageStream(theirs)
+    what = f"the page transfer of checkpoint {checkpoint_id} from node {source_node}"
+    threading.Thread(target=relay, args=(ours, sock, FrameReader(raw, down, what), writer, what),
+                     kwargs={"outcome": stream.outcome}, daemon=True,
+                     name="pages-relay").start()
+    return stream
 
 
 # -- where the other helpers listen ----------------------------------------------------------

@@ -22,7 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -47,7 +50,7 @@ from sidecar.errors import (
 from sidecar.node import cgroups, criu, proctree, tcp_hold, tool
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
-from sidecar.ops import events, transfer
+from sidecar.ops import events, peer, transfer
 from sidecar.ops.access import READ_CHECKPOINT, Access
 from sidecar.ops.catalogue import source_of
 from sidecar.ops.checkpoint import DEFAULT_LOCKS, restore_is_live, utc_now
@@ -63,6 +66,11 @@ log = logging.getLogger(__name__)
 RESTORES_DIR = ".restores"
 CGROUP_MOUNT_DEST = "/sys/fs/cgroup"
 PIDFILE = "restore.pid"
+GUARD_LOG = "lazy-guard.log"
+#: how long the lazy-pages daemon may take to listen for the restore
+LAZY_START_S = 30.0
+#: the memory of a post-copy checkpoint, arriving
+PagesSource = Callable[[store.CheckpointManifest], peer.PageStream]
 
 
 @dataclass(frozen=True)
@@ -270,9 +278,11 @@ def may_read_source(access: Access, source_namespace: str | None = None) -> Auth
 def restore_into(config: HelperConfig, containers: Containers, namespace: str, sandbox: str,
                  container: str, checkpoint_path: str | None, checkpoint_id: str | None,
                  *, locks: ContainerLocks = DEFAULT_LOCKS,
-                 authorize: Authorize | None = None) -> RestoreResult:
+                 authorize: Authorize | None = None,
+                 pages: PagesSource | None = None) -> RestoreResult:
     """Restore into a sleeping container. `authorize` sees the checkpoint's manifest once its
-    signature and files are verified, before anything is touched (may_read_source)."""
+    signature and files are verified, before anything is touched (may_read_source). `pages`:
+    where a post-copy checkpoint's memory comes from (only its migration's restore has it)."""
     started = time.monotonic()
     checkpoint = resolve_checkpoint(config, checkpoint_path, checkpoint_id, namespace)
     target = containers.find(namespace, sandbox, container)
@@ -304,7 +314,7 @@ def restore_into(config: HelperConfig, containers: Containers, namespace: str, s
                 missing_mounts=missing,
             )
         vpid, host_pid, log_path = _run_restore(config, checkpoint, manifest, target,
-                                                dumped_spec, target_spec)
+                                                dumped_spec, target_spec, pages)
         restored_at = utc_now()
         # recorded before the lock is released, so a racing second restore sees it
         registry.record(target.container_id, {
@@ -353,7 +363,34 @@ def _release_held(manifest: store.CheckpointManifest, target: RuncContainer,
 
 def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.CheckpointManifest,
                  target: RuncContainer, dumped_spec: dict[str, Any],
-                 target_spec: dict[str, Any]) -> tuple[int, int | None, Path]:
+                 target_spec: dict[str, Any], pages: PagesSource | None = None
+                 ) -> tuple[int, int | None, Path]:
+    options = manifest.criu_options
+    lazy = bool(options.get("lazy_pages"))
+    memory: peer.PageStream | None = None
+    if lazy:
+        if pages is None:
+            raise RestoreFailed(
+                f"checkpoint {manifest.checkpoint_id} was taken for a post-copy migration: its "
+                f"memory stayed on node {manifest.source.get('node')} and goes only to that "
+                "migration's restore", checkpoint_id=manifest.checkpoint_id)
+        memory = pages(manifest)  # before anything is touched: the memory is there
+    try:
+        return _restore_with(config, checkpoint, manifest, target, dumped_spec, target_spec,
+                             memory)
+    except BaseException as exc:
+        if memory is not None:  # the serving helper lets its source go on
+            memory.report(False, f"the restore failed: {exc}")
+        raise
+    finally:
+        if memory is not None:
+            memory.close()
+
+
+def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.CheckpointManifest,
+                  target: RuncContainer, dumped_spec: dict[str, Any],
+                  target_spec: dict[str, Any], memory: peer.PageStream | None
+                  ) -> tuple[int, int | None, Path]:
     work_dir = config.checkpoint_dir / RESTORES_DIR / f"{target.container_id[:12]}-{uuid.uuid4()}"
     store.make_private_dirs(work_dir, config.checkpoint_dir)
     options = manifest.criu_options
@@ -370,7 +407,10 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
     rootfs_diff.apply_diff(checkpoint, Path(target.rootfs))
     pod_volumes.apply_volumes(checkpoint, target.pid)  # emptyDirs and /dev/shm
     netns_fd, stdio_fds, opened = _open_target_fds(target.pid, inherits)
+    guard: subprocess.Popen[bytes] | None = None
     try:
+        if memory is not None:
+            guard = _start_lazy_pages(config, target, checkpoint, work_dir, memory)
         plan = criu.RestorePlan(
             images_dir=checkpoint / store.IMAGES_DIR,
             root=target.rootfs,
@@ -384,6 +424,7 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
             file_locks=bool(options.get("file_locks", True)),
             ext_unix_sk=bool(options.get("ext_unix_sk", True)),
             link_remap=bool(options.get("link_remap", False)),
+            lazy_pages=guard is not None,
         )
         args = restore_command(config, target.pid, plan)
         log.info("restoring %s into %s: %s", manifest.checkpoint_id, target.container_id, args,
@@ -394,6 +435,9 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
         for fd in opened:
             os.close(fd)
     log_path = work_dir / criu.RESTORE_LOG
+    if not outcome.ok and guard is not None and memory is not None:
+        _stop_guard(guard)
+        memory.report(False, "the restore failed")
     if not outcome.ok:
         cause = tool.first_criu_error(log_path)
         raise RestoreFailed(
@@ -412,20 +456,101 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
             log_tail=tool.log_tail(log_path), log_path=str(log_path),
         ) from exc
     host_pid = proctree.host_pid_for(target.pid, vpid)
+    if guard is not None and memory is not None:
+        threading.Thread(target=_watch_guard, args=(guard, work_dir, manifest.checkpoint_id,
+                                                    memory),
+                         daemon=True, name="lazy-guard").start()
     if host_pid is None:
         log.warning("restored pid %d (in %s's PID namespace) not found below pid %d",
                     vpid, target.container_id, target.pid)
     return vpid, host_pid, log_path
 
 
+def _start_lazy_pages(config: HelperConfig, target: RuncContainer, checkpoint: Path,
+                      work_dir: Path, memory: peer.PageStream) -> subprocess.Popen[bytes]:
+    """The `criu lazy-pages` daemon of a post-copy restore, under its guard
+    (node/lazy_guard.py), both in the placeholder's cgroups and pid namespace like the restore
+    (so they outlive the helper), listening once this returns."""
+    fd = memory.daemon_end.fileno()
+    args = [*wrapper_args(target.pid, config.nsenter_path, config.unshare_path),
+            sys.executable, "-m", "sidecar.node.lazy_guard", "--pidfile",
+            str(work_dir / PIDFILE), "--keep-fd", str(fd), "--",
+            *criu.lazy_pages_args(config.criu_path, checkpoint / store.IMAGES_DIR, work_dir, fd)]
+    log.info("starting the lazy-pages daemon: %s", args)
+    try:
+        with open(work_dir / GUARD_LOG, "wb") as out:
+            guard = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                     pass_fds=(fd,), cwd=work_dir, start_new_session=True)
+    except OSError as exc:
+        raise RestoreFailed(f"the lazy-pages daemon could not be started: {exc}") from exc
+    end = time.monotonic() + LAZY_START_S
+    while not (work_dir / "lazy-pages.socket").exists():
+        if guard.poll() is not None or time.monotonic() > end:
+            _stop_guard(guard)
+            cause = tool.first_criu_error(work_dir / criu.LAZY_LOG)
+            raise RestoreFailed(
+                "the lazy-pages daemon did not start: "
+                + (f"CRIU: {cause}" if cause else tool.last_lines(
+                    (work_dir / GUARD_LOG).read_text(errors="replace"), 5)),
+                log_tail=tool.log_tail(work_dir / criu.LAZY_LOG))
+        time.sleep(0.01)
+    return guard
+
+
+def _stop_guard(guard: subprocess.Popen[bytes]) -> None:
+    """The daemon and its guard (one session), when the restore did not happen."""
+    try:
+        os.killpg(guard.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    guard.wait()
+
+
+def _watch_guard(guard: subprocess.Popen[bytes], work_dir: Path, checkpoint_id: str,
+                 memory: peer.PageStream) -> None:
+    """Reaps the guard and says how the memory's transfer ended, to the log and to the helper
+    that serves it (which lets its source go only when every page arrived)."""
+    code = guard.wait()
+    if code == 0:
+        memory.report(True)
+        log.info("post-copy restore complete: every page arrived",
+                 extra={"checkpoint_id": checkpoint_id})
+        return
+    memory.report(False, f"the lazy-pages daemon ended with status {code}: "
+                         + (tool.first_criu_error(work_dir / criu.LAZY_LOG) or "no CRIU error"))
+    log.error("the memory of checkpoint %s stopped arriving (lazy-pages daemon status %s): the "
+              "restored process was killed; %s", checkpoint_id, code,
+              tool.first_criu_error(work_dir / criu.LAZY_LOG) or "no CRIU error",
+              extra={"checkpoint_id": checkpoint_id})
+
+
+def pages_from_peer(helper: Helper) -> PagesSource:
+    """The memory of a post-copy checkpoint, from the helper of the node it was taken on (its
+    signed manifest names it; its address comes from the API)."""
+    def fetch(manifest: store.CheckpointManifest) -> peer.PageStream:
+        node = str(manifest.source.get("node") or "")
+        found = peer.peer_of(helper, node)
+        what = f"the memory of checkpoint {manifest.checkpoint_id}"
+        if found is None:
+            raise RestoreFailed(f"{what} is on node {node}, whose helper cannot be reached",
+                                checkpoint_id=manifest.checkpoint_id)
+        try:
+            return peer.open_pages(helper.config, *found, node, manifest.checkpoint_id)
+        except HelperError as exc:
+            raise RestoreFailed(f"{what} cannot be had from node {node}: {exc.message}",
+                                checkpoint_id=manifest.checkpoint_id) from exc
+    return fetch
+
+
 def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: str | None,
             checkpoint_path: str | None, checkpoint_id: str | None,
             access: Access, requested_by: str = "",
-            source_namespace: str | None = None) -> dict[str, Any]:
+            source_namespace: str | None = None, post_copy: bool = False) -> dict[str, Any]:
     """The whole of POST /restore (and of a Restore object); its answer. `access`: the
     caller's, asked about the checkpoint's source namespace as its signed manifest names it;
     `source_namespace`: where the caller was allowed to read it, which that manifest must
-    name (may_read_source)."""
+    name (may_read_source). `post_copy`: a restore a migration made, which may take the memory
+    of its post-copy checkpoint from the source node."""
     config = helper.config
     authorize = may_read_source(access, source_namespace)
     # one of at most so many operations at once (429 too_many_requests), until the answer
@@ -437,7 +562,8 @@ def restore(helper: Helper, *, namespace: str, pod: str, container: str, root: s
                                                limits=helper.limits)
             result = restore_into(config, containers_of(helper, root), namespace, pod,
                                   container, checkpoint_path or None, checkpoint_id or None,
-                                  locks=helper.locks, authorize=authorize)
+                                  locks=helper.locks, authorize=authorize,
+                                  pages=pages_from_peer(helper) if post_copy else None)
         except HelperError as exc:
             events.restore_failed(helper.kube, namespace, pod, container,
                                   checkpoint_id or checkpoint_path or "?", exc, requested_by)

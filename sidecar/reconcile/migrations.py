@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from kubectl_cedana import podspec
 from kubectl_cedana.contract import (
     FINAL_PHASES,
@@ -33,8 +35,9 @@ from sidecar.errors import (
     TooManyRequests,
 )
 from sidecar.kube.objects import Conflict
-from sidecar.ops import checkpoint, peer, restore
+from sidecar.ops import catalogue, checkpoint, lazy, peer, restore
 from sidecar.ops.access import UNRESTRICTED
+from sidecar.ops.containers import containers_of as node_containers
 from sidecar.ops.containers import programs_of
 from sidecar.reconcile.checkpoints import RETRY_S, Retry, containers_of, retry_after
 from sidecar.reconcile.common import (
@@ -118,6 +121,7 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
                 f"(cedana-helper serve --peer-port, as kubectl cedana install sets it) or a "
                 f"checkpoint repository, and the helper of node {ctx.node} has neither "
                 "(kubectl cedana install --checkpoint-repository)")
+        post_copy = _post_copy(ctx, sp, namespace, pod, names, target_node, target_peer)
     except HelperError as exc:
         ctx.objects.patch_status(MIGRATIONS, obj, failed_with(obj, exc))
         audit("migrate", obj, exc.code)
@@ -127,7 +131,7 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         message=f"making pod {new_pod} on node {target_node}"), precondition=True)
     ctx.take(uid)
     try:
-        _migrate(ctx, obj, source, names, new_pod, target_node, target_peer)
+        _migrate(ctx, obj, source, names, new_pod, target_node, target_peer, post_copy)
     except OperationInProgress:
         _placeholder_gone(ctx, obj)
         ctx.objects.patch_status(MIGRATIONS, obj, {
@@ -151,9 +155,44 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
         ctx.drop(uid)
 
 
+def _post_copy(ctx: Ctx, sp: dict[str, Any], namespace: str, pod: str, names: list[str],
+               target_node: str, target_peer: tuple[str, int] | None) -> bool:
+    """Whether the migration goes post-copy (ops/lazy.py): when spec.lazy asks (InvalidRequest
+    when it cannot be), or, when spec.lazy is not given, for a container holding at least the
+    helper's --post-copy-above of memory (and it can be)."""
+    wanted = sp.get("lazy")
+    if wanted is False:
+        return False
+    why_not = ("it moves to another node only (spec.targetNode): on the same node the "
+               "restore reads the memory from the local disk" if target_node == ctx.node else
+               "a whole pod moves stop-and-copy (name one container)" if len(names) > 1 else
+               f"the helper of node {target_node} cannot be reached on the peer port "
+               "(cedana-helper serve --peer-port)" if target_peer is None else "")
+    if wanted:
+        if why_not:
+            raise InvalidRequest(f"post-copy (spec.lazy) cannot be done: {why_not}",
+                                 fields=["spec.lazy"])
+        return True
+    threshold = ctx.helper.config.post_copy_above_bytes
+    return not why_not and threshold > 0 and \
+        _memory_of(ctx, namespace, pod, names[0]) >= threshold
+
+
+def _memory_of(ctx: Ctx, namespace: str, pod: str, name: str) -> int:
+    """The resident memory of a container's processes (0 when it cannot be read)."""
+    try:
+        top = psutil.Process(node_containers(ctx.helper, None).find(namespace, pod, name).pid)
+        return sum(p.memory_info().rss for p in [top, *top.children(recursive=True)])
+    except (HelperError, psutil.Error):
+        return 0
+
+
 def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[str],
-             new_pod: str, target_node: str, target_peer: tuple[str, int] | None) -> None:
-    """Move one container, or a whole pod (several `names`: one freeze, every container)."""
+             new_pod: str, target_node: str, target_peer: tuple[str, int] | None,
+             post_copy: bool = False) -> None:
+    """Move one container, or a whole pod (several `names`: one freeze, every container).
+    `post_copy`: one container to another node, its memory following the restored process
+    (the source frozen until every page went)."""
     md, sp = meta(obj), spec(obj)
     namespace, pod = str(md["namespace"]), str(sp["podName"])
     cross = target_node != ctx.node
@@ -183,6 +222,9 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
     def hand_over(listed: list[tuple[str, Path]]) -> None:
         started = time.monotonic()
         try:
+            if post_copy and target_peer is not None:
+                _send_lazy(ctx, obj, listed, target_peer, target_node, new_pod, handed)
+                return
             if target_peer is not None:
                 handed["sent"], handed["remote"] = _send(ctx, obj, listed, target_peer,
                                                          target_node)
@@ -214,7 +256,7 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
                 ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
                 checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
                 storage="local", checkpoint_id=checkpoint_id, requested_by=requested_by(obj),
-                after_listed=hand_over if cross else None)
+                after_listed=hand_over if cross else None, lazy=post_copy)
     except checkpoint.SourceKept as kept:
         raise _kept(kept.cause, pod, checkpoint_id, ctx.node) from kept.cause
     members = [(str(m["name"]), str(m["checkpoint_id"])) for m in dumped.get("containers") or []]
@@ -240,7 +282,11 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
         ctx.objects.delete_pod(namespace, pod)
     remote = handed.get("remote") or {}
     note = ""
-    if sent == "direct" and ctx.helper.config.remote_repository:
+    if post_copy:
+        # its memory went to the restored process: what is left cannot be restored again
+        for checkpoint_id_left, _ in copies:
+            catalogue.delete(ctx.helper.config, checkpoint_id_left)
+    elif sent == "direct" and ctx.helper.config.remote_repository:
         # the registry's copy, for later restores anywhere: after the pause, never in it
         ctx.objects.patch_status(MIGRATIONS, obj, {
             "message": f"restored on node {target_node}; copying the checkpoint to the registry"})
@@ -255,9 +301,39 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
         checkpointID=checkpoint_id, sizeBytes=dumped.get("size_bytes"),
         storage="remote" if remote else dumped.get("storage"),
         imageRef=remote.get("reference"), compression=remote.get("compression"),
-        transfer=sent, transferMs=transfer_ms))
+        transfer=sent, transferMs=transfer_ms, postCopy=post_copy or None,
+        memoryMs=handed.get("memory_ms")))
     audit("migrate", obj, "succeeded", checkpoint_id=checkpoint_id, pause_ms=pause_ms,
-          transfer=sent)
+          transfer=sent, post_copy=post_copy)
+
+
+def _send_lazy(ctx: Ctx, obj: dict[str, Any], listed: list[tuple[str, Path]],
+               target_peer: tuple[str, int], target_node: str, new_pod: str,
+               handed: dict[str, Any]) -> None:
+    """Post-copy's hand-over: everything but the memory sent to the target's helper, restored
+    there (the pause ends as the process runs), then its memory, page by page through the peer
+    port, until the last one; the source stays frozen until then. Any failure raises: the new
+    pod is removed (its guard has killed what it ran if its memory stopped) and the source
+    goes on from where it was frozen."""
+    ((checkpoint_id, directory),) = listed
+    started = time.monotonic()
+    try:
+        peer.send(ctx.helper.config, directory, *target_peer, target_node)
+    except HelperError as exc:  # no registry here: it cannot carry memory that stayed behind
+        raise RestoreFailed(f"the checkpoint could not be sent to node {target_node} "
+                            f"({exc.message})") from exc
+    handed["sent"], handed["remote"] = "direct", {}
+    handed["transfer_ms"] = round((time.monotonic() - started) * 1000)
+    handed["restored"], handed["restore_name"] = _restore_there(
+        ctx, obj, checkpoint_id, new_pod, "", target_node)
+    handed["at"] = time.monotonic()
+    ctx.objects.patch_status(MIGRATIONS, obj, {
+        "message": f"running on node {target_node}; its memory follows (post-copy)"})
+    served = lazy.SERVING.get(checkpoint_id)
+    if served is None:
+        raise RestoreFailed(f"the memory of checkpoint {checkpoint_id} is no longer served")
+    served.finish(ctx.helper.config.dump_timeout_s)
+    handed["memory_ms"] = round((time.monotonic() - handed["at"]) * 1000)
 
 
 def _kept(cause: BaseException, pod: str, checkpoint_id: str, node: str) -> HelperError:

@@ -29,6 +29,7 @@ from sidecar.ops.access import UNRESTRICTED
 from sidecar.reconcile.checkpoints import RETRY_S, Retry, retry_after
 from sidecar.reconcile.common import (
     CHECKPOINTS,
+    MIGRATIONS,
     RESTORES,
     Ctx,
     audit,
@@ -171,6 +172,22 @@ def _placeholder_is_ours(ctx: Ctx, obj: dict[str, Any], name: str) -> bool:
         meta(obj).get("uid")
 
 
+def _for_its_migration(ctx: Ctx, obj: dict[str, Any], checkpoint_id: str, pod: str) -> bool:
+    """Whether this Restore is the one a migration made for its own checkpoint into the pod it
+    made: only that one may take a post-copy checkpoint's memory from the source node (once)."""
+    md = meta(obj)
+    owners = [o for o in md.get("ownerReferences") or [] if o.get("kind") == "Migration"]
+    if len(owners) != 1:
+        return False
+    namespace = str(md["namespace"])
+    migration = ctx.objects.get(MIGRATIONS, namespace, str(owners[0].get("name"))) or {}
+    target = ctx.objects.get_pod(namespace, pod) or {}
+    made_for = ((target.get("metadata") or {}).get("annotations") or {}).get(MADE_FOR_ANNOTATION)
+    uid = meta(migration).get("uid") if migration else None
+    return bool(uid) and uid == owners[0].get("uid") and made_for == uid \
+        and status(migration).get("checkpointID") == checkpoint_id
+
+
 def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
     md, sp = meta(obj), spec(obj)
     namespace, uid = str(md["namespace"]), str(md["uid"])
@@ -210,7 +227,9 @@ def _take(ctx: Ctx, obj: dict[str, Any]) -> None:
                                      requested_by=requested_by(obj),
                                      # rights were checked at admission; the signed manifest
                                      # must name the namespace they were checked in
-                                     access=UNRESTRICTED, source_namespace=source_namespace)
+                                     access=UNRESTRICTED, source_namespace=source_namespace,
+                                     post_copy=_for_its_migration(ctx, obj, checkpoint_id,
+                                                                  pod_name))
     except OperationInProgress:
         ctx.objects.patch_status(RESTORES, obj, {
             "phase": Phase.PENDING, "message": "waiting for another operation on the pod to end"})

@@ -1,0 +1,267 @@
+"""Post-copy migration (`kubectl cedana migrate --lazy`, issue 19) between the lab's two nodes:
+the container runs on node 2 as soon as everything but its memory is there, its memory follows
+page by page from node 1's helper through the peer port (sidecar/ops/lazy.py), and the source
+stays frozen until the last page arrived. memhog checks a sum over every page of its memory at
+each beat (ok=1): a page missing or read as zeros shows as ok=0.
+
+Faults: the target node's helper killed, or the network between the nodes cut, while the memory
+follows: the source goes on from where it was frozen, the new pod is removed, and the restored
+process, whose memory stopped arriving, is killed on node 2 (node/lazy_guard.py) instead of
+running on with pages of zeros. The transfer is slowed for those (a rate limit on node 2's
+link) so that there is time to break it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import json
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from tests.e2e.lab import Lab, cedana, helper_daemonset_lock, install_helpers, pod_manifest
+
+HELPER_NAMESPACE = "cedana-system"
+NODE2_NETNS = "cedana-lab-node2"
+NODE2_VETH = "cedana0-n2"  # the host's end of node 2's link (hack/lib.sh)
+PEER_PORT = 1325
+CHECKPOINT_DIR = "/var/lib/cedana/checkpoints"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed(lab: Lab) -> Iterator[None]:
+    with helper_daemonset_lock():
+        install_helpers(lab)  # no registry: post-copy never needs one
+        yield
+
+
+def _memhog(lab: Lab, namespace: str, name: str, mib: int) -> int:
+    """A memhog pod on node 1 beating every 200 ms; its latest beat."""
+    lab.apply(pod_manifest(name, ["/usr/local/bin/memhog", str(mib), "200"]), namespace)
+    lab.wait_pod_running(namespace, name)
+    lab.wait_log(namespace, name, r"beat=3\b", timeout=120)
+    return _beats(lab, namespace, name)[-1][0]
+
+
+def _beats(lab: Lab, namespace: str, pod: str) -> list[tuple[int, int]]:
+    """(beat, ok) of every heartbeat the pod printed, oldest first."""
+    return [(int(b), int(ok)) for b, ok in
+            re.findall(r"beat=(\d+) sum=\d+ ok=(\d)", lab.logs(namespace, pod))]
+
+
+def _memhogs(mib: int) -> list[int]:
+    """The memhog processes of this size running on the machine (both lab nodes are on it)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if len(cmd) >= 2 and cmd[0].endswith("memhog") and cmd[1] == str(mib):
+            found.append(proc.pid)
+    return found
+
+
+def _helper_pod(lab: Lab, node: str) -> dict:
+    pods = json.loads(lab.kubectl("-n", HELPER_NAMESPACE, "get", "pods", "-l",
+                                  "app.kubernetes.io/name=cedana-helper", "--field-selector",
+                                  f"spec.nodeName={node}", "-o", "json").stdout)["items"]
+    (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return pod
+
+
+def _node_holds(lab: Lab, node: str) -> list[str]:
+    pod = _helper_pod(lab, node)["metadata"]["name"]
+    return lab.kubectl("-n", HELPER_NAMESPACE, "exec", pod, "-c", "helper", "--", "ls", "-a",
+                       CHECKPOINT_DIR).stdout.split()
+
+
+def _goes_on(lab: Lab, namespace: str, pod: str, before: int, beats: int = 10) -> None:
+    """The pod's memhog goes on from beat `before` or later, every beat in turn, every one with
+    its memory intact."""
+    end = time.monotonic() + 120
+    while time.monotonic() < end and len(_beats(lab, namespace, pod)) < beats:
+        time.sleep(0.5)
+    seen = _beats(lab, namespace, pod)
+    assert len(seen) >= beats, seen
+    numbers = [b for b, _ in seen]
+    assert numbers[0] >= before and numbers == list(range(numbers[0], numbers[0] + len(seen))), \
+        numbers[:20]
+    assert {ok for _, ok in seen} == {1}, [s for s in seen if s[1] != 1][:5]
+
+
+def test_a_container_moves_post_copy_with_its_memory_following(lab: Lab, namespace: str
+                                                              ) -> None:
+    node2 = lab.node2_name
+    before = _memhog(lab, namespace, "hog", int(os.environ.get("PC_MIB", "264")))
+    migrated = cedana(lab, "-n", namespace, "migrate", "hog", "--to-node", node2,
+                      "--delete-source", "--lazy", "-o", "json")
+    assert migrated.returncode == 0, migrated.stderr
+    status = json.loads(migrated.stdout)["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["postCopy"] is True and status["memoryMs"] >= 0, status
+    assert status["transfer"] == "direct", status
+    print(f"post-copy of 264 MiB: pause {status['pauseMs']} ms, memory {status['memoryMs']} ms")
+    new_pod = status["podName"]
+    assert lab.pod(namespace, new_pod)["spec"]["nodeName"] == node2
+    # the memory came over: every page of it, checked at every beat, from where it was
+    _goes_on(lab, namespace, new_pod, before)
+    # the source is gone, and so is what was left of the checkpoint on node 1 (its memory
+    # went to the restored process: it can never be restored again)
+    end = time.monotonic() + 60
+    while len(_memhogs(int(os.environ.get("PC_MIB", "264")))) != 1:
+        assert time.monotonic() < end, _memhogs(264)
+        time.sleep(0.5)
+    assert status["checkpointID"] not in _node_holds(lab, lab.node_name)
+
+
+def test_post_copy_is_refused_where_it_cannot_be(lab: Lab, namespace: str) -> None:
+    _memhog(lab, namespace, "here", 16)
+    same_node = cedana(lab, "-n", namespace, "migrate", "here", "--lazy", "-o", "json")
+    assert same_node.returncode != 0
+    assert "post-copy (spec.lazy) cannot be done" in same_node.stderr + same_node.stdout
+    # nothing was done: it goes on
+    assert lab.pod(namespace, "here")["status"]["phase"] == "Running"
+
+
+@contextlib.contextmanager
+def _slow_link(rate: str = "60mbit") -> Iterator[None]:
+    """What node 1 sends to node 2 goes at `rate` for the length of the block."""
+    tc = ["tc", "qdisc"]
+    subprocess.run([*tc, "replace", "dev", NODE2_VETH, "root", "tbf", "rate", rate, "burst",
+                    "64kb", "latency", "500ms"], check=True, capture_output=True, timeout=30)
+    try:
+        yield
+    finally:
+        print(subprocess.run(["tc", "-s", "qdisc", "show", "dev", NODE2_VETH], capture_output=True,
+                             text=True).stdout)
+        subprocess.run([*tc, "del", "dev", NODE2_VETH, "root"], check=False,
+                       capture_output=True, timeout=30)
+
+
+def _migrate_in_background(lab: Lab, namespace: str, pod: str) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run() -> None:
+        done = cedana(lab, "-n", namespace, "migrate", pod, "--to-node", lab.node2_name,
+                      "--delete-source", "--lazy", "--name", f"{pod}-move", "-o", "json",
+                      "--timeout", "5m")
+        result["done"] = done
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _wait_memory_following(lab: Lab, namespace: str, name: str) -> dict:
+    end = time.monotonic() + 180
+    while time.monotonic() < end:
+        found = lab.kubectl("-n", namespace, "get", "migrations.cedana.io", name, "-o", "json",
+                            check=False)
+        if found.returncode == 0:
+            st = json.loads(found.stdout).get("status") or {}
+            if "memory follows" in str(st.get("message")):
+                return st
+            assert st.get("phase") not in ("Succeeded", "Failed"), st
+        time.sleep(0.2)
+    raise AssertionError("the migration never reached its post-copy phase")
+
+
+def _source_goes_on_after_failure(lab: Lab, namespace: str, pod: str, before: int,
+                                  result: dict, thread: threading.Thread, mib: int) -> dict:
+    thread.join(300)
+    done = result["done"]
+    assert done.returncode != 0, done.stdout
+    status = json.loads(lab.kubectl("-n", namespace, "get", "migrations.cedana.io",
+                                    f"{pod}-move", "-o", "json").stdout)["status"]
+    assert status["phase"] == "Failed", status
+    assert f"pod {pod} was not stopped and goes on" in status["message"], status["message"]
+    # the source goes on from where it was frozen: no beat lost, none repeated, memory intact
+    source = lab.pod(namespace, pod)
+    assert source["status"]["containerStatuses"][0]["restartCount"] == 0
+    last = _beats(lab, namespace, pod)[-1][0]
+    end = time.monotonic() + 60
+    while _beats(lab, namespace, pod)[-1][0] < last + 5:
+        assert time.monotonic() < end, "the source did not go on"
+        time.sleep(0.5)
+    seen = _beats(lab, namespace, pod)
+    assert [b for b, _ in seen] == list(range(seen[0][0], seen[0][0] + len(seen)))
+    assert {ok for _, ok in seen} == {1}
+    assert seen[-1][0] > before
+    # the new pod is gone, and with it the restored process (no memhog of pages of zeros)
+    end = time.monotonic() + 60
+    while lab.kubectl("-n", namespace, "get", "pod", f"{pod}-migrated",
+                      check=False).returncode == 0:
+        assert time.monotonic() < end, "the new pod was not removed"
+        time.sleep(0.5)
+    end = time.monotonic() + 60
+    while len(_memhogs(mib)) != 1:
+        assert time.monotonic() < end, _memhogs(mib)
+        time.sleep(0.5)
+    return status
+
+
+def test_the_source_goes_on_when_the_target_helper_dies(lab: Lab, namespace: str) -> None:
+    before = _memhog(lab, namespace, "victim", 384)
+    with _slow_link():
+        thread, result = _migrate_in_background(lab, namespace, "victim")
+        _wait_memory_following(lab, namespace, "victim-move")
+        helper = _helper_pod(lab, lab.node2_name)["metadata"]["name"]
+        lab.kubectl("-n", HELPER_NAMESPACE, "delete", "pod", helper, "--grace-period=0",
+                    "--force", "--wait=false")
+        _source_goes_on_after_failure(lab, namespace, "victim", before, result, thread, 384)
+    lab.kubectl("-n", HELPER_NAMESPACE, "rollout", "status", "daemonset/cedana-helper",
+                "--timeout=180s")
+
+
+def test_the_source_goes_on_when_the_network_is_cut(lab: Lab, namespace: str) -> None:
+    before = _memhog(lab, namespace, "cut", 392)
+    rule = ["OUTPUT", "-p", "tcp", "--dport", str(PEER_PORT), "-j", "REJECT",
+            "--reject-with", "tcp-reset"]
+    iptables = ["ip", "netns", "exec", NODE2_NETNS, "iptables"]
+    with _slow_link():
+        thread, result = _migrate_in_background(lab, namespace, "cut")
+        _wait_memory_following(lab, namespace, "cut-move")
+        subprocess.run([*iptables, "-I", *rule], check=True, capture_output=True, timeout=30)
+        try:
+            status = _source_goes_on_after_failure(lab, namespace, "cut", before, result,
+                                                   thread, 392)
+        finally:
+            subprocess.run([*iptables, "-D", *rule], check=False, capture_output=True,
+                           timeout=30)
+    assert "memory" in status["message"], status["message"]
+
+
+def test_a_tenant_cannot_take_the_memory(lab: Lab, namespace: str) -> None:
+    """While a checkpoint's memory is served, a tenant's pod that asks node 1's peer port for
+    it is refused, and the migration it meant to rob goes through whole."""
+    before = _memhog(lab, namespace, "robbed", 272)
+    address = _helper_pod(lab, lab.node_name)["status"]["podIP"]
+    with _slow_link():
+        thread, result = _migrate_in_background(lab, namespace, "robbed")
+        st = _wait_memory_following(lab, namespace, "robbed-move")
+        hello = json.dumps({"v": 1, "op": "pages", "checkpoint_id": st["checkpointID"],
+                            "from": lab.node2_name, "to": lab.node_name,
+                            "expires": round(time.time() + 60, 3), "salt": "cd" * 16})
+        name = f"nc-{uuid.uuid4().hex[:6]}"
+        script = (f"{{ printf '%s\\n' '{hello}'; printf '\\000\\000\\000\\025'; "
+                  f"head -c 21 /dev/urandom; sleep 2; }} | nc {address} {PEER_PORT}; "
+                  "echo rc=$?")
+        lab.apply(pod_manifest(name, ["/bin/sh", "-c", script], restartPolicy="Never"),
+                  namespace)
+        end = time.monotonic() + 90
+        while lab.pod(namespace, name).get("status", {}).get("phase") not in ("Succeeded",
+                                                                              "Failed"):
+            assert time.monotonic() < end, lab.logs(namespace, name)
+            time.sleep(0.5)
+        (line,) = [x for x in lab.logs(namespace, name).splitlines() if x.startswith("{")]
+        refused = json.loads(line)
+        assert refused["ok"] is False and refused["code"] == "checkpoint_untrusted", refused
+        thread.join(300)
+    done = result["done"]
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)["status"]
+    assert status["phase"] == "Succeeded" and status["postCopy"] is True, status
+    _goes_on(lab, namespace, status["podName"], before)
