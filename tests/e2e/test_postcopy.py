@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -31,6 +32,8 @@ NODE2_NETNS = "cedana-lab-node2"
 NODE2_VETH = "cedana0-n2"  # the host's end of node 2's link (hack/lib.sh)
 PEER_PORT = 1325
 CHECKPOINT_DIR = "/var/lib/cedana/checkpoints"
+#: where node 2's helper restores (its checkpoint directory, seen from the lab's machine)
+NODE2_RESTORES = Path("/var/lib/kubectl-cedana-lab/node2/checkpoints/.restores")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,17 +131,25 @@ def test_post_copy_is_refused_where_it_cannot_be(lab: Lab, namespace: str) -> No
 
 @contextlib.contextmanager
 def _slow_link(rate: str = "60mbit") -> Iterator[None]:
-    """What node 1 sends to node 2 goes at `rate` for the length of the block."""
-    tc = ["tc", "qdisc"]
-    subprocess.run([*tc, "replace", "dev", NODE2_VETH, "root", "tbf", "rate", rate, "burst",
-                    "64kb", "latency", "500ms"], check=True, capture_output=True, timeout=30)
+    """What node 1's peer port sends to node 2 (a checkpoint's memory, post-copy) goes at
+    `rate` for the length of the block; the rest of node 2's traffic (other tests') as fast
+    as ever."""
+    dev = ["dev", NODE2_VETH]
+    steps = [  # this kernel has htb (not prio): a class for the rest, one slow class
+        ["qdisc", "replace", *dev, "root", "handle", "1:", "htb", "default", "10"],
+        ["class", "add", *dev, "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit"],
+        ["class", "add", *dev, "parent", "1:", "classid", "1:30", "htb", "rate", rate,
+         "ceil", rate],
+        ["filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+         "match", "ip", "sport", str(PEER_PORT), "0xffff", "flowid", "1:30"],
+    ]
     try:
+        for step in steps:
+            subprocess.run(["tc", *step], check=True, capture_output=True, timeout=30)
         yield
     finally:
-        print(subprocess.run(["tc", "-s", "qdisc", "show", "dev", NODE2_VETH], capture_output=True,
-                             text=True).stdout)
-        subprocess.run([*tc, "del", "dev", NODE2_VETH, "root"], check=False,
-                       capture_output=True, timeout=30)
+        subprocess.run(["tc", "qdisc", "del", *dev, "root"], check=False, capture_output=True,
+                       timeout=30)
 
 
 def _migrate_in_background(lab: Lab, namespace: str, pod: str) -> tuple[threading.Thread, dict]:
@@ -200,6 +211,12 @@ def _source_goes_on_after_failure(lab: Lab, namespace: str, pod: str, before: in
     while len(_memhogs(mib)) != 1:
         assert time.monotonic() < end, _memhogs(mib)
         time.sleep(0.5)
+    # and it was its guard on node 2 that killed it, as its memory stopped arriving (not the
+    # removal of its pod, which came later)
+    restored = json.loads(lab.kubectl("-n", namespace, "get", "restores.cedana.io",
+                                      status["restoreName"], "-o", "json").stdout)["status"]
+    (guard_log,) = NODE2_RESTORES.glob(f"{restored['containerID'][:12]}-*/lazy-guard.log")
+    assert "the restored process was killed" in guard_log.read_text(), guard_log.read_text()
     return status
 
 
