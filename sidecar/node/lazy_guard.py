@@ -57,6 +57,8 @@ def guard(command: Sequence[str], pidfile: str, keep_fds: Sequence[int]) -> int:
                       "every page arrived: the restored process was killed", file=sys.stderr)
             except ProcessLookupError:
                 pass
+    if restored is not None:
+        os.close(restored)
     return code
 
 

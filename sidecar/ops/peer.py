@@ -491,12 +491,23 @@ class _SocketOut:
 #: a page transfer's frames begin with their kind: CRIU's bytes, or (last, from the restoring
 #: side) how the restore's lazy-pages daemon ended: CRIU's page server takes the end of its
 #: connection for the end of the transfer, whether or not the daemon had every page
-_DATA, _OUTCOME = b"\0", b"\1"
+#: a frame of nothing, sent after KEEPALIVE_S without bytes from CRIU: the other side sees a
+#: live peer while CRIU is quiet (the target copies files before its daemon starts)
+_DATA, _OUTCOME, _KEEPALIVE = b"\0", b"\1", b"\2"
+KEEPALIVE_S = 10.0
 
 
 def _pump_out(local: socket.socket, frames: FrameWriter,
               outcome: Callable[[], dict[str, Any]] | None) -> None:
-    while data := local.recv(FRAME_BYTES - 1):
+    local.settimeout(KEEPALIVE_S)
+    while True:
+        try:
+            data = local.recv(FRAME_BYTES - 1)
+        except TimeoutError:
+            frames.message(_KEEPALIVE)
+            continue
+        if not data:
+            break
         frames.message(_DATA + data)
     if outcome is not None:
         frames.message(_OUTCOME + json.dumps(outcome()).encode())
@@ -510,10 +521,13 @@ def _pump_in(frames: FrameReader, local: socket.socket,
         if frames.ended:
             break
         if data[:1] == _OUTCOME and on_outcome is not None:
-            on_outcome(json.loads(data[1:]))
+            heard = json.loads(data[1:])
+            if not isinstance(heard, dict):
+                raise CheckpointUntrusted("a page transfer's outcome is not a JSON object")
+            on_outcome(heard)
         elif data[:1] == _DATA:
             local.sendall(data[1:])
-        else:
+        elif data[:1] != _KEEPALIVE:
             raise CheckpointUntrusted("a page transfer frame of no known kind")
     local.shutdown(socket.SHUT_WR)
 
@@ -591,8 +605,9 @@ class PageStream:
     report() how the daemon ended, which the serving helper waits for before it lets its
     source go (the relay waits for it once the daemon closed its end)."""
 
-    #: how long the relay waits, once the daemon closed its end, to hear how it ended
-    REPORT_WAIT_S = 60.0
+    #: how long the relay waits, once the daemon closed its end, to hear how it ended (less
+    #: than PAGES_IDLE_S: nothing is sent meanwhile)
+    REPORT_WAIT_S = 20.0
 
     def __init__(self, daemon_end: socket.socket) -> None:
         self.daemon_end = daemon_end

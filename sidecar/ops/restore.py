@@ -67,6 +67,7 @@ RESTORES_DIR = ".restores"
 CGROUP_MOUNT_DEST = "/sys/fs/cgroup"
 PIDFILE = "restore.pid"
 GUARD_LOG = "lazy-guard.log"
+LAZY_SOCKET = "lazy-pages.socket"  # where `criu lazy-pages` listens, in the work directory
 #: how long the lazy-pages daemon may take to listen for the restore
 LAZY_START_S = 30.0
 #: the memory of a post-copy checkpoint, arriving
@@ -186,18 +187,19 @@ def pipe_inherits(descriptors: Sequence[str]) -> list[tuple[int, str]]:
 
 
 def wrapper_args(target_pid: int, nsenter_path: str, unshare_path: str,
-                 python: str = sys.executable) -> list[str]:
-    """The command prefix that puts CRIU into the target's cgroups and PID namespace."""
+                 python: str = sys.executable, wait: Sequence[str] = ()) -> list[str]:
+    """The command prefix that puts CRIU into the target's cgroups and PID namespace; `wait`:
+    enter_cgroups' --wait-for options."""
     return [
-        python, "-m", "sidecar.node.enter_cgroups", "--pid", str(target_pid), "--",
+        python, "-m", "sidecar.node.enter_cgroups", "--pid", str(target_pid), *wait, "--",
         nsenter_path, "--target", str(target_pid), "--pid", "--",
         unshare_path, "--mount", "--propagation", "private", "--mount-proc", "--",
     ]
 
 
 def restore_command(config: HelperConfig, target_pid: int, plan: criu.RestorePlan,
-                    python: str = sys.executable) -> list[str]:
-    return (wrapper_args(target_pid, config.nsenter_path, config.unshare_path, python)
+                    python: str = sys.executable, wait: Sequence[str] = ()) -> list[str]:
+    return (wrapper_args(target_pid, config.nsenter_path, config.unshare_path, python, wait)
             + criu.restore_args(config.criu_path, plan))
 
 
@@ -426,7 +428,10 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
             link_remap=bool(options.get("link_remap", False)),
             lazy_pages=guard is not None,
         )
-        args = restore_command(config, target.pid, plan)
+        # a post-copy restore starts alongside its lazy-pages daemon and waits for its socket
+        wait = ["--wait-for", str(work_dir / LAZY_SOCKET), "--wait-pid", str(guard.pid),
+                "--wait-timeout", str(LAZY_START_S)] if guard is not None else []
+        args = restore_command(config, target.pid, plan, wait=wait)
         log.info("restoring %s into %s: %s", manifest.checkpoint_id, target.container_id, args,
                  extra={"checkpoint_id": manifest.checkpoint_id})
         outcome = tool.run(args, timeout=config.restore_timeout_s, pass_fds=plan.passed_fds,
@@ -438,6 +443,12 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
     if not outcome.ok and guard is not None and memory is not None:
         _stop_guard(guard)
         memory.report(False, "the restore failed")
+        if not (work_dir / LAZY_SOCKET).exists():
+            cause = tool.first_criu_error(work_dir / criu.LAZY_LOG)
+            raise RestoreFailed(
+                "the lazy-pages daemon did not start: " + (f"CRIU: {cause}" if cause else
+                                                           _tail(work_dir / GUARD_LOG)),
+                log_tail=tool.log_tail(work_dir / criu.LAZY_LOG))
     if not outcome.ok:
         cause = tool.first_criu_error(log_path)
         raise RestoreFailed(
@@ -470,7 +481,7 @@ def _start_lazy_pages(config: HelperConfig, target: RuncContainer, checkpoint: P
                       work_dir: Path, memory: peer.PageStream) -> subprocess.Popen[bytes]:
     """The `criu lazy-pages` daemon of a post-copy restore, under its guard
     (node/lazy_guard.py), both in the placeholder's cgroups and pid namespace like the restore
-    (so they outlive the helper), listening once this returns."""
+    (so they outlive the helper); the restore waits for its socket (LAZY_SOCKET)."""
     fd = memory.daemon_end.fileno()
     args = [*wrapper_args(target.pid, config.nsenter_path, config.unshare_path),
             sys.executable, "-m", "sidecar.node.lazy_guard", "--pidfile",
@@ -479,22 +490,17 @@ def _start_lazy_pages(config: HelperConfig, target: RuncContainer, checkpoint: P
     log.info("starting the lazy-pages daemon: %s", args)
     try:
         with open(work_dir / GUARD_LOG, "wb") as out:
-            guard = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                     pass_fds=(fd,), cwd=work_dir, start_new_session=True)
+            return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    pass_fds=(fd,), cwd=work_dir, start_new_session=True)
     except OSError as exc:
         raise RestoreFailed(f"the lazy-pages daemon could not be started: {exc}") from exc
-    end = time.monotonic() + LAZY_START_S
-    while not (work_dir / "lazy-pages.socket").exists():
-        if guard.poll() is not None or time.monotonic() > end:
-            _stop_guard(guard)
-            cause = tool.first_criu_error(work_dir / criu.LAZY_LOG)
-            raise RestoreFailed(
-                "the lazy-pages daemon did not start: "
-                + (f"CRIU: {cause}" if cause else tool.last_lines(
-                    (work_dir / GUARD_LOG).read_text(errors="replace"), 5)),
-                log_tail=tool.log_tail(work_dir / criu.LAZY_LOG))
-        time.sleep(0.01)
-    return guard
+
+
+def _tail(path: Path) -> str:
+    try:
+        return tool.last_lines(path.read_text(errors="replace"), 5)
+    except OSError:
+        return ""
 
 
 def _stop_guard(guard: subprocess.Popen[bytes]) -> None:

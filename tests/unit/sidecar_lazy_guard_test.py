@@ -1,0 +1,211 @@
+"""Post-copy on the restoring node: the guard of the lazy-pages daemon
+(sidecar/node/lazy_guard.py), with real processes (a `sleep` stands in for the restored tree,
+`sh` for the daemon), and the CRIU command lines of a post-copy dump, restore and daemon
+(sidecar/node/criu.py)."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.node import criu, enter_cgroups, lazy_guard
+from tests.unit.sidecar_support import REPO
+
+WAIT_S = 10.0
+
+
+@pytest.fixture()
+def restored() -> Iterator[subprocess.Popen[bytes]]:
+    """The restored process the guard watches over."""
+    proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(WAIT_S)
+
+
+def _pidfile(tmp_path: Path, pid: int) -> str:
+    path = tmp_path / "restore.pid"
+    path.write_text(f"{pid}\n", encoding="ascii")
+    return str(path)
+
+
+def _still_runs(proc: subprocess.Popen[bytes]) -> bool:
+    try:
+        proc.wait(0.2)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
+# -- the guard -------------------------------------------------------------------------------
+def test_a_daemon_that_ends_early_gets_the_restored_process_killed(
+        tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
+    pidfile = _pidfile(tmp_path, restored.pid)
+    assert lazy_guard.guard(["sh", "-c", "exit 3"], pidfile, []) == 3
+    assert restored.wait(WAIT_S) == -signal.SIGKILL
+
+
+def test_the_guard_watches_a_pidfile_written_while_the_daemon_runs(
+        tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
+    """CRIU writes the pidfile once the restore is done, while the daemon already runs: the
+    guard opens the restored process then (its pidfd) and kills it when the daemon fails."""
+    pidfile = tmp_path / "restore.pid"
+    writer = threading.Timer(0.2, lambda: pidfile.write_text(f"{restored.pid}\n"))
+    writer.start()
+    try:
+        code = lazy_guard.guard(["sh", "-c", "sleep 0.6; exit 4"], str(pidfile), [])
+    finally:
+        writer.cancel()
+    assert code == 4
+    assert restored.wait(WAIT_S) == -signal.SIGKILL
+
+
+def test_a_daemon_that_ends_well_leaves_the_restored_process_running(
+        tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
+    pidfile = _pidfile(tmp_path, restored.pid)
+    assert lazy_guard.guard(["sh", "-c", "sleep 0.2; exit 0"], pidfile, []) == 0
+    assert _still_runs(restored)
+
+
+@pytest.mark.parametrize("pidfile_text", [None, "", "not a pid\n", "999999999\n"])
+def test_a_daemon_that_fails_before_the_restore_kills_nothing(
+        tmp_path: Path, restored: subprocess.Popen[bytes], pidfile_text: str | None) -> None:
+    """No pidfile yet (or not a readable one, or naming no process): the daemon's status,
+    nothing killed, nothing raised."""
+    pidfile = tmp_path / "restore.pid"
+    if pidfile_text is not None:
+        pidfile.write_text(pidfile_text)
+    assert lazy_guard.guard(["sh", "-c", "exit 7"], str(pidfile), []) == 7
+    assert _still_runs(restored)
+
+
+def test_a_daemon_that_cannot_start_is_a_setup_failure(
+        tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
+    pidfile = _pidfile(tmp_path, restored.pid)
+    code = lazy_guard.guard([str(tmp_path / "no-such-criu"), "lazy-pages"], pidfile, [])
+    assert code == lazy_guard.EXIT_SETUP_FAILED
+    assert _still_runs(restored)
+
+
+def test_the_daemon_alone_keeps_the_descriptor_it_inherits(tmp_path: Path) -> None:
+    """--keep-fd: the daemon writes through the descriptor; the guard closes its own copy (the
+    connection ends when the daemon does). (A Python daemon: sh's `>&N` takes only N < 10.)"""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    hup = signal.getsignal(signal.SIGHUP)
+    ended = False  # the pipe ended: the guard closed write_end (its number may be reused)
+    try:
+        code = lazy_guard.main(["--pidfile", str(tmp_path / "restore.pid"), "--keep-fd",
+                                str(write_end), "--", sys.executable, "-c",
+                                f"import os; os.write({write_end}, b'hi\\n')"])
+        assert code == 0
+        seen = b""
+        while not ended:
+            readable, _, _ = select.select([read_end], [], [], WAIT_S)
+            assert readable, f"the pipe did not end (read {seen!r}): a copy is left open"
+            chunk = os.read(read_end, 100)
+            seen += chunk
+            ended = not chunk
+        assert seen == b"hi\n"
+    finally:
+        signal.signal(signal.SIGHUP, hup)
+        os.close(read_end)
+        if not ended:
+            os.close(write_end)
+
+
+def test_the_guard_as_restore_runs_it(tmp_path: Path,
+                                      restored: subprocess.Popen[bytes]) -> None:
+    """`python -m sidecar.node.lazy_guard --pidfile F -- criu lazy-pages ...` (ops/restore.py):
+    the daemon's status is the guard's, and the restored process is killed when it failed."""
+    pidfile = _pidfile(tmp_path, restored.pid)
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.node.lazy_guard", "--pidfile", pidfile, "--",
+         "sh", "-c", "exit 5"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+        timeout=WAIT_S, check=False)
+    assert done.returncode == 5, done.stderr
+    assert "the restored process was killed" in done.stderr
+    assert restored.wait(WAIT_S) == -signal.SIGKILL
+
+
+def test_the_guard_needs_a_command() -> None:
+    with pytest.raises(SystemExit) as refused:
+        lazy_guard.main(["--pidfile", "/nonexistent", "--"])
+    assert refused.value.code == 2
+
+
+# -- CRIU's command lines for post-copy ------------------------------------------------------
+def _after(args: list[str], flag: str) -> str:
+    assert args.count(flag) == 1, args
+    return args[args.index(flag) + 1]
+
+
+def _dump_plan(lazy_socket_fd: int = -1, status_fd: int = -1) -> criu.DumpPlan:
+    return criu.DumpPlan(pid=42, images_dir=Path("/i"), work_dir=Path("/w"), netns_inode=7,
+                         lazy_socket_fd=lazy_socket_fd, status_fd=status_fd)
+
+
+def test_a_lazy_dump_serves_on_its_connected_socket_never_a_port() -> None:
+    plan = _dump_plan(lazy_socket_fd=11, status_fd=12)
+    args = criu.dump_args("criu", plan)
+    assert "--lazy-pages" in args
+    assert _after(args, "--ps-socket") == "11"
+    assert _after(args, "--status-fd") == "12"
+    assert "--address" not in args and "--port" not in args
+    assert plan.passed_fds == (11, 12)
+
+
+def test_a_dump_without_post_copy_has_none_of_it() -> None:
+    for plan in (_dump_plan(), _dump_plan(status_fd=12)):
+        args = criu.dump_args("criu", plan)
+        assert not {"--lazy-pages", "--ps-socket", "--status-fd"} & set(args)
+    assert _dump_plan().passed_fds == ()
+
+
+def test_a_post_copy_restore_takes_its_memory_from_the_daemon() -> None:
+    plan = criu.RestorePlan(images_dir=Path("/c/checkpoint"), root="/r", work_dir=Path("/w"),
+                            pidfile=Path("/w/p"), netns_fd=3, lazy_pages=True)
+    assert "--lazy-pages" in criu.restore_args("criu", plan)
+    plain = criu.RestorePlan(images_dir=Path("/c/checkpoint"), root="/r", work_dir=Path("/w"),
+                             pidfile=Path("/w/p"), netns_fd=3)
+    assert "--lazy-pages" not in criu.restore_args("criu", plain)
+
+
+def test_the_lazy_pages_daemon_asks_the_page_server_on_its_socket() -> None:
+    args = criu.lazy_pages_args("criu", Path("/c/checkpoint"), Path("/w"), 9)
+    assert args[:2] == ["criu", "lazy-pages"]
+    assert "--page-server" in args
+    assert _after(args, "--ps-socket") == "9"
+    assert _after(args, "--images-dir") == "/c/checkpoint"
+    assert _after(args, "--work-dir") == "/w"
+    assert "--address" not in args and "--port" not in args
+
+
+# -- enter_cgroups --wait-for: a post-copy restore starts alongside its daemon ------------------
+def test_the_restore_waits_for_the_daemons_socket(tmp_path: Path) -> None:
+    socket_path = tmp_path / "lazy-pages.socket"
+    threading.Timer(0.3, socket_path.touch).start()
+    started = time.monotonic()
+    assert enter_cgroups.wait_for(str(socket_path), os.getpid(), 10.0)
+    assert 0.2 < time.monotonic() - started < 5.0
+
+
+def test_the_restore_gives_up_when_the_daemons_guard_is_gone(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    started = time.monotonic()
+    assert not enter_cgroups.wait_for(str(tmp_path / "never"), gone.pid, 10.0)
+    assert time.monotonic() - started < 5.0  # not the timeout: the guard's end
+    assert not enter_cgroups.wait_for(str(tmp_path / "never"), 0, 0.2)
