@@ -1,6 +1,7 @@
 """Run the benchmark and write docs/benchmarks.md, docs/benchmarks/*.png and results.json.
 
-Environment: BENCH_RUNS (5), BENCH_SIZES (64,256,1024 MiB), BENCH_METHODS (a,b,c,d,e,f,g,m),
+Environment: BENCH_RUNS (5), BENCH_SIZES (64,256,1024 MiB), BENCH_MIGRATION_SIZES (64,256,1024,
+4096 MiB: for m and p), BENCH_METHODS (a,b,c,d,e,f,g,m,p),
 BENCH_OUT (docs), BENCH_WORK (/var/lib/kubectl-cedana-bench), KUBECONFIG (the lab's)."""
 from __future__ import annotations
 
@@ -132,38 +133,48 @@ def compression_input(cluster: Cluster | None, helper: HelperRest | None, runc: 
     raise BenchError("no method that makes a checkpoint is selected")
 
 
-def migrations(cluster: Cluster, sizes: list[int], runs: int, results: dict[str, Any]) -> None:
-    """(m): stop-and-copy migrations to node 2, and the link's speed they are judged by."""
-    mover = Migration(cluster)
+def migrations(cluster: Cluster, sizes: list[int], runs: int, results: dict[str, Any],
+               kinds: list[str]) -> None:
+    """(m) stop-and-copy and (p) post-copy migrations to node 2, size by size (the two kinds
+    in turn), and the link's speed they are judged by."""
+    movers = [Migration(cluster, lazy=kind == "p") for kind in ("m", "p") if kind in kinds]
     try:
-        mover.setup()
+        movers[0].setup()
         say("link speed to node 2")
-        results["migration"] = {"link_mb_s": link_mb_s(), "sizes": {}}
+        link = link_mb_s()
     except (BenchError, OSError) as exc:
-        results["method_errors"]["m"] = str(exc)
+        for mover in movers:
+            results["method_errors"][mover.name] = str(exc)
         return
+    for mover in movers:
+        mover.token = movers[0].token
+        results["migration" if mover.name == "m" else "postcopy"] = {"link_mb_s": link,
+                                                                      "sizes": {}}
     for mib in sizes:
-        cell: dict[str, Any] = {"failures": []}
-        results["migration"]["sizes"][str(mib)] = cell
-        for run_no in range(runs):
-            os.sync()
-            try:
-                figures = mover.once(mib)
-            except (BenchError, OSError, ValueError, KeyError) as exc:
-                cell["failures"].append(f"{type(exc).__name__}: {exc}"[:600])
-                say(f"{mib} MiB (m) run {run_no} failed: {exc}")
-                continue
-            for key, value in figures.items():
-                cell.setdefault(key, []).append(value)
-            say(f"{mib} MiB (m) run {run_no}: pause {figures['pause_ms']} ms (checkpoint "
-                f"{figures['checkpoint_ms']}, transfer {figures['transfer_ms']} "
-                f"{figures['transfer']}, restore {figures['restore_ms']})")
+        for mover in movers:
+            cell: dict[str, Any] = {"failures": []}
+            results["migration" if mover.name == "m" else "postcopy"]["sizes"][str(mib)] = cell
+            for run_no in range(runs):
+                os.sync()
+                try:
+                    figures = mover.once(mib)
+                except (BenchError, OSError, ValueError, KeyError) as exc:
+                    cell["failures"].append(f"{type(exc).__name__}: {exc}"[:600])
+                    say(f"{mib} MiB ({mover.name}) run {run_no} failed: {exc}")
+                    continue
+                for key, value in figures.items():
+                    cell.setdefault(key, []).append(value)
+                say(f"{mib} MiB ({mover.name}) run {run_no}: pause {figures['pause_ms']} ms "
+                    f"(checkpoint {figures['checkpoint_ms']}, transfer "
+                    f"{figures['transfer_ms']} {figures['transfer']}, restore "
+                    f"{figures['restore_ms']}, memory after {figures['memory_ms']})")
 
 
 def main() -> int:
     runs = int(os.environ.get("BENCH_RUNS", "5"))
     sizes = [int(s) for s in env_list("BENCH_SIZES", "64,256,1024")]
-    wanted = env_list("BENCH_METHODS", "a,b,c,d,e,f,g,m")
+    wanted = env_list("BENCH_METHODS", "a,b,c,d,e,f,g,m,p")
+    migration_sizes = [int(s) for s in env_list("BENCH_MIGRATION_SIZES", "64,256,1024,4096")]
     out = Path(os.environ.get("BENCH_OUT", REPO / "docs"))
     work = Path(os.environ.get("BENCH_WORK", "/var/lib/kubectl-cedana-bench"))
     kubeconfig = os.environ.get("KUBECONFIG", "/var/lib/kubectl-cedana-lab/admin.kubeconfig")
@@ -184,7 +195,7 @@ def main() -> int:
     say(f"bench: runs={runs} sizes={sizes} methods={wanted} load={loadavg()}")
 
     cluster = Cluster(kubeconfig, venv_bin, IMAGE, INTERVAL_MS) \
-        if {"a", "b", "e", "f", "g", "m"} & set(wanted) else None
+        if {"a", "b", "e", "f", "g", "m", "p"} & set(wanted) else None
     methods: dict[str, Any] = {}
     if cluster:
         try:
@@ -293,8 +304,9 @@ def main() -> int:
                 method.stop_source(mib)
             if cluster:
                 cluster.finish_size(mib)
-        if cluster and "m" in wanted:
-            migrations(cluster, sizes, runs, results)
+        kinds: list[str] = [k for k in ("m", "p") if k in wanted]
+        if cluster and kinds:
+            migrations(cluster, migration_sizes, runs, results, kinds)
         say("machine limits")
         results["machine"] = {"write": extras.sequential_write(work, max(sizes)),
                               "memcpy": extras.memcpy_speed()}

@@ -78,13 +78,14 @@ except Exception as exc:
 
 
 class Migration:
-    """Stop-and-copy migrations of a memhog pod from this node to node 2."""
+    """Migrations of a memhog pod from this node to node 2: stop-and-copy (m), or post-copy
+    (p, `--lazy`: the pause ends as the restored process runs, its memory following)."""
 
-    name = "m"
-
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, lazy: bool = False) -> None:
         self.cluster = cluster
         self.token = ""
+        self.lazy = lazy
+        self.name = "p" if lazy else "m"
 
     def setup(self) -> None:
         """A ServiceAccount that may delete the namespace's checkpoints: each migration's
@@ -115,7 +116,10 @@ class Migration:
         wait_for(f"{name} heartbeat", FileProbe(lambda: log), timeout=120)
         new_pod = f"{name}-m"
         try:
+            # said either way: above the helper's --post-copy-above (1 GiB) post-copy is the
+            # default
             out = run(c.cedana("migrate", name, "--to-node", NODE2, "--delete-source",
+                               "--lazy" if self.lazy else "--no-lazy",
                                "--new-pod", new_pod, "-o", "json", "--timeout", "10m"),
                       env=c.env, timeout=900)
             status = json.loads(out.stdout)["status"]
@@ -124,10 +128,15 @@ class Migration:
             figures = {"pause_ms": status["pauseMs"], "checkpoint_ms": status["checkpointMs"],
                        "transfer_ms": status.get("transferMs"),
                        "restore_ms": status["restoreMs"], "size_bytes": status["sizeBytes"],
-                       "transfer": status.get("transfer")}
+                       "transfer": status.get("transfer"),
+                       "memory_ms": status.get("memoryMs")}
+            if bool(status.get("postCopy")) != self.lazy:
+                raise BenchError(f"migration of {name} went "
+                                 f"{'post-copy' if status.get('postCopy') else 'stop-and-copy'}")
         finally:
             c.delete_pods([name, new_pod])
-        self.discard(str(status["checkpointID"]))
+        if not self.lazy:  # a post-copy one leaves nothing (its memory went to the process)
+            self.discard(str(status["checkpointID"]))
         return figures
 
 

@@ -104,6 +104,11 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{ALLOWANCE_MS / 1000:.1f} s",
                      f"{row['pause'].median:,.0f} ms (floor {row['floor'].median:,.0f} ms)",
                      "met" if row["pause"].median <= row["floor"].median else "missed", ""))
+    for row in migration_rows(results, "postcopy"):
+        rows.append((f"{TARGET_POSTCOPY.name} at {row['mib']} MiB ≤ "
+                     f"{TARGET_POSTCOPY.limit:.0f} ms",
+                     f"{row['pause'].median:,.0f} ms", TARGET_POSTCOPY.verdict(
+                         row["pause"].median), ""))
     helptime = results.get("startup", {}).get(HELP_LABEL)
     value = helptime["ttfb_ms"]["median"] if helptime else None
     rows.append((f"{TARGET_HELP.name} ≤ {TARGET_HELP.limit / 1000:.1f} s",
@@ -113,11 +118,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 TARGET_PAUSE = "(m) pause of `migrate --to-node --delete-source`"
+TARGET_POSTCOPY = Target("(p) pause of `migrate --lazy`, not growing with memory", 500.0)
 
 
-def migration_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per memory size: summaries of the pause, its parts and the floor (per run)."""
-    mig = results.get("migration") or {}
+def migration_rows(results: dict[str, Any], kind: str = "migration") -> list[dict[str, Any]]:
+    """Per memory size: summaries of the pause, its parts and the floor (per run), of the
+    stop-and-copy migrations ("migration") or the post-copy ones ("postcopy")."""
+    mig = results.get(kind) or {}
     link = mig.get("link_mb_s")
     rows = []
     for mib, cell in sorted((mig.get("sizes") or {}).items(), key=lambda kv: int(kv[0])):
@@ -135,6 +142,8 @@ def migration_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "transfer": summarize([t for t in cell.get("transfer_ms", [])
                                             if t is not None]),
                      "restore": summarize(cell.get("restore_ms", [])),
+                     "memory": summarize([m for m in cell.get("memory_ms", [])
+                                          if m is not None]),
                      "size": summarize(cell.get("size_bytes", [])),
                      "how": sorted(set(cell.get("transfer", []))),
                      "link": link})
@@ -236,6 +245,26 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
                 f"{_fmt(size.median / 2**20 if size else None, 1)} | {_cell(row['floor'])} | "
                 f"{', '.join(row['how'])} |")
         add("")
+    prows = migration_rows(results, "postcopy")
+    if prows:
+        add("## Migration to another node, post-copy\n")
+        add("`kubectl cedana migrate POD --to-node cedana-lab-node2 --delete-source --lazy` of "
+            "the same memhog pods: everything but the memory is dumped, sent and restored "
+            "(the pause, from the freeze to the restored process running), then the memory "
+            "follows page by page from node 1's helper (memory after: from the restored "
+            "process running to the last page; the source stays frozen that long, the "
+            "workload runs). memhog reads every page at each beat, so it waits for most of "
+            "its memory at its first beat.\n")
+        add("| memory | pause | checkpoint | transfer | restore | memory after | size KiB |")
+        add("|---|---|---|---|---|---|---|")
+        for row in prows:
+            size = row["size"]
+            add(f"| {row['mib']} MiB | {_cell(row['pause'])} | {_cell(row['checkpoint'])} | "
+                f"{_cell(row['transfer'])} | {_cell(row['restore'])} | "
+                f"{_cell(row['memory'])} | "
+                f"{_fmt(size.median / 2**10 if size else None, 0)} |")
+        add("")
+    if mrows or prows:
         for plot in plots:
             if plot.startswith("migration"):
                 add(f"![migration pause](benchmarks/{plot})\n")
@@ -342,8 +371,8 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         add(notes.strip() + "\n")
     failures = [(m, mib, f) for m, cells in results.get("cr", {}).items()
                 for mib, cell in cells.items() for f in cell.get("failures", [])]
-    failures += [("m", mib, f) for mib, cell in
-                 ((results.get("migration") or {}).get("sizes") or {}).items()
+    failures += [(m, mib, f) for m, kind in (("m", "migration"), ("p", "postcopy"))
+                 for mib, cell in ((results.get(kind) or {}).get("sizes") or {}).items()
                  for f in cell.get("failures", [])]
     errors = {m: e for m, e in results.get("method_errors", {}).items() if e}
     if failures or errors:
@@ -399,16 +428,22 @@ def plot(results: dict[str, Any], outdir: Path) -> list[str]:
     written.append("cr-times.png")
 
     mrows = migration_rows(results)
-    if mrows:
+    prows = migration_rows(results, "postcopy")
+    if mrows or prows:
         fig, ax = plt.subplots(figsize=(7, 3.8))
-        xs = [r["mib"] for r in mrows]
+        xs = sorted({r["mib"] for r in mrows + prows})
         for key, label in (("pause", "pause"), ("floor", "floor (dump + link + restore + "
                                                           "0.3 s)"),
                            ("checkpoint", "dump"), ("transfer", "transfer"),
                            ("restore", "restore")):
+            if not mrows:
+                break
             ys = [(r[key].median / 1000 if r[key] else float("nan")) for r in mrows]
-            ax.plot(xs, ys, marker="o", label=label,
+            ax.plot([r["mib"] for r in mrows], ys, marker="o", label=label,
                     linestyle="--" if key == "floor" else "-")
+        for key, label in (("pause", "post-copy pause"), ("memory", "post-copy memory after")):
+            ys = [(r[key].median / 1000 if r[key] else float("nan")) for r in prows]
+            ax.plot([r["mib"] for r in prows], ys, marker="s", label=label, linestyle=":")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [f"{x} MiB" for x in xs])
         ax.set_ylabel("seconds (median)")
