@@ -28,6 +28,7 @@ from sidecar.errors import (
     HelperError,
     InvalidRequest,
     IoUringUnsupported,
+    OperationInProgress,
 )
 from sidecar.node import criu, freezer, proctree, runc, tcp_hold, versions
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
@@ -313,6 +314,7 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
     # which must read as "in progress", not as "not running"
     with locks.hold(target.container_id, "checkpoint"):
         target = containers.find(namespace, sandbox, container)
+        _not_arriving(target)
         tree = processes = _runnable(target, namespace, sandbox, container)
         options = choose_options(config, target, tree, leave_running)
         what = f"container {namespace}/{sandbox}/{container}"
@@ -368,6 +370,17 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
     log.info("checkpointed %s/%s/%s into %s", namespace, sandbox, container, final_dir,
              extra={"checkpoint_id": checkpoint_id})
     return CheckpointResult(checkpoint_id, final_dir, size, duration_ms, options.to_dict(), target)
+
+
+def _not_arriving(target: RuncContainer) -> None:
+    """OperationInProgress while a post-copy restore still feeds the container its memory: a
+    dump would read pages that are not there yet (and freeze the daemon that brings them)."""
+    filling = lazy_dump.still_arriving(target.container_id)
+    if filling:
+        raise OperationInProgress(
+            f"container {target.namespace}/{target.sandbox_name}/{target.container_name} is "
+            f"still receiving the memory of checkpoint {filling} (post-copy): checkpoint it "
+            "once all of it is there", container_id=target.container_id)
 
 
 def _unlock_quietly(pid: int, held: list[tcp_hold.Connection], what: str) -> None:
@@ -679,6 +692,8 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
             found = containers.find(namespace, sandbox, name)
             held_locks.enter_context(locks.hold(found.container_id, "checkpoint"))
         targets = [containers.find(namespace, sandbox, name) for name in names]
+        for t in targets:
+            _not_arriving(t)
         trees = [_runnable(t, namespace, sandbox, name) for t, name in zip(targets, names)]
         options = [choose_options(config, t, tree, leave_running)
                    for t, tree in zip(targets, trees)]

@@ -107,6 +107,28 @@ class Serving:
 #: this helper's
 SERVING = Serving()
 
+_arriving_lock = threading.Lock()
+#: the containers of this node a post-copy restore is still feeding (container id -> the
+#: checkpoint): a dump of one now would read pages that are not there yet (and freeze the
+#: daemon that brings them, which runs in the same cgroups)
+_ARRIVING: dict[str, str] = {}
+
+
+def arriving(container_id: str, checkpoint_id: str | None) -> None:
+    """Say that the memory of `checkpoint_id` is arriving into the container (None: it has
+    all arrived, or stopped)."""
+    with _arriving_lock:
+        if checkpoint_id is None:
+            _ARRIVING.pop(container_id, None)
+        else:
+            _ARRIVING[container_id] = checkpoint_id
+
+
+def still_arriving(container_id: str) -> str | None:
+    """The checkpoint whose memory is still arriving into the container, if any."""
+    with _arriving_lock:
+        return _ARRIVING.get(container_id)
+
 
 def start(criu_path: str, plan: criu.DumpPlan, checkpoint_id: str, timeout: float,
           what: str) -> Served:

@@ -50,7 +50,7 @@ from sidecar.errors import (
 from sidecar.node import cgroups, criu, proctree, tcp_hold, tool
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
-from sidecar.ops import events, peer, transfer
+from sidecar.ops import events, lazy, peer, transfer
 from sidecar.ops.access import READ_CHECKPOINT, Access
 from sidecar.ops.catalogue import source_of
 from sidecar.ops.checkpoint import DEFAULT_LOCKS, restore_is_live, utc_now
@@ -468,8 +468,9 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
         ) from exc
     host_pid = proctree.host_pid_for(target.pid, vpid)
     if guard is not None and memory is not None:
+        lazy.arriving(target.container_id, manifest.checkpoint_id)
         threading.Thread(target=_watch_guard, args=(guard, work_dir, manifest.checkpoint_id,
-                                                    memory),
+                                                    memory, target.container_id),
                          daemon=True, name="lazy-guard").start()
     if host_pid is None:
         log.warning("restored pid %d (in %s's PID namespace) not found below pid %d",
@@ -513,10 +514,11 @@ def _stop_guard(guard: subprocess.Popen[bytes]) -> None:
 
 
 def _watch_guard(guard: subprocess.Popen[bytes], work_dir: Path, checkpoint_id: str,
-                 memory: peer.PageStream) -> None:
+                 memory: peer.PageStream, container_id: str) -> None:
     """Reaps the guard and says how the memory's transfer ended, to the log and to the helper
     that serves it (which lets its source go only when every page arrived)."""
     code = guard.wait()
+    lazy.arriving(container_id, None)
     if code == 0:
         memory.report(True)
         log.info("post-copy restore complete: every page arrived",

@@ -276,9 +276,22 @@ def test_a_tenant_cannot_take_the_memory(lab: Lab, namespace: str) -> None:
         (line,) = [x for x in lab.logs(namespace, name).splitlines() if x.startswith("{")]
         refused = json.loads(line)
         assert refused["ok"] is False and refused["code"] == "checkpoint_untrusted", refused
+        # a checkpoint of the new pod while its memory is arriving waits for the last page
+        # (a dump now would read pages that are not there)
+        checkpoint: dict = {}
+        waiter = threading.Thread(target=lambda: checkpoint.update(done=cedana(
+            lab, "-n", namespace, "checkpoint", "robbed-migrated", "--leave-running",
+            "-o", "json", "--timeout", "5m")), daemon=True)
+        waiter.start()
         thread.join(300)
+        waiter.join(300)
     done = result["done"]
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)["status"]
     assert status["phase"] == "Succeeded" and status["postCopy"] is True, status
     _goes_on(lab, namespace, status["podName"], before)
+    taken = checkpoint["done"]
+    assert taken.returncode == 0, taken.stderr
+    taken_status = json.loads(taken.stdout)["status"]
+    assert taken_status["phase"] == "Succeeded", taken_status
+    assert taken_status["completedAt"] >= status["completedAt"], (taken_status, status)
