@@ -56,7 +56,7 @@ dist: venv
 	$(PY) hack/dist.py --out $(DIST_DIR)
 
 # Benchmarks on the lab, never part of `make test`: writes docs/benchmarks.md and
-# docs/benchmarks/*.png (bench/). BENCH_RUNS=5 and BENCH_SIZES=64,256,1024 (MiB) by default.
+# docs/benchmarks/*.png (bench/). BENCH_RUNS=5 and BENCH_SIZES=64,256,1024,4096 (MiB) by default.
 $(VENV)/.bench-installed: $(VENV)/.installed setup.cfg
 	$(PY) -m pip install -q -e '.[helper,test,lint,bench]'
 	touch $@

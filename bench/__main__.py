@@ -1,7 +1,7 @@
 """Run the benchmark and write docs/benchmarks.md, docs/benchmarks/*.png and results.json.
 
-Environment: BENCH_RUNS (5), BENCH_SIZES (64,256,1024 MiB), BENCH_MIGRATION_SIZES (64,256,1024,
-4096 MiB: for m and p), BENCH_METHODS (a,b,c,d,e,f,g,m,p),
+Environment: BENCH_RUNS (5), BENCH_SIZES (64,256,1024,4096 MiB), BENCH_MIGRATION_SIZES
+(64,256,1024,4096 MiB: for m and p), BENCH_METHODS (a,b,c,d,e,f,g,m,p),
 BENCH_OUT (docs), BENCH_WORK (/var/lib/kubectl-cedana-bench), KUBECONFIG (the lab's)."""
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def migrations(cluster: Cluster, sizes: list[int], runs: int, results: dict[str,
 
 def main() -> int:
     runs = int(os.environ.get("BENCH_RUNS", "5"))
-    sizes = [int(s) for s in env_list("BENCH_SIZES", "64,256,1024")]
+    sizes = [int(s) for s in env_list("BENCH_SIZES", "64,256,1024,4096")]
     wanted = env_list("BENCH_METHODS", "a,b,c,d,e,f,g,m,p")
     migration_sizes = [int(s) for s in env_list("BENCH_MIGRATION_SIZES", "64,256,1024,4096")]
     out = Path(os.environ.get("BENCH_OUT", REPO / "docs"))

@@ -121,6 +121,10 @@ TARGET_PAUSE = "(m) pause of `migrate --to-node --delete-source`"
 TARGET_POSTCOPY = Target("(p) pause of `migrate --lazy`, not growing with memory", 500.0)
 
 
+def _mib(mib: int) -> str:
+    return f"{mib // 1024} GiB" if mib >= 1024 and mib % 1024 == 0 else f"{mib} MiB"
+
+
 def migration_rows(results: dict[str, Any], kind: str = "migration") -> list[dict[str, Any]]:
     """Per memory size: summaries of the pause, its parts and the floor (per run), of the
     stop-and-copy migrations ("migration") or the post-copy ones ("postcopy")."""
@@ -173,9 +177,12 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         f"{max((s[1] for s in meta.get('loadavg_samples', [])), default=0):.2f}. Other "
         "engineers' end-to-end tests share this 2-core machine and the lab cluster, so single "
         "runs are disturbed; the min column is the least disturbed run.")
+    every = sorted({int(m) for m in sizes(results)} | {
+        int(m) for kind in ("migration", "postcopy")
+        for m in ((results.get(kind) or {}).get("sizes") or {})})
     add(f"- workload: `memhog MIB {meta['interval_ms']}` (hack/images/memhog.c) touching "
-        "64 MiB, 256 MiB and 1 GiB of anonymous memory (one written byte per page, the rest "
-        "zero), printing a heartbeat every "
+        f"{', '.join(_mib(m) for m in every)} of anonymous memory (one written byte per page, "
+        "the rest zero), printing a heartbeat every "
         f"{meta['interval_ms']} ms\n")
 
     add("## Targets\n")
