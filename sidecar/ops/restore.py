@@ -469,8 +469,9 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
     host_pid = proctree.host_pid_for(target.pid, vpid)
     if guard is not None and memory is not None:
         lazy.arriving(target.container_id, manifest.checkpoint_id)
-        threading.Thread(target=_watch_guard, args=(guard, work_dir, manifest.checkpoint_id,
-                                                    memory, target.container_id),
+        threading.Thread(target=_watch_guard, args=(config, guard, work_dir,
+                                                    manifest.checkpoint_id, memory,
+                                                    target.container_id),
                          daemon=True, name="lazy-guard").start()
     if host_pid is None:
         log.warning("restored pid %d (in %s's PID namespace) not found below pid %d",
@@ -513,12 +514,17 @@ def _stop_guard(guard: subprocess.Popen[bytes]) -> None:
     guard.wait()
 
 
-def _watch_guard(guard: subprocess.Popen[bytes], work_dir: Path, checkpoint_id: str,
-                 memory: peer.PageStream, container_id: str) -> None:
+def _watch_guard(config: HelperConfig, guard: subprocess.Popen[bytes], work_dir: Path,
+                 checkpoint_id: str, memory: peer.PageStream, container_id: str) -> None:
     """Reaps the guard and says how the memory's transfer ended, to the log and to the helper
-    that serves it (which lets its source go only when every page arrived)."""
+    that serves it (which lets its source go only when every page arrived); the copy of the
+    checkpoint that came without its memory is of no further use."""
     code = guard.wait()
     lazy.arriving(container_id, None)
+    try:
+        Catalogue(config.checkpoint_dir).delete(checkpoint_id)
+    except HelperError as exc:
+        log.warning("cannot delete post-copy checkpoint %s: %s", checkpoint_id, exc)
     if code == 0:
         memory.report(True)
         log.info("post-copy restore complete: every page arrived",

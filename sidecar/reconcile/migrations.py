@@ -35,7 +35,7 @@ from sidecar.errors import (
     TooManyRequests,
 )
 from sidecar.kube.objects import Conflict
-from sidecar.ops import catalogue, checkpoint, lazy, peer, restore
+from sidecar.ops import checkpoint, lazy, peer, restore
 from sidecar.ops.access import UNRESTRICTED
 from sidecar.ops.containers import containers_of as node_containers
 from sidecar.ops.containers import programs_of
@@ -55,6 +55,7 @@ from sidecar.reconcile.common import (
     succeeded,
 )
 from sidecar.reconcile.restores import wait_running
+from sidecar.storage.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,10 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
                 storage="local", checkpoint_id=checkpoint_id, requested_by=requested_by(obj),
                 after_listed=hand_over if cross else None, lazy=post_copy)
     except checkpoint.SourceKept as kept:
-        raise _kept(kept.cause, pod, checkpoint_id, ctx.node) from kept.cause
+        if post_copy:  # of no use without the memory it left behind
+            _forget(ctx, checkpoint_id)
+        raise _kept(kept.cause, pod, checkpoint_id, ctx.node, kept=not post_copy) \
+            from kept.cause
     members = [(str(m["name"]), str(m["checkpoint_id"])) for m in dumped.get("containers") or []]
     copies = [(str(m["checkpoint_id"]), Path(str(m["checkpoint_path"])))
               for m in dumped.get("containers") or [dumped]]
@@ -284,8 +288,7 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
     note = ""
     if post_copy:
         # its memory went to the restored process: what is left cannot be restored again
-        for checkpoint_id_left, _ in copies:
-            catalogue.delete(ctx.helper.config, checkpoint_id_left)
+        _forget(ctx, checkpoint_id)
     elif sent == "direct" and ctx.helper.config.remote_repository:
         # the registry's copy, for later restores anywhere: after the pause, never in it
         ctx.objects.patch_status(MIGRATIONS, obj, {
@@ -336,13 +339,23 @@ def _send_lazy(ctx: Ctx, obj: dict[str, Any], listed: list[tuple[str, Path]],
     handed["memory_ms"] = round((time.monotonic() - handed["at"]) * 1000)
 
 
-def _kept(cause: BaseException, pod: str, checkpoint_id: str, node: str) -> HelperError:
-    """The hand-over's error, saying the source goes on and where its checkpoint is."""
+def _kept(cause: BaseException, pod: str, checkpoint_id: str, node: str,
+          kept: bool = True) -> HelperError:
+    """The hand-over's error, saying the source goes on and where its checkpoint is (`kept`:
+    a post-copy one is not, its memory never left the source)."""
     error = cause if isinstance(cause, HelperError) else \
         RestoreFailed(f"the hand-over to the target node failed: {cause}")
-    error.message += (f"; pod {pod} was not stopped and goes on (checkpoint {checkpoint_id} "
-                      f"is kept on node {node})")
+    error.message += f"; pod {pod} was not stopped and goes on" + (
+        f" (checkpoint {checkpoint_id} is kept on node {node})" if kept else "")
     return error
+
+
+def _forget(ctx: Ctx, checkpoint_id: str) -> None:
+    """A post-copy checkpoint, from this node's catalogue and disk."""
+    try:
+        Catalogue(ctx.helper.config.checkpoint_dir).delete(checkpoint_id)
+    except HelperError as exc:
+        log.warning("cannot delete post-copy checkpoint %s: %s", checkpoint_id, exc)
 
 
 def _send(ctx: Ctx, obj: dict[str, Any], copies: list[tuple[str, Path]],

@@ -118,6 +118,7 @@ def test_a_container_moves_post_copy_with_its_memory_following(lab: Lab, namespa
         assert time.monotonic() < end, _memhogs(264)
         time.sleep(0.5)
     assert status["checkpointID"] not in _node_holds(lab, lab.node_name)
+    assert status["checkpointID"] not in _node_holds(lab, node2)
 
 
 def test_post_copy_is_refused_where_it_cannot_be(lab: Lab, namespace: str) -> None:
@@ -189,6 +190,9 @@ def _source_goes_on_after_failure(lab: Lab, namespace: str, pod: str, before: in
                                     f"{pod}-move", "-o", "json").stdout)["status"]
     assert status["phase"] == "Failed", status
     assert f"pod {pod} was not stopped and goes on" in status["message"], status["message"]
+    # its checkpoint is of no use without the memory it never sent: not kept
+    assert "is kept on node" not in status["message"], status["message"]
+    assert status["checkpointID"] not in _node_holds(lab, lab.node_name)
     # the source goes on from where it was frozen: no beat lost, none repeated, memory intact
     source = lab.pod(namespace, pod)
     assert source["status"]["containerStatuses"][0]["restartCount"] == 0

@@ -352,6 +352,22 @@ def test_migrate_creates_a_migration_and_prints_the_pause(cluster: FakeCluster,
     assert not cluster.requests_matching("DELETE", r"/pods/counter$")  # not the plugin
 
 
+def test_migrate_lazy_asks_for_post_copy_and_prints_the_memory_time(
+        cluster: FakeCluster, helpers: FakeHelpers, kubeconfig: Path) -> None:
+    cluster.add_helper("node2")
+    cluster.add_pod(make_pod("counter"))
+    result = run_cli(kubeconfig, "migrate", "counter", "--to-node", "node2", "--lazy")
+    assert result.exit_code == 0, result.stderr
+    (sent,) = cluster.created("migrations")
+    assert sent["spec"]["lazy"] is True
+    assert result.stdout.splitlines()[1].endswith(
+        "restore 270 ms); post-copy: its memory followed in 2600 ms"), result.stdout
+    # --no-lazy says so; neither leaves it to the helper (spec.lazy unset)
+    assert run_cli(kubeconfig, "migrate", "counter", "--to-node", "node2", "--no-lazy",
+                   "--name", "m2").exit_code == 0
+    assert cluster.created("migrations")[1]["spec"]["lazy"] is False
+
+
 def test_migrate_defaults_and_json(cluster: FakeCluster, helpers: FakeHelpers,
                                    kubeconfig: Path) -> None:
     cluster.add_pod(make_pod("counter"))

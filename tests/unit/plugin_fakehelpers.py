@@ -173,7 +173,9 @@ class FakeHelpers:
                 "checkpointID": str(uuid.uuid4()), "container": spec.get("container") or "",
                 "pauseMs": 480, "checkpointMs": 210, "restoreMs": 270, "durationMs": 900,
                 # to another node, as the helpers report it (sidecar/reconcile/migrations.py)
-                **({"transfer": "direct", "transferMs": 12} if target != node else {})}
+                **({"transfer": "direct", "transferMs": 12} if target != node else {}),
+                # post-copy, when asked (the helper refuses it to the same node)
+                **({"postCopy": True, "memoryMs": 2600} if spec.get("lazy") else {})}
 
     # -- deleting ---------------------------------------------------------------------------
     def _finalize(self, key: Key) -> None:
