@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from sidecar.node import wrapper_argv
 from sidecar.node.cgroups import CgroupDir, process_cgroup_dirs
 
 EXIT_SETUP_FAILED = 125  # as env(1)/nsenter(1) report their own failures
@@ -50,13 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wait-pid", type=int, default=0,
                         help="stop waiting when this process is gone")
     parser.add_argument("--wait-timeout", type=float, default=30.0, metavar="SECONDS")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        parser.error("a command to run is required after --")
+    args, command = wrapper_argv.parse(parser, argv)
     try:
         join_cgroups(process_cgroup_dirs(args.pid), os.getpid())
     except OSError as exc:

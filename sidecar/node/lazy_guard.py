@@ -19,6 +19,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from sidecar.node import wrapper_argv
+
 EXIT_SETUP_FAILED = 125
 POLL_S = 0.05
 
@@ -67,13 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pidfile", required=True, help="the restore's pidfile")
     parser.add_argument("--keep-fd", type=int, action="append", default=[],
                         help="a descriptor the daemon inherits")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        parser.error("a command to run is required after --")
+    args, command = wrapper_argv.parse(parser, argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return guard(command, args.pidfile, args.keep_fd)
 

@@ -294,3 +294,24 @@ def wait_final(lab: "Lab", namespace: str, plural: str, name: str,
         time.sleep(0.5)
     raise AssertionError(f"{plural} {namespace}/{name} not final after {timeout}s: "
                          f"{json.dumps(obj.get('status', {}))[:1500]}")
+
+
+#: where the DaemonSet's helpers run, and the checkpoint directory they see
+HELPER_NAMESPACE = "cedana-system"
+HELPER_CHECKPOINT_DIR = "/var/lib/cedana/checkpoints"
+
+
+def helper_pod(lab: "Lab", node: str) -> dict[str, Any]:
+    """The DaemonSet's helper pod on `node` (not one being deleted)."""
+    pods = json.loads(lab.kubectl("-n", HELPER_NAMESPACE, "get", "pods", "-l",
+                                  "app.kubernetes.io/name=cedana-helper", "--field-selector",
+                                  f"spec.nodeName={node}", "-o", "json").stdout)["items"]
+    (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return pod
+
+
+def node_holds(lab: "Lab", node: str) -> list[str]:
+    """The names in the checkpoint directory of `node`, as its helper sees them."""
+    pod = helper_pod(lab, node)["metadata"]["name"]
+    return sorted(lab.kubectl("-n", HELPER_NAMESPACE, "exec", pod, "-c", "helper", "--",
+                              "ls", "-a", HELPER_CHECKPOINT_DIR).stdout.split())

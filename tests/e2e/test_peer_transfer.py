@@ -20,14 +20,14 @@ from tests.e2e.lab import (
     cedana,
     counter_pod,
     goes_on,
+    helper_pod,
     helper_daemonset_lock,
     install_helpers,
+    node_holds,
     pod_manifest,
 )
 
-HELPER_NAMESPACE = "cedana-system"
 NODE2_NETNS = "cedana-lab-node2"
-CHECKPOINT_DIR = "/var/lib/cedana/checkpoints"
 PEER_PORT = 1325
 
 
@@ -36,21 +36,6 @@ def installed(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
         install_helpers(lab)  # no --checkpoint-repository: no registry at all
         yield
-
-
-def _helper_pod(lab: Lab, node: str) -> dict:
-    pods = json.loads(lab.kubectl("-n", HELPER_NAMESPACE, "get", "pods", "-l",
-                                  "app.kubernetes.io/name=cedana-helper", "--field-selector",
-                                  f"spec.nodeName={node}", "-o", "json").stdout)["items"]
-    (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    return pod
-
-
-def _node_holds(lab: Lab, node: str) -> list[str]:
-    """The names in the checkpoint directory of `node`, as its helper sees them."""
-    pod = _helper_pod(lab, node)["metadata"]["name"]
-    return sorted(lab.kubectl("-n", HELPER_NAMESPACE, "exec", pod, "-c", "helper", "--",
-                              "ls", "-a", CHECKPOINT_DIR).stdout.split())
 
 
 def test_a_migration_to_another_node_needs_no_registry(lab: Lab, namespace: str) -> None:
@@ -66,7 +51,7 @@ def test_a_migration_to_another_node_needs_no_registry(lab: Lab, namespace: str)
     assert lab.pod(namespace, status["podName"])["spec"]["nodeName"] == node2
     goes_on(lab, namespace, status["podName"], before)  # the same process state goes on
     # the checkpoint is on node 2: sent there, not pulled from anywhere
-    assert status["checkpointID"] in _node_holds(lab, node2)
+    assert status["checkpointID"] in node_holds(lab, node2)
 
 
 def _tenant_talks_to(lab: Lab, tenant: str, address: str, payload: str) -> str:
@@ -85,8 +70,8 @@ def _tenant_talks_to(lab: Lab, tenant: str, address: str, payload: str) -> str:
 
 def test_a_tenant_cannot_put_a_checkpoint_on_a_node(lab: Lab, namespace: str) -> None:
     node2 = lab.node2_name
-    address = _helper_pod(lab, node2)["status"]["podIP"]
-    before = _node_holds(lab, node2)
+    address = helper_pod(lab, node2)["status"]["podIP"]
+    before = node_holds(lab, node2)
     forged = str(uuid.uuid4())
     hello = json.dumps({"v": 1, "checkpoint_id": forged, "from": lab.node_name, "to": node2,
                         "expires": round(time.time() + 60, 3), "salt": "ab" * 16})
@@ -109,7 +94,7 @@ def test_a_tenant_cannot_put_a_checkpoint_on_a_node(lab: Lab, namespace: str) ->
     (line,) = [x for x in answer.splitlines() if x.startswith("{")]
     assert json.loads(line)["code"] == "invalid_request", line
     # nothing was written on node 2: no checkpoint of that id, no partial one
-    after = _node_holds(lab, node2)
+    after = node_holds(lab, node2)
     assert forged not in after and not [n for n in after if n.startswith(".tmp-")]
     assert [n for n in after if n not in before and not n.startswith(".catalogue")] == []
 

@@ -25,13 +25,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.lab import Lab, cedana, helper_daemonset_lock, install_helpers, pod_manifest
+from tests.e2e.lab import (
+    HELPER_NAMESPACE,
+    Lab,
+    cedana,
+    helper_daemonset_lock,
+    helper_pod,
+    install_helpers,
+    node_holds,
+    pod_manifest,
+)
 
-HELPER_NAMESPACE = "cedana-system"
 NODE2_NETNS = "cedana-lab-node2"
 NODE2_VETH = "cedana0-n2"  # the host's end of node 2's link (hack/lib.sh)
 PEER_PORT = 1325
-CHECKPOINT_DIR = "/var/lib/cedana/checkpoints"
 #: where node 2's helper restores (its checkpoint directory, seen from the lab's machine)
 NODE2_RESTORES = Path("/var/lib/kubectl-cedana-lab/node2/checkpoints/.restores")
 
@@ -65,20 +72,6 @@ def _memhogs(mib: int) -> list[int]:
         if len(cmd) >= 2 and cmd[0].endswith("memhog") and cmd[1] == str(mib):
             found.append(proc.pid)
     return found
-
-
-def _helper_pod(lab: Lab, node: str) -> dict:
-    pods = json.loads(lab.kubectl("-n", HELPER_NAMESPACE, "get", "pods", "-l",
-                                  "app.kubernetes.io/name=cedana-helper", "--field-selector",
-                                  f"spec.nodeName={node}", "-o", "json").stdout)["items"]
-    (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    return pod
-
-
-def _node_holds(lab: Lab, node: str) -> list[str]:
-    pod = _helper_pod(lab, node)["metadata"]["name"]
-    return lab.kubectl("-n", HELPER_NAMESPACE, "exec", pod, "-c", "helper", "--", "ls", "-a",
-                       CHECKPOINT_DIR).stdout.split()
 
 
 def _goes_on(lab: Lab, namespace: str, pod: str, before: int, beats: int = 10) -> None:
@@ -117,8 +110,8 @@ def test_a_container_moves_post_copy_with_its_memory_following(lab: Lab, namespa
     while len(_memhogs(int(os.environ.get("PC_MIB", "264")))) != 1:
         assert time.monotonic() < end, _memhogs(264)
         time.sleep(0.5)
-    assert status["checkpointID"] not in _node_holds(lab, lab.node_name)
-    assert status["checkpointID"] not in _node_holds(lab, node2)
+    assert status["checkpointID"] not in node_holds(lab, lab.node_name)
+    assert status["checkpointID"] not in node_holds(lab, node2)
 
 
 def test_post_copy_is_refused_where_it_cannot_be(lab: Lab, namespace: str) -> None:
@@ -192,7 +185,7 @@ def _source_goes_on_after_failure(lab: Lab, namespace: str, pod: str, before: in
     assert f"pod {pod} was not stopped and goes on" in status["message"], status["message"]
     # its checkpoint is of no use without the memory it never sent: not kept
     assert "is kept on node" not in status["message"], status["message"]
-    assert status["checkpointID"] not in _node_holds(lab, lab.node_name)
+    assert status["checkpointID"] not in node_holds(lab, lab.node_name)
     # the source goes on from where it was frozen: no beat lost, none repeated, memory intact
     source = lab.pod(namespace, pod)
     assert source["status"]["containerStatuses"][0]["restartCount"] == 0
@@ -229,7 +222,7 @@ def test_the_source_goes_on_when_the_target_helper_dies(lab: Lab, namespace: str
     with _slow_link():
         thread, result = _migrate_in_background(lab, namespace, "victim")
         _wait_memory_following(lab, namespace, "victim-move")
-        helper = _helper_pod(lab, lab.node2_name)["metadata"]["name"]
+        helper = helper_pod(lab, lab.node2_name)["metadata"]["name"]
         lab.kubectl("-n", HELPER_NAMESPACE, "delete", "pod", helper, "--grace-period=0",
                     "--force", "--wait=false")
         _source_goes_on_after_failure(lab, namespace, "victim", before, result, thread, 384)
@@ -259,7 +252,7 @@ def test_a_tenant_cannot_take_the_memory(lab: Lab, namespace: str) -> None:
     """While a checkpoint's memory is served, a tenant's pod that asks node 1's peer port for
     it is refused, and the migration it meant to rob goes through whole."""
     before = _memhog(lab, namespace, "robbed", 272)
-    address = _helper_pod(lab, lab.node_name)["status"]["podIP"]
+    address = helper_pod(lab, lab.node_name)["status"]["podIP"]
     with _slow_link():
         thread, result = _migrate_in_background(lab, namespace, "robbed")
         st = _wait_memory_following(lab, namespace, "robbed-move")
