@@ -1,5 +1,5 @@
-"""The lab's CRIU can migrate a process post-copy between its two nodes: what `migrate --lazy`
-(issue 19) is to build on. A process holding random memory is dumped on node 1 with its memory
+"""The lab's CRIU can migrate a process post-copy between its two nodes, CRIU alone: what
+`migrate --lazy` (tests/e2e/test_postcopy.py) is built on. A process holding random memory is dumped on node 1 with its memory
 left behind (`criu dump --lazy-pages`, a page server on node 1's address), restored in node 2's
 network namespace (`criu lazy-pages --page-server` + `criu restore --lazy-pages`), goes on
 there with every byte of its memory (it checks a sha256 of it), while the pages follow; the
