@@ -180,10 +180,16 @@ class CedanaObjects:
             raise
         return dict(json.loads(pod.data))
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, grace_period_s: int | None = None) -> None:
         from kubernetes.client.exceptions import ApiException
         try:
-            self.core.delete_namespaced_pod(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
+            if grace_period_s is None:
+                self.core.delete_namespaced_pod(name, namespace,
+                                                _request_timeout=REQUEST_TIMEOUT_S)
+            else:
+                self.core.delete_namespaced_pod(name, namespace,
+                                                grace_period_seconds=grace_period_s,
+                                                _request_timeout=REQUEST_TIMEOUT_S)
         except ApiException as exc:
             if exc.status != 404:
                 raise

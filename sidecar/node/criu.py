@@ -268,7 +268,10 @@ def start_lazy_dump(criu_path: str, plan: DumpPlan, timeout: float, what: str) -
     """Start `criu dump --lazy-pages` (plan.lazy_socket_fd set) and return once everything but
     the memory is in the images (CRIU's status byte), or raise DumpFailed with CRIU's reason
     (nothing was left behind then: CRIU resumed the tree). CRIU dies with the helper."""
-    ready_r, ready_w = os.pipe()
+    try:
+        ready_r, ready_w = os.pipe()
+    except OSError as exc:
+        raise DumpFailed(f"checkpoint of {what} failed: {exc}") from exc
     plan = replace(plan, status_fd=ready_w)
     argv = [str(a) for a in dump_args(criu_path, plan)]
     if tool.has_setpriv():
@@ -287,9 +290,10 @@ def start_lazy_dump(criu_path: str, plan: DumpPlan, timeout: float, what: str) -
     try:
         end = time.monotonic() + timeout
         ready = b""
+        waiting = select.poll()
+        waiting.register(ready_r, select.POLLIN | select.POLLHUP)
         while not ready and time.monotonic() < end:
-            readable, _, _ = select.select([ready_r], [], [], min(1.0, end - time.monotonic()))
-            if readable:
+            if waiting.poll(max(0, min(1000, int((end - time.monotonic()) * 1000)))):
                 ready = os.read(ready_r, 1) or b"EOF"
         if ready != b"\0":
             if ready == b"":  # never said ready: stopped (it resumes the tree)

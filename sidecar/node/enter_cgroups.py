@@ -38,10 +38,19 @@ def wait_for(path: str, pid: int, timeout: float) -> bool:
     """Whether `path` appeared within `timeout` while process `pid` (0: none) lived."""
     end = time.monotonic() + timeout
     while not os.path.exists(path):
-        if time.monotonic() > end or (pid and not os.path.exists(f"/proc/{pid}")):
+        if time.monotonic() > end or (pid and not _alive(pid)):
             return False
         time.sleep(WAIT_POLL_S)
     return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie its parent has not reaped yet does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[:1] != ["Z"]
+    except OSError:
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

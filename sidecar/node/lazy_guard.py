@@ -35,6 +35,57 @@ def open_restored(pidfile: str) -> int | None:
         return None
 
 
+def _pid_of(pidfile: str) -> int:
+    try:
+        with open(pidfile, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (its children's children too), as /proc shows them."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def kill_tree(pidfd: int, pid: int) -> None:
+    """SIGKILL the restored root (through its pidfd) and, unless it is the init of a pid
+    namespace of its own (whose death ends every process in it), everything below it."""
+    below = descendants(pid) if pid and not _is_namespace_init(pid) else []
+    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    for child in below:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _is_namespace_init(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return line.split()[-1] == "1"
+    except OSError:
+        pass
+    return False
+
+
 def guard(command: Sequence[str], pidfile: str, keep_fds: Sequence[int]) -> int:
     try:
         daemon = subprocess.Popen(list(command), pass_fds=tuple(keep_fds))
@@ -54,7 +105,7 @@ def guard(command: Sequence[str], pidfile: str, keep_fds: Sequence[int]) -> int:
         restored = restored if restored is not None else open_restored(pidfile)
         if restored is not None:
             try:
-                signal.pidfd_send_signal(restored, signal.SIGKILL)
+                kill_tree(restored, _pid_of(pidfile))
                 print(f"lazy_guard: the lazy-pages daemon ended with status {code} before "
                       "every page arrived: the restored process was killed", file=sys.stderr)
             except ProcessLookupError:

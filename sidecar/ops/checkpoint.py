@@ -372,6 +372,12 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
     return CheckpointResult(checkpoint_id, final_dir, size, duration_ms, options.to_dict(), target)
 
 
+def _no_freezer(what: str) -> DumpFailed:
+    return DumpFailed(f"{what} has no freezer cgroup the helper can hold it in: post-copy "
+                      "needs one to keep it frozen until its memory has gone (migrate it "
+                      "stop-and-copy, --no-lazy)")
+
+
 def _not_arriving(target: RuncContainer) -> None:
     """OperationInProgress while a post-copy restore still feeds the container its memory: a
     dump would read pages that are not there yet (and freeze the daemon that brings them)."""
@@ -511,16 +517,22 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                     # CRIU leaves it alive (and frozen); stopped once its checkpoint is listed
                     dump_options = replace(options, leave_running=True)
                     stopper = found
+                elif lazy:
+                    raise _no_freezer(what)
             elif lazy:  # frozen while its memory goes, then it goes on
-                until_stopped.enter_context(freezer.frozen(target.pid, what, journal))
+                if not until_stopped.enter_context(freezer.frozen(target.pid, what, journal)):
+                    raise _no_freezer(what)
             elif upper is not None or destinations:
                 while_read.enter_context(freezer.frozen(target.pid, what, journal))
             else:
                 while_read.enter_context(freezer.remembered(target.pid, journal))
             if lazy:
-                # after the freeze: ends (CRIU resumes the tree) before the thaw
-                plan = _tree_plan(target, restored or target.pid, images_dir, work_dir,
-                                  dump_options, what)
+                # after the freeze: ends before the thaw. CRIU always leaves the tree alive
+                # (it would kill it on a closed connection, which it takes for success): the
+                # helper stops it once the target said every page arrived
+                plan = _tree_plan(target, restored or target.pid, images_dir,
+                                  lazy_dump.work_dir_of(config.checkpoint_dir, checkpoint_id),
+                                  replace(dump_options, leave_running=True), what)
                 lazy_dump.start(config.criu_path, plan, checkpoint_id, config.dump_timeout_s,
                                 what)
                 until_stopped.callback(lazy_dump.SERVING.end, checkpoint_id)

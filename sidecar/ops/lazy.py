@@ -9,13 +9,16 @@ under the checkpoint's id, until the target node's helper claims it once through
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import threading
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from sidecar.errors import DumpFailed
 from sidecar.node import criu
+from sidecar.storage import store
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,9 @@ class Served:
     dump: criu.LazyDump
     relay_end: socket.socket
     claimed: bool = field(default=False)
+    #: CRIU's work directory (its log): outside the checkpoint, whose files are signed before
+    #: CRIU has ended (it goes on logging while it serves)
+    work_dir: Path | None = field(default=None)
     outcome: dict[str, Any] | None = field(default=None)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -102,6 +108,8 @@ class Serving:
                 served.dump.wait(END_GRACE_S)
             except DumpFailed as exc:
                 log.warning("%s", exc.message, extra={"checkpoint_id": checkpoint_id})
+        if served.work_dir is not None:
+            shutil.rmtree(served.work_dir, ignore_errors=True)
 
 
 #: this helper's
@@ -130,20 +138,33 @@ def still_arriving(container_id: str) -> str | None:
         return _ARRIVING.get(container_id)
 
 
+def work_dir_of(checkpoint_dir: Path, checkpoint_id: str) -> Path:
+    """Where CRIU works (and logs) while it serves a checkpoint's memory: a temporary of the
+    checkpoint directory, which a restarted helper removes (its CRIU died with it)."""
+    return checkpoint_dir / f"{store.TEMP_PREFIX}lazy-{checkpoint_id}"
+
+
 def start(criu_path: str, plan: criu.DumpPlan, checkpoint_id: str, timeout: float,
           what: str) -> Served:
-    """Dump everything but the memory (`plan` without its lazy fields) and serve the memory
-    under `checkpoint_id` until the restore that takes it claims it (SERVING)."""
-    ours, theirs = socket.socketpair()
+    """Dump everything but the memory (`plan` without its lazy fields; its work_dir made here
+    and removed when the memory is no longer served) and serve the memory under
+    `checkpoint_id` until the restore that takes it claims it (SERVING)."""
+    try:
+        plan.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ours, theirs = socket.socketpair()
+    except OSError as exc:
+        shutil.rmtree(plan.work_dir, ignore_errors=True)
+        raise DumpFailed(f"checkpoint of {what} failed: {exc}") from exc
     try:
         dump = criu.start_lazy_dump(
             criu_path, replace(plan, lazy_socket_fd=theirs.fileno()),
             timeout, what)
     except BaseException:
         ours.close()
+        shutil.rmtree(plan.work_dir, ignore_errors=True)
         raise
     finally:
         theirs.close()
-    served = Served(checkpoint_id, dump, ours)
+    served = Served(checkpoint_id, dump, ours, work_dir=plan.work_dir)
     SERVING.add(served)
     return served

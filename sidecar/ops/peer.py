@@ -662,7 +662,11 @@ def open_pages(config: HelperConfig, address: str, port: int, source_node: str,
         raw.close()
         sock.close()
         raise
-    ours, theirs = socket.socketpair()
+    try:
+        ours, theirs = socket.socketpair()
+    except OSError as exc:
+        sock.close()
+        raise PeerUnreachable(f"the memory of checkpoint {checkpoint_id}: {exc}") from None
     stream = PageStream(theirs)
     what = f"the page transfer of checkpoint {checkpoint_id} from node {source_node}"
     threading.Thread(target=relay, args=(ours, sock, FrameReader(raw, down, what), writer, what),

@@ -383,6 +383,7 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
     except BaseException as exc:
         if memory is not None:  # the serving helper lets its source go on
             memory.report(False, f"the restore failed: {exc}")
+            _forget_copy(config, manifest.checkpoint_id)
         raise
     finally:
         if memory is not None:
@@ -436,6 +437,10 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
                  extra={"checkpoint_id": manifest.checkpoint_id})
         outcome = tool.run(args, timeout=config.restore_timeout_s, pass_fds=plan.passed_fds,
                            cwd=work_dir)
+    except BaseException:
+        if guard is not None:  # no restore: its daemon has nothing to feed
+            _stop_guard(guard)
+        raise
     finally:
         for fd in opened:
             os.close(fd)
@@ -522,20 +527,28 @@ def _watch_guard(config: HelperConfig, guard: subprocess.Popen[bytes], work_dir:
     code = guard.wait()
     lazy.arriving(container_id, None)
     try:
-        Catalogue(config.checkpoint_dir).delete(checkpoint_id)
-    except HelperError as exc:
-        log.warning("cannot delete post-copy checkpoint %s: %s", checkpoint_id, exc)
-    if code == 0:
-        memory.report(True)
-        log.info("post-copy restore complete: every page arrived",
-                 extra={"checkpoint_id": checkpoint_id})
-        return
-    memory.report(False, f"the lazy-pages daemon ended with status {code}: "
-                         + (tool.first_criu_error(work_dir / criu.LAZY_LOG) or "no CRIU error"))
+        if code == 0:
+            memory.report(True)
+            log.info("post-copy restore complete: every page arrived",
+                     extra={"checkpoint_id": checkpoint_id})
+            return
+        memory.report(False, f"the lazy-pages daemon ended with status {code}: "
+                             + (tool.first_criu_error(work_dir / criu.LAZY_LOG)
+                                or "no CRIU error"))
+    finally:
+        _forget_copy(config, checkpoint_id)
     log.error("the memory of checkpoint %s stopped arriving (lazy-pages daemon status %s): the "
               "restored process was killed; %s", checkpoint_id, code,
               tool.first_criu_error(work_dir / criu.LAZY_LOG) or "no CRIU error",
               extra={"checkpoint_id": checkpoint_id})
+
+
+def _forget_copy(config: HelperConfig, checkpoint_id: str) -> None:
+    """The copy of a post-copy checkpoint that came without its memory: of no further use."""
+    try:
+        Catalogue(config.checkpoint_dir).delete(checkpoint_id)
+    except (HelperError, OSError) as exc:
+        log.warning("cannot delete post-copy checkpoint %s: %s", checkpoint_id, exc)
 
 
 def pages_from_peer(helper: Helper) -> PagesSource:

@@ -85,13 +85,31 @@ def reconcile(ctx: Ctx, obj: dict[str, Any]) -> None:
     _take(ctx, obj)
 
 
-def _placeholder_gone(ctx: Ctx, obj: dict[str, Any]) -> None:
+#: post-copy: how long a failed migration waits for its new pod to be gone before the source
+#: goes on (the pod's processes may have run on memory that then stopped arriving)
+GONE_WAIT_S = 30.0
+
+
+def _placeholder_gone(ctx: Ctx, obj: dict[str, Any], wait: bool = False) -> None:
+    """The new pod, if this migration made it, deleted; `wait`: at once (a second's grace)
+    and until the kubelet has stopped its containers (at most GONE_WAIT_S)."""
     name = str(status(obj).get("podName") or "")
     namespace = str(meta(obj)["namespace"])
     pod = ctx.objects.get_pod(namespace, name) if name else None
     annotations = ((pod or {}).get("metadata") or {}).get("annotations") or {}
-    if pod is not None and annotations.get(MADE_FOR_ANNOTATION) == meta(obj).get("uid"):
-        ctx.objects.delete_pod(namespace, name)
+    if pod is None or annotations.get(MADE_FOR_ANNOTATION) != meta(obj).get("uid"):
+        return
+    ctx.objects.delete_pod(namespace, name, grace_period_s=1 if wait else None)
+    end = time.monotonic() + GONE_WAIT_S
+    uid = meta(pod).get("uid")
+    while wait and time.monotonic() < end:
+        current = ctx.objects.get_pod(namespace, name)
+        if current is None or meta(current).get("uid") != uid:
+            return
+        time.sleep(0.2)
+    if wait:
+        log.warning("pod %s/%s of migration %s is not gone after %.0f s", namespace, name,
+                    meta(obj).get("name"), GONE_WAIT_S)
 
 
 def _new_pod_name(pod: str, wanted: str) -> str:
@@ -240,7 +258,7 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
             handed["at"] = time.monotonic()
         except BaseException:
             try:  # before the source goes on: never two of it
-                _placeholder_gone(ctx, obj)
+                _placeholder_gone(ctx, obj, wait=post_copy)
             except Exception as exc:  # noqa: BLE001 - the API; the hand-over's error matters
                 log.warning("cannot remove the new pod of migration %s: %s",
                             meta(obj).get("name"), exc)

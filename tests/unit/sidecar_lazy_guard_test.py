@@ -56,6 +56,39 @@ def test_a_daemon_that_ends_early_gets_the_restored_process_killed(
     assert restored.wait(WAIT_S) == -signal.SIGKILL
 
 
+def test_a_restored_root_that_is_no_namespace_init_goes_with_everything_below_it(
+        tmp_path: Path) -> None:
+    """Killing the init of a pid namespace ends every process in it; a root that is not one
+    (here: in the test's own namespace) leaves its children behind, so the guard kills them."""
+    root = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"],
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while len(lazy_guard.descendants(root.pid)) < 2:
+            assert time.monotonic() < deadline, "the root's children did not start"
+            time.sleep(0.02)
+        below = lazy_guard.descendants(root.pid)
+        assert lazy_guard.guard(["sh", "-c", "exit 3"], _pidfile(tmp_path, root.pid), []) == 3
+        assert root.wait(WAIT_S) == -signal.SIGKILL
+        for child in below:
+            deadline = time.monotonic() + WAIT_S
+            while os.path.exists(f"/proc/{child}") and _state(child) != "Z":
+                assert time.monotonic() < deadline, f"child {child} still runs"
+                time.sleep(0.02)
+    finally:
+        if root.poll() is None:
+            root.kill()
+            root.wait(WAIT_S)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def test_the_guard_watches_a_pidfile_written_while_the_daemon_runs(
         tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
     """CRIU writes the pidfile once the restore is done, while the daemon already runs: the
