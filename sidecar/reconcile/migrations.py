@@ -27,6 +27,7 @@ from kubectl_cedana.contract import (
 )
 from sidecar.errors import (
     ContainerNotFound,
+    DumpFailed,
     HelperError,
     InvalidRequest,
     KubernetesUnavailable,
@@ -273,11 +274,23 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
                 checkpoint_id=checkpoint_id, requested_by=requested_by(obj),
                 after_listed=hand_over if cross else None)
         else:
-            dumped = checkpoint.checkpoint(
-                ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
-                checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
-                storage="local", checkpoint_id=checkpoint_id, requested_by=requested_by(obj),
-                after_listed=hand_over if cross else None, lazy=post_copy)
+            def take(lazy: bool) -> dict[str, Any]:
+                return checkpoint.checkpoint(
+                    ctx.helper, namespace=namespace, pod=pod, container=container, root=None,
+                    checkpoint_path=None, leave_running=not sp.get("deleteSource", False),
+                    storage="local", checkpoint_id=checkpoint_id,
+                    requested_by=requested_by(obj),
+                    after_listed=hand_over if cross else None, lazy=lazy)
+
+            def fell_back(exc: HelperError) -> None:
+                log.warning("post-copy dump of %s/%s failed, stop-and-copy instead: %s", pod,
+                            container, exc.message, extra={"migration": md.get("name")})
+                ctx.objects.patch_status(MIGRATIONS, obj, {
+                    "message": f"post-copy could not dump {pod}/{container} ({exc.message}); "
+                               "stop-and-copy instead"})
+
+            dumped, post_copy = with_fallback(take, post_copy, sp.get("lazy") is None,
+                                              fell_back)
     except checkpoint.SourceKept as kept:
         if post_copy:  # of no use without the memory it left behind
             _forget(ctx, checkpoint_id)
@@ -328,6 +341,21 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
         memoryMs=handed.get("memory_ms")))
     audit("migrate", obj, "succeeded", checkpoint_id=checkpoint_id, pause_ms=pause_ms,
           transfer=sent, post_copy=post_copy)
+
+
+def with_fallback(take: Callable[[bool], dict[str, Any]], post_copy: bool, chosen: bool,
+                  fell_back: Callable[[HelperError], None]) -> tuple[dict[str, Any], bool]:
+    """take(post_copy), and whether it went post-copy. A post-copy the helper chose (by memory
+    size: `chosen`) whose dump failed before anything was handed over (DumpFailed: the source
+    was thawed as it was) goes stop-and-copy instead: CRIU's direct dump may refuse what
+    runc's takes (a terminal, say). One asked for, or failed later, fails."""
+    try:
+        return take(post_copy), post_copy
+    except DumpFailed as exc:
+        if not (post_copy and chosen):
+            raise
+        fell_back(exc)
+    return take(False), False
 
 
 def _send_lazy(ctx: Ctx, obj: dict[str, Any], listed: list[tuple[str, Path]],

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from sidecar.config import DEFAULT_POST_COPY_ABOVE_BYTES, HelperConfig
-from sidecar.errors import InvalidRequest
+from sidecar.errors import DumpFailed, InvalidRequest
+from sidecar.ops import checkpoint
 from sidecar.reconcile import migrations
 
 PEER = ("10.0.0.2", 1325)
@@ -59,3 +60,39 @@ def test_asked_for_where_it_cannot_be_is_refused(tmp_path: Any,
         with pytest.raises(InvalidRequest, match=why) as refused:
             _decide(ctx, True, **kwargs)
         assert refused.value.extra.get("fields") == ["spec.lazy"]
+
+
+# -- a post-copy the helper chose falls back to stop-and-copy when its dump fails ------------------
+def _taker(fail_lazy: Exception | None) -> tuple[Any, list[bool]]:
+    calls: list[bool] = []
+
+    def take(lazy: bool) -> dict[str, Any]:
+        calls.append(lazy)
+        if lazy and fail_lazy is not None:
+            raise fail_lazy
+        return {"lazy": lazy}
+    return take, calls
+
+
+def test_a_chosen_post_copy_whose_dump_fails_goes_stop_and_copy() -> None:
+    take, calls = _taker(DumpFailed("CRIU: Error (criu/tty.c): can't dump the terminal"))
+    heard: list[str] = []
+    dumped, post_copy = migrations.with_fallback(take, True, True,
+                                                 lambda exc: heard.append(exc.message))
+    assert (dumped, post_copy, calls) == ({"lazy": False}, False, [True, False])
+    assert heard == ["CRIU: Error (criu/tty.c): can't dump the terminal"]
+
+
+def test_an_asked_post_copy_or_a_later_failure_does_not_fall_back() -> None:
+    take, calls = _taker(DumpFailed("CRIU: no"))
+    with pytest.raises(DumpFailed):  # spec.lazy true: the user asked for it
+        migrations.with_fallback(take, True, False, lambda exc: None)
+    assert calls == [True]
+    kept = checkpoint.SourceKept(RuntimeError("the target said no"))
+    take, calls = _taker(kept)
+    with pytest.raises(checkpoint.SourceKept):  # handed over already: never again
+        migrations.with_fallback(take, True, True, lambda exc: None)
+    assert calls == [True]
+    take, calls = _taker(None)
+    assert migrations.with_fallback(take, False, True, lambda exc: None) == ({"lazy": False},
+                                                                             False)
