@@ -16,9 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sidecar.errors import DumpFailed
+from sidecar.config import HelperConfig
+from sidecar.errors import DumpFailed, HelperError
 from sidecar.node import criu
 from sidecar.storage import store
+from sidecar.storage.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,15 @@ def still_arriving(container_id: str) -> str | None:
     """The checkpoint whose memory is still arriving into the container, if any."""
     with _arriving_lock:
         return _ARRIVING.get(container_id)
+
+
+def forget(config: HelperConfig, checkpoint_id: str) -> None:
+    """A post-copy checkpoint, from this node's catalogue and disk: without the memory it left
+    behind (or that went to the restored process) it can never be restored."""
+    try:
+        Catalogue(config.checkpoint_dir).delete(checkpoint_id)
+    except (HelperError, OSError) as exc:
+        log.warning("cannot delete post-copy checkpoint %s: %s", checkpoint_id, exc)
 
 
 def work_dir_of(checkpoint_dir: Path, checkpoint_id: str) -> Path:

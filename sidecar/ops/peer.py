@@ -390,6 +390,12 @@ class PeerServer(socketserver.ThreadingTCPServer):
         return thread
 
 
+def _hello(config: HelperConfig, checkpoint_id: str, to: str) -> dict[str, Any]:
+    """A connection's first line: what it is about, between which nodes, until when, salted."""
+    return {"v": VERSION, "checkpoint_id": checkpoint_id, "from": config.node_name, "to": to,
+            "expires": round(time.time() + HELLO_TTL_S, 3), "salt": secrets.token_hex(16)}
+
+
 # -- sending ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Sent:
@@ -409,9 +415,7 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
     # takes the bytes as sent, each frame sealed with the cluster's key
     manifest = store.verify(directory, key)
     checkpoint_id = manifest.checkpoint_id
-    hello = {"v": VERSION, "checkpoint_id": checkpoint_id, "from": config.node_name,
-             "to": target_node, "expires": round(time.time() + HELLO_TTL_S, 3),
-             "salt": secrets.token_hex(16)}
+    hello = _hello(config, checkpoint_id, target_node)
     started = time.monotonic()
     where = f"the helper of node {target_node} ({address}:{port})"
     try:
@@ -637,9 +641,7 @@ def open_pages(config: HelperConfig, address: str, port: int, source_node: str,
     address:port: a PageStream (a thread relays the other end of its socket). PeerUnreachable,
     or the serving helper's refusal."""
     key = cluster_key(config, InvalidRequest, "it cannot take memory from other nodes")
-    hello = {"v": VERSION, "op": OP_PAGES, "checkpoint_id": checkpoint_id,
-             "from": config.node_name, "to": source_node,
-             "expires": round(time.time() + HELLO_TTL_S, 3), "salt": secrets.token_hex(16)}
+    hello = {**_hello(config, checkpoint_id, source_node), "op": OP_PAGES}
     up, down = pages_keys(key.secret, hello)
     where = f"the helper of node {source_node} ({address}:{port})"
     try:

@@ -368,9 +368,9 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
                  target_spec: dict[str, Any], pages: PagesSource | None = None
                  ) -> tuple[int, int | None, Path]:
     options = manifest.criu_options
-    lazy = bool(options.get("lazy_pages"))
+    post_copy = bool(options.get("lazy_pages"))
     memory: peer.PageStream | None = None
-    if lazy:
+    if post_copy:
         if pages is None:
             raise RestoreFailed(
                 f"checkpoint {manifest.checkpoint_id} was taken for a post-copy migration: its "
@@ -383,7 +383,7 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
     except BaseException as exc:
         if memory is not None:  # the serving helper lets its source go on
             memory.report(False, f"the restore failed: {exc}")
-            _forget_copy(config, manifest.checkpoint_id)
+            lazy.forget(config, manifest.checkpoint_id)
         raise
     finally:
         if memory is not None:
@@ -452,7 +452,7 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
             cause = tool.first_criu_error(work_dir / criu.LAZY_LOG)
             raise RestoreFailed(
                 "the lazy-pages daemon did not start: " + (f"CRIU: {cause}" if cause else
-                                                           _tail(work_dir / GUARD_LOG)),
+                                                           tool.log_tail(work_dir / GUARD_LOG, 5)),
                 log_tail=tool.log_tail(work_dir / criu.LAZY_LOG))
     if not outcome.ok:
         cause = tool.first_criu_error(log_path)
@@ -503,13 +503,6 @@ def _start_lazy_pages(config: HelperConfig, target: RuncContainer, checkpoint: P
         raise RestoreFailed(f"the lazy-pages daemon could not be started: {exc}") from exc
 
 
-def _tail(path: Path) -> str:
-    try:
-        return tool.last_lines(path.read_text(errors="replace"), 5)
-    except OSError:
-        return ""
-
-
 def _stop_guard(guard: subprocess.Popen[bytes]) -> None:
     """The daemon and its guard (one session), when the restore did not happen."""
     try:
@@ -536,19 +529,11 @@ def _watch_guard(config: HelperConfig, guard: subprocess.Popen[bytes], work_dir:
                              + (tool.first_criu_error(work_dir / criu.LAZY_LOG)
                                 or "no CRIU error"))
     finally:
-        _forget_copy(config, checkpoint_id)
+        lazy.forget(config, checkpoint_id)
     log.error("the memory of checkpoint %s stopped arriving (lazy-pages daemon status %s): the "
               "restored process was killed; %s", checkpoint_id, code,
               tool.first_criu_error(work_dir / criu.LAZY_LOG) or "no CRIU error",
               extra={"checkpoint_id": checkpoint_id})
-
-
-def _forget_copy(config: HelperConfig, checkpoint_id: str) -> None:
-    """The copy of a post-copy checkpoint that came without its memory: of no further use."""
-    try:
-        Catalogue(config.checkpoint_dir).delete(checkpoint_id)
-    except (HelperError, OSError) as exc:
-        log.warning("cannot delete post-copy checkpoint %s: %s", checkpoint_id, exc)
 
 
 def pages_from_peer(helper: Helper) -> PagesSource:

@@ -56,7 +56,6 @@ from sidecar.reconcile.common import (
     succeeded,
 )
 from sidecar.reconcile.restores import wait_running
-from sidecar.storage.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +292,7 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
                                               fell_back)
     except checkpoint.SourceKept as kept:
         if post_copy:  # of no use without the memory it left behind
-            _forget(ctx, checkpoint_id)
+            lazy.forget(ctx.helper.config, checkpoint_id)
         raise _kept(kept.cause, pod, checkpoint_id, ctx.node, kept=not post_copy) \
             from kept.cause
     members = [(str(m["name"]), str(m["checkpoint_id"])) for m in dumped.get("containers") or []]
@@ -321,7 +320,7 @@ def _migrate(ctx: Ctx, obj: dict[str, Any], source: dict[str, Any], names: list[
     note = ""
     if post_copy:
         # its memory went to the restored process: what is left cannot be restored again
-        _forget(ctx, checkpoint_id)
+        lazy.forget(ctx.helper.config, checkpoint_id)
     elif sent == "direct" and ctx.helper.config.remote_repository:
         # the registry's copy, for later restores anywhere: after the pause, never in it
         ctx.objects.patch_status(MIGRATIONS, obj, {
@@ -397,13 +396,6 @@ def _kept(cause: BaseException, pod: str, checkpoint_id: str, node: str,
         f" (checkpoint {checkpoint_id} is kept on node {node})" if kept else "")
     return error
 
-
-def _forget(ctx: Ctx, checkpoint_id: str) -> None:
-    """A post-copy checkpoint, from this node's catalogue and disk."""
-    try:
-        Catalogue(ctx.helper.config.checkpoint_dir).delete(checkpoint_id)
-    except HelperError as exc:
-        log.warning("cannot delete post-copy checkpoint %s: %s", checkpoint_id, exc)
 
 
 def _send(ctx: Ctx, obj: dict[str, Any], copies: list[tuple[str, Path]],
