@@ -7,6 +7,7 @@
 #   runc        runc (with seccomp, like the release builds)
 #   helm        helm
 #   checkpointctl  checkpointctl (reads checkpoint archives as CRI-O and kubelet write them)
+#   crio        crio and pinns (github.com/cri-o/cri-o; pinns is C, built from the module's source)
 # Each is a module of ours under hack/gobuild/NAME whose go.mod pins the upstream version and
 # whose go.sum pins every dependency. The binaries go to $CEDANA_CACHE/go-bin/NAME-KEY (KEY: a
 # hash of that module and this script), and $LAB_BIN holds a link to each current binary.
@@ -61,6 +62,13 @@ build() {  # build NAME: build hack/gobuild/NAME unless its binaries are cached
       checkpointctl)
         # checkpointctl 1.7 needs go-criu v8.5.0, which the module proxy does not serve
         ld="" pkgs=(github.com/checkpoint-restore/checkpointctl) ;;
+      crio)
+        # no gpgme (openpgp in Go instead), no btrfs/devicemapper/ostree: no C libraries beyond
+        # libseccomp, which runc's build needs as well. (Its go.sum was made with GOSUMDB=off:
+        # the checksum database does not know some of its pseudo-versions; the proxy serves them.)
+        ld=""  # its version is a constant of the module
+        tags="containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper containers_image_ostree_stub seccomp"
+        cgo=1 pkgs=(github.com/cri-o/cri-o/cmd/crio) ;;
       *) die "unknown Go build $name" ;;
     esac
     rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
@@ -70,6 +78,11 @@ build() {  # build NAME: build hack/gobuild/NAME unless its binaries are cached
       # the sandbox ("pause") image's program, from the same module
       gcc -static -O2 -o "$dest.tmp/pause" \
         "$(cd "$dir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+    fi
+    if [ "$name" = crio ]; then
+      # pinns, the helper CRI-O pins a pod's namespaces with, as CRI-O's Makefile builds it
+      gcc -std=c99 -Os -Wall -Werror -Wextra -static -o "$dest.tmp/pinns" \
+        "$(cd "$dir" && go list -m -f '{{.Dir}}' github.com/cri-o/cri-o)"/pinns/src/*.c
     fi
     touch "$dest.tmp/.complete"
     rm -rf "$dest" && mv "$dest.tmp" "$dest"
@@ -82,5 +95,5 @@ build() {  # build NAME: build hack/gobuild/NAME unless its binaries are cached
 }
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(kubernetes etcd containerd runc helm checkpointctl)
+[ ${#names[@]} -gt 0 ] || names=(kubernetes etcd containerd runc helm checkpointctl crio)
 for n in "${names[@]}"; do build "$n"; done

@@ -2,7 +2,8 @@
 # The helper image for the lab, built without any registry: a Debian minbase root made by
 # debootstrap (same suite as this machine) with python3, iptables and util-linux, the lab's runc, CRIU and ctr,
 # plus our package and its pure-Python/manylinux dependencies installed from PyPI
-# into /opt/cedana/lib. Loaded into containerd as docker.io/cedana/helper:VERSION.
+# into /opt/cedana/lib. Loaded into containerd (and the CRI-O node's storage) as
+# docker.io/cedana/helper:VERSION.
 # deploy/Dockerfile is the same recipe for people who build images with their own tools.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,10 +13,11 @@ version=$(python3 -c "import re,sys;print(re.search(r'__version__ = \"(.+)\"', o
 image="docker.io/cedana/helper:$version"
 suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
 
-# runc, CRIU and ctr are the lab's own builds (hack/build-go.sh, hack/build-criu.sh), the same
+# runc, crun, CRIU and ctr are the lab's own builds (hack/build-go.sh, hack/build-crun.sh,
+# hack/build-criu.sh), the same
 # programs the node runs; the base brings the shared libraries they link, found by asking dpkg
 # which of this machine's packages holds each (the image has this machine's Debian suite).
-node_tools=(runc criu ctr)
+node_tools=(runc crun criu ctr)
 lib_pkgs=$(for b in "${node_tools[@]}"; do ldd "$(readlink -f "$LAB_BIN/$b")" 2>/dev/null || true; done \
   | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
       owner=$(dpkg -S "$lib" 2>/dev/null || dpkg -S "/usr$lib" 2>/dev/null || dpkg -S "${lib#/usr}" 2>/dev/null) \
@@ -48,8 +50,10 @@ if [ ! -f "$tar_out" ]; then
   log "assembling helper image $image"
   cp -a "$base/rootfs" "$work/rootfs"
   root="$work/rootfs"
-  # the node's runc, CRIU and ctr
+  # the node's runc, crun, CRIU and ctr; crun loads libcriu when it checkpoints
   for b in "${node_tools[@]}"; do install -m 0755 "$(readlink -f "$LAB_BIN/$b")" "$root/usr/local/sbin/$b"; done
+  install -m 0755 "$(dirname "$(readlink -f "$LAB_BIN/crun")")/lib/libcriu.so.2" "$root/usr/local/lib/libcriu.so.2"
+  chroot "$root" ldconfig
   pyver=$(chroot "$root" python3 -c 'import sys;print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
   python3 -m pip wheel -q --no-deps -w "$work/wheels" "$repo" >/dev/null
   python3 -m pip install -q --no-compile --no-warn-conflicts --target "$root/opt/cedana/lib" \
@@ -78,6 +82,7 @@ for sock in $(lab_containerd_socks); do  # every running lab node
   ctr --address "$sock" -n k8s.io images import "$tar_out" >/dev/null
   log "image $image loaded into containerd ($sock)"
 done
+"$here/lab-node3.sh" images "$tar_out" "$image"  # and the CRI-O node's storage
 # a running lab's helper pods still run the old image under the same tag: have the DaemonSet
 # replace them, so a warm `make test` tests the sources as they are
 if [ "$rebuilt" = 1 ] && [ -f "$LAB_DIR/admin.kubeconfig" ]; then

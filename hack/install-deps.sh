@@ -36,6 +36,9 @@ pkgs=(
   uuid-dev libdrm-dev libnl-route-3-dev asciidoc-base
   # rootfs issue: containers/storage tools; benchmarks: podman
   podman buildah skopeo fuse-overlayfs uidmap
+  # the CRI-O node (hack/lab-node3.sh): CRI-O is built by hack/build-go.sh, crun by
+  # hack/build-crun.sh (its build dependencies here), conmon is Debian's
+  conmon libyajl-dev gperf
   python3-venv python3-dev
 )
 
@@ -52,6 +55,7 @@ if [ ${#missing[@]} -gt 0 ] || [ "${apt_updated:-1}" = 0 ]; then
 fi
 
 "$here/build-criu.sh"
+"$here/build-crun.sh"
 "$here/build-go.sh"
 # The node's tools where node software and people look for them, ahead of any Debian package
 # of the same name (podman pulls in Debian's runc): kubectl and helm matching the lab, runc and

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop exactly what lab-up started (by recorded PID), then remove the lab's containers, mounts,
 # network namespaces, bridge and iptables rules, so that lab-up works again afterwards.
-# Images in containerd and the build caches are kept (they make the next lab-up fast).
+# The lab's own images in containerd and the build caches are kept (they make the next lab-up
+# fast); images tests left and the registry's contents go.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -10,10 +11,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 for f in "$PIDS"/extra-*.pid; do [ -f "$f" ] && stop_pid "$(basename "$f" .pid)"; done
 # The second node first: its kubelet, containers, containerd, relay, namespaces and state.
 "$here/lab-node2.sh" down
+"$here/lab-node3.sh" down
 stop_pid kubelet
 
 # The lab's containers: kill their tasks so their shims exit, then delete them.
-pid_alive containerd && kill_lab_containers "$CONTAINERD_SOCK"
+if pid_alive containerd; then
+  kill_lab_containers "$CONTAINERD_SOCK"
+  prune_lab_images "$CONTAINERD_SOCK"  # what tests left in the image store
+fi
 for d in containerd kube-scheduler kube-controller-manager kube-apiserver etcd registry; do
   stop_pid "$d"
 done
@@ -42,7 +47,10 @@ rm -rf /var/lib/cni/networks/cedana-lab "$CNI_CONF" "$CONTAINERD_CONFIG" "$CONTA
 rm -rf "$LAB_DIR/etcd" /var/lib/kubelet/pods /var/lib/kubelet/cpu_manager_state /var/lib/kubelet/memory_manager_state
 # The nodes' checkpoint directories (the helper DaemonSet's hostPath on node 1, node 2's own):
 # with etcd gone no Checkpoint object refers to them any more, and they fill disks fast.
-rm -rf /var/lib/cedana/checkpoints "$NODE2_DIR/checkpoints"
+rm -rf /var/lib/cedana/checkpoints "$NODE2_DIR/checkpoints" "$NODE3_DIR/checkpoints"
+# The registry holds only what tests and benchmarks pushed (checkpoints of up to 4 GiB, rootfs
+# layers, charts): it starts empty with each lab.
+rm -rf "$LAB_DIR/registry"
 for f in /root/.docker/config.json /var/lib/kubelet/config.json; do
   python3 "$here/docker_config.py" --config "$f" remove "$REGISTRY_ADDR"
 done

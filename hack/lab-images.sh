@@ -16,6 +16,7 @@ import() {  # import TAR NAME: into the containerd of every running lab node
     ctr --address "$sock" -n k8s.io images import "$1" >/dev/null
     log "image $2 loaded into containerd ($sock)"
   done
+  "$here/lab-node3.sh" images "$1" "$2"  # the CRI-O node's containers/storage
 }
 
 # pause: the static binary built from the k8s.io/kubernetes module (hack/build-go.sh)

@@ -47,6 +47,9 @@ cert kubelet-serving "$NODE_NAME" "" "IP:$LAB_NODE_IP,IP:127.0.0.1,DNS:$NODE_NAM
 # the second node (hack/lab-node2.sh), the same way
 cert kubelet-node2 "system:node:$NODE2_NAME" system:nodes ""
 cert kubelet-node2-serving "$NODE2_NAME" "" "IP:$NODE2_IP,IP:127.0.0.1,DNS:$NODE2_NAME"
+# the CRI-O node (hack/lab-node3.sh), the same way
+cert kubelet-node3 "system:node:$NODE3_NAME" system:nodes ""
+cert kubelet-node3-serving "$NODE3_NAME" "" "IP:$NODE3_IP,IP:127.0.0.1,DNS:$NODE3_NAME"
 cert registry registry "" "IP:127.0.0.1,DNS:localhost"
 [ -f sa.key ] || { openssl genrsa -out sa.key 2048 2>/dev/null; openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null; }
 chmod 600 ./*.key
@@ -79,6 +82,7 @@ kubeconfig "$LAB_DIR/scheduler.kubeconfig" scheduler system:kube-scheduler
 kubeconfig "$LAB_DIR/kubelet.kubeconfig" kubelet "system:node:$NODE_NAME"
 # node 2 reaches https://127.0.0.1:6443 on its own loopback through hack/netns_relay.py
 kubeconfig "$LAB_DIR/node2.kubeconfig" kubelet-node2 "system:node:$NODE2_NAME"
+kubeconfig "$LAB_DIR/node3.kubeconfig" kubelet-node3 "system:node:$NODE3_NAME"
 
 # The registry's password: made once, kept beside the certificates.
 [ -f registry.password ] || { openssl rand -hex 16 >registry.password; chmod 600 registry.password; }

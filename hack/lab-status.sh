@@ -21,6 +21,13 @@ if [ "$LAB_NODE2" = 1 ] && [ -f "$PIDS/node2-kubelet.pid" ]; then
   [ -e "/run/netns/$NODE2_NETNS" ] || { echo "  network namespace missing"; rc=1; }
   findmnt -rn --mountpoint "$NODE2_MNTNS" >/dev/null || { echo "  mount namespace missing"; rc=1; }
 fi
+if [ "$LAB_NODE3" = 1 ] && [ -f "$PIDS/node3-kubelet.pid" ]; then
+  echo
+  echo "node $NODE3_NAME: CRI-O ($NODE3_CRIO_SOCK; crun default, runc as RuntimeClass $NODE3_RUNC_CLASS)," \
+    "network namespace $NODE3_NETNS ($NODE3_IP, pods $NODE3_POD_SUBNET), mount namespace $NODE3_MNTNS, files $NODE3_DIR"
+  [ -e "/run/netns/$NODE3_NETNS" ] || { echo "  network namespace missing"; rc=1; }
+  findmnt -rn --mountpoint "$NODE3_MNTNS" >/dev/null || { echo "  mount namespace missing"; rc=1; }
+fi
 echo
 echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 exit $rc

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring up the Kubernetes lab on this machine: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, containerd (CRI) + runc + CRIU, a kubelet, CNI bridge networking and a TLS
-# registry with htpasswd auth; then a second node in its own namespaces (hack/lab-node2.sh).
+# registry with htpasswd auth; then a second node in its own namespaces (hack/lab-node2.sh) and
+# a CRI-O node with crun and runc (hack/lab-node3.sh).
 # Idempotent: on a running lab it only checks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -11,11 +12,11 @@ lab_healthy() {
   for d in etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet registry; do
     pid_alive "$d" || return 1
   done
-  node_ready "$NODE_NAME" && "$here/lab-node2.sh" healthy
+  node_ready "$NODE_NAME" && "$here/lab-node2.sh" healthy && "$here/lab-node3.sh" healthy
 }
 
 if [ -f "$KUBECONFIG_ADMIN" ] && lab_healthy; then
-  log "lab already running; node $NODE_NAME$([ "$LAB_NODE2" = 1 ] && echo " and $NODE2_NAME") Ready"
+  log "lab already running; node $NODE_NAME$([ "$LAB_NODE2" = 1 ] && echo ", $NODE2_NAME")$([ "$LAB_NODE3" = 1 ] && echo ", $NODE3_NAME") Ready"
   # sources may have changed since: the helper image is rebuilt only when they did
   "$here/build-helper-image.sh"
   exit 0
@@ -171,6 +172,8 @@ start_daemon containerd containerd --config "$CONTAINERD_CONFIG"
 wait_for 60 containerd ctr --address "$CONTAINERD_SOCK" version
 # node 2's namespaces, relay and containerd (hack/lab-node2.sh), before the images go in
 "$here/lab-node2.sh" runtime
+# the CRI-O node's namespaces, relay and CRI-O (hack/lab-node3.sh)
+"$here/lab-node3.sh" runtime
 
 "$here/lab-images.sh"
 "$here/build-helper-image.sh"
@@ -196,6 +199,7 @@ start_daemon kubelet kubelet --kubeconfig="$LAB_DIR/kubelet.kubeconfig" \
   --config="$LAB_DIR/kubelet-config.yaml" --root-dir=/var/lib/kubelet \
   --hostname-override="$NODE_NAME" --node-ip="$LAB_NODE_IP" --v=1
 "$here/lab-node2.sh" kubelet
+"$here/lab-node3.sh" kubelet
 
 # The API server reaches the kubelet (logs, exec, port-forward) as user kube-apiserver; the
 # kubelet's checkpoint API is a permission of its own (nodes/checkpoint), not in
@@ -223,11 +227,21 @@ metadata:
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cedana-lab:kubelet-checkpoint}
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-apiserver}
+---
+# CRI-O's second runtime: pods of this class run with runc instead of crun (hack/lab-node3.sh)
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata:
+  name: cedana-lab-runc
+handler: runc
 RBAC
 
 wait_for 180 "node $NODE_NAME Ready" node_ready "$NODE_NAME"
 if [ "$LAB_NODE2" = 1 ]; then
   wait_for 180 "node $NODE2_NAME Ready" "$here/lab-node2.sh" healthy
+fi
+if [ "$LAB_NODE3" = 1 ]; then
+  wait_for 180 "node $NODE3_NAME Ready" "$here/lab-node3.sh" healthy
 fi
 wait_for 60 "default service account" kctl -n default get serviceaccount default
 log "lab is up: export KUBECONFIG=$KUBECONFIG_ADMIN"

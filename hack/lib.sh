@@ -4,6 +4,8 @@ LAB_DIR=${LAB_DIR:-/var/lib/kubectl-cedana-lab}
 LAB_RUN=${LAB_RUN:-/run/kubectl-cedana-lab}
 CRIU_VERSION=4.2.1
 CRIU_SUITE=forky  # the Debian suite whose source package has $CRIU_VERSION
+CRUN_VERSION=1.21  # the CRI-O node's default runtime (hack/build-crun.sh)
+CRUN_SUITE=trixie
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 # The lab's programs (hack/build-go.sh, hack/build-criu.sh): one link per program to its cached
@@ -45,10 +47,12 @@ kctl() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 node_ready() {  # node_ready NAME: the node reports Ready
   [ "$(kctl get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
-# write_kubelet_config FILE ADDRESS CERT_NAME [CGROUP_ROOT [TAINT]]: the configuration every lab
-# kubelet shares (node 1: lab-up.sh, node 2: lab-node2.sh); TAINT is key=value:Effect.
+# write_kubelet_config FILE ADDRESS CERT_NAME [CGROUP_ROOT [TAINT [CRI_ENDPOINT]]]: the
+# configuration every lab kubelet shares (node 1: lab-up.sh, the others: lib-node.sh); TAINT is
+# key=value:Effect; CRI_ENDPOINT the runtime's socket (default containerd's).
 write_kubelet_config() {
   local file=$1 address=$2 cert=$3 cgroup_root=${4:-/} taint=${5:-} taints=""
+  local endpoint=${6:-$CONTAINERD_SOCK}
   if [ -n "$taint" ]; then
     local key=${taint%%=*} rest=${taint#*=}
     taints="registerWithTaints: [{key: \"$key\", value: \"${rest%%:*}\", effect: ${rest#*:}}]"
@@ -67,7 +71,7 @@ authorization: {mode: Webhook}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
-containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+containerRuntimeEndpoint: unix://$endpoint
 runtimeRequestTimeout: 10m
 cgroupDriver: cgroupfs
 cgroupRoot: $cgroup_root
@@ -159,10 +163,70 @@ NODE2_MOUNTS=(
 # CMD... as node 2 (in its mount and network namespaces): "${NODE2_NSENTER[@]}" CMD...
 NODE2_NSENTER=(nsenter --mount="$NODE2_MNTNS" --net="/run/netns/$NODE2_NETNS" --)
 
+# --- the CRI-O node (hack/lab-node3.sh) -----------------------------------------------------
+# Built like node 2 (hack/lib-node.sh), but its runtime is CRI-O (hack/build-go.sh crio) with
+# crun as the default OCI runtime (root /run/crun) and runc as a second one (root /run/runc,
+# RuntimeClass cedana-lab-runc), conmon from Debian. LAB_NODE3=0 leaves it out.
+LAB_NODE3=${LAB_NODE3:-1}
+NODE3_NAME=cedana-lab-crio
+NODE3_IP=10.88.0.3
+NODE3_NETNS=cedana-lab-crio
+NODE3_VETH=cedana0-n3
+NODE3_BRIDGE=cedana3
+NODE3_POD_SUBNET=10.88.3.0/24
+NODE3_POD_GATEWAY=10.88.3.1
+NODE3_DIR="$LAB_DIR/node3"
+NODE3_RUN="$LAB_RUN/node3"
+NODE3_MNTNS="$LAB_RUN/ns/node3.mnt"
+NODE3_CGROUP_ROOT=/cedana-node3
+NODE3_CRIO_SOCK="$NODE3_RUN/crio/crio.sock"  # as seen from the host; /run/crio/crio.sock inside
+NODE3_TAINT=cedana-lab/crio-node=true:NoSchedule
+NODE3_RUNC_CLASS=cedana-lab-runc  # the RuntimeClass whose pods CRI-O runs with runc
+NODE3_MOUNTS=(
+  "$NODE3_DIR/kubelet:/var/lib/kubelet"
+  "$NODE3_DIR/containers:/var/lib/containers"
+  "$NODE3_DIR/crio:/var/lib/crio"
+  "$NODE3_RUN/containers:/run/containers"
+  "$NODE3_RUN/crio:/run/crio"
+  "$NODE3_RUN/crun:/run/crun"
+  "$NODE3_RUN/runc:/run/runc"
+  "$NODE3_RUN/netns:/run/netns"
+  "$NODE3_RUN/ipcns:/run/ipcns"
+  "$NODE3_RUN/utsns:/run/utsns"
+  "$NODE3_RUN/userns:/run/userns"
+  # no containerd on this node: empty directories hide node 1's
+  "$NODE3_RUN/containerd:/run/containerd"
+  "$NODE3_DIR/containerd:/var/lib/containerd"
+  "$NODE3_DIR/cni:/var/lib/cni"
+  "$NODE3_DIR/net.d:/etc/cni/net.d"
+  "$NODE3_DIR/log/pods:/var/log/pods"
+  "$NODE3_DIR/log/containers:/var/log/containers"
+  "$NODE3_DIR/log/crio:/var/log/crio"
+  "$NODE3_DIR/checkpoints:/var/lib/cedana/checkpoints"
+)
+NODE3_NSENTER=(nsenter --mount="$NODE3_MNTNS" --net="/run/netns/$NODE3_NETNS" --)
+
+# the extra nodes this lab has (their numbers)
+LAB_EXTRA_NODES="$([ "$LAB_NODE2" = 1 ] && echo 2) $([ "$LAB_NODE3" = 1 ] && echo 3)"
+
 # The containerd sockets of the lab's running nodes, as seen from the host: images go into each.
 lab_containerd_socks() {
   echo "$CONTAINERD_SOCK"
   if [ "$LAB_NODE2" = 1 ] && pid_alive node2-containerd; then echo "$NODE2_CONTAINERD_SOCK"; fi
+}
+
+# prune_lab_images SOCK: remove every image of containerd's k8s.io namespace but the lab's own
+# (lab-images.sh, build-helper-image.sh): what tests pulled, committed or restored from (rootfs
+# layers, checkpoint images) would otherwise stay on disk run after run; containerd's garbage
+# collector then frees their content and snapshots.
+prune_lab_images() {
+  local sock=$1 ref
+  for ref in $(ctr --address "$sock" -n k8s.io images ls -q 2>/dev/null); do
+    case $ref in
+      docker.io/cedana-lab/*|docker.io/cedana/helper:*) ;;
+      *) ctr --address "$sock" -n k8s.io images rm "$ref" >/dev/null 2>&1 || true ;;
+    esac
+  done
 }
 
 # kill_lab_containers SOCK: kill every task of containerd's k8s.io namespace, delete them all.
