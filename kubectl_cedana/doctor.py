@@ -212,9 +212,9 @@ def _check_nodes(kube: KubeClient) -> list[dict[str, str]]:
                               "the DaemonSet does not tolerate?)"))
         runtime = ((node.get("status") or {}).get("nodeInfo") or {}).get(
             "containerRuntimeVersion", "")
-        if runtime and not runtime.startswith("containerd://"):
+        if runtime and not runtime.startswith(("containerd://", "cri-o://")):
             rows.append(check("runtime", name, WARN,
-                              f"{runtime}: install with --runtime for it (k3s, crio)"))
+                              f"{runtime}: install with --runtime for it (k3s)"))
     return rows
 
 

@@ -67,8 +67,9 @@ def main() -> None:
 @click.option("--runtime-root", "runtime_roots", multiple=True,
               default=[str(DEFAULT_RUNTIME_ROOT)], show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="runc root of the node's runtime (repeatable): the only ones a request may "
-                   "name; the first is used when a request names none.")
+              help="runc or crun root of the node's runtime (repeatable): the only ones a "
+                   "request may name; a request that names none looks in every one this node "
+                   "has.")
 @click.option("--containerd-address", "containerd_addresses", multiple=True,
               default=["/run/containerd/containerd.sock"], show_default=True,
               help="containerd socket (repeatable): the only ones a rootfs request may name; "
@@ -77,6 +78,8 @@ def main() -> None:
               help="Where the node's registry credentials may be used by the rootfs routes "
                    "(repeatable); {namespace} stands for the pod's namespace. None: nowhere.")
 @click.option("--runc", "runc_path", default="runc", show_default=True, help="runc binary.")
+@click.option("--crun", "crun_path", default="crun", show_default=True,
+              help="crun binary: checkpoints the containers found under a crun root.")
 @click.option("--criu", "criu_path", default="criu", show_default=True, help="criu binary.")
 @click.option("--criu-guard", default="auto", show_default=True,
               help="What runc runs as CRIU for dumps, so CRIU dies with the helper: "
@@ -185,7 +188,7 @@ def main() -> None:
                    "says otherwise (Migration spec.lazy); 0: only when it asks.")
 def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path, ...],
           containerd_addresses: tuple[str, ...], registry_prefixes: tuple[str, ...], runc_path: str,
-          criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
+          crun_path: str, criu_path: str, criu_guard: str, criu_runc_config: Path, ctr_path: str,
           docker_configs: tuple[Path, ...],
           containerd_config: Path, certs_dirs: tuple[Path, ...], kubeconfig: Path | None,
           checkpoint_repository: str, compression: str, max_checkpoints_per_container: int,
@@ -204,7 +207,7 @@ def serve(host: str, port: int, checkpoint_dir: Path, runtime_roots: tuple[Path,
     cgroups.join_node_cgroup_namespace()  # first: before any thread
     config = HelperConfig(
         checkpoint_dir=checkpoint_dir, runtime_root=runtime_roots[0],
-        runtime_roots=tuple(runtime_roots[1:]), runc_path=runc_path,
+        runtime_roots=tuple(runtime_roots[1:]), runc_path=runc_path, crun_path=crun_path,
         default_containerd_address=containerd_addresses[0],
         containerd_addresses=tuple(containerd_addresses[1:]),
         registry_prefixes=tuple(registry_prefixes),

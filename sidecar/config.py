@@ -80,6 +80,8 @@ class HelperConfig:
     runtime_root: Path = DEFAULT_RUNTIME_ROOT
     runtime_roots: tuple[Path, ...] = ()
     runc_path: str = "runc"
+    # crun: checkpoints the containers found under a crun root (a CRI-O node's default runtime)
+    crun_path: str = "crun"
     ctr_path: str = "ctr"
     criu_path: str = "criu"
     # what runc runs as CRIU for dumps: cedana-criu-guard, which dies with runc ("": criu)
@@ -142,9 +144,13 @@ class HelperConfig:
     # goes post-copy unless it says otherwise (0: only when it asks, spec.lazy)
     post_copy_above_bytes: int = DEFAULT_POST_COPY_ABOVE_BYTES
 
+    def runtime_path(self, engine: str) -> str:
+        """The OCI runtime binary for containers of `engine` ("runc" or "crun")."""
+        return self.crun_path if engine == "crun" else self.runc_path
+
     @property
     def allowed_runtime_roots(self) -> tuple[Path, ...]:
-        """The runc roots requests may name: the administrator's, never a caller's."""
+        """The runtime roots requests may name: the administrator's, never a caller's."""
         return (self.runtime_root, *(r for r in self.runtime_roots if r != self.runtime_root))
 
     @property

@@ -90,6 +90,10 @@ class RestorePlan:
     # post-copy: the memory comes from a `criu lazy-pages` daemon (lazy_pages_args), which
     # must be listening on the work directory's lazy-pages.socket before the restore starts
     lazy_pages: bool = False
+    # permissions of restored files' paths as the dump saw them are not checked: another
+    # runtime's root filesystem may differ in them where the program could not tell (the
+    # root directory: 0755 under containerd, 0555 in CRI-O's containers/storage)
+    skip_file_rwx_check: bool = False
     extra_args: Sequence[str] = field(default_factory=tuple)
 
     @property
@@ -120,7 +124,8 @@ def restore_args(criu_path: str, plan: RestorePlan) -> list[str]:
     args += tool.flags(("--tcp-established", plan.tcp_established),
                        ("--tcp-close", plan.tcp_close), ("--file-locks", plan.file_locks),
                        ("--ext-unix-sk", plan.ext_unix_sk), ("--link-remap", plan.link_remap),
-                       ("--lazy-pages", plan.lazy_pages))
+                       ("--lazy-pages", plan.lazy_pages),
+                       ("--skip-file-rwx-check", plan.skip_file_rwx_check))
     args += list(plan.extra_args)
     return args
 

@@ -1,8 +1,10 @@
-"""Find Kubernetes containers in a runc root by the CRI annotations of their OCI bundles.
+"""Find Kubernetes containers in an OCI runtime's root by the CRI annotations of their bundles.
 
 Every container runc manages has a directory `<root>/<id>/state.json`. Its `config.labels`
 holds `bundle=<dir>` (plus the annotations as `key=value`); the bundle's config.json carries the
-annotations containerd's CRI plugin or CRI-O wrote. Sandboxes (pause containers) are skipped.
+annotations containerd's CRI plugin or CRI-O wrote. crun (CRI-O's default runtime) keeps
+`<root>/<id>/status` (pid, its start time, bundle, rootfs, cgroup path) and a copy of the
+bundle's `config.json` there instead. Sandboxes (pause containers) are skipped.
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ CRIO_IMAGE_NAME = "io.kubernetes.cri-o.ImageName"
 CRIO_IMAGE = "io.kubernetes.cri-o.Image"
 
 RUNNING, PAUSED, STOPPED, CREATED = "running", "paused", "stopped", "created"
+#: the OCI runtimes whose state directories the helper reads, by the file each keeps there
+RUNC, CRUN = "runc", "crun"
+STATE_FILES = {RUNC: "state.json", CRUN: "status"}
+CGROUP_V1_FREEZER = "/sys/fs/cgroup/freezer"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class RuncContainer:
     annotations: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     # runc's record of when its init process started (clock ticks after boot)
     init_start: int | None = field(default=None, repr=False, compare=False)
+    # the OCI runtime that runs it (runc or crun) and that runtime's root it was found under
+    engine: str = field(default=RUNC, compare=False)
+    state_root: str = field(default="", repr=False, compare=False)
 
     @property
     def alive(self) -> bool:
@@ -73,6 +82,7 @@ class RuncContainer:
             "sandbox_id": self.sandbox_id,
             "runtime": self.runtime,
             "created": self.created,
+            "engine": self.engine,
         }
 
 
@@ -163,9 +173,31 @@ def _classify(annotations: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
+def _crun_state(state_dir: Path) -> dict[str, Any]:
+    """crun's `status` and config.json copy, in the shape of runc's state.json."""
+    status = _read_json(state_dir / STATE_FILES[CRUN])
+    labels = [f"bundle={status.get('bundle') or ''}"]
+    try:
+        spec = _read_json(state_dir / "config.json")
+    except (OSError, ValueError):
+        spec = {}
+    labels += [f"{k}={v}" for k, v in (spec.get("annotations") or {}).items()]
+    cgroup = str(status.get("cgroup-path") or "")
+    return {
+        "id": state_dir.name,
+        "init_process_pid": status.get("pid"),
+        "init_process_start": status.get("process-start-time"),
+        "created": status.get("created"),
+        "config": {"labels": labels, "rootfs": status.get("rootfs")},
+        # cgroup v1: its freezer directory (cgroup v2 is the same path under the v2 mount)
+        "cgroup_paths": {"freezer": CGROUP_V1_FREEZER + "/" + cgroup.lstrip("/")} if cgroup else {},
+    }
+
+
 def read_container(root: Path, state_dir: Path) -> RuncContainer | None:
-    """Describe one runc container, or None for sandboxes and non-Kubernetes containers."""
-    state = _read_json(state_dir / "state.json")
+    """Describe one runc or crun container, or None for sandboxes and non-Kubernetes ones."""
+    engine = RUNC if (state_dir / STATE_FILES[RUNC]).exists() else CRUN
+    state = _read_json(state_dir / STATE_FILES[RUNC]) if engine == RUNC else _crun_state(state_dir)
     labels = _labels(state)
     bundle_label = labels.get("bundle", "")
     bundle, prefix = resolve_bundle(root, bundle_label) if bundle_label else ("", "")
@@ -216,31 +248,46 @@ def read_container(root: Path, state_dir: Path) -> RuncContainer | None:
         created=str(state.get("created") or ""),
         annotations=annotations,
         init_start=int(state["init_process_start"]) if state.get("init_process_start") else None,
+        engine=engine,
+        state_root=str(root),
     )
 
 
-def list_containers(root: str | Path, namespace: str | None = None) -> list[RuncContainer]:
-    """All Kubernetes workload containers under the runc root, optionally of one namespace."""
-    root_path = validate_root(root)
+Roots = str | Path | tuple[Path, ...]
+
+
+def _roots(root: Roots) -> tuple[Path, ...]:
+    return tuple(root) if isinstance(root, tuple) else (Path(root),)
+
+
+def list_containers(root: Roots, namespace: str | None = None) -> list[RuncContainer]:
+    """All Kubernetes workload containers under the runtime root(s), optionally of one
+    namespace."""
     found: list[RuncContainer] = []
-    for state_file in sorted(root_path.glob("*/state.json")):
-        try:
-            container = read_container(root_path, state_file.parent)
-        except (OSError, ValueError, TypeError) as exc:
-            # a container being created or deleted right now; skip it
-            log.debug("skipping %s: %s", state_file, exc)
-            continue
-        if container is None:
-            continue
-        if namespace is not None and container.namespace != namespace:
-            continue
-        found.append(container)
+    for one in _roots(root):
+        root_path = validate_root(one)
+        state_files = [f for name in STATE_FILES.values() for f in root_path.glob(f"*/{name}")]
+        for state_file in sorted(state_files):
+            if state_file.name != STATE_FILES[RUNC] and \
+                    (state_file.parent / STATE_FILES[RUNC]).exists():
+                continue  # runc's, read once
+            try:
+                container = read_container(root_path, state_file.parent)
+            except (OSError, ValueError, TypeError) as exc:
+                # a container being created or deleted right now; skip it
+                log.debug("skipping %s: %s", state_file, exc)
+                continue
+            if container is None:
+                continue
+            if namespace is not None and container.namespace != namespace:
+                continue
+            found.append(container)
     return found
 
 
-def find_container(root: str | Path, namespace: str, sandbox: str,
+def find_container(root: Roots, namespace: str, sandbox: str,
                    container: str) -> RuncContainer:
-    """The one container named (namespace, pod, container) under the runc root.
+    """The one container named (namespace, pod, container) under the runtime root(s).
 
     A running (or paused) container wins over stopped leftovers of earlier restarts; two live
     matches are ambiguous. With only stopped matches the newest one is returned and the caller
@@ -257,9 +304,10 @@ def find_container(root: str | Path, namespace: str, sandbox: str,
             pods = sorted({c.sandbox_name for c in in_namespace})
             hint = (f"pods with containers in {namespace!r} on this node: {', '.join(pods)}"
                     if pods else f"no containers of namespace {namespace!r} on this node")
+        where = ", ".join(str(r) for r in _roots(root))
         raise ContainerNotFound(
             f"no container {container!r} of pod {sandbox!r} in namespace {namespace!r} "
-            f"under runc root {root} ({hint})"
+            f"under runtime root {where} ({hint})"
         )
     live = [c for c in matches if c.alive]
     if len(live) > 1:

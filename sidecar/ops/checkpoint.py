@@ -233,8 +233,8 @@ def destination(config: HelperConfig, checkpoint_path: str | None, checkpoint_id
 def choose_options(config: HelperConfig, container: RuncContainer,
                    tree: list[proctree.TreeProcess], leave_running: bool) -> runc.DumpOptions:
     tcp = bool(tcp_hold.connections(tree))
-    if criu.RUNC_CONFIG_ANNOTATION in container.annotations:
-        # runc hands CRIU the container's own config file instead of ours
+    if criu.RUNC_CONFIG_ANNOTATION in container.annotations or container.engine == "crun":
+        # runc hands CRIU the container's own config file instead of ours; crun none
         in_config: set[str] = set()
     else:
         try:
@@ -263,7 +263,7 @@ def config_dump(container: RuncContainer, checkpoint_id: str, checkpointed: str)
         "rootfsImage": container.image,
         "rootfsImageName": container.image,
         "rootfsImageRef": image_ref,
-        "runtime": "runc",
+        "runtime": container.engine,  # runc or crun: the OCI runtime that ran it
         "createdTime": container.created,
         "checkpointedTime": checkpointed,
         "cedanaCheckpointId": checkpoint_id,
@@ -348,7 +348,7 @@ def checkpoint_container(config: HelperConfig, containers: Containers, namespace
             # complete and listed: until then it is frozen, and thawed (alive) whatever fails,
             # even the helper itself (the freezer journal)
             try:
-                manifest, stopper = _dump(config, containers.root, target, temp_dir, final_dir,
+                manifest, stopper = _dump(config, target, temp_dir, final_dir,
                                           checkpoint_id, options, with_rootfs, until_stopped,
                                           recorded_pod(containers.pods.get((namespace, sandbox))),
                                           volumes=volumes, hold=held if hold_connections else None,
@@ -461,7 +461,7 @@ def _tree_plan(target: RuncContainer, pid: int, images_dir: Path, work_dir: Path
         skip_in_flight=options.skip_in_flight, manage_cgroups_mode="ignore")
 
 
-def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_dir: Path,
+def _dump(config: HelperConfig, target: RuncContainer, temp_dir: Path,
           final_dir: Path, checkpoint_id: str, options: runc.DumpOptions, with_rootfs: bool,
           until_stopped: ExitStack, pod: dict[str, Any] | None = None,
           held: _Stopper | bool = False, pod_checkpoint: dict[str, Any] | None = None,
@@ -537,7 +537,9 @@ def _dump(config: HelperConfig, root: str | Path, target: RuncContainer, temp_di
                                 what)
                 until_stopped.callback(lazy_dump.SERVING.end, checkpoint_id)
             elif restored is None:
-                runc.checkpoint(config.runc_path, config.criu_path, root, target.container_id,
+                # through the runtime that runs it (runc, or crun: the same command line)
+                runc.checkpoint(config.runtime_path(target.engine), config.criu_path,
+                                target.state_root, target.container_id,
                                 images_dir, work_dir, dump_options,
                                 timeout=config.dump_timeout_s, criu_guard=config.criu_guard)
             else:
@@ -748,7 +750,7 @@ def checkpoint_pod_containers(config: HelperConfig, containers: Containers, name
                     temp_dir.mkdir(mode=store.DIR_MODE)
                     try:
                         manifest, _ = _dump(
-                            config, containers.root, target, temp_dir, finals[index],
+                            config, target, temp_dir, finals[index],
                             ids[index], options[index], with_rootfs, until_stopped, pod_record,
                             held=stoppers[index] if stoppers else True, pod_checkpoint=group,
                             volumes=volumes[index])

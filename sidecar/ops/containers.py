@@ -40,8 +40,18 @@ log = logging.getLogger(__name__)
 START_TOLERANCE_S = 3.0
 
 
+def allowed_roots(config: HelperConfig, requested: str | Path | None) -> tuple[Path, ...]:
+    """The runtime root a request names (one the administrator configured), else every
+    configured one this node has (a CRI-O node has crun's and runc's, a containerd node its
+    runc root): the container is looked for in each."""
+    if requested:
+        return (allowed_root(config, requested),)
+    present = tuple(r for r in config.allowed_runtime_roots if r.is_dir())
+    return present or (validate_root(config.runtime_root),)
+
+
 def allowed_root(config: HelperConfig, requested: str | Path | None) -> Path:
-    """The runc root a request names (one the administrator configured), else the default."""
+    """The runtime root a request names (one the administrator configured), else the default."""
     if not requested:
         return validate_root(config.runtime_root)
     allowed = {os.path.realpath(r): r for r in config.allowed_runtime_roots}
@@ -55,17 +65,18 @@ def allowed_root(config: HelperConfig, requested: str | Path | None) -> Path:
 
 @dataclass(frozen=True)
 class Containers:
-    """The containers under one configured runc root, found by the runtime's annotations and,
+    """The containers under configured runtime roots, found by the runtime's annotations and,
     when the helper has the Kubernetes API, checked against it before anything is done."""
 
-    root: Path
+    #: one root (a request named it) or several (all this node has)
+    roots: tuple[Path, ...] | Path
     kube: KubeAPI | None = None
     node_name: str = ""
     #: the pods the API answered for the containers found, by (namespace, name)
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, compare=False)
 
     def find(self, namespace: str, sandbox: str, container: str) -> RuncContainer:
-        target = find_container(self.root, namespace, sandbox, container)
+        target = find_container(self.roots, namespace, sandbox, container)
         if target.alive:
             _same_process(target)
             if self.kube is not None:
@@ -74,17 +85,17 @@ class Containers:
         return target
 
     def list(self, namespace: str) -> list[RuncContainer]:
-        return list_containers(self.root, namespace)
+        return list_containers(self.roots, namespace)
 
 
 def containers_of(helper: Helper, requested_root: str | None) -> Containers:
     """The containers a request may address: under an allowed root, checked with the API."""
-    return Containers(allowed_root(helper.config, requested_root), helper.kube,
+    return Containers(allowed_roots(helper.config, requested_root), helper.kube,
                       helper.config.node_name)
 
 
 def list_namespace(helper: Helper, namespace: str, root: str | None) -> list[dict[str, Any]]:
-    """The Kubernetes containers of one namespace under the runc root (GET /list)."""
+    """The Kubernetes containers of one namespace under the runtime roots (GET /list)."""
     return [c.to_dict() for c in containers_of(helper, root).list(namespace)]
 
 

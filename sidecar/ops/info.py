@@ -34,6 +34,7 @@ def recover(config: HelperConfig) -> None:
     on, and put the freezer back as they found it), then what they froze is thawed, then their
     unfinished files go."""
     store.make_private_dirs(config.checkpoint_dir, Path("/"))
-    proctree.stop_stragglers([config.runc_path, config.criu_path], config.checkpoint_dir)
+    proctree.stop_stragglers([config.runc_path, config.crun_path, config.criu_path],
+                             config.checkpoint_dir)
     freezer.thaw_remembered(config.checkpoint_dir / freezer.JOURNAL_NAME)
     store.cleanup_temporaries(config.checkpoint_dir)

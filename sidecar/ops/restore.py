@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from sidecar.errors import (
     TargetNotSleeping,
     TooManyRequests,
 )
-from sidecar.node import cgroups, criu, proctree, tcp_hold, tool
+from sidecar.node import cgroups, criu, proctree, root_attach, tcp_hold, tool
 from sidecar.node.discovery import RUNNING, RuncContainer, load_spec
 from sidecar.node.locks import ContainerLocks
 from sidecar.ops import events, lazy, peer, transfer
@@ -138,10 +138,17 @@ def has_cgroup_mount(spec: dict[str, Any]) -> bool:
                for m in spec.get("mounts") or [])
 
 
+#: files a runtime binds into its containers whatever the pod says, which another runtime's
+#: container lacks: an empty file takes their place (CRI-O's and podman's marker that a program
+#: runs in a container)
+RUNTIME_MARKERS = ("/run/.containerenv",)
+
+
 def missing_bind_mounts(dumped_spec: dict[str, Any], target_spec: dict[str, Any]) -> list[str]:
     """Bind mounts the dumped container had that the target lacks (CRIU cannot map them)."""
     present = {dest for dest, _ in bind_mounts(target_spec)}
-    return sorted({dest for dest, _ in bind_mounts(dumped_spec)} - present)
+    return sorted({dest for dest, _ in bind_mounts(dumped_spec)} - present
+                  - set(RUNTIME_MARKERS))
 
 
 def cgroup_mount_map(dirs: Sequence[cgroups.CgroupDir]) -> list[tuple[str, str]]:
@@ -161,9 +168,17 @@ def cgroup_mount_map(dirs: Sequence[cgroups.CgroupDir]) -> list[tuple[str, str]]
 
 
 def external_mount_map(dumped_spec: dict[str, Any], target_spec: dict[str, Any],
-                       target_cgroups: Sequence[cgroups.CgroupDir]) -> list[tuple[str, str]]:
+                       target_cgroups: Sequence[cgroups.CgroupDir],
+                       empty_file: str = "/dev/null") -> list[tuple[str, str]]:
+    """CRIU's --ext-mount-map: each key the dump recorded -> what stands for it in the target;
+    `empty_file` for a runtime's marker file the target's runtime did not bind."""
     mapping = list(bind_mounts(target_spec))
+    mapping += [(marker, empty_file) for marker in RUNTIME_MARKERS
+                if marker in {d for d, _ in bind_mounts(dumped_spec)}]
     mapping.append(("/dev/null", "/dev/null"))  # runc dumps masked paths under this key
+    # crun dumps each masked file under its own path
+    masked = (dumped_spec.get("linux") or {}).get("maskedPaths") or []
+    mapping += [(str(path), "/dev/null") for path in masked if isinstance(path, str) and path]
     if has_cgroup_mount(dumped_spec):
         mapping += cgroup_mount_map(target_cgroups)
     seen: set[str] = set()
@@ -173,6 +188,13 @@ def external_mount_map(dumped_spec: dict[str, Any], target_spec: dict[str, Any],
             seen.add(key)
             unique.append((key, value))
     return unique
+
+
+def _empty_file(work_dir: Path) -> Path:
+    """An empty file of the restore's own, bound where a runtime's marker file was."""
+    path = work_dir / "empty"
+    path.touch(mode=0o644)
+    return path
 
 
 def pipe_inherits(descriptors: Sequence[str]) -> list[tuple[int, str]]:
@@ -378,8 +400,10 @@ def _run_restore(config: HelperConfig, checkpoint: Path, manifest: store.Checkpo
                 "migration's restore", checkpoint_id=manifest.checkpoint_id)
         memory = pages(manifest)  # before anything is touched: the memory is there
     try:
-        return _restore_with(config, checkpoint, manifest, target, dumped_spec, target_spec,
-                             memory)
+        # its root where CRIU and the rootfs diff can reach it (CRI-O's is not: root_attach)
+        with root_attach.attached(target.pid, target.rootfs) as root:
+            return _restore_with(config, checkpoint, manifest, replace(target, rootfs=root),
+                                 dumped_spec, target_spec, memory)
     except BaseException as exc:
         if memory is not None:  # the serving helper lets its source go on
             memory.report(False, f"the restore failed: {exc}")
@@ -421,13 +445,16 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
             pidfile=work_dir / PIDFILE,
             netns_fd=netns_fd,
             inherit_fds=stdio_fds,
-            ext_mounts=external_mount_map(dumped_spec, target_spec, target_cgroups),
+            ext_mounts=external_mount_map(dumped_spec, target_spec, target_cgroups,
+                                          str(_empty_file(work_dir))),
             tcp_established=tcp,
             tcp_close=tcp and other_pod,
             file_locks=bool(options.get("file_locks", True)),
             ext_unix_sk=bool(options.get("ext_unix_sk", True)),
             link_remap=bool(options.get("link_remap", False)),
             lazy_pages=guard is not None,
+            # dumped under another runtime (containerd <-> CRI-O): its root differs in modes
+            skip_file_rwx_check=manifest.source.get("runtime") not in (None, "", target.runtime),
         )
         # a post-copy restore starts alongside its lazy-pages daemon and waits for its socket
         wait = ["--wait-for", str(work_dir / LAZY_SOCKET), "--wait-pid", str(guard.pid),

@@ -34,7 +34,7 @@ from sidecar.errors import (
     RegistryNotAllowed,
     TargetIncompatible,
 )
-from sidecar.node import proctree
+from sidecar.node import proctree, root_attach
 from sidecar.node.containerd import socket_path
 from sidecar.node.discovery import RUNNING, RuncContainer
 from sidecar.node.freezer import frozen
@@ -304,7 +304,8 @@ def restore_rootfs(config: HelperConfig, containers: Containers, namespace: str,
     with locks.hold(target.container_id, "rootfs-restore"), _workdir(config) as work, \
             ExitStack() as resources:
         target = _running(containers, namespace, sandbox, container)  # judged under the lock
-        rootfs = Path(target.rootfs)
+        # its root where the helper can write (CRI-O's is not visible as it is: root_attach)
+        rootfs = Path(resources.enter_context(root_attach.attached(target.pid, target.rootfs)))
         if not rootfs.is_dir():
             raise TargetIncompatible(f"the target's rootfs {rootfs} is not a directory")
         image = _image(config, address, str(ref), work, resources)

@@ -17,25 +17,30 @@ from tests.unit.plugin_fakeapi import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-RUNTIME_ROOT = {"containerd": "/run/containerd/runc/k8s.io",
-                "k3s": "/run/containerd/runc/k8s.io", "crio": "/run/runc"}
-#: host paths each runtime's helper must see, besides the runc root
+#: the runtime roots the helper looks in (every one a node has): containerd's runc root, CRI-O's
+#: crun and runc roots; a cluster of CRI-O nodes only leaves containerd's out
+CRIO_ROOTS = ["/run/crun", "/run/runc"]
+RUNTIME_ROOTS = {"containerd": ["/run/containerd/runc/k8s.io", *CRIO_ROOTS],
+                 "k3s": ["/run/containerd/runc/k8s.io", *CRIO_ROOTS], "crio": CRIO_ROOTS}
+#: CRI-O's host paths: crun's and runc's state, bundles, containers/storage
+CRIO_PATHS = {"/run/crun", "/run/runc", "/run/containers", "/var/lib/containers"}
+#: host paths each runtime's helper must see, besides the runtime roots
 RUNTIME_PATHS = {
-    "containerd": {"/run/containerd", "/var/lib/containerd", "/etc/containerd"},
+    "containerd": {"/run/containerd", "/var/lib/containerd", "/etc/containerd", *CRIO_PATHS},
     "k3s": {"/run/containerd", "/run/k3s/containerd", "/var/lib/rancher/k3s/agent/containerd",
             "/var/lib/rancher/k3s/agent/etc/containerd"},
-    "crio": {"/run/runc", "/run/containers/storage", "/var/lib/containers/storage"},
+    "crio": CRIO_PATHS,
 }
 #: mounts of another runtime that must not be there
 FOREIGN_PATHS = {
-    "containerd": {"/run/k3s/containerd", "/run/runc", "/var/lib/containers/storage"},
-    "k3s": {"/var/lib/containerd", "/etc/containerd", "/run/runc"},
+    "containerd": {"/run/k3s/containerd"},
+    "k3s": {"/var/lib/containerd", "/etc/containerd"},
     "crio": {"/run/containerd", "/var/lib/containerd", "/etc/containerd",
              "/run/k3s/containerd"},
 }
 RUNTIME_VOLUMES = {"run-containerd", "var-lib-containerd", "etc-containerd",
-                   "run-k3s-containerd", "run-runc", "run-containers-storage",
-                   "var-lib-containers-storage"}
+                   "run-k3s-containerd", "run-runc", "run-crun", "run-containers",
+                   "var-lib-containers"}
 
 
 def by_identity(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], str]:
@@ -100,8 +105,8 @@ def test_each_runtime_gets_its_runc_root_and_paths(runtime: str) -> None:
     pod = daemonset_pod(install.render_manifests(runtime=runtime))
     (container,) = pod["containers"]
     command = container["command"]
-    root = command[command.index("--runtime-root") + 1]
-    assert root == RUNTIME_ROOT[runtime]
+    roots = [command[i + 1] for i, arg in enumerate(command) if arg == "--runtime-root"]
+    assert roots == RUNTIME_ROOTS[runtime]
     hosts = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m for m in container["volumeMounts"] if m["name"] in hosts}
     assert set(hosts) == set(mounts)
@@ -111,11 +116,12 @@ def test_each_runtime_gets_its_runc_root_and_paths(runtime: str) -> None:
     assert len(mounts) + 1 == len(container["volumeMounts"])
     assert RUNTIME_PATHS[runtime] <= set(hosts.values())
     assert not FOREIGN_PATHS[runtime] & set(hosts.values())
-    # the helper sees runc's state where runc wrote it, with mounts below propagating
-    holder = [m for m in mounts.values()
-              if f"{root}/".startswith(m["mountPath"].rstrip("/") + "/")]
-    assert holder and holder[0]["mountPropagation"] == "HostToContainer"
-    assert hosts[holder[0]["name"]] == holder[0]["mountPath"]
+    # the helper sees each runtime's state where it wrote it, with mounts below propagating
+    for root in roots:
+        holder = [m for m in mounts.values()
+                  if f"{root}/".startswith(m["mountPath"].rstrip("/") + "/")]
+        assert holder and holder[0]["mountPropagation"] == "HostToContainer", root
+        assert hosts[holder[0]["name"]] == holder[0]["mountPath"]
     for name, mount in mounts.items():
         if runtime == "k3s" and name == "etc-containerd":
             # k3s's generated containerd config, where the helper reads containerd's config
@@ -155,7 +161,8 @@ def test_install_runtime_and_image_together() -> None:
     (container,) = daemonset_pod(objects)["containers"]
     assert container["image"] == "registry.local/helper:dev"
     command = container["command"]
-    assert command[command.index("--runtime-root") + 1] == "/run/runc"
+    assert [command[i + 1] for i, arg in enumerate(command) if arg == "--runtime-root"] == \
+        CRIO_ROOTS
 
 
 @pytest.mark.parametrize("runtime", ["containerd", "k3s", "crio"])

@@ -774,3 +774,15 @@ def test_checkpoints_import_makes_a_checkpoint_of_the_archives_pod_on_its_node(
         refused = run_cli(kubeconfig, "checkpoints", "import", bad, "--node", "node2")
         assert refused.exit_code == 2, (bad, refused.stderr)
     assert len(cluster.created("checkpoints")) == 1
+
+
+def test_doctor_takes_containerd_and_crio_nodes_and_warns_of_other_runtimes(
+        cluster: FakeCluster, kubeconfig: Path) -> None:
+    _installed(cluster, kubeconfig)
+    cluster.node_runtimes["node1"] = "cri-o://1.34.0"
+    doc = json.loads(run_cli(kubeconfig, "doctor", "-o", "json").stdout)
+    assert not [c for c in doc["checks"] if c["check"] == "runtime"], doc["checks"]
+    cluster.node_runtimes["node1"] = "docker://28.2.2"
+    doc = json.loads(run_cli(kubeconfig, "doctor", "-o", "json").stdout)
+    (row,) = [c for c in doc["checks"] if c["check"] == "runtime"]
+    assert row["result"] == "warn" and "docker://28.2.2" in row["detail"], row

@@ -203,6 +203,7 @@ class FakeCluster:
         self.max_watch_s = 30.0
         self.resource_version = 100
         self.nodes = ["node1"]
+        self.node_runtimes: dict[str, str] = {}  # node -> containerRuntimeVersion
         self.token: str | None = TOKEN
         self.user = "token-user"  # whom a token authenticates (a client certificate: alice)
         self.closed = False
@@ -306,7 +307,8 @@ class FakeCluster:
         if path == "/api/v1/nodes":
             return 200, {"kind": "NodeList", "items": [
                 {"metadata": {"name": n}, "status": {"nodeInfo": {
-                    "containerRuntimeVersion": "containerd://2.4.2"}}} for n in self.nodes]}
+                    "containerRuntimeVersion": self.node_runtimes.get(n, "containerd://2.4.2")}}}
+                for n in self.nodes]}
         if path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
             review = json.loads(req.body) if isinstance(req.body, str) else req.body
             spec = review["spec"]

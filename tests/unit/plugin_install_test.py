@@ -187,6 +187,7 @@ def test_daemonset_spec() -> None:
     assert container["command"] == [
         "cedana-helper", "serve", "--host", "127.0.0.1", "--port", "1324", "--checkpoint-dir",
         "/var/lib/cedana/checkpoints", "--runtime-root", "/run/containerd/runc/k8s.io",
+        "--runtime-root", "/run/crun", "--runtime-root", "/run/runc",
         "--signing-key", "/etc/cedana/signing-key/key",
         "--peer-port", "1325", "--peer-address", "$(POD_IP)"]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
@@ -221,6 +222,11 @@ def test_daemonset_spec() -> None:
         "/etc/docker/certs.d": (None, "DirectoryOrCreate", True),
         "/etc/containers": (None, "DirectoryOrCreate", True),
         "/run/netns": ("HostToContainer", "DirectoryOrCreate", False),
+        # CRI-O's: crun's and runc's state, bundles, containers/storage
+        "/run/crun": ("HostToContainer", "DirectoryOrCreate", False),
+        "/run/runc": ("HostToContainer", "DirectoryOrCreate", False),
+        "/run/containers": ("HostToContainer", "DirectoryOrCreate", False),
+        "/var/lib/containers": ("HostToContainer", "DirectoryOrCreate", False),
     }
     assert set(by_path) == set(expected)
     for path, (propagation, kind, read_only) in expected.items():

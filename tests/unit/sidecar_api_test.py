@@ -55,7 +55,15 @@ def test_list_with_a_bad_root(app: HelperApp) -> None:
     body = assert_error(app.client.get("/list/default", params={"root": "/no/such/root"}),
                         400, "invalid_request")
     assert "/no/such/root" in str(body["message"])
-    assert_error(app.client.get("/list/default"), 400, "invalid_request")  # default is absent
+    # naming none: every configured root this node has (the default one is absent here)
+    unnamed = app.client.get("/list/default")
+    assert unnamed.status_code == 200, unnamed.text
+    assert {c["container_id"] for c in unnamed.json()} >= \
+        {c["container_id"] for c in app.client.get("/list/default",
+                                                   params={"root": str(app.root)}).json()}
+    none_here = TestClient(create_app(HelperConfig(
+        checkpoint_dir=app.root.parent / "c3", runtime_root=app.root.parent / "absent")))
+    assert_error(none_here.get("/list/default"), 400, "invalid_request")
 
 
 def test_malformed_json(app: HelperApp) -> None:

@@ -155,3 +155,70 @@ def test_half_written_state_is_skipped(tmp_path: Path, live_pid: int) -> None:
     (root / "partial" / "state.json").write_text('{"id": "partial", "conf')
     names = {c.container_name for c in list_containers(root, "default")}
     assert "first" in names
+
+
+# --- crun (CRI-O's default runtime): `status` and a copy of config.json per container --------
+
+def _crun_container(root: Path, cid: str, pid: int, *, start: int | None, kind: str = "container",
+                    pod: str = "web-0", name: str = "nginx") -> Path:
+    """One container as crun 1.21 records it under its root (read off the lab's CRI-O node)."""
+    state_dir = root / cid
+    state_dir.mkdir(parents=True)
+    storage = root.parent / "storage"
+    bundle = storage / "overlay-containers" / cid / "userdata"
+    bundle.mkdir(parents=True)
+    cgroup = f"/kubepods/besteffort/pod1234/crio-{cid}"
+    (state_dir / "status").write_text(json.dumps({
+        "pid": pid, "process-start-time": start, "cgroup-path": cgroup, "scope": "",
+        "rootfs": str(storage / "overlay" / cid / "merged"), "systemd-cgroup": False,
+        "bundle": str(bundle), "created": "2026-11-30T18:29:21.202865Z", "owner": "root",
+        "detached": True}))
+    config = {"ociVersion": "1.2.1", "root": {"path": str(storage / "overlay" / cid / "merged")},
+              "annotations": {"io.kubernetes.cri-o.ContainerType": kind,
+                              "io.kubernetes.pod.name": pod, "io.kubernetes.pod.namespace": "shop",
+                              "io.kubernetes.container.name": name,
+                              "io.kubernetes.cri-o.SandboxID": "7" * 64,
+                              "io.kubernetes.cri-o.ImageName": "docker.io/library/nginx:1.25"}}
+    (state_dir / "config.json").write_text(json.dumps(config))
+    (bundle / "config.json").write_text(json.dumps(config))
+    return state_dir
+
+
+def test_crun_state_is_read(tmp_path: Path, live_pid: int) -> None:
+    from sidecar.node import proctree
+    root = tmp_path / "crun"
+    _crun_container(root, "c" * 64, live_pid, start=proctree.start_ticks(live_pid))
+    _crun_container(root, "d" * 64, live_pid, start=None, kind="sandbox", name="POD")
+    (nginx,) = list_containers(root, "shop")
+    assert (nginx.engine, nginx.runtime, nginx.state_root) == ("crun", "cri-o", str(root))
+    assert (nginx.sandbox_name, nginx.container_name, nginx.container_id) == \
+        ("web-0", "nginx", "c" * 64)
+    assert nginx.pid == live_pid and nginx.status == RUNNING
+    assert nginx.init_start == proctree.start_ticks(live_pid)
+    assert nginx.rootfs == str(tmp_path / "storage" / "overlay" / ("c" * 64) / "merged")
+    assert nginx.bundle == \
+        str(tmp_path / "storage" / "overlay-containers" / ("c" * 64) / "userdata")
+    assert nginx.to_dict()["engine"] == "crun"
+
+
+def test_crun_reused_pid_counts_as_stopped(tmp_path: Path, live_pid: int) -> None:
+    from sidecar.node import proctree
+    root = tmp_path / "crun"
+    _crun_container(root, "c" * 64, live_pid, start=(proctree.start_ticks(live_pid) or 0) + 5)
+    (nginx,) = list_containers(root, "shop")
+    assert nginx.status == STOPPED
+
+
+def test_find_looks_in_every_root(tmp_path: Path, live_pid: int) -> None:
+    from sidecar.node import proctree
+    runc_root = install_runc_root("crio", tmp_path, {CRIO_NGINX: live_pid})
+    crun_root = tmp_path / "crun"
+    _crun_container(crun_root, "c" * 64, live_pid, start=proctree.start_ticks(live_pid),
+                    pod="api-0", name="api")
+    roots = (runc_root, crun_root)
+    assert find_container(roots, "shop", "web-0", "nginx").engine == "runc"
+    api = find_container(roots, "shop", "api-0", "api")
+    assert (api.engine, api.state_root) == ("crun", str(crun_root))
+    assert {c.container_name for c in list_containers(roots, "shop")} == {"nginx", "api"}
+    with pytest.raises(ContainerNotFound, match="crun"):
+        find_container(roots, "shop", "api-0", "nothing")

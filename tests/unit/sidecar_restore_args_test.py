@@ -228,3 +228,39 @@ def test_a_restored_tree_is_dumped_with_the_keys_its_restore_maps() -> None:
     assert {"--leave-running", "--tcp-established", "--link-remap", "--ext-unix-sk",
             "--file-locks", "--manage-cgroups=ignore"} <= set(args)
     assert "--skip-in-flight" not in args
+
+
+def test_crun_keys_of_masked_files_map_to_dev_null() -> None:
+    """crun dumps each masked file (an external bind of /dev/null) under its own path, runc
+    under /dev/null: both map to /dev/null, so a checkpoint of either restores."""
+    dumped = spec_of(COUNTER)
+    dumped.setdefault("linux", {})["maskedPaths"] = ["/proc/timer_list", "/proc/keys",
+                                                      "/proc/acpi"]
+    mapping = external_mount_map(dumped, spec_of(FIRST), hybrid_dirs())
+    keys = [k for k, _ in mapping]
+    assert len(keys) == len(set(keys))
+    as_dict = dict(mapping)
+    assert as_dict["/proc/timer_list"] == as_dict["/proc/keys"] == "/dev/null"
+    assert as_dict["/dev/null"] == "/dev/null"
+
+
+def test_a_crio_marker_file_the_target_lacks_gets_an_empty_file() -> None:
+    """A checkpoint taken under CRI-O has /run/.containerenv bound in; a containerd target has
+    none: it is not a missing mount, and an empty file stands for it. A CRI-O target's own
+    marker wins."""
+    dumped = spec_of(COUNTER)
+    dumped["mounts"].append({"destination": "/run/.containerenv", "type": "bind",
+                             "source": "/run/containers/storage/x/userdata/.containerenv",
+                             "options": ["bind", "rw"]})
+    target = spec_of(FIRST)
+    assert missing_bind_mounts(dumped, target) == []
+    as_dict = dict(external_mount_map(dumped, target, hybrid_dirs(), "/work/empty"))
+    assert as_dict["/run/.containerenv"] == "/work/empty"
+    target["mounts"].append({"destination": "/run/.containerenv", "type": "bind",
+                             "source": "/run/containers/storage/y/userdata/.containerenv",
+                             "options": ["bind", "rw"]})
+    as_dict = dict(external_mount_map(dumped, target, hybrid_dirs(), "/work/empty"))
+    assert as_dict["/run/.containerenv"] == "/run/containers/storage/y/userdata/.containerenv"
+    # without the marker in the dump, no key for it
+    assert "/run/.containerenv" not in dict(external_mount_map(spec_of(COUNTER), spec_of(FIRST),
+                                                                hybrid_dirs(), "/work/empty"))

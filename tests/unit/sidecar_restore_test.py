@@ -32,6 +32,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def roots_as_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake placeholders' rootfs is a directory of the test, not their process's root:
+    taken as it is (the attach of a root that is not visible runs on the lab's CRI-O node,
+    tests/e2e/test_lab_crio.py)."""
+    from sidecar.node import root_attach
+    monkeypatch.setattr(root_attach, "visible", lambda pid, rootfs: True)
+
+
 class RestoreEnv(HelperApp):
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path)

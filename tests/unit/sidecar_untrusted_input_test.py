@@ -191,3 +191,18 @@ def test_pid_reuse_between_discovery_and_action(live: Any, monkeypatch: Any) -> 
     with pytest.raises(ContainerNotRunning):
         Containers(root, None, config.node_name).find("default", POD, "counter")
     assert os.path.exists(f"/proc/{pid}")
+
+
+def test_a_request_naming_no_root_looks_only_in_configured_roots_this_node_has(
+        tmp_path: Path) -> None:
+    from sidecar.ops.containers import allowed_roots
+    present, missing = tmp_path / "crun", tmp_path / "not-here"
+    present.mkdir()
+    config = HelperConfig(checkpoint_dir=tmp_path / "ck", runtime_root=missing,
+                          runtime_roots=(present,))
+    assert allowed_roots(config, None) == (present,)
+    assert allowed_roots(config, str(present)) == (present,)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(InvalidRequest, match="not a runtime root of this helper"):
+        allowed_roots(config, str(elsewhere))
