@@ -27,6 +27,14 @@ NODE2_NAME = "cedana-lab-node2"
 NODE2_IP = "10.88.0.2"
 NODE2_POD_SUBNET = "10.88.2.0/24"
 NODE2_TAINT_KEY = "cedana-lab/second-node"
+# The CRI-O node (hack/lab-node3.sh): CRI-O with crun by default and runc for pods of the
+# RuntimeClass CRIO_RUNC_CLASS; tainted like node 2.
+NODE3_NAME = "cedana-lab-crio"
+NODE3_IP = "10.88.0.3"
+NODE3_POD_SUBNET = "10.88.3.0/24"
+NODE3_TAINT_KEY = "cedana-lab/crio-node"
+NODE3_RUN_ON_HOST = "/run/kubectl-cedana-lab/node3"  # its /run/crun, /run/runc, ... below
+CRIO_RUNC_CLASS = "cedana-lab-runc"
 RUNC_ROOT = "/run/containerd/runc/k8s.io"
 CONTAINERD_SOCK = "/run/containerd/containerd.sock"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"  # version 3; registry TLS in certs.d hosts.toml
@@ -87,6 +95,7 @@ class Lab:
     registry_user: str = REGISTRY_USER
     node_name: str = NODE_NAME
     node2_name: str = NODE2_NAME  # the second node; see node2_toleration
+    crio_node: str = NODE3_NAME  # the CRI-O node
     workload_image: str = WORKLOAD_IMAGE
     runc_root: str = RUNC_ROOT
     _core: Any = field(default=None, repr=False)
@@ -95,6 +104,11 @@ class Lab:
     def node2_toleration(self) -> dict[str, str]:
         """What a pod scheduled (not given nodeName) onto the second node must tolerate."""
         return {"key": NODE2_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+
+    def node_names(self) -> list[str]:
+        """Every node of the lab as the API lists it."""
+        nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        return sorted(n["metadata"]["name"] for n in nodes)
 
     @property
     def registry_password(self) -> str:

@@ -69,8 +69,9 @@ def _helpers_ready(lab: Lab) -> None:
     lab.kubectl("-n", HELPERS, "rollout", "status", "daemonset/cedana-helper", "--timeout=240s",
                 timeout=260)
     status = _daemonset(lab)["status"]
-    assert status["desiredNumberScheduled"] == 2, status
-    assert status["numberReady"] == status["updatedNumberScheduled"] == 2, status
+    nodes = len(lab.node_names())
+    assert status["desiredNumberScheduled"] == nodes, status
+    assert status["numberReady"] == status["updatedNumberScheduled"] == nodes, status
 
 
 def _checkpoint_and_restore(lab: Lab, namespace: str, pod: str) -> str:

@@ -29,13 +29,16 @@ def _apiserver_pid() -> int:
     return int((LAB_DIR / "pids" / "kube-apiserver.pid").read_text())
 
 
-def test_both_nodes_run_kubernetes_1_34_on_containerd_2(lab: Lab) -> None:
+def test_every_node_runs_kubernetes_1_34_on_containerd_2_or_crio(lab: Lab) -> None:
     nodes = json.loads(lab.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     info = {n["metadata"]["name"]: n["status"]["nodeInfo"] for n in nodes}
-    assert set(info) == {lab.node_name, lab.node2_name}
+    assert set(info) == {lab.node_name, lab.node2_name, lab.crio_node}
     for name, node in info.items():
         assert node["kubeletVersion"].startswith("v1.34."), (name, node)
         runtime = node["containerRuntimeVersion"]
+        if name == lab.crio_node:  # tests/e2e/test_lab_crio.py
+            assert runtime.startswith("cri-o://1.3"), (name, runtime)
+            continue
         assert runtime.startswith("containerd://2."), (name, runtime)
         assert int(runtime.split("://2.")[1].split(".")[0]) >= 1, runtime  # containerd >= 2.1
     versions = json.loads(lab.kubectl("version", "-o", "json").stdout)

@@ -83,8 +83,7 @@ def test_install_checkpoint_restore_migrate(lab: Lab, namespace: str) -> None:
     lab.kubectl("get", "validatingadmissionpolicy,validatingadmissionpolicybinding", "cedana.io")
     pods = json.loads(lab.kubectl("-n", "cedana-system", "get", "pods", "-l",
                                   "app.kubernetes.io/name=cedana-helper", "-o", "json").stdout)
-    assert sorted(p["spec"]["nodeName"] for p in pods["items"]) == [lab.node_name,
-                                                                    lab.node2_name]
+    assert sorted(p["spec"]["nodeName"] for p in pods["items"]) == lab.node_names()
     doctor = cedana(lab, "-n", namespace, "doctor", "-o", "json")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
