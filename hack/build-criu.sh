@@ -19,12 +19,8 @@ else
   log "building criu $CRIU_VERSION from Debian $CRIU_SUITE's source"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  # only the upstream tarball is needed (Debian's own patches are packaging)
-  (cd "$work" && apt-get source --download-only "criu/$CRIU_SUITE" >/dev/null 2>&1 || true)
-  orig=$(ls "$work"/criu_"$CRIU_VERSION".orig.tar.* 2>/dev/null | head -1)
-  [ -n "$orig" ] || die "criu_$CRIU_VERSION.orig.tar.* not fetched (is the $CRIU_SUITE deb-src entry there?)"
-  tar -C "$work" -xf "$orig"
-  src=$(find "$work" -maxdepth 1 -type d -name 'criu-*' | head -1)
+  upstream_source criu "$CRIU_VERSION" "$CRIU_SUITE" "$work"
+  src="$work/criu-$CRIU_VERSION"
   for p in "${patches[@]}"; do patch -d "$src" -p1 -s <"$p"; done
   make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; die "criu build failed"; }
   mkdir -p "$dest.tmp"

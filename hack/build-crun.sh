@@ -21,12 +21,8 @@ else
   log "building crun $CRUN_VERSION (Debian $CRUN_SUITE's source) with libcriu $CRIU_VERSION"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  (cd "$work" && apt-get source --download-only "criu/$CRIU_SUITE" "crun/$CRUN_SUITE" >/dev/null 2>&1 || true)
-  for pkg in "criu_$CRIU_VERSION" "crun_$CRUN_VERSION"; do
-    orig=$(ls "$work/$pkg".orig.tar.* 2>/dev/null | head -1)
-    [ -n "$orig" ] || die "$pkg.orig.tar.* not fetched (are the deb-src entries of hack/install-deps.sh there?)"
-    tar -C "$work" -xf "$orig"
-  done
+  upstream_source criu "$CRIU_VERSION" "$CRIU_SUITE" "$work"
+  upstream_source crun "$CRUN_VERSION" "$CRUN_SUITE" "$work"
   criu_src="$work/criu-$CRIU_VERSION" crun_src="$work/crun-$CRUN_VERSION"
   for p in ${patches[@]+"${patches[@]}"}; do patch -d "$crun_src" -p1 -s <"$p"; done
   rm -rf "$dest.tmp" && mkdir -p "$dest.tmp/lib" "$work/include/criu" "$work/pkgconfig"

@@ -44,6 +44,16 @@ CONTAINERD_CERTS_DIR=/etc/containerd/certs.d    # hosts.toml per registry (confi
 CNI_CONF=/etc/cni/net.d/10-cedana-lab.conflist
 
 kctl() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+
+# upstream_source PKG VERSION SUITE DIR: unpack the upstream tarball of Debian SUITE's source
+# package PKG (VERSION) into DIR/PKG-VERSION; Debian's own patches are packaging, not applied.
+upstream_source() {
+  local pkg=$1 version=$2 suite=$3 dir=$4 orig
+  (cd "$dir" && apt-get source --download-only "$pkg/$suite" >/dev/null 2>&1 || true)
+  orig=$(ls "$dir/${pkg}_$version".orig.tar.* 2>/dev/null | head -1)
+  [ -n "$orig" ] || die "${pkg}_$version.orig.tar.* not fetched (is the $suite deb-src entry of hack/install-deps.sh there?)"
+  tar -C "$dir" -xf "$orig"
+}
 node_ready() {  # node_ready NAME: the node reports Ready
   [ "$(kctl get node "$1" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.e2e.lab import (
     CRIO_RUNC_CLASS,
+    HELPER_NAMESPACE,
     NODE3_IP,
     NODE3_POD_SUBNET,
     NODE3_RUN_ON_HOST,
@@ -23,12 +26,23 @@ from tests.e2e.lab import (
     Lab,
     cedana,
     counter_pod,
+    create_namespace,
+    delete_namespace,
     goes_on,
     helper_daemonset_lock,
+    helper_pod,
     install_helpers,
+    pod_manifest,
+    port_forward,
+    run,
+    service_account_token,
 )
 
 CRIO_CHECKPOINTS_ON_HOST = Path("/var/lib/kubectl-cedana-lab/node3/checkpoints")
+IMAGES_CACHE = Path("/var/cache/kubectl-cedana/images")
+# what the container does to its files: a new one, one changed, one deleted
+CHANGE_FILES = ("printf 'new-bytes' > /data/new.txt; printf 'appended' >> /data/original.txt; "
+                "rm /data/doomed.txt; touch /tmp/ready; while true; do sleep 1; done")
 
 
 REPOSITORY = "cedana/crio-checkpoints"
@@ -37,7 +51,8 @@ REPOSITORY = "cedana/crio-checkpoints"
 @pytest.fixture(scope="module")
 def installed(lab: Lab) -> Iterator[None]:
     with helper_daemonset_lock():
-        install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/{REPOSITORY}")
+        install_helpers(lab, "--checkpoint-repository", f"{lab.registry}/{REPOSITORY}",
+                        "--registry-prefix", f"{lab.registry}/rootfs/{{namespace}}")
         yield
 
 
@@ -171,3 +186,56 @@ def test_crio_restores_natively_a_checkpoint_image_the_helper_pushed(
     assert status["imageID"].startswith("docker.io/cedana-lab/workload@sha256:"), status
     # the counter goes on from the checkpoint's count (5 or more), not from zero
     goes_on(lab, namespace, "native", 5)
+
+
+def test_seed_crio_routes_on_a_real_crio_pod(lab: Lab, namespace: str, installed: None) -> None:
+    """The seed's CRI-O routes on a pod CRI-O runs (crun, containers/storage): /list shows it
+    with CRI-O's annotations; /checkpoint/rootfs/crio commits its changed files onto the image
+    it was started from (read from the registry) and pushes them with the node's credentials;
+    the kubelet runs the pushed image on the CRI-O node. A tenant of another namespace is
+    refused."""
+    base = f"{lab.registry}/rootfs/{namespace}/base:1"  # under the allowed prefix
+    run(["skopeo", "copy", "-q", "--dest-creds", f"{lab.registry_user}:{lab.registry_password}",
+         "--dest-cert-dir", f"/etc/containers/certs.d/{lab.registry}",
+         f"docker-archive:{IMAGES_CACHE / 'workload.tar'}", f"docker://{base}"], timeout=300)
+    lab.apply(_on_crio(pod_manifest("files", ["/bin/sh", "-c", CHANGE_FILES], image=base), lab),
+              namespace)
+    lab.wait_pod_running(namespace, "files", timeout=180)
+    for _ in range(60):
+        if lab.kubectl("-n", namespace, "exec", "files", "--", "test", "-f", "/tmp/ready",
+                       check=False).returncode == 0:
+            break
+        time.sleep(0.5)
+    token = service_account_token(lab, namespace, "committer", "edit")
+    tenant = create_namespace(lab, "crio-tenant")
+    try:
+        stranger = service_account_token(lab, tenant, "stranger", "edit")
+        new_ref = f"{lab.registry}/rootfs/{namespace}:crio"
+        body = {"container_name": "main", "sandbox_name": "files", "namespace": namespace,
+                "image_ref": base, "new_image_ref": new_ref}
+        helper = helper_pod(lab, lab.crio_node)["metadata"]["name"]
+        with port_forward(lab, HELPER_NAMESPACE, helper, 1324) as url:
+            listed = requests.get(f"{url}/list/{namespace}", timeout=30,
+                                  headers={"Authorization": f"Bearer {token}"})
+            assert listed.status_code == 200, listed.text
+            (entry,) = [c for c in listed.json() if c["sandbox_name"] == "files"]
+            assert (entry["runtime"], entry["engine"], entry["container_name"]) == \
+                ("cri-o", "crun", "main"), entry
+            refused = requests.post(f"{url}/checkpoint/rootfs/crio", json=body, timeout=60,
+                                    headers={"Authorization": f"Bearer {stranger}"})
+            assert refused.status_code == 403, refused.text
+            committed = requests.post(f"{url}/checkpoint/rootfs/crio", json=body, timeout=300,
+                                      headers={"Authorization": f"Bearer {token}"})
+            assert committed.status_code == 200, committed.text
+            assert committed.json()["base_image"] == base
+    finally:
+        delete_namespace(lab, tenant)
+    # the kubelet runs the pushed image on the CRI-O node: the changed files are in it
+    lab.apply(_on_crio(pod_manifest("from-commit", ["/bin/sh", "-c", "sleep 3600"],
+                                    image=new_ref, pull_policy="Always"), lab), namespace)
+    lab.wait_pod_running(namespace, "from-commit", timeout=180)
+    show = lab.kubectl("-n", namespace, "exec", "from-commit", "--", "/bin/sh", "-c",
+                       "cat /data/new.txt; echo; cat /data/original.txt; echo; "
+                       "test -e /data/doomed.txt && echo doomed-here || echo doomed-gone").stdout
+    assert show.splitlines() == ["new-bytes", "original content of the image", "appended",
+                                 "doomed-gone"], show
