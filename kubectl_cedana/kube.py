@@ -1,10 +1,11 @@
-"""A small Kubernetes API client on top of the official client's kubeconfig loading.
+"""A small Kubernetes API client: urllib3 and plain dicts.
 
-The official `kubernetes` package is only used to read the kubeconfig (tokens, client
-certificates, exec plugins, OIDC refresh, proxies) and to build its configured urllib3 pool.
-Requests are plain HTTP with JSON bodies, and every object is a plain dict as the API server
-sends it (camelCase keys). That keeps the rest of the plugin independent of the generated
-models, and it is the only module that imports `kubernetes` (lazily: `--help` never pays for it).
+kubeconfig.py reads the kubeconfig (certificates, tokens, exec plugins, in-cluster service
+accounts) without the official `kubernetes` package, whose import alone costs ~0.26 s of every
+command. What it leaves (legacy auth-provider plugins, proxies) is read by the official client,
+imported then and only then. Requests are plain HTTP with JSON bodies, and every object is a
+plain dict as the API server sends it (camelCase keys). This is the only module that imports
+`kubernetes`.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import quote, urlencode
 
 from kubectl_cedana.errors import (
@@ -22,12 +22,13 @@ from kubectl_cedana.errors import (
     ApiError,
     ApiInvalid,
     ApiNotFound,
-    CedanaError,
     ConfigError,
-    OperationTimeout,
     PermissionDenied,
 )
 from kubectl_cedana.settings import Settings
+
+if TYPE_CHECKING:
+    from kubectl_cedana.transport import HttpClientTransport, HttpResponse, Urllib3Transport
 
 # a runtime alias: typing forms, since `X | Y` cannot be evaluated on Python 3.9. Every request
 # has a limit: seconds in all, or (connect, read)
@@ -46,24 +47,6 @@ _CLUSTER_SCOPED = {"nodes", "namespaces", "clusterroles", "clusterrolebindings",
                    "validatingadmissionpolicies", "validatingadmissionpolicybindings"}
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete",
           "HEAD": "get", "OPTIONS": "get"}
-
-
-@dataclass
-class HttpResponse:
-    status: int
-    data: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def json(self) -> Any:
-        if not self.data:
-            return None
-        return json.loads(self.data.decode("utf-8"))
-
-    def json_or_none(self) -> Any:
-        try:
-            return self.json()
-        except ValueError:
-            return None
 
 
 def required_permission(method: str, path: str) -> str:
@@ -165,16 +148,35 @@ class KubeClient:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._configuration, self._context_namespace = self._load_configuration(settings)
-        from kubernetes.client import rest  # lazy: see the module docstring
-
-        self._pool = rest.RESTClientObject(self._configuration).pool_manager
-        self.host = str(self._configuration.host).rstrip("/")
         self._user_name: str | None = None
+        self._configuration: Any = None  # the official client's, when it is used
+        # lazy, as the connection they make: `--help` never pays for ssl and http
+        from kubectl_cedana import kubeconfig, transport
+
+        self._transport: HttpClientTransport | Urllib3Transport
+        try:
+            connection = kubeconfig.load(settings.kubeconfig, settings.context)
+        except kubeconfig.Unsupported as exc:
+            _debug(settings, f"kubeconfig uses {exc}: read by the kubernetes package")
+            self._configuration, self._context_namespace = self._load_configuration(settings)
+            from kubernetes.client import rest
+
+            self.host = str(self._configuration.host).rstrip("/")
+            self._headers: dict[str, str] = {}
+            self._transport = transport.Urllib3Transport(
+                rest.RESTClientObject(self._configuration).pool_manager, self.host,
+                settings.request_timeout)
+            return
+        self.host = connection.host.rstrip("/")
+        self._context_namespace = connection.namespace
+        self._headers = connection.headers
+        self._transport = transport.HttpClientTransport(connection, settings.request_timeout)
 
     # -- configuration --------------------------------------------------------------------
     @staticmethod
     def _load_configuration(settings: Settings) -> tuple[Any, str | None]:
+        """The official client's reading of the kubeconfig: for what kubeconfig.py leaves
+        to it (auth-provider plugins, proxies)."""
         from kubernetes.client import Configuration
         from kubernetes.config import ConfigException, kube_config
 
@@ -220,34 +222,23 @@ class KubeClient:
         return self.settings.namespace or self._context_namespace or "default"
 
     def _auth_headers(self) -> dict[str, str]:
+        if self._configuration is None:
+            return self._headers
         headers: dict[str, str] = {}
         for entry in self._configuration.auth_settings().values():
             if entry.get("in") == "header" and entry.get("value"):
                 headers[str(entry["key"])] = str(entry["value"])
         return headers
 
-    def _timeout(self, timeout: Timeout) -> Any:
-        import urllib3
-
-        limit = self.settings.request_timeout
-        if limit:  # an explicit --request-timeout bounds every request
-            return urllib3.Timeout(total=limit)
-        if isinstance(timeout, tuple):
-            return urllib3.Timeout(connect=timeout[0], read=timeout[1])
-        return urllib3.Timeout(connect=min(DEFAULT_TIMEOUT[0], timeout), read=timeout)
-
     # -- HTTP -----------------------------------------------------------------------------
     def send(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
              body: Any = None, content_type: str = "application/json",
              timeout: Timeout = DEFAULT_TIMEOUT,
              headers: Mapping[str, str] | None = None) -> HttpResponse:
-        """One HTTP request to the API server; raises only for transport failures.
+        """One HTTP request to the API server; raises only for transport failures (typed).
         `headers` are added to the request (they reach a proxied pod)."""
-        import urllib3
-
-        url = self.host + path
         if query:
-            url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         sent = {"Accept": "application/json", "User-Agent": "kubectl-cedana", **(headers or {})}
         sent.update(self._auth_headers())
         data: bytes | None = None
@@ -255,37 +246,11 @@ class KubeClient:
             data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
             sent["Content-Type"] = content_type
         started = time.monotonic()
-        try:
-            raw = self._pool.request(method, url, body=data, headers=sent,
-                                     timeout=self._timeout(timeout), preload_content=True,
-                                     retries=urllib3.Retry(total=1, connect=1, read=0,
-                                                           status=0, redirect=0))
-        except urllib3.exceptions.HTTPError as exc:
-            raise self._transport_error(method, url, exc, timeout) from exc
-        response = HttpResponse(raw.status, raw.data or b"",
-                                {k.lower(): v for k, v in raw.headers.items()})
-        _debug(self.settings, f"{method} {url} -> {response.status} "
+        response = self._transport.request(method, path, body=data, headers=sent,
+                                           timeout=timeout)
+        _debug(self.settings, f"{method} {self.host}{path} -> {response.status} "
                               f"({(time.monotonic() - started) * 1000:.0f} ms)")
         return response
-
-    def _transport_error(self, method: str, url: str, exc: Exception,
-                         timeout: Timeout) -> CedanaError:
-        import urllib3
-
-        reason: Any = exc
-        if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-            reason = exc.reason
-        if isinstance(reason, urllib3.exceptions.NewConnectionError):  # before: a subclass
-            return CedanaError(f"cannot connect to the Kubernetes API server at {self.host}",
-                               hint=str(getattr(reason, "reason", None) or reason))
-        if isinstance(reason, (urllib3.exceptions.ReadTimeoutError,
-                               urllib3.exceptions.ConnectTimeoutError,
-                               urllib3.exceptions.TimeoutError)):
-            return OperationTimeout(f"{method} {url} timed out",
-                                    hint="raise --request-timeout if the cluster is slow")
-        if isinstance(reason, urllib3.exceptions.SSLError):
-            return ConfigError(f"TLS error talking to {self.host}: {reason}")
-        return CedanaError(f"{method} {url} failed: {reason}")
 
     def watch(self, path: str, *, query: Mapping[str, Any] | None = None,
               seconds: int = 60) -> Iterator[dict[str, Any]]:
@@ -293,46 +258,33 @@ class KubeClient:
         the API server streams them), for at most `seconds` (the server's timeoutSeconds):
         the iteration ends when the server closes the watch. A refused watch raises the
         typed error of its Status; a broken connection, a CedanaError."""
-        import urllib3
+        from kubectl_cedana.transport import HttpResponse
 
         if self.settings.request_timeout:  # every request within --request-timeout
             seconds = max(1, min(seconds, int(self.settings.request_timeout * 0.8)))
-        url = self.host + path + "?" + urlencode(
+        full = path + "?" + urlencode(
             {**{k: v for k, v in (query or {}).items() if v is not None},
              "watch": "true", "timeoutSeconds": str(seconds)})
         headers = {"Accept": "application/json", "User-Agent": "kubectl-cedana",
                    **self._auth_headers()}
         limit: Timeout = (DEFAULT_TIMEOUT[0], seconds + WATCH_SLACK_S)
+        stream = self._transport.stream(full, headers=headers, timeout=limit)
+        _debug(self.settings, f"GET {self.host}{full} -> {stream.status} (watch)")
         try:
-            raw = self._pool.request("GET", url, headers=headers, timeout=self._timeout(limit),
-                                     preload_content=False,
-                                     retries=urllib3.Retry(total=1, connect=1, read=0,
-                                                           status=0, redirect=0))
-        except urllib3.exceptions.HTTPError as exc:
-            raise self._transport_error("GET", url, exc, limit) from exc
-        _debug(self.settings, f"GET {url} -> {raw.status} (watch)")
-        finished = False
-        try:
-            if raw.status >= 400:
-                response = HttpResponse(raw.status, raw.read() or b"")
+            if stream.status >= 400:
+                response = HttpResponse(stream.status, stream.read_all() or b"")
                 raise api_error("GET", path + "?watch=true", response)
             pending = b""
-            try:
-                for chunk in raw.stream(WATCH_CHUNK):
-                    pending += chunk
-                    while b"\n" in pending:
-                        line, pending = pending.split(b"\n", 1)
-                        if line.strip():
-                            yield dict(json.loads(line.decode("utf-8")))
-            except urllib3.exceptions.HTTPError as exc:
-                raise self._transport_error("GET", url, exc, limit) from exc
-            finished = True
+            for chunk in stream.chunks(WATCH_CHUNK):
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if line.strip():
+                        yield dict(json.loads(line.decode("utf-8")))
             if pending.strip():
                 yield dict(json.loads(pending.decode("utf-8")))
         finally:
-            if not finished:  # left before the server ended it: the rest must not be read
-                raw.close()  # as the next answer on this connection
-            raw.release_conn()
+            stream.close()  # left early: the rest is never read as another answer
 
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                 body: Any = None, content_type: str = "application/json",
