@@ -117,7 +117,10 @@ def _start(kube: KubeClient, resource: Resource, namespace: str, spec: dict[str,
         require_helper_on(kube, node)
     obj = resources.new_object(resource, namespace, spec, name=name,
                                generate_from=generate_from, node=node,
-                               user=kube.user_name())
+                               user=kube.user_name(),
+                               finalizers=(CHECKPOINT_DATA_FINALIZER,)
+                               if resource is CHECKPOINT_RESOURCE and not spec.get("preflight")
+                               else ())
     if dry_run != "client":
         obj = resources.create(kube, resource, obj, dry_run=dry_run == "server")
     return Started(resource, obj, dry_run)

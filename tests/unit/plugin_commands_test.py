@@ -16,6 +16,7 @@ from tests.unit.plugin_fakehelpers import FakeHelpers
 ID = "6f1d2c3b-0000-4000-8000-000000000001"
 NODE_LABEL = "cedana.io/node"
 REQUESTED_BY = "cedana.io/requested-by"
+CHECKPOINT_DATA_FINALIZER = "cedana.io/checkpoint-data"
 
 
 def _checkpoint(kubeconfig: Path, pod: str = "counter", *extra: str) -> dict[str, Any]:
@@ -49,7 +50,9 @@ def test_checkpoint_creates_one_object_for_the_pods_node_and_prints_the_id(
     assert sent == {"apiVersion": "cedana.io/v1alpha1", "kind": "Checkpoint",
                     "metadata": {"namespace": "default", "generateName": "counter-",
                                  "labels": {NODE_LABEL: "node2"},
-                                 "annotations": {REQUESTED_BY: "token-user"}},
+                                 "annotations": {REQUESTED_BY: "token-user"},
+                                 # set at creation: the helper need not add it (issue 19)
+                                 "finalizers": [CHECKPOINT_DATA_FINALIZER]},
                     "spec": {"podName": "counter", "container": "main", "leaveRunning": False,
                              "withRootfs": True}}
     (obj,) = cluster.objects_of("checkpoints")

@@ -68,7 +68,9 @@ class FakeHelpers:
                            "conditions": [{"type": "Taken", "status": "True",
                                            "message": f"taken by the helper on {node}"}]}
             if plural == "checkpoints" and not o["spec"].get("preflight"):  # holds no data
-                o["metadata"].setdefault("finalizers", []).append(CHECKPOINT_DATA_FINALIZER)
+                held = o["metadata"].setdefault("finalizers", [])
+                if CHECKPOINT_DATA_FINALIZER not in held:  # as the helper: once
+                    held.append(CHECKPOINT_DATA_FINALIZER)
 
         time.sleep(self.step_s)
         self.cluster.update(*key, running)
