@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -184,11 +185,18 @@ def test_retention_deletes_the_oldest_locally_and_remotely(
     assert helper.delete(f"/checkpoints/{ids[2]}").status_code == 404
 
 
-def _events(lab: Lab, namespace: str, pod: str) -> list[dict[str, Any]]:
-    out = lab.kubectl("-n", namespace, "get", "events", "--field-selector",
-                      f"involvedObject.name={pod}", "-o", "json").stdout
-    return [e for e in json.loads(out)["items"] if e["source"].get("component") ==
-            "cedana-helper"]
+def _events(lab: Lab, namespace: str, pod: str, count: int = 1) -> list[dict[str, Any]]:
+    """The helper's Events on the pod, once there are `count` (the helper writes them on a
+    thread of their own, after the operation answered: within seconds)."""
+    end = time.monotonic() + 30
+    while True:
+        out = lab.kubectl("-n", namespace, "get", "events", "--field-selector",
+                          f"involvedObject.name={pod}", "-o", "json").stdout
+        found = [e for e in json.loads(out)["items"] if e["source"].get("component") ==
+                 "cedana-helper"]
+        if len(found) >= count or time.monotonic() > end:
+            return found
+        time.sleep(0.2)
 
 
 def test_events_and_provenance_name_the_right_objects(
@@ -213,7 +221,7 @@ def test_events_and_provenance_name_the_right_objects(
     assert [e["reason"] for e in source] == ["Checkpointed"]
     assert ident in source[0]["message"] and source[0]["involvedObject"]["kind"] == "Pod"
     assert source[0]["involvedObject"]["uid"] == lab.pod(namespace, "counter")["metadata"]["uid"]
-    target = sorted(e["reason"] for e in _events(lab, namespace, "target"))
+    target = sorted(e["reason"] for e in _events(lab, namespace, "target", count=2))
     assert target == ["RestoreFailed", "Restored"]
     restored = next(e for e in _events(lab, namespace, "target") if e["reason"] == "Restored")
     assert ident in restored["message"] and f"{namespace}/counter" in restored["message"]
