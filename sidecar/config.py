@@ -86,6 +86,8 @@ class HelperConfig:
     criu_path: str = "criu"
     # what runc runs as CRIU for dumps: cedana-criu-guard, which dies with runc ("": criu)
     criu_guard: str = ""
+    #: cedana-enter-cgroups (node/enter_cgroups.c); "" runs the Python module instead
+    enter_cgroups_path: str = ""
     nsenter_path: str = "nsenter"
     unshare_path: str = "unshare"
     # runc 1.1 passes this file to CRIU unless the container's `org.criu.config` annotation

@@ -121,10 +121,12 @@ def _frozen_block(found: tuple[Path, str, str, str], what: str) -> Iterator[bool
     try:
         state.write_text(frozen_value)
         deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        wait_s = 0.0005  # a few idle tasks freeze in well under a millisecond: look often
         while not _is_frozen(readback, frozen_value):
             if time.monotonic() > deadline:
                 raise DumpFailed(f"{what} did not freeze within {FREEZE_TIMEOUT_S:.0f} s")
-            time.sleep(0.01)
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, 0.01)
     except OSError as exc:
         _thaw(state, thawed_value, what)
         raise DumpFailed(f"cannot freeze {what} through {state}: {exc}") from exc

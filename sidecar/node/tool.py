@@ -171,6 +171,17 @@ def first_criu_error(path: Path) -> str:
     return ""
 
 
+ENTER_CGROUPS_NAME = "cedana-enter-cgroups"
+
+
+def find_beside_or_on_path(name: str) -> str:
+    """A helper program beside the helper's Python, else on PATH; "" when neither has it."""
+    beside = Path(sys.executable).parent / name
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name) or ""
+
+
 def find_criu_guard(choice: str) -> str:
     """The CRIU guard to give runc: `auto` looks beside the helper's Python, then on PATH;
     `none` (or nothing found) gives "" and runc runs CRIU itself."""

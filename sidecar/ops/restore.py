@@ -209,11 +209,25 @@ def pipe_inherits(descriptors: Sequence[str]) -> list[tuple[int, str]]:
 
 
 def wrapper_args(target_pid: int, nsenter_path: str, unshare_path: str,
-                 python: str = sys.executable, wait: Sequence[str] = ()) -> list[str]:
+                 python: str = sys.executable, wait: Sequence[str] = (),
+                 enter_cgroups: str = "") -> list[str]:
     """The command prefix that puts CRIU into the target's cgroups and PID namespace; `wait`:
-    enter_cgroups' --wait-for options."""
+    enter_cgroups' --wait-for options. `enter_cgroups`: the C program (the helper's image),
+    given the cgroups the helper found for the target, 70 ms faster to start than the Python
+    module, which is the fallback."""
+    if enter_cgroups:
+        try:
+            found = cgroups.process_cgroup_dirs(target_pid)
+        except OSError as exc:
+            raise RestoreFailed(f"cannot read the cgroups of the placeholder's process "
+                                f"{target_pid}: {exc}") from exc
+        enter = [enter_cgroups,
+                 *[arg for d in found
+                   for arg in ("--procs", os.path.join(d.directory, "cgroup.procs"))]]
+    else:
+        enter = [python, "-m", "sidecar.node.enter_cgroups", "--pid", str(target_pid)]
     return [
-        python, "-m", "sidecar.node.enter_cgroups", "--pid", str(target_pid), *wait, "--",
+        *enter, *wait, "--",
         nsenter_path, "--target", str(target_pid), "--pid", "--",
         unshare_path, "--mount", "--propagation", "private", "--mount-proc", "--",
     ]
@@ -221,7 +235,8 @@ def wrapper_args(target_pid: int, nsenter_path: str, unshare_path: str,
 
 def restore_command(config: HelperConfig, target_pid: int, plan: criu.RestorePlan,
                     python: str = sys.executable, wait: Sequence[str] = ()) -> list[str]:
-    return (wrapper_args(target_pid, config.nsenter_path, config.unshare_path, python, wait)
+    return (wrapper_args(target_pid, config.nsenter_path, config.unshare_path, python, wait,
+                         enter_cgroups=config.enter_cgroups_path)
             + criu.restore_args(config.criu_path, plan))
 
 
@@ -517,7 +532,8 @@ def _start_lazy_pages(config: HelperConfig, target: RuncContainer, checkpoint: P
     (node/lazy_guard.py), both in the placeholder's cgroups and pid namespace like the restore
     (so they outlive the helper); the restore waits for its socket (LAZY_SOCKET)."""
     fd = memory.daemon_end.fileno()
-    args = [*wrapper_args(target.pid, config.nsenter_path, config.unshare_path),
+    args = [*wrapper_args(target.pid, config.nsenter_path, config.unshare_path,
+                          enter_cgroups=config.enter_cgroups_path),
             sys.executable, "-m", "sidecar.node.lazy_guard", "--pidfile",
             str(work_dir / PIDFILE), "--keep-fd", str(fd), "--",
             *criu.lazy_pages_args(config.criu_path, checkpoint / store.IMAGES_DIR, work_dir, fd)]

@@ -4,6 +4,7 @@ plugin_fakehelpers.py (the node helpers reconciling those objects) and sidecar_s
 helper's recorded runc roots, fake tools and processes)."""
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,3 +46,17 @@ def app(tmp_path: Path) -> Iterator[HelperApp]:
     helper = HelperApp(tmp_path)
     yield helper
     stop(helper.source)
+
+
+@pytest.fixture(scope="session")
+def c_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The helper's C programs, built as its image builds them (gcc -static): name -> path."""
+    out = tmp_path_factory.mktemp("c-programs")
+    repo = Path(__file__).resolve().parents[2]
+    built = {}
+    for name, source in (("cedana-criu-guard", "sidecar/criu_guard.c"),
+                         ("cedana-enter-cgroups", "sidecar/node/enter_cgroups.c")):
+        subprocess.run(["gcc", "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o",
+                        str(out / name), str(repo / source)], check=True)
+        built[name] = str(out / name)
+    return built

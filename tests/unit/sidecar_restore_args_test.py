@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sidecar.config import HelperConfig
+from sidecar.errors import RestoreFailed
 from sidecar.node import cgroups, criu, proctree, runc
 from sidecar.ops.restore import (
     cgroup_mount_map,
@@ -173,6 +175,24 @@ def test_wrapper_enters_only_the_pid_namespace() -> None:
     args = wrapper_args(77, "nsenter", "unshare", python="py")
     nsenter = args[args.index("nsenter"):args.index("unshare")]
     assert nsenter == ["nsenter", "--target", "77", "--pid", "--"]
+
+
+def test_the_c_wrapper_is_given_the_cgroups_the_helper_found() -> None:
+    """cedana-enter-cgroups reads nothing itself: the helper names each cgroup.procs of the
+    target's cgroups (here this process's), then the wait options, then the rest."""
+    me = os.getpid()
+    args = wrapper_args(me, "nsenter", "unshare", wait=["--wait-for", "/s", "--wait-pid", "9"],
+                        enter_cgroups="/usr/local/bin/cedana-enter-cgroups")
+    procs = [os.path.join(d.directory, "cgroup.procs") for d in cgroups.process_cgroup_dirs(me)]
+    assert procs
+    assert args[:args.index("--")] == [
+        "/usr/local/bin/cedana-enter-cgroups",
+        *[a for p in procs for a in ("--procs", p)],
+        "--wait-for", "/s", "--wait-pid", "9"]
+    assert args[args.index("--") + 1:args.index("unshare")] == [
+        "nsenter", "--target", str(me), "--pid", "--"]
+    with pytest.raises(RestoreFailed, match="cannot read the cgroups"):
+        wrapper_args(2 ** 22 + 1, "nsenter", "unshare", enter_cgroups="/x")  # no such pid
 
 
 def test_runc_checkpoint_args(tmp_path: Path) -> None:

@@ -42,8 +42,8 @@ def roots_as_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class RestoreEnv(HelperApp):
-    def __init__(self, tmp_path: Path) -> None:
-        super().__init__(tmp_path)
+    def __init__(self, tmp_path: Path, **settings: object) -> None:
+        super().__init__(tmp_path, **settings)
         made = self.client.post("/checkpoint", json=self.checkpoint_body(checkpoint_path="c"))
         assert made.status_code == 200, made.text
         self.checkpoint_id = made.json()["checkpoint_id"]
@@ -69,9 +69,14 @@ class RestoreEnv(HelperApp):
         return json.loads((self.tools / "criu-report.json").read_text())  # type: ignore
 
 
-@pytest.fixture
-def renv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RestoreEnv]:
-    e = RestoreEnv(tmp_path)
+@pytest.fixture(params=["python", "c"])
+def renv(request: pytest.FixtureRequest, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[RestoreEnv]:
+    """Through each first link of the chain: the Python module (pip installs) and
+    cedana-enter-cgroups (the helper's image)."""
+    enter = request.getfixturevalue("c_programs")["cedana-enter-cgroups"] \
+        if request.param == "c" else ""
+    e = RestoreEnv(tmp_path, enter_cgroups_path=enter)
     # the fake criu "restores" the placeholder's sleeping child
     monkeypatch.setenv("FAKE_CRIU_RESTORED_VPID", str(e.sleeping_child))
     yield e

@@ -52,8 +52,11 @@ def kill(pid: int) -> None:
         pass
 
 
-@pytest.fixture
-def guard() -> str:
+@pytest.fixture(params=["python", "c"])
+def guard(request: pytest.FixtureRequest) -> str:
+    """Both guards: the Python entry point pip installs, the C one the helper image runs."""
+    if request.param == "c":
+        return str(request.getfixturevalue("c_programs")["cedana-criu-guard"])
     found = tool.find_criu_guard("auto")
     assert found, "cedana-criu-guard is not installed beside the interpreter (pip install -e .)"
     return found
@@ -95,10 +98,10 @@ def test_guard_runs_the_real_program_with_its_arguments_and_status(guard: str,
     assert missing.returncode == 125 and "cannot run /nonexistent" in missing.stderr
 
 
-def test_find_criu_guard_choices(guard: str) -> None:
+def test_find_criu_guard_choices() -> None:
     assert tool.find_criu_guard("none") == ""
     assert tool.find_criu_guard("/opt/x/guard") == "/opt/x/guard"
-    assert Path(guard).name == tool.CRIU_GUARD_NAME
+    assert Path(tool.find_criu_guard("auto")).name == tool.CRIU_GUARD_NAME
 
 
 def test_stop_stragglers_kills_only_the_named_programs_working_in_the_directory(
