@@ -139,8 +139,9 @@ def test_a_restore_into_the_same_pod_keeps_a_clients_connection(
     # the restore
     start = caller.answers[0]
     assert caller.answers == list(range(start, start + len(caller.answers))), caller.answers
-    # the client did wait for the restore (its request went unanswered for a while)
-    assert caller.longest_wait_s > 0.5, caller.longest_wait_s
+    # the client did wait for the restore (its request went unanswered for a while: answers
+    # take about a millisecond; the hold, from the stop to the restored process, ~0.3 s and up)
+    assert caller.longest_wait_s > 0.1, caller.longest_wait_s
     # the restored server kept the connection: it never saw it break
     assert "connection dropped" not in server_log, server_log
     pod = lab.pod(namespace, "srv-1")
