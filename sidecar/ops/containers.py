@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 #: the API's startedAt has whole seconds, the kernel's boot time too
 START_TOLERANCE_S = 3.0
+#: the init process exists from `runc create` on, the API's startedAt is `runc start`: on a
+#: busy node (a 4 GiB program's pod among many starting) seconds apart. A process that started
+#: before the container did cannot be a reused pid (that starts after); one that started after
+#: it by more than START_TOLERANCE_S can
+CREATE_TO_START_S = 120.0
 
 
 def allowed_roots(config: HelperConfig, requested: str | Path | None) -> tuple[Path, ...]:
@@ -148,7 +153,7 @@ def _known_to_kubernetes(kube: KubeAPI, node_name: str,
                     if str(s.get("containerID") or "").endswith(target.container_id)), None)
     process_started = proctree.start_time(target.pid)
     if started is not None and process_started is not None \
-            and abs(started - process_started) > START_TOLERANCE_S:
+            and not -CREATE_TO_START_S <= process_started - started <= START_TOLERANCE_S:
         raise ContainerNotFound(
             f"container {what} started at {started:.0f} per the Kubernetes API, but its init "
             f"process {target.pid} started at {process_started:.0f}",

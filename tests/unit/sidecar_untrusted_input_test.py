@@ -150,6 +150,20 @@ def test_a_container_kubernetes_does_not_vouch_for_is_not_touched(live: Any, cas
     assert refused.value.status == 404
 
 
+def test_an_init_process_older_than_the_apis_start_is_the_container(live: Any) -> None:
+    """runc creates the init process, then starts it: on a busy node the API's startedAt
+    (the start) comes seconds after the process's own start time. That is the container (a
+    bench's 4 GiB pod was refused for a 3.5 s gap); a process younger than the start is not."""
+    root, pid, config = live
+    started = proctree.start_time(pid)
+    assert started is not None
+    found = _find(root, config, StubKube(_pod(config.node_name, COUNTER, started + 10)))
+    assert found.container_id == COUNTER
+    for api_start in (started - 10, started + 600):  # younger by 10 s; created 10 min before
+        with pytest.raises(ContainerNotFound):
+            _find(root, config, StubKube(_pod(config.node_name, COUNTER, api_start)))
+
+
 def test_no_answer_from_the_api_is_no_action(live: Any) -> None:
     root, _pid, config = live
     with pytest.raises(KubernetesUnavailable) as refused:
