@@ -17,7 +17,9 @@ import json
 import os
 import ssl
 import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,8 +250,14 @@ def exec_credential(user: _Named, server: str, cluster: _Named) -> dict[str, Any
     if os.sep in command and not os.path.isabs(command):
         command = _path(user, command)  # as client-go: relative to the kubeconfig's folder
     api_version = str(spec.get("apiVersion") or "client.authentication.k8s.io/v1")
+    # as client-go: stdin is the plugin's when it may ask (a terminal, and not "Never")
+    mode = str(spec.get("interactiveMode") or "IfAvailable")
+    interactive = mode != "Never" and sys.stdin is not None and sys.stdin.isatty()
+    if mode == "Always" and not interactive:
+        raise ConfigError(f"kubeconfig: exec plugin {command} needs a terminal "
+                          "(interactiveMode: Always)")
     info: dict[str, Any] = {"apiVersion": api_version, "kind": "ExecCredential",
-                            "spec": {"interactive": False}}
+                            "spec": {"interactive": interactive}}
     if spec.get("provideClusterInfo"):
         cluster_info: dict[str, Any] = {"server": server}
         ca = cluster.value.get("certificate-authority-data")
@@ -271,19 +279,42 @@ def exec_credential(user: _Named, server: str, cluster: _Named) -> dict[str, Any
     env["KUBERNETES_EXEC_INFO"] = json.dumps(info)
     argv = [command, *[str(a) for a in spec.get("args") or []]]
     try:
-        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=EXEC_TIMEOUT_S, check=False)
+        proc = subprocess.Popen(argv, env=env,
+                                stdin=None if interactive else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError as exc:
         hint = str(spec.get("installHint") or "") or None
         raise ConfigError(f"kubeconfig: exec plugin {command}: not found", hint=hint) from exc
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:
         raise ConfigError(f"kubeconfig: exec plugin {command}: {exc}") from exc
-    if done.returncode != 0:
-        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise ConfigError(f"kubeconfig: exec plugin {command} exited {done.returncode}"
+    # what it says on stderr (a login URL, a device code) reaches the user as it comes, as
+    # with kubectl; its last line also goes into the error if it fails
+    said: list[str] = []
+    relay = threading.Thread(target=_relay_stderr, args=(proc, said), daemon=True)
+    relay.start()
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(EXEC_TIMEOUT_S, expire)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+        relay.join(5)
+    if expired.is_set():
+        raise ConfigError(f"kubeconfig: exec plugin {command} gave no credential in "
+                          f"{EXEC_TIMEOUT_S:.0f} s")
+    if proc.returncode != 0:
+        raise ConfigError(f"kubeconfig: exec plugin {command} exited {proc.returncode}"
                           + (f": {said[-1]}" if said else ""))
     try:
-        answer = json.loads(done.stdout.decode("utf-8"))
+        answer = json.loads(out.decode("utf-8"))
         status = dict(answer.get("status") or {})
     except (ValueError, AttributeError, TypeError) as exc:
         raise ConfigError(f"kubeconfig: exec plugin {command} printed no ExecCredential: "
@@ -292,6 +323,16 @@ def exec_credential(user: _Named, server: str, cluster: _Named) -> dict[str, Any
         raise ConfigError(f"kubeconfig: exec plugin {command} gave neither a token nor a "
                           "client certificate")
     return status
+
+
+def _relay_stderr(proc: subprocess.Popen[bytes], said: list[str]) -> None:
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        line = raw.decode("utf-8", "replace")
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        if line.strip():
+            said.append(line.strip())
 
 
 def in_cluster() -> Connection:

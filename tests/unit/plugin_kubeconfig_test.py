@@ -245,3 +245,30 @@ def test_a_command_through_an_exec_plugin_and_tls_reaches_the_api_server(
     subjects = [dict(x[0] for x in (r.peer_cert or {})["subject"]) for r in fake.requests]
     assert subjects and all(s["commonName"] == "alice" for s in subjects)
     assert json.loads(result.stdout)["status"]["phase"] == "Succeeded"
+
+
+def test_an_exec_plugins_messages_reach_the_user_and_a_silent_one_is_given_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What the plugin writes on stderr (a login URL, a device code) is shown as it comes, as
+    kubectl shows it; a plugin that never answers is stopped after EXEC_TIMEOUT_S."""
+    _exec_plugin(tmp_path, "import json, sys\nsys.stderr.write('open https://login/x\\n')\n"
+                           "print(json.dumps({'status': {'token': 't'}}))\n")
+    config = write(tmp_path / "config", current="x", clusters={"c": {"server": "http://h:1"}},
+                   users={"u": {"exec": {"command": str(tmp_path / "bin" / "cred-plugin")}}},
+                   contexts={"x": {"cluster": "c", "user": "u"}})
+    assert kubeconfig.load(str(config), None).headers == {"Authorization": "Bearer t"}
+    assert "open https://login/x" in capsys.readouterr().err
+    _exec_plugin(tmp_path, "import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(kubeconfig, "EXEC_TIMEOUT_S", 0.5)
+    with pytest.raises(ConfigError, match="gave no credential in"):
+        kubeconfig.load(str(config), None)
+
+
+def test_an_always_interactive_plugin_without_a_terminal_is_refused(tmp_path: Path) -> None:
+    config = write(tmp_path / "config", current="x", clusters={"c": {"server": "http://h:1"}},
+                   users={"u": {"exec": {"command": "whatever",
+                                         "interactiveMode": "Always"}}},
+                   contexts={"x": {"cluster": "c", "user": "u"}})
+    with pytest.raises(ConfigError, match="needs a terminal"):
+        kubeconfig.load(str(config), None)
