@@ -62,7 +62,7 @@ def _limits(timeout: Timeout, total: float | None) -> tuple[float, float]:
 
 def transport_error(host: str, method: str, url: str, reason: BaseException) -> CedanaError:
     """What a transport failure means for the person at the terminal."""
-    if isinstance(reason, ssl.SSLError) or isinstance(reason, ssl.CertificateError):
+    if isinstance(reason, ssl.SSLError):  # CertificateError is one
         return ConfigError(f"TLS error talking to {host}: {reason}")
     if isinstance(reason, (socket.timeout, TimeoutError)):
         return OperationTimeout(f"{method} {url} timed out",

@@ -32,9 +32,8 @@ class KubeAPI:
         self.node_name = node_name
         # Events are written by one thread of their own, in order, after the operation has
         # answered: two API calls (~20-30 ms) that no checkpoint or restore waits for
-        self._events: queue.Queue[Callable[[], None] | None] = queue.Queue(EVENT_BACKLOG)
-        self._writer: threading.Thread | None = None
-        self._writer_lock = threading.Lock()
+        self._events: queue.Queue[Callable[[], None]] = queue.Queue(EVENT_BACKLOG)
+        threading.Thread(target=self._write_events, name="events", daemon=True).start()
 
     @classmethod
     def connect(cls, kubeconfig: Path | None, node_name: str) -> KubeAPI | None:
@@ -76,11 +75,6 @@ class KubeAPI:
               warning: bool = False) -> None:
         """Record an Event on a pod (`kubectl describe pod` shows it), soon: queued for the
         Event thread, so that the operation's answer does not wait for it."""
-        with self._writer_lock:
-            if self._writer is None or not self._writer.is_alive():
-                self._writer = threading.Thread(target=self._write_events, name="events",
-                                                daemon=True)
-                self._writer.start()
         def write() -> None:
             self.write_event(namespace, pod, reason, message, warning=warning)
 
@@ -92,17 +86,7 @@ class KubeAPI:
 
     def _write_events(self) -> None:
         while True:
-            write = self._events.get()
-            try:
-                if write is None:
-                    return
-                write()
-            finally:
-                self._events.task_done()
-
-    def flush_events(self) -> None:
-        """Wait until every queued Event was written (or failed)."""
-        self._events.join()
+            self._events.get()()  # write_event never raises
 
     def write_event(self, namespace: str, pod: str, reason: str, message: str, *,
                     warning: bool = False) -> bool:

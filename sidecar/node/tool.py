@@ -189,10 +189,7 @@ def find_criu_guard(choice: str) -> str:
         return ""
     if choice != "auto":
         return choice
-    beside = Path(sys.executable).parent / CRIU_GUARD_NAME
-    if os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which(CRIU_GUARD_NAME)
+    found = find_beside_or_on_path(CRIU_GUARD_NAME)
     if not found:
         log.warning("%s not found: a helper killed during a dump leaves CRIU running until "
                     "the next helper starts", CRIU_GUARD_NAME)

@@ -210,19 +210,17 @@ def pipe_inherits(descriptors: Sequence[str]) -> list[tuple[int, str]]:
 
 def wrapper_args(target_pid: int, nsenter_path: str, unshare_path: str,
                  python: str = sys.executable, wait: Sequence[str] = (),
-                 enter_cgroups: str = "") -> list[str]:
+                 enter_cgroups: str = "",
+                 target_cgroups: Sequence[cgroups.CgroupDir] = ()) -> list[str]:
     """The command prefix that puts CRIU into the target's cgroups and PID namespace; `wait`:
     enter_cgroups' --wait-for options. `enter_cgroups`: the C program (the helper's image),
-    given the cgroups the helper found for the target, 70 ms faster to start than the Python
-    module, which is the fallback."""
+    given `target_cgroups`, the cgroups the helper already read for the target (70 ms faster
+    to start than the Python module, which is the fallback and reads them itself)."""
     if enter_cgroups:
-        try:
-            found = cgroups.process_cgroup_dirs(target_pid)
-        except OSError as exc:
-            raise RestoreFailed(f"cannot read the cgroups of the placeholder's process "
-                                f"{target_pid}: {exc}") from exc
+        if not target_cgroups:
+            raise RestoreFailed(f"no cgroups found for the placeholder's process {target_pid}")
         enter = [enter_cgroups,
-                 *[arg for d in found
+                 *[arg for d in target_cgroups
                    for arg in ("--procs", os.path.join(d.directory, "cgroup.procs"))]]
     else:
         enter = [python, "-m", "sidecar.node.enter_cgroups", "--pid", str(target_pid)]
@@ -234,9 +232,11 @@ def wrapper_args(target_pid: int, nsenter_path: str, unshare_path: str,
 
 
 def restore_command(config: HelperConfig, target_pid: int, plan: criu.RestorePlan,
-                    python: str = sys.executable, wait: Sequence[str] = ()) -> list[str]:
+                    python: str = sys.executable, wait: Sequence[str] = (),
+                    target_cgroups: Sequence[cgroups.CgroupDir] = ()) -> list[str]:
     return (wrapper_args(target_pid, config.nsenter_path, config.unshare_path, python, wait,
-                         enter_cgroups=config.enter_cgroups_path)
+                         enter_cgroups=config.enter_cgroups_path,
+                         target_cgroups=target_cgroups)
             + criu.restore_args(config.criu_path, plan))
 
 
@@ -452,7 +452,8 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
     guard: subprocess.Popen[bytes] | None = None
     try:
         if memory is not None:
-            guard = _start_lazy_pages(config, target, checkpoint, work_dir, memory)
+            guard = _start_lazy_pages(config, target, checkpoint, work_dir, memory,
+                                      target_cgroups)
         plan = criu.RestorePlan(
             images_dir=checkpoint / store.IMAGES_DIR,
             root=target.rootfs,
@@ -474,7 +475,8 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
         # a post-copy restore starts alongside its lazy-pages daemon and waits for its socket
         wait = ["--wait-for", str(work_dir / LAZY_SOCKET), "--wait-pid", str(guard.pid),
                 "--wait-timeout", str(LAZY_START_S)] if guard is not None else []
-        args = restore_command(config, target.pid, plan, wait=wait)
+        args = restore_command(config, target.pid, plan, wait=wait,
+                               target_cgroups=target_cgroups)
         log.info("restoring %s into %s: %s", manifest.checkpoint_id, target.container_id, args,
                  extra={"checkpoint_id": manifest.checkpoint_id})
         outcome = tool.run(args, timeout=config.restore_timeout_s, pass_fds=plan.passed_fds,
@@ -527,13 +529,15 @@ def _restore_with(config: HelperConfig, checkpoint: Path, manifest: store.Checkp
 
 
 def _start_lazy_pages(config: HelperConfig, target: RuncContainer, checkpoint: Path,
-                      work_dir: Path, memory: peer.PageStream) -> subprocess.Popen[bytes]:
+                      work_dir: Path, memory: peer.PageStream,
+                      target_cgroups: Sequence[cgroups.CgroupDir]) -> subprocess.Popen[bytes]:
     """The `criu lazy-pages` daemon of a post-copy restore, under its guard
     (node/lazy_guard.py), both in the placeholder's cgroups and pid namespace like the restore
     (so they outlive the helper); the restore waits for its socket (LAZY_SOCKET)."""
     fd = memory.daemon_end.fileno()
     args = [*wrapper_args(target.pid, config.nsenter_path, config.unshare_path,
-                          enter_cgroups=config.enter_cgroups_path),
+                          enter_cgroups=config.enter_cgroups_path,
+                          target_cgroups=target_cgroups),
             sys.executable, "-m", "sidecar.node.lazy_guard", "--pidfile",
             str(work_dir / PIDFILE), "--keep-fd", str(fd), "--",
             *criu.lazy_pages_args(config.criu_path, checkpoint / store.IMAGES_DIR, work_dir, fd)]

@@ -181,9 +181,11 @@ def test_the_c_wrapper_is_given_the_cgroups_the_helper_found() -> None:
     """cedana-enter-cgroups reads nothing itself: the helper names each cgroup.procs of the
     target's cgroups (here this process's), then the wait options, then the rest."""
     me = os.getpid()
+    found = cgroups.process_cgroup_dirs(me)
     args = wrapper_args(me, "nsenter", "unshare", wait=["--wait-for", "/s", "--wait-pid", "9"],
-                        enter_cgroups="/usr/local/bin/cedana-enter-cgroups")
-    procs = [os.path.join(d.directory, "cgroup.procs") for d in cgroups.process_cgroup_dirs(me)]
+                        enter_cgroups="/usr/local/bin/cedana-enter-cgroups",
+                        target_cgroups=found)
+    procs = [os.path.join(d.directory, "cgroup.procs") for d in found]
     assert procs
     assert args[:args.index("--")] == [
         "/usr/local/bin/cedana-enter-cgroups",
@@ -191,8 +193,8 @@ def test_the_c_wrapper_is_given_the_cgroups_the_helper_found() -> None:
         "--wait-for", "/s", "--wait-pid", "9"]
     assert args[args.index("--") + 1:args.index("unshare")] == [
         "nsenter", "--target", str(me), "--pid", "--"]
-    with pytest.raises(RestoreFailed, match="cannot read the cgroups"):
-        wrapper_args(2 ** 22 + 1, "nsenter", "unshare", enter_cgroups="/x")  # no such pid
+    with pytest.raises(RestoreFailed, match="no cgroups found"):
+        wrapper_args(me, "nsenter", "unshare", enter_cgroups="/x")  # none read: not run
 
 
 def test_runc_checkpoint_args(tmp_path: Path) -> None:
