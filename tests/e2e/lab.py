@@ -252,6 +252,19 @@ def goes_on(lab: Lab, namespace: str, pod: str, before: int) -> int:
     return first
 
 
+def counter_file(lab: Lab, namespace: str, pod: str, path: str) -> int:
+    """The value the pod's counter last wrote to `path`, read inside the container. The counter
+    truncates its file before it writes the next value, so a read may meet it empty: read again."""
+    text = ""
+    for _ in range(20):
+        text = lab.kubectl("-n", namespace, "exec", pod, "--", "/bin/cat", path).stdout.strip()
+        if text:
+            break
+        time.sleep(0.05)
+    assert text.isdigit(), (pod, path, text)
+    return int(text)
+
+
 def counter_pod(name: str, interval_ms: int = 500) -> dict[str, Any]:
     return pod_manifest(name, ["/usr/local/bin/counter", "/tmp/counter", str(interval_ms)])
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from tests.e2e.helper import HelperProcess
-from tests.e2e.lab import Lab, counter_pod, pod_manifest, sleeper_pod
+from tests.e2e.lab import Lab, counter_file, counter_pod, pod_manifest, sleeper_pod
 
 
 def _counts(text: str) -> list[int]:
@@ -56,8 +56,7 @@ def test_counter_resumes_in_sleeping_pod(lab: Lab, namespace: str, helper: Helpe
     _assert_running_no_restart(lab, namespace, "counter")
     _assert_running_no_restart(lab, namespace, "target")
     # the restored program's state is visible inside the target container too
-    inside = lab.kubectl("-n", namespace, "exec", "target", "--", "cat", "/tmp/counter").stdout
-    assert int(inside.strip()) >= first_restored
+    assert counter_file(lab, namespace, "target", "/tmp/counter") >= first_restored
 
     # a second restore into the same target is refused
     again = helper.restore(namespace, "target", path=ckpt_dir)

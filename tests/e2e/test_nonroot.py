@@ -19,6 +19,7 @@ import pytest
 from tests.e2e.lab import (
     Lab,
     cedana,
+    counter_file,
     counts,
     goes_on,
     helper_daemonset_lock,
@@ -64,8 +65,7 @@ def goes_on_as_its_user(lab: Lab, namespace: str, pod: str, before: int) -> None
                        "for s in /proc/[0-9]*/status; do grep -q '^Name:.runc:' $s "
                        "|| grep -h '^Uid:' $s; done 2>/dev/null | sort -u").stdout
     assert {line.split()[1] for line in uids.splitlines()} == {str(UID)}, uids
-    written = lab.kubectl("-n", namespace, "exec", pod, "--", "cat", "/work/counter").stdout
-    assert int(written) >= first
+    assert counter_file(lab, namespace, pod, "/work/counter") >= first
 
 
 def test_a_restricted_pod_is_checkpointed_restored_and_migrated(lab: Lab,
