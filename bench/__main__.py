@@ -369,5 +369,23 @@ def render_report(results: dict[str, Any], out: Path) -> None:
     (out / "benchmarks.md").write_text(report.render(results, plots))
 
 
+USAGE = "usage: python -m bench [render]\n(render: docs/benchmarks.md again from results.json)"
+
+
+def entry(args: list[str]) -> int:
+    """`python -m bench` runs everything (~25 min on the lab); `render` only writes the report
+    again; help or anything else is answered without starting a run."""
+    if args in (["-h"], ["--help"], ["help"]):
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
+    if args == ["render"]:
+        return render_only()
+    if args:
+        print(f"{USAGE}\nbench: unknown arguments {' '.join(args)!r}; the settings are "
+              "environment variables (python -m bench --help)", file=sys.stderr)
+        return 2
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(render_only() if sys.argv[1:] == ["render"] else main())
+    sys.exit(entry(sys.argv[1:]))

@@ -1,6 +1,11 @@
 """The benchmark's pure parts: statistics, ratios, targets, heartbeat parsing, the report."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench import report
@@ -95,3 +100,26 @@ def test_a_migrations_pause_is_judged_against_its_floor_per_run() -> None:
     verdicts = {name: verdict for name, _value, verdict, _ in report.targets(results)
                 if name.startswith(report.TARGET_PAUSE)}
     assert list(verdicts.values()) == ["missed", "met"]  # 64 MiB: 950 > 564; 1 GiB: 2150 ≤ 2250
+
+
+
+def run_bench(args: list[str], work: Path) -> subprocess.CompletedProcess[str]:
+    # were a run to start by mistake, it would find no method to run and write only in work
+    env = {**os.environ, "BENCH_WORK": str(work), "BENCH_OUT": str(work),
+           "BENCH_METHODS": "none", "BENCH_SIZES": "64"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], check=False,
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["help"]])
+def test_help_is_answered_without_starting_a_run(args: list[str], tmp_path: Path) -> None:
+    done = run_bench(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "BENCH_RUNS" in done.stdout and "bench: runs=" not in done.stdout + done.stderr
+
+
+def test_unknown_arguments_are_refused_without_starting_a_run(tmp_path: Path) -> None:
+    done = run_bench(["--sizes", "64"], tmp_path)
+    assert done.returncode == 2
+    assert "unknown arguments '--sizes 64'" in done.stderr
+    assert "bench: runs=" not in done.stdout + done.stderr
