@@ -112,7 +112,7 @@ def test_helm_installs_upgrades_and_uninstalls_the_helpers(lab: Lab, namespace: 
     history = yaml.safe_load(_helm(lab, "history", RELEASE, "-o", "yaml").stdout)
     assert [h["revision"] for h in history] == [1, 2]
 
-    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", checkpoint)
+    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", checkpoint, "--wait")
     assert removed.returncode == 0, removed.stderr
     _helm(lab, "uninstall", RELEASE, "--wait")
     gone = lab.kubectl("-n", HELPERS, "get", "daemonset", "cedana-helper", check=False)
@@ -145,6 +145,6 @@ def test_helm_installs_the_chart_from_the_lab_registry_over_oci(
     command = _daemonset(lab)["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[-2:] == ["--checkpoint-repository", f"{lab.registry}/cedana/helm"]
     _checkpoint_and_restore(lab, namespace, "oci")
-    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", "oci-ckpt")
+    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", "oci-ckpt", "--wait")
     assert removed.returncode == 0, removed.stderr
     _helm(lab, "uninstall", RELEASE, "--wait")

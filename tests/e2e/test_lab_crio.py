@@ -130,8 +130,11 @@ def test_helper_checkpoints_and_restores_on_crio(lab: Lab, namespace: str, insta
     assert new["spec"].get("runtimeClassName") == runtime_class
     # its memory, not a fresh start: the counter goes on from where the checkpoint was
     goes_on(lab, namespace, f"{pod}-r", 5)
-    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", f"{pod}-ckpt")
+    # --wait: until the helper deleted the data and the object is gone (without it the
+    # deletion goes on after the command, and this check raced the helper)
+    removed = cedana(lab, "-n", namespace, "checkpoints", "rm", f"{pod}-ckpt", "--wait")
     assert removed.returncode == 0, removed.stderr
+    assert removed.stdout == f'checkpoint "{pod}-ckpt" ({ident}) deleted\n'
     assert not checkpoint.exists()
 
 
