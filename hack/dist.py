@@ -59,20 +59,25 @@ WHEEL_TARGET = ["--python-version", "{}.{}".format(*MIN_PYTHON), "--implementati
                 "--only-binary=:all:"]
 ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 OUR_PACKAGE = "kubectl_cedana"
-MAIN_PY = f'''\
-"""kubectl-cedana as one file: run it with python3 >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]}; \
-everything else is inside."""
-import sys
+MAIN_TEMPLATE = Path(__file__).resolve().with_name("zipapp_main.py")
 
-if sys.version_info < {MIN_PYTHON!r}:
-    sys.stderr.write("error: kubectl-cedana needs python3 >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} \
-(this is %d.%d)\\n" % sys.version_info[:2])
-    sys.exit(1)
 
-from kubectl_cedana.cli import main  # noqa: E402
-
-main()
-'''
+def main_py(others: dict[str, bytes]) -> bytes:
+    """The zipapp's __main__.py: hack/zipapp_main.py with the Python floor and the build's
+    identity (a digest of every other entry, names and bytes: it names the directory the
+    zipapp unpacks itself into, so another build never uses this one's)."""
+    digest = hashlib.sha256()
+    for name in sorted(others):
+        digest.update(b"%d:%s%d:" % (len(name.encode()), name.encode(), len(others[name])))
+        digest.update(others[name])
+    text = MAIN_TEMPLATE.read_text(encoding="utf-8")
+    floor = f"MIN_PYTHON = {MIN_PYTHON!r}\n"
+    build = f'BUILD = "{digest.hexdigest()[:24]}"\n'
+    for old, new in ((r"^MIN_PYTHON = \(\d+, \d+\)\n", floor), (r'^BUILD = "dev"\n', build)):
+        text, count = re.subn(old, new, text, count=1, flags=re.M)  # no backslash in new
+        if count != 1:
+            raise DistError(f"hack/zipapp_main.py: no line {old!r} to fill")
+    return text.encode()
 
 
 class DistError(Exception):
@@ -193,7 +198,7 @@ def _files_under(root: Path) -> Iterator[tuple[PurePosixPath, Path]]:
 
 def collect(repo: Path, site: Path) -> dict[str, bytes]:
     """Every file of the zipapp: archive name -> bytes."""
-    entries: dict[str, bytes] = {"__main__.py": MAIN_PY.encode()}
+    entries: dict[str, bytes] = {}
     package = repo / OUR_PACKAGE
     for rel, path in _files_under(package):
         if rel.parts[0] in ("manifests", "overlays") or "__pycache__" in rel.parts:
@@ -210,6 +215,7 @@ def collect(repo: Path, site: Path) -> dict[str, bytes]:
             raise DistError("a dependency would overwrite kubectl_cedana")
         if keep_dependency_file(rel):
             entries[str(rel)] = path.read_bytes()
+    entries["__main__.py"] = main_py(entries)
     return entries
 
 

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,17 +122,31 @@ def test_kubectl_finds_and_runs_the_plugin_without_the_virtualenv(lab: Lab,
 
 
 def test_the_code_that_runs_is_the_zipapp(lab: Lab, krew: KrewInstall, namespace: str) -> None:
-    """--debug's traceback names the modules' files: they are inside the installed zipapp."""
-    result = krew.kubectl(lab, "cedana", "--debug", "-n", namespace, "checkpoint", "no-such-pod")
-    assert result.returncode == 3, result.stderr
-    assert result.stderr.rstrip().splitlines()[-1].startswith("error: ")
-    files = set(re.findall(r'File "([^"]+)"', result.stderr))
-    assert files, result.stderr
-    # kubectl ran the krew link; Python imported from the zip behind it
+    """--debug's traceback names the modules' files: they are the installed zipapp's, unpacked
+    once into the user's cache, or inside the zipapp itself when the cache is refused."""
+    def traceback_files(**env: str) -> set[str]:
+        result = subprocess.run(["kubectl", "cedana", "--debug", "-n", namespace, "checkpoint",
+                                 "no-such-pod"], capture_output=True, text=True, timeout=240,
+                                env={**krew.env(lab), **env})
+        assert result.returncode == 3, result.stderr
+        assert result.stderr.rstrip().splitlines()[-1].startswith("error: ")
+        assert str(REPO) not in result.stderr
+        files = set(re.findall(r'File "([^"]+)"', result.stderr))
+        assert files, result.stderr
+        return files
+
+    files = traceback_files()
+    [unpacked] = (krew.home / ".cache" / "kubectl-cedana").glob("zipapp-*")
+    build = zipfile.ZipFile(krew.link).read("__main__.py").decode()
+    assert f'BUILD = "{unpacked.name.removeprefix("zipapp-")}"' in build
+    assert all(f.startswith(f"{unpacked}/") or f.startswith(f"{krew.link}/") for f in files)
+    assert f"{unpacked}/kubectl_cedana/cli.py" in files
+    assert f"{unpacked}/click/core.py" in files
+    # kubectl ran the krew link; without the cache Python imports from the zip behind it
+    files = traceback_files(KUBECTL_CEDANA_NO_CACHE="1")
     assert all(f.startswith(f"{krew.link}/") for f in files), files
     assert f"{krew.link}/kubectl_cedana/cli.py" in files
     assert f"{krew.link}/click/core.py" in files
-    assert str(REPO) not in result.stderr
 
 
 def test_checkpoint_and_restore_with_the_krew_installed_plugin(lab: Lab, krew: KrewInstall,

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,3 +189,142 @@ def test_source_date_epoch_sets_every_timestamp(builds: Builds, tmp_path: Path) 
     with zipfile.ZipFile(tmp_path / "kubectl-cedana") as archive:
         assert {i.date_time for i in archive.infolist()} == {(2023, 11, 14, 22, 13, 20)}
     assert (tmp_path / ARCHIVE).read_bytes() != builds.archive.read_bytes()
+
+
+# -- the zipapp's cache: unpacked once, compiled once ---------------------------------------
+def run_with_cache(zipapp: Path, cache: Path, *args: str, python: str = SYSTEM_PYTHON,
+                   **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([python, "-I", "-S", str(zipapp), *args], capture_output=True,
+                          check=False, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(cache.parent),
+                               "XDG_CACHE_HOME": str(cache), **env})
+
+
+def unpacked_builds(cache: Path) -> list[Path]:
+    return sorted((cache / "kubectl-cedana").glob("zipapp-*"))
+
+
+def plant_version(unpacked: Path, version: str) -> None:
+    """Change the unpacked copy only: a run that prints this version imported from there."""
+    (unpacked / "kubectl_cedana" / "version.py").write_text(f'__version__ = "{version}"\n')
+    for compiled in (unpacked / "kubectl_cedana" / "__pycache__").glob("version.*.pyc"):
+        compiled.unlink()
+
+
+def shown_version(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().rsplit(" ", 1)[-1]
+
+
+@pytest.mark.parametrize("minor", ["3.9", "3.11"])
+def test_the_zipapp_unpacks_itself_once_and_runs_from_there(builds: Builds, tmp_path: Path,
+                                                            minor: str) -> None:
+    python = _pyenv_python(minor) if minor != "3.11" else SYSTEM_PYTHON
+    if python is None:
+        pytest.skip(f"no Python {minor} on this machine")
+    cache = tmp_path / "cache"
+    assert shown_version(run_with_cache(builds.zipapp, cache, "version", "--client",
+                                        python=python)) == __version__
+    [unpacked] = unpacked_builds(cache)
+    build = zipfile.ZipFile(builds.zipapp).read("__main__.py").decode()
+    assert f'BUILD = "{unpacked.name.removeprefix("zipapp-")}"' in build
+    assert (unpacked.stat().st_mode & 0o777) == 0o700
+    assert (unpacked / "kubectl_cedana" / "cli.py").read_bytes() == \
+        (REPO / "kubectl_cedana" / "cli.py").read_bytes()
+    assert not (unpacked / "__main__.py").exists()
+    # Python compiled what it imported there, for the next run
+    assert list((unpacked / "kubectl_cedana" / "__pycache__").glob("cli.*.pyc"))
+    assert not list((cache / "kubectl-cedana").glob(".unpack-*"))
+    plant_version(unpacked, "9.9.9-unpacked")
+    again = run_with_cache(builds.zipapp, cache, "version", "--client", python=python)
+    assert shown_version(again) == "9.9.9-unpacked"
+    assert unpacked_builds(cache) == [unpacked]
+
+
+def test_a_cache_another_user_could_change_is_not_used(builds: Builds, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert run_with_cache(builds.zipapp, cache, "version", "--client").returncode == 0
+    [unpacked] = unpacked_builds(cache)
+    plant_version(unpacked, "6.6.6-planted")
+    root = cache / "kubectl-cedana"
+
+    def version() -> str:
+        return shown_version(run_with_cache(builds.zipapp, cache, "version", "--client"))
+
+    assert version() == "6.6.6-planted"  # the cache is used while it is ours alone
+    for path, mode in ((root, 0o777), (root, 0o720), (unpacked, 0o757), (cache, 0o777)):
+        before = path.stat().st_mode & 0o7777
+        path.chmod(mode)
+        assert version() == __version__, (path, oct(mode))  # the archive's own code
+        path.chmod(before)
+    cache.chmod(0o1777)  # a sticky directory like /tmp: no one may rename our entries
+    assert version() == "6.6.6-planted"
+    cache.chmod(0o700)
+    os.chown(unpacked, 65534, 65534)  # another user's unpacked copy
+    assert version() == __version__
+    os.chown(unpacked, os.geteuid(), os.getegid())
+    moved = tmp_path / "elsewhere"
+    root.rename(moved)
+    root.symlink_to(moved)  # a link may point anywhere later
+    assert version() == __version__
+
+
+def test_concurrent_first_runs_unpack_once(builds: Builds, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(cache)}
+    procs = [subprocess.Popen([SYSTEM_PYTHON, "-I", "-S", str(builds.zipapp), "version",
+                               "--client"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.strip() == f"Client Version: kubectl-cedana {__version__}"
+    assert len(unpacked_builds(cache)) == 1
+    assert sorted(p.name for p in (cache / "kubectl-cedana").iterdir()) == \
+        [unpacked_builds(cache)[0].name]
+
+
+def test_no_cache_when_asked_or_when_there_is_none(builds: Builds, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    asked = run_with_cache(builds.zipapp, cache, "version", "--client",
+                           KUBECTL_CEDANA_NO_CACHE="1")
+    assert shown_version(asked) == __version__ and not unpacked_builds(cache)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    assert shown_version(run_with_cache(builds.zipapp, not_a_dir, "version", "--client")) == \
+        __version__
+    # no home: nothing is created for it
+    homeless = subprocess.run([SYSTEM_PYTHON, "-I", "-S", str(builds.zipapp), "version",
+                               "--client"], capture_output=True, text=True, check=False,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "nohome")})
+    assert shown_version(homeless) == __version__
+    assert not (tmp_path / "nohome").exists()
+
+
+def test_builds_unused_for_a_month_and_stale_unpacks_are_removed(builds: Builds,
+                                                                 tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    root = cache / "kubectl-cedana"
+    ages = {"zipapp-old": 31 * 86400, "zipapp-recent": 86400, ".unpack-killed": 2 * 3600,
+            ".unpack-running": 60}
+    for name, age in ages.items():
+        (root / name / "kubectl_cedana").mkdir(parents=True)
+        os.utime(root / name, (time.time() - age, time.time() - age))
+    root.chmod(0o700)
+    cache.chmod(0o700)
+    assert run_with_cache(builds.zipapp, cache, "version", "--client").returncode == 0
+    left = sorted(p.name for p in root.iterdir())
+    assert "zipapp-old" not in left and ".unpack-killed" not in left
+    assert {"zipapp-recent", ".unpack-running"} <= set(left) and len(left) == 3
+
+
+def test_the_build_identity_follows_every_byte() -> None:
+    entries = {"a.py": b"x = 1\n", "b/c.py": b"y = 2\n"}
+
+    def build(of: dict[str, bytes]) -> str:
+        return dist.main_py(of).decode().split('BUILD = "', 1)[1].split('"', 1)[0]
+
+    assert build(entries) == build(dict(reversed(list(entries.items()))))
+    assert build(entries) != build({**entries, "b/c.py": b"y = 3\n"})
+    assert build(entries) != build({"a.py": b"x = 1\n", "b/d.py": b"y = 2\n"})
+    assert len(build(entries)) == 24 and build(entries) != "dev"
