@@ -46,6 +46,8 @@ def _cache_root() -> "str | None":
         home = os.path.expanduser("~")
         if not os.path.isabs(home) or not os.path.isdir(home):
             return None  # no home: nothing is created for it
+        if os.stat(home).st_uid != os.geteuid():
+            return None  # another user's home (sudo keeps HOME): leave it as it is
         base = os.path.join(home, ".cache")
     try:
         os.makedirs(base, mode=0o700, exist_ok=True)

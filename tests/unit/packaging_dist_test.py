@@ -299,6 +299,15 @@ def test_no_cache_when_asked_or_when_there_is_none(builds: Builds, tmp_path: Pat
                               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "nohome")})
     assert shown_version(homeless) == __version__
     assert not (tmp_path / "nohome").exists()
+    # another user's home (sudo keeps HOME): nothing is created in it
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    visitor = subprocess.run([SYSTEM_PYTHON, "-I", "-S", str(builds.zipapp), "version",
+                              "--client"], capture_output=True, text=True, check=False,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(theirs)})
+    assert shown_version(visitor) == __version__
+    assert list(theirs.iterdir()) == []
 
 
 def test_builds_unused_for_a_month_and_stale_unpacks_are_removed(builds: Builds,
