@@ -373,7 +373,13 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
     add("- all methods run interleaved (run 1 of a, b, c, d, then run 2 of b, c, d, a ...) so "
         "load from other users and the previous method's leftovers hit them alike; `sync` "
         "(untimed) before every checkpoint, so no method pays for writing back another's "
-        "dirty pages; each checkpoint is deleted after its restore.\n")
+        "dirty pages; each checkpoint is deleted after its restore.")
+    if meta.get("python_bytecode") == "kept":
+        add("- every command runs as in a user's shell: Python writes and reuses the bytecode of "
+            "what it imports (`PYTHONDONTWRITEBYTECODE` is removed from the benchmark's "
+            "environment; with it, every `kubectl cedana` compiled the plugin's modules "
+            "again).")
+    add("")
 
     notes = results.get("notes")
     if notes:
