@@ -23,24 +23,28 @@ if sys.version_info < MIN_PYTHON:
     sys.stderr.write(message % (MIN_PYTHON + tuple(sys.version_info[:2])))
     sys.exit(1)
 
+import os  # noqa: E402 - after the version check, which must run on any Python
+import stat  # noqa: E402
 
-def _ours(path: str, allow_sticky: bool = False, allow_root: bool = False) -> bool:
-    """path is a real directory (not a link) owned by us that no one else may write."""
-    import os
-    import stat
+
+def _ours(path: str, allow_sticky: bool = False,
+          allow_root: bool = False) -> "os.stat_result | None":
+    """path's lstat when it is a real directory (not a link) owned by us that no one else may
+    write; else None."""
     try:
         st = os.lstat(path)
     except OSError:
-        return False
+        return None
     if not stat.S_ISDIR(st.st_mode):
-        return False
+        return None
     if st.st_uid != os.geteuid() and not (allow_root and st.st_uid == 0):
-        return False
-    return not st.st_mode & 0o022 or bool(allow_sticky and st.st_mode & stat.S_ISVTX)
+        return None
+    if st.st_mode & 0o022 and not (allow_sticky and st.st_mode & stat.S_ISVTX):
+        return None
+    return st
 
 
 def _cache_root() -> "str | None":
-    import os
     base = os.environ.get("XDG_CACHE_HOME", "")
     if not os.path.isabs(base):
         home = os.path.expanduser("~")
@@ -49,20 +53,20 @@ def _cache_root() -> "str | None":
         if os.stat(home).st_uid != os.geteuid():
             return None  # another user's home (sudo keeps HOME): leave it as it is
         base = os.path.join(home, ".cache")
-    try:
-        os.makedirs(base, mode=0o700, exist_ok=True)
-        root = os.path.join(base, "kubectl-cedana")
-        os.makedirs(root, mode=0o700, exist_ok=True)
-    except OSError:
-        return None
+    root = os.path.join(base, "kubectl-cedana")
+    if not os.path.isdir(root):  # created once; every later run only looks
+        try:
+            os.makedirs(base, mode=0o700, exist_ok=True)
+            os.makedirs(root, mode=0o700, exist_ok=True)
+        except OSError:
+            return None
     # another user who could rename or replace our directory could make us import their code
-    if not (_ours(base, allow_sticky=True, allow_root=True) and _ours(root)):
+    if _ours(base, allow_sticky=True, allow_root=True) is None or _ours(root) is None:
         return None
     return root
 
 
 def _forget_old(root: str, keep: str) -> None:
-    import os
     import shutil
     import time
     now = time.time()
@@ -82,7 +86,6 @@ def _forget_old(root: str, keep: str) -> None:
 def _unpacked(archive: str) -> "str | None":
     """The directory this archive is unpacked in, unpacked now if need be; None: run from the
     archive."""
-    import os
     import time
     if os.environ.get("KUBECTL_CEDANA_NO_CACHE") or BUILD == "dev":
         return None
@@ -90,12 +93,13 @@ def _unpacked(archive: str) -> "str | None":
     if root is None:
         return None
     target = os.path.join(root, "zipapp-" + BUILD)
-    if _ours(target):
-        try:  # used: not removed as unused (one write a day, not one a run)
-            if time.time() - os.lstat(target).st_mtime > 86400:
+    found = _ours(target)
+    if found is not None:
+        if time.time() - found.st_mtime > 86400:  # used: not removed as unused (a write a day)
+            try:
                 os.utime(target)
-        except OSError:
-            pass
+            except OSError:
+                pass
         return target
     import shutil
     import tempfile
@@ -117,11 +121,10 @@ def _unpacked(archive: str) -> "str | None":
         shutil.rmtree(scratch, ignore_errors=True)
         return None
     _forget_old(root, target)
-    return target if _ours(target) else None
+    return target if _ours(target) is not None else None
 
 
 def _start() -> None:
-    import os
     archive = os.path.dirname(os.path.abspath(__file__))
     unpacked = _unpacked(archive)
     if unpacked is not None:
