@@ -39,7 +39,7 @@ fi
 
 # What goes into the image besides the base: our sources and dependency pins.
 tools_key=$(for b in "${node_tools[@]}"; do readlink -f "$LAB_BIN/$b"; done | sha256sum | cut -c1-8)
-src_key=$( (cd "$repo" && echo "$tools_key" && cat hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml sidecar/pause/cedana-pause.c sidecar/criu_guard.c sidecar/node/enter_cgroups.c && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
+src_key=$( (cd "$repo" && echo "$tools_key" && cat hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml sidecar/pause/cedana-pause.c sidecar/criu_guard.c sidecar/node/enter_cgroups.c sidecar/node/lazy_guard.c && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
 tar_out="$CEDANA_CACHE/images/helper-$version-$base_key-$src_key.tar"
 mkdir -p "$CEDANA_CACHE/images"
 rebuilt=0
@@ -74,6 +74,8 @@ PY
   gcc -static -Os -s -Wall -o "$root/usr/local/bin/cedana-criu-guard" "$repo/sidecar/criu_guard.c"
   # the first link of every restore's chain: joins the placeholder's cgroups (C: ~70 ms less)
   gcc -static -Os -s -Wall -o "$root/usr/local/bin/cedana-enter-cgroups" "$repo/sidecar/node/enter_cgroups.c"
+  # the guard of a post-copy restore's lazy-pages daemon, which the restore waits for (C: ~20 ms less)
+  gcc -static -Os -s -Wall -o "$root/usr/local/bin/cedana-lazy-guard" "$repo/sidecar/node/lazy_guard.c"
   python3 "$here/build_image.py" --tree "$root" --name "$image" --out "$tar_out.tmp" \
     --entrypoint '["/usr/local/bin/cedana-helper"]' --cmd '["serve"]' \
     --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env PYTHONPATH=/opt/cedana/lib >/dev/null

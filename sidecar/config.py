@@ -88,6 +88,8 @@ class HelperConfig:
     criu_guard: str = ""
     #: cedana-enter-cgroups (node/enter_cgroups.c); "" runs the Python module instead
     enter_cgroups_path: str = ""
+    #: cedana-lazy-guard (node/lazy_guard.c); "" runs the Python module instead
+    lazy_guard_path: str = ""
     nsenter_path: str = "nsenter"
     unshare_path: str = "unshare"
     # runc 1.1 passes this file to CRIU unless the container's `org.criu.config` annotation

@@ -172,6 +172,7 @@ def first_criu_error(path: Path) -> str:
 
 
 ENTER_CGROUPS_NAME = "cedana-enter-cgroups"
+LAZY_GUARD_NAME = "cedana-lazy-guard"
 
 
 def find_beside_or_on_path(name: str) -> str:

@@ -532,14 +532,16 @@ def _start_lazy_pages(config: HelperConfig, target: RuncContainer, checkpoint: P
                       work_dir: Path, memory: peer.PageStream,
                       target_cgroups: Sequence[cgroups.CgroupDir]) -> subprocess.Popen[bytes]:
     """The `criu lazy-pages` daemon of a post-copy restore, under its guard
-    (node/lazy_guard.py), both in the placeholder's cgroups and pid namespace like the restore
+    (cedana-lazy-guard, node/lazy_guard.c, in the helper's image; else node/lazy_guard.py),
+    both in the placeholder's cgroups and pid namespace like the restore
     (so they outlive the helper); the restore waits for its socket (LAZY_SOCKET)."""
     fd = memory.daemon_end.fileno()
     args = [*wrapper_args(target.pid, config.nsenter_path, config.unshare_path,
                           enter_cgroups=config.enter_cgroups_path,
                           target_cgroups=target_cgroups),
-            sys.executable, "-m", "sidecar.node.lazy_guard", "--pidfile",
-            str(work_dir / PIDFILE), "--keep-fd", str(fd), "--",
+            *([config.lazy_guard_path] if config.lazy_guard_path
+              else [sys.executable, "-m", "sidecar.node.lazy_guard"]),
+            "--pidfile", str(work_dir / PIDFILE), "--keep-fd", str(fd), "--",
             *criu.lazy_pages_args(config.criu_path, checkpoint / store.IMAGES_DIR, work_dir, fd)]
     log.info("starting the lazy-pages daemon: %s", args)
     try:

@@ -55,7 +55,8 @@ def c_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     repo = Path(__file__).resolve().parents[2]
     built = {}
     for name, source in (("cedana-criu-guard", "sidecar/criu_guard.c"),
-                         ("cedana-enter-cgroups", "sidecar/node/enter_cgroups.c")):
+                         ("cedana-enter-cgroups", "sidecar/node/enter_cgroups.c"),
+                         ("cedana-lazy-guard", "sidecar/node/lazy_guard.c")):
         subprocess.run(["gcc", "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o",
                         str(out / name), str(repo / source)], check=True)
         built[name] = str(out / name)

@@ -1,6 +1,7 @@
 """Post-copy on the restoring node: the guard of the lazy-pages daemon
-(sidecar/node/lazy_guard.py), with real processes (a `sleep` stands in for the restored tree,
-`sh` for the daemon), and the CRIU command lines of a post-copy dump, restore and daemon
+(sidecar/node/lazy_guard.c as the helper's image builds it, and sidecar/node/lazy_guard.py, its
+fallback), with real processes (a `sleep` stands in for the restored tree, `sh` for the
+daemon), and the CRIU command lines of a post-copy dump, restore and daemon
 (sidecar/node/criu.py)."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,28 @@ def restored() -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(WAIT_S)
 
 
+Guard = Callable[[Sequence[str], str, Sequence[int]], int]
+
+
+@pytest.fixture(params=["c", "python"])
+def run_guard(request: pytest.FixtureRequest) -> Guard:
+    """The guard, run on a command, a pidfile and the descriptors its daemon keeps: its exit
+    status. "c": the cedana-lazy-guard program; "python": lazy_guard.guard in this process."""
+    if request.param == "python":
+        return lambda command, pidfile, keep: lazy_guard.guard(command, pidfile, keep)
+    program = request.getfixturevalue("c_programs")["cedana-lazy-guard"]
+
+    def run(command: Sequence[str], pidfile: str, keep: Sequence[int]) -> int:
+        keeps = [arg for fd in keep for arg in ("--keep-fd", str(fd))]
+        done = subprocess.run([program, "--pidfile", pidfile, *keeps, "--", *command],
+                              pass_fds=tuple(keep), stdin=subprocess.DEVNULL,
+                              timeout=WAIT_S, check=False)
+        for fd in keep:  # as lazy_guard.guard does with its own copies
+            os.close(fd)
+        return done.returncode
+    return run
+
+
 def _pidfile(tmp_path: Path, pid: int) -> str:
     path = tmp_path / "restore.pid"
     path.write_text(f"{pid}\n", encoding="ascii")
@@ -50,14 +73,14 @@ def _still_runs(proc: subprocess.Popen[bytes]) -> bool:
 
 # -- the guard -------------------------------------------------------------------------------
 def test_a_daemon_that_ends_early_gets_the_restored_process_killed(
-        tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
+        tmp_path: Path, restored: subprocess.Popen[bytes], run_guard: Guard) -> None:
     pidfile = _pidfile(tmp_path, restored.pid)
-    assert lazy_guard.guard(["sh", "-c", "exit 3"], pidfile, []) == 3
+    assert run_guard(["sh", "-c", "exit 3"], pidfile, []) == 3
     assert restored.wait(WAIT_S) == -signal.SIGKILL
 
 
 def test_a_restored_root_that_is_no_namespace_init_goes_with_everything_below_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, run_guard: Guard) -> None:
     """Killing the init of a pid namespace ends every process in it; a root that is not one
     (here: in the test's own namespace) leaves its children behind, so the guard kills them."""
     root = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"],
@@ -68,7 +91,7 @@ def test_a_restored_root_that_is_no_namespace_init_goes_with_everything_below_it
             assert time.monotonic() < deadline, "the root's children did not start"
             time.sleep(0.02)
         below = lazy_guard.descendants(root.pid)
-        assert lazy_guard.guard(["sh", "-c", "exit 3"], _pidfile(tmp_path, root.pid), []) == 3
+        assert run_guard(["sh", "-c", "exit 3"], _pidfile(tmp_path, root.pid), []) == 3
         assert root.wait(WAIT_S) == -signal.SIGKILL
         for child in below:
             deadline = time.monotonic() + WAIT_S
@@ -90,14 +113,14 @@ def _state(pid: int) -> str:
 
 
 def test_the_guard_watches_a_pidfile_written_while_the_daemon_runs(
-        tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
+        tmp_path: Path, restored: subprocess.Popen[bytes], run_guard: Guard) -> None:
     """CRIU writes the pidfile once the restore is done, while the daemon already runs: the
     guard opens the restored process then (its pidfd) and kills it when the daemon fails."""
     pidfile = tmp_path / "restore.pid"
     writer = threading.Timer(0.2, lambda: pidfile.write_text(f"{restored.pid}\n"))
     writer.start()
     try:
-        code = lazy_guard.guard(["sh", "-c", "sleep 0.6; exit 4"], str(pidfile), [])
+        code = run_guard(["sh", "-c", "sleep 0.6; exit 4"], str(pidfile), [])
     finally:
         writer.cancel()
     assert code == 4
@@ -105,28 +128,29 @@ def test_the_guard_watches_a_pidfile_written_while_the_daemon_runs(
 
 
 def test_a_daemon_that_ends_well_leaves_the_restored_process_running(
-        tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
+        tmp_path: Path, restored: subprocess.Popen[bytes], run_guard: Guard) -> None:
     pidfile = _pidfile(tmp_path, restored.pid)
-    assert lazy_guard.guard(["sh", "-c", "sleep 0.2; exit 0"], pidfile, []) == 0
+    assert run_guard(["sh", "-c", "sleep 0.2; exit 0"], pidfile, []) == 0
     assert _still_runs(restored)
 
 
 @pytest.mark.parametrize("pidfile_text", [None, "", "not a pid\n", "999999999\n"])
 def test_a_daemon_that_fails_before_the_restore_kills_nothing(
-        tmp_path: Path, restored: subprocess.Popen[bytes], pidfile_text: str | None) -> None:
+        tmp_path: Path, restored: subprocess.Popen[bytes], pidfile_text: str | None,
+        run_guard: Guard) -> None:
     """No pidfile yet (or not a readable one, or naming no process): the daemon's status,
     nothing killed, nothing raised."""
     pidfile = tmp_path / "restore.pid"
     if pidfile_text is not None:
         pidfile.write_text(pidfile_text)
-    assert lazy_guard.guard(["sh", "-c", "exit 7"], str(pidfile), []) == 7
+    assert run_guard(["sh", "-c", "exit 7"], str(pidfile), []) == 7
     assert _still_runs(restored)
 
 
 def test_a_daemon_that_cannot_start_is_a_setup_failure(
-        tmp_path: Path, restored: subprocess.Popen[bytes]) -> None:
+        tmp_path: Path, restored: subprocess.Popen[bytes], run_guard: Guard) -> None:
     pidfile = _pidfile(tmp_path, restored.pid)
-    code = lazy_guard.guard([str(tmp_path / "no-such-criu"), "lazy-pages"], pidfile, [])
+    code = run_guard([str(tmp_path / "no-such-criu"), "lazy-pages"], pidfile, [])
     assert code == lazy_guard.EXIT_SETUP_FAILED
     assert _still_runs(restored)
 
@@ -156,6 +180,60 @@ def test_the_daemon_alone_keeps_the_descriptor_it_inherits(tmp_path: Path) -> No
         os.close(read_end)
         if not ended:
             os.close(write_end)
+
+
+def test_the_c_guards_daemon_alone_keeps_the_descriptor_it_inherits(
+        tmp_path: Path, c_programs: dict[str, str]) -> None:
+    """cedana-lazy-guard --keep-fd N: the daemon writes through N, and while it runs the guard
+    holds no copy of it (the connection ends when the daemon does, not when the guard does)."""
+    read_end, write_end = os.pipe()
+    try:
+        guard = subprocess.Popen(
+            [c_programs["cedana-lazy-guard"], "--pidfile", str(tmp_path / "restore.pid"),
+             "--keep-fd", str(write_end), "--", sys.executable, "-c",
+             f"import os, time; os.write({write_end}, b'hi\\n'); time.sleep(1)"],
+            pass_fds=(write_end,), stdin=subprocess.DEVNULL)
+        os.close(write_end)
+        write_end = -1
+        readable, _, _ = select.select([read_end], [], [], WAIT_S)
+        assert readable and os.read(read_end, 100) == b"hi\n"
+        assert guard.poll() is None  # the daemon sleeps: the guard waits for it
+        held = {os.readlink(f"/proc/{guard.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{guard.pid}/fd")}
+        assert f"pipe:[{os.fstat(read_end).st_ino}]" not in held, held
+        assert guard.wait(WAIT_S) == 0
+        assert os.read(read_end, 100) == b""  # the daemon's end closed with it
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def test_the_c_guard_is_what_restore_runs(tmp_path: Path,
+                                          restored: subprocess.Popen[bytes],
+                                          c_programs: dict[str, str]) -> None:
+    """`cedana-lazy-guard --pidfile F -- criu lazy-pages ...` (ops/restore.py, in the helper's
+    image): the daemon's status is the guard's, the restored process is killed when it failed,
+    and the guard says so in the words of the Python one (its log is read by the helper)."""
+    pidfile = _pidfile(tmp_path, restored.pid)
+    done = subprocess.run([c_programs["cedana-lazy-guard"], "--pidfile", pidfile, "--",
+                           "sh", "-c", "kill -9 $$"],
+                          capture_output=True, text=True, timeout=WAIT_S, check=False)
+    assert done.returncode == 256 - signal.SIGKILL, done.stderr  # as Python's sys.exit(-9)
+    assert ("lazy_guard: the lazy-pages daemon ended with status -9 before every page "
+            "arrived: the restored process was killed") in done.stderr
+    assert restored.wait(WAIT_S) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("argv", [["--pidfile", "/nonexistent", "--"],
+                                  ["--", "true"],
+                                  ["--pidfile", "/nonexistent", "--keep-fd", "x", "--", "true"],
+                                  ["--pidfile", "/nonexistent", "--what", "--", "true"]])
+def test_the_c_guard_refuses_a_wrong_command_line(c_programs: dict[str, str],
+                                                  argv: list[str]) -> None:
+    done = subprocess.run([c_programs["cedana-lazy-guard"], *argv], capture_output=True,
+                          text=True, timeout=WAIT_S, check=False)
+    assert done.returncode == 125 and "usage: cedana-lazy-guard" in done.stderr
 
 
 def test_the_guard_as_restore_runs_it(tmp_path: Path,
