@@ -34,7 +34,7 @@ install -m 0755 /bin/busybox "$w/bin/busybox"
 for applet in $(/bin/busybox --list); do
   [ -e "$w/bin/$applet" ] || ln -s busybox "$w/bin/$applet"
 done
-for prog in counter memhog survivor iouring unixpeer; do
+for prog in counter memhog memcheck survivor iouring unixpeer; do
   gcc -static -O2 -o "$w/usr/local/bin/$prog" "$here/images/$prog.c"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$w/etc/passwd"

@@ -114,6 +114,38 @@ def test_a_container_moves_post_copy_with_its_memory_following(lab: Lab, namespa
     assert status["checkpointID"] not in node_holds(lab, node2)
 
 
+def test_post_copy_brings_every_byte(lab: Lab, namespace: str) -> None:
+    """The pages are read from the frozen source when node 2 asks for them (CRIU patched:
+    hack/patches/criu-lazy-from-task.patch): memcheck fills its memory with a sequence in which
+    no two pages are alike (a page served from the wrong address shows, not only one of
+    zeros), keeps a page it cannot read itself (PROT_NONE) and patterns on three threads'
+    stacks, and checks every byte of them at every beat."""
+    lab.apply(pod_manifest("check", ["/usr/local/bin/memcheck", "96", "300", "3"]), namespace)
+    lab.wait_pod_running(namespace, "check")
+    lab.wait_log(namespace, "check", r"beat=3\b", timeout=120)
+    before = _beats(lab, namespace, "check")[-1][0]
+    migrated = cedana(lab, "-n", namespace, "migrate", "check", "--to-node", lab.node2_name,
+                      "--delete-source", "--lazy", "-o", "json")
+    assert migrated.returncode == 0, migrated.stderr
+    status = json.loads(migrated.stdout)["status"]
+    assert status["phase"] == "Succeeded" and status["postCopy"] is True, status
+    _goes_on(lab, namespace, status["podName"], before, beats=6)
+    assert re.findall(r"memcheck mib=96 beat=\d+ sum=0 ok=1",
+                      lab.logs(namespace, status["podName"])), "no beat with every byte right"
+    # the helper's /run is a tmpfs (deploy/base/daemonset.yaml): CRIU keeps what it learnt of
+    # the kernel there, and this restore (after its lazy-pages daemon) did not probe it again
+    restored = json.loads(lab.kubectl("-n", namespace, "get", "restores.cedana.io",
+                                      status["restoreName"], "-o", "json").stdout)["status"]
+    (restore_log,) = NODE2_RESTORES.glob(f"{restored['containerID'][:12]}-*/restore.log")
+    assert "Loaded kdat cache from /run/criu.kdat" in restore_log.read_text()
+    # and the daemon's guard was the image's C program (node/lazy_guard.c), not Python's
+    helper = helper_pod(lab, lab.node2_name)["metadata"]["name"]
+    started = [line for line in lab.kubectl("-n", HELPER_NAMESPACE, "logs", helper, "-c",
+                                            "helper").stdout.splitlines()
+               if "starting the lazy-pages daemon" in line and restored["containerID"] in line]
+    assert started and "/usr/local/bin/cedana-lazy-guard" in started[-1], started
+
+
 def test_post_copy_is_refused_where_it_cannot_be(lab: Lab, namespace: str) -> None:
     _memhog(lab, namespace, "here", 16)
     same_node = cedana(lab, "-n", namespace, "migrate", "here", "--lazy", "-o", "json")

@@ -31,3 +31,25 @@ def test_dockerfile_builds_runc_and_ctr_from_the_pinned_modules() -> None:
     assert "GOFLAGS=-mod=readonly" in dockerfile  # nothing beyond go.sum
     installed = re.search(r"COPY --from=go (.+) /usr/local/sbin/", dockerfile)
     assert installed and installed.group(1).split() == ["/out/runc", "/out/ctr"]
+
+
+def test_dockerfile_patches_criu_as_the_lab_does() -> None:
+    """The image's CRIU carries the patches the lab's does (hack/build-criu.sh applies
+    hack/patches/criu-*.patch): post-copy's pause depends on criu-lazy-from-task.patch."""
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    assert "COPY hack/patches/ /patches/\n" in dockerfile
+    assert 'for p in /patches/criu-*.patch; do patch -d "criu-${CRIU_VERSION}" -p1' in dockerfile
+    build = (REPO / "hack" / "build-criu.sh").read_text()
+    assert '"$here"/patches/criu-*.patch' in build
+    assert (REPO / "hack" / "patches" / "criu-lazy-from-task.patch").is_file()
+
+
+def test_the_helper_keeps_crius_kernel_probe_on_a_tmpfs() -> None:
+    """CRIU caches what it learnt of the kernel in /run/criu.kdat only on a tmpfs: the helper's
+    /run is one (a memory emptyDir) in the manifests and so in the chart made from them."""
+    for path in ("deploy/base/daemonset.yaml",
+                 "deploy/chart/templates/90-daemonset-cedana-helper.yaml"):
+        text = (REPO / path).read_text()
+        spec = text[text.index("volumeMounts:"):]
+        assert re.search(r"- name: run\n\s+mountPath: /run\n", spec), path
+        assert re.search(r"- name: run\n\s+emptyDir:\n\s+medium: Memory\n", spec), path

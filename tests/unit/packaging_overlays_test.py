@@ -111,9 +111,9 @@ def test_each_runtime_gets_its_runc_root_and_paths(runtime: str) -> None:
     mounts = {m["name"]: m for m in container["volumeMounts"] if m["name"] in hosts}
     assert set(hosts) == set(mounts)
     # besides host paths: the signing key Secret only
-    assert [v["name"] for v in pod["volumes"] if "hostPath" not in v] == ["signing-key"]
-    assert len(hosts) + 1 == len(pod["volumes"])
-    assert len(mounts) + 1 == len(container["volumeMounts"])
+    assert [v["name"] for v in pod["volumes"] if "hostPath" not in v] == ["signing-key", "run"]
+    assert len(hosts) + 2 == len(pod["volumes"])
+    assert len(mounts) + 2 == len(container["volumeMounts"])
     assert RUNTIME_PATHS[runtime] <= set(hosts.values())
     assert not FOREIGN_PATHS[runtime] & set(hosts.values())
     # the helper sees each runtime's state where it wrote it, with mounts below propagating

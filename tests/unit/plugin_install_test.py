@@ -200,11 +200,14 @@ def test_daemonset_spec() -> None:
                                                       "port": 1324}
     assert container["resources"]["limits"] == {"memory": "4Gi"}
     secrets = [v for v in pod["volumes"] if "hostPath" not in v]
+    # the signing key, and a tmpfs at /run where CRIU keeps its kernel probe (criu.kdat)
     assert secrets == [{"name": "signing-key", "secret": {
         "secretName": "cedana-signing-key", "defaultMode": 0o400,
-        "items": [{"key": "key", "path": "key"}]}}]
+        "items": [{"key": "key", "path": "key"}]}},
+        {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
     assert {"name": "signing-key", "mountPath": "/etc/cedana/signing-key",
             "readOnly": True} in container["volumeMounts"]
+    assert {"name": "run", "mountPath": "/run"} in container["volumeMounts"]
     volumes = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m for m in container["volumeMounts"] if m["name"] in volumes}
     assert set(volumes) == set(mounts)
