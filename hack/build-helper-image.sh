@@ -39,7 +39,7 @@ fi
 
 # What goes into the image besides the base: our sources and dependency pins.
 tools_key=$(for b in "${node_tools[@]}"; do readlink -f "$LAB_BIN/$b"; done | sha256sum | cut -c1-8)
-src_key=$( (cd "$repo" && echo "$tools_key" && cat hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml sidecar/pause/cedana-pause.c sidecar/criu_guard.c sidecar/node/enter_cgroups.c sidecar/node/lazy_guard.c && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
+src_key=$( (cd "$repo" && echo "$tools_key" && cat hack/build-helper-image.sh hack/build_image.py setup.cfg pyproject.toml sidecar/pause/cedana-pause.c sidecar/criu_guard.c sidecar/node/enter_cgroups.c sidecar/node/lazy_guard.c sidecar/node/read_small.h && find kubectl_cedana sidecar -name '*.py' -o -name '*.yaml' | sort | xargs cat) | sha256sum | cut -c1-12)
 tar_out="$CEDANA_CACHE/images/helper-$version-$base_key-$src_key.tar"
 mkdir -p "$CEDANA_CACHE/images"
 rebuilt=0

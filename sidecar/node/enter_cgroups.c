@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "read_small.h"
+
 #define EXIT_SETUP_FAILED 125
 #define MAX_PROCS 64
 
@@ -53,18 +55,10 @@ static int alive(long pid)
 {
 	char path[64], buf[512];
 	char *state;
-	ssize_t n;
-	int fd;
 
 	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (read_small(path, buf, sizeof(buf)) <= 0)
 		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
 	state = strrchr(buf, ')'); /* the command name may hold anything but ends at the last ) */
 	if (state == NULL || state[1] != ' ')
 		return 0;

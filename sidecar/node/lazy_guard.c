@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "read_small.h"
+
 #define EXIT_SETUP_FAILED 125
 #define POLL_MS 50
 #define MAX_KEEP 16
@@ -43,17 +45,10 @@ static int usage(const char *why)
 static long pid_of(const char *pidfile)
 {
 	char buf[32], *end;
-	ssize_t n;
 	long pid;
-	int fd = open(pidfile, O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
+	if (read_small(pidfile, buf, sizeof(buf)) <= 0)
 		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
 	errno = 0;
 	pid = strtol(buf, &end, 10);
 	while (*end == ' ' || *end == '\n' || *end == '\t')
