@@ -40,9 +40,18 @@ def postgres_pod(name: str) -> dict[str, Any]:
 
 def sql(lab: Lab, namespace: str, pod: str, query: str, *, tcp: bool = False,
         check: bool = True) -> str:
+    """psql's answer. A `select` that exited 0 always prints its row; an empty answer is
+    `kubectl exec` having lost the stream's output (seen once in CI right after a migration,
+    the next query answered): asked again, a few times. Other statements are never repeated
+    (an insert would count twice)."""
     host = "127.0.0.1" if tcp else "/var/run/postgresql"
-    answer = lab.kubectl("-n", namespace, "exec", pod, "--", PSQL, "-h", host, "-U", "postgres",
-                         "-v", "ON_ERROR_STOP=1", "-Atc", query, check=check)
+    for _ in range(5):
+        answer = lab.kubectl("-n", namespace, "exec", pod, "--", PSQL, "-h", host, "-U",
+                             "postgres", "-v", "ON_ERROR_STOP=1", "-Atc", query, check=check)
+        if (answer.stdout.strip() or answer.returncode != 0
+                or not query.lstrip().lower().startswith("select")):
+            break
+        time.sleep(0.5)
     return answer.stdout.strip()
 
 
