@@ -128,7 +128,8 @@ static int descendants(long pid, long *found, int max)
 	}
 }
 
-static void kill_tree(int pidfd, long pid)
+/* 1 when the restored root was killed, 0 when it was gone already */
+static int kill_tree(int pidfd, long pid)
 {
 	static long below[MAX_BELOW];
 	int count = 0;
@@ -136,9 +137,10 @@ static void kill_tree(int pidfd, long pid)
 	if (pid > 0 && !is_namespace_init(pid))
 		count = descendants(pid, below, MAX_BELOW);
 	if (syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) != 0)
-		return; /* gone already: nothing was killed */
+		return 0;
 	for (int i = 0; i < count; i++)
 		kill((pid_t)below[i], SIGKILL);
+	return 1;
 }
 
 /* fork and exec the command; its exec error comes back through a pipe closed on exec */
@@ -155,8 +157,7 @@ static pid_t start(char **command)
 		signal(SIGHUP, SIG_DFL);
 		execvp(command[0], command);
 		err = errno;
-		if (write(report[1], &err, sizeof(err)) < 0)
-			_exit(EXIT_SETUP_FAILED);
+		(void)!write(report[1], &err, sizeof(err));
 		_exit(EXIT_SETUP_FAILED);
 	}
 	close(report[1]);
@@ -186,9 +187,11 @@ int main(int argc, char **argv)
 			break;
 		} else if (strcmp(argv[i], "--pidfile") == 0 && i + 1 < argc) {
 			pidfile = argv[++i];
-		} else if (strcmp(argv[i], "--keep-fd") == 0 && i + 1 < argc && nkeep < MAX_KEEP) {
+		} else if (strcmp(argv[i], "--keep-fd") == 0 && i + 1 < argc) {
 			char *end;
 
+			if (nkeep == MAX_KEEP)
+				return usage("too many --keep-fd");
 			keep[nkeep++] = (int)strtol(argv[++i], &end, 10);
 			if (*end != '\0' || keep[nkeep - 1] < 0)
 				return usage("--keep-fd takes a descriptor number");
@@ -231,12 +234,9 @@ int main(int argc, char **argv)
 	if (code != 0) {
 		if (restored < 0)
 			restored = open_restored(pidfile);
-		if (restored >= 0 &&
-		    syscall(SYS_pidfd_send_signal, restored, 0, NULL, 0) == 0) {
-			kill_tree(restored, pid_of(pidfile));
+		if (restored >= 0 && kill_tree(restored, pid_of(pidfile)))
 			fprintf(stderr, "lazy_guard: the lazy-pages daemon ended with status %d before "
 				"every page arrived: the restored process was killed\n", code);
-		}
 	}
 	if (restored >= 0)
 		close(restored);

@@ -43,13 +43,3 @@ def test_dockerfile_patches_criu_as_the_lab_does() -> None:
     assert '"$here"/patches/criu-*.patch' in build
     assert (REPO / "hack" / "patches" / "criu-lazy-from-task.patch").is_file()
 
-
-def test_the_helper_keeps_crius_kernel_probe_on_a_tmpfs() -> None:
-    """CRIU caches what it learnt of the kernel in /run/criu.kdat only on a tmpfs: the helper's
-    /run is one (a memory emptyDir) in the manifests and so in the chart made from them."""
-    for path in ("deploy/base/daemonset.yaml",
-                 "deploy/chart/templates/90-daemonset-cedana-helper.yaml"):
-        text = (REPO / path).read_text()
-        spec = text[text.index("volumeMounts:"):]
-        assert re.search(r"- name: run\n\s+mountPath: /run\n", spec), path
-        assert re.search(r"- name: run\n\s+emptyDir:\n\s+medium: Memory\n", spec), path
