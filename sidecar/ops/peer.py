@@ -88,6 +88,8 @@ IDLE_TIMEOUT_S = 60.0
 #: a sender has this long from connecting to its first frame opened with the cluster's key
 HELLO_TIMEOUT_S = 10.0
 _MORE, _LAST = b"more", b"last"
+#: a frame smaller than this goes out in one write with its length, a larger one in two
+_JOIN_BELOW = 64 << 10
 
 
 class PeerUnreachable(HelperError):
@@ -111,17 +113,34 @@ class FrameWriter:
     def __init__(self, out: IO[bytes], key: bytes) -> None:
         self.out, self.aead, self.number, self.buffer = out, AESGCM(key), 0, bytearray()
 
-    def _frame(self, data: bytes, last: bool) -> None:
+    def _frame(self, data: bytes | bytearray | memoryview, last: bool) -> None:
         sealed = self.aead.encrypt(_nonce(self.number), data, _LAST if last else _MORE)
         self.number += 1
-        self.out.write(struct.pack(">I", len(sealed)) + sealed)
+        header = struct.pack(">I", len(sealed))
+        if len(sealed) < _JOIN_BELOW:
+            self.out.write(header + sealed)  # one write: a small frame goes out in one piece
+        else:
+            self.out.write(header)  # not joined: a copy of the frame for 4 bytes
+            self.out.write(sealed)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.buffer += data
-        while len(self.buffer) >= FRAME_BYTES:
-            self._frame(bytes(self.buffer[:FRAME_BYTES]), False)
-            del self.buffer[:FRAME_BYTES]
-        return len(data)
+        # whole frames are sealed straight from `data`; only a partial one is kept (the
+        # frames are the same as when everything went through the buffer)
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if self.buffer:
+            taken = min(FRAME_BYTES - len(self.buffer), size)
+            self.buffer += view[:taken]
+            view = view[taken:]
+            if len(self.buffer) < FRAME_BYTES:
+                return size
+            self._frame(self.buffer, False)
+            self.buffer = bytearray()
+        while len(view) >= FRAME_BYTES:
+            self._frame(view[:FRAME_BYTES], False)
+            view = view[FRAME_BYTES:]
+        self.buffer += view
+        return size
 
     def message(self, data: bytes) -> None:
         """One frame of its own (the manifest)."""
@@ -536,6 +555,15 @@ def _pump_in(frames: FrameReader, local: socket.socket,
     local.shutdown(socket.SHUT_WR)
 
 
+def _no_delay(sock: socket.socket) -> None:
+    """Each request of a lazy-pages daemon and each answer goes at once (a frame's length and
+    its bytes are two writes): Nagle's wait for an ACK would hold them back."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # not TCP (a test's socketpair)
+
+
 def relay(local: socket.socket, remote: socket.socket, reader: FrameReader,
           writer: FrameWriter, what: str, *,
           outcome: Callable[[], dict[str, Any]] | None = None,
@@ -596,6 +624,7 @@ def serve_pages(helper: Helper, hello: dict[str, Any], conn: socket.socket, raw:
                              "has it", checkpoint_id=checkpoint_id)
     conn.sendall(json.dumps({"ok": True}).encode() + b"\n")
     conn.settimeout(PAGES_IDLE_S)
+    _no_delay(conn)
     log.info("serving the memory of a checkpoint", extra={
         "checkpoint_id": checkpoint_id, "to_node": str(hello.get("from"))[:253]})
     relayed = relay(served.relay_end, conn, reader,
@@ -664,6 +693,7 @@ def open_pages(config: HelperConfig, address: str, port: int, source_node: str,
         raw.close()
         sock.close()
         raise
+    _no_delay(sock)
     try:
         ours, theirs = socket.socketpair()
     except OSError as exc:

@@ -4,10 +4,12 @@ did not seal, changed, cut short, meant for another node, stale or played twice 
 leaves nothing on the receiving node."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import struct
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +27,10 @@ from sidecar.errors import (
 )
 from sidecar.ops import peer
 from sidecar.ops.context import Helper
+from sidecar.registry.remote import unpack_signed_archive, write_archive
 from sidecar.storage import store
 from sidecar.storage.catalogue import CATALOGUE_FILE, Catalogue
+from sidecar.storage.tar import add
 from tests.unit.sidecar_support import CLUSTER_KEY, cluster_key, write_signing_key
 
 CHECKPOINT_ID = "0b6a3c6e-2f7e-4a43-9a4c-6f3f0f1d2e11"
@@ -153,7 +157,6 @@ def _recorded(tmp_path: Path, source: Path, config: HelperConfig) -> tuple[bytes
     out = Recorder()
     frames = peer.FrameWriter(out, peer.frame_key(CLUSTER_KEY, hello))  # type: ignore[arg-type]
     frames.message(json.dumps(store.load_manifest(source).to_dict()).encode())
-    from sidecar.registry.remote import write_archive
     write_archive(frames, source)  # type: ignore[arg-type]
     frames.close()
     chunks, data = [], bytes(out.data)
@@ -271,3 +274,57 @@ def test_a_transfer_beyond_the_receivers_quota_is_refused_with_its_code(tmp_path
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Bytes:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, b: bytes) -> int:
+        self.data += b
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("pieces", [[1], [4096, 1], [peer.FRAME_BYTES - 3, 7],
+                                    [peer.FRAME_BYTES], [3 * peer.FRAME_BYTES + 5]])
+def test_frames_do_not_depend_on_how_the_bytes_were_written(pieces: list[int]) -> None:
+    """Whole frames are sealed straight from a large write, partial ones from the buffer: the
+    stream is the same as when every byte went through the buffer, and reads back whole."""
+    data = os.urandom(2 * peer.FRAME_BYTES + 12345)
+    key = b"k" * 32
+    written, reference = _Bytes(), _Bytes()
+    frames = peer.FrameWriter(written, key)  # type: ignore[arg-type]
+    offset, turn = 0, 0
+    while offset < len(data):
+        size = pieces[turn % len(pieces)]
+        chunk = data[offset:offset + size]
+        frames.write(memoryview(chunk) if turn % 2 else chunk)
+        offset, turn = offset + size, turn + 1
+    frames.close()
+    whole = peer.FrameWriter(reference, key)  # type: ignore[arg-type]
+    for start in range(0, len(data), peer.FRAME_BYTES):  # frame by frame, by hand
+        whole._frame(data[start:start + peer.FRAME_BYTES], False)
+    whole._frame(b"", True)
+    assert bytes(written.data) == bytes(reference.data)
+    back = peer.FrameReader(io.BufferedReader(io.BytesIO(bytes(written.data))), key, "test")
+    assert back.read() == data and back.ended
+
+
+def test_the_archive_is_the_bytes_of_tarfiles_stream_mode(tmp_path: Path) -> None:
+    """write_archive copies files in 1 MiB pieces, yet writes what tarfile's stream mode
+    wrote before (helpers of the older version read it, and it unpacks the same)."""
+    source = _checkpoint(_config(tmp_path, "node-1"), pages=peer.FRAME_BYTES * 2 + 777)
+    ours, theirs = _Bytes(), _Bytes()
+    write_archive(ours, source)  # type: ignore[arg-type]
+    with tarfile.open(fileobj=theirs, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for rel in ["", *store.list_files(source), store.MANIFEST]:
+            add(tar, source / rel if rel else source, rel or ".", root_owner=True)
+    assert bytes(ours.data) == bytes(theirs.data)
+    dest = tmp_path / "unpacked"
+    dest.mkdir()
+    unpack_signed_archive(store.load_manifest(source), io.BytesIO(bytes(ours.data)), dest)
+    for rel in store.list_files(source):
+        assert (dest / rel).read_bytes() == (source / rel).read_bytes()
