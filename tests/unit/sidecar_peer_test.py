@@ -140,21 +140,24 @@ def _raw_exchange(port: int, data: bytes) -> dict[str, Any]:
     return dict(json.loads(answer))
 
 
+class _Bytes:
+    """A write-only file that keeps what is written."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, b: bytes) -> int:
+        self.data += b
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
 def _recorded(tmp_path: Path, source: Path, config: HelperConfig) -> tuple[bytes, list[bytes]]:
     """The bytes a sender writes for `source`: its hello line and its frames."""
-    class Recorder:
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def write(self, b: bytes) -> int:
-            self.data += b
-            return len(b)
-
-        def flush(self) -> None:
-            pass
-
     hello = _hello()
-    out = Recorder()
+    out = _Bytes()
     frames = peer.FrameWriter(out, peer.frame_key(CLUSTER_KEY, hello))  # type: ignore[arg-type]
     frames.message(json.dumps(store.load_manifest(source).to_dict()).encode())
     write_archive(frames, source)  # type: ignore[arg-type]
@@ -274,18 +277,6 @@ def test_a_transfer_beyond_the_receivers_quota_is_refused_with_its_code(tmp_path
     finally:
         server.shutdown()
         server.server_close()
-
-
-class _Bytes:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, b: bytes) -> int:
-        self.data += b
-        return len(b)
-
-    def flush(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize("pieces", [[1], [4096, 1], [peer.FRAME_BYTES - 3, 7],
