@@ -5,11 +5,15 @@ A helper started with --peer-port listens there (on its pod's address: the node'
 runs in the node's network) for checkpoints other helpers send. One connection carries one
 checkpoint:
 
-    hello   one line of JSON: {"v": 1, "checkpoint_id", "from", "to", "expires", "salt"}
+    hello   one line of JSON: {"v": 2, "checkpoint_id", "from", "to", "expires", "salt"}
     frames  4-byte big-endian length, then AES-256-GCM ciphertext; the nonce is the frame's
             number; the associated data says whether it is the last frame. The first frame is
-            the checkpoint's signed manifest, the others its archive (the layout of its image's
-            one layer), the last one empty.
+            the checkpoint's signed manifest (the bytes of its manifest.json); the others carry
+            the bytes of every file the manifest lists, one after the other in the order of
+            their names, each exactly as long as the manifest says (no names, no headers: the
+            manifest says what comes); the last frame is empty. A helper of version 1 sends
+            the manifest, then the checkpoint's archive (the layout of its image's one layer):
+            still taken, so a newer receiver takes what an older sender sends.
     answer  one line of JSON from the receiver: {"ok": true, "size_bytes"} or
             {"ok": false, "code", "message"}
 
@@ -17,8 +21,9 @@ The frames' key is HMAC-SHA256(cluster signing key, purpose + canonical(hello)):
 holding the cluster's key can make a frame the receiver accepts, a hello changed in transit
 changes the key, the bytes cannot be read on the wire (they hold process memory) and a
 truncated or reordered stream is refused. Nothing is written before the first frame (the
-manifest) decrypts and its signature checks; each member of the archive is checked against
-that manifest before it is written, every file is verified before the checkpoint is listed,
+manifest) decrypts and its signature checks; every name is checked before anything is written
+there (and reached beneath the checkpoint's directory), no file takes more bytes than the
+manifest lists, every file is verified before the checkpoint is listed,
 and a refusal at any point leaves nothing on disk. A hello is good for HELLO_TTL_S and only for
 the node it names, and a checkpoint id already on the node is refused, so a recorded stream
 cannot be played to another node or again later.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -59,9 +65,11 @@ from sidecar.errors import (
 from sidecar.ops import lazy
 from sidecar.ops.context import Helper
 from sidecar.ops.transfer import check_id, cluster_key, list_arrived
-from sidecar.registry.remote import unpack_signed_archive, write_archive
+from sidecar.registry.remote import unpack_signed_archive
 from sidecar.storage import signing, store
+from sidecar.storage.beneath import Root
 from sidecar.storage.catalogue import Catalogue
+from sidecar.storage.paths import relative_name
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +78,9 @@ PAGES_PURPOSE = b"cedana-helper post-copy pages v1\n"
 #: what a connection is for (its hello's "op"): a checkpoint sent, or a checkpoint's memory
 #: relayed to the restore that takes it (post-copy)
 OP_CHECKPOINT, OP_PAGES = "checkpoint", "pages"
-VERSION = 1
+#: a checkpoint's files follow its manifest bare; a version 1 sender sent its archive (still
+#: taken). The memory relay (OP_PAGES) is the same in both.
+VERSION, ARCHIVE_VERSION = 2, 1
 FRAME_BYTES = 1 << 20
 TAG_BYTES = 16
 MAX_HELLO_BYTES = 4096
@@ -111,7 +121,8 @@ class FrameWriter:
     empty frame."""
 
     def __init__(self, out: IO[bytes], key: bytes) -> None:
-        self.out, self.aead, self.number, self.buffer = out, AESGCM(key), 0, bytearray()
+        self.out, self.aead, self.number = out, AESGCM(key), 0
+        self.buffer, self.fill = bytearray(FRAME_BYTES), 0  # the frame being filled
 
     def _frame(self, data: bytes | bytearray | memoryview, last: bool) -> None:
         sealed = self.aead.encrypt(_nonce(self.number), data, _LAST if last else _MORE)
@@ -123,33 +134,52 @@ class FrameWriter:
             self.out.write(header)  # not joined: a copy of the frame for 4 bytes
             self.out.write(sealed)
 
+    def _seal_if_full(self) -> None:
+        if self.fill == FRAME_BYTES:
+            self._frame(self.buffer, False)
+            self.fill = 0
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
         # whole frames are sealed straight from `data`; only a partial one is kept (the
-        # frames are the same as when everything went through the buffer)
+        # frames are the same however the bytes were written)
         view = memoryview(data).cast("B")
         size = len(view)
-        if self.buffer:
-            taken = min(FRAME_BYTES - len(self.buffer), size)
-            self.buffer += view[:taken]
+        if self.fill:
+            taken = min(FRAME_BYTES - self.fill, size)
+            self.buffer[self.fill:self.fill + taken] = view[:taken]
+            self.fill += taken
             view = view[taken:]
-            if len(self.buffer) < FRAME_BYTES:
-                return size
-            self._frame(self.buffer, False)
-            self.buffer = bytearray()
+            self._seal_if_full()
         while len(view) >= FRAME_BYTES:
             self._frame(view[:FRAME_BYTES], False)
             view = view[FRAME_BYTES:]
-        self.buffer += view
+        if len(view):
+            self.buffer[:len(view)] = view
+            self.fill = len(view)
         return size
+
+    def write_from(self, source: io.FileIO, size: int, what: str) -> None:
+        """Exactly `size` bytes of the file `source`, read straight into the frame being
+        filled; CheckpointCorrupted when it holds fewer or more."""
+        window = memoryview(self.buffer)
+        while size:
+            got = source.readinto(window[self.fill:self.fill + min(size, FRAME_BYTES - self.fill)])
+            if not got:
+                raise CheckpointCorrupted(f"{what} is shorter than its manifest says")
+            self.fill += got
+            size -= got
+            self._seal_if_full()
+        if source.read(1):
+            raise CheckpointCorrupted(f"{what} is longer than its manifest says")
 
     def message(self, data: bytes) -> None:
         """One frame of its own (the manifest)."""
         self._frame(data, False)
 
     def close(self) -> None:
-        if self.buffer:
-            self._frame(bytes(self.buffer), False)
-            self.buffer.clear()
+        if self.fill:
+            self._frame(memoryview(self.buffer)[:self.fill], False)
+            self.fill = 0
         self._frame(b"", True)
         self.out.flush()
 
@@ -162,7 +192,7 @@ class FrameReader:
     def __init__(self, raw: IO[bytes], key: bytes, what: str) -> None:
         self.raw, self.aead, self.what = raw, AESGCM(key), what
         self.number, self.ended = 0, False
-        self.buffer, self.offset = bytearray(), 0
+        self.current, self.offset = b"", 0  # the frame in hand, and how much of it was read
 
     def _exactly(self, n: int) -> bytes:
         data = b""
@@ -195,27 +225,49 @@ class FrameReader:
             "transfer (not sent by a helper of this cluster, or changed on the way)")
 
     def read(self, size: int = -1) -> bytes:
-        # a bytearray with a read offset: tar reads in small pieces, a frame is 1 MiB
-        while not self.ended and (size < 0 or len(self.buffer) - self.offset < size):
-            del self.buffer[:self.offset]
-            self.offset = 0
-            self.buffer += self.frame()
-        end = len(self.buffer) if size < 0 else self.offset + size
-        data = bytes(self.buffer[self.offset:end])
-        self.offset += len(data)
-        return data
+        # a piece within the frame in hand is one copy (a whole frame none); only a piece
+        # across frames is joined
+        pieces: list[bytes] = []
+        while size:
+            if self.offset >= len(self.current):
+                if self.ended:
+                    break
+                self.current, self.offset = self.frame(), 0
+                continue
+            end = len(self.current) if size < 0 else min(len(self.current), self.offset + size)
+            pieces.append(self.current if self.offset == 0 and end == len(self.current)
+                          else self.current[self.offset:end])
+            if size > 0:
+                size -= end - self.offset
+            self.offset = end
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def copy_to(self, fd: int, size: int, what: str) -> None:
+        """Exactly `size` bytes of the stream into the file `fd`, written straight from the
+        frames; CheckpointCorrupted when the stream ends first."""
+        while size:
+            if self.offset >= len(self.current):
+                if self.ended:
+                    raise CheckpointCorrupted(f"{self.what} ended inside {what}")
+                self.current, self.offset = self.frame(), 0
+                continue
+            end = min(len(self.current), self.offset + size)
+            written = os.write(fd, memoryview(self.current)[self.offset:end])
+            self.offset += written
+            size -= written
 
     def readable(self) -> bool:
         return True
 
     def finish(self) -> None:
-        """The stream must end with the archive: its last frame, after at most tar's own
-        padding of zeros."""
-        rest = self.read(len(self.buffer) - self.offset)
+        """The stream must end with the checkpoint: its last frame, after at most tar's own
+        padding of zeros (the archive of a version 1 sender)."""
+        rest = self.current[self.offset:]
+        self.offset = len(self.current)
         while not self.ended and len(rest) <= MAX_PADDING_BYTES:
             rest += self.read(FRAME_BYTES)
         if not self.ended or len(rest) > MAX_PADDING_BYTES or rest.strip(b"\0"):
-            raise CheckpointUntrusted(f"{self.what} holds more than its checkpoint's archive")
+            raise CheckpointUntrusted(f"{self.what} holds more than its checkpoint")
 
 
 def _read_line(raw: IO[bytes], limit: int, what: str) -> dict[str, Any]:
@@ -233,9 +285,9 @@ def _read_line(raw: IO[bytes], limit: int, what: str) -> dict[str, Any]:
 
 # -- receiving -------------------------------------------------------------------------------
 def _check_hello(config: HelperConfig, hello: dict[str, Any], now: float) -> str:
-    if hello.get("v") != VERSION:
+    if hello.get("v") not in (VERSION, ARCHIVE_VERSION):
         raise InvalidRequest(f"transfer protocol version {hello.get('v')!r} is not "
-                             f"{VERSION}: helpers of different versions")
+                             f"{VERSION} or {ARCHIVE_VERSION}: helpers of different versions")
     checkpoint_id = hello.get("checkpoint_id")
     if not isinstance(checkpoint_id, str):
         raise InvalidRequest("the transfer names no checkpoint_id")
@@ -299,7 +351,10 @@ def receive(helper: Helper, raw: IO[bytes],
         shutil.rmtree(temp, ignore_errors=True)
         store.make_private_dirs(temp, config.checkpoint_dir)
         try:
-            unpack_signed_archive(manifest, cast(IO[bytes], frames), temp)
+            if hello.get("v") == ARCHIVE_VERSION:
+                unpack_signed_archive(manifest, cast(IO[bytes], frames), temp)
+            else:
+                _unpack_files(manifest, first, frames, temp)
             frames.finish()
             store.restrict_permissions(temp)  # before the seal, which records the files as
             verified = store.load_manifest(temp)  # they stand
@@ -320,6 +375,51 @@ def receive(helper: Helper, raw: IO[bytes],
     log.info("checkpoint received", extra={"checkpoint_id": checkpoint_id,
                                            "from_node": hello.get("from"), "size_bytes": size})
     return {"ok": True, "checkpoint_id": checkpoint_id, "size_bytes": size}
+
+
+def _unpack_files(manifest: store.CheckpointManifest, manifest_bytes: bytes,
+                  frames: FrameReader, dest: Path) -> None:
+    """The files of a version 2 stream into dest (new and empty): each name the signed
+    manifest lists, in the order of the names, checked and reached beneath dest, exactly as
+    many bytes as the manifest says; then manifest.json, the bytes the manifest came in. The
+    bytes are the sender's to vouch for (it verified its sealed copy, every frame is sealed
+    with the cluster's key); the caller removes dest on any error."""
+    what = f"the transfer of checkpoint {manifest.checkpoint_id}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with Root(dest) as root:
+        for rel in [*sorted(manifest.files), store.MANIFEST]:
+            size = len(manifest_bytes) if rel == store.MANIFEST else \
+                _listed_size(manifest, rel, what)
+            try:
+                parent, name = root.parent(rel, create=True)
+                try:
+                    fd = os.open(name, flags, store.FILE_MODE, dir_fd=parent)
+                finally:
+                    os.close(parent)
+            except OSError as exc:
+                raise CheckpointUntrusted(f"{what}: its manifest lists {rel!r}, which cannot "
+                                          f"be placed in a checkpoint ({exc.strerror})") from None
+            try:
+                if rel == store.MANIFEST:
+                    os.write(fd, manifest_bytes)  # one frame's worth: one write
+                else:
+                    frames.copy_to(fd, size, repr(rel))
+            finally:
+                os.close(fd)
+
+
+def _listed_size(manifest: store.CheckpointManifest, rel: str, what: str) -> int:
+    """The size the manifest gives a file, once its name is a plain relative one that is
+    neither the manifest's nor the seal's."""
+    plain = relative_name(rel, source=what, error=CheckpointUntrusted, outside="the checkpoint")
+    if plain != rel or rel in (store.MANIFEST, store.SEAL):
+        raise CheckpointUntrusted(f"{what}: its manifest lists {rel!r}, not a name of a "
+                                  "checkpoint's file")
+    entry = manifest.files[rel]
+    size = entry.get("size") if isinstance(entry, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise CheckpointUntrusted(f"{what}: its manifest gives {rel!r} no size")
+    return size
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -434,6 +534,11 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
     # takes the bytes as sent, each frame sealed with the cluster's key
     manifest = store.verify(directory, key)
     checkpoint_id = manifest.checkpoint_id
+    manifest_bytes = (directory / store.MANIFEST).read_bytes()
+    if store.CheckpointManifest.from_dict(json.loads(manifest_bytes)).signed_payload() != \
+            manifest.signed_payload():
+        raise CheckpointCorrupted(f"the manifest of checkpoint {checkpoint_id} changed while "
+                                  "it was sent", checkpoint_id=checkpoint_id)
     hello = _hello(config, checkpoint_id, target_node)
     started = time.monotonic()
     where = f"the helper of node {target_node} ({address}:{port})"
@@ -446,8 +551,11 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
         try:
             out.write(signing.canonical(hello) + b"\n")
             frames = FrameWriter(cast(IO[bytes], out), frame_key(key.secret, hello))
-            frames.message(json.dumps(manifest.to_dict()).encode())
-            write_archive(cast(IO[bytes], frames), directory)
+            frames.message(manifest_bytes)
+            for rel in sorted(manifest.files):
+                with open(directory / rel, "rb", buffering=0, opener=_no_follow) as f:
+                    frames.write_from(f, int(manifest.files[rel]["size"]),
+                                      f"{rel} of checkpoint {checkpoint_id}")
             frames.close()
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:  # the receiver may have refused early: its answer says why
@@ -460,6 +568,10 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
                               else f"{where} closed the connection without an answer")
     return Sent(checkpoint_id, int(answer.get("size_bytes") or 0),
                 round((time.monotonic() - started) * 1000))
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _answer(answers: IO[bytes], where: str) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ did not seal, changed, cut short, meant for another node, stale or played twice 
 leaves nothing on the receiving node."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -128,7 +129,7 @@ def test_a_transfer_for_another_node_or_stale_is_refused(tmp_path: Path,
 
 
 def _hello(**changes: Any) -> dict[str, Any]:
-    return {"v": 1, "checkpoint_id": CHECKPOINT_ID, "from": "node-1", "to": "node-2",
+    return {"v": peer.VERSION, "checkpoint_id": CHECKPOINT_ID, "from": "node-1", "to": "node-2",
             "expires": round(time.time() + 60, 3), "salt": "ab" * 16, **changes}
 
 
@@ -154,28 +155,46 @@ class _Bytes:
         pass
 
 
-def _recorded(tmp_path: Path, source: Path, config: HelperConfig) -> tuple[bytes, list[bytes]]:
-    """The bytes a sender writes for `source`: its hello line and its frames."""
-    hello = _hello()
+def _recorded(tmp_path: Path, source: Path, config: HelperConfig,
+              version: int = peer.VERSION) -> tuple[bytes, list[bytes]]:
+    """The bytes a sender of `version` writes for `source`: its hello line and its frames
+    (version 2: the manifest's bytes, then the listed files' bytes in the order of their
+    names; version 1: the manifest, then the archive)."""
+    hello = _hello(v=version)
     out = _Bytes()
     frames = peer.FrameWriter(out, peer.frame_key(CLUSTER_KEY, hello))  # type: ignore[arg-type]
-    frames.message(json.dumps(store.load_manifest(source).to_dict()).encode())
-    write_archive(frames, source)  # type: ignore[arg-type]
+    manifest = store.load_manifest(source)
+    if version == peer.ARCHIVE_VERSION:
+        frames.message(json.dumps(manifest.to_dict()).encode())
+        write_archive(frames, source)  # type: ignore[arg-type]
+    else:
+        frames.message((source / store.MANIFEST).read_bytes())
+        for rel in sorted(manifest.files):
+            frames.write((source / rel).read_bytes())
     frames.close()
-    chunks, data = [], bytes(out.data)
+    return json.dumps(hello).encode() + b"\n", _split(bytes(out.data))
+
+
+def _split(data: bytes) -> list[bytes]:
+    """A recorded stream's frames, each with its length."""
+    chunks = []
     while data:
         (size,) = struct.unpack(">I", data[:4])
         chunks.append(data[:4 + size])
         data = data[4 + size:]
-    return json.dumps(hello).encode() + b"\n", chunks
+    return chunks
 
 
+@pytest.mark.parametrize("version", [peer.VERSION, peer.ARCHIVE_VERSION])
 def test_a_changed_reordered_or_cut_stream_leaves_nothing(tmp_path: Path,
-                                                          receiver: tuple[Helper, int]) -> None:
+                                                          receiver: tuple[Helper, int],
+                                                          version: int) -> None:
+    """For a stream of this version and of the older one (a helper not yet upgraded)."""
     helper, port = receiver
     sender = _config(tmp_path, "node-1")
-    hello, frames = _recorded(tmp_path, _checkpoint(sender), sender)
-    assert len(frames) >= 4  # manifest, at least two frames of archive, the last
+    source = _checkpoint(sender)
+    hello, frames = _recorded(tmp_path, source, sender, version)
+    assert len(frames) >= 4  # manifest, at least two frames of files or archive, the last
     changed = bytearray(frames[2])
     changed[100] ^= 1
     cases = {
@@ -196,6 +215,77 @@ def test_a_changed_reordered_or_cut_stream_leaves_nothing(tmp_path: Path,
     # the untouched recording is taken (the cases above were refused for what they changed)
     assert _raw_exchange(port, hello + b"".join(frames))["ok"] is True
     assert _left(helper) == [CHECKPOINT_ID, CHECKPOINT_ID]
+    arrived = helper.config.checkpoint_dir / CHECKPOINT_ID
+    assert sorted(store.list_files(arrived)) == sorted(store.list_files(source))
+    for rel in [*store.list_files(source), store.MANIFEST]:
+        assert (arrived / rel).read_bytes() == (source / rel).read_bytes(), rel
+    store.verify(arrived, cluster_key())
+
+
+def _signed(files: dict[str, bytes], checkpoint_id: str = CHECKPOINT_ID) -> bytes:
+    """The bytes of a manifest.json listing `files`, signed with the cluster's key: what
+    only a helper (or whoever holds the key) can make."""
+    manifest = store.CheckpointManifest(
+        checkpoint_id, "2026-11-30T00:00:00Z",
+        {"namespace": "ns", "pod": "p", "container": "c", "node": "node-1"}, {}, {})
+    manifest.files = {rel: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                      for rel, data in files.items()}
+    manifest.sign(cluster_key())
+    return json.dumps(manifest.to_dict()).encode()
+
+
+def _played(port: int, manifest: bytes, body: bytes) -> dict[str, Any]:
+    """A version 2 stream of `manifest` then `body`, sealed with the cluster's key, played to
+    the receiver; its answer."""
+    hello = _hello()
+    out = _Bytes()
+    frames = peer.FrameWriter(out, peer.frame_key(CLUSTER_KEY, hello))  # type: ignore[arg-type]
+    frames.message(manifest)
+    frames.write(body)
+    frames.close()
+    return _raw_exchange(port, json.dumps(hello).encode() + b"\n" + bytes(out.data))
+
+
+def test_a_stream_longer_or_shorter_than_its_manifest_leaves_nothing(
+        tmp_path: Path, receiver: tuple[Helper, int]) -> None:
+    """The manifest says how many bytes each file has: a byte more at the end, or one fewer,
+    and nothing is kept."""
+    helper, port = receiver
+    files = {"checkpoint/core-1.img": b"core", "checkpoint/pages-1.img": os.urandom(5000)}
+    manifest = _signed(files)
+    body = b"".join(files[rel] for rel in sorted(files))
+    longer = _played(port, manifest, body + b"x")
+    assert (longer["ok"], longer["code"]) == (False, CheckpointUntrusted.code), longer
+    assert "holds more than its checkpoint" in longer["message"]
+    shorter = _played(port, manifest, body[:-1])
+    assert (shorter["ok"], shorter["code"]) == (False, CheckpointCorrupted.code), shorter
+    assert "ended inside 'checkpoint/pages-1.img'" in shorter["message"]
+    assert _left(helper) == []
+    assert _played(port, manifest, body)["ok"] is True  # the same, exactly as long
+    arrived = helper.config.checkpoint_dir / CHECKPOINT_ID
+    assert (arrived / "checkpoint/pages-1.img").read_bytes() == files["checkpoint/pages-1.img"]
+    assert (arrived / store.MANIFEST).read_bytes() == manifest
+
+
+@pytest.mark.parametrize("names", [["../escaped"], ["checkpoint/../../escaped"],
+                                   ["/tmp/escaped"], ["a", "a/b"], [store.SEAL],
+                                   ["checkpoint/./x"], ["checkpoint//x"]])
+def test_names_a_signed_manifest_cannot_place_leave_nothing(
+        tmp_path: Path, receiver: tuple[Helper, int], names: list[str]) -> None:
+    """A manifest signed with the cluster's key that names a file outside the checkpoint, a
+    file below a file, the seal, or a name in another spelling: refused, nothing written
+    anywhere (the receiver places every name itself, beneath the checkpoint's directory)."""
+    helper, port = receiver
+    def everything() -> list[str]:
+        return sorted(str(p) for p in tmp_path.rglob("*") if CATALOGUE_FILE not in p.name)
+
+    before = everything()
+    files = {name: b"evil" for name in names}
+    answer = _played(port, _signed(files), b"evil" * len(files))
+    assert (answer["ok"], answer.get("code")) == (False, CheckpointUntrusted.code), answer
+    assert _left(helper) == []
+    assert everything() == before
+    assert not Path("/tmp/escaped").exists()
 
 
 def test_a_checkpoint_changed_after_it_was_signed_is_refused(
@@ -228,7 +318,7 @@ def test_an_archive_without_every_listed_file_leaves_nothing(
     sender = _config(tmp_path, "node-1")
     source = _checkpoint(sender)
     (source / "checkpoint" / "core-1.img").unlink()  # sealed frames of an archive without it
-    hello, frames = _recorded(tmp_path, source, sender)
+    hello, frames = _recorded(tmp_path, source, sender, peer.ARCHIVE_VERSION)
     answer = _raw_exchange(port, hello + b"".join(frames))
     assert (answer["ok"], answer["code"]) == (False, CheckpointCorrupted.code), answer
     assert "lacks 1 file(s) its manifest lists: checkpoint/core-1.img" in answer["message"]
@@ -281,7 +371,8 @@ def test_a_transfer_beyond_the_receivers_quota_is_refused_with_its_code(tmp_path
 
 @pytest.mark.parametrize("pieces", [[1], [4096, 1], [peer.FRAME_BYTES - 3, 7],
                                     [peer.FRAME_BYTES], [3 * peer.FRAME_BYTES + 5]])
-def test_frames_do_not_depend_on_how_the_bytes_were_written(pieces: list[int]) -> None:
+def test_frames_do_not_depend_on_how_the_bytes_were_written(pieces: list[int],
+                                                            tmp_path: Path) -> None:
     """Whole frames are sealed straight from a large write, partial ones from the buffer: the
     stream is the same as when every byte went through the buffer, and reads back whole."""
     data = os.urandom(2 * peer.FRAME_BYTES + 12345)
@@ -302,6 +393,37 @@ def test_frames_do_not_depend_on_how_the_bytes_were_written(pieces: list[int]) -
     assert bytes(written.data) == bytes(reference.data)
     back = peer.FrameReader(io.BufferedReader(io.BytesIO(bytes(written.data))), key, "test")
     assert back.read() == data and back.ended
+    # read straight from files (a sender's way), in pieces that straddle the frames
+    files, offset = tmp_path / "files", 0
+    files.mkdir()
+    from_files = _Bytes()
+    frames = peer.FrameWriter(from_files, key)  # type: ignore[arg-type]
+    for n, size in enumerate(pieces * 3):
+        (files / str(n)).write_bytes(data[offset:offset + size])
+        with open(files / str(n), "rb", buffering=0) as f:
+            frames.write_from(f, len(data[offset:offset + size]), str(n))
+        offset += size
+    frames.write(data[offset:])
+    frames.close()
+    assert bytes(from_files.data) == bytes(reference.data)
+    # a piece of the stream written straight into a file, across frames
+    back = peer.FrameReader(io.BufferedReader(io.BytesIO(bytes(written.data))), key, "test")
+    assert back.read(5) == data[:5]
+    with open(tmp_path / "copied", "wb") as out:
+        back.copy_to(out.fileno(), peer.FRAME_BYTES + 7, "test")
+    assert (tmp_path / "copied").read_bytes() == data[5:peer.FRAME_BYTES + 12]
+    assert back.read() == data[peer.FRAME_BYTES + 12:]
+
+
+def test_a_file_shorter_or_longer_than_its_manifest_is_not_sent(tmp_path: Path) -> None:
+    """The sender reads exactly the listed size of every file, and says so when a file holds
+    fewer or more bytes (changed after it was verified)."""
+    (tmp_path / "f").write_bytes(b"12345")
+    for listed, problem in ((6, "shorter"), (4, "longer")):
+        frames = peer.FrameWriter(_Bytes(), b"k" * 32)  # type: ignore[arg-type]
+        with open(tmp_path / "f", "rb", buffering=0) as f, \
+                pytest.raises(CheckpointCorrupted, match=f"f is {problem} than its manifest"):
+            frames.write_from(f, listed, "f")
 
 
 def test_the_archive_is_the_bytes_of_tarfiles_stream_mode(tmp_path: Path) -> None:
