@@ -13,7 +13,10 @@ checkpoint:
             their names, each exactly as long as the manifest says (no names, no headers: the
             manifest says what comes); the last frame is empty. A helper of version 1 sends
             the manifest, then the checkpoint's archive (the layout of its image's one layer):
-            still taken, so a newer receiver takes what an older sender sends.
+            still taken, so a newer receiver takes what an older sender sends; an older
+            receiver refuses a version 2 hello, and the sender tries once more as version 1.
+            A connection for a checkpoint's memory (post-copy, "op": "pages") says version 1:
+            that relay did not change.
     answer  one line of JSON from the receiver: {"ok": true, "size_bytes"} or
             {"ok": false, "code", "message"}
 
@@ -65,7 +68,7 @@ from sidecar.errors import (
 from sidecar.ops import lazy
 from sidecar.ops.context import Helper
 from sidecar.ops.transfer import check_id, cluster_key, list_arrived
-from sidecar.registry.remote import unpack_signed_archive
+from sidecar.registry.remote import unpack_signed_archive, write_archive
 from sidecar.storage import signing, store
 from sidecar.storage.beneath import Root
 from sidecar.storage.catalogue import Catalogue
@@ -79,8 +82,13 @@ PAGES_PURPOSE = b"cedana-helper post-copy pages v1\n"
 #: relayed to the restore that takes it (post-copy)
 OP_CHECKPOINT, OP_PAGES = "checkpoint", "pages"
 #: a checkpoint's files follow its manifest bare; a version 1 sender sent its archive (still
-#: taken). The memory relay (OP_PAGES) is the same in both.
+#: taken). The memory relay (OP_PAGES) is the same in both: its hello says 1, which helpers
+#: of either version take.
 VERSION, ARCHIVE_VERSION = 2, 1
+PAGES_VERSION = ARCHIVE_VERSION
+#: what a helper of version 1 answers a hello of another version with: the sender tries once
+#: more the old way (a rolling upgrade of the DaemonSet has nodes of both for a while)
+_OLD_RECEIVER = "transfer protocol version 2 is not 1"
 FRAME_BYTES = 1 << 20
 TAG_BYTES = 16
 MAX_HELLO_BYTES = 4096
@@ -509,9 +517,10 @@ class PeerServer(socketserver.ThreadingTCPServer):
         return thread
 
 
-def _hello(config: HelperConfig, checkpoint_id: str, to: str) -> dict[str, Any]:
+def _hello(config: HelperConfig, checkpoint_id: str, to: str,
+           version: int = VERSION) -> dict[str, Any]:
     """A connection's first line: what it is about, between which nodes, until when, salted."""
-    return {"v": VERSION, "checkpoint_id": checkpoint_id, "from": config.node_name, "to": to,
+    return {"v": version, "checkpoint_id": checkpoint_id, "from": config.node_name, "to": to,
             "expires": round(time.time() + HELLO_TTL_S, 3), "salt": secrets.token_hex(16)}
 
 
@@ -539,8 +548,30 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
             manifest.signed_payload():
         raise CheckpointCorrupted(f"the manifest of checkpoint {checkpoint_id} changed while "
                                   "it was sent", checkpoint_id=checkpoint_id)
-    hello = _hello(config, checkpoint_id, target_node)
     started = time.monotonic()
+    try:
+        answer = _send_once(config, key.secret, directory, manifest, manifest_bytes, address,
+                            port, target_node, VERSION, timeout_s, connect)
+    except InvalidRequest as exc:
+        if _OLD_RECEIVER not in exc.message:
+            raise
+        log.warning("the helper of node %s is of an older version: sending checkpoint %s "
+                    "as its archive", target_node, checkpoint_id,
+                    extra={"checkpoint_id": checkpoint_id, "to_node": target_node})
+        answer = _send_once(config, key.secret, directory, manifest, manifest_bytes, address,
+                            port, target_node, ARCHIVE_VERSION, timeout_s, connect)
+    return Sent(checkpoint_id, int(answer.get("size_bytes") or 0),
+                round((time.monotonic() - started) * 1000))
+
+
+def _send_once(config: HelperConfig, secret: bytes, directory: Path,
+               manifest: store.CheckpointManifest, manifest_bytes: bytes, address: str,
+               port: int, target_node: str, version: int, timeout_s: float,
+               connect: Callable[..., socket.socket]) -> dict[str, Any]:
+    """One connection carrying the checkpoint in protocol `version`: the receiver's answer,
+    or its refusal raised."""
+    checkpoint_id = manifest.checkpoint_id
+    hello = _hello(config, checkpoint_id, target_node, version)
     where = f"the helper of node {target_node} ({address}:{port})"
     try:
         sock = connect((address, port), timeout=timeout_s)
@@ -550,12 +581,15 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
     with sock, sock.makefile("wb", buffering=FRAME_BYTES) as out, sock.makefile("rb") as answers:
         try:
             out.write(signing.canonical(hello) + b"\n")
-            frames = FrameWriter(cast(IO[bytes], out), frame_key(key.secret, hello))
+            frames = FrameWriter(cast(IO[bytes], out), frame_key(secret, hello))
             frames.message(manifest_bytes)
-            for rel in sorted(manifest.files):
-                with open(directory / rel, "rb", buffering=0, opener=_no_follow) as f:
-                    frames.write_from(f, int(manifest.files[rel]["size"]),
-                                      f"{rel} of checkpoint {checkpoint_id}")
+            if version == ARCHIVE_VERSION:
+                write_archive(cast(IO[bytes], frames), directory)
+            else:
+                for rel in sorted(manifest.files):
+                    with open(directory / rel, "rb", buffering=0, opener=_no_follow) as f:
+                        frames.write_from(f, int(manifest.files[rel]["size"]),
+                                          f"{rel} of checkpoint {checkpoint_id}")
             frames.close()
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:  # the receiver may have refused early: its answer says why
@@ -566,8 +600,7 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
     if broke is not None or answer is None:
         raise PeerUnreachable(f"the transfer to {where} broke: {broke}" if broke is not None
                               else f"{where} closed the connection without an answer")
-    return Sent(checkpoint_id, int(answer.get("size_bytes") or 0),
-                round((time.monotonic() - started) * 1000))
+    return answer
 
 
 def _no_follow(path: str, flags: int) -> int:
@@ -782,7 +815,7 @@ def open_pages(config: HelperConfig, address: str, port: int, source_node: str,
     address:port: a PageStream (a thread relays the other end of its socket). PeerUnreachable,
     or the serving helper's refusal."""
     key = cluster_key(config, InvalidRequest, "it cannot take memory from other nodes")
-    hello = {**_hello(config, checkpoint_id, source_node), "op": OP_PAGES}
+    hello = {**_hello(config, checkpoint_id, source_node, PAGES_VERSION), "op": OP_PAGES}
     up, down = pages_keys(key.secret, hello)
     where = f"the helper of node {source_node} ({address}:{port})"
     try:

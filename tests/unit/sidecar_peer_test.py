@@ -312,6 +312,68 @@ def test_an_unreachable_helper_is_said_so(tmp_path: Path) -> None:
         peer.send(sender, source, "127.0.0.1", port, "node-2")
 
 
+def _as_version_1(original: Any, seen: list[Any]) -> Any:
+    """A receiver's hello check as a helper of version 1 made it: any other version refused
+    with that release's words; what each hello said is kept in `seen`."""
+    def check(config: HelperConfig, hello: dict[str, Any], now: float) -> str:
+        seen.append((hello.get("op"), hello.get("v")))
+        if hello.get("v") != 1:
+            raise InvalidRequest(f"transfer protocol version {hello.get('v')!r} is not 1: "
+                                 "helpers of different versions")
+        return str(original(config, hello, now))
+    return check
+
+
+def _recording(original: Any, seen: list[Any]) -> Any:
+    def check(config: HelperConfig, hello: dict[str, Any], now: float) -> str:
+        seen.append((hello.get("op"), hello.get("v")))
+        return str(original(config, hello, now))
+    return check
+
+
+def test_a_receiver_of_version_1_gets_the_archive_after_refusing(
+        tmp_path: Path, receiver: tuple[Helper, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rolling upgrade: the new sender's hello is refused by an old receiver, the sender
+    sends once more as version 1 did (the archive), and the checkpoint arrives whole."""
+    helper, port = receiver
+    seen: list[Any] = []
+    original = peer._check_hello
+    monkeypatch.setattr(peer, "_check_hello", _as_version_1(original, seen))
+    sender = _config(tmp_path, "node-1")
+    source = _checkpoint(sender)
+    sent = peer.send(sender, source, "127.0.0.1", port, "node-2")
+    assert seen == [(None, peer.VERSION), (None, 1)]
+    arrived = helper.config.checkpoint_dir / CHECKPOINT_ID
+    assert sent.size_bytes == store.directory_size(arrived)
+    for rel in ("checkpoint/pages-1.img", "checkpoint/core-1.img", "config.dump"):
+        assert (arrived / rel).read_bytes() == (source / rel).read_bytes()
+    assert Catalogue(helper.config.checkpoint_dir).get(CHECKPOINT_ID)["status"] == "complete"
+    # the old receiver's own refusal of the archive is final (no third try)
+    seen.clear()
+    with pytest.raises(InvalidRequest, match="already on node node-2"):
+        peer.send(sender, source, "127.0.0.1", port, "node-2")
+    assert seen == [(None, peer.VERSION), (None, 1)]
+    # and a receiver of this version that refuses is not asked again as an old one
+    seen.clear()
+    monkeypatch.setattr(peer, "_check_hello", _recording(original, seen))
+    with pytest.raises(InvalidRequest, match="already on node node-2"):
+        peer.send(sender, source, "127.0.0.1", port, "node-2")
+    assert seen == [(None, peer.VERSION)]
+
+
+def test_the_memory_relay_is_asked_for_as_version_1_did(
+        tmp_path: Path, receiver: tuple[Helper, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page relay did not change: a restoring helper asks a serving helper of either
+    version for a checkpoint's memory with a hello both take (here one that serves none)."""
+    helper, port = receiver
+    seen: list[Any] = []
+    monkeypatch.setattr(peer, "_check_hello", _as_version_1(peer._check_hello, seen))
+    with pytest.raises(InvalidRequest, match="serves no memory of checkpoint"):
+        peer.open_pages(_config(tmp_path, "node-1"), "127.0.0.1", port, "node-2", CHECKPOINT_ID)
+    assert seen == [(peer.OP_PAGES, 1)]
+    assert _left(helper) == []
+
+
 def test_an_archive_without_every_listed_file_leaves_nothing(
         tmp_path: Path, receiver: tuple[Helper, int]) -> None:
     helper, port = receiver
