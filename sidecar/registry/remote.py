@@ -42,6 +42,7 @@ from sidecar.errors import (
     CheckpointNotFound,
     CheckpointUntrusted,
     ContentTooLarge,
+    HelperError,
     ImageNotFound,
     InvalidRequest,
 )
@@ -471,11 +472,22 @@ class RemoteStore:
         raw = _BlobReader(response.iter_content(CHUNK), declared, digest)
         try:
             with response:
-                stream = decompressed(kind, cast(IO[bytes], raw))
-                unpack_signed_archive(signed.manifest, stream, dest)
-                if stream is not raw:
-                    stream.close()
-                raw.drain()  # the rest of the blob still counts for its digest
+                try:
+                    stream = decompressed(kind, cast(IO[bytes], raw))
+                    unpack_signed_archive(signed.manifest, stream, dest)
+                    if stream is not raw:
+                        stream.close()
+                    raw.drain()  # the rest of the blob still counts for its digest
+                except Exception as exc:
+                    # a changed blob shows first as whatever its changed bytes break (a tar
+                    # header, the compressor's frame, a file's size): when the blob is not the
+                    # one the signature names, that is what the user hears
+                    if raw.changed():
+                        raise CheckpointCorrupted(
+                            f"checkpoint blob {digest} does not match its digest (changed in "
+                            f"the registry or in transit); unpacking it failed first: "
+                            f"{getattr(exc, 'message', exc)}") from exc
+                    raise
         except (tarfile.TarError, OSError, ValueError, EOFError, zlib.error) as exc:
             raise CheckpointCorrupted(f"checkpoint blob {digest} cannot be unpacked: {exc}"
                                       ) from exc
@@ -596,6 +608,16 @@ class _BlobReader:
 
     def digest(self) -> str:
         return "sha256:" + self.hasher.hexdigest()
+
+    def changed(self) -> bool:
+        """After a failure part-way: read the rest of the blob (at most its signed size) and
+        say whether it is not the blob its descriptor names; False when that cannot be told
+        (the download itself broke, or ran past its size)."""
+        try:
+            self.drain()
+        except (OSError, HelperError, ValueError):
+            return False
+        return self.digest() != self.name
 
 
 class _SignedMembers:

@@ -335,3 +335,30 @@ def test_a_pull_beyond_the_quota_is_507_before_any_layer_is_fetched(
     assert f"pull of checkpoint {checkpoint_id}" in body["message"]
     assert layer_fetches(registry) == []
     assert b.left_behind() == [] and not b.criu_ran()
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_a_changed_layer_is_said_to_be_changed_whatever_broke_first(
+        nodes: list[Node], tmp_path: Path, registry: FakeRegistry, compression: str) -> None:
+    """One byte of a helper's layer changed in the registry: in a tar header (the archive then
+    seems to end early) or in the compressed stream. The restore is refused as a blob that is
+    not the one signed, not as the symptom its changed byte caused, and nothing is left."""
+    a = node(nodes, tmp_path / "a", registry)
+    answer = a.client.post("/checkpoint", json={**a.checkpoint_body(), "storage": "remote",
+                                                "compression": compression})
+    assert answer.status_code == 200, answer.text
+    checkpoint_id = str(answer.json()["checkpoint_id"])
+    image, _config = image_of(registry, checkpoint_id)
+    digest = image["layers"][0]["digest"]
+    blob = bytearray(registry.blobs[(REPO, digest)])
+    # the name in the header of a member in the middle of the archive, or a compressed byte
+    at = blob.find(b"checkpoint/") + 3 if compression == "none" else len(blob) // 2
+    blob[at] ^= 0xFF
+    registry.blobs[(REPO, digest)] = bytes(blob)
+    b = node(nodes, tmp_path / "b", registry)
+    body = assert_error(b.client.post("/restore", json=b.restore_body(checkpoint_id)), 422,
+                        "checkpoint_corrupted")
+    assert f"checkpoint blob {digest} does not match its digest" in body["message"], body
+    if compression == "none":
+        assert "unpacking it failed first" in body["message"], body
+    assert b.left_behind() == [] and not b.criu_ran()
