@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -84,8 +85,7 @@ OP_CHECKPOINT, OP_PAGES = "checkpoint", "pages"
 #: a checkpoint's files follow its manifest bare; a version 1 sender sent its archive (still
 #: taken). The memory relay (OP_PAGES) is the same in both: its hello says 1, which helpers
 #: of either version take.
-VERSION, ARCHIVE_VERSION = 2, 1
-PAGES_VERSION = ARCHIVE_VERSION
+VERSION, ARCHIVE_VERSION, PAGES_VERSION = 2, 1, 1
 #: what a helper of version 1 answers a hello of another version with: the sender tries once
 #: more the old way (a rolling upgrade of the DaemonSet has nodes of both for a while)
 _OLD_RECEIVER = "transfer protocol version 2 is not 1"
@@ -549,24 +549,24 @@ def send(config: HelperConfig, directory: Path, address: str, port: int, target_
         raise CheckpointCorrupted(f"the manifest of checkpoint {checkpoint_id} changed while "
                                   "it was sent", checkpoint_id=checkpoint_id)
     started = time.monotonic()
+    send_as = partial(_send_once, config, key.secret, directory, manifest, manifest_bytes,
+                      address, port, target_node, timeout_s=timeout_s, connect=connect)
     try:
-        answer = _send_once(config, key.secret, directory, manifest, manifest_bytes, address,
-                            port, target_node, VERSION, timeout_s, connect)
+        answer = send_as(VERSION)
     except InvalidRequest as exc:
         if _OLD_RECEIVER not in exc.message:
             raise
         log.warning("the helper of node %s is of an older version: sending checkpoint %s "
                     "as its archive", target_node, checkpoint_id,
                     extra={"checkpoint_id": checkpoint_id, "to_node": target_node})
-        answer = _send_once(config, key.secret, directory, manifest, manifest_bytes, address,
-                            port, target_node, ARCHIVE_VERSION, timeout_s, connect)
+        answer = send_as(ARCHIVE_VERSION)
     return Sent(checkpoint_id, int(answer.get("size_bytes") or 0),
                 round((time.monotonic() - started) * 1000))
 
 
 def _send_once(config: HelperConfig, secret: bytes, directory: Path,
                manifest: store.CheckpointManifest, manifest_bytes: bytes, address: str,
-               port: int, target_node: str, version: int, timeout_s: float,
+               port: int, target_node: str, version: int, *, timeout_s: float,
                connect: Callable[..., socket.socket]) -> dict[str, Any]:
     """One connection carrying the checkpoint in protocol `version`: the receiver's answer,
     or its refusal raised."""

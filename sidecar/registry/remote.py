@@ -483,10 +483,8 @@ class RemoteStore:
                     # header, the compressor's frame, a file's size): when the blob is not the
                     # one the signature names, that is what the user hears
                     if raw.changed():
-                        raise CheckpointCorrupted(
-                            f"checkpoint blob {digest} does not match its digest (changed in "
-                            f"the registry or in transit); unpacking it failed first: "
-                            f"{getattr(exc, 'message', exc)}") from exc
+                        raise raw.mismatch(f"; unpacking it failed first: "
+                                           f"{getattr(exc, 'message', exc)}") from exc
                     raise
         except (tarfile.TarError, OSError, ValueError, EOFError, zlib.error) as exc:
             raise CheckpointCorrupted(f"checkpoint blob {digest} cannot be unpacked: {exc}"
@@ -497,8 +495,7 @@ class RemoteStore:
                                           f"{exc}") from exc
             raise
         if raw.digest() != digest:
-            raise CheckpointCorrupted(f"checkpoint blob {digest} does not match its digest "
-                                      "(changed in the registry or in transit)")
+            raise raw.mismatch()
 
     def list(self) -> list[dict[str, Any]]:
         """Every checkpoint image in the repository, from its manifest annotations."""
@@ -618,6 +615,10 @@ class _BlobReader:
         except (OSError, HelperError, ValueError):
             return False
         return self.digest() != self.name
+
+    def mismatch(self, more: str = "") -> CheckpointCorrupted:
+        return CheckpointCorrupted(f"checkpoint blob {self.name} does not match its digest "
+                                   f"(changed in the registry or in transit){more}")
 
 
 class _SignedMembers:

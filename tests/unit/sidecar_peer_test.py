@@ -312,21 +312,14 @@ def test_an_unreachable_helper_is_said_so(tmp_path: Path) -> None:
         peer.send(sender, source, "127.0.0.1", port, "node-2")
 
 
-def _as_version_1(original: Any, seen: list[Any]) -> Any:
-    """A receiver's hello check as a helper of version 1 made it: any other version refused
-    with that release's words; what each hello said is kept in `seen`."""
+def _recording(original: Any, seen: list[Any], as_version_1: bool = False) -> Any:
+    """A receiver's hello check that keeps what each hello said in `seen`; `as_version_1`:
+    as a helper of version 1 made it, any other version refused with that release's words."""
     def check(config: HelperConfig, hello: dict[str, Any], now: float) -> str:
         seen.append((hello.get("op"), hello.get("v")))
-        if hello.get("v") != 1:
+        if as_version_1 and hello.get("v") != 1:
             raise InvalidRequest(f"transfer protocol version {hello.get('v')!r} is not 1: "
                                  "helpers of different versions")
-        return str(original(config, hello, now))
-    return check
-
-
-def _recording(original: Any, seen: list[Any]) -> Any:
-    def check(config: HelperConfig, hello: dict[str, Any], now: float) -> str:
-        seen.append((hello.get("op"), hello.get("v")))
         return str(original(config, hello, now))
     return check
 
@@ -338,7 +331,7 @@ def test_a_receiver_of_version_1_gets_the_archive_after_refusing(
     helper, port = receiver
     seen: list[Any] = []
     original = peer._check_hello
-    monkeypatch.setattr(peer, "_check_hello", _as_version_1(original, seen))
+    monkeypatch.setattr(peer, "_check_hello", _recording(original, seen, as_version_1=True))
     sender = _config(tmp_path, "node-1")
     source = _checkpoint(sender)
     sent = peer.send(sender, source, "127.0.0.1", port, "node-2")
@@ -367,7 +360,8 @@ def test_the_memory_relay_is_asked_for_as_version_1_did(
     version for a checkpoint's memory with a hello both take (here one that serves none)."""
     helper, port = receiver
     seen: list[Any] = []
-    monkeypatch.setattr(peer, "_check_hello", _as_version_1(peer._check_hello, seen))
+    monkeypatch.setattr(peer, "_check_hello", _recording(peer._check_hello, seen,
+                                                         as_version_1=True))
     with pytest.raises(InvalidRequest, match="serves no memory of checkpoint"):
         peer.open_pages(_config(tmp_path, "node-1"), "127.0.0.1", port, "node-2", CHECKPOINT_ID)
     assert seen == [(peer.OP_PAGES, 1)]
